@@ -1,2 +1,46 @@
+//! peer-dataplane XDP program: forwards traffic between peered VPCs.
+//!
+//! `pdp_xdp` is a thin entry: it runs [`pipeline::run`] and counts the outcome. Every
+//! stage lives in its own module and returns `Err(Drop)` to drop a packet under a reason;
+//! nothing is passed to the kernel by accident.
 #![no_std]
 #![no_main]
+
+mod counters;
+mod deliver;
+mod maps;
+mod parse;
+mod peering;
+mod pipeline;
+mod port;
+mod rewrite;
+mod route;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn pdp_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (outcome, seen) = pipeline::run(&ctx);
+    counters::record(len, &outcome, &seen)
+}
+
+/// Benchmark baseline: redirect every frame back to its ingress port through the devmap,
+/// doing nothing else. `cargo xtask bench prog` divides the pipeline's cost by this one's.
+#[xdp]
+pub fn pdp_redirect_only(ctx: XdpContext) -> u32 {
+    match maps::DEVMAP.redirect(ctx.ingress_ifindex() as u32, 0) {
+        Ok(action) => action,
+        Err(_) => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

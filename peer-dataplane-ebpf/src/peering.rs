@@ -1,0 +1,58 @@
+//! Peering stage (SPEC §3.1, §3.3, §3.5): the route's peering must be active and must join
+//! the sender's VPC; the packet must have originated in the sender's VPC; the destination
+//! must lie inside the peer VPC.
+
+use crate::{maps::PEERINGS, parse::Packet, route};
+use peer_dataplane_common::{
+    peering_counter_index, vpc_table, DropReason, Port, DIR_ACCEPTER_TO_REQUESTER,
+    DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_VPC_CIDR,
+};
+
+/// A packet about to cross peering `slot`.
+pub struct Crossing {
+    pub slot: u32,
+    pub peer_vpc: u32,
+    /// Index of this peering-and-direction in the per-peering counters.
+    pub ctr: u32,
+}
+
+/// Resolves the peering a route points at. `Err((reason, counter index or None))`.
+#[inline(always)]
+pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<u32>)> {
+    // SAFETY: map value read by copy.
+    let Some(pcx) = (unsafe { PEERINGS.get(&slot).copied() }) else {
+        // A route may name a peering whose entry is gone: a blackhole, never a forward.
+        return Err((DropReason::PeeringInactive, None));
+    };
+    let (dir, peer_vpc) = if pcx.requester_vpc == src_vpc {
+        (DIR_REQUESTER_TO_ACCEPTER, pcx.accepter_vpc)
+    } else if pcx.accepter_vpc == src_vpc {
+        (DIR_ACCEPTER_TO_REQUESTER, pcx.requester_vpc)
+    } else {
+        return Err((DropReason::PeeringMismatch, None));
+    };
+    let ctr = peering_counter_index(slot, dir);
+    if pcx.status != PCX_ACTIVE {
+        return Err((DropReason::PeeringInactive, Some(ctr)));
+    }
+    Ok(Crossing { slot, peer_vpc, ctr })
+}
+
+/// True if `addr` lies inside one of `vpc`'s CIDRs.
+#[inline(always)]
+pub fn inside_vpc(vpc: u32, addr: &[u8; 16]) -> bool {
+    matches!(route::lookup(vpc_table(vpc), addr), Some(r) if r.kind == ROUTE_VPC_CIDR)
+}
+
+/// No transitive peering, no edge-to-edge routing (SPEC §3.3): a packet may leave over a
+/// peering only if it originated in the sender's VPC. Its own address is the fast path;
+/// anything else (an instance routing for others) must at least be inside the VPC.
+#[inline(always)]
+pub fn originated_in(port: &Port, p: &Packet) -> bool {
+    let own = if p.is_v4 {
+        port.flags & PORT_HAS_IPV4 != 0 && port.ipv4 == p.src
+    } else {
+        port.flags & PORT_HAS_IPV6 != 0 && port.ipv6 == p.src
+    };
+    own || inside_vpc(port.vpc, &p.src)
+}
