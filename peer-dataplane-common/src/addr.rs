@@ -7,7 +7,9 @@ pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 
 #[inline(always)]
 pub const fn from_v4(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 #[inline(always)]

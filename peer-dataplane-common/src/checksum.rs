@@ -48,7 +48,10 @@ mod tests {
             let new = u16::from_be_bytes([ttl - 1, h[9]]);
             let check = u16::from_be_bytes([h[10], h[11]]);
             let updated = replace_u16(check, old, new);
-            assert_eq!(updated, u16::from_be_bytes(header(ttl - 1)[10..12].try_into().unwrap()));
+            assert_eq!(
+                updated,
+                u16::from_be_bytes(header(ttl - 1)[10..12].try_into().unwrap())
+            );
             let mut out = h;
             out[8] = ttl - 1;
             out[10..12].copy_from_slice(&updated.to_be_bytes());

@@ -21,7 +21,8 @@ pub struct GlobalCounters {
     pub pass: [u64; PASS_REASON_SLOTS],
     pub drop: [u64; DROP_REASON_SLOTS],
 }
-const _: () = assert!(size_of::<GlobalCounters>() == 8 * (8 + PASS_REASON_SLOTS + DROP_REASON_SLOTS));
+const _: () =
+    assert!(size_of::<GlobalCounters>() == 8 * (8 + PASS_REASON_SLOTS + DROP_REASON_SLOTS));
 
 impl GlobalCounters {
     pub const ZERO: GlobalCounters = GlobalCounters {
@@ -69,8 +70,11 @@ pub struct PeeringCounters {
 const _: () = assert!(size_of::<PeeringCounters>() == 8 * (2 + DROP_REASON_SLOTS));
 
 impl PeeringCounters {
-    pub const ZERO: PeeringCounters =
-        PeeringCounters { packets: 0, bytes: 0, drop: [0; DROP_REASON_SLOTS] };
+    pub const ZERO: PeeringCounters = PeeringCounters {
+        packets: 0,
+        bytes: 0,
+        drop: [0; DROP_REASON_SLOTS],
+    };
 
     pub fn accumulate(&mut self, other: &PeeringCounters) {
         self.packets += other.packets;

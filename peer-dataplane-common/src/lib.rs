@@ -134,8 +134,15 @@ const _: () = assert!(size_of::<RouteValue>() == 8);
 /// bits (0..=32 for IPv4, 0..=128 for IPv6). Host bits are cleared.
 #[inline(always)]
 pub fn route_key(table: u32, addr: &[u8; 16], prefix_len: u32, is_v4: bool) -> (u32, RouteData) {
-    let addr_bits = if is_v4 { addr::V4_MAPPED_PREFIX_BITS + prefix_len } else { prefix_len };
-    let data = RouteData { table_be: table.to_be_bytes(), addr: addr::mask(addr, addr_bits) };
+    let addr_bits = if is_v4 {
+        addr::V4_MAPPED_PREFIX_BITS + prefix_len
+    } else {
+        prefix_len
+    };
+    let data = RouteData {
+        table_be: table.to_be_bytes(),
+        addr: addr::mask(addr, addr_bits),
+    };
     (ROUTE_TABLE_BITS + addr_bits, data)
 }
 
@@ -253,7 +260,10 @@ impl Name {
         }
         let mut bytes = [0u8; NAME_MAX_LEN];
         bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
-        Name { len: end as u32, bytes }
+        Name {
+            len: end as u32,
+            bytes,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -311,6 +321,9 @@ mod tests {
     fn counter_index_is_dense() {
         assert_eq!(peering_counter_index(0, DIR_REQUESTER_TO_ACCEPTER), 0);
         assert_eq!(peering_counter_index(0, DIR_ACCEPTER_TO_REQUESTER), 1);
-        assert_eq!(peering_counter_index(MAX_PEERINGS - 1, 1), MAX_PEERINGS * 2 - 1);
+        assert_eq!(
+            peering_counter_index(MAX_PEERINGS - 1, 1),
+            MAX_PEERINGS * 2 - 1
+        );
     }
 }

@@ -14,9 +14,15 @@ pub const NO_PEERING: u32 = u32::MAX;
 pub enum Outcome {
     Pass(PassReason),
     /// `action` is what `bpf_redirect_map` returned; `ctr` the peering counter index.
-    Redirect { action: u32, ctr: u32 },
+    Redirect {
+        action: u32,
+        ctr: u32,
+    },
     /// `ctr` is the peering counter index, or [`NO_PEERING`].
-    Drop { reason: DropReason, ctr: u32 },
+    Drop {
+        reason: DropReason,
+        ctr: u32,
+    },
 }
 
 /// Observations that are not outcomes (counted whatever happens to the packet).

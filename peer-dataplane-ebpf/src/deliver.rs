@@ -6,7 +6,9 @@ use peer_dataplane_common::{DropReason, Endpoint, EndpointKey};
 
 #[inline(always)]
 pub fn redirect(ep: &Endpoint) -> Result<u32, DropReason> {
-    DEVMAP.redirect(ep.ifindex, 0).map_err(|_| DropReason::RedirectFailed)
+    DEVMAP
+        .redirect(ep.ifindex, 0)
+        .map_err(|_| DropReason::RedirectFailed)
 }
 
 /// Where the instance with `addr` in `vpc` lives.

@@ -35,7 +35,11 @@ pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<
     if pcx.status != PCX_ACTIVE {
         return Err((DropReason::PeeringInactive, Some(ctr)));
     }
-    Ok(Crossing { slot, peer_vpc, ctr })
+    Ok(Crossing {
+        slot,
+        peer_vpc,
+        ctr,
+    })
 }
 
 /// True if `addr` lies inside one of `vpc`'s CIDRs.

@@ -8,9 +8,7 @@ use crate::{
     peering, port, rewrite, route,
 };
 use aya_ebpf::programs::XdpContext;
-use peer_dataplane_common::{
-    DropReason, PassReason, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
-};
+use peer_dataplane_common::{DropReason, PassReason, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX};
 
 /// A drop, with the peering counter it belongs to once the peering is known.
 struct Drop {
@@ -21,16 +19,25 @@ struct Drop {
 impl From<DropReason> for Drop {
     #[inline(always)]
     fn from(reason: DropReason) -> Self {
-        Drop { reason, ctr: NO_PEERING }
+        Drop {
+            reason,
+            ctr: NO_PEERING,
+        }
     }
 }
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> (Outcome, Seen) {
-    let mut seen = Seen { fragment: false, ipv4_options: false };
+    let mut seen = Seen {
+        fragment: false,
+        ipv4_options: false,
+    };
     let outcome = match try_run(ctx, &mut seen) {
         Ok(o) => o,
-        Err(d) => Outcome::Drop { reason: d.reason, ctr: d.ctr },
+        Err(d) => Outcome::Drop {
+            reason: d.reason,
+            ctr: d.ctr,
+        },
     };
     (outcome, seen)
 }
@@ -66,8 +73,10 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Drop> {
     };
 
     // Peering checks.
-    let x = peering::resolve(slot, port.vpc)
-        .map_err(|(reason, ctr)| Drop { reason, ctr: ctr.unwrap_or(NO_PEERING) })?;
+    let x = peering::resolve(slot, port.vpc).map_err(|(reason, ctr)| Drop {
+        reason,
+        ctr: ctr.unwrap_or(NO_PEERING),
+    })?;
     let drop = |reason: DropReason| Drop { reason, ctr: x.ctr };
     if !peering::originated_in(&port, &p) {
         return Err(drop(DropReason::Transitive));

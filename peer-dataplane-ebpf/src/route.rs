@@ -8,6 +8,12 @@ use peer_dataplane_common::{RouteData, RouteValue, ROUTE_TABLE_BITS};
 /// Longest-prefix match of `addr` in `table`.
 #[inline(always)]
 pub fn lookup(table: u32, addr: &[u8; 16]) -> Option<RouteValue> {
-    let key = Key::new(ROUTE_TABLE_BITS + 128, RouteData { table_be: table.to_be_bytes(), addr: *addr });
+    let key = Key::new(
+        ROUTE_TABLE_BITS + 128,
+        RouteData {
+            table_be: table.to_be_bytes(),
+            addr: *addr,
+        },
+    );
     ROUTES.get(&key).copied()
 }

@@ -1,0 +1,168 @@
+//! Compiles a validated [`Topology`] into the exact contents every map should have.
+
+use crate::ids::Ids;
+use crate::maps::{MapState, RouteKey};
+use crate::validate::{Target, Topology};
+use anyhow::{anyhow, Result};
+use ipnet::IpNet;
+use peer_dataplane_common::{
+    addr, route_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue,
+    ENDPOINT_LOCAL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SUBNET, NAME_VPC,
+    PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_VPC_CIDR,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Turns an interface name into its ifindex (the kernel's, or a fake one in unit tests).
+pub trait IfindexResolver {
+    fn ifindex(&self, name: &str) -> Option<u32>;
+}
+
+/// The kernel's view, in the agent's network namespace.
+pub struct KernelIfindex;
+
+impl IfindexResolver for KernelIfindex {
+    fn ifindex(&self, name: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        (idx != 0).then_some(idx)
+    }
+}
+
+pub fn net_addr(net: &IpNet) -> ([u8; 16], u32, bool) {
+    match net {
+        IpNet::V4(n) => (
+            addr::from_v4(n.network().octets()),
+            n.prefix_len() as u32,
+            true,
+        ),
+        IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32, false),
+    }
+}
+
+pub fn key_for(table: u32, net: &IpNet) -> RouteKey {
+    let (a, plen, v4) = net_addr(net);
+    let (prefix_len, data) = route_key(table, &a, plen, v4);
+    RouteKey { prefix_len, data }
+}
+
+/// Names each object needs an id for.
+fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
+    BTreeMap::from([
+        (NAME_VPC, t.vpcs.keys().cloned().collect()),
+        (NAME_SUBNET, t.subnets.keys().cloned().collect()),
+        (NAME_ROUTE_TABLE, t.route_tables.keys().cloned().collect()),
+        (NAME_PEERING, t.peerings.keys().cloned().collect()),
+    ])
+}
+
+/// The full desired map contents for `t`, with ids assigned on top of `ids`.
+pub fn compile(t: &Topology, ids: &Ids, ifindex: &dyn IfindexResolver) -> Result<(MapState, Ids)> {
+    let ids = ids.assign(&wanted_names(t))?;
+    let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
+    let mut s = MapState::default();
+
+    for pcx in t.peerings.values() {
+        s.peerings.insert(
+            id(NAME_PEERING, &pcx.id),
+            Peering {
+                status: pcx.status.code(),
+                requester_vpc: id(NAME_VPC, &pcx.requester_vpc),
+                accepter_vpc: id(NAME_VPC, &pcx.accepter_vpc),
+                flags: 0,
+            },
+        );
+    }
+
+    for vpc in t.vpcs.values() {
+        let vpc_id = id(NAME_VPC, &vpc.id);
+        for cidr in &vpc.cidrs {
+            s.routes.insert(
+                key_for(vpc_table(vpc_id), cidr),
+                RouteValue {
+                    kind: ROUTE_VPC_CIDR,
+                    target: vpc_id,
+                },
+            );
+        }
+    }
+    for rt in t.route_tables.values() {
+        let table = id(NAME_ROUTE_TABLE, &rt.id);
+        for (dest, target) in &rt.routes {
+            let value = match target {
+                Target::Local => RouteValue {
+                    kind: ROUTE_LOCAL,
+                    target: 0,
+                },
+                Target::Blackhole => RouteValue {
+                    kind: ROUTE_BLACKHOLE,
+                    target: 0,
+                },
+                Target::Peering(pcx) => RouteValue {
+                    kind: ROUTE_PCX,
+                    target: id(NAME_PEERING, pcx),
+                },
+            };
+            s.routes.insert(key_for(table, dest), value);
+        }
+    }
+
+    for port in t.ports.values() {
+        let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
+            anyhow!(
+                "port {}: interface {} does not exist on this host",
+                port.interface,
+                port.interface
+            )
+        })?;
+        let subnet = &t.subnets[&port.subnet];
+        let vpc = id(NAME_VPC, &subnet.vpc);
+        let subnet_id = id(NAME_SUBNET, &subnet.id);
+        let route_table = id(NAME_ROUTE_TABLE, &subnet.route_table);
+        let mut p = Port {
+            vpc,
+            subnet: subnet_id,
+            route_table,
+            mac: port.mac,
+            gw_mac: port.gateway_mac,
+            ..Port::default()
+        };
+        let endpoint = Endpoint {
+            ifindex,
+            route_table,
+            subnet: subnet_id,
+            flags: ENDPOINT_LOCAL,
+            mac: port.mac,
+            gw_mac: port.gateway_mac,
+            _pad: 0,
+        };
+        if let Some(a) = port.ipv4 {
+            p.flags |= PORT_HAS_IPV4;
+            p.ipv4 = addr::from_v4(a.octets());
+            s.endpoints
+                .insert(EndpointKey { vpc, addr: p.ipv4 }, endpoint);
+        }
+        if let Some(a) = port.ipv6 {
+            p.flags |= PORT_HAS_IPV6;
+            p.ipv6 = a.octets();
+            s.endpoints
+                .insert(EndpointKey { vpc, addr: p.ipv6 }, endpoint);
+        }
+        if s.ports.insert(ifindex, p).is_some() {
+            return Err(anyhow!(
+                "port {}: ifindex {ifindex} is used by another port",
+                port.interface
+            ));
+        }
+        s.devmap.insert(ifindex, ifindex);
+        s.names.insert(
+            NameKey {
+                kind: NAME_PORT,
+                id: ifindex,
+            },
+            Name::new(&port.interface),
+        );
+    }
+    s.names.extend(ids.names());
+    Ok((s, ids))
+}

@@ -1,0 +1,110 @@
+//! The declarative state document (`peer-dataplane run --config FILE`): VPCs, subnets,
+//! route tables, peerings and the ports on this host, as the control plane knows them.
+//! This module only reads the text; [`crate::validate`] decides whether it makes sense.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// MAC the instances see as their gateway, unless a port names its own.
+    #[serde(default)]
+    pub router_mac: Option<String>,
+    #[serde(default, rename = "vpc")]
+    pub vpcs: Vec<VpcDoc>,
+    #[serde(default, rename = "subnet")]
+    pub subnets: Vec<SubnetDoc>,
+    #[serde(default, rename = "route_table")]
+    pub route_tables: Vec<RouteTableDoc>,
+    #[serde(default, rename = "peering")]
+    pub peerings: Vec<PeeringDoc>,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VpcDoc {
+    pub id: String,
+    #[serde(default)]
+    pub account: String,
+    #[serde(default)]
+    pub region: String,
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetDoc {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
+    pub route_table: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTableDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub routes: Vec<RouteDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    pub destination: String,
+    /// `local`, `blackhole` or a peering id (`pcx-…`).
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringDoc {
+    pub id: String,
+    pub requester_vpc: String,
+    pub accepter_vpc: String,
+    /// `pending-acceptance`, `active`, `rejected`, `expired`, `failed` or `deleted`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortDoc {
+    /// Host interface of the instance attachment (the XDP program attaches here).
+    pub interface: String,
+    pub subnet: String,
+    /// The instance's MAC.
+    pub mac: String,
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// Gateway MAC presented on this port; defaults to the document's `router_mac`.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+}
+
+impl Document {
+    pub fn from_toml(text: &str) -> Result<Document> {
+        toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("state document is not valid TOML for this schema: {e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Document> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading state document {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("parsing state document {}", path.display()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Document always serializes")
+    }
+}

@@ -1,0 +1,16 @@
+//! peer-dataplane agent and operator CLI, as a library so that the integration tests and
+//! benchmarks drive exactly the code the binary runs.
+
+pub mod agent;
+pub mod desired;
+pub mod document;
+pub mod ids;
+pub mod kernel;
+pub mod maps;
+pub mod stats;
+pub mod validate;
+
+/// The XDP object, when the build embedded one (see build.rs).
+pub mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}

@@ -1,0 +1,249 @@
+//! Desired state -> plan -> apply. [`MapState`] is the contents of every map; [`plan`]
+//! diffs two of them into an ordered list of single-entry writes; [`apply`] performs them
+//! on anything that implements [`DataplaneMaps`] (the kernel maps, or a `MapState` in
+//! unit tests).
+//!
+//! Ordering is what keeps a packet from seeing a half-applied change (SPEC §3.8): every
+//! object is written before anything that refers to it, and removed only after everything
+//! that referred to it is gone. Each single write is atomic in the kernel.
+
+use anyhow::Result;
+use peer_dataplane_common::{
+    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
+};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub prefix_len: u32,
+    pub data: RouteData,
+}
+
+/// The contents of every map the agent owns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MapState {
+    pub ports: BTreeMap<u32, Port>,
+    pub routes: BTreeMap<RouteKey, RouteValue>,
+    pub peerings: BTreeMap<u32, Peering>,
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// devmap key (ifindex) -> target ifindex.
+    pub devmap: BTreeMap<u32, u32>,
+    pub names: BTreeMap<NameKey, Name>,
+}
+
+/// One single-entry write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    PutName(NameKey, Name),
+    PutDevmap(u32, u32),
+    /// Zero the per-peering counters of a newly assigned slot.
+    ResetPeeringCounters(u32),
+    PutPeering(u32, Peering),
+    PutEndpoint(EndpointKey, Endpoint),
+    PutRoute(RouteKey, RouteValue),
+    PutPort(u32, Port),
+    DelPort(u32),
+    DelRoute(RouteKey),
+    DelEndpoint(EndpointKey),
+    DelPeering(u32),
+    DelDevmap(u32),
+    DelName(NameKey),
+}
+
+pub trait DataplaneMaps {
+    fn write(&mut self, op: &Op) -> Result<()>;
+}
+
+/// Entries of `desired` that are new or changed, and keys of `current` not in `desired`.
+fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    desired: &BTreeMap<K, V>,
+    current: &BTreeMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let puts = desired
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let dels = current
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    (puts, dels)
+}
+
+/// The ordered writes that turn `current` into `desired`. `new_peering_slots` are slots
+/// assigned in this change, whose counters must start from zero.
+pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -> Vec<Op> {
+    let (names_put, names_del) = diff(&desired.names, &current.names);
+    let (dev_put, dev_del) = diff(&desired.devmap, &current.devmap);
+    let (pcx_put, pcx_del) = diff(&desired.peerings, &current.peerings);
+    let (ep_put, ep_del) = diff(&desired.endpoints, &current.endpoints);
+    let (rt_put, rt_del) = diff(&desired.routes, &current.routes);
+    let (port_put, port_del) = diff(&desired.ports, &current.ports);
+
+    let mut ops = Vec::new();
+    // Adds and changes, referents first: names, devmap targets, peerings, endpoints,
+    // routes (which name peerings), ports (which name route tables).
+    ops.extend(names_put.into_iter().map(|(k, v)| Op::PutName(k, v)));
+    ops.extend(dev_put.into_iter().map(|(k, v)| Op::PutDevmap(k, v)));
+    ops.extend(
+        new_peering_slots
+            .iter()
+            .map(|s| Op::ResetPeeringCounters(*s)),
+    );
+    ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
+    ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
+    ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
+    ops.extend(port_put.into_iter().map(|(k, v)| Op::PutPort(k, v)));
+    // Removals, referrers first.
+    ops.extend(port_del.into_iter().map(Op::DelPort));
+    ops.extend(rt_del.into_iter().map(Op::DelRoute));
+    ops.extend(ep_del.into_iter().map(Op::DelEndpoint));
+    ops.extend(pcx_del.into_iter().map(Op::DelPeering));
+    ops.extend(dev_del.into_iter().map(Op::DelDevmap));
+    ops.extend(names_del.into_iter().map(Op::DelName));
+    ops
+}
+
+pub fn apply(ops: &[Op], maps: &mut impl DataplaneMaps) -> Result<()> {
+    for op in ops {
+        maps.write(op)?;
+    }
+    Ok(())
+}
+
+/// The in-memory implementation, for unit tests and for the agent's mirror of the kernel.
+impl DataplaneMaps for MapState {
+    fn write(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::PutName(k, v) => drop(self.names.insert(*k, *v)),
+            Op::PutDevmap(k, v) => drop(self.devmap.insert(*k, *v)),
+            Op::ResetPeeringCounters(_) => {}
+            Op::PutPeering(k, v) => drop(self.peerings.insert(*k, *v)),
+            Op::PutEndpoint(k, v) => drop(self.endpoints.insert(*k, *v)),
+            Op::PutRoute(k, v) => drop(self.routes.insert(*k, *v)),
+            Op::PutPort(k, v) => drop(self.ports.insert(*k, *v)),
+            Op::DelPort(k) => drop(self.ports.remove(k)),
+            Op::DelRoute(k) => drop(self.routes.remove(k)),
+            Op::DelEndpoint(k) => drop(self.endpoints.remove(k)),
+            Op::DelPeering(k) => drop(self.peerings.remove(k)),
+            Op::DelDevmap(k) => drop(self.devmap.remove(k)),
+            Op::DelName(k) => drop(self.names.remove(k)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peer_dataplane_common::{PCX_ACTIVE, PCX_DELETED, ROUTE_PCX};
+
+    fn route(table: u8, plen: u32) -> RouteKey {
+        RouteKey {
+            prefix_len: plen,
+            data: RouteData {
+                table_be: [0, 0, 0, table],
+                addr: [0; 16],
+            },
+        }
+    }
+
+    #[test]
+    fn plan_turns_current_into_desired_and_writes_only_changes() {
+        let mut current = MapState::default();
+        current.peerings.insert(
+            0,
+            Peering {
+                status: PCX_ACTIVE,
+                requester_vpc: 1,
+                accepter_vpc: 2,
+                flags: 0,
+            },
+        );
+        current.routes.insert(
+            route(1, 48),
+            RouteValue {
+                kind: ROUTE_PCX,
+                target: 0,
+            },
+        );
+        current.routes.insert(
+            route(1, 56),
+            RouteValue {
+                kind: ROUTE_PCX,
+                target: 0,
+            },
+        );
+
+        let mut desired = current.clone();
+        desired.peerings.get_mut(&0).unwrap().status = PCX_DELETED;
+        desired.routes.remove(&route(1, 56));
+        desired.routes.insert(
+            route(2, 48),
+            RouteValue {
+                kind: ROUTE_PCX,
+                target: 1,
+            },
+        );
+        desired.peerings.insert(
+            1,
+            Peering {
+                status: PCX_ACTIVE,
+                requester_vpc: 1,
+                accepter_vpc: 3,
+                flags: 0,
+            },
+        );
+
+        let ops = plan(&desired, &current, &[1]);
+        // Unchanged route 1/48 is not rewritten.
+        assert!(!ops.contains(&Op::PutRoute(
+            route(1, 48),
+            RouteValue {
+                kind: ROUTE_PCX,
+                target: 0
+            }
+        )));
+        let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
+        // The new peering (and its counter reset) precede the route that names it.
+        assert!(pos(&Op::ResetPeeringCounters(1)) < pos(&Op::PutPeering(1, desired.peerings[&1])));
+        assert!(
+            pos(&Op::PutPeering(1, desired.peerings[&1]))
+                < pos(&Op::PutRoute(route(2, 48), desired.routes[&route(2, 48)]))
+        );
+        assert_eq!(ops.len(), 5);
+
+        let mut state = current.clone();
+        apply(&ops, &mut state).unwrap();
+        assert_eq!(state, desired);
+        assert!(
+            plan(&desired, &state, &[]).is_empty(),
+            "a second plan is empty"
+        );
+    }
+
+    #[test]
+    fn removals_go_referrers_first() {
+        let mut current = MapState::default();
+        current.peerings.insert(4, Peering::default());
+        current.routes.insert(
+            route(1, 40),
+            RouteValue {
+                kind: ROUTE_PCX,
+                target: 4,
+            },
+        );
+        current.ports.insert(7, Port::default());
+        let ops = plan(&MapState::default(), &current, &[]);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DelPort(7),
+                Op::DelRoute(route(1, 40)),
+                Op::DelPeering(4)
+            ]
+        );
+    }
+}

@@ -1,0 +1,679 @@
+//! Validation: turns a [`Document`] into a [`Topology`] whose every reference resolves and
+//! whose every invariant the data plane relies on holds (SPEC §3.4, §3.5), or into a list
+//! of errors that each name the objects involved. Nothing is applied from a document that
+//! fails here.
+
+use crate::document::{Document, PeeringDoc};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use peer_dataplane_common::{NAME_MAX_LEN, PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub type Mac = [u8; 6];
+
+/// Default gateway MAC when the document names none (locally administered).
+pub const DEFAULT_ROUTER_MAC: Mac = [0x02, 0x70, 0x64, 0x70, 0x00, 0x01];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vpc {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    /// IPv4 CIDRs, then the IPv6 CIDR if any.
+    pub cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: Ipv4Net,
+    pub ipv6_cidr: Option<Ipv6Net>,
+    pub route_table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Local,
+    Blackhole,
+    Peering(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTable {
+    pub id: String,
+    pub vpc: String,
+    /// Destination -> target, including the implicit `local` routes for the VPC's CIDRs.
+    pub routes: BTreeMap<IpNet, Target>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeeringStatus {
+    PendingAcceptance,
+    Active,
+    Rejected,
+    Expired,
+    Failed,
+    Deleted,
+}
+
+impl PeeringStatus {
+    pub fn parse(s: &str) -> Option<PeeringStatus> {
+        Some(match s {
+            "pending-acceptance" => PeeringStatus::PendingAcceptance,
+            "active" => PeeringStatus::Active,
+            "rejected" => PeeringStatus::Rejected,
+            "expired" => PeeringStatus::Expired,
+            "failed" => PeeringStatus::Failed,
+            "deleted" => PeeringStatus::Deleted,
+            _ => return None,
+        })
+    }
+
+    /// The ABI value (`PCX_*`).
+    pub fn code(self) -> u32 {
+        match self {
+            PeeringStatus::PendingAcceptance => PCX_PENDING_ACCEPTANCE,
+            PeeringStatus::Active => PCX_ACTIVE,
+            PeeringStatus::Rejected => peer_dataplane_common::PCX_REJECTED,
+            PeeringStatus::Expired => peer_dataplane_common::PCX_EXPIRED,
+            PeeringStatus::Failed => peer_dataplane_common::PCX_FAILED,
+            PeeringStatus::Deleted => peer_dataplane_common::PCX_DELETED,
+        }
+    }
+
+    /// Statuses in which the peering holds its CIDRs (§3.4 applies).
+    fn claims_cidrs(self) -> bool {
+        matches!(
+            self,
+            PeeringStatus::PendingAcceptance | PeeringStatus::Active
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peering {
+    pub id: String,
+    pub requester_vpc: String,
+    pub accepter_vpc: String,
+    pub status: PeeringStatus,
+}
+
+impl Peering {
+    /// The VPC across the peering from `vpc`, if `vpc` is one of its sides.
+    pub fn other_side(&self, vpc: &str) -> Option<&str> {
+        if self.requester_vpc == vpc {
+            Some(&self.accepter_vpc)
+        } else if self.accepter_vpc == vpc {
+            Some(&self.requester_vpc)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    pub interface: String,
+    pub subnet: String,
+    pub mac: Mac,
+    pub gateway_mac: Mac,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// A validated document: every name resolves, every invariant holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Topology {
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub subnets: BTreeMap<String, Subnet>,
+    pub route_tables: BTreeMap<String, RouteTable>,
+    pub peerings: BTreeMap<String, Peering>,
+    /// Keyed by interface name.
+    pub ports: BTreeMap<String, Port>,
+}
+
+/// Every problem found in a document, each naming the objects involved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationErrors(pub Vec<String>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "state document refused ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        mac[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+pub fn format_mac(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// `::ffff:0:0/96`: the map encoding of IPv4 addresses; refused as an IPv6 CIDR.
+fn v4_mapped_range() -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).unwrap()
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Collects errors so that one pass reports everything wrong with a document.
+struct Checker {
+    errors: Vec<String>,
+}
+
+impl Checker {
+    fn err(&mut self, msg: String) {
+        self.errors.push(msg);
+    }
+
+    fn cidr(&mut self, what: &str, s: &str) -> Option<IpNet> {
+        match s.parse::<IpNet>() {
+            Err(_) => {
+                self.err(format!(
+                    "{what}: \"{s}\" is not a CIDR (expected e.g. 10.0.0.0/16 or fd00::/48)"
+                ));
+                None
+            }
+            Ok(net) if net.trunc() != net => {
+                self.err(format!(
+                    "{what}: \"{s}\" has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
+                None
+            }
+            Ok(IpNet::V6(n)) if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) => {
+                self.err(format!(
+                    "{what}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
+                ));
+                None
+            }
+            Ok(net) => Some(net),
+        }
+    }
+
+    fn id(&mut self, kind: &str, id: &str, seen: &mut BTreeSet<String>) -> bool {
+        if id.is_empty() {
+            self.err(format!("{kind} with an empty id"));
+            return false;
+        }
+        if id.len() > NAME_MAX_LEN {
+            self.err(format!("{kind} {id}: id longer than {NAME_MAX_LEN} bytes"));
+            return false;
+        }
+        if !seen.insert(id.to_string()) {
+            self.err(format!("{kind} {id}: defined more than once"));
+            return false;
+        }
+        true
+    }
+}
+
+pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
+    let mut c = Checker { errors: Vec::new() };
+    let mut topo = Topology::default();
+
+    let router_mac = match &doc.router_mac {
+        None => DEFAULT_ROUTER_MAC,
+        Some(s) => parse_mac(s).unwrap_or_else(|| {
+            c.err(format!(
+                "router_mac: \"{s}\" is not a MAC address (expected xx:xx:xx:xx:xx:xx)"
+            ));
+            DEFAULT_ROUTER_MAC
+        }),
+    };
+
+    // VPCs.
+    let mut seen = BTreeSet::new();
+    for v in &doc.vpcs {
+        if !c.id("vpc", &v.id, &mut seen) {
+            continue;
+        }
+        let mut cidrs = Vec::new();
+        if v.cidrs.is_empty() {
+            c.err(format!("vpc {}: has no IPv4 CIDR", v.id));
+        }
+        for (i, s) in v.cidrs.iter().enumerate() {
+            match c.cidr(&format!("vpc {} cidrs[{i}]", v.id), s) {
+                Some(IpNet::V4(n)) => cidrs.push(IpNet::V4(n)),
+                Some(IpNet::V6(_)) => c.err(format!(
+                    "vpc {} cidrs[{i}]: \"{s}\" is IPv6; put it in ipv6_cidr",
+                    v.id
+                )),
+                None => {}
+            }
+        }
+        if let Some(s) = &v.ipv6_cidr {
+            match c.cidr(&format!("vpc {} ipv6_cidr", v.id), s) {
+                Some(IpNet::V6(n)) => cidrs.push(IpNet::V6(n)),
+                Some(IpNet::V4(_)) => c.err(format!("vpc {} ipv6_cidr: \"{s}\" is IPv4", v.id)),
+                None => {}
+            }
+        }
+        for (i, a) in cidrs.iter().enumerate() {
+            for b in &cidrs[i + 1..] {
+                if overlaps(a, b) {
+                    c.err(format!("vpc {}: its CIDRs {a} and {b} overlap", v.id));
+                }
+            }
+        }
+        topo.vpcs.insert(
+            v.id.clone(),
+            Vpc {
+                id: v.id.clone(),
+                account: v.account.clone(),
+                region: v.region.clone(),
+                cidrs,
+            },
+        );
+    }
+
+    // Peerings (before route tables: routes point at them).
+    let mut seen = BTreeSet::new();
+    for p in &doc.peerings {
+        if !c.id("peering", &p.id, &mut seen) {
+            continue;
+        }
+        if let Some(peering) = check_peering(&mut c, &topo, p) {
+            topo.peerings.insert(p.id.clone(), peering);
+        }
+    }
+    check_peer_cidrs(&mut c, &topo);
+
+    // Route tables.
+    let mut seen = BTreeSet::new();
+    for t in &doc.route_tables {
+        if !c.id("route table", &t.id, &mut seen) {
+            continue;
+        }
+        let Some(vpc) = topo.vpcs.get(&t.vpc) else {
+            c.err(format!(
+                "route table {}: vpc {} does not exist",
+                t.id, t.vpc
+            ));
+            continue;
+        };
+        let mut routes = BTreeMap::new();
+        for r in &t.routes {
+            let what = format!("route table {} route {}", t.id, r.destination);
+            let Some(dest) = c.cidr(&what, &r.destination) else {
+                continue;
+            };
+            let target = match r.target.as_str() {
+                "local" => {
+                    if !vpc.cidrs.contains(&dest) {
+                        c.err(format!(
+                            "{what}: target local must be one of vpc {}'s CIDRs ({})",
+                            vpc.id,
+                            join(&vpc.cidrs)
+                        ));
+                        continue;
+                    }
+                    Target::Local
+                }
+                "blackhole" => Target::Blackhole,
+                pcx => {
+                    let Some(peering) = topo.peerings.get(pcx) else {
+                        c.err(format!(
+                            "{what}: target {pcx} is not a known peering connection"
+                        ));
+                        continue;
+                    };
+                    let Some(peer) = peering.other_side(&vpc.id) else {
+                        c.err(format!(
+                            "{what}: peering {pcx} joins {} and {}, not this table's vpc {}",
+                            peering.requester_vpc, peering.accepter_vpc, vpc.id
+                        ));
+                        continue;
+                    };
+                    let peer_vpc = &topo.vpcs[peer];
+                    if !peer_vpc.cidrs.iter().any(|p| p.contains(&dest)) {
+                        c.err(format!(
+                            "{what}: destination is outside peer vpc {} ({}) of peering {pcx}",
+                            peer_vpc.id,
+                            join(&peer_vpc.cidrs)
+                        ));
+                        continue;
+                    }
+                    Target::Peering(pcx.to_string())
+                }
+            };
+            if routes.insert(dest, target).is_some() {
+                c.err(format!("{what}: destination listed more than once"));
+            }
+        }
+        // The implicit local routes of the VPC (as in the cloud: always present).
+        for cidr in &vpc.cidrs {
+            match routes.get(cidr) {
+                None => {
+                    routes.insert(*cidr, Target::Local);
+                }
+                Some(Target::Local) => {}
+                Some(other) => c.err(format!(
+                    "route table {} route {cidr}: the vpc's own CIDR must stay local, not {other:?}",
+                    t.id
+                )),
+            }
+        }
+        topo.route_tables.insert(
+            t.id.clone(),
+            RouteTable {
+                id: t.id.clone(),
+                vpc: t.vpc.clone(),
+                routes,
+            },
+        );
+    }
+
+    // Subnets.
+    let mut seen = BTreeSet::new();
+    for s in &doc.subnets {
+        if !c.id("subnet", &s.id, &mut seen) {
+            continue;
+        }
+        let Some(vpc) = topo.vpcs.get(&s.vpc) else {
+            c.err(format!("subnet {}: vpc {} does not exist", s.id, s.vpc));
+            continue;
+        };
+        match topo.route_tables.get(&s.route_table) {
+            None => {
+                c.err(format!(
+                    "subnet {}: route table {} does not exist",
+                    s.id, s.route_table
+                ));
+                continue;
+            }
+            Some(t) if t.vpc != s.vpc => {
+                c.err(format!(
+                    "subnet {}: route table {} belongs to vpc {}, not {}",
+                    s.id, t.id, t.vpc, s.vpc
+                ));
+                continue;
+            }
+            Some(_) => {}
+        }
+        let cidr = match c.cidr(&format!("subnet {} cidr", s.id), &s.cidr) {
+            Some(IpNet::V4(n)) => n,
+            Some(IpNet::V6(_)) => {
+                c.err(format!(
+                    "subnet {} cidr: \"{}\" is IPv6; put it in ipv6_cidr",
+                    s.id, s.cidr
+                ));
+                continue;
+            }
+            None => continue,
+        };
+        if !vpc.cidrs.iter().any(|v| v.contains(&IpNet::V4(cidr))) {
+            c.err(format!(
+                "subnet {}: {cidr} is not inside vpc {} ({})",
+                s.id,
+                vpc.id,
+                join(&vpc.cidrs)
+            ));
+            continue;
+        }
+        let ipv6_cidr = match &s.ipv6_cidr {
+            None => None,
+            Some(text) => match c.cidr(&format!("subnet {} ipv6_cidr", s.id), text) {
+                Some(IpNet::V6(n)) if vpc.cidrs.iter().any(|v| v.contains(&IpNet::V6(n))) => {
+                    Some(n)
+                }
+                Some(IpNet::V6(n)) => {
+                    c.err(format!(
+                        "subnet {}: {n} is not inside vpc {}'s IPv6 CIDR",
+                        s.id, vpc.id
+                    ));
+                    continue;
+                }
+                Some(IpNet::V4(_)) => {
+                    c.err(format!("subnet {} ipv6_cidr: \"{text}\" is IPv4", s.id));
+                    continue;
+                }
+                None => continue,
+            },
+        };
+        for other in topo.subnets.values().filter(|o| o.vpc == s.vpc) {
+            if overlaps(&IpNet::V4(other.cidr), &IpNet::V4(cidr)) {
+                c.err(format!(
+                    "subnet {}: {cidr} overlaps subnet {} ({})",
+                    s.id, other.id, other.cidr
+                ));
+            }
+        }
+        topo.subnets.insert(
+            s.id.clone(),
+            Subnet {
+                id: s.id.clone(),
+                vpc: s.vpc.clone(),
+                cidr,
+                ipv6_cidr,
+                route_table: s.route_table.clone(),
+            },
+        );
+    }
+
+    // Ports.
+    let mut seen = BTreeSet::new();
+    let mut addresses: BTreeMap<(String, IpAddr), String> = BTreeMap::new();
+    for p in &doc.ports {
+        if !c.id("port", &p.interface, &mut seen) {
+            continue;
+        }
+        let what = format!("port {}", p.interface);
+        if p.interface.len() >= libc::IFNAMSIZ {
+            c.err(format!(
+                "{what}: interface name longer than {} bytes",
+                libc::IFNAMSIZ - 1
+            ));
+        }
+        let Some(subnet) = topo.subnets.get(&p.subnet) else {
+            c.err(format!("{what}: subnet {} does not exist", p.subnet));
+            continue;
+        };
+        let mac = parse_mac(&p.mac);
+        if mac.is_none() {
+            c.err(format!("{what}: mac \"{}\" is not a MAC address", p.mac));
+        }
+        let gateway_mac = match &p.gateway_mac {
+            None => Some(router_mac),
+            Some(s) => {
+                let m = parse_mac(s);
+                if m.is_none() {
+                    c.err(format!("{what}: gateway_mac \"{s}\" is not a MAC address"));
+                }
+                m
+            }
+        };
+        let ipv4 = p.ipv4.as_deref().and_then(|s| match s.parse::<Ipv4Addr>() {
+            Ok(a) if subnet.cidr.contains(&a) => Some(a),
+            Ok(a) => {
+                c.err(format!(
+                    "{what}: ipv4 {a} is not inside subnet {} ({})",
+                    subnet.id, subnet.cidr
+                ));
+                None
+            }
+            Err(_) => {
+                c.err(format!("{what}: ipv4 \"{s}\" is not an IPv4 address"));
+                None
+            }
+        });
+        let ipv6 =
+            p.ipv6
+                .as_deref()
+                .and_then(|s| match (s.parse::<Ipv6Addr>(), subnet.ipv6_cidr) {
+                    (Ok(a), Some(net)) if net.contains(&a) => Some(a),
+                    (Ok(a), net) => {
+                        let net = net
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "no IPv6 CIDR".into());
+                        c.err(format!(
+                            "{what}: ipv6 {a} is not inside subnet {} ({net})",
+                            subnet.id
+                        ));
+                        None
+                    }
+                    (Err(_), _) => {
+                        c.err(format!("{what}: ipv6 \"{s}\" is not an IPv6 address"));
+                        None
+                    }
+                });
+        if p.ipv4.is_none() && p.ipv6.is_none() {
+            c.err(format!("{what}: has neither ipv4 nor ipv6"));
+        }
+        for a in ipv4.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6)) {
+            if let Some(other) = addresses.insert((subnet.vpc.clone(), a), p.interface.clone()) {
+                c.err(format!(
+                    "{what}: address {a} is already used by port {other} in vpc {}",
+                    subnet.vpc
+                ));
+            }
+        }
+        if let (Some(mac), Some(gateway_mac)) = (mac, gateway_mac) {
+            topo.ports.insert(
+                p.interface.clone(),
+                Port {
+                    interface: p.interface.clone(),
+                    subnet: p.subnet.clone(),
+                    mac,
+                    gateway_mac,
+                    ipv4,
+                    ipv6,
+                },
+            );
+        }
+    }
+
+    if c.errors.is_empty() {
+        Ok(topo)
+    } else {
+        Err(ValidationErrors(c.errors))
+    }
+}
+
+fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Peering> {
+    let what = format!("peering {}", p.id);
+    let mut ok = true;
+    for (role, vpc) in [
+        ("requester_vpc", &p.requester_vpc),
+        ("accepter_vpc", &p.accepter_vpc),
+    ] {
+        if !topo.vpcs.contains_key(vpc) {
+            c.err(format!("{what}: {role} {vpc} does not exist"));
+            ok = false;
+        }
+    }
+    if p.requester_vpc == p.accepter_vpc {
+        c.err(format!(
+            "{what}: requester and accepter are the same vpc {}",
+            p.requester_vpc
+        ));
+        ok = false;
+    }
+    let status = PeeringStatus::parse(&p.status);
+    if status.is_none() {
+        c.err(format!(
+            "{what}: status \"{}\" is not one of pending-acceptance, active, rejected, expired, failed, deleted",
+            p.status
+        ));
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    let status = status.unwrap();
+    if status.claims_cidrs() {
+        let (a, b) = (&topo.vpcs[&p.requester_vpc], &topo.vpcs[&p.accepter_vpc]);
+        for x in &a.cidrs {
+            for y in &b.cidrs {
+                if overlaps(x, y) {
+                    c.err(format!(
+                        "{what}: vpc {} CIDR {x} overlaps vpc {} CIDR {y}; overlapping VPCs cannot be peered (status must be failed)",
+                        a.id, b.id
+                    ));
+                }
+            }
+        }
+    }
+    Some(Peering {
+        id: p.id.clone(),
+        requester_vpc: p.requester_vpc.clone(),
+        accepter_vpc: p.accepter_vpc.clone(),
+        status,
+    })
+}
+
+/// SPEC §3.4: the CIDRs of all peers of one VPC must not overlap, and two VPCs are joined
+/// by at most one live peering.
+fn check_peer_cidrs(c: &mut Checker, topo: &Topology) {
+    for vpc in topo.vpcs.keys() {
+        let live: Vec<&Peering> = topo
+            .peerings
+            .values()
+            .filter(|p| p.status.claims_cidrs() && p.other_side(vpc).is_some())
+            .collect();
+        for (i, p) in live.iter().enumerate() {
+            let peer_p = p.other_side(vpc).unwrap();
+            for q in &live[i + 1..] {
+                let peer_q = q.other_side(vpc).unwrap();
+                if peer_p == peer_q {
+                    // Reported once, from the lexically smaller side.
+                    if vpc.as_str() < peer_p {
+                        c.err(format!(
+                            "peerings {} and {} both join vpc {vpc} and vpc {peer_p}",
+                            p.id, q.id
+                        ));
+                    }
+                    continue;
+                }
+                for x in &topo.vpcs[peer_p].cidrs {
+                    for y in &topo.vpcs[peer_q].cidrs {
+                        if overlaps(x, y) {
+                            c.err(format!(
+                                "vpc {vpc}: its peers {peer_p} ({x}, via {}) and {peer_q} ({y}, via {}) have overlapping CIDRs",
+                                p.id, q.id
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn join(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

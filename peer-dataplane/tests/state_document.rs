@@ -1,0 +1,265 @@
+//! Host-only tests of the state document path: parse -> validate -> compile -> plan.
+//! Every refusal must name the problem, and a refused document must change nothing.
+
+use peer_dataplane::desired::{compile, IfindexResolver};
+use peer_dataplane::document::Document;
+use peer_dataplane::ids::Ids;
+use peer_dataplane::maps::{apply, plan, MapState};
+use peer_dataplane::validate::validate;
+use peer_dataplane_common::{NAME_PEERING, PCX_ACTIVE, PCX_DELETED, ROUTE_PCX, ROUTE_VPC_CIDR};
+
+const SEED: &str = include_str!("../../examples/seed.toml");
+
+struct FakeIfindex;
+impl IfindexResolver for FakeIfindex {
+    fn ifindex(&self, name: &str) -> Option<u32> {
+        match name {
+            "pdp-a" => Some(11),
+            "pdp-b" => Some(12),
+            "pdp-c" => Some(13),
+            _ => None,
+        }
+    }
+}
+
+fn seed() -> Document {
+    Document::from_toml(SEED).unwrap()
+}
+
+fn refused(doc: &Document) -> String {
+    validate(doc)
+        .expect_err("document must be refused")
+        .to_string()
+}
+
+#[test]
+fn seed_topology_validates_and_compiles() {
+    let topo = validate(&seed()).unwrap();
+    assert_eq!(topo.vpcs.len(), 3);
+    assert_eq!(topo.peerings.len(), 2);
+    // Implicit local routes were added for each VPC CIDR (v4 and v6).
+    assert_eq!(topo.route_tables["rtb-a"].routes.len(), 4);
+    let (state, ids) = compile(&topo, &Ids::default(), &FakeIfindex).unwrap();
+    assert_eq!(state.ports.len(), 3);
+    assert_eq!(state.endpoints.len(), 6);
+    assert_eq!(state.devmap.len(), 3);
+    assert_eq!(state.peerings.len(), 2);
+    // 4 + 6 + 4 route-table entries, 6 VPC CIDR entries.
+    assert_eq!(state.routes.len(), 20);
+    assert_eq!(
+        state
+            .routes
+            .values()
+            .filter(|r| r.kind == ROUTE_VPC_CIDR)
+            .count(),
+        6
+    );
+    assert_eq!(
+        state
+            .routes
+            .values()
+            .filter(|r| r.kind == ROUTE_PCX)
+            .count(),
+        8
+    );
+    let ab = ids.get(NAME_PEERING, "pcx-ab").unwrap();
+    assert_eq!(state.peerings[&ab].status, PCX_ACTIVE);
+}
+
+#[test]
+fn deleting_a_peering_rewrites_one_entry() {
+    let topo = validate(&seed()).unwrap();
+    let (before, ids) = compile(&topo, &Ids::default(), &FakeIfindex).unwrap();
+    let mut doc = seed();
+    doc.peerings
+        .iter_mut()
+        .find(|p| p.id == "pcx-ab")
+        .unwrap()
+        .status = "deleted".into();
+    let (after, ids2) = compile(&validate(&doc).unwrap(), &ids, &FakeIfindex).unwrap();
+    let ops = plan(&after, &before, &ids2.new_since(&ids, NAME_PEERING));
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    let mut state: MapState = before.clone();
+    apply(&ops, &mut state).unwrap();
+    let ab = ids.get(NAME_PEERING, "pcx-ab").unwrap();
+    assert_eq!(state.peerings[&ab].status, PCX_DELETED);
+}
+
+#[test]
+fn overlapping_peer_cidrs_are_refused_naming_both() {
+    let mut doc = seed();
+    doc.vpcs.iter_mut().find(|v| v.id == "vpc-b").unwrap().cidrs = vec!["10.0.128.0/17".into()];
+    // keep the rest consistent so that only the overlap is reported
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("pcx-ab") && msg.contains("10.0.0.0/16") && msg.contains("10.0.128.0/17"),
+        "{msg}"
+    );
+    assert!(msg.contains("overlap"), "{msg}");
+}
+
+#[test]
+fn overlapping_cidrs_among_one_vpcs_peers_are_refused() {
+    let mut doc = seed();
+    // C now overlaps A; both are peers of B.
+    doc.vpcs.iter_mut().find(|v| v.id == "vpc-c").unwrap().cidrs = vec!["10.0.0.0/16".into()];
+    for s in doc.subnets.iter_mut().filter(|s| s.vpc == "vpc-c") {
+        s.cidr = "10.0.2.0/24".into();
+    }
+    doc.ports
+        .iter_mut()
+        .find(|p| p.interface == "pdp-c")
+        .unwrap()
+        .ipv4 = Some("10.0.2.30".into());
+    for t in doc.route_tables.iter_mut().filter(|t| t.id == "rtb-b") {
+        t.routes
+            .iter_mut()
+            .find(|r| r.destination == "192.168.0.0/16")
+            .unwrap()
+            .destination = "10.0.0.0/16".into();
+    }
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("vpc vpc-b: its peers vpc-a") && msg.contains("vpc-c"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn route_to_unknown_peering_is_refused() {
+    let mut doc = seed();
+    doc.route_tables[0].routes[0].target = "pcx-nope".into();
+    let msg = refused(&doc);
+    assert!(
+        msg.contains(
+            "route table rtb-a route 172.16.0.0/16: target pcx-nope is not a known peering"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn destination_outside_peer_vpc_is_refused() {
+    let mut doc = seed();
+    // A tries to reach C through the A-B peering: transitive routing, refused up front.
+    doc.route_tables[0]
+        .routes
+        .push(peer_dataplane::document::RouteDoc {
+            destination: "192.168.0.0/16".into(),
+            target: "pcx-ab".into(),
+        });
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("192.168.0.0/16: destination is outside peer vpc vpc-b (172.16.0.0/16"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_cidr_strings_are_refused() {
+    let mut doc = seed();
+    doc.vpcs[0].cidrs[0] = "10.0.0.0/33".into();
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("vpc vpc-a cidrs[0]: \"10.0.0.0/33\" is not a CIDR"),
+        "{msg}"
+    );
+
+    let mut doc = seed();
+    doc.subnets[0].cidr = "10.0.2.7/24".into();
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("has host bits set (did you mean 10.0.2.0/24?)"),
+        "{msg}"
+    );
+
+    let mut doc = seed();
+    doc.vpcs[0].ipv6_cidr = Some("::ffff:10.0.0.0/112".into());
+    assert!(refused(&doc).contains("IPv4-mapped"));
+}
+
+#[test]
+fn route_naming_a_peering_of_other_vpcs_is_refused() {
+    let mut doc = seed();
+    doc.route_tables[0].routes[0].target = "pcx-bc".into();
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("peering pcx-bc joins vpc-b and vpc-c, not this table's vpc vpc-a"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn dangling_references_and_bad_fields_are_each_named() {
+    let mut doc = seed();
+    doc.subnets[0].route_table = "rtb-missing".into();
+    doc.ports[1].mac = "02:00:zz:00:00:01".into();
+    doc.peerings[1].status = "accepted".into();
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("subnet subnet-a2: route table rtb-missing does not exist"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("port pdp-b: mac \"02:00:zz:00:00:01\""),
+        "{msg}"
+    );
+    assert!(msg.contains("peering pcx-bc: status \"accepted\""), "{msg}");
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let text = SEED.replace("router_mac =", "routr_mac =");
+    let err = Document::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("routr_mac"), "{err}");
+}
+
+#[test]
+fn port_address_outside_subnet_is_refused() {
+    let mut doc = seed();
+    doc.ports[0].ipv4 = Some("10.0.3.10".into());
+    let msg = refused(&doc);
+    assert!(
+        msg.contains("port pdp-a: ipv4 10.0.3.10 is not inside subnet subnet-a2 (10.0.2.0/24)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn failed_peering_may_overlap_but_not_become_active() {
+    let mut doc = seed();
+    doc.vpcs.iter_mut().find(|v| v.id == "vpc-c").unwrap().cidrs = vec!["172.16.0.0/16".into()];
+    for s in doc.subnets.iter_mut().filter(|s| s.vpc == "vpc-c") {
+        s.cidr = "172.16.9.0/24".into();
+    }
+    doc.ports
+        .iter_mut()
+        .find(|p| p.interface == "pdp-c")
+        .unwrap()
+        .ipv4 = Some("172.16.9.30".into());
+    doc.route_tables.retain(|t| t.id != "rtb-c");
+    doc.route_tables
+        .push(peer_dataplane::document::RouteTableDoc {
+            id: "rtb-c".into(),
+            vpc: "vpc-c".into(),
+            routes: vec![],
+        });
+    for t in doc.route_tables.iter_mut().filter(|t| t.id == "rtb-b") {
+        t.routes.retain(|r| r.target != "pcx-bc");
+    }
+    doc.peerings[1].status = "failed".into();
+    validate(&doc).expect("a failed peering may join overlapping VPCs");
+    doc.peerings[1].status = "active".into();
+    assert!(refused(&doc).contains("overlapping VPCs cannot be peered"));
+}
+
+#[test]
+fn missing_interface_fails_compile_before_any_write() {
+    let mut doc = seed();
+    doc.ports[0].interface = "pdp-zz".into();
+    let topo = validate(&doc).unwrap();
+    let err = compile(&topo, &Ids::default(), &FakeIfindex)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("interface pdp-zz does not exist"), "{err}");
+}
