@@ -103,8 +103,10 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Drop> {
     if p.ttl <= 1 {
         return Err(drop(DropReason::TtlExceeded));
     }
+    // bpf_redirect_map only records the target (transmission happens after we return),
+    // so resolve it first: a missing devmap entry then drops the frame untouched.
+    let action = deliver::redirect(&ep).map_err(drop)?;
     rewrite::decrement_ttl(ctx, &p).map_err(drop)?;
     rewrite::macs_and_vlan(ctx, &p, &ep).map_err(drop)?;
-    let action = deliver::redirect(&ep).map_err(drop)?;
     Ok(Outcome::Redirect { action, ctr: x.ctr })
 }

@@ -1,1 +1,348 @@
-fn main() {}
+//! `cargo xtask <task>`: everything a fresh machine needs, from installing the eBPF
+//! toolchain to running the demo, the tests and the benchmarks.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, bpf-linker, bpffs mount).
+    Setup,
+    /// Build the XDP object (target/ebpf/.../peer-dataplane-ebpf).
+    BuildEbpf,
+    /// Build the agent with the XDP object embedded (target/release/peer-dataplane).
+    Build,
+    /// Run every test: host unit tests, BPF_PROG_RUN tables, network-namespace end to end.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build, create the demo topology in network namespaces, run traffic, show counters.
+    Demo,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// BPF_PROG_RUN ns/packet: redirect-only baseline vs the pipeline with 10 and 100k routes.
+    Prog {
+        /// BPF_PROG_RUN repeat count per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A cargo child that inherits nothing from the outer cargo (toolchain, flags, target dir).
+fn clean_cargo(cargo: &str) -> Command {
+    let mut c = Command::new(cargo);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let inherited = (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k.starts_with("RUSTUP")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOC";
+        if inherited {
+            c.env_remove(&k);
+        }
+    }
+    c.current_dir(root());
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// setup
+
+const APT_BASE: [&str; 9] = [
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "bpftool",
+    "ethtool",
+    "iproute2",
+    "iputils-ping",
+    "util-linux", // nsenter
+    "procps",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn missing_packages(pkgs: &[String]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .cloned()
+        .collect()
+}
+
+fn apt_install(pkgs: &[String], updated: &mut bool) -> Result<()> {
+    let missing = missing_packages(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !*updated {
+        step("apt-get update");
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        *updated = true;
+    }
+    step(&format!("apt-get install {}", missing.join(" ")));
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// LLVM major version of the eBPF compiler (Debian's rustc-web).
+fn ebpf_llvm_major() -> Result<u32> {
+    let v = output(Command::new("/usr/bin/rustc").arg("-vV"))?;
+    let line = v
+        .lines()
+        .find(|l| l.starts_with("LLVM version:"))
+        .context("rustc -vV has no LLVM version")?;
+    let major = line
+        .trim_start_matches("LLVM version:")
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("");
+    major
+        .parse()
+        .with_context(|| format!("parsing LLVM major from {line:?}"))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        })
+}
+
+fn setup() -> Result<()> {
+    step("checking the eBPF toolchain (Debian rustc-web with the bpfel core library, bpf-linker)");
+    if unsafe_geteuid() != 0 {
+        bail!("setup installs packages and mounts bpffs: run it as root");
+    }
+    let mut updated = false;
+    apt_install(
+        &APT_BASE.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &mut updated,
+    )?;
+    let llvm = ebpf_llvm_major()?;
+    apt_install(&[format!("llvm-{llvm}-dev")], &mut updated)?;
+
+    // bpf-linker must link with the same LLVM major as rustc-web's; a stamp records it.
+    let stamp = cargo_home().join(".pdp-bpf-linker-llvm");
+    let linker = cargo_home().join("bin/bpf-linker");
+    let have = output(Command::new(&linker).arg("--version")).unwrap_or_default();
+    let stamped = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if !have.contains(BPF_LINKER_VERSION) || stamped.trim() != llvm.to_string() {
+        step(&format!(
+            "cargo install bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm} (about 90 s on 2 cores)"
+        ));
+        let mut c = clean_cargo("cargo");
+        c.env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")).args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm}"),
+        ]);
+        run(&mut c)?;
+        std::fs::write(&stamp, llvm.to_string())?;
+    }
+
+    let bpffs = Path::new("/sys/fs/bpf");
+    let mounted = Command::new("mountpoint")
+        .arg("-q")
+        .arg(bpffs)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        step("mounting bpffs on /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    step(&format!(
+        "setup complete: rustc-web (LLVM {llvm}), bpf-linker {BPF_LINKER_VERSION}, bpffs mounted"
+    ));
+    Ok(())
+}
+
+fn unsafe_geteuid() -> u32 {
+    // No libc dependency for one call: /proc tells us.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(2).and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// builds
+
+fn ebpf_object() -> PathBuf {
+    root().join("target/ebpf/bpfel-unknown-none/release/peer-dataplane-ebpf")
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    step("building the XDP object (bpfel-unknown-none, Debian rustc-web + bpf-linker)");
+    let mut c = clean_cargo("/usr/bin/cargo");
+    c.env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                cargo_home().join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args([
+            "build",
+            "-p",
+            "peer-dataplane-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+            "--target-dir",
+            "target/ebpf",
+        ]);
+    run(&mut c)?;
+    let obj = ebpf_object();
+    if !obj.exists() {
+        bail!("build finished but {} is missing", obj.display());
+    }
+    Ok(obj)
+}
+
+/// Host cargo with the XDP object available for embedding and for the tests.
+fn host_cargo(obj: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root()).env("PDP_EBPF_OBJECT", obj);
+    c
+}
+
+fn build_agent(obj: &Path) -> Result<PathBuf> {
+    step("building the agent with the XDP object embedded");
+    run(host_cargo(obj).args([
+        "build",
+        "--release",
+        "-p",
+        "peer-dataplane",
+        "-p",
+        "peer-dataplane-tests",
+        "--bins",
+    ]))?;
+    Ok(root().join("target/release/peer-dataplane"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let agent = build_agent(&obj)?;
+    step(
+        "running all tests: host unit tests, BPF_PROG_RUN tables, netns end to end (one at a time)",
+    );
+    let mut c = host_cargo(&obj);
+    c.env("PDP_AGENT_BIN", &agent)
+        .args(["test", "--release", "--", "--test-threads=1"])
+        .args(args);
+    run(&mut c)
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let agent = build_agent(&obj)?;
+    step("running the demo");
+    run(Command::new(root().join("target/release/pdp-demo"))
+        .arg("--agent")
+        .arg(&agent)
+        .current_dir(root()))
+}
+
+fn bench_prog(repeat: u32) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    build_agent(&obj)?;
+    step("benchmark: BPF_PROG_RUN ns/packet");
+    run(Command::new(root().join("target/release/pdp-bench"))
+        .args(["prog", "--repeat", &repeat.to_string(), "--object"])
+        .arg(&obj)
+        .current_dir(root()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf().map(|p| println!("{}", p.display())),
+        Task::Build => {
+            let obj = build_ebpf()?;
+            build_agent(&obj).map(|p| println!("{}", p.display()))
+        }
+        Task::Test { args } => test(&args),
+        Task::Demo => demo(),
+        Task::Bench {
+            which: Bench::Prog { repeat },
+        } => bench_prog(repeat),
+    }
+}

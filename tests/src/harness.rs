@@ -1,0 +1,142 @@
+//! The real XDP object, loaded with its maps pinned in a private bpffs directory, driven
+//! by BPF_PROG_RUN. State goes in through the agent's own install path.
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::Ebpf;
+use peer_dataplane::agent::Installed;
+use peer_dataplane::desired::KernelIfindex;
+use peer_dataplane::document::Document;
+use peer_dataplane::kernel;
+use peer_dataplane::validate::validate;
+use peer_dataplane_common::{
+    counters::{GlobalCounters, PeeringCounters},
+    program_names,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub fn action_name(a: u32) -> &'static str {
+    match a {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "?",
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestDataplane {
+    pub ebpf: Ebpf,
+    pub installed: Installed,
+    pub pin_dir: PathBuf,
+}
+
+pub struct RunOutput {
+    pub action: u32,
+    pub data: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl TestDataplane {
+    /// Loads the object at `PDP_EBPF_OBJECT` with pins under a directory of its own.
+    pub fn load() -> Result<TestDataplane> {
+        crate::require_root()?;
+        let object = std::fs::read(crate::object_path()?).context("reading the XDP object")?;
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/pdp-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = kernel::remove_pins(&pin_dir);
+        let mut ebpf = kernel::load(&object, &pin_dir)?;
+        for name in [program_names::PIPELINE, program_names::REDIRECT_ONLY] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("loading {name} (verifier)"))?;
+        }
+        let installed = Installed::open(&pin_dir)?;
+        Ok(TestDataplane {
+            ebpf,
+            installed,
+            pin_dir,
+        })
+    }
+
+    /// Validates and installs `doc`; interfaces resolve in the calling thread's netns.
+    pub fn install(&mut self, doc: &Document) -> Result<usize> {
+        let topo = validate(doc).map_err(|e| anyhow!("{e}"))?;
+        self.installed.install(&topo, &KernelIfindex)
+    }
+
+    fn program(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()
+            .map_err(Into::into)
+    }
+
+    /// One BPF_PROG_RUN of `program` on `packet` as if received on `ingress_ifindex`.
+    pub fn run_on(
+        &self,
+        program: &str,
+        ingress_ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<RunOutput> {
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 256];
+        let prog = self.program(program)?;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e: ProgramError| anyhow!("BPF_PROG_RUN of {program}: {e}"))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            action: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    pub fn run(&self, ingress_ifindex: u32, packet: &[u8]) -> Result<RunOutput> {
+        self.run_on(program_names::PIPELINE, ingress_ifindex, packet, 1)
+    }
+
+    pub fn global(&self) -> Result<GlobalCounters> {
+        self.installed.maps.global_counters()
+    }
+
+    pub fn peering(&self, slot: u32) -> Result<(PeeringCounters, PeeringCounters)> {
+        self.installed.maps.peering_counters(slot)
+    }
+}
+
+impl Drop for TestDataplane {
+    fn drop(&mut self) {
+        let _ = kernel::remove_pins(&self.pin_dir);
+    }
+}

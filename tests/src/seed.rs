@@ -1,0 +1,335 @@
+//! The seed topology (examples/seed.toml) in network namespaces: a "hypervisor" namespace
+//! holding the three ports, and one namespace per instance behind each port. Used by the
+//! demo and the end-to-end tests; the BPF_PROG_RUN tests only need the port interfaces.
+
+use crate::netns::{veth, Netns};
+use anyhow::{bail, Context, Result};
+use peer_dataplane::document::Document;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SEED_TOML: &str = include_str!("../../examples/seed.toml");
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x70, 0x64, 0x70, 0x00, 0x01];
+
+pub fn seed_doc() -> Document {
+    Document::from_toml(SEED_TOML).expect("examples/seed.toml parses")
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Instance {
+    pub name: &'static str,
+    pub vpc: &'static str,
+    /// Host-side port interface.
+    pub port: &'static str,
+    pub mac: [u8; 6],
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+    pub gw4: [u8; 4],
+    pub gw6: [u8; 16],
+}
+
+const fn v6(prefix: [u16; 4], host: u16) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        a[2 * i] = (prefix[i] >> 8) as u8;
+        a[2 * i + 1] = prefix[i] as u8;
+        i += 1;
+    }
+    a[14] = (host >> 8) as u8;
+    a[15] = host as u8;
+    a
+}
+
+pub const A: Instance = Instance {
+    name: "a",
+    vpc: "vpc-a",
+    port: "pdp-a",
+    mac: [0x02, 0x00, 0x0a, 0x00, 0x02, 0x0a],
+    ipv4: [10, 0, 2, 10],
+    ipv6: v6([0xfd00, 0xa, 0, 2], 0x10),
+    gw4: [10, 0, 2, 1],
+    gw6: v6([0xfd00, 0xa, 0, 2], 1),
+};
+pub const B: Instance = Instance {
+    name: "b",
+    vpc: "vpc-b",
+    port: "pdp-b",
+    mac: [0x02, 0x00, 0xac, 0x10, 0x02, 0x14],
+    ipv4: [172, 16, 2, 20],
+    ipv6: v6([0xfd00, 0xb, 0, 2], 0x20),
+    gw4: [172, 16, 2, 1],
+    gw6: v6([0xfd00, 0xb, 0, 2], 1),
+};
+pub const C: Instance = Instance {
+    name: "c",
+    vpc: "vpc-c",
+    port: "pdp-c",
+    mac: [0x02, 0x00, 0xc0, 0xa8, 0x02, 0x1e],
+    ipv4: [192, 168, 2, 30],
+    ipv6: v6([0xfd00, 0xc, 0, 2], 0x30),
+    gw4: [192, 168, 2, 1],
+    gw6: v6([0xfd00, 0xc, 0, 2], 1),
+};
+pub const INSTANCES: [Instance; 3] = [A, B, C];
+
+pub fn mac_str(m: &[u8; 6]) -> String {
+    peer_dataplane::validate::format_mac(m)
+}
+
+pub fn v4_str(a: &[u8; 4]) -> String {
+    std::net::Ipv4Addr::from(*a).to_string()
+}
+
+pub fn v6_str(a: &[u8; 16]) -> String {
+    std::net::Ipv6Addr::from(*a).to_string()
+}
+
+/// One namespace holding the seed's port interfaces (each a veth whose peer stays in the
+/// same namespace): enough for BPF_PROG_RUN, which needs real ifindexes.
+pub fn ports_only(ns_name: &str) -> Result<Netns> {
+    let ns = Netns::create(ns_name)?;
+    for i in INSTANCES {
+        veth(
+            &ns,
+            i.port,
+            None,
+            &ns,
+            &format!("{}-peer", i.port),
+            Some(&mac_str(&i.mac)),
+        )?;
+    }
+    Ok(ns)
+}
+
+/// The full seed network: a hypervisor namespace with the ports, an instance namespace
+/// behind each, addressed and routed via the virtual gateway.
+pub struct SeedNetwork {
+    pub host: Netns,
+    pub instances: Vec<(Instance, Netns)>,
+}
+
+impl SeedNetwork {
+    pub fn create(prefix: &str) -> Result<SeedNetwork> {
+        let host = Netns::create(&format!("{prefix}-host"))?;
+        let mut instances = Vec::new();
+        for i in INSTANCES {
+            let ns = Netns::create(&format!("{prefix}-{}", i.name))?;
+            veth(&host, i.port, None, &ns, "eth0", Some(&mac_str(&i.mac)))?;
+            let router = mac_str(&ROUTER_MAC);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", v4_str(&i.ipv4)),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", v6_str(&i.ipv6)),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &v4_str(&i.gw4),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &v6_str(&i.gw6),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &v4_str(&i.gw4),
+                "lladdr",
+                &router,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &v6_str(&i.gw6),
+                "lladdr",
+                &router,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            // Native XDP redirect into a veth needs GRO (or an XDP program) on the receiving
+            // peer; and the sender's checksum offload would leave UDP checksums unfilled.
+            ns.exec("ethtool", &["-K", "eth0", "gro", "on", "tx", "off"])?;
+            instances.push((i, ns));
+        }
+        Ok(SeedNetwork { host, instances })
+    }
+
+    pub fn ns(&self, i: Instance) -> &Netns {
+        &self
+            .instances
+            .iter()
+            .find(|(x, _)| x.name == i.name)
+            .unwrap()
+            .1
+    }
+}
+
+/// The real agent binary, running in the hypervisor namespace with its own pin directory.
+pub struct Agent {
+    child: Child,
+    pub bin: PathBuf,
+    pub pin_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `bin run` in `host` and waits until it reports ready.
+    pub fn start(
+        bin: &Path,
+        host: &Netns,
+        config: &Path,
+        pin_dir: &Path,
+        xdp_mode: &str,
+    ) -> Result<Agent> {
+        let _ = peer_dataplane::kernel::remove_pins(pin_dir);
+        let log = config.with_extension("log");
+        let logf = std::fs::File::create(&log)?;
+        // nsenter keeps the root /sys (and so /sys/fs/bpf) visible; `ip netns exec` would not.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", host.path().display()))
+            .arg(bin)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(["run", "--xdp-mode", xdp_mode, "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .context("starting the agent")?;
+        let mut agent = Agent {
+            child,
+            bin: bin.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+            config: config.to_path_buf(),
+            log,
+        };
+        agent.wait_log("ready", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// Waits until the agent's log has a line containing `needle` (counting from the
+    /// start of the log), or fails with the log attached.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let f = std::fs::File::open(&self.log)?;
+            let n = BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.contains(needle))
+                .count();
+            if n >= count {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "agent exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent did not log {needle:?} within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes a new state document and sends SIGHUP; waits for the outcome line.
+    pub fn reload(&mut self, doc: &Document) -> Result<()> {
+        let before = self.count_log("reload");
+        std::fs::write(&self.config, doc.to_toml())?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        self.wait_log_count("reload", before + 1, Duration::from_secs(10))
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// `peer-dataplane stats -o json` against this agent's pins.
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        let out = crate::netns::sh(
+            Command::new(&self.bin)
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .args(["stats", "-o", "json"]),
+        )?;
+        serde_json::from_str(&out).context("parsing stats JSON")
+    }
+
+    pub fn stats_table(&self) -> Result<String> {
+        crate::netns::sh(
+            Command::new(&self.bin)
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .args(["stats"]),
+        )
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.stop();
+        }
+        let _ = peer_dataplane::kernel::remove_pins(&self.pin_dir);
+    }
+}
