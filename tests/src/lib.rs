@@ -6,6 +6,7 @@ pub mod harness;
 pub mod netns;
 pub mod packets;
 pub mod seed;
+pub mod traffic;
 
 use anyhow::{bail, Result};
 

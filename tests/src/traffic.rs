@@ -1,0 +1,145 @@
+//! Real traffic between instance namespaces: ping, a UDP exchange and a TCP exchange, each
+//! reporting whether the reply came back.
+
+use crate::netns::{sh, Netns};
+use crate::seed::{v4_str, v6_str, Instance};
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn addr(i: &Instance, v6: bool, port: u16) -> SocketAddr {
+    let ip: IpAddr = if v6 { i.ipv6.into() } else { i.ipv4.into() };
+    SocketAddr::new(ip, port)
+}
+
+/// `ping -c count` from `ns` to `dst`; Ok(true) if every echo was answered.
+pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
+    let out = ns
+        .command("ping")
+        .args([
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            dst,
+        ])
+        .output()
+        .context("running ping")?;
+    Ok(out.status.success())
+}
+
+pub fn ping_instance(ns: &Netns, to: &Instance, v6: bool, count: u32) -> Result<bool> {
+    ping(
+        ns,
+        &if v6 {
+            v6_str(&to.ipv6)
+        } else {
+            v4_str(&to.ipv4)
+        },
+        count,
+    )
+}
+
+/// Sends `payload` from `from` to `to` over UDP and waits for the echo. Ok(false) if no
+/// packet arrived at the server within the timeout.
+pub fn udp_exchange(
+    from_ns: &Netns,
+    from: &Instance,
+    to_ns: &Netns,
+    to: &Instance,
+    v6: bool,
+    port: u16,
+) -> Result<bool> {
+    let server_addr = addr(to, v6, port);
+    let client_addr = addr(from, v6, 0);
+    let server = to_ns.run(move || UdpSocket::bind(server_addr))??;
+    let client = from_ns.run(move || UdpSocket::bind(client_addr))??;
+    server.set_read_timeout(Some(TIMEOUT))?;
+    client.set_read_timeout(Some(TIMEOUT))?;
+    let payload = b"peer-dataplane udp probe";
+    client.send_to(payload, server_addr)?;
+    let mut buf = [0u8; 256];
+    let (n, peer) = match server.recv_from(&mut buf) {
+        Ok(x) => x,
+        Err(_) => return Ok(false),
+    };
+    if &buf[..n] != payload {
+        bail!("udp server got {:?}", &buf[..n]);
+    }
+    server.send_to(b"pong", peer)?;
+    let (n, _) = client
+        .recv_from(&mut buf)
+        .context("udp reply never came back")?;
+    Ok(&buf[..n] == b"pong")
+}
+
+/// Connects over TCP from `from` to `to`, sends a line and reads it back. Ok(false) if the
+/// connection could not be established.
+pub fn tcp_exchange(
+    from_ns: &Netns,
+    to_ns: &Netns,
+    to: &Instance,
+    v6: bool,
+    port: u16,
+) -> Result<bool> {
+    let server_addr = addr(to, v6, port);
+    let listener = to_ns.run(move || TcpListener::bind(server_addr))??;
+    let echo = std::thread::spawn(move || -> Result<()> {
+        listener.set_nonblocking(false)?;
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        s.write_all(&buf[..n])?;
+        Ok(())
+    });
+    let stream = from_ns.run(move || TcpStream::connect_timeout(&server_addr, TIMEOUT))?;
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(_) => return Ok(false),
+    };
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"hello over tcp\n")?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf)?;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("tcp echo thread panicked"))??;
+    Ok(&buf[..n] == b"hello over tcp\n")
+}
+
+/// Adds `addr` to an instance's eth0 so it can send packets that claim another source
+/// (an instance relaying traffic it received from elsewhere).
+pub fn add_alias(ns: &Netns, addr: &[u8; 4]) -> Result<()> {
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", v4_str(addr)),
+        "dev",
+        "eth0",
+    ])?;
+    Ok(())
+}
+
+pub fn ping_from(ns: &Netns, src: &[u8; 4], dst: &[u8; 4]) -> Result<bool> {
+    let out = sh(ns.command("ping").args([
+        "-n",
+        "-q",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        &v4_str(src),
+        &v4_str(dst),
+    ]));
+    Ok(out.is_ok())
+}

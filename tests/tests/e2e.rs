@@ -1,0 +1,245 @@
+//! End to end: the real agent binary in a "hypervisor" namespace, the seed topology's
+//! instances in namespaces of their own, real packets through native XDP on veth.
+//! Needs root, BPF and network namespaces; namespaces and pins are removed on drop.
+
+use anyhow::{ensure, Result};
+use peer_dataplane::document::Document;
+use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B, C};
+use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+struct Env {
+    net: SeedNetwork,
+    agent: Agent,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(tag: &str, doc: &Document, mode: &str) -> Result<Env> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = TempDir(std::env::temp_dir().join(format!("pdp-{tag}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let config = dir.0.join("state.toml");
+    std::fs::write(&config, doc.to_toml())?;
+    let net = SeedNetwork::create(&format!("pdp-{tag}"))?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}-{}", std::process::id()));
+    let agent = Agent::start(&bin, &net.host, &config, &pin_dir, mode)?;
+    Ok(Env {
+        net,
+        agent,
+        _dir: dir,
+    })
+}
+
+fn peering<'a>(stats: &'a Value, id: &str) -> &'a Value {
+    stats["peerings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {stats}"))
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn peered_vpcs_exchange_ping_udp_tcp_both_families() -> Result<()> {
+    let env = start("e2e-fwd", &seed::seed_doc(), "native")?;
+    let (a, b, c) = (env.net.ns(A), env.net.ns(B), env.net.ns(C));
+    ensure!(
+        ping_instance(a, &B, false, 3)?,
+        "ping a -> b (IPv4) failed\n{}",
+        env.agent.log_text()
+    );
+    ensure!(ping_instance(b, &A, true, 3)?, "ping b -> a (IPv6) failed");
+    ensure!(
+        ping_instance(c, &B, false, 2)?,
+        "ping c -> b over pcx-bc failed"
+    );
+    ensure!(
+        udp_exchange(a, &A, b, &B, false, 7000)?,
+        "udp a <-> b (IPv4) failed"
+    );
+    ensure!(
+        udp_exchange(b, &B, a, &A, true, 7001)?,
+        "udp b <-> a (IPv6) failed"
+    );
+    ensure!(
+        tcp_exchange(a, b, &B, false, 7002)?,
+        "tcp a -> b (IPv4) failed"
+    );
+    ensure!(
+        tcp_exchange(c, b, &B, true, 7003)?,
+        "tcp c -> b (IPv6) failed"
+    );
+
+    let s = env.agent.stats_json()?;
+    let ab = peering(&s, "pcx-ab");
+    assert_eq!(ab["status"], "active");
+    assert_eq!(ab["requester_vpc"], "vpc-a");
+    // a->b: 3 echo requests, 1 udp, the tcp handshake and data, the 3 echo replies b->a of
+    // the IPv6 ping go the other way. Lower bounds, since TCP may retransmit.
+    assert!(
+        n(&ab["requester_to_accepter"]["packets"]) >= 3 + 3 + 1 + 3,
+        "{ab}"
+    );
+    assert!(
+        n(&ab["accepter_to_requester"]["packets"]) >= 3 + 3 + 1 + 2,
+        "{ab}"
+    );
+    assert!(n(&ab["requester_to_accepter"]["bytes"]) > 0);
+    let bc = peering(&s, "pcx-bc");
+    assert!(n(&bc["accepter_to_requester"]["packets"]) >= 2 + 3, "{bc}");
+    assert_eq!(
+        n(&s["global"]["dropped_packets"]),
+        0,
+        "nothing dropped: {s}"
+    );
+    assert!(n(&s["global"]["redirected_packets"]) >= 30, "{s}");
+    Ok(())
+}
+
+#[test]
+fn peering_is_not_transitive() -> Result<()> {
+    let env = start("e2e-trans", &seed::seed_doc(), "native")?;
+    let (a, b) = (env.net.ns(A), env.net.ns(B));
+    ensure!(
+        !ping_instance(a, &C, false, 2)?,
+        "a reached c: peering must not be transitive"
+    );
+    // b relays traffic that claims a's address toward c.
+    traffic::add_alias(b, &A.ipv4)?;
+    ensure!(
+        !traffic::ping_from(b, &A.ipv4, &C.ipv4)?,
+        "b relayed a's traffic to c"
+    );
+    ensure!(
+        ping_instance(b, &C, false, 1)?,
+        "b's own traffic to c must still flow"
+    );
+
+    let s = env.agent.stats_json()?;
+    assert_eq!(n(&s["global"]["dropped"]["no-route"]), 2, "{s}");
+    assert_eq!(n(&s["global"]["dropped"]["transitive"]), 2, "{s}");
+    let bc = peering(&s, "pcx-bc");
+    assert_eq!(
+        n(&bc["requester_to_accepter"]["dropped"]["transitive"]),
+        2,
+        "{bc}"
+    );
+    Ok(())
+}
+
+#[test]
+fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Result<()> {
+    let mut env = start("e2e-del", &seed::seed_doc(), "native")?;
+    let (a, b) = (env.net.ns(A), env.net.ns(B));
+    ensure!(ping_instance(a, &B, false, 1)?, "a -> b before delete");
+
+    // A malformed document (overlapping CIDRs) is refused as a whole; forwarding goes on.
+    // Its other change (a blackhole for b's subnet) would cut a -> b if it were applied.
+    let mut bad = seed::seed_doc();
+    bad.vpcs
+        .iter_mut()
+        .find(|v| v.id == "vpc-c")
+        .unwrap()
+        .cidrs
+        .push("10.0.128.0/17".into());
+    bad.route_tables
+        .iter_mut()
+        .find(|t| t.id == "rtb-a")
+        .unwrap()
+        .routes
+        .push(peer_dataplane::document::RouteDoc {
+            destination: "172.16.2.0/24".into(),
+            target: "blackhole".into(),
+        });
+    env.agent.reload(&bad)?;
+    let log = env.agent.log_text();
+    assert!(log.contains("refused, previous state kept"), "{log}");
+    assert!(log.contains("its peers vpc-a (10.0.0.0/16, via pcx-ab) and vpc-c (10.0.128.0/17, via pcx-bc) have overlapping CIDRs"), "{log}");
+    ensure!(
+        ping_instance(a, &B, false, 1)?,
+        "a refused document must leave forwarding as it was"
+    );
+
+    let mut deleted = seed::seed_doc();
+    deleted
+        .peerings
+        .iter_mut()
+        .find(|p| p.id == "pcx-ab")
+        .unwrap()
+        .status = "deleted".into();
+    env.agent.reload(&deleted)?;
+    ensure!(
+        !ping_instance(a, &B, false, 2)?,
+        "a reached b over a deleted peering"
+    );
+    ensure!(
+        !udp_exchange(b, &B, a, &A, false, 7100)?,
+        "udp b -> a over a deleted peering"
+    );
+    let s = env.agent.stats_json()?;
+    let ab = peering(&s, "pcx-ab");
+    assert_eq!(ab["status"], "deleted");
+    assert_eq!(
+        n(&ab["requester_to_accepter"]["dropped"]["peering-inactive"]),
+        2,
+        "{ab}"
+    );
+    assert_eq!(
+        n(&ab["accepter_to_requester"]["dropped"]["peering-inactive"]),
+        1,
+        "{ab}"
+    );
+
+    // Re-activated: traffic flows again without restarting anything.
+    env.agent.reload(&seed::seed_doc())?;
+    ensure!(
+        ping_instance(a, &B, false, 1)?,
+        "a -> b after re-activation"
+    );
+    Ok(())
+}
+
+#[test]
+fn generic_mode_forwards_too() -> Result<()> {
+    let env = start("e2e-gen", &seed::seed_doc(), "generic")?;
+    ensure!(
+        ping_instance(env.net.ns(A), &B, false, 2)?,
+        "ping a -> b in generic mode\n{}",
+        env.agent.log_text()
+    );
+    ensure!(
+        udp_exchange(env.net.ns(B), &B, env.net.ns(A), &A, true, 7200)?,
+        "udp b -> a in generic mode"
+    );
+    Ok(())
+}
+
+#[test]
+fn stats_table_is_readable_after_the_agent_stops() -> Result<()> {
+    let mut env = start("e2e-stats", &seed::seed_doc(), "native")?;
+    ensure!(ping_instance(env.net.ns(A), &B, false, 1)?, "ping a -> b");
+    env.agent.stop()?;
+    std::thread::sleep(Duration::from_millis(100));
+    let t = env.agent.stats_table()?;
+    assert!(t.starts_with("PEERING"), "{t}");
+    let row = t
+        .lines()
+        .find(|l| l.starts_with("pcx-ab") && l.contains("req->acc"))
+        .unwrap();
+    assert!(row.contains("vpc-a -> vpc-b"), "{t}");
+    Ok(())
+}
