@@ -283,11 +283,15 @@ impl Agent {
 
     /// Writes a new state document and sends SIGHUP; waits for the outcome line.
     pub fn reload(&mut self, doc: &Document) -> Result<()> {
-        let before = self.count_log("reload");
-        std::fs::write(&self.config, doc.to_toml())?;
+        // The agent also reloads on file change: replace the file atomically so that it
+        // never reads half a document, then wait for the SIGHUP reload's own log line.
+        let before = self.count_log("on SIGHUP");
+        let tmp = self.config.with_extension("toml.tmp");
+        std::fs::write(&tmp, doc.to_toml())?;
+        std::fs::rename(&tmp, &self.config)?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
-        self.wait_log_count("reload", before + 1, Duration::from_secs(10))
+        self.wait_log_count("on SIGHUP", before + 1, Duration::from_secs(10))
     }
 
     pub fn count_log(&self, needle: &str) -> usize {

@@ -26,12 +26,12 @@ impl Drop for TempDir {
 fn start(tag: &str, doc: &Document, mode: &str) -> Result<Env> {
     peer_dataplane_tests::require_root()?;
     let bin = peer_dataplane_tests::agent_path()?;
-    let dir = TempDir(std::env::temp_dir().join(format!("pdp-{tag}-{}", std::process::id())));
+    let dir = TempDir(std::env::temp_dir().join(format!("pdp-{tag}")));
     std::fs::create_dir_all(&dir.0)?;
     let config = dir.0.join("state.toml");
     std::fs::write(&config, doc.to_toml())?;
     let net = SeedNetwork::create(&format!("pdp-{tag}"))?;
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}-{}", std::process::id()));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}"));
     let agent = Agent::start(&bin, &net.host, &config, &pin_dir, mode)?;
     Ok(Env {
         net,

@@ -1,1 +1,186 @@
-fn main() {}
+//! `cargo xtask bench prog`: BPF_PROG_RUN cost per packet of the forwarding pipeline,
+//! against a program that only redirects, measured in the same run.
+//!
+//! BPF_PROG_RUN repeats a program on the same buffer, so the pipeline's TTL decrement
+//! accumulates across repeats. Packets therefore start at TTL 255 and each syscall runs a
+//! batch of 250 repeats (the kernel reports the average in-kernel time of a batch, without
+//! the syscall); the verdict of every batch is checked so that a different path (say
+//! ttl-exceeded) can never be measured by mistake.
+
+use anyhow::{bail, Context, Result};
+use peer_dataplane::document::{Document, RouteDoc};
+use peer_dataplane_common::program_names;
+use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_REDIRECT};
+use peer_dataplane_tests::netns;
+use peer_dataplane_tests::packets::{self, L2};
+use peer_dataplane_tests::seed::{self, A, B, ROUTER_MAC};
+use std::io::Write;
+use std::path::PathBuf;
+
+const BATCH: u32 = 250;
+const ROUNDS: usize = 5;
+
+struct Args {
+    repeat: u32,
+    object: PathBuf,
+}
+
+fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mut repeat = 1_000_000;
+    let mut object = None;
+    let what = it.next().unwrap_or_default();
+    if what != "prog" {
+        bail!("usage: pdp-bench prog [--repeat N] --object PATH");
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
+            "--object" => object = it.next().map(PathBuf::from),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(Args {
+        repeat,
+        object: object.context("--object PATH")?,
+    })
+}
+
+/// Mean ns/packet over `total` runs of `program` on `packet`.
+fn measure(
+    dp: &TestDataplane,
+    program: &str,
+    ifindex: u32,
+    packet: &[u8],
+    total: u32,
+) -> Result<f64> {
+    let batches = (total / BATCH).max(1);
+    let mut ns = 0u128;
+    for _ in 0..batches {
+        let out = dp.run_on(program, ifindex, packet, BATCH)?;
+        if out.action != XDP_REDIRECT {
+            bail!(
+                "{program} returned {} instead of XDP_REDIRECT: not the path to measure",
+                action_name(out.action)
+            );
+        }
+        ns += out.duration.as_nanos();
+    }
+    Ok(ns as f64 / batches as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The seed document with rtb-a holding `n` routes in all (the two local routes, the two
+/// peering routes, and more-specific peering routes inside VPC B's CIDRs: IPv4 /32s and
+/// IPv6 /64s, alternating).
+fn doc_with_routes(n: usize) -> Document {
+    let mut doc = seed::seed_doc();
+    let rtb = doc
+        .route_tables
+        .iter_mut()
+        .find(|t| t.id == "rtb-a")
+        .unwrap();
+    let extra = n.saturating_sub(4);
+    for i in 0..extra {
+        let destination = if i % 2 == 0 {
+            let k = i / 2 + 1;
+            format!("172.16.{}.{}/32", (k >> 8) & 0xff, k & 0xff)
+        } else {
+            format!("fd00:b:0:{:x}::/64", i / 2 + 16)
+        };
+        rtb.routes.push(RouteDoc {
+            destination,
+            target: "pcx-ab".into(),
+        });
+    }
+    doc
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    let ns = seed::ports_only("pdp-bench")?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load_from(&args.object)?;
+    let ifindex = |name: &str| {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: NUL-terminated name.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    };
+    let (a_if, b_if) = (ifindex(A.port), ifindex(B.port));
+    let l2 = L2 {
+        src: A.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let v4 = packets::udp4(l2, A.ipv4, B.ipv4, 255, 40000, 7000, &[0u8; 18]);
+    let v6 = packets::udp6(l2, A.ipv6, B.ipv6, 255, 40000, 7000, &[0u8; 18]);
+    let baseline_frame = packets::forwarded(&v4, B.mac, ROUTER_MAC);
+
+    dp.keep_in_dispatcher(program_names::PIPELINE, "pdp-b-peer")?;
+    dp.keep_in_dispatcher(program_names::REDIRECT_ONLY, "pdp-c-peer")?;
+    println!(
+        "BPF_PROG_RUN, {} runs per figure in batches of {BATCH}, median of {ROUNDS} rounds; {}-byte IPv4 / {}-byte IPv6 UDP frames",
+        args.repeat,
+        v4.len(),
+        v6.len()
+    );
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    for (label, routes) in [("10 routes", 10usize), ("100,000 routes", 100_000)] {
+        eprint!("installing {label} ... ");
+        let t = std::time::Instant::now();
+        let writes = dp.install(&doc_with_routes(routes))?;
+        eprintln!("{writes} map writes in {:.2} s", t.elapsed().as_secs_f64());
+        let (mut base, mut p4, mut p6) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            eprint!("\r  round {}/{ROUNDS}", round + 1);
+            std::io::stderr().flush().ok();
+            // Interleaved so that drift on a shared machine hits all three alike.
+            base.push(measure(
+                &dp,
+                program_names::REDIRECT_ONLY,
+                b_if,
+                &baseline_frame,
+                args.repeat,
+            )?);
+            p4.push(measure(
+                &dp,
+                program_names::PIPELINE,
+                a_if,
+                &v4,
+                args.repeat,
+            )?);
+            p6.push(measure(
+                &dp,
+                program_names::PIPELINE,
+                a_if,
+                &v6,
+                args.repeat,
+            )?);
+        }
+        eprintln!();
+        if rows.is_empty() {
+            rows.push(("(a) redirect only (baseline)".into(), median(base)));
+        }
+        let tag = if routes == 10 { "b" } else { "c" };
+        rows.push((format!("({tag}) pipeline, {label}, IPv4"), median(p4)));
+        rows.push((format!("({tag}) pipeline, {label}, IPv6"), median(p6)));
+    }
+
+    let base = rows[0].1;
+    println!("{:<42} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
+    for (name, ns) in &rows {
+        println!("{name:<42} {ns:>10.1} {:>7.2}x", ns / base);
+    }
+    let (b4, c4) = (rows[1].1, rows[3].1);
+    println!(
+        "b/a (IPv4) = {:.2}   c/a (IPv4) = {:.2}   c/b (IPv4) = {:.2}",
+        b4 / base,
+        c4 / base,
+        c4 / b4
+    );
+    Ok(())
+}
