@@ -305,8 +305,64 @@ fn test(args: &[String]) -> Result<()> {
     let mut c = host_cargo(&obj);
     c.env("PDP_AGENT_BIN", &agent)
         .args(["test", "--release", "--", "--test-threads=1"])
-        .args(args);
-    run(&mut c)
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().context("starting cargo test")?;
+    // Echo cargo's output and total its per-binary summaries into one closing line.
+    let mut totals = TestTotals::default();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in std::io::BufRead::lines(reader) {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    let TestTotals {
+        passed,
+        failed,
+        ignored,
+    } = totals;
+    println!("\nall tiers: {passed} passed, {failed} failed, {ignored} ignored");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if ignored > 0 {
+        bail!("{ignored} tests were ignored: every test, privileged ones included, must run");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds a libtest summary line (`test result: ok. 6 passed; 0 failed; 0 ignored; ...`).
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn demo() -> Result<()> {
