@@ -147,32 +147,29 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
     let (a, b) = (env.net.ns(A), env.net.ns(B));
     ensure!(ping_instance(a, &B, false, 1)?, "a -> b before delete");
 
-    // A malformed document (overlapping CIDRs) is refused as a whole; forwarding goes on.
-    // Its other change (a blackhole for b's subnet) would cut a -> b if it were applied.
-    let mut bad = seed::seed_doc();
-    bad.vpcs
-        .iter_mut()
-        .find(|v| v.id == "vpc-c")
-        .unwrap()
-        .cidrs
-        .push("10.0.128.0/17".into());
-    bad.route_tables
-        .iter_mut()
-        .find(|t| t.id == "rtb-a")
-        .unwrap()
-        .routes
-        .push(peer_dataplane::document::RouteDoc {
-            destination: "172.16.2.0/24".into(),
-            target: "blackhole".into(),
-        });
-    env.agent.reload(&bad)?;
-    let log = env.agent.log_text();
-    assert!(log.contains("refused, previous state kept"), "{log}");
-    assert!(log.contains("its peers vpc-a (10.0.0.0/16, via pcx-ab) and vpc-c (10.0.128.0/17, via pcx-bc) have overlapping CIDRs"), "{log}");
-    ensure!(
-        ping_instance(a, &B, false, 1)?,
-        "a refused document must leave forwarding as it was"
-    );
+    // Malformed documents are refused as a whole and forwarding goes on. Each also carries
+    // a blackhole route for b's subnet that would cut a -> b if anything were applied.
+    for (bad, expect) in bad_documents() {
+        let refusals = env
+            .agent
+            .count_log("reload on SIGHUP refused, previous state kept");
+        env.agent.reload(&bad)?;
+        let log = env.agent.log_text();
+        assert_eq!(
+            env.agent
+                .count_log("reload on SIGHUP refused, previous state kept"),
+            refusals + 1,
+            "{log}"
+        );
+        assert!(
+            log.contains(expect),
+            "expected {expect:?} in the refusal:\n{log}"
+        );
+        ensure!(
+            ping_instance(a, &B, false, 1)?,
+            "a refused document ({expect}) changed forwarding"
+        );
+    }
 
     let mut deleted = seed::seed_doc();
     deleted
@@ -211,6 +208,43 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
         "a -> b after re-activation"
     );
     Ok(())
+}
+
+/// Documents the agent must refuse, with the text the refusal must contain.
+fn bad_documents() -> Vec<(Document, &'static str)> {
+    let with = |f: &dyn Fn(&mut Document)| {
+        let mut d = seed::seed_doc();
+        add_route(&mut d, "172.16.2.0/24", "blackhole");
+        f(&mut d);
+        d
+    };
+    vec![
+        (
+            with(&|d| d.vpcs.iter_mut().find(|v| v.id == "vpc-c").unwrap().cidrs.push("10.0.128.0/17".into())),
+            "its peers vpc-a (10.0.0.0/16, via pcx-ab) and vpc-c (10.0.128.0/17, via pcx-bc) have overlapping CIDRs",
+        ),
+        (
+            with(&|d| add_route(d, "172.16.5.0/24", "pcx-zz")),
+            "route table rtb-a route 172.16.5.0/24: target pcx-zz is not a known peering connection",
+        ),
+        (
+            with(&|d| add_route(d, "192.168.0.0/16", "pcx-ab")),
+            "route table rtb-a route 192.168.0.0/16: destination is outside peer vpc vpc-b",
+        ),
+        (with(&|d| add_route(d, "172.16.300.0/24", "pcx-ab")), "\"172.16.300.0/24\" is not a CIDR"),
+    ]
+}
+
+fn add_route(d: &mut Document, destination: &str, target: &str) {
+    d.route_tables
+        .iter_mut()
+        .find(|t| t.id == "rtb-a")
+        .unwrap()
+        .routes
+        .push(peer_dataplane::document::RouteDoc {
+            destination: destination.into(),
+            target: target.into(),
+        });
 }
 
 #[test]
