@@ -12,7 +12,8 @@ use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
-    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
+    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ENDPOINTS,
+    MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 use std::path::{Path, PathBuf};
 
@@ -34,9 +35,85 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// (name, key size, value size, max entries) of every pinned map, as this build defines
+/// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
+/// build with another layout must be caught here, before the program reads it wrongly.
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 8] {
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    [
+        (map_names::PORTS, 4, sz(size_of::<Port>()), MAX_PORTS),
+        (
+            map_names::ROUTES,
+            4 + sz(size_of::<RouteData>()),
+            sz(size_of::<RouteValue>()),
+            MAX_ROUTES,
+        ),
+        (
+            map_names::PEERINGS,
+            4,
+            sz(size_of::<Peering>()),
+            MAX_PEERINGS,
+        ),
+        (
+            map_names::ENDPOINTS,
+            sz(size_of::<EndpointKey>()),
+            sz(size_of::<Endpoint>()),
+            MAX_ENDPOINTS,
+        ),
+        // struct bpf_devmap_val: target ifindex and a chained program fd/id.
+        (map_names::DEVMAP, 4, 8, MAX_PORTS),
+        (
+            map_names::GLOBAL_COUNTERS,
+            4,
+            sz(size_of::<GlobalCounters>()),
+            1,
+        ),
+        (
+            map_names::PEERING_COUNTERS,
+            4,
+            sz(size_of::<PeeringCounters>()),
+            MAX_PEERINGS * 2,
+        ),
+        (
+            map_names::NAMES,
+            sz(size_of::<NameKey>()),
+            sz(size_of::<Name>()),
+            MAX_NAMES,
+        ),
+    ]
+}
+
+/// Fails, naming the map, if a pin under `pin_dir` has a shape this build does not expect.
+pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
+    for (name, key, value, max) in expected_layouts() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != (key, value, max) {
+            bail!(
+                "pinned map {} has key {} B, value {} B, {} entries, but this build expects key {key} B, \
+                 value {value} B, {max} entries: it was created by another version. Stop the old agent and run \
+                 `peer-dataplane cleanup` to start from empty maps (installed state and counters are lost)",
+                path.display(),
+                found.0,
+                found.1,
+                found.2
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Loads the object, creating (or reusing, if already pinned) every map under `pin_dir`.
 pub fn load(object: &[u8], pin_dir: &Path) -> Result<Ebpf> {
     check_bpffs(pin_dir)?;
+    check_pinned_layouts(pin_dir)?;
     std::fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
     EbpfLoader::new()

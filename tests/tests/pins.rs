@@ -1,0 +1,91 @@
+//! Pinned state: layouts are checked before reuse, and a reopened data plane reads back
+//! exactly what was installed (so a restarted agent rewrites nothing that is unchanged).
+//! Needs root and BPF.
+
+use anyhow::Result;
+use peer_dataplane::agent::Installed;
+use peer_dataplane::desired::KernelIfindex;
+use peer_dataplane::kernel;
+use peer_dataplane::validate::validate;
+use peer_dataplane_tests::harness::TestDataplane;
+use peer_dataplane_tests::netns::{self, sh};
+use peer_dataplane_tests::seed;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn pins_created_by_this_build_match_its_layouts() -> Result<()> {
+    let dp = TestDataplane::load()?;
+    kernel::check_pinned_layouts(&dp.pin_dir)?;
+    for name in peer_dataplane_common::map_names::ALL {
+        assert!(dp.pin_dir.join(name).exists(), "{name} is not pinned");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let dir = Path::new("/sys/fs/bpf/pdp-layout-test");
+    let _ = kernel::remove_pins(dir);
+    std::fs::create_dir_all(dir)?;
+    let pin = dir.join("pdp_ports");
+    // What an older build might have left: the same name, a smaller value.
+    let made = sh(Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "pdp_ports",
+        ]));
+    let object = std::fs::read(peer_dataplane_tests::object_path()?)?;
+    let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
+    let _ = std::fs::remove_file(&pin);
+    let _ = kernel::remove_pins(dir);
+    let err = format!(
+        "{:#}",
+        result.expect_err("an incompatible pin must be refused")
+    );
+    assert!(
+        err.contains("pdp_ports")
+            && err.contains("value 8 B")
+            && err.contains("peer-dataplane cleanup"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reopened_pins_read_back_exactly_what_was_installed() -> Result<()> {
+    let ns = seed::ports_only("pdp-pins")?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load()?;
+    let topo = validate(&seed::seed_doc()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let first = dp.installed.install(&topo, &KernelIfindex)?;
+    assert!(first > 40, "seed install wrote {first} entries");
+
+    // A second agent (or the same one restarted) opens the pins afresh.
+    let mut again = Installed::open(&dp.pin_dir)?;
+    assert_eq!(
+        again.mirror, dp.installed.mirror,
+        "read-back state differs from what was written"
+    );
+    assert_eq!(
+        again.ids, dp.installed.ids,
+        "ids must survive through the names map"
+    );
+    assert_eq!(
+        again.install(&topo, &KernelIfindex)?,
+        0,
+        "nothing changed, nothing to write"
+    );
+    Ok(())
+}
