@@ -1,7 +1,7 @@
 //! Real traffic between instance namespaces: ping, a UDP exchange and a TCP exchange, each
 //! reporting whether the reply came back.
 
-use crate::netns::{sh, Netns};
+use crate::netns::Netns;
 use crate::seed::{v4_str, v6_str, Instance};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -15,24 +15,21 @@ fn addr(i: &Instance, v6: bool, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// `ping -c count` from `ns` to `dst`; Ok(true) if every echo was answered.
-pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
+/// Runs ping in `ns` with `args` (count, destination, ...); Ok(true) if every echo was
+/// answered.
+fn ping_with(ns: &Netns, args: &[&str]) -> Result<bool> {
     let out = ns
         .command("ping")
-        .args([
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            dst,
-        ])
+        .args(["-n", "-q", "-i", "0.2", "-W", "1"])
+        .args(args)
         .output()
         .context("running ping")?;
     Ok(out.status.success())
+}
+
+/// `ping -c count` from `ns` to `dst`.
+pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
+    ping_with(ns, &["-c", &count.to_string(), dst])
 }
 
 pub fn ping_instance(ns: &Netns, to: &Instance, v6: bool, count: u32) -> Result<bool> {
@@ -127,19 +124,7 @@ pub fn add_alias(ns: &Netns, addr: &[u8; 4]) -> Result<()> {
     Ok(())
 }
 
+/// Two pings from `ns` with source address `src` (see [`add_alias`]).
 pub fn ping_from(ns: &Netns, src: &[u8; 4], dst: &[u8; 4]) -> Result<bool> {
-    let out = sh(ns.command("ping").args([
-        "-n",
-        "-q",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        &v4_str(src),
-        &v4_str(dst),
-    ]));
-    Ok(out.is_ok())
+    ping_with(ns, &["-c", "2", "-I", &v4_str(src), &v4_str(dst)])
 }
