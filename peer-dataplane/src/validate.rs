@@ -189,11 +189,21 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 /// Collects errors so that one pass reports everything wrong with a document.
 struct Checker {
     errors: Vec<String>,
+    /// `kind:id` of every object the document defines, valid or not.
+    defined: BTreeSet<String>,
 }
 
 impl Checker {
     fn err(&mut self, msg: String) {
         self.errors.push(msg);
+    }
+
+    /// Reports a reference to an object that is not there, unless the document defines it
+    /// and it failed validation itself: its own error is the one worth reading.
+    fn missing(&mut self, kind: &str, id: &str, msg: String) {
+        if !self.defined.contains(&format!("{kind}:{id}")) {
+            self.err(msg);
+        }
     }
 
     fn cidr(&mut self, what: &str, s: &str) -> Option<IpNet> {
@@ -239,7 +249,19 @@ impl Checker {
 }
 
 pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
-    let mut c = Checker { errors: Vec::new() };
+    let defined = (doc.vpcs.iter().map(|v| format!("vpc:{}", v.id)))
+        .chain(doc.subnets.iter().map(|x| format!("subnet:{}", x.id)))
+        .chain(
+            doc.route_tables
+                .iter()
+                .map(|x| format!("route table:{}", x.id)),
+        )
+        .chain(doc.peerings.iter().map(|x| format!("peering:{}", x.id)))
+        .collect();
+    let mut c = Checker {
+        errors: Vec::new(),
+        defined,
+    };
     let mut topo = Topology::default();
 
     let router_mac = match &doc.router_mac {
@@ -316,10 +338,11 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             continue;
         }
         let Some(vpc) = topo.vpcs.get(&t.vpc) else {
-            c.err(format!(
-                "route table {}: vpc {} does not exist",
-                t.id, t.vpc
-            ));
+            c.missing(
+                "vpc",
+                &t.vpc,
+                format!("route table {}: vpc {} does not exist", t.id, t.vpc),
+            );
             continue;
         };
         let mut routes = BTreeMap::new();
@@ -343,9 +366,11 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 "blackhole" => Target::Blackhole,
                 pcx => {
                     let Some(peering) = topo.peerings.get(pcx) else {
-                        c.err(format!(
-                            "{what}: target {pcx} is not a known peering connection"
-                        ));
+                        c.missing(
+                            "peering",
+                            pcx,
+                            format!("{what}: target {pcx} is not a known peering connection"),
+                        );
                         continue;
                     };
                     let Some(peer) = peering.other_side(&vpc.id) else {
@@ -401,15 +426,23 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             continue;
         }
         let Some(vpc) = topo.vpcs.get(&s.vpc) else {
-            c.err(format!("subnet {}: vpc {} does not exist", s.id, s.vpc));
+            c.missing(
+                "vpc",
+                &s.vpc,
+                format!("subnet {}: vpc {} does not exist", s.id, s.vpc),
+            );
             continue;
         };
         match topo.route_tables.get(&s.route_table) {
             None => {
-                c.err(format!(
-                    "subnet {}: route table {} does not exist",
-                    s.id, s.route_table
-                ));
+                c.missing(
+                    "route table",
+                    &s.route_table,
+                    format!(
+                        "subnet {}: route table {} does not exist",
+                        s.id, s.route_table
+                    ),
+                );
                 continue;
             }
             Some(t) if t.vpc != s.vpc => {
@@ -496,7 +529,11 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             ));
         }
         let Some(subnet) = topo.subnets.get(&p.subnet) else {
-            c.err(format!("{what}: subnet {} does not exist", p.subnet));
+            c.missing(
+                "subnet",
+                &p.subnet,
+                format!("{what}: subnet {} does not exist", p.subnet),
+            );
             continue;
         };
         let mac = parse_mac(&p.mac);
@@ -588,7 +625,7 @@ fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Pee
         ("accepter_vpc", &p.accepter_vpc),
     ] {
         if !topo.vpcs.contains_key(vpc) {
-            c.err(format!("{what}: {role} {vpc} does not exist"));
+            c.missing("vpc", vpc, format!("{what}: {role} {vpc} does not exist"));
             ok = false;
         }
     }

@@ -1,0 +1,96 @@
+//! The binary's own behaviour for operators: exit codes and messages of `validate`, and a
+//! clear message from `stats` when there is nothing to read.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peer-dataplane"))
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pdp-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const SEED: &str = include_str!("../../examples/seed.toml");
+
+#[test]
+fn validate_accepts_the_seed_document() {
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(write("seed.toml", SEED))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("valid (3 vpcs, 3 subnets, 3 route tables, 2 peerings, 3 ports)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_refuses_with_every_problem_named_and_a_failing_exit_code() {
+    let bad = SEED
+        .replace(
+            "{ destination = \"172.16.0.0/16\", target = \"pcx-ab\" }",
+            "{ destination = \"172.16.0.0/16\", target = \"pcx-xx\" }",
+        )
+        .replace("cidr = \"10.0.2.0/24\"", "cidr = \"10.0.2.0/33\"");
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(write("bad.toml", &bad))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("target pcx-xx is not a known peering connection"),
+        "{err}"
+    );
+    assert!(
+        err.contains("subnet subnet-a2 cidr: \"10.0.2.0/33\" is not a CIDR"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 problems"),
+        "a reference to the invalid subnet is not a third: {err}"
+    );
+    assert!(
+        err.starts_with("error: ") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_names_a_missing_file() {
+    let out = bin()
+        .args(["validate", "--config", "/nonexistent/state.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("reading state document /nonexistent/state.toml"));
+}
+
+#[test]
+fn stats_without_pins_says_what_is_missing() {
+    let out = bin()
+        .args(["--pin-dir", "/tmp/pdp-no-such-dir/x", "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // /tmp is not bpffs: the message says how to mount it.
+    assert!(
+        err.contains("is not a bpffs mount") && err.contains("mount -t bpf bpf"),
+        "{err}"
+    );
+}
