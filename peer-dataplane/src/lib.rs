@@ -2,6 +2,7 @@
 //! benchmarks drive exactly the code the binary runs.
 
 pub mod agent;
+pub mod controlplane;
 pub mod desired;
 pub mod document;
 pub mod ids;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, kernel, stats};
+use peer_dataplane::{agent, controlplane, kernel, stats};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -50,6 +50,24 @@ enum Command {
     },
     /// Remove the pinned maps (after the agent has stopped).
     Cleanup,
+    /// Run the control plane: the peering lifecycle REST API with an embedded SQLite store.
+    Controlplane {
+        /// Address to listen on (keep it on loopback or a management network).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// SQLite database file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Register an API token for an account, as ACCOUNT:TOKEN (repeatable; stored).
+        #[arg(long = "account-token")]
+        account_tokens: Vec<String>,
+        /// Token agents present to read their host's desired state.
+        #[arg(long, env = "PDP_AGENT_TOKEN")]
+        agent_token: Option<String>,
+        /// Let tests move the clock forward (POST /v1/test/clock). Never in production.
+        #[arg(long, hide = true)]
+        test_clock: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -105,5 +123,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
+        Command::Controlplane { listen, db, account_tokens, agent_token, test_clock } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(controlplane::serve(controlplane::ServeOptions {
+                listen,
+                db,
+                account_tokens,
+                agent_token,
+                test_clock,
+            }))
+        }
     }
 }
