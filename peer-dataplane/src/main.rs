@@ -123,8 +123,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
-        Command::Controlplane { listen, db, account_tokens, agent_token, test_clock } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Command::Controlplane {
+            listen,
+            db,
+            account_tokens,
+            agent_token,
+            test_clock,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(controlplane::serve(controlplane::ServeOptions {
                 listen,
                 db,

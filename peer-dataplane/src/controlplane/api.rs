@@ -2,10 +2,10 @@
 //! the current world, then the final [`ops::check`], then one store transaction, and only
 //! then replaces the world and bumps the revision that agents wait on.
 
+use super::hoststate;
 use super::model::*;
 use super::ops::{self, Caller};
 use super::store::Store;
-use super::hoststate;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,11 +28,17 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(adjustable: bool) -> Clock {
-        Clock { offset: AtomicU64::new(0), adjustable }
+        Clock {
+            offset: AtomicU64::new(0),
+            adjustable,
+        }
     }
 
     pub fn now(&self) -> Timestamp {
-        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         real + self.offset.load(Ordering::Relaxed)
     }
 }
@@ -60,7 +66,17 @@ impl Server {
         let (world, revision) = store.load()?;
         let tokens = store.tokens()?;
         let (revision_tx, _) = watch::channel(revision);
-        Ok(Arc::new(Server { inner: Mutex::new(Inner { world, revision, store, tokens }), revision_tx, clock, agent_token }))
+        Ok(Arc::new(Server {
+            inner: Mutex::new(Inner {
+                world,
+                revision,
+                store,
+                tokens,
+            }),
+            revision_tx,
+            clock,
+            agent_token,
+        }))
     }
 
     pub fn revision(&self) -> u64 {
@@ -73,7 +89,10 @@ impl Server {
 
     /// Runs `op` on the current world (after expiring due peerings); commits and publishes
     /// the result only if the operation and the final check succeed.
-    fn mutate<T>(&self, op: impl FnOnce(&World, Timestamp) -> Result<(World, T), ApiError>) -> Result<T, ApiError> {
+    fn mutate<T>(
+        &self,
+        op: impl FnOnce(&World, Timestamp) -> Result<(World, T), ApiError>,
+    ) -> Result<T, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let now = self.clock.now();
         let base = ops::expire(&inner.world, now);
@@ -83,7 +102,11 @@ impl Server {
         let old = std::mem::take(&mut inner.world);
         if let Err(e) = inner.store.commit(&old, &new, revision) {
             inner.world = old;
-            return Err(ApiError { status: 500, code: "storage_error", message: format!("{e:#}") });
+            return Err(ApiError {
+                status: 500,
+                code: "storage_error",
+                message: format!("{e:#}"),
+            });
         }
         inner.world = new;
         inner.revision = revision;
@@ -104,7 +127,9 @@ impl Server {
         let token = bearer(headers)?;
         let inner = self.inner.lock().unwrap();
         match inner.tokens.get(token) {
-            Some(account) => Ok(Caller { account: account.clone() }),
+            Some(account) => Ok(Caller {
+                account: account.clone(),
+            }),
             None => Err(ApiError::unauthorized("the bearer token is not known")),
         }
     }
@@ -130,18 +155,26 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 fn ok<T: Serialize>(status: StatusCode, v: T) -> ApiResult {
-    Ok((status, Json(serde_json::to_value(v).expect("API objects serialize"))))
+    Ok((
+        status,
+        Json(serde_json::to_value(v).expect("API objects serialize")),
+    ))
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|e| ApiError::invalid_request(format!("request body: {}", e.body_text())))
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::invalid_request(format!("request body: {}", e.body_text())))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -153,20 +186,44 @@ pub fn router(server: Shared, test_clock: bool) -> Router {
         .route("/v1/vpcs/{id}", get(get_vpc).delete(delete_vpc))
         .route("/v1/subnets", post(create_subnet).get(list_subnets))
         .route("/v1/subnets/{id}", get(get_subnet).delete(delete_subnet))
-        .route("/v1/route-tables", post(create_route_table).get(list_route_tables))
-        .route("/v1/route-tables/{id}", get(get_route_table).delete(delete_route_table))
+        .route(
+            "/v1/route-tables",
+            post(create_route_table).get(list_route_tables),
+        )
+        .route(
+            "/v1/route-tables/{id}",
+            get(get_route_table).delete(delete_route_table),
+        )
         .route("/v1/route-tables/{id}/routes", post(create_route))
-        .route("/v1/route-tables/{id}/routes/{*cidr}", axum::routing::delete(delete_route))
+        .route(
+            "/v1/route-tables/{id}/routes/{*cidr}",
+            axum::routing::delete(delete_route),
+        )
         .route("/v1/vpc-peering", post(create_peering).get(list_peerings))
-        .route("/v1/vpc-peering/{id}", get(get_peering).patch(patch_peering).delete(delete_peering))
+        .route(
+            "/v1/vpc-peering/{id}",
+            get(get_peering).patch(patch_peering).delete(delete_peering),
+        )
         .route("/v1/vpc-peering/{id}/accept", post(accept_peering))
         .route("/v1/vpc-peering/{id}/reject", post(reject_peering))
         .route("/v1/ports", post(create_port).get(list_ports))
         .route("/v1/ports/{id}", get(get_port).delete(delete_port))
-        .route("/v1/network-acls", post(create_network_acl).get(list_network_acls))
-        .route("/v1/network-acls/{id}", get(get_network_acl).delete(delete_network_acl))
-        .route("/v1/security-groups", post(create_security_group).get(list_security_groups))
-        .route("/v1/security-groups/{id}", get(get_security_group).delete(delete_security_group))
+        .route(
+            "/v1/network-acls",
+            post(create_network_acl).get(list_network_acls),
+        )
+        .route(
+            "/v1/network-acls/{id}",
+            get(get_network_acl).delete(delete_network_acl),
+        )
+        .route(
+            "/v1/security-groups",
+            post(create_security_group).get(list_security_groups),
+        )
+        .route(
+            "/v1/security-groups/{id}",
+            get(get_security_group).delete(delete_security_group),
+        )
         .route("/v1/hosts/{host}/state", get(host_state));
     if test_clock {
         r = r.route("/v1/test/clock", post(advance_clock));
@@ -213,8 +270,30 @@ macro_rules! owned_crud {
     };
 }
 
-owned_crud!(create_vpc, list_vpcs, get_vpc, delete_vpc, ops::CreateVpc, ops::create_vpc, ops::delete_vpc, vpcs, "vpc", |o| &o.id);
-owned_crud!(create_subnet, list_subnets, get_subnet, delete_subnet, ops::CreateSubnet, ops::create_subnet, ops::delete_subnet, subnets, "subnet", |o| &o.vpc);
+owned_crud!(
+    create_vpc,
+    list_vpcs,
+    get_vpc,
+    delete_vpc,
+    ops::CreateVpc,
+    ops::create_vpc,
+    ops::delete_vpc,
+    vpcs,
+    "vpc",
+    |o| &o.id
+);
+owned_crud!(
+    create_subnet,
+    list_subnets,
+    get_subnet,
+    delete_subnet,
+    ops::CreateSubnet,
+    ops::create_subnet,
+    ops::delete_subnet,
+    subnets,
+    "subnet",
+    |o| &o.vpc
+);
 owned_crud!(
     create_route_table,
     list_route_tables,
@@ -253,10 +332,17 @@ owned_crud!(
 );
 
 /// Ports belong to the account of their subnet's VPC.
-async fn create_port(State(s): State<Shared>, h: HeaderMap, b: Result<Json<ops::CreatePort>, JsonRejection>) -> ApiResult {
+async fn create_port(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    b: Result<Json<ops::CreatePort>, JsonRejection>,
+) -> ApiResult {
     let c = s.caller(&h)?;
     let req = body(b)?;
-    ok(StatusCode::CREATED, s.mutate(|w, _| ops::create_port(w, &c, req))?)
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, _| ops::create_port(w, &c, req))?,
+    )
 }
 
 fn port_owner<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
@@ -266,16 +352,25 @@ fn port_owner<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
 async fn list_ports(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
     let c = s.caller(&h)?;
     let w = s.world();
-    let mine: Vec<&Port> = w.ports.values().filter(|p| port_owner(&w, p) == Some(c.account.as_str())).collect();
+    let mine: Vec<&Port> = w
+        .ports
+        .values()
+        .filter(|p| port_owner(&w, p) == Some(c.account.as_str()))
+        .collect();
     ok(StatusCode::OK, mine)
 }
 
 async fn get_port(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
     let c = s.caller(&h)?;
     let w = s.world();
-    let p = w.ports.get(&id).ok_or_else(|| ApiError::not_found(format!("port {id} does not exist")))?;
+    let p = w
+        .ports
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("port {id} does not exist")))?;
     if port_owner(&w, p) != Some(c.account.as_str()) {
-        return Err(ApiError::forbidden(format!("port {id} belongs to another account")));
+        return Err(ApiError::forbidden(format!(
+            "port {id} belongs to another account"
+        )));
     }
     ok(StatusCode::OK, p)
 }
@@ -294,19 +389,33 @@ async fn create_route(
 ) -> ApiResult {
     let c = s.caller(&h)?;
     let req = body(b)?;
-    ok(StatusCode::CREATED, s.mutate(|w, _| ops::create_route(w, &c, &id, req))?)
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, _| ops::create_route(w, &c, &id, req))?,
+    )
 }
 
-async fn delete_route(State(s): State<Shared>, h: HeaderMap, Path((id, cidr)): Path<(String, String)>) -> ApiResult {
+async fn delete_route(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path((id, cidr)): Path<(String, String)>,
+) -> ApiResult {
     let c = s.caller(&h)?;
     s.mutate(|w, _| ops::delete_route(w, &c, &id, &cidr).map(|w| (w, ())))?;
     ok(StatusCode::OK, json!({"deleted": cidr}))
 }
 
-async fn create_peering(State(s): State<Shared>, h: HeaderMap, b: Result<Json<ops::CreatePeering>, JsonRejection>) -> ApiResult {
+async fn create_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    b: Result<Json<ops::CreatePeering>, JsonRejection>,
+) -> ApiResult {
     let c = s.caller(&h)?;
     let req = body(b)?;
-    ok(StatusCode::CREATED, s.mutate(|w, now| ops::create_peering(w, &c, req, now))?)
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, now| ops::create_peering(w, &c, req, now))?,
+    )
 }
 
 async fn list_peerings(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
@@ -314,7 +423,11 @@ async fn list_peerings(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
     let now = s.clock.now();
     let w = s.world();
     let w = ops::expire(&w, now).unwrap_or(w);
-    let mine: Vec<&Peering> = w.peerings.values().filter(|p| p.involves_account(&c.account)).collect();
+    let mine: Vec<&Peering> = w
+        .peerings
+        .values()
+        .filter(|p| p.involves_account(&c.account))
+        .collect();
     ok(StatusCode::OK, mine)
 }
 
@@ -325,19 +438,40 @@ async fn get_peering(State(s): State<Shared>, h: HeaderMap, Path(id): Path<Strin
     ok(StatusCode::OK, ops::visible_peering(&w, &c, &id)?)
 }
 
-async fn accept_peering(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn accept_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let c = s.caller(&h)?;
-    ok(StatusCode::OK, s.mutate(|w, now| ops::accept_peering(w, &c, &id, now))?)
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, now| ops::accept_peering(w, &c, &id, now))?,
+    )
 }
 
-async fn reject_peering(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn reject_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let c = s.caller(&h)?;
-    ok(StatusCode::OK, s.mutate(|w, now| ops::reject_peering(w, &c, &id, now))?)
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, now| ops::reject_peering(w, &c, &id, now))?,
+    )
 }
 
-async fn delete_peering(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn delete_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let c = s.caller(&h)?;
-    ok(StatusCode::OK, s.mutate(|w, _| ops::delete_peering(w, &c, &id))?)
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, _| ops::delete_peering(w, &c, &id))?,
+    )
 }
 
 async fn patch_peering(
@@ -348,7 +482,10 @@ async fn patch_peering(
 ) -> ApiResult {
     let c = s.caller(&h)?;
     let req = body(b)?;
-    ok(StatusCode::OK, s.mutate(|w, _| ops::patch_peering(w, &c, &id, req))?)
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, _| ops::patch_peering(w, &c, &id, req))?,
+    )
 }
 
 #[derive(Deserialize)]
@@ -363,10 +500,17 @@ struct StateQuery {
 
 /// `GET /v1/hosts/{host}/state?after=REV&wait_ms=MS`: the host's state document and its
 /// revision. With `after`, waits (long poll) until the revision passes it or time runs out.
-async fn host_state(State(s): State<Shared>, h: HeaderMap, Path(host): Path<String>, Query(q): Query<StateQuery>) -> ApiResult {
+async fn host_state(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(host): Path<String>,
+    Query(q): Query<StateQuery>,
+) -> ApiResult {
     let token = bearer(&h)?;
     if s.agent_token.as_deref() != Some(token) {
-        return Err(ApiError::unauthorized("host state needs the agent token (--agent-token)"));
+        return Err(ApiError::unauthorized(
+            "host state needs the agent token (--agent-token)",
+        ));
     }
     if let Some(after) = q.after {
         let mut rx = s.revision_tx.subscribe();
@@ -377,7 +521,10 @@ async fn host_state(State(s): State<Shared>, h: HeaderMap, Path(host): Path<Stri
         let inner = s.inner.lock().unwrap();
         (inner.world.clone(), inner.revision)
     };
-    ok(StatusCode::OK, json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}))
+    ok(
+        StatusCode::OK,
+        json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}),
+    )
 }
 
 #[derive(Deserialize)]
@@ -387,7 +534,10 @@ struct AdvanceClock {
 }
 
 /// Test builds only (`--test-clock`): moves the control plane's clock forward.
-async fn advance_clock(State(s): State<Shared>, b: Result<Json<AdvanceClock>, JsonRejection>) -> ApiResult {
+async fn advance_clock(
+    State(s): State<Shared>,
+    b: Result<Json<AdvanceClock>, JsonRejection>,
+) -> ApiResult {
     let req = body(b)?;
     if !s.clock.adjustable {
         return Err(ApiError::forbidden("the clock is not adjustable"));

@@ -39,7 +39,10 @@ pub fn document(w: &World, host: &str) -> Document {
                 routes: t
                     .routes
                     .values()
-                    .map(|r| RouteDoc { destination: r.destination_cidr.clone(), target: r.target.clone() })
+                    .map(|r| RouteDoc {
+                        destination: r.destination_cidr.clone(),
+                        target: r.target.clone(),
+                    })
                     .collect(),
             })
             .collect(),

@@ -25,7 +25,11 @@ pub struct ServeOptions {
 
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let store = store::Store::open(&opts.db)?;
-    let server = api::Server::new(store, api::Clock::new(opts.test_clock), opts.agent_token.clone())?;
+    let server = api::Server::new(
+        store,
+        api::Clock::new(opts.test_clock),
+        opts.agent_token.clone(),
+    )?;
     for pair in &opts.account_tokens {
         let Some((account, token)) = pair.split_once(':') else {
             bail!("--account-token {pair:?}: expected ACCOUNT:TOKEN");

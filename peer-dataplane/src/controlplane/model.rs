@@ -75,7 +75,10 @@ impl PeeringStatus {
 
     /// A peering in these statuses holds its CIDRs: no overlapping peer may join the VPC.
     pub fn is_live(self) -> bool {
-        matches!(self, PeeringStatus::PendingAcceptance | PeeringStatus::Active)
+        matches!(
+            self,
+            PeeringStatus::PendingAcceptance | PeeringStatus::Active
+        )
     }
 }
 

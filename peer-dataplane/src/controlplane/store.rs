@@ -38,27 +38,37 @@ macro_rules! for_each_kind {
     };
 }
 
+/// Rows to write (id, JSON body) and ids to delete.
+type RowChanges = (Vec<(String, String)>, Vec<String>);
+
 fn diff<T: Serialize + PartialEq>(
     old: &BTreeMap<String, T>,
     new: &BTreeMap<String, T>,
-) -> Result<(Vec<(String, String)>, Vec<String>)> {
+) -> Result<RowChanges> {
     let mut puts = Vec::new();
     for (k, v) in new {
         if old.get(k) != Some(v) {
             puts.push((k.clone(), serde_json::to_string(v)?));
         }
     }
-    let dels = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    let dels = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
     Ok((puts, dels))
 }
 
 fn load_kind<T: DeserializeOwned>(conn: &Connection, kind: &str) -> Result<BTreeMap<String, T>> {
     let mut stmt = conn.prepare("SELECT id, body FROM objects WHERE kind = ?1")?;
-    let rows = stmt.query_map(params![kind], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows = stmt.query_map(params![kind], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     let mut out = BTreeMap::new();
     for row in rows {
         let (id, body) = row?;
-        let v = serde_json::from_str(&body).with_context(|| format!("stored {kind} {id} is not valid"))?;
+        let v = serde_json::from_str(&body)
+            .with_context(|| format!("stored {kind} {id} is not valid"))?;
         out.insert(id, v);
     }
     Ok(out)
@@ -66,7 +76,8 @@ fn load_kind<T: DeserializeOwned>(conn: &Connection, kind: &str) -> Result<BTree
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening database {}", path.display()))?;
         // WAL: readers never block the writer; NORMAL sync is durable across process crashes.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -93,7 +104,9 @@ impl Store {
         for_each_kind!(load);
         let revision = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get::<_, String>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
             .map(|v| v.parse())
             .transpose()?
@@ -115,7 +128,10 @@ impl Store {
                     )?;
                 }
                 for id in dels {
-                    tx.execute("DELETE FROM objects WHERE kind = ?1 AND id = ?2", params![$kind, id])?;
+                    tx.execute(
+                        "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
+                        params![$kind, id],
+                    )?;
                 }
             };
         }
@@ -125,7 +141,8 @@ impl Store {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![revision.to_string()],
         )?;
-        tx.commit().context("committing to the control-plane database")
+        tx.commit()
+            .context("committing to the control-plane database")
     }
 
     pub fn tokens(&self) -> Result<BTreeMap<String, String>> {
