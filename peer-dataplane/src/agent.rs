@@ -1,36 +1,34 @@
-//! `peer-dataplane run`: loads the program, installs the state document, attaches to the
-//! ports, and re-applies the document on SIGHUP or when the file changes. A document that
-//! fails validation (or names an interface that does not exist) is refused as a whole and
-//! the data plane keeps its previous state.
+//! `peer-dataplane run`: loads the program, installs the desired state, attaches to the
+//! ports, and keeps the maps in step with the desired state, from a file (re-read on
+//! SIGHUP or change) or from the control plane (long poll). A desired state that fails
+//! validation, or names an interface that does not exist, is refused as a whole and the
+//! data plane keeps its previous state; so does an unreachable control plane.
 
 use crate::desired::{compile, IfindexResolver, KernelIfindex};
 use crate::document::Document;
 use crate::ids::Ids;
 use crate::kernel::{self, KernelMaps};
+use crate::links::{Links, XdpModeArg};
 use crate::maps::{apply, plan, MapState};
+use crate::sync::{self, Update};
 use crate::validate::{validate, Topology};
 use anyhow::{anyhow, bail, Context, Result};
-use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode};
+use aya::programs::Xdp;
 use aya::Ebpf;
-use log::{error, info, warn};
+use log::{error, info};
 use peer_dataplane_common::{program_names, NAME_PEERING};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
-    /// Native (driver) mode; fail if the driver lacks it.
-    Native,
-    /// Generic (skb) mode: slower, works everywhere.
-    Generic,
-    /// Native, falling back to generic per interface when the driver lacks native XDP.
-    Auto,
+/// Where the desired state comes from.
+pub enum Source {
+    File(PathBuf),
+    ControlPlane(sync::ControlPlane),
 }
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub source: Source,
     pub pin_dir: PathBuf,
     pub xdp_mode: XdpModeArg,
     pub object: Vec<u8>,
@@ -78,135 +76,151 @@ pub fn load_topology(path: &Path) -> Result<Topology> {
         .with_context(|| format!("state document {}", path.display()))
 }
 
-struct Attachments {
-    mode: XdpModeArg,
-    links: BTreeMap<String, XdpLinkId>,
+fn topology_of(doc: &Document, origin: &str) -> Result<Topology> {
+    validate(doc)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("desired state from {origin}"))
 }
 
-impl Attachments {
-    fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-        ebpf.program_mut(program_names::PIPELINE)
-            .ok_or_else(|| {
-                anyhow!(
-                    "program {} missing from the object",
-                    program_names::PIPELINE
-                )
-            })?
-            .try_into()
-            .context("program type")
-    }
-
-    /// Attaches to every interface in `want` not yet attached; detaches the rest.
-    fn sync(&mut self, ebpf: &mut Ebpf, want: &[String]) -> Result<()> {
-        let prog = Self::program(ebpf)?;
-        for iface in want {
-            if self.links.contains_key(iface) {
-                continue;
-            }
-            let link = match self.mode {
-                XdpModeArg::Native => prog.attach(iface, XdpMode::Driver),
-                XdpModeArg::Generic => prog.attach(iface, XdpMode::Skb),
-                XdpModeArg::Auto => prog.attach(iface, XdpMode::Driver).or_else(|e| {
-                    warn!("{iface}: native XDP unavailable ({e}); using generic mode");
-                    prog.attach(iface, XdpMode::Skb)
-                }),
-            }
-            .with_context(|| format!("attaching XDP ({:?} mode) to {iface}", self.mode))?;
-            info!("attached to {iface} ({:?} mode)", self.mode);
-            self.links.insert(iface.clone(), link);
-        }
-        let stale: Vec<String> = self
-            .links
-            .keys()
-            .filter(|i| !want.contains(i))
-            .cloned()
-            .collect();
-        for iface in stale {
-            let link = self.links.remove(&iface).unwrap();
-            if let Err(e) = prog.detach(link) {
-                warn!("detaching from {iface}: {e}");
-            } else {
-                info!("detached from {iface}");
-            }
-        }
-        Ok(())
-    }
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(program_names::PIPELINE)
+        .ok_or_else(|| {
+            anyhow!(
+                "program {} missing from the object",
+                program_names::PIPELINE
+            )
+        })?
+        .try_into()
+        .context("program type")
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
-    // Refuse a bad document before touching the kernel.
-    let topo = load_topology(&opts.config)?;
-    let mut ebpf = kernel::load(&opts.object, &opts.pin_dir)?;
-    let prog = Attachments::program(&mut ebpf)?;
-    prog.load()
-        .context("verifying and loading the XDP program")?;
+/// The running data plane: program, maps, links.
+struct Dataplane {
+    ebpf: Ebpf,
+    installed: Installed,
+    links: Links,
+}
 
-    let mut installed = Installed::open(&opts.pin_dir)?;
-    let writes = installed.install(&topo, &KernelIfindex)?;
-    info!(
-        "installed {} from {} ({writes} map writes): {} vpcs, {} peerings, {} route tables, {} ports",
-        opts.pin_dir.display(),
-        opts.config.display(),
-        topo.vpcs.len(),
-        topo.peerings.len(),
-        topo.route_tables.len(),
-        topo.ports.len()
-    );
-    let mut attachments = Attachments {
-        mode: opts.xdp_mode,
-        links: BTreeMap::new(),
+impl Dataplane {
+    /// Installs `topo` and attaches to its ports.
+    fn apply(&mut self, topo: &Topology) -> Result<usize> {
+        let writes = self.installed.install(topo, &KernelIfindex)?;
+        let ports: Vec<String> = topo.ports.keys().cloned().collect();
+        self.links.sync(program(&mut self.ebpf)?, &ports)?;
+        Ok(writes)
+    }
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    // With a file, refuse a bad document before touching the kernel.
+    let initial = match &opts.source {
+        Source::File(path) => Some(load_topology(path)?),
+        Source::ControlPlane(_) => None,
     };
-    attachments.sync(&mut ebpf, &topo.ports.keys().cloned().collect::<Vec<_>>())?;
+    let mut ebpf = kernel::load(&opts.object, &opts.pin_dir)?;
+    program(&mut ebpf)?
+        .load()
+        .context("verifying and loading the XDP program")?;
+    let installed = Installed::open(&opts.pin_dir)?;
+    let links = Links::new(&opts.pin_dir, opts.xdp_mode)?;
+    let mut dp = Dataplane {
+        ebpf,
+        installed,
+        links,
+    };
+
+    // Adopt every pinned link at once: the new program takes over from the old one on the
+    // same maps, before any (possibly slow) sync with the control plane.
+    let pinned = dp.links.pinned();
+    if !pinned.is_empty() {
+        dp.links.sync(program(&mut dp.ebpf)?, &pinned)?;
+        info!(
+            "adopted {} pinned XDP links and the installed state ({} routes)",
+            pinned.len(),
+            dp.installed.mirror.routes.len()
+        );
+    }
+
+    let mut updates = None;
+    match (&opts.source, initial) {
+        (Source::File(path), Some(topo)) => {
+            let writes = dp.apply(&topo)?;
+            info!(
+                "installed {} ({writes} map writes): {} vpcs, {} peerings, {} route tables, {} ports",
+                path.display(),
+                topo.vpcs.len(),
+                topo.peerings.len(),
+                topo.route_tables.len(),
+                topo.ports.len()
+            );
+        }
+        (Source::ControlPlane(cp), _) => {
+            info!("syncing from control plane {} as host {}", cp.url, cp.host);
+            updates = Some(sync::spawn(cp.clone()));
+        }
+        _ => unreachable!(),
+    }
     info!("ready");
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut last_mtime = mtime(&opts.config);
+    let config = match &opts.source {
+        Source::File(p) => Some(p.clone()),
+        Source::ControlPlane(_) => None,
+    };
+    let mut last_mtime = config.as_deref().and_then(mtime);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
-        let reason = tokio::select! {
-            _ = hup.recv() => "SIGHUP",
-            _ = poll.tick() => {
-                let m = mtime(&opts.config);
-                if m == last_mtime { continue; }
-                last_mtime = m;
-                "file change"
+        tokio::select! {
+            _ = hup.recv(), if config.is_some() => reload_file(config.as_deref().unwrap(), "SIGHUP", &mut dp),
+            _ = poll.tick(), if config.is_some() => {
+                let m = config.as_deref().and_then(mtime);
+                if m != last_mtime {
+                    last_mtime = m;
+                    reload_file(config.as_deref().unwrap(), "file change", &mut dp);
+                }
+            }
+            Some(update) = async { match updates.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                apply_update(update, &mut dp);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-        };
-        match reload(&opts.config, &mut installed, &mut attachments, &mut ebpf) {
-            Ok(writes) => info!(
-                "reloaded {} on {reason}: {writes} map writes",
-                opts.config.display()
-            ),
-            Err(e) => error!("reload on {reason} refused, previous state kept: {e:#}"),
         }
     }
     info!(
-        "stopping: detaching from {} interfaces; maps stay pinned in {}",
-        attachments.links.len(),
+        "stopping; {} ports stay attached through their pinned links, maps stay in {} (`peer-dataplane cleanup` detaches)",
+        dp.links.held(),
         opts.pin_dir.display()
     );
-    attachments.sync(&mut ebpf, &[])?;
     Ok(())
 }
 
-fn reload(
-    config: &Path,
-    installed: &mut Installed,
-    att: &mut Attachments,
-    ebpf: &mut Ebpf,
-) -> Result<usize> {
-    let topo = load_topology(config)?;
-    let writes = installed.install(&topo, &KernelIfindex)?;
-    att.sync(ebpf, &topo.ports.keys().cloned().collect::<Vec<_>>())?;
-    Ok(writes)
+fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) {
+    match load_topology(config).and_then(|t| dp.apply(&t)) {
+        Ok(writes) => info!(
+            "reloaded {} on {why}: {writes} map writes",
+            config.display()
+        ),
+        Err(e) => error!("reload on {why} refused, previous state kept: {e:#}"),
+    }
+}
+
+fn apply_update(u: Update, dp: &mut Dataplane) {
+    let started = Instant::now();
+    match topology_of(&u.document, &format!("control plane revision {}", u.revision)).and_then(|t| dp.apply(&t)) {
+        Ok(writes) => info!(
+            "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
+            u.revision,
+            started.elapsed().as_secs_f64() * 1e3,
+            u.received.elapsed().as_secs_f64() * 1e3
+        ),
+        Err(e) => error!("revision {} refused, previous state kept: {e:#}", u.revision),
+    }
 }
 
 /// The XDP object: embedded at build time (`cargo xtask build`), or read from a path.

@@ -274,10 +274,12 @@ impl DataplaneMaps for KernelMaps {
 }
 
 /// Removes the pinned maps (and the directory) of a data plane that is not running.
+/// Also detaches from every port: unpinning the links releases them.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     if !pin_dir.exists() {
         return Ok(());
     }
+    crate::links::remove_all(pin_dir)?;
     for name in map_names::ALL {
         let p = pin_dir.join(name);
         if p.exists() {

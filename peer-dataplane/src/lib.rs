@@ -7,8 +7,10 @@ pub mod desired;
 pub mod document;
 pub mod ids;
 pub mod kernel;
+pub mod links;
 pub mod maps;
 pub mod stats;
+pub mod sync;
 pub mod validate;
 
 /// The XDP object, when the build embedded one (see build.rs).

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, controlplane, kernel, stats};
+use peer_dataplane::{agent, controlplane, kernel, links, stats, sync};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -30,10 +30,23 @@ enum Command {
     /// Run the agent: load the XDP program, install the state document, attach to ports.
     Run {
         /// State document (TOML). Re-applied on SIGHUP and when the file changes.
+        #[arg(
+            long,
+            required_unless_present = "control_plane",
+            conflicts_with = "control_plane"
+        )]
+        config: Option<PathBuf>,
+        /// Follow this control plane (e.g. http://10.0.0.1:8470) instead of a file.
+        #[arg(long, requires = "host")]
+        control_plane: Option<String>,
+        /// This host's name in the control plane.
         #[arg(long)]
-        config: PathBuf,
+        host: Option<String>,
+        /// Token for the control plane's host-state endpoint.
+        #[arg(long, env = "PDP_AGENT_TOKEN", hide_env_values = true)]
+        agent_token: Option<String>,
         #[arg(long, value_enum, default_value = "native")]
-        xdp_mode: agent::XdpModeArg,
+        xdp_mode: links::XdpModeArg,
         /// XDP object to load instead of the one embedded in this binary.
         #[arg(long)]
         bpf_object: Option<PathBuf>,
@@ -48,7 +61,7 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Remove the pinned maps (after the agent has stopped).
+    /// Detach from every port and remove the pinned links and maps (stop the agent first).
     Cleanup,
     /// Run the control plane: the peering lifecycle REST API with an embedded SQLite store.
     Controlplane {
@@ -86,15 +99,29 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             config,
+            control_plane,
+            host,
+            agent_token,
             xdp_mode,
             bpf_object,
         } => {
+            let source = match (config, control_plane) {
+                (Some(path), _) => agent::Source::File(path),
+                (None, Some(url)) => agent::Source::ControlPlane(sync::ControlPlane {
+                    url,
+                    host: host.context("--host is required with --control-plane")?,
+                    token: agent_token.context(
+                        "--agent-token (or PDP_AGENT_TOKEN) is required with --control-plane",
+                    )?,
+                }),
+                (None, None) => anyhow::bail!("give --config FILE or --control-plane URL"),
+            };
             let object = agent::object_bytes(bpf_object.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(agent::run(agent::RunOptions {
-                config,
+                source,
                 pin_dir: cli.pin_dir,
                 xdp_mode,
                 object,

@@ -1,0 +1,104 @@
+//! Following the control plane: a thread long-polls the host's desired state and hands
+//! each new revision to the agent. When the control plane is unreachable the agent keeps
+//! forwarding with the last state it installed, and this thread retries with exponential
+//! backoff (100 ms doubling to 5 s).
+
+use crate::document::Document;
+use log::{info, warn};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// Base URL, e.g. `http://127.0.0.1:8470`.
+    pub url: String,
+    /// This host's name in the control plane (ports are assigned to hosts).
+    pub host: String,
+    pub token: String,
+}
+
+/// A new desired state.
+pub struct Update {
+    pub revision: u64,
+    pub document: Document,
+    /// When the control plane's answer arrived (for sync latency).
+    pub received: Instant,
+}
+
+#[derive(Deserialize)]
+struct StateResponse {
+    revision: u64,
+    document: Document,
+}
+
+const LONG_POLL: Duration = Duration::from_secs(25);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn fetch(
+    agent: &ureq::Agent,
+    cp: &ControlPlane,
+    after: Option<u64>,
+) -> Result<StateResponse, String> {
+    let mut url = format!(
+        "{}/v1/hosts/{}/state",
+        cp.url.trim_end_matches('/'),
+        cp.host
+    );
+    if let Some(a) = after {
+        url.push_str(&format!("?after={a}&wait_ms={}", LONG_POLL.as_millis()));
+    }
+    let mut resp = agent
+        .get(&url)
+        .header("authorization", &format!("Bearer {}", cp.token))
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    resp.body_mut()
+        .read_json::<StateResponse>()
+        .map_err(|e| format!("GET {url}: reading the answer: {e}"))
+}
+
+/// Starts the sync thread; new revisions arrive on the returned channel.
+pub fn spawn(cp: ControlPlane) -> mpsc::Receiver<Update> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("cp-sync".into())
+        .spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(LONG_POLL + Duration::from_secs(10)))
+                .build()
+                .into();
+            let mut after: Option<u64> = None;
+            let mut backoff = BACKOFF_MIN;
+            let mut failing = false;
+            loop {
+                match fetch(&agent, &cp, after) {
+                    Ok(r) => {
+                        if failing {
+                            info!("control plane reachable again at revision {}", r.revision);
+                            failing = false;
+                        }
+                        backoff = BACKOFF_MIN;
+                        if Some(r.revision) != after {
+                            after = Some(r.revision);
+                            let u = Update { revision: r.revision, document: r.document, received: Instant::now() };
+                            if tx.blocking_send(u).is_err() {
+                                return; // the agent is stopping
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            warn!("control plane unreachable ({e}); forwarding continues with the last installed state");
+                            failing = true;
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        })
+        .expect("spawning the control-plane sync thread");
+    rx
+}
