@@ -202,10 +202,12 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Set after a hard kill: the pins belong to whoever takes over.
+    keep_pins: bool,
 }
 
 impl Agent {
-    /// Starts `bin run` in `host` and waits until it reports ready.
+    /// Starts `bin run --config` in `host` on fresh pins and waits until it reports ready.
     pub fn start(
         bin: &Path,
         host: &Netns,
@@ -214,7 +216,28 @@ impl Agent {
         xdp_mode: &str,
     ) -> Result<Agent> {
         let _ = peer_dataplane::kernel::remove_pins(pin_dir);
-        let log = config.with_extension("log");
+        let config_arg = config.display().to_string();
+        Self::start_with(
+            bin,
+            host,
+            config,
+            pin_dir,
+            &["--xdp-mode", xdp_mode, "--config", &config_arg],
+            "agent",
+        )
+    }
+
+    /// Starts `bin run ARGS` in `host` on whatever `pin_dir` holds; logs to
+    /// `<config stem>.<log_tag>.log`.
+    pub fn start_with(
+        bin: &Path,
+        host: &Netns,
+        config: &Path,
+        pin_dir: &Path,
+        args: &[&str],
+        log_tag: &str,
+    ) -> Result<Agent> {
+        let log = config.with_extension(format!("{log_tag}.log"));
         let logf = std::fs::File::create(&log)?;
         // nsenter keeps the root /sys (and so /sys/fs/bpf) visible; `ip netns exec` would not.
         let child = Command::new("nsenter")
@@ -222,8 +245,8 @@ impl Agent {
             .arg(bin)
             .arg("--pin-dir")
             .arg(pin_dir)
-            .args(["run", "--xdp-mode", xdp_mode, "--config"])
-            .arg(config)
+            .arg("run")
+            .args(args)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -234,6 +257,7 @@ impl Agent {
             pin_dir: pin_dir.to_path_buf(),
             config: config.to_path_buf(),
             log,
+            keep_pins: false,
         };
         agent.wait_log("ready", Duration::from_secs(30))?;
         Ok(agent)
@@ -321,6 +345,15 @@ impl Agent {
         )
     }
 
+    /// SIGKILL, as a crash or an OOM kill would: no cleanup runs. The pins stay.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.child.wait()?;
+        self.keep_pins = true;
+        Ok(())
+    }
+
     pub fn stop(&mut self) -> Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -334,6 +367,8 @@ impl Drop for Agent {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.stop();
         }
-        let _ = peer_dataplane::kernel::remove_pins(&self.pin_dir);
+        if !self.keep_pins {
+            let _ = peer_dataplane::kernel::remove_pins(&self.pin_dir);
+        }
     }
 }
