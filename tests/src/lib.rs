@@ -2,6 +2,7 @@
 //! a loader for the real XDP object with private pins, packet builders and the seed
 //! topology.
 
+pub mod controlplane;
 pub mod harness;
 pub mod netns;
 pub mod packets;

@@ -297,6 +297,36 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent reports a control-plane revision at or past `revision`
+    /// installed ("synced revision N").
+    pub fn wait_synced(&mut self, revision: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let newest = self
+                .log_text()
+                .lines()
+                .filter_map(|l| l.split("synced revision ").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .max();
+            if newest.map(|n| n >= revision).unwrap_or(false) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "agent exited ({status}) before syncing revision {revision}:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent did not sync revision {revision} within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

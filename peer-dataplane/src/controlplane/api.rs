@@ -228,8 +228,22 @@ pub fn router(server: Shared, test_clock: bool) -> Router {
     if test_clock {
         r = r.route("/v1/test/clock", post(advance_clock));
     }
-    r.with_state(server)
+    r.layer(axum::middleware::map_response_with_state(
+        server.clone(),
+        add_revision,
+    ))
+    .with_state(server)
 }
+
+/// Every answer carries the revision it reflects (at least), so that a caller can wait
+/// for an agent to report that revision installed.
+async fn add_revision(State(s): State<Shared>, mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(REVISION_HEADER, s.revision().into());
+    resp
+}
+
+pub const REVISION_HEADER: &str = "x-pdp-revision";
 
 /// The account that owns an object (through its VPC).
 fn owner<'a>(w: &'a World, vpc: &str) -> Option<&'a str> {

@@ -1,0 +1,221 @@
+//! End to end with the control plane: a real `peer-dataplane controlplane` process and a
+//! real agent following it (`run --control-plane`), the seed topology built through the
+//! API, real packets. Needs root, BPF and network namespaces.
+
+use anyhow::{ensure, Result};
+use peer_dataplane_tests::controlplane::{free_port, ControlPlane, AGENT_TOKEN};
+use peer_dataplane_tests::seed::{Agent, SeedNetwork, A, B};
+use peer_dataplane_tests::traffic::ping_instance;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const ACCT_A: &str = "111111111111";
+const ACCT_B: &str = "222222222222";
+const SYNC: Duration = Duration::from_secs(10);
+
+struct Env {
+    net: SeedNetwork,
+    cp: ControlPlane,
+    agent: Agent,
+    dir: PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The seed network, a control plane seeded through its API (minus `hold_back` steps),
+/// and an agent following it.
+fn start(tag: &str, hold_back: &[&str]) -> Result<(Env, u64)> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = std::env::temp_dir().join(format!("pdp-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let net = SeedNetwork::create(&format!("pdp-{tag}"))?;
+    let port = net.host.run(free_port)?;
+    let cp = ControlPlane::start(&bin, &net.host, &dir.join("cp.db"), port)?;
+    let revision = cp.seed(hold_back)?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}"));
+    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let url = cp.url();
+    let args = [
+        "--control-plane",
+        url.as_str(),
+        "--host",
+        "host-1",
+        "--agent-token",
+        AGENT_TOKEN,
+    ];
+    let mut agent = Agent::start_with(
+        &bin,
+        &net.host,
+        &dir.join("agent.toml"),
+        &pin_dir,
+        &args,
+        "agent",
+    )?;
+    agent.wait_synced(revision, SYNC)?;
+    Ok((
+        Env {
+            net,
+            cp,
+            agent,
+            dir,
+        },
+        revision,
+    ))
+}
+
+#[test]
+fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
+    let (mut env, _) = start("cp-life", &["accept-ab"])?;
+    let a = env.net.ns(A);
+
+    // pending-acceptance: routes exist, but nothing crosses.
+    ensure!(
+        !ping_instance(a, &B, false, 1)?,
+        "a reached b over a pending peering"
+    );
+    let pcx = env
+        .cp
+        .expect("GET", "/v1/vpc-peering/pcx-ab", ACCT_A, None, 200)?;
+    assert_eq!(pcx.body["status"], "pending-acceptance");
+
+    // The requester cannot accept; an unauthenticated caller cannot either.
+    let r = env
+        .cp
+        .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_A, None, 403)?;
+    assert_eq!(r.body["error"]["code"], "forbidden");
+    let r = env
+        .cp
+        .call("POST", "/v1/vpc-peering/pcx-ab/accept", None, None)?;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    // Accepted by the accepter: forwarding starts.
+    let r = env
+        .cp
+        .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_B, None, 200)?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        ping_instance(a, &B, false, 2)?,
+        "a cannot reach b after the accept\n{}",
+        env.agent.log_text()
+    );
+
+    // A route removed and added back through the API takes effect each time.
+    let r = env.cp.expect(
+        "DELETE",
+        "/v1/route-tables/rtb-a/routes/172.16.0.0/16",
+        ACCT_A,
+        None,
+        200,
+    )?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        !ping_instance(a, &B, false, 1)?,
+        "a reached b without a route"
+    );
+    let route = json!({"destination_cidr": "172.16.0.0/16", "target": "pcx-ab"});
+    let r = env.cp.expect(
+        "POST",
+        "/v1/route-tables/rtb-a/routes",
+        ACCT_A,
+        Some(&route),
+        201,
+    )?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        ping_instance(a, &B, false, 1)?,
+        "a cannot reach b after the route came back"
+    );
+
+    // Deleting the peering (by the accepter) blackholes it.
+    let r = env
+        .cp
+        .expect("DELETE", "/v1/vpc-peering/pcx-ab", ACCT_B, None, 200)?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        !ping_instance(a, &B, false, 2)?,
+        "a reached b over a deleted peering"
+    );
+    let s = env.agent.stats_json()?;
+    let ab = s["peerings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "pcx-ab")
+        .unwrap()
+        .clone();
+    assert_eq!(ab["status"], "deleted");
+    assert!(
+        ab["requester_to_accepter"]["dropped"]["peering-inactive"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{ab}"
+    );
+
+    // An overlapping peering ends failed, naming the overlap; the data plane ignores it.
+    let vpc = json!({"id": "vpc-x", "region": "eu-west-1", "cidrs": ["10.0.128.0/17"]});
+    env.cp.expect("POST", "/v1/vpcs", ACCT_B, Some(&vpc), 201)?;
+    let req = json!({"requester_vpc_id": "vpc-x", "accepter_vpc_id": "vpc-a"});
+    let r = env
+        .cp
+        .expect("POST", "/v1/vpc-peering", ACCT_B, Some(&req), 201)?;
+    assert_eq!(r.body["status"], "failed");
+    assert_eq!(
+        r.body["status_message"],
+        "CIDR 10.0.128.0/17 of vpc vpc-x overlaps CIDR 10.0.0.0/16 of vpc vpc-a"
+    );
+    env.agent.wait_synced(r.revision, SYNC)?;
+    Ok(())
+}
+
+#[test]
+fn forwarding_survives_control_plane_downtime() -> Result<()> {
+    let (mut env, _) = start("cp-down", &[])?;
+    let a = env.net.ns(A);
+    ensure!(
+        ping_instance(a, &B, false, 1)?,
+        "a -> b with the control plane up"
+    );
+
+    env.cp.kill()?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        ping_instance(a, &B, false, 3)?,
+        "forwarding stopped with the control plane down"
+    );
+    let log = env.agent.log_text();
+    assert!(
+        log.contains("control plane unreachable") && log.contains("forwarding continues"),
+        "{log}"
+    );
+
+    // Back, from the same database: the agent catches up and follows changes again.
+    env.cp.restart()?;
+    let r = env.cp.expect(
+        "DELETE",
+        "/v1/route-tables/rtb-a/routes/172.16.0.0/16",
+        ACCT_A,
+        None,
+        200,
+    )?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        !ping_instance(a, &B, false, 1)?,
+        "the change made after the restart did not take effect"
+    );
+    assert!(env
+        .agent
+        .log_text()
+        .contains("control plane reachable again"));
+    Ok(())
+}
