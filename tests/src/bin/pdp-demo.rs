@@ -1,10 +1,17 @@
-//! `cargo xtask demo`: the seed topology in network namespaces, the real agent, real
-//! traffic, and the counters that prove each outcome. Removes everything it created.
+//! `cargo xtask demo`: the seed topology in network namespaces, built through the control
+//! plane's API; the real agent following the control plane; real traffic; and the
+//! counters that prove each outcome. Removes everything it created.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane_tests::seed::{self, v4_str, v6_str, Agent, SeedNetwork, A, B, C};
+use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane, AGENT_TOKEN};
+use peer_dataplane_tests::seed::{v4_str, v6_str, Agent, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use std::path::PathBuf;
+use std::time::Duration;
+
+const ACCOUNT_A: &str = "111111111111";
+const ACCOUNT_B: &str = "222222222222";
+const SYNC: Duration = Duration::from_secs(10);
 
 struct Outcomes(Vec<(String, bool)>);
 
@@ -19,6 +26,12 @@ fn heading(s: &str) {
     println!("\n=== {s}");
 }
 
+fn print_indented(s: &str) {
+    for line in s.lines() {
+        println!("    {line}");
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut agent_bin = None;
@@ -27,59 +40,102 @@ fn main() -> Result<()> {
             agent_bin = args.next().map(PathBuf::from);
         }
     }
-    let agent_bin =
+    let bin =
         agent_bin.context("usage: pdp-demo --agent PATH (run it through `cargo xtask demo`)")?;
     peer_dataplane_tests::require_root()?;
 
-    heading("topology (examples/seed.toml)");
-    println!(
-        "    VPC A 10.0.0.0/16    instance {} / {}  behind port {}",
-        v4_str(&A.ipv4),
-        v6_str(&A.ipv6),
-        A.port
-    );
-    println!(
-        "    VPC B 172.16.0.0/16  instance {} / {}  behind port {}",
-        v4_str(&B.ipv4),
-        v6_str(&B.ipv6),
-        B.port
-    );
-    println!(
-        "    VPC C 192.168.0.0/16 instance {} / {}  behind port {}",
-        v4_str(&C.ipv4),
-        v6_str(&C.ipv6),
-        C.port
-    );
-    println!("    peerings: pcx-ab (A <-> B), pcx-bc (B <-> C); no A <-> C peering");
-    println!("    namespaces: pdp-demo-host (the hypervisor: ports + agent), pdp-demo-a, pdp-demo-b, pdp-demo-c");
-    let net = SeedNetwork::create("pdp-demo")?;
-
-    let dir = std::env::temp_dir().join("pdp-demo");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("state.toml");
-    std::fs::write(&config, seed::SEED_TOML)?;
-    let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-demo");
-    heading("starting the agent (native XDP on the three ports)");
-    println!(
-        "    nsenter --net=/var/run/netns/pdp-demo-host {} --pin-dir {} run --config {}",
-        agent_bin.display(),
-        pin_dir.display(),
-        config.display()
-    );
-    let mut agent = Agent::start(&agent_bin, &net.host, &config, &pin_dir, "native")?;
-    for line in agent.log_text().lines() {
-        println!("    | {line}");
+    heading("topology (examples/seed-api.json)");
+    for (name, cidr, i) in [
+        ("A", "10.0.0.0/16   ", A),
+        ("B", "172.16.0.0/16 ", B),
+        ("C", "192.168.0.0/16", C),
+    ] {
+        println!(
+            "    VPC {name} {cidr} account {}  instance {} / {} behind port {}",
+            ["111111111111", "222222222222", "333333333333"][(name.as_bytes()[0] - b'A') as usize],
+            v4_str(&i.ipv4),
+            v6_str(&i.ipv6),
+            i.port
+        );
     }
-    let stats_cmd = format!(
-        "{} --pin-dir {} stats",
-        agent_bin.display(),
-        pin_dir.display()
+    println!("    peerings: pcx-ab (A <-> B), pcx-bc (B <-> C); no A <-> C peering");
+    println!("    namespaces: pdp-demo-host (the hypervisor: ports, agent, control plane), pdp-demo-a, -b, -c");
+    let net = SeedNetwork::create("pdp-demo")?;
+    let dir = std::env::temp_dir().join("pdp-demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+
+    heading("starting the control plane (REST API, SQLite store)");
+    let port = net.host.run(free_port)?;
+    let cp = ControlPlane::start(&bin, &net.host, &dir.join("cp.db"), port)?;
+    println!("    peer-dataplane controlplane --listen 127.0.0.1:{port} --db {} --account-token ... --agent-token ...", cp.db.display());
+    let revision = cp.seed(&["accept-ab"])?;
+    println!("    built the topology with 23 API requests by accounts A, B and C (revision {revision}); B has not accepted pcx-ab");
+
+    heading("starting the agent: native XDP on the three ports, following the control plane");
+    let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-demo");
+    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let url = cp.url();
+    let args = [
+        "--control-plane",
+        url.as_str(),
+        "--host",
+        "host-1",
+        "--agent-token",
+        AGENT_TOKEN,
+    ];
+    println!(
+        "    peer-dataplane --pin-dir {} run {}",
+        pin_dir.display(),
+        args.join(" ")
     );
+    let mut agent = Agent::start_with(
+        &bin,
+        &net.host,
+        &dir.join("agent.toml"),
+        &pin_dir,
+        &args,
+        "agent",
+    )?;
+    agent.wait_synced(revision, SYNC)?;
+    print_indented(
+        &agent
+            .log_text()
+            .lines()
+            .map(|l| format!("| {l}\n"))
+            .collect::<String>(),
+    );
+    let stats_cmd = format!("peer-dataplane --pin-dir {} stats", pin_dir.display());
+    let api = |method: &str, path: &str, account: &str, status: u16| -> Result<u64> {
+        println!(
+            "    $ curl -X {method} -H 'Authorization: Bearer {}' {url}{path}",
+            token_of(account)
+        );
+        let r = cp.expect(method, path, account, None, status)?;
+        let pcx = r
+            .body
+            .get("status")
+            .and_then(|s| s.as_str())
+            .map(|s| format!(": status {s}"))
+            .unwrap_or_default();
+        println!("      HTTP {}{pcx}", r.status);
+        Ok(r.revision)
+    };
 
     let (a, b, c) = (net.ns(A), net.ns(B), net.ns(C));
     let mut out = Outcomes(Vec::new());
 
-    heading("1. A <-> B traffic flows over pcx-ab");
+    heading("1. pcx-ab requested by A and not accepted yet: nothing crosses");
+    api("GET", "/v1/vpc-peering/pcx-ab", ACCOUNT_A, 200)?;
+    out.check(
+        "ping A -> B gets no answer while pcx-ab is pending-acceptance",
+        !ping_instance(a, &B, false, 2)?,
+    );
+
+    heading("2. B accepts pcx-ab: A <-> B traffic flows");
+    let rev = api("POST", "/v1/vpc-peering/pcx-ab/accept", ACCOUNT_B, 200)?;
+    agent.wait_synced(rev, SYNC)?;
+    println!("    | {}", agent.log_text().lines().last().unwrap_or(""));
     out.check(
         "ping A -> B (IPv4, 3 echoes)",
         ping_instance(a, &B, false, 3)?,
@@ -99,7 +155,7 @@ fn main() -> Result<()> {
     println!("\n    $ {stats_cmd}");
     print_indented(&agent.stats_table()?);
 
-    heading("2. A -> C is dropped: peering is not transitive");
+    heading("3. A -> C is dropped: peering is not transitive");
     out.check(
         "ping A -> C gets no answer (A has no route to C)",
         !ping_instance(a, &C, false, 2)?,
@@ -118,18 +174,9 @@ fn main() -> Result<()> {
         no_route >= 2 && transitive >= 2,
     );
 
-    heading("3. deleting pcx-ab blackholes A -> B");
-    let mut doc = seed::seed_doc();
-    doc.peerings
-        .iter_mut()
-        .find(|p| p.id == "pcx-ab")
-        .unwrap()
-        .status = "deleted".into();
-    println!(
-        "    status of pcx-ab set to \"deleted\" in {}, SIGHUP to the agent",
-        config.display()
-    );
-    agent.reload(&doc)?;
+    heading("4. A deletes pcx-ab: A -> B is blackholed");
+    let rev = api("DELETE", "/v1/vpc-peering/pcx-ab", ACCOUNT_A, 200)?;
+    agent.wait_synced(rev, SYNC)?;
     println!("    | {}", agent.log_text().lines().last().unwrap_or(""));
     out.check(
         "ping A -> B gets no answer",
@@ -146,8 +193,8 @@ fn main() -> Result<()> {
         .as_u64()
         .unwrap_or(0);
     out.check(
-        &format!("counted as peering-inactive on pcx-ab A -> B ({inactive})"),
-        inactive >= 2,
+        &format!("counted as peering-inactive on pcx-ab A -> B ({inactive}, pending and deleted)"),
+        inactive >= 4,
     );
     println!("\n    $ {stats_cmd}");
     print_indented(&agent.stats_table()?);
@@ -156,8 +203,9 @@ fn main() -> Result<()> {
         ping_instance(c, &B, false, 1)?,
     );
 
-    heading("cleaning up (agent stopped, namespaces and pins removed)");
+    heading("cleaning up (agent and control plane stopped, namespaces and pins removed)");
     drop(agent);
+    drop(cp);
     drop(net);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -171,10 +219,4 @@ fn main() -> Result<()> {
         bail!("demo outcomes not met: {failed:?}");
     }
     Ok(())
-}
-
-fn print_indented(s: &str) {
-    for line in s.lines() {
-        println!("    {line}");
-    }
 }
