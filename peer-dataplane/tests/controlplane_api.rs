@@ -869,6 +869,28 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             409,
             "dependency_violation",
         ),
+        row(
+            "bulk routes listing a destination twice",
+            "PUT",
+            &rt_a,
+            Some(A),
+            Some(
+                json!({"routes": [route("172.16.1.0/24", "pcx-ab"), route("172.16.1.0/24", "blackhole")]}),
+            ),
+            409,
+            "already_exists",
+        ),
+        row(
+            "bulk routes with one outside the peer",
+            "PUT",
+            &rt_a,
+            Some(A),
+            Some(
+                json!({"routes": [route("172.16.1.0/24", "pcx-ab"), route("192.168.0.0/16", "pcx-ab")]}),
+            ),
+            400,
+            "destination_outside_peer",
+        ),
         // peerings (SPEC §2, §3.4, §5)
         row(
             "peering from another account's vpc",
@@ -1237,4 +1259,34 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
         "{v}"
     );
     assert_eq!((api.server.revision(), api.server.world()), before);
+}
+
+#[tokio::test]
+async fn bulk_route_replacement_swaps_a_whole_table_in_one_revision() {
+    let api = Api::new();
+    api.seed().await;
+    let rtb = api.rtb(A, "vpc-a").await;
+    let rev = api.server.revision();
+    let routes: Vec<Value> = (0..1000)
+        .map(|i| json!({"destination_cidr": format!("172.16.{}.{}/32", i / 256, i % 256), "target": "pcx-ab"}))
+        .collect();
+    let v = api
+        .ok(
+            "PUT",
+            &format!("/v1/route-tables/{rtb}/routes"),
+            A,
+            Some(json!({"routes": routes})),
+            200,
+        )
+        .await;
+    assert_eq!(v["routes"], 1000);
+    assert_eq!(api.server.revision(), rev + 1, "one change, one revision");
+    let t = api
+        .ok("GET", &format!("/v1/route-tables/{rtb}"), A, None, 200)
+        .await;
+    assert_eq!(t["routes"].as_object().unwrap().len(), 1000);
+    assert!(
+        t["routes"].get("172.16.0.0/16").is_none(),
+        "the old route was replaced"
+    );
 }

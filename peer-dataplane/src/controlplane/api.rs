@@ -194,7 +194,10 @@ pub fn router(server: Shared, test_clock: bool) -> Router {
             "/v1/route-tables/{id}",
             get(get_route_table).delete(delete_route_table),
         )
-        .route("/v1/route-tables/{id}/routes", post(create_route))
+        .route(
+            "/v1/route-tables/{id}/routes",
+            post(create_route).put(replace_routes),
+        )
         .route(
             "/v1/route-tables/{id}/routes/{*cidr}",
             axum::routing::delete(delete_route),
@@ -407,6 +410,18 @@ async fn create_route(
         StatusCode::CREATED,
         s.mutate(|w, _| ops::create_route(w, &c, &id, req))?,
     )
+}
+
+async fn replace_routes(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<ops::ReplaceRoutes>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    let n = s.mutate(|w, _| ops::replace_routes(w, &c, &id, req))?;
+    ok(StatusCode::OK, json!({"route_table": id, "routes": n}))
 }
 
 async fn delete_route(

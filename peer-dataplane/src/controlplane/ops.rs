@@ -567,43 +567,46 @@ pub fn delete_route_table(w: &World, c: &Caller, id: &str) -> Result<World> {
     Ok(w)
 }
 
-pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<(World, Route)> {
-    let t = owned_route_table(w, c, rtb)?;
+/// Checks one route for table `t` (field names prefixed with `field`); returns the
+/// normalised route. Shared by single and bulk route writes.
+fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Result<Route> {
     let v = &w.vpcs[&t.vpc];
-    let dest = parse_cidr("destination_cidr", &r.destination_cidr)?;
+    let dest = parse_cidr(&format!("{field}destination_cidr"), &r.destination_cidr)?;
     if vpc_cidrs(v).contains(&dest) {
         return Err(ApiError::invalid_target(format!(
-            "destination_cidr: {dest} is a CIDR of vpc {}; its local route is implicit",
+            "{field}destination_cidr: {dest} is a CIDR of vpc {}; its local route is implicit",
             v.id
         )));
     }
     match r.target.as_str() {
         "local" => {
-            return Err(ApiError::invalid_target(
-                "target: local routes are implicit for the VPC's own CIDRs",
-            ));
+            return Err(ApiError::invalid_target(format!(
+                "{field}target: local routes are implicit for the VPC's own CIDRs"
+            )));
         }
         "blackhole" => {}
         pcx => {
             let p = w.peerings.get(pcx).ok_or_else(|| {
-                ApiError::invalid_target(format!("target: {pcx} is not a known peering connection"))
+                ApiError::invalid_target(format!(
+                    "{field}target: {pcx} is not a known peering connection"
+                ))
             })?;
             let Some(peer) = p.other_side(&v.id) else {
                 return Err(ApiError::invalid_target(format!(
-                    "target: peering {pcx} joins {} and {}, not this table's vpc {}",
+                    "{field}target: peering {pcx} joins {} and {}, not this table's vpc {}",
                     p.requester_vpc, p.accepter_vpc, v.id
                 )));
             };
             if !p.status.is_live() {
                 return Err(ApiError::invalid_target(format!(
-                    "target: peering {pcx} is {}",
+                    "{field}target: peering {pcx} is {}",
                     p.status.as_str()
                 )));
             }
             let peer_vpc = &w.vpcs[peer];
             if !vpc_cidrs(peer_vpc).iter().any(|n| n.contains(&dest)) {
                 return Err(ApiError::destination_outside_peer(format!(
-                    "destination_cidr: {dest} is outside peer vpc {} ({}) of peering {pcx}",
+                    "{field}destination_cidr: {dest} is outside peer vpc {} ({}) of peering {pcx}",
                     peer_vpc.id,
                     vpc_cidrs(peer_vpc)
                         .iter()
@@ -614,24 +617,59 @@ pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<
             }
         }
     }
-    let key = dest.to_string();
-    if let Some(existing) = t.routes.get(&key) {
+    Ok(Route {
+        destination_cidr: dest.to_string(),
+        target: r.target.clone(),
+    })
+}
+
+pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<(World, Route)> {
+    let t = owned_route_table(w, c, rtb)?;
+    let route = validate_route(w, t, "", &r)?;
+    if let Some(existing) = t.routes.get(&route.destination_cidr) {
         return Err(ApiError::already_exists(format!(
-            "route table {rtb} already has a route for {key} (to {})",
-            existing.target
+            "route table {rtb} already has a route for {} (to {})",
+            route.destination_cidr, existing.target
         )));
     }
-    let route = Route {
-        destination_cidr: key.clone(),
-        target: r.target,
-    };
     let mut w = w.clone();
     w.route_tables
         .get_mut(rtb)
         .unwrap()
         .routes
-        .insert(key, route.clone());
+        .insert(route.destination_cidr.clone(), route.clone());
     Ok((w, route))
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceRoutes {
+    pub routes: Vec<CreateRoute>,
+}
+
+/// Replaces every explicit route of a table in one change (all validated first).
+pub fn replace_routes(
+    w: &World,
+    c: &Caller,
+    rtb: &str,
+    r: ReplaceRoutes,
+) -> Result<(World, usize)> {
+    let t = owned_route_table(w, c, rtb)?;
+    let mut routes = BTreeMap::new();
+    for (i, req) in r.routes.iter().enumerate() {
+        let route = validate_route(w, t, &format!("routes[{i}]."), req)?;
+        if routes.contains_key(&route.destination_cidr) {
+            return Err(ApiError::already_exists(format!(
+                "routes[{i}]: {} is listed twice",
+                route.destination_cidr
+            )));
+        }
+        routes.insert(route.destination_cidr.clone(), route);
+    }
+    let n = routes.len();
+    let mut w = w.clone();
+    w.route_tables.get_mut(rtb).unwrap().routes = routes;
+    Ok((w, n))
 }
 
 pub fn delete_route(w: &World, c: &Caller, rtb: &str, cidr: &str) -> Result<World> {
