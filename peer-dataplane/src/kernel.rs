@@ -211,6 +211,15 @@ impl KernelMaps {
         Ok(s)
     }
 
+    /// Longest-prefix match of `key` in the routes trie (what the program would find).
+    pub fn lookup_route(&self, key: &RouteKey) -> Result<Option<RouteValue>> {
+        match self.routes.get(&Key::new(key.prefix_len, key.data), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("looking up pdp_routes"),
+        }
+    }
+
     pub fn global_counters(&self) -> Result<GlobalCounters> {
         let per_cpu = self.global.get(&0, 0).context("reading pdp_global_ctr")?;
         let mut sum = GlobalCounters::ZERO;

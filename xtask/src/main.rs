@@ -44,6 +44,13 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
     },
+    /// Control plane -> data plane: one route change p50/p99, a 100k-route full sync,
+    /// kernel memory per route.
+    Sync {
+        /// Number of single route changes to time.
+        #[arg(long, default_value_t = 1000)]
+        changes: u32,
+    },
 }
 
 fn root() -> PathBuf {
@@ -387,6 +394,17 @@ fn bench_prog(repeat: u32) -> Result<()> {
         .current_dir(root()))
 }
 
+fn bench_sync(changes: u32) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let agent = build_agent(&obj)?;
+    step("benchmark: control plane -> data plane");
+    run(Command::new(root().join("target/release/pdp-bench"))
+        .args(["sync", "--changes", &changes.to_string(), "--agent"])
+        .arg(&agent)
+        .current_dir(root()))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
@@ -400,5 +418,8 @@ fn main() -> Result<()> {
         Task::Bench {
             which: Bench::Prog { repeat },
         } => bench_prog(repeat),
+        Task::Bench {
+            which: Bench::Sync { changes },
+        } => bench_sync(changes),
     }
 }

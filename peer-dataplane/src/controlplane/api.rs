@@ -235,6 +235,8 @@ pub fn router(server: Shared, test_clock: bool) -> Router {
         server.clone(),
         add_revision,
     ))
+    // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
     .with_state(server)
 }
 
@@ -247,6 +249,9 @@ async fn add_revision(State(s): State<Shared>, mut resp: Response) -> Response {
 }
 
 pub const REVISION_HEADER: &str = "x-pdp-revision";
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 << 20;
 
 /// The account that owns an object (through its VPC).
 fn owner<'a>(w: &'a World, vpc: &str) -> Option<&'a str> {

@@ -1,5 +1,6 @@
 //! `cargo xtask bench prog`: BPF_PROG_RUN cost per packet of the forwarding pipeline,
 //! against a program that only redirects, measured in the same run.
+//! `cargo xtask bench sync`: control plane to data plane latency and memory (`sync.rs`).
 //!
 //! BPF_PROG_RUN repeats a program on the same buffer, so the pipeline's TTL decrement
 //! accumulates across repeats. Packets therefore start at TTL 255 and each syscall runs a
@@ -17,33 +18,39 @@ use peer_dataplane_tests::seed::{self, A, B, ROUTER_MAC};
 use std::io::Write;
 use std::path::PathBuf;
 
+mod sync;
+
 const BATCH: u32 = 250;
 const ROUNDS: usize = 5;
 
 struct Args {
+    what: String,
     repeat: u32,
-    object: PathBuf,
+    changes: usize,
+    object: Option<PathBuf>,
+    agent: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
-    let mut repeat = 1_000_000;
-    let mut object = None;
     let what = it.next().unwrap_or_default();
-    if what != "prog" {
-        bail!("usage: pdp-bench prog [--repeat N] --object PATH");
-    }
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
-            "--object" => object = it.next().map(PathBuf::from),
+    let mut a = Args {
+        what,
+        repeat: 1_000_000,
+        changes: 1000,
+        object: None,
+        agent: None,
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--repeat" => a.repeat = it.next().context("--repeat N")?.parse()?,
+            "--changes" => a.changes = it.next().context("--changes N")?.parse()?,
+            "--object" => a.object = it.next().map(PathBuf::from),
+            "--agent" => a.agent = it.next().map(PathBuf::from),
             other => bail!("unknown argument {other}"),
         }
     }
-    Ok(Args {
-        repeat,
-        object: object.context("--object PATH")?,
-    })
+    Ok(a)
 }
 
 /// Mean ns/packet over `total` runs of `program` on `packet`.
@@ -102,9 +109,18 @@ fn doc_with_routes(n: usize) -> Document {
 
 fn main() -> Result<()> {
     let args = args()?;
+    match args.what.as_str() {
+        "prog" => bench_prog(&args),
+        "sync" => sync::bench(args.agent.as_deref().context("sync needs --agent PATH")?, args.changes),
+        _ => bail!("usage: pdp-bench prog [--repeat N] --object PATH | pdp-bench sync [--changes N] --agent PATH"),
+    }
+}
+
+fn bench_prog(args: &Args) -> Result<()> {
+    let object = args.object.as_deref().context("prog needs --object PATH")?;
     let ns = seed::ports_only("pdp-bench")?;
     netns::enter(&ns.path())?;
-    let mut dp = TestDataplane::load_from(&args.object)?;
+    let mut dp = TestDataplane::load_from(object)?;
     let ifindex = |name: &str| {
         let c = std::ffi::CString::new(name).unwrap();
         // SAFETY: NUL-terminated name.
