@@ -284,8 +284,8 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
 /// The agent's own "applied in X ms" of its last sync.
 fn last_apply_ms(log: &str) -> f64 {
     log.lines()
+        .rev()
         .filter_map(|l| l.split("applied in ").nth(1))
-        .filter_map(|r| r.split(" ms").next()?.parse().ok())
-        .last()
+        .find_map(|r| r.split(" ms").next()?.parse().ok())
         .unwrap_or(f64::NAN)
 }
