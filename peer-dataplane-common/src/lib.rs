@@ -69,6 +69,18 @@ pub const fn vpc_table(vpc_id: u32) -> u32 {
     VPC_TABLE_BASE | vpc_id
 }
 
+/// Route tables are double-buffered in the trie: table id `t` lives under key `2t` or
+/// `2t + 1` (its generation). A change to several routes of one table fills the other
+/// generation, then flips the ports and endpoints that use the table (one atomic write
+/// each), then clears the old one: no packet sees half of a table change (SPEC §3.8).
+#[inline(always)]
+pub const fn route_table_key(table_id: u32, generation: u32) -> u32 {
+    (table_id << 1) | (generation & 1)
+}
+
+/// Route table ids stay below this so that their keys stay below [`VPC_TABLE_BASE`].
+pub const MAX_ROUTE_TABLE_ID: u32 = VPC_TABLE_BASE >> 1;
+
 // ---------------------------------------------------------------------------------------
 // Ports: ingress ifindex -> the instance attachment behind it.
 

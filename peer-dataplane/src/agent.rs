@@ -9,14 +9,15 @@ use crate::document::Document;
 use crate::ids::Ids;
 use crate::kernel::{self, KernelMaps};
 use crate::links::{Links, XdpModeArg};
-use crate::maps::{apply, plan, MapState};
+use crate::maps::{apply, plan, MapState, RouteKey};
 use crate::sync::{self, Update};
 use crate::validate::{validate, Topology};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use log::{error, info};
-use peer_dataplane_common::{program_names, NAME_PEERING};
+use peer_dataplane_common::{program_names, NAME_PEERING, VPC_TABLE_BASE};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
@@ -42,6 +43,15 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// The trie key (table id and generation) route table `name` is installed under.
+    pub fn route_table_key(&self, name: &str) -> Option<u32> {
+        let id = self
+            .ids
+            .get(peer_dataplane_common::NAME_ROUTE_TABLE, name)?;
+        let generation = current_generations(&self.mirror).get(&id).copied()?;
+        Some(peer_dataplane_common::route_table_key(id, generation))
+    }
+
     /// Opens the pinned maps and reads back what is installed (from a previous run too).
     pub fn open(pin_dir: &Path) -> Result<Installed> {
         let maps = KernelMaps::open(pin_dir)?;
@@ -52,10 +62,12 @@ impl Installed {
 
     /// Installs `topo`, writing only what differs from what is installed. Returns the
     /// number of single-entry writes.
+    ///
+    /// A route table whose change touches more than one route is written whole into its
+    /// other generation and switched over by the (atomic) port and endpoint writes; a
+    /// single-route change is made in place, itself atomic.
     pub fn install(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<usize> {
-        let (desired, ids) = compile(topo, &self.ids, ifindex)?;
-        let new_slots = ids.new_since(&self.ids, NAME_PEERING);
-        let ops = plan(&desired, &self.mirror, &new_slots);
+        let (desired, ids, ops) = plan_install(topo, &self.ids, &self.mirror, ifindex)?;
         if let Err(e) = apply(&ops, &mut self.maps) {
             // Part of the plan may be in; re-read so the next attempt diffs against the truth.
             self.mirror = self.maps.read_state().unwrap_or_default();
@@ -66,6 +78,67 @@ impl Installed {
         self.ids = ids;
         Ok(ops.len())
     }
+}
+
+/// What installing `topo` over `installed` takes: the desired map contents, the ids, and
+/// the ordered writes. Pure: unit-testable against an in-memory [`MapState`].
+pub fn plan_install(
+    topo: &Topology,
+    ids: &Ids,
+    installed: &MapState,
+    ifindex: &dyn IfindexResolver,
+) -> Result<(MapState, Ids, Vec<crate::maps::Op>)> {
+    let current = current_generations(installed);
+    let same = |t: u32| current.get(&t).copied().unwrap_or(0);
+    let (in_place, in_place_ids) = compile(topo, ids, ifindex, &same)?;
+    let flip = tables_with_several_changes(&in_place, installed, &current);
+    let (desired, new_ids) = if flip.is_empty() {
+        (in_place, in_place_ids)
+    } else {
+        let other = |t: u32| if flip.contains(&t) { 1 - same(t) } else { same(t) };
+        compile(topo, ids, ifindex, &other)?
+    };
+    let new_slots = new_ids.new_since(ids, NAME_PEERING);
+    let ops = plan(&desired, installed, &new_slots);
+    Ok((desired, new_ids, ops))
+}
+
+/// Route table id -> generation in use, read off the installed routes (after a complete
+/// apply, all routes of a table live in one generation).
+fn current_generations(m: &MapState) -> BTreeMap<u32, u32> {
+    m.routes
+        .keys()
+        .map(|k| u32::from_be_bytes(k.data.table_be))
+        .filter(|t| *t < VPC_TABLE_BASE)
+        .map(|key| (key >> 1, key & 1))
+        .collect()
+}
+
+/// Tables (ids) that exist now and whose routes would change in more than one entry.
+fn tables_with_several_changes(
+    desired: &MapState,
+    current: &MapState,
+    installed: &BTreeMap<u32, u32>,
+) -> BTreeSet<u32> {
+    let mut changes: BTreeMap<u32, usize> = BTreeMap::new();
+    let table_of = |k: &RouteKey| u32::from_be_bytes(k.data.table_be);
+    for (k, v) in &desired.routes {
+        if current.routes.get(k) != Some(v) {
+            *changes.entry(table_of(k)).or_default() += 1;
+        }
+    }
+    for k in current
+        .routes
+        .keys()
+        .filter(|k| !desired.routes.contains_key(*k))
+    {
+        *changes.entry(table_of(k)).or_default() += 1;
+    }
+    changes
+        .into_iter()
+        .filter(|(key, n)| *key < VPC_TABLE_BASE && *n > 1 && installed.contains_key(&(key >> 1)))
+        .map(|(key, _)| key >> 1)
+        .collect()
 }
 
 /// Reads and validates a state document; the error names every problem.

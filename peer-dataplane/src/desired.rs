@@ -6,9 +6,10 @@ use crate::validate::{Target, Topology};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use peer_dataplane_common::{
-    addr, route_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue,
-    ENDPOINT_LOCAL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SUBNET, NAME_VPC,
-    PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_VPC_CIDR,
+    addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
+    Port, RouteValue, ENDPOINT_LOCAL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SUBNET,
+    NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+    ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,8 +57,18 @@ fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
     ])
 }
 
-/// The full desired map contents for `t`, with ids assigned on top of `ids`.
-pub fn compile(t: &Topology, ids: &Ids, ifindex: &dyn IfindexResolver) -> Result<(MapState, Ids)> {
+/// Which generation of each route table (by id) to compile into; see
+/// [`peer_dataplane_common::route_table_key`].
+pub type Generations<'a> = &'a dyn Fn(u32) -> u32;
+
+/// The full desired map contents for `t`, with ids assigned on top of `ids` and each route
+/// table in the generation `generation` picks for it.
+pub fn compile(
+    t: &Topology,
+    ids: &Ids,
+    ifindex: &dyn IfindexResolver,
+    generation: Generations,
+) -> Result<(MapState, Ids)> {
     let ids = ids.assign(&wanted_names(t))?;
     let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
     let mut s = MapState::default();
@@ -87,7 +98,8 @@ pub fn compile(t: &Topology, ids: &Ids, ifindex: &dyn IfindexResolver) -> Result
         }
     }
     for rt in t.route_tables.values() {
-        let table = id(NAME_ROUTE_TABLE, &rt.id);
+        let table_id = id(NAME_ROUTE_TABLE, &rt.id);
+        let table = route_table_key(table_id, generation(table_id));
         for (dest, target) in &rt.routes {
             let value = match target {
                 Target::Local => RouteValue {
@@ -118,7 +130,8 @@ pub fn compile(t: &Topology, ids: &Ids, ifindex: &dyn IfindexResolver) -> Result
         let subnet = &t.subnets[&port.subnet];
         let vpc = id(NAME_VPC, &subnet.vpc);
         let subnet_id = id(NAME_SUBNET, &subnet.id);
-        let route_table = id(NAME_ROUTE_TABLE, &subnet.route_table);
+        let table_id = id(NAME_ROUTE_TABLE, &subnet.route_table);
+        let route_table = route_table_key(table_id, generation(table_id));
         let mut p = Port {
             vpc,
             subnet: subnet_id,

@@ -3,8 +3,8 @@
 //! what changed), and ids are recovered from the pinned names map on restart.
 
 use peer_dataplane_common::{
-    Name, NameKey, MAX_PEERINGS, NAME_PEERING, NAME_ROUTE_TABLE, NAME_SUBNET, NAME_VPC,
-    VPC_TABLE_BASE,
+    Name, NameKey, MAX_PEERINGS, MAX_ROUTE_TABLE_ID, NAME_PEERING, NAME_ROUTE_TABLE, NAME_SUBNET,
+    NAME_VPC, VPC_TABLE_BASE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +13,7 @@ const KINDS: [(u32, u32, u32); 4] = [
     // kind, first id, one past the last id
     (NAME_VPC, 1, VPC_TABLE_BASE),
     (NAME_SUBNET, 1, u32::MAX),
-    (NAME_ROUTE_TABLE, 1, VPC_TABLE_BASE),
+    (NAME_ROUTE_TABLE, 1, MAX_ROUTE_TABLE_ID),
     // Peerings index the per-CPU counter array: dense slots from 0.
     (NAME_PEERING, 0, MAX_PEERINGS),
 ];

@@ -83,8 +83,9 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     let (port_put, port_del) = diff(&desired.ports, &current.ports);
 
     let mut ops = Vec::new();
-    // Adds and changes, referents first: names, devmap targets, peerings, endpoints,
-    // routes (which name peerings), ports (which name route tables).
+    // Adds and changes, referents first: names, devmap targets, peerings, routes (which
+    // name peerings), endpoints (which name devmap targets and route tables, for the
+    // return route), ports (which name route tables).
     ops.extend(names_put.into_iter().map(|(k, v)| Op::PutName(k, v)));
     ops.extend(dev_put.into_iter().map(|(k, v)| Op::PutDevmap(k, v)));
     ops.extend(
@@ -93,13 +94,13 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
             .map(|s| Op::ResetPeeringCounters(*s)),
     );
     ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
-    ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
     ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
+    ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
     ops.extend(port_put.into_iter().map(|(k, v)| Op::PutPort(k, v)));
     // Removals, referrers first.
     ops.extend(port_del.into_iter().map(Op::DelPort));
-    ops.extend(rt_del.into_iter().map(Op::DelRoute));
     ops.extend(ep_del.into_iter().map(Op::DelEndpoint));
+    ops.extend(rt_del.into_iter().map(Op::DelRoute));
     ops.extend(pcx_del.into_iter().map(Op::DelPeering));
     ops.extend(dev_del.into_iter().map(Op::DelDevmap));
     ops.extend(names_del.into_iter().map(Op::DelName));

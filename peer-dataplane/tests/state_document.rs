@@ -39,7 +39,7 @@ fn seed_topology_validates_and_compiles() {
     assert_eq!(topo.peerings.len(), 2);
     // Implicit local routes were added for each VPC CIDR (v4 and v6).
     assert_eq!(topo.route_tables["rtb-a"].routes.len(), 4);
-    let (state, ids) = compile(&topo, &Ids::default(), &FakeIfindex).unwrap();
+    let (state, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0).unwrap();
     assert_eq!(state.ports.len(), 3);
     assert_eq!(state.endpoints.len(), 6);
     assert_eq!(state.devmap.len(), 3);
@@ -69,14 +69,14 @@ fn seed_topology_validates_and_compiles() {
 #[test]
 fn deleting_a_peering_rewrites_one_entry() {
     let topo = validate(&seed()).unwrap();
-    let (before, ids) = compile(&topo, &Ids::default(), &FakeIfindex).unwrap();
+    let (before, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0).unwrap();
     let mut doc = seed();
     doc.peerings
         .iter_mut()
         .find(|p| p.id == "pcx-ab")
         .unwrap()
         .status = "deleted".into();
-    let (after, ids2) = compile(&validate(&doc).unwrap(), &ids, &FakeIfindex).unwrap();
+    let (after, ids2) = compile(&validate(&doc).unwrap(), &ids, &FakeIfindex, &|_| 0).unwrap();
     let ops = plan(&after, &before, &ids2.new_since(&ids, NAME_PEERING));
     assert_eq!(ops.len(), 1, "{ops:?}");
     let mut state: MapState = before.clone();
@@ -258,8 +258,81 @@ fn missing_interface_fails_compile_before_any_write() {
     let mut doc = seed();
     doc.ports[0].interface = "pdp-zz".into();
     let topo = validate(&doc).unwrap();
-    let err = compile(&topo, &Ids::default(), &FakeIfindex)
+    let err = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("interface pdp-zz does not exist"), "{err}");
+}
+
+mod generations {
+    //! SPEC §3.8 for route tables: between any two single writes of a plan, the table a
+    //! port uses is exactly the old table or exactly the new one.
+
+    use super::*;
+    use peer_dataplane::agent::plan_install;
+    use peer_dataplane::document::RouteDoc;
+    use peer_dataplane::maps::{DataplaneMaps, Op, RouteKey};
+    use peer_dataplane_common::RouteValue;
+    use std::collections::BTreeMap;
+
+    /// The routes under trie key `table` (with the table bits stripped).
+    fn table(s: &MapState, table: u32) -> BTreeMap<(u32, [u8; 16]), RouteValue> {
+        s.routes
+            .iter()
+            .filter(|(k, _)| u32::from_be_bytes(k.data.table_be) == table)
+            .map(|(k, v): (&RouteKey, &RouteValue)| ((k.prefix_len, k.data.addr), *v))
+            .collect()
+    }
+
+    fn installed_seed() -> (MapState, Ids) {
+        let topo = validate(&seed()).unwrap();
+        let (plan_state, ids, ops) = plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+        let mut s = MapState::default();
+        apply(&ops, &mut s).unwrap();
+        assert_eq!(s, plan_state);
+        (s, ids)
+    }
+
+    #[test]
+    fn a_single_route_change_is_one_write_in_place() {
+        let (installed, ids) = installed_seed();
+        let mut doc = seed();
+        doc.route_tables[0].routes.push(RouteDoc { destination: "172.16.9.0/24".into(), target: "blackhole".into() });
+        let (_, _, ops) = plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert!(matches!(ops[0], Op::PutRoute(..)));
+    }
+
+    #[test]
+    fn a_table_rewrite_switches_generation_and_never_shows_a_mix() {
+        let (installed, ids) = installed_seed();
+        let port_a = 11;
+        let old_key = installed.ports[&port_a].route_table;
+        let old = table(&installed, old_key);
+
+        // rtb-a: the /16 to B becomes two /17s, one of them a blackhole.
+        let mut doc = seed();
+        let rtb = &mut doc.route_tables[0];
+        rtb.routes.retain(|r| r.destination != "172.16.0.0/16");
+        rtb.routes.push(RouteDoc { destination: "172.16.0.0/17".into(), target: "pcx-ab".into() });
+        rtb.routes.push(RouteDoc { destination: "172.16.128.0/17".into(), target: "blackhole".into() });
+        let (desired, _, ops) = plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        let new_key = desired.ports[&port_a].route_table;
+        assert_eq!(new_key, old_key ^ 1, "the table moves to its other generation");
+        let new = table(&desired, new_key);
+        assert_ne!(old, new);
+
+        let mut s = installed.clone();
+        for (i, op) in ops.iter().enumerate() {
+            s.write(op).unwrap();
+            let seen = table(&s, s.ports[&port_a].route_table);
+            assert!(seen == old || seen == new, "after write {i} ({op:?}) port A sees a mixed table");
+            // The receiver side (endpoint of A, for return routes) likewise.
+            let ep = s.endpoints.values().find(|e| e.ifindex == port_a).unwrap();
+            let seen = table(&s, ep.route_table);
+            assert!(seen == old || seen == new, "after write {i} ({op:?}) the endpoint sees a mixed table");
+        }
+        assert_eq!(s, desired);
+        assert!(table(&s, old_key).is_empty(), "the old generation is cleared");
+    }
 }

@@ -11,7 +11,7 @@ use peer_dataplane::document::{Document, RouteDoc};
 use peer_dataplane::maps::{Op, RouteKey};
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
-    DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, NAME_ROUTE_TABLE, ROUTE_PCX,
+    DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, ROUTE_PCX,
 };
 use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use peer_dataplane_tests::netns::{self, Netns};
@@ -523,7 +523,7 @@ fn slot(dp: &TestDataplane, pcx: &str) -> u32 {
 }
 
 fn raw_route(dp: &TestDataplane, rtb: &str, net: [u8; 4], plen: u32, pcx: &str) -> Op {
-    let table = dp.installed.ids.get(NAME_ROUTE_TABLE, rtb).unwrap();
+    let table = dp.installed.route_table_key(rtb).unwrap();
     let (prefix_len, data) = route_key(table, &addr::from_v4(net), plen, true);
     Op::PutRoute(
         RouteKey { prefix_len, data },
