@@ -95,7 +95,13 @@ pub fn plan_install(
     let (desired, new_ids) = if flip.is_empty() {
         (in_place, in_place_ids)
     } else {
-        let other = |t: u32| if flip.contains(&t) { 1 - same(t) } else { same(t) };
+        let other = |t: u32| {
+            if flip.contains(&t) {
+                1 - same(t)
+            } else {
+                same(t)
+            }
+        };
         compile(topo, ids, ifindex, &other)?
     };
     let new_slots = new_ids.new_since(ids, NAME_PEERING);

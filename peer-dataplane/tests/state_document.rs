@@ -286,7 +286,8 @@ mod generations {
 
     fn installed_seed() -> (MapState, Ids) {
         let topo = validate(&seed()).unwrap();
-        let (plan_state, ids, ops) = plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+        let (plan_state, ids, ops) =
+            plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
         let mut s = MapState::default();
         apply(&ops, &mut s).unwrap();
         assert_eq!(s, plan_state);
@@ -297,8 +298,12 @@ mod generations {
     fn a_single_route_change_is_one_write_in_place() {
         let (installed, ids) = installed_seed();
         let mut doc = seed();
-        doc.route_tables[0].routes.push(RouteDoc { destination: "172.16.9.0/24".into(), target: "blackhole".into() });
-        let (_, _, ops) = plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        doc.route_tables[0].routes.push(RouteDoc {
+            destination: "172.16.9.0/24".into(),
+            target: "blackhole".into(),
+        });
+        let (_, _, ops) =
+            plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         assert_eq!(ops.len(), 1, "{ops:?}");
         assert!(matches!(ops[0], Op::PutRoute(..)));
     }
@@ -314,11 +319,22 @@ mod generations {
         let mut doc = seed();
         let rtb = &mut doc.route_tables[0];
         rtb.routes.retain(|r| r.destination != "172.16.0.0/16");
-        rtb.routes.push(RouteDoc { destination: "172.16.0.0/17".into(), target: "pcx-ab".into() });
-        rtb.routes.push(RouteDoc { destination: "172.16.128.0/17".into(), target: "blackhole".into() });
-        let (desired, _, ops) = plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        rtb.routes.push(RouteDoc {
+            destination: "172.16.0.0/17".into(),
+            target: "pcx-ab".into(),
+        });
+        rtb.routes.push(RouteDoc {
+            destination: "172.16.128.0/17".into(),
+            target: "blackhole".into(),
+        });
+        let (desired, _, ops) =
+            plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         let new_key = desired.ports[&port_a].route_table;
-        assert_eq!(new_key, old_key ^ 1, "the table moves to its other generation");
+        assert_eq!(
+            new_key,
+            old_key ^ 1,
+            "the table moves to its other generation"
+        );
         let new = table(&desired, new_key);
         assert_ne!(old, new);
 
@@ -326,13 +342,22 @@ mod generations {
         for (i, op) in ops.iter().enumerate() {
             s.write(op).unwrap();
             let seen = table(&s, s.ports[&port_a].route_table);
-            assert!(seen == old || seen == new, "after write {i} ({op:?}) port A sees a mixed table");
+            assert!(
+                seen == old || seen == new,
+                "after write {i} ({op:?}) port A sees a mixed table"
+            );
             // The receiver side (endpoint of A, for return routes) likewise.
             let ep = s.endpoints.values().find(|e| e.ifindex == port_a).unwrap();
             let seen = table(&s, ep.route_table);
-            assert!(seen == old || seen == new, "after write {i} ({op:?}) the endpoint sees a mixed table");
+            assert!(
+                seen == old || seen == new,
+                "after write {i} ({op:?}) the endpoint sees a mixed table"
+            );
         }
         assert_eq!(s, desired);
-        assert!(table(&s, old_key).is_empty(), "the old generation is cleared");
+        assert!(
+            table(&s, old_key).is_empty(),
+            "the old generation is cleared"
+        );
     }
 }

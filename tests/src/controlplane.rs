@@ -3,6 +3,7 @@
 //! client whose requests are made from inside that namespace.
 
 use crate::netns::Netns;
+use crate::seed::Agent;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -208,6 +209,35 @@ impl ControlPlane {
                 .revision;
         }
         Ok(revision)
+    }
+
+    /// `run` arguments of an agent on host-1 following this control plane.
+    pub fn agent_args(&self) -> Vec<String> {
+        [
+            "--control-plane",
+            &self.url(),
+            "--host",
+            "host-1",
+            "--agent-token",
+            AGENT_TOKEN,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Starts an agent in `host` following this control plane, on `pin_dir` as it is (call
+    /// `remove_pins` first for a fresh start); logs to `dir/agent.<tag>.log`.
+    pub fn start_agent(
+        &self,
+        bin: &Path,
+        host: &Netns,
+        dir: &Path,
+        pin_dir: &Path,
+        tag: &str,
+    ) -> Result<Agent> {
+        let args = self.agent_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start_with(bin, host, &dir.join("agent.toml"), pin_dir, &args, tag)
     }
 
     /// SIGKILL (the database stays).

@@ -3,7 +3,7 @@
 //! API, real packets. Needs root, BPF and network namespaces.
 
 use anyhow::{ensure, Result};
-use peer_dataplane_tests::controlplane::{free_port, ControlPlane, AGENT_TOKEN};
+use peer_dataplane_tests::controlplane::{free_port, ControlPlane};
 use peer_dataplane_tests::seed::{Agent, SeedNetwork, A, B};
 use peer_dataplane_tests::traffic::ping_instance;
 use serde_json::json;
@@ -41,23 +41,7 @@ fn start(tag: &str, hold_back: &[&str]) -> Result<(Env, u64)> {
     let revision = cp.seed(hold_back)?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}"));
     let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
-    let url = cp.url();
-    let args = [
-        "--control-plane",
-        url.as_str(),
-        "--host",
-        "host-1",
-        "--agent-token",
-        AGENT_TOKEN,
-    ];
-    let mut agent = Agent::start_with(
-        &bin,
-        &net.host,
-        &dir.join("agent.toml"),
-        &pin_dir,
-        &args,
-        "agent",
-    )?;
+    let mut agent = cp.start_agent(&bin, &net.host, &dir, &pin_dir, "agent")?;
     agent.wait_synced(revision, SYNC)?;
     Ok((
         Env {

@@ -3,8 +3,8 @@
 //! counters that prove each outcome. Removes everything it created.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane, AGENT_TOKEN};
-use peer_dataplane_tests::seed::{v4_str, v6_str, Agent, SeedNetwork, A, B, C};
+use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane};
+use peer_dataplane_tests::seed::{v4_str, v6_str, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,27 +76,12 @@ fn main() -> Result<()> {
     let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-demo");
     let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
     let url = cp.url();
-    let args = [
-        "--control-plane",
-        url.as_str(),
-        "--host",
-        "host-1",
-        "--agent-token",
-        AGENT_TOKEN,
-    ];
     println!(
         "    peer-dataplane --pin-dir {} run {}",
         pin_dir.display(),
-        args.join(" ")
+        cp.agent_args().join(" ")
     );
-    let mut agent = Agent::start_with(
-        &bin,
-        &net.host,
-        &dir.join("agent.toml"),
-        &pin_dir,
-        &args,
-        "agent",
-    )?;
+    let mut agent = cp.start_agent(&bin, &net.host, &dir, &pin_dir, "agent")?;
     agent.wait_synced(revision, SYNC)?;
     print_indented(
         &agent

@@ -13,9 +13,9 @@ use ipnet::IpNet;
 use peer_dataplane::desired::key_for;
 use peer_dataplane::kernel::KernelMaps;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
-use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane, AGENT_TOKEN};
+use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane};
 use peer_dataplane_tests::netns;
-use peer_dataplane_tests::seed::{self, Agent};
+use peer_dataplane_tests::seed;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
@@ -103,24 +103,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-bsync");
     let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
     let url = cp.url();
-    let args = [
-        "--control-plane",
-        url.as_str(),
-        "--host",
-        "host-1",
-        "--agent-token",
-        AGENT_TOKEN,
-    ];
-    let start_agent = |tag: &str| {
-        Agent::start_with(
-            agent_bin,
-            &ns,
-            &dir.join("agent.toml"),
-            &pin_dir,
-            &args,
-            tag,
-        )
-    };
+    let start_agent = |tag: &str| cp.start_agent(agent_bin, &ns, &dir, &pin_dir, tag);
     let mut agent = start_agent("agent")?;
     agent.wait_synced(revision, Duration::from_secs(10))?;
 
