@@ -1,6 +1,7 @@
 //! peer-dataplane agent and operator CLI, as a library so that the integration tests and
 //! benchmarks drive exactly the code the binary runs.
 
+pub mod acl;
 pub mod agent;
 pub mod controlplane;
 pub mod desired;
