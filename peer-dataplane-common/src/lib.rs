@@ -6,6 +6,7 @@
 //! time: the eBPF object and the agent are built separately and must agree bit for bit.
 #![no_std]
 
+pub mod acl;
 pub mod addr;
 pub mod checksum;
 pub mod counters;
@@ -25,8 +26,13 @@ pub mod map_names {
     pub const GLOBAL_COUNTERS: &str = "pdp_global_ctr";
     pub const PEERING_COUNTERS: &str = "pdp_pcx_ctr";
     pub const NAMES: &str = "pdp_names";
+    pub const ACL_ADDR: &str = "pdp_acl_addr";
+    pub const ACL_PORT: &str = "pdp_acl_port";
+    pub const ACL_PROTO: &str = "pdp_acl_proto";
+    pub const ACL_META: &str = "pdp_acl_meta";
+    pub const ACL_HITS: &str = "pdp_acl_hits";
     /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 13] = [
         PORTS,
         ROUTES,
         PEERINGS,
@@ -35,6 +41,11 @@ pub mod map_names {
         GLOBAL_COUNTERS,
         PEERING_COUNTERS,
         NAMES,
+        ACL_ADDR,
+        ACL_PORT,
+        ACL_PROTO,
+        ACL_META,
+        ACL_HITS,
     ];
 }
 
@@ -58,6 +69,8 @@ pub const MAX_ROUTES: u32 = 2 * 1024 * 1024;
 pub const MAX_PEERINGS: u32 = 1024;
 pub const MAX_ENDPOINTS: u32 = 65536;
 pub const MAX_NAMES: u32 = 16384;
+/// Entries in each ACL lookup map (all sets together).
+pub const MAX_ACL_ENTRIES: u32 = 262144;
 
 /// Route-table ids below this value name real route tables; ids at or above it name the
 /// per-VPC "CIDR table" (`VPC_TABLE_BASE | vpc_id`), which holds the VPC's own CIDRs and
@@ -103,7 +116,7 @@ pub struct Port {
     pub mac: [u8; 6],
     /// The virtual router MAC the instance sees as its gateway on this port.
     pub gw_mac: [u8; 6],
-    /// Network ACL id (issue 4); 0 = none yet.
+    /// Egress ACL set of the port's subnet ([`acl::acl_set`]), or [`acl::NO_ACL`].
     pub acl: u32,
 }
 const _: () = assert!(size_of::<Port>() == 64);
@@ -229,7 +242,8 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// Source MAC written on delivery: the router MAC of the destination port.
     pub gw_mac: [u8; 6],
-    pub _pad: u32,
+    /// Ingress ACL set of the destination's subnet ([`acl::acl_set`]), or [`acl::NO_ACL`].
+    pub acl: u32,
 }
 const _: () = assert!(size_of::<Endpoint>() == 32);
 
@@ -298,6 +312,10 @@ mod pod {
     unsafe impl aya::Pod for super::Name {}
     unsafe impl aya::Pod for super::counters::GlobalCounters {}
     unsafe impl aya::Pod for super::counters::PeeringCounters {}
+    unsafe impl aya::Pod for super::acl::AclBits {}
+    unsafe impl aya::Pod for super::acl::AclMeta {}
+    unsafe impl aya::Pod for super::acl::AclPortData {}
+    unsafe impl aya::Pod for super::acl::AclProtoKey {}
 }
 
 #[cfg(test)]

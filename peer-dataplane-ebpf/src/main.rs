@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod acl;
 mod counters;
 mod deliver;
 mod maps;

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{DevMapHash, HashMap, LpmTrie, PerCpuArray},
 };
 use peer_dataplane_common::{
+    acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     counters::{GlobalCounters, PeeringCounters},
-    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ENDPOINTS,
-    MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
+    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 
 #[map(name = "pdp_ports")]
@@ -37,3 +38,20 @@ pub static PEERING_COUNTERS: PerCpuArray<PeeringCounters> =
 /// pinned map the agent uses.
 #[map(name = "pdp_names")]
 pub static NAMES: HashMap<NameKey, Name> = HashMap::pinned(MAX_NAMES, 0);
+
+/// Network ACL lookups (see `peer_dataplane_common::acl`). The tries are not preallocated.
+#[map(name = "pdp_acl_addr")]
+pub static ACL_ADDR: LpmTrie<RouteData, AclBits> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
+
+#[map(name = "pdp_acl_port")]
+pub static ACL_PORT: LpmTrie<AclPortData, AclBits> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
+
+#[map(name = "pdp_acl_proto")]
+pub static ACL_PROTO: HashMap<AclProtoKey, AclBits> = HashMap::pinned(MAX_ACL_SETS * 8, 0);
+
+#[map(name = "pdp_acl_meta")]
+pub static ACL_META: HashMap<u32, AclMeta> = HashMap::pinned(MAX_ACL_SETS, 0);
+
+/// Per-rule hits, per CPU: slot `hit_base + rule bit` of the set.
+#[map(name = "pdp_acl_hits")]
+pub static ACL_HITS: PerCpuArray<u64> = PerCpuArray::pinned(ACL_HIT_SLOTS, 0);

@@ -2,6 +2,7 @@
 //! groups, bandwidth caps) slot in where the comments mark them.
 
 use crate::{
+    acl,
     counters::{Outcome, Seen, NO_PEERING},
     deliver,
     parse::{self, L3},
@@ -59,7 +60,7 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Drop> {
         return Ok(Outcome::Pass(PassReason::NotRoutable));
     }
 
-    // [egress NACL, egress security group: issue 4]
+    // [egress security group: issue 4]
 
     // Route lookup in the sender subnet's table.
     let Some(route) = route::lookup(port.route_table, &p.dst) else {
@@ -81,6 +82,9 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Drop> {
     if !peering::originated_in(&port, &p) {
         return Err(drop(DropReason::Transitive));
     }
+    // Egress network ACL of the sender's subnet (checked once the packet is known to be
+    // peering traffic, so that its drops count under the peering).
+    acl::check(port.acl, &p.dst, &p).map_err(drop)?;
     let Some(ep) = deliver::endpoint(x.peer_vpc, &p.dst) else {
         let reason = if peering::inside_vpc(x.peer_vpc, &p.dst) {
             DropReason::NoEndpoint
@@ -98,7 +102,10 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Drop> {
         _ => return Err(drop(DropReason::NoReturnRoute)),
     }
 
-    // [ingress NACL, ingress security group: issue 4]
+    // Ingress network ACL of the receiver's subnet.
+    acl::check(ep.acl, &p.src, &p).map_err(drop)?;
+
+    // [ingress security group: issue 4]
 
     if p.ttl <= 1 {
         return Err(drop(DropReason::TtlExceeded));

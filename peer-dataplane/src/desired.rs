@@ -147,7 +147,7 @@ pub fn compile(
             flags: ENDPOINT_LOCAL,
             mac: port.mac,
             gw_mac: port.gateway_mac,
-            _pad: 0,
+            acl: peer_dataplane_common::acl::NO_ACL,
         };
         if let Some(a) = port.ipv4 {
             p.flags |= PORT_HAS_IPV4;

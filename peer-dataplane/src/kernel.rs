@@ -10,10 +10,11 @@ use aya::maps::{
 };
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
+    acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
-    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ENDPOINTS,
-    MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ACL_ENTRIES,
+    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
 /// (name, key size, value size, max entries) of every pinned map, as this build defines
 /// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
 /// build with another layout must be caught here, before the program reads it wrongly.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 8] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 13] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -81,6 +82,31 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 8] {
             sz(size_of::<Name>()),
             MAX_NAMES,
         ),
+        (
+            map_names::ACL_ADDR,
+            4 + sz(size_of::<RouteData>()),
+            sz(size_of::<AclBits>()),
+            MAX_ACL_ENTRIES,
+        ),
+        (
+            map_names::ACL_PORT,
+            4 + sz(size_of::<AclPortData>()),
+            sz(size_of::<AclBits>()),
+            MAX_ACL_ENTRIES,
+        ),
+        (
+            map_names::ACL_PROTO,
+            sz(size_of::<AclProtoKey>()),
+            sz(size_of::<AclBits>()),
+            MAX_ACL_SETS * 8,
+        ),
+        (
+            map_names::ACL_META,
+            4,
+            sz(size_of::<AclMeta>()),
+            MAX_ACL_SETS,
+        ),
+        (map_names::ACL_HITS, 4, 8, ACL_HIT_SLOTS),
     ]
 }
 

@@ -1,0 +1,121 @@
+//! Network ACL maps (issue 4). Each ACL direction, in one generation, is a *set* with a
+//! 32-bit id ([`acl_set`]); its rules are compiled by the agent into rule bitmaps looked
+//! up by address (LPM), destination port (LPM) and protocol (hash). The program ANDs the
+//! three and takes the lowest set bit: the first matching rule. See the agent's `acl`
+//! module for why this equals rule-by-rule evaluation.
+
+use core::mem::size_of;
+
+/// Rules per ACL direction (bits of a bitmap).
+pub const ACL_MAX_RULES: usize = 1024;
+pub const ACL_WORDS: usize = ACL_MAX_RULES / 64;
+
+/// Per-rule hit counters, shared by all ACL sets (each set has a base offset).
+pub const ACL_HIT_SLOTS: u32 = 16384;
+pub const MAX_ACL_SETS: u32 = 1024;
+
+/// `0` in a port's or endpoint's ACL field: the subnet has no network ACL (allow all).
+pub const NO_ACL: u32 = 0;
+
+#[inline(always)]
+pub const fn acl_set(acl_id: u32, generation: u32, egress: bool) -> u32 {
+    (acl_id << 2) | ((generation & 1) << 1) | (egress as u32)
+}
+
+/// The egress set of the ACL whose ingress set is `ingress_set`, and vice versa.
+#[inline(always)]
+pub const fn acl_egress(set: u32) -> u32 {
+    set | 1
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclBits {
+    pub w: [u64; ACL_WORDS],
+}
+const _: () = assert!(size_of::<AclBits>() == 128);
+
+impl AclBits {
+    pub const ZERO: AclBits = AclBits { w: [0; ACL_WORDS] };
+}
+
+/// Per set: which rules allow, which match any protocol, which match packets without a
+/// port, and where its hit counters start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclMeta {
+    pub allow: AclBits,
+    pub any_protocol: AclBits,
+    pub portless: AclBits,
+    pub hit_base: u32,
+    pub rules: u32,
+}
+const _: () = assert!(size_of::<AclMeta>() == 392);
+
+/// LPM key data of the port trie: the set, then the destination port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct AclPortData {
+    pub set_be: [u8; 4],
+    pub port_be: [u8; 2],
+}
+const _: () = assert!(size_of::<AclPortData>() == 6);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct AclProtoKey {
+    pub set: u32,
+    pub protocol: u32,
+}
+const _: () = assert!(size_of::<AclProtoKey>() == 8);
+
+/// Lowest set bit of `a & b & c`, if any (the deciding rule).
+#[inline(always)]
+pub fn first_match(a: &AclBits, b: &AclBits, c: &AclBits) -> Option<u32> {
+    let mut i = 0;
+    while i < ACL_WORDS {
+        let w = a.w[i] & b.w[i] & c.w[i];
+        if w != 0 {
+            return Some((i * 64) as u32 + w.trailing_zeros());
+        }
+        i += 1;
+    }
+    None
+}
+
+#[inline(always)]
+pub fn bit_set(b: &AclBits, bit: u32) -> bool {
+    let i = (bit / 64) as usize;
+    i < ACL_WORDS && b.w[i] & (1u64 << (bit % 64)) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_match_is_the_lowest_common_bit() {
+        let mut a = AclBits::ZERO;
+        let mut b = AclBits::ZERO;
+        let mut c = AclBits::ZERO;
+        for x in [&mut a, &mut b, &mut c] {
+            x.w[3] = 1 << 5 | 1 << 9;
+            x.w[15] = 1 << 63;
+        }
+        b.w[3] &= !(1 << 5);
+        assert_eq!(first_match(&a, &b, &c), Some(3 * 64 + 9));
+        c.w[3] = 0;
+        assert_eq!(first_match(&a, &b, &c), Some(1023));
+        assert_eq!(first_match(&a, &AclBits::ZERO, &c), None);
+        assert!(bit_set(&a, 1023) && !bit_set(&a, 1022) && !bit_set(&a, 5000));
+    }
+
+    #[test]
+    fn sets_pair_up_by_direction_and_generation() {
+        assert_eq!(acl_set(5, 0, false), 20);
+        assert_eq!(acl_set(5, 0, true), 21);
+        assert_eq!(acl_set(5, 1, false), 22);
+        assert_eq!(acl_egress(acl_set(5, 1, false)), acl_set(5, 1, true));
+        assert_ne!(acl_set(1, 0, false), NO_ACL);
+    }
+}
