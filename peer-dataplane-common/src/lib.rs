@@ -256,6 +256,7 @@ pub const NAME_SUBNET: u32 = 2;
 pub const NAME_ROUTE_TABLE: u32 = 3;
 pub const NAME_PEERING: u32 = 4;
 pub const NAME_PORT: u32 = 5;
+pub const NAME_ACL: u32 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -22,6 +22,8 @@ pub struct Document {
     pub peerings: Vec<PeeringDoc>,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortDoc>,
+    #[serde(default, rename = "network_acl")]
+    pub network_acls: Vec<NetworkAclDoc>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -46,6 +48,36 @@ pub struct SubnetDoc {
     #[serde(default)]
     pub ipv6_cidr: Option<String>,
     pub route_table: String,
+    /// Network ACL of the subnet; none = no NACL filtering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_acl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAclDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub rules: Vec<AclRuleDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleDoc {
+    /// 1..=32766, lowest first.
+    pub number: u32,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_from: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_to: Option<u16>,
+    pub cidr: String,
+    /// `allow` or `deny`.
+    pub action: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

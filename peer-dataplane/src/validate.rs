@@ -31,6 +31,16 @@ pub struct Subnet {
     pub cidr: Ipv4Net,
     pub ipv6_cidr: Option<Ipv6Net>,
     pub route_table: String,
+    pub network_acl: Option<String>,
+}
+
+/// A network ACL's rules, split by direction (each compiled on its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkAcl {
+    pub id: String,
+    pub vpc: String,
+    pub ingress: Vec<crate::acl::Rule>,
+    pub egress: Vec<crate::acl::Rule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +142,7 @@ pub struct Topology {
     pub peerings: BTreeMap<String, Peering>,
     /// Keyed by interface name.
     pub ports: BTreeMap<String, Port>,
+    pub network_acls: BTreeMap<String, NetworkAcl>,
 }
 
 /// Every problem found in a document, each naming the objects involved.
@@ -257,6 +268,11 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 .map(|x| format!("route table:{}", x.id)),
         )
         .chain(doc.peerings.iter().map(|x| format!("peering:{}", x.id)))
+        .chain(
+            doc.network_acls
+                .iter()
+                .map(|x| format!("network acl:{}", x.id)),
+        )
         .collect();
     let mut c = Checker {
         errors: Vec::new(),
@@ -419,6 +435,25 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
         );
     }
 
+    // Network ACLs (before subnets: subnets name them).
+    let mut seen = BTreeSet::new();
+    for a in &doc.network_acls {
+        if !c.id("network acl", &a.id, &mut seen) {
+            continue;
+        }
+        if !topo.vpcs.contains_key(&a.vpc) {
+            c.missing(
+                "vpc",
+                &a.vpc,
+                format!("network acl {}: vpc {} does not exist", a.id, a.vpc),
+            );
+            continue;
+        }
+        if let Some(acl) = check_acl(&mut c, a) {
+            topo.network_acls.insert(a.id.clone(), acl);
+        }
+    }
+
     // Subnets.
     let mut seen = BTreeSet::new();
     for s in &doc.subnets {
@@ -502,6 +537,26 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 ));
             }
         }
+        if let Some(a) = &s.network_acl {
+            match topo.network_acls.get(a) {
+                None => {
+                    c.missing(
+                        "network acl",
+                        a,
+                        format!("subnet {}: network acl {a} does not exist", s.id),
+                    );
+                    continue;
+                }
+                Some(acl) if acl.vpc != s.vpc => {
+                    c.err(format!(
+                        "subnet {}: network acl {a} belongs to vpc {}, not {}",
+                        s.id, acl.vpc, s.vpc
+                    ));
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
         topo.subnets.insert(
             s.id.clone(),
             Subnet {
@@ -510,6 +565,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 cidr,
                 ipv6_cidr,
                 route_table: s.route_table.clone(),
+                network_acl: s.network_acl.clone(),
             },
         );
     }
@@ -615,6 +671,113 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     } else {
         Err(ValidationErrors(c.errors))
     }
+}
+
+fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<NetworkAcl> {
+    use crate::acl::{Protocol, Rule};
+    let mut acl = NetworkAcl {
+        id: a.id.clone(),
+        vpc: a.vpc.clone(),
+        ingress: Vec::new(),
+        egress: Vec::new(),
+    };
+    let mut numbers = BTreeSet::new();
+    let mut ok = true;
+    for (i, r) in a.rules.iter().enumerate() {
+        let what = format!("network acl {} rule {} (rules[{i}])", a.id, r.number);
+        let mut problems = Vec::new();
+        if !(1..=32766).contains(&r.number) {
+            problems.push("number must be 1..=32766".to_string());
+        }
+        let egress = match r.direction.as_str() {
+            "ingress" => Some(false),
+            "egress" => Some(true),
+            d => {
+                problems.push(format!("direction \"{d}\" must be ingress or egress"));
+                None
+            }
+        };
+        if let Some(e) = egress {
+            if !numbers.insert((e, r.number)) {
+                problems.push(format!("number is used twice for {}", r.direction));
+            }
+        }
+        let protocol = match r.protocol.as_str() {
+            "all" | "-1" => Some(Protocol::All),
+            "tcp" => Some(Protocol::Number(6)),
+            "udp" => Some(Protocol::Number(17)),
+            "icmp" => Some(Protocol::Number(1)),
+            "icmpv6" => Some(Protocol::Number(58)),
+            n => match n.parse::<u8>() {
+                Ok(n) => Some(Protocol::Number(n)),
+                Err(_) => {
+                    problems.push(format!(
+                        "protocol \"{n}\" must be all, tcp, udp, icmp, icmpv6 or a number"
+                    ));
+                    None
+                }
+            },
+        };
+        let ports = match (r.port_from, r.port_to) {
+            (None, None) => None,
+            (Some(lo), Some(hi)) if lo > hi => {
+                problems.push(format!("port_from {lo} is above port_to {hi}"));
+                None
+            }
+            (Some(lo), Some(hi)) if matches!(protocol, Some(Protocol::Number(6 | 17))) => {
+                Some((lo, hi))
+            }
+            (Some(_), Some(_)) => {
+                problems.push("ports apply to tcp and udp only".into());
+                None
+            }
+            _ => {
+                problems.push("give both port_from and port_to, or neither".into());
+                None
+            }
+        };
+        let allow = match r.action.as_str() {
+            "allow" => Some(true),
+            "deny" => Some(false),
+            x => {
+                problems.push(format!("action \"{x}\" must be allow or deny"));
+                None
+            }
+        };
+        let cidr = c.cidr(&format!("{what} cidr"), &r.cidr);
+        for p in &problems {
+            c.err(format!("{what}: {p}"));
+        }
+        match (egress, protocol, allow, cidr, problems.is_empty()) {
+            (Some(egress), Some(protocol), Some(allow), Some(cidr), true) => {
+                let rule = Rule {
+                    number: r.number,
+                    protocol,
+                    ports,
+                    cidr,
+                    allow,
+                };
+                if egress {
+                    acl.egress.push(rule);
+                } else {
+                    acl.ingress.push(rule);
+                }
+            }
+            _ => ok = false,
+        }
+    }
+    for (dir, rules) in [("ingress", &acl.ingress), ("egress", &acl.egress)] {
+        if rules.len() > crate::acl::MAX_RULES {
+            c.err(format!(
+                "network acl {}: {} {dir} rules, at most {}",
+                a.id,
+                rules.len(),
+                crate::acl::MAX_RULES
+            ));
+            ok = false;
+        }
+    }
+    ok.then_some(acl)
 }
 
 fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Peering> {

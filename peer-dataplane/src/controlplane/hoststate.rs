@@ -3,11 +3,35 @@
 //! ports that live on the host.
 
 use super::model::World;
-use crate::document::{Document, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SubnetDoc, VpcDoc};
+use crate::document::{
+    AclRuleDoc, Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SubnetDoc,
+    VpcDoc,
+};
 
 pub fn document(w: &World, host: &str) -> Document {
     Document {
         router_mac: None,
+        network_acls: w
+            .network_acls
+            .values()
+            .map(|a| NetworkAclDoc {
+                id: a.id.clone(),
+                vpc: a.vpc.clone(),
+                rules: a
+                    .rules
+                    .iter()
+                    .map(|r| AclRuleDoc {
+                        number: r.number,
+                        direction: r.direction.clone(),
+                        protocol: r.protocol.clone(),
+                        port_from: r.port_from,
+                        port_to: r.port_to,
+                        cidr: r.cidr.clone(),
+                        action: r.action.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
         vpcs: w
             .vpcs
             .values()
@@ -28,6 +52,7 @@ pub fn document(w: &World, host: &str) -> Document {
                 cidr: s.cidr.clone(),
                 ipv6_cidr: s.ipv6_cidr.clone(),
                 route_table: s.route_table.clone(),
+                network_acl: s.network_acl.clone(),
             })
             .collect(),
         route_tables: w
