@@ -22,6 +22,13 @@ pub const fn acl_set(acl_id: u32, generation: u32, egress: bool) -> u32 {
     (acl_id << 2) | ((generation & 1) << 1) | (egress as u32)
 }
 
+/// The table field of an address-trie key: the set, and the address family, so that
+/// IPv4 and IPv6 rules (`0.0.0.0/0`, `::/0`) never cover each other's packets.
+#[inline(always)]
+pub const fn acl_addr_table(set: u32, is_v6: bool) -> u32 {
+    (set << 1) | (is_v6 as u32)
+}
+
 /// The egress set of the ACL whose ingress set is `ingress_set`, and vice versa.
 #[inline(always)]
 pub const fn acl_egress(set: u32) -> u32 {

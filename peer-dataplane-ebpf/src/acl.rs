@@ -8,7 +8,7 @@ use crate::maps::{ACL_ADDR, ACL_HITS, ACL_META, ACL_PORT, ACL_PROTO};
 use crate::parse::{Packet, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::maps::lpm_trie::Key;
 use peer_dataplane_common::{
-    acl::{bit_set, first_match, AclPortData, AclProtoKey, NO_ACL},
+    acl::{acl_addr_table, bit_set, first_match, AclPortData, AclProtoKey, NO_ACL},
     DropReason, RouteData, ROUTE_TABLE_BITS,
 };
 
@@ -23,10 +23,12 @@ pub fn check(set: u32, addr: &[u8; 16], p: &Packet) -> Result<(), DropReason> {
     let Some(meta) = (unsafe { ACL_META.get(&set) }) else {
         return Err(DropReason::NaclDeny);
     };
+    // IPv4 and IPv6 rules live under different tables, so neither covers the other.
+    let table = acl_addr_table(set, !p.is_v4);
     let addr_key = Key::new(
         ROUTE_TABLE_BITS + 128,
         RouteData {
-            table_be: set.to_be_bytes(),
+            table_be: table.to_be_bytes(),
             addr: *addr,
         },
     );

@@ -9,13 +9,14 @@ use crate::document::Document;
 use crate::ids::Ids;
 use crate::kernel::{self, KernelMaps};
 use crate::links::{Links, XdpModeArg};
-use crate::maps::{apply, plan, MapState, RouteKey};
+use crate::maps::{apply, plan, AclPortKey, MapState, RouteKey};
 use crate::sync::{self, Update};
 use crate::validate::{validate, Topology};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use log::{error, info};
+use peer_dataplane_common::acl::{acl_set, AclBits, AclProtoKey};
 use peer_dataplane_common::{program_names, NAME_PEERING, VPC_TABLE_BASE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -88,25 +89,88 @@ pub fn plan_install(
     installed: &MapState,
     ifindex: &dyn IfindexResolver,
 ) -> Result<(MapState, Ids, Vec<crate::maps::Op>)> {
-    let current = current_generations(installed);
-    let same = |t: u32| current.get(&t).copied().unwrap_or(0);
-    let (in_place, in_place_ids) = compile(topo, ids, ifindex, &same)?;
-    let flip = tables_with_several_changes(&in_place, installed, &current);
-    let (desired, new_ids) = if flip.is_empty() {
+    let tables = current_generations(installed);
+    let acls = current_acl_generations(installed);
+    let table_same = |t: u32| tables.get(&t).copied().unwrap_or(0);
+    let acl_same = |a: u32| acls.get(&a).copied().unwrap_or(0);
+    let (in_place, in_place_ids) = compile(topo, ids, ifindex, &table_same, &acl_same)?;
+    let flip_tables = tables_with_several_changes(&in_place, installed, &tables);
+    // An ACL is a whole: any change to an installed one goes to its other generation.
+    let flip_acls: BTreeSet<u32> = acls
+        .iter()
+        .filter(|(a, g)| acl_view(&in_place, **a, **g) != acl_view(installed, **a, **g))
+        .map(|(a, _)| *a)
+        .collect();
+    let (desired, new_ids) = if flip_tables.is_empty() && flip_acls.is_empty() {
         (in_place, in_place_ids)
     } else {
-        let other = |t: u32| {
-            if flip.contains(&t) {
-                1 - same(t)
+        let table_gen = |t: u32| {
+            if flip_tables.contains(&t) {
+                1 - table_same(t)
             } else {
-                same(t)
+                table_same(t)
             }
         };
-        compile(topo, ids, ifindex, &other)?
+        let acl_gen = |a: u32| {
+            if flip_acls.contains(&a) {
+                1 - acl_same(a)
+            } else {
+                acl_same(a)
+            }
+        };
+        compile(topo, ids, ifindex, &table_gen, &acl_gen)?
     };
     let new_slots = new_ids.new_since(ids, NAME_PEERING);
     let ops = plan(&desired, installed, &new_slots);
     Ok((desired, new_ids, ops))
+}
+
+/// ACL id -> generation in use, read off the installed sets.
+fn current_acl_generations(m: &MapState) -> BTreeMap<u32, u32> {
+    m.acl_meta
+        .keys()
+        .map(|set| (set >> 2, (set >> 1) & 1))
+        .collect()
+}
+
+/// Everything installed for ACL `acl` in generation `generation` (both directions), with
+/// hit counter bases left out: they move when other ACLs change size.
+type AclView = (
+    Vec<(RouteKey, AclBits)>,
+    Vec<(AclPortKey, AclBits)>,
+    Vec<(AclProtoKey, AclBits)>,
+    Vec<(u32, AclBits, AclBits, AclBits, u32)>,
+);
+
+fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
+    let sets = [
+        acl_set(acl, generation, false),
+        acl_set(acl, generation, true),
+    ];
+    let of_set = |be: [u8; 4]| sets.contains(&u32::from_be_bytes(be));
+    (
+        m.acl_addr
+            .iter()
+            // Address keys hold the set shifted left by the family bit.
+            .filter(|(k, _)| sets.contains(&(u32::from_be_bytes(k.data.table_be) >> 1)))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_port
+            .iter()
+            .filter(|(k, _)| of_set(k.data.set_be))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_proto
+            .iter()
+            .filter(|(k, _)| sets.contains(&k.set))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_meta
+            .iter()
+            .filter(|(k, _)| sets.contains(k))
+            .map(|(k, v)| (*k, v.allow, v.any_protocol, v.portless, v.rules))
+            .collect(),
+    )
 }
 
 /// Route table id -> generation in use, read off the installed routes (after a complete

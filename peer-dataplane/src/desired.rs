@@ -1,15 +1,18 @@
 //! Compiles a validated [`Topology`] into the exact contents every map should have.
 
 use crate::ids::Ids;
-use crate::maps::{MapState, RouteKey};
+use crate::maps::{AclPortKey, MapState, RouteKey};
 use crate::validate::{Target, Topology};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
+use peer_dataplane_common::acl::{
+    acl_addr_table, acl_set, AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, NO_ACL,
+};
 use peer_dataplane_common::{
     addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
-    Port, RouteValue, ENDPOINT_LOCAL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SUBNET,
-    NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
-    ROUTE_VPC_CIDR,
+    Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE,
+    NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+    ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +57,7 @@ fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
         (NAME_SUBNET, t.subnets.keys().cloned().collect()),
         (NAME_ROUTE_TABLE, t.route_tables.keys().cloned().collect()),
         (NAME_PEERING, t.peerings.keys().cloned().collect()),
+        (NAME_ACL, t.network_acls.keys().cloned().collect()),
     ])
 }
 
@@ -68,6 +72,7 @@ pub fn compile(
     ids: &Ids,
     ifindex: &dyn IfindexResolver,
     generation: Generations,
+    acl_generation: Generations,
 ) -> Result<(MapState, Ids)> {
     let ids = ids.assign(&wanted_names(t))?;
     let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
@@ -119,6 +124,69 @@ pub fn compile(
         }
     }
 
+    // Network ACL sets, hit counter slots packed in id order.
+    let mut hit_base = 0u32;
+    for a in t.network_acls.values() {
+        let acl_id = id(NAME_ACL, &a.id);
+        let acl_gen = acl_generation(acl_id);
+        for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
+            let c = crate::acl::compile(rules).map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
+            let set = acl_set(acl_id, acl_gen, egress);
+            let bits = |b: &crate::acl::Bitmap| AclBits { w: *b };
+            for (net, b) in &c.addresses {
+                let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
+                s.acl_addr.insert(key_for(table, net), bits(b));
+            }
+            for ((port, len), b) in &c.ports {
+                let data = AclPortData {
+                    set_be: set.to_be_bytes(),
+                    port_be: port.to_be_bytes(),
+                };
+                s.acl_port.insert(
+                    AclPortKey {
+                        prefix_len: ROUTE_TABLE_BITS + *len as u32,
+                        data,
+                    },
+                    bits(b),
+                );
+            }
+            for (proto, b) in &c.protocols {
+                s.acl_proto.insert(
+                    AclProtoKey {
+                        set,
+                        protocol: *proto as u32,
+                    },
+                    bits(b),
+                );
+            }
+            let rules = c.numbers.len() as u32;
+            if hit_base + rules > ACL_HIT_SLOTS {
+                return Err(anyhow!(
+                    "network acls: more than {ACL_HIT_SLOTS} rules in all (at network acl {})",
+                    a.id
+                ));
+            }
+            s.acl_meta.insert(
+                set,
+                AclMeta {
+                    allow: bits(&c.allow),
+                    any_protocol: bits(&c.any_protocol),
+                    portless: bits(&c.portless),
+                    hit_base,
+                    rules,
+                },
+            );
+            hit_base += rules;
+        }
+    }
+    let subnet_acl = |subnet: &str, egress: bool| match &t.subnets[subnet].network_acl {
+        Some(a) => {
+            let acl_id = id(NAME_ACL, a);
+            acl_set(acl_id, acl_generation(acl_id), egress)
+        }
+        None => NO_ACL,
+    };
+
     for port in t.ports.values() {
         let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
             anyhow!(
@@ -138,6 +206,7 @@ pub fn compile(
             route_table,
             mac: port.mac,
             gw_mac: port.gateway_mac,
+            acl: subnet_acl(&subnet.id, true),
             ..Port::default()
         };
         let endpoint = Endpoint {
@@ -147,7 +216,7 @@ pub fn compile(
             flags: ENDPOINT_LOCAL,
             mac: port.mac,
             gw_mac: port.gateway_mac,
-            acl: peer_dataplane_common::acl::NO_ACL,
+            acl: subnet_acl(&subnet.id, false),
         };
         if let Some(a) = port.ipv4 {
             p.flags |= PORT_HAS_IPV4;

@@ -2,7 +2,7 @@
 //! pinned maps by path (the agent, the CLI and the tests all go through here), writes
 //! plans into them and reads counters out of them.
 
-use crate::maps::{DataplaneMaps, MapState, Op, RouteKey};
+use crate::maps::{AclPortKey, DataplaneMaps, MapState, Op, RouteKey};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
@@ -175,6 +175,11 @@ pub struct KernelMaps {
     global: PerCpuArray<MapData, GlobalCounters>,
     peering_ctr: PerCpuArray<MapData, PeeringCounters>,
     names: HashMap<MapData, NameKey, Name>,
+    acl_addr: LpmTrie<MapData, RouteData, AclBits>,
+    acl_port: LpmTrie<MapData, AclPortData, AclBits>,
+    acl_proto: HashMap<MapData, AclProtoKey, AclBits>,
+    acl_meta: HashMap<MapData, u32, AclMeta>,
+    acl_hits: PerCpuArray<MapData, u64>,
 }
 
 macro_rules! typed {
@@ -198,6 +203,11 @@ impl KernelMaps {
             global: typed!(pin_dir, map_names::GLOBAL_COUNTERS),
             peering_ctr: typed!(pin_dir, map_names::PEERING_COUNTERS),
             names: typed!(pin_dir, map_names::NAMES),
+            acl_addr: typed!(pin_dir, map_names::ACL_ADDR),
+            acl_port: typed!(pin_dir, map_names::ACL_PORT),
+            acl_proto: typed!(pin_dir, map_names::ACL_PROTO),
+            acl_meta: typed!(pin_dir, map_names::ACL_META),
+            acl_hits: typed!(pin_dir, map_names::ACL_HITS),
         })
     }
 
@@ -233,6 +243,34 @@ impl KernelMaps {
         for kv in self.names.iter() {
             let (k, v) = kv.context("reading pdp_names")?;
             s.names.insert(k, v);
+        }
+        for kv in self.acl_addr.iter() {
+            let (k, v) = kv.context("reading pdp_acl_addr")?;
+            s.acl_addr.insert(
+                RouteKey {
+                    prefix_len: k.prefix_len(),
+                    data: k.data(),
+                },
+                v,
+            );
+        }
+        for kv in self.acl_port.iter() {
+            let (k, v) = kv.context("reading pdp_acl_port")?;
+            s.acl_port.insert(
+                AclPortKey {
+                    prefix_len: k.prefix_len(),
+                    data: k.data(),
+                },
+                v,
+            );
+        }
+        for kv in self.acl_proto.iter() {
+            let (k, v) = kv.context("reading pdp_acl_proto")?;
+            s.acl_proto.insert(k, v);
+        }
+        for kv in self.acl_meta.iter() {
+            let (k, v) = kv.context("reading pdp_acl_meta")?;
+            s.acl_meta.insert(k, v);
         }
         Ok(s)
     }
@@ -270,6 +308,25 @@ impl KernelMaps {
         ))
     }
 
+    fn reset_acl_hits(&mut self, base: u32, n: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        for slot in base..base + n {
+            self.acl_hits
+                .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Hits of ACL rule slot `slot`, summed over CPUs.
+    pub fn acl_hits(&self, slot: u32) -> Result<u64> {
+        Ok(self
+            .acl_hits
+            .get(&slot, 0)
+            .context("reading pdp_acl_hits")?
+            .iter()
+            .sum())
+    }
+
     fn reset_peering_counters(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         for dir in [DIR_REQUESTER_TO_ACCEPTER, DIR_ACCEPTER_TO_REQUESTER] {
@@ -303,6 +360,27 @@ impl DataplaneMaps for KernelMaps {
             Op::DelPeering(k) => self.peerings.remove(k).map_err(Into::into),
             Op::DelDevmap(k) => self.devmap.remove(*k).map_err(Into::into),
             Op::DelName(k) => self.names.remove(k).map_err(Into::into),
+            Op::PutAclAddr(k, v) => self
+                .acl_addr
+                .insert(&Key::new(k.prefix_len, k.data), v, 0)
+                .map_err(Into::into),
+            Op::PutAclPort(k, v) => self
+                .acl_port
+                .insert(&Key::new(k.prefix_len, k.data), v, 0)
+                .map_err(Into::into),
+            Op::PutAclProto(k, v) => self.acl_proto.insert(k, v, 0).map_err(Into::into),
+            Op::ResetAclHits(base, n) => self.reset_acl_hits(*base, *n),
+            Op::PutAclMeta(k, v) => self.acl_meta.insert(k, v, 0).map_err(Into::into),
+            Op::DelAclMeta(k) => self.acl_meta.remove(k).map_err(Into::into),
+            Op::DelAclAddr(k) => self
+                .acl_addr
+                .remove(&Key::new(k.prefix_len, k.data))
+                .map_err(Into::into),
+            Op::DelAclPort(k) => self
+                .acl_port
+                .remove(&Key::new(k.prefix_len, k.data))
+                .map_err(Into::into),
+            Op::DelAclProto(k) => self.acl_proto.remove(k).map_err(Into::into),
         };
         r.with_context(|| format!("writing {op:?}"))
     }

@@ -8,6 +8,7 @@
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
 use anyhow::Result;
+use peer_dataplane_common::acl::{AclBits, AclMeta, AclPortData, AclProtoKey};
 use peer_dataplane_common::{
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
 };
@@ -17,6 +18,13 @@ use std::collections::BTreeMap;
 pub struct RouteKey {
     pub prefix_len: u32,
     pub data: RouteData,
+}
+
+/// LPM key of the ACL port trie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AclPortKey {
+    pub prefix_len: u32,
+    pub data: AclPortData,
 }
 
 /// The contents of every map the agent owns.
@@ -29,6 +37,12 @@ pub struct MapState {
     /// devmap key (ifindex) -> target ifindex.
     pub devmap: BTreeMap<u32, u32>,
     pub names: BTreeMap<NameKey, Name>,
+    /// Network ACL sets: address trie (keyed like routes, the table bits holding the
+    /// set), port trie, protocol table, per-set meta.
+    pub acl_addr: BTreeMap<RouteKey, AclBits>,
+    pub acl_port: BTreeMap<AclPortKey, AclBits>,
+    pub acl_proto: BTreeMap<AclProtoKey, AclBits>,
+    pub acl_meta: BTreeMap<u32, AclMeta>,
 }
 
 /// One single-entry write.
@@ -41,9 +55,19 @@ pub enum Op {
     PutPeering(u32, Peering),
     PutEndpoint(EndpointKey, Endpoint),
     PutRoute(RouteKey, RouteValue),
+    PutAclAddr(RouteKey, AclBits),
+    PutAclPort(AclPortKey, AclBits),
+    PutAclProto(AclProtoKey, AclBits),
+    /// Zero `n` per-rule hit counters from `base` (before a set's meta points at them).
+    ResetAclHits(u32, u32),
+    PutAclMeta(u32, AclMeta),
     PutPort(u32, Port),
     DelPort(u32),
     DelRoute(RouteKey),
+    DelAclMeta(u32),
+    DelAclAddr(RouteKey),
+    DelAclPort(AclPortKey),
+    DelAclProto(AclProtoKey),
     DelEndpoint(EndpointKey),
     DelPeering(u32),
     DelDevmap(u32),
@@ -81,6 +105,10 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     let (ep_put, ep_del) = diff(&desired.endpoints, &current.endpoints);
     let (rt_put, rt_del) = diff(&desired.routes, &current.routes);
     let (port_put, port_del) = diff(&desired.ports, &current.ports);
+    let (aa_put, aa_del) = diff(&desired.acl_addr, &current.acl_addr);
+    let (ap_put, ap_del) = diff(&desired.acl_port, &current.acl_port);
+    let (apr_put, apr_del) = diff(&desired.acl_proto, &current.acl_proto);
+    let (am_put, am_del) = diff(&desired.acl_meta, &current.acl_meta);
 
     let mut ops = Vec::new();
     // Adds and changes, referents first: names, devmap targets, peerings, routes (which
@@ -95,12 +123,25 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     );
     ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
     ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
+    // ACL sets: entries, then the meta that makes the set usable; ports and endpoints
+    // (below) name sets.
+    ops.extend(aa_put.into_iter().map(|(k, v)| Op::PutAclAddr(k, v)));
+    ops.extend(ap_put.into_iter().map(|(k, v)| Op::PutAclPort(k, v)));
+    ops.extend(apr_put.into_iter().map(|(k, v)| Op::PutAclProto(k, v)));
+    for (k, v) in am_put {
+        ops.push(Op::ResetAclHits(v.hit_base, v.rules));
+        ops.push(Op::PutAclMeta(k, v));
+    }
     ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
     ops.extend(port_put.into_iter().map(|(k, v)| Op::PutPort(k, v)));
     // Removals, referrers first.
     ops.extend(port_del.into_iter().map(Op::DelPort));
     ops.extend(ep_del.into_iter().map(Op::DelEndpoint));
     ops.extend(rt_del.into_iter().map(Op::DelRoute));
+    ops.extend(am_del.into_iter().map(Op::DelAclMeta));
+    ops.extend(aa_del.into_iter().map(Op::DelAclAddr));
+    ops.extend(ap_del.into_iter().map(Op::DelAclPort));
+    ops.extend(apr_del.into_iter().map(Op::DelAclProto));
     ops.extend(pcx_del.into_iter().map(Op::DelPeering));
     ops.extend(dev_del.into_iter().map(Op::DelDevmap));
     ops.extend(names_del.into_iter().map(Op::DelName));
@@ -124,6 +165,15 @@ impl DataplaneMaps for MapState {
             Op::PutPeering(k, v) => drop(self.peerings.insert(*k, *v)),
             Op::PutEndpoint(k, v) => drop(self.endpoints.insert(*k, *v)),
             Op::PutRoute(k, v) => drop(self.routes.insert(*k, *v)),
+            Op::PutAclAddr(k, v) => drop(self.acl_addr.insert(*k, *v)),
+            Op::PutAclPort(k, v) => drop(self.acl_port.insert(*k, *v)),
+            Op::PutAclProto(k, v) => drop(self.acl_proto.insert(*k, *v)),
+            Op::ResetAclHits(..) => {}
+            Op::PutAclMeta(k, v) => drop(self.acl_meta.insert(*k, *v)),
+            Op::DelAclMeta(k) => drop(self.acl_meta.remove(k)),
+            Op::DelAclAddr(k) => drop(self.acl_addr.remove(k)),
+            Op::DelAclPort(k) => drop(self.acl_port.remove(k)),
+            Op::DelAclProto(k) => drop(self.acl_proto.remove(k)),
             Op::PutPort(k, v) => drop(self.ports.insert(*k, *v)),
             Op::DelPort(k) => drop(self.ports.remove(k)),
             Op::DelRoute(k) => drop(self.routes.remove(k)),

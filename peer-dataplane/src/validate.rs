@@ -217,7 +217,22 @@ impl Checker {
         }
     }
 
+    /// A VPC, subnet or route CIDR: these become trie keys in the shared 128-bit space, so
+    /// IPv6 CIDRs over the IPv4-mapped range are refused.
     fn cidr(&mut self, what: &str, s: &str) -> Option<IpNet> {
+        match self.rule_cidr(what, s) {
+            Some(IpNet::V6(n)) if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) => {
+                self.err(format!(
+                    "{what}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
+                ));
+                None
+            }
+            other => other,
+        }
+    }
+
+    /// A rule CIDR (ACLs keep the two families apart in their keys, so `::/0` is fine).
+    fn rule_cidr(&mut self, what: &str, s: &str) -> Option<IpNet> {
         match s.parse::<IpNet>() {
             Err(_) => {
                 self.err(format!(
@@ -229,12 +244,6 @@ impl Checker {
                 self.err(format!(
                     "{what}: \"{s}\" has host bits set (did you mean {}?)",
                     net.trunc()
-                ));
-                None
-            }
-            Ok(IpNet::V6(n)) if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) => {
-                self.err(format!(
-                    "{what}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
                 ));
                 None
             }
@@ -744,7 +753,7 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
                 None
             }
         };
-        let cidr = c.cidr(&format!("{what} cidr"), &r.cidr);
+        let cidr = c.rule_cidr(&format!("{what} cidr"), &r.cidr);
         for p in &problems {
             c.err(format!("{what}: {p}"));
         }

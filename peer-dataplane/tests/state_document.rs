@@ -39,7 +39,7 @@ fn seed_topology_validates_and_compiles() {
     assert_eq!(topo.peerings.len(), 2);
     // Implicit local routes were added for each VPC CIDR (v4 and v6).
     assert_eq!(topo.route_tables["rtb-a"].routes.len(), 4);
-    let (state, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0).unwrap();
+    let (state, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     assert_eq!(state.ports.len(), 3);
     assert_eq!(state.endpoints.len(), 6);
     assert_eq!(state.devmap.len(), 3);
@@ -69,14 +69,15 @@ fn seed_topology_validates_and_compiles() {
 #[test]
 fn deleting_a_peering_rewrites_one_entry() {
     let topo = validate(&seed()).unwrap();
-    let (before, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0).unwrap();
+    let (before, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     let mut doc = seed();
     doc.peerings
         .iter_mut()
         .find(|p| p.id == "pcx-ab")
         .unwrap()
         .status = "deleted".into();
-    let (after, ids2) = compile(&validate(&doc).unwrap(), &ids, &FakeIfindex, &|_| 0).unwrap();
+    let (after, ids2) =
+        compile(&validate(&doc).unwrap(), &ids, &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     let ops = plan(&after, &before, &ids2.new_since(&ids, NAME_PEERING));
     assert_eq!(ops.len(), 1, "{ops:?}");
     let mut state: MapState = before.clone();
@@ -258,7 +259,7 @@ fn missing_interface_fails_compile_before_any_write() {
     let mut doc = seed();
     doc.ports[0].interface = "pdp-zz".into();
     let topo = validate(&doc).unwrap();
-    let err = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0)
+    let err = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("interface pdp-zz does not exist"), "{err}");
