@@ -361,4 +361,84 @@ mod generations {
             "the old generation is cleared"
         );
     }
+
+    fn with_acl(doc: &mut peer_dataplane::document::Document, deny_port: u16) {
+        use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc};
+        let rule = |number, protocol: &str, ports: Option<u16>, action: &str| AclRuleDoc {
+            number,
+            direction: "egress".into(),
+            protocol: protocol.into(),
+            port_from: ports,
+            port_to: ports,
+            cidr: "0.0.0.0/0".into(),
+            action: action.into(),
+        };
+        doc.network_acls = vec![NetworkAclDoc {
+            id: "acl-a".into(),
+            vpc: "vpc-a".into(),
+            rules: vec![
+                rule(100, "udp", Some(deny_port), "deny"),
+                rule(200, "all", None, "allow"),
+            ],
+        }];
+        doc.subnets[0].network_acl = Some("acl-a".into());
+    }
+
+    /// The set a port's egress ACL field names, as (meta rules, address entries).
+    type SetView = (
+        u32,
+        usize,
+        Vec<((u32, [u8; 2]), peer_dataplane_common::acl::AclBits)>,
+    );
+
+    fn egress_view(s: &MapState, port: u32) -> Option<SetView> {
+        let set = s.ports[&port].acl;
+        let meta = s.acl_meta.get(&set)?;
+        let ports: Vec<_> = s
+            .acl_port
+            .iter()
+            .filter(|(k, _)| u32::from_be_bytes(k.data.set_be) == set)
+            .map(|(k, v)| ((k.prefix_len, k.data.port_be), *v))
+            .collect();
+        let addrs = s
+            .acl_addr
+            .keys()
+            .filter(|k| u32::from_be_bytes(k.data.table_be) >> 1 == set)
+            .count();
+        Some((meta.rules, addrs, ports))
+    }
+
+    #[test]
+    fn an_acl_change_switches_generation_and_never_shows_a_partial_set() {
+        let mut doc = seed();
+        with_acl(&mut doc, 7000);
+        let topo = validate(&doc).unwrap();
+        let (installed, ids, ops) =
+            plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+        let mut check = MapState::default();
+        apply(&ops, &mut check).unwrap();
+        assert_eq!(check, installed);
+        let port_a = 11;
+        let old = egress_view(&installed, port_a).expect("port A has an egress set");
+
+        with_acl(&mut doc, 9000);
+        let (desired, _, ops) =
+            plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        let new = egress_view(&desired, port_a).unwrap();
+        assert_ne!(old, new);
+        assert_ne!(
+            installed.ports[&port_a].acl, desired.ports[&port_a].acl,
+            "the ACL moves to its other generation"
+        );
+        let mut s = installed.clone();
+        for (i, op) in ops.iter().enumerate() {
+            s.write(op).unwrap();
+            let seen = egress_view(&s, port_a);
+            assert!(
+                seen == Some(old.clone()) || seen == Some(new.clone()),
+                "after write {i} ({op:?}) port A's set is partial"
+            );
+        }
+        assert_eq!(s, desired);
+    }
 }
