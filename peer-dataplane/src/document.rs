@@ -62,7 +62,7 @@ pub struct NetworkAclDoc {
     pub rules: Vec<AclRuleDoc>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AclRuleDoc {
     /// 1..=32766, lowest first.

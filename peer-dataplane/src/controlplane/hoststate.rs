@@ -4,8 +4,7 @@
 
 use super::model::World;
 use crate::document::{
-    AclRuleDoc, Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SubnetDoc,
-    VpcDoc,
+    Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SubnetDoc, VpcDoc,
 };
 
 pub fn document(w: &World, host: &str) -> Document {
@@ -17,19 +16,7 @@ pub fn document(w: &World, host: &str) -> Document {
             .map(|a| NetworkAclDoc {
                 id: a.id.clone(),
                 vpc: a.vpc.clone(),
-                rules: a
-                    .rules
-                    .iter()
-                    .map(|r| AclRuleDoc {
-                        number: r.number,
-                        direction: r.direction.clone(),
-                        protocol: r.protocol.clone(),
-                        port_from: r.port_from,
-                        port_to: r.port_to,
-                        cidr: r.cidr.clone(),
-                        action: r.action.clone(),
-                    })
-                    .collect(),
+                rules: a.rules.clone(),
             })
             .collect(),
         vpcs: w

@@ -136,23 +136,8 @@ pub struct Port {
     pub security_groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclRule {
-    /// 1..=32766, lowest first.
-    pub number: u32,
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or an IP protocol number.
-    pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_from: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_to: Option<u16>,
-    pub cidr: String,
-    /// `allow` or `deny`.
-    pub action: String,
-}
+/// A network ACL rule: the same shape in the API, the store and the agents' documents.
+pub use crate::document::AclRuleDoc as AclRule;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAcl {
