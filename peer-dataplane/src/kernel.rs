@@ -362,15 +362,15 @@ impl DataplaneMaps for KernelMaps {
             Op::DelName(k) => self.names.remove(k).map_err(Into::into),
             Op::PutAclAddr(k, v) => self
                 .acl_addr
-                .insert(&Key::new(k.prefix_len, k.data), v, 0)
+                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
                 .map_err(Into::into),
             Op::PutAclPort(k, v) => self
                 .acl_port
-                .insert(&Key::new(k.prefix_len, k.data), v, 0)
+                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
                 .map_err(Into::into),
-            Op::PutAclProto(k, v) => self.acl_proto.insert(k, v, 0).map_err(Into::into),
+            Op::PutAclProto(k, v) => self.acl_proto.insert(k, **v, 0).map_err(Into::into),
             Op::ResetAclHits(base, n) => self.reset_acl_hits(*base, *n),
-            Op::PutAclMeta(k, v) => self.acl_meta.insert(k, v, 0).map_err(Into::into),
+            Op::PutAclMeta(k, v) => self.acl_meta.insert(k, **v, 0).map_err(Into::into),
             Op::DelAclMeta(k) => self.acl_meta.remove(k).map_err(Into::into),
             Op::DelAclAddr(k) => self
                 .acl_addr

@@ -55,12 +55,12 @@ pub enum Op {
     PutPeering(u32, Peering),
     PutEndpoint(EndpointKey, Endpoint),
     PutRoute(RouteKey, RouteValue),
-    PutAclAddr(RouteKey, AclBits),
-    PutAclPort(AclPortKey, AclBits),
-    PutAclProto(AclProtoKey, AclBits),
+    PutAclAddr(RouteKey, Box<AclBits>),
+    PutAclPort(AclPortKey, Box<AclBits>),
+    PutAclProto(AclProtoKey, Box<AclBits>),
     /// Zero `n` per-rule hit counters from `base` (before a set's meta points at them).
     ResetAclHits(u32, u32),
-    PutAclMeta(u32, AclMeta),
+    PutAclMeta(u32, Box<AclMeta>),
     PutPort(u32, Port),
     DelPort(u32),
     DelRoute(RouteKey),
@@ -125,12 +125,24 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
     // ACL sets: entries, then the meta that makes the set usable; ports and endpoints
     // (below) name sets.
-    ops.extend(aa_put.into_iter().map(|(k, v)| Op::PutAclAddr(k, v)));
-    ops.extend(ap_put.into_iter().map(|(k, v)| Op::PutAclPort(k, v)));
-    ops.extend(apr_put.into_iter().map(|(k, v)| Op::PutAclProto(k, v)));
+    ops.extend(
+        aa_put
+            .into_iter()
+            .map(|(k, v)| Op::PutAclAddr(k, Box::new(v))),
+    );
+    ops.extend(
+        ap_put
+            .into_iter()
+            .map(|(k, v)| Op::PutAclPort(k, Box::new(v))),
+    );
+    ops.extend(
+        apr_put
+            .into_iter()
+            .map(|(k, v)| Op::PutAclProto(k, Box::new(v))),
+    );
     for (k, v) in am_put {
         ops.push(Op::ResetAclHits(v.hit_base, v.rules));
-        ops.push(Op::PutAclMeta(k, v));
+        ops.push(Op::PutAclMeta(k, Box::new(v)));
     }
     ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
     ops.extend(port_put.into_iter().map(|(k, v)| Op::PutPort(k, v)));
@@ -165,11 +177,11 @@ impl DataplaneMaps for MapState {
             Op::PutPeering(k, v) => drop(self.peerings.insert(*k, *v)),
             Op::PutEndpoint(k, v) => drop(self.endpoints.insert(*k, *v)),
             Op::PutRoute(k, v) => drop(self.routes.insert(*k, *v)),
-            Op::PutAclAddr(k, v) => drop(self.acl_addr.insert(*k, *v)),
-            Op::PutAclPort(k, v) => drop(self.acl_port.insert(*k, *v)),
-            Op::PutAclProto(k, v) => drop(self.acl_proto.insert(*k, *v)),
+            Op::PutAclAddr(k, v) => drop(self.acl_addr.insert(*k, **v)),
+            Op::PutAclPort(k, v) => drop(self.acl_port.insert(*k, **v)),
+            Op::PutAclProto(k, v) => drop(self.acl_proto.insert(*k, **v)),
             Op::ResetAclHits(..) => {}
-            Op::PutAclMeta(k, v) => drop(self.acl_meta.insert(*k, *v)),
+            Op::PutAclMeta(k, v) => drop(self.acl_meta.insert(*k, **v)),
             Op::DelAclMeta(k) => drop(self.acl_meta.remove(k)),
             Op::DelAclAddr(k) => drop(self.acl_addr.remove(k)),
             Op::DelAclPort(k) => drop(self.acl_port.remove(k)),
