@@ -81,6 +81,42 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// An egress ACL on A's subnet with `rules` rules: `rules - 1` denies that do not match the
+/// benchmark packet (other ports, other addresses), then allow-all.
+fn add_egress_acl(doc: &mut Document, rules: usize) {
+    use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc};
+    let mut list: Vec<AclRuleDoc> = (1..rules)
+        .map(|i| AclRuleDoc {
+            number: i as u32,
+            direction: "egress".into(),
+            protocol: "udp".into(),
+            port_from: Some(8000 + i as u16),
+            port_to: Some(8000 + i as u16),
+            cidr: format!("172.16.{}.{}/32", i / 250, i % 250 + 1),
+            action: "deny".into(),
+        })
+        .collect();
+    list.push(AclRuleDoc {
+        number: 30000,
+        direction: "egress".into(),
+        protocol: "all".into(),
+        port_from: None,
+        port_to: None,
+        cidr: "0.0.0.0/0".into(),
+        action: "allow".into(),
+    });
+    doc.network_acls = vec![NetworkAclDoc {
+        id: "acl-bench".into(),
+        vpc: "vpc-a".into(),
+        rules: list,
+    }];
+    doc.subnets
+        .iter_mut()
+        .find(|s| s.id == "subnet-a2")
+        .unwrap()
+        .network_acl = Some("acl-bench".into());
+}
+
 /// The seed document with rtb-a holding `n` routes in all (the two local routes, the two
 /// peering routes, and more-specific peering routes inside VPC B's CIDRs: IPv4 /32s and
 /// IPv6 /64s, alternating).
@@ -186,12 +222,47 @@ fn bench_prog(args: &Args) -> Result<()> {
         rows.push((format!("({tag}) pipeline, {label}, IPv6"), median(p6)));
     }
 
-    let base = rows[0].1;
-    println!("{:<42} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
-    for (name, ns) in &rows {
-        println!("{name:<42} {ns:>10.1} {:>7.2}x", ns / base);
+    // Network ACL cost: the 10-route pipeline with an egress ACL of 10 or 1,000 rules on
+    // A's subnet. The deciding rule (allow all) is the last one: a rule scan's worst case.
+    let mut acl_ns = Vec::new();
+    for rules in [10usize, 1000] {
+        let mut doc = doc_with_routes(10);
+        add_egress_acl(&mut doc, rules);
+        dp.install(&doc)?;
+        let mut p4 = Vec::new();
+        for round in 0..ROUNDS {
+            eprint!("\r  {rules} ACL rules, round {}/{ROUNDS}", round + 1);
+            p4.push(measure(
+                &dp,
+                program_names::PIPELINE,
+                a_if,
+                &v4,
+                args.repeat,
+            )?);
+        }
+        eprintln!();
+        acl_ns.push(median(p4));
     }
-    let (b4, c4) = (rows[1].1, rows[3].1);
+    rows.push((
+        "(d) pipeline, 10 routes, 10 ACL rules, IPv4".into(),
+        acl_ns[0],
+    ));
+    rows.push((
+        "(e) pipeline, 10 routes, 1,000 ACL rules, IPv4".into(),
+        acl_ns[1],
+    ));
+
+    let base = rows[0].1;
+    println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
+    for (name, ns) in &rows {
+        println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / base);
+    }
+    let (b4, c4, d4, e4) = (rows[1].1, rows[3].1, rows[5].1, rows[6].1);
+    println!(
+        "e/d (1,000 vs 10 ACL rules) = {:.2}   d/b (cost of a 10-rule ACL) = {:.2}",
+        e4 / d4,
+        d4 / b4
+    );
     println!(
         "b/a (IPv4) = {:.2}   c/a (IPv4) = {:.2}   c/b (IPv4) = {:.2}",
         b4 / base,
