@@ -58,7 +58,12 @@ pub struct RouteTable {
     pub routes: BTreeMap<IpNet, Target>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Peering status (SPEC §2): one type for the control plane's API and store, the state
+/// document and the data plane's code.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum PeeringStatus {
     PendingAcceptance,
     Active,
@@ -69,16 +74,28 @@ pub enum PeeringStatus {
 }
 
 impl PeeringStatus {
+    pub const ALL: [PeeringStatus; 6] = [
+        PeeringStatus::PendingAcceptance,
+        PeeringStatus::Active,
+        PeeringStatus::Rejected,
+        PeeringStatus::Expired,
+        PeeringStatus::Failed,
+        PeeringStatus::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeeringStatus::PendingAcceptance => "pending-acceptance",
+            PeeringStatus::Active => "active",
+            PeeringStatus::Rejected => "rejected",
+            PeeringStatus::Expired => "expired",
+            PeeringStatus::Failed => "failed",
+            PeeringStatus::Deleted => "deleted",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<PeeringStatus> {
-        Some(match s {
-            "pending-acceptance" => PeeringStatus::PendingAcceptance,
-            "active" => PeeringStatus::Active,
-            "rejected" => PeeringStatus::Rejected,
-            "expired" => PeeringStatus::Expired,
-            "failed" => PeeringStatus::Failed,
-            "deleted" => PeeringStatus::Deleted,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
     /// The ABI value (`PCX_*`).
@@ -93,8 +110,9 @@ impl PeeringStatus {
         }
     }
 
-    /// Statuses in which the peering holds its CIDRs (§3.4 applies).
-    fn claims_cidrs(self) -> bool {
+    /// A peering in these statuses holds its CIDRs: no overlapping peer may join either
+    /// VPC (SPEC §3.4).
+    pub fn is_live(self) -> bool {
         matches!(
             self,
             PeeringStatus::PendingAcceptance | PeeringStatus::Active
@@ -820,7 +838,7 @@ fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Pee
         return None;
     }
     let status = status.unwrap();
-    if status.claims_cidrs() {
+    if status.is_live() {
         let (a, b) = (&topo.vpcs[&p.requester_vpc], &topo.vpcs[&p.accepter_vpc]);
         for x in &a.cidrs {
             for y in &b.cidrs {
@@ -848,7 +866,7 @@ fn check_peer_cidrs(c: &mut Checker, topo: &Topology) {
         let live: Vec<&Peering> = topo
             .peerings
             .values()
-            .filter(|p| p.status.claims_cidrs() && p.other_side(vpc).is_some())
+            .filter(|p| p.status.is_live() && p.other_side(vpc).is_some())
             .collect();
         for (i, p) in live.iter().enumerate() {
             let peer_p = p.other_side(vpc).unwrap();

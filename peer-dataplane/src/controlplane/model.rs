@@ -50,37 +50,7 @@ pub struct RouteTable {
     pub routes: BTreeMap<String, Route>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PeeringStatus {
-    PendingAcceptance,
-    Active,
-    Rejected,
-    Expired,
-    Failed,
-    Deleted,
-}
-
-impl PeeringStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeeringStatus::PendingAcceptance => "pending-acceptance",
-            PeeringStatus::Active => "active",
-            PeeringStatus::Rejected => "rejected",
-            PeeringStatus::Expired => "expired",
-            PeeringStatus::Failed => "failed",
-            PeeringStatus::Deleted => "deleted",
-        }
-    }
-
-    /// A peering in these statuses holds its CIDRs: no overlapping peer may join the VPC.
-    pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            PeeringStatus::PendingAcceptance | PeeringStatus::Active
-        )
-    }
-}
+pub use crate::validate::PeeringStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peering {
