@@ -131,13 +131,18 @@ pub struct Peering {
 impl Peering {
     /// The VPC across the peering from `vpc`, if `vpc` is one of its sides.
     pub fn other_side(&self, vpc: &str) -> Option<&str> {
-        if self.requester_vpc == vpc {
-            Some(&self.accepter_vpc)
-        } else if self.accepter_vpc == vpc {
-            Some(&self.requester_vpc)
-        } else {
-            None
-        }
+        other_side(&self.requester_vpc, &self.accepter_vpc, vpc)
+    }
+}
+
+/// The VPC across a peering of `requester` and `accepter` from `vpc`, if `vpc` is a side.
+pub fn other_side<'a>(requester: &'a str, accepter: &'a str, vpc: &str) -> Option<&'a str> {
+    if requester == vpc {
+        Some(accepter)
+    } else if accepter == vpc {
+        Some(requester)
+    } else {
+        None
     }
 }
 
@@ -207,11 +212,11 @@ pub fn format_mac(m: &Mac) -> String {
 }
 
 /// `::ffff:0:0/96`: the map encoding of IPv4 addresses; refused as an IPv6 CIDR.
-fn v4_mapped_range() -> Ipv6Net {
+pub fn v4_mapped_range() -> Ipv6Net {
     Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).unwrap()
 }
 
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 

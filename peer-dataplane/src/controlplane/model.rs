@@ -76,13 +76,7 @@ pub struct Peering {
 
 impl Peering {
     pub fn other_side(&self, vpc: &str) -> Option<&str> {
-        if self.requester_vpc == vpc {
-            Some(&self.accepter_vpc)
-        } else if self.accepter_vpc == vpc {
-            Some(&self.requester_vpc)
-        } else {
-            None
-        }
+        crate::validate::other_side(&self.requester_vpc, &self.accepter_vpc, vpc)
     }
 
     pub fn involves_account(&self, account: &str) -> bool {

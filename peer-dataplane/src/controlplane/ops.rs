@@ -5,7 +5,7 @@
 
 use super::hoststate;
 use super::model::*;
-use crate::validate::parse_mac;
+use crate::validate::{overlaps, parse_mac, v4_mapped_range};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,18 +142,13 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet> {
         )));
     }
     if let IpNet::V6(n) = net {
-        let mapped: IpNet = "::ffff:0:0/96".parse().unwrap();
-        if overlaps(&IpNet::V6(n), &mapped) {
+        if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) {
             return Err(ApiError::invalid_cidr(format!(
                 "{field}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
             )));
         }
     }
     Ok(net)
-}
-
-pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// All CIDRs of a VPC (stored values are valid: they were checked on the way in).
