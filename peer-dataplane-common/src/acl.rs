@@ -12,7 +12,13 @@ pub const ACL_WORDS: usize = ACL_MAX_RULES / 64;
 
 /// Per-rule hit counters, shared by all ACL sets (each set has a base offset).
 pub const ACL_HIT_SLOTS: u32 = 16384;
-pub const MAX_ACL_SETS: u32 = 1024;
+/// `hit_base` of a set without per-rule hit counters (security-group sets: their rules
+/// only ever allow, and the union of several groups has no single deciding rule).
+pub const NO_HITS: u32 = u32::MAX;
+pub const MAX_ACL_SETS: u32 = 4096;
+/// ACL ids (`MAX_ACL_SETS / 4` of them) are split between network ACLs, below this, and
+/// security-group combinations, from here up.
+pub const FIRST_SG_SET_ID: u32 = MAX_ACL_SETS / 8;
 
 /// `0` in a port's or endpoint's ACL field: the subnet has no network ACL (allow all).
 pub const NO_ACL: u32 = 0;

@@ -8,7 +8,9 @@
 
 pub mod acl;
 pub mod addr;
+pub mod cap;
 pub mod checksum;
+pub mod conntrack;
 pub mod counters;
 pub mod reason;
 
@@ -31,8 +33,10 @@ pub mod map_names {
     pub const ACL_PROTO: &str = "pdp_acl_proto";
     pub const ACL_META: &str = "pdp_acl_meta";
     pub const ACL_HITS: &str = "pdp_acl_hits";
+    pub const CONNTRACK: &str = "pdp_conntrack";
+    pub const CAP_STATE: &str = "pdp_cap_state";
     /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         PORTS,
         ROUTES,
         PEERINGS,
@@ -46,6 +50,8 @@ pub mod map_names {
         ACL_PROTO,
         ACL_META,
         ACL_HITS,
+        CONNTRACK,
+        CAP_STATE,
     ];
 }
 
@@ -118,8 +124,11 @@ pub struct Port {
     pub gw_mac: [u8; 6],
     /// Egress ACL set of the port's subnet ([`acl::acl_set`]), or [`acl::NO_ACL`].
     pub acl: u32,
+    /// Egress set of the port's security groups (an ACL set whose rules all allow), or
+    /// [`acl::NO_ACL`] for a port without security groups.
+    pub sg: u32,
 }
-const _: () = assert!(size_of::<Port>() == 64);
+const _: () = assert!(size_of::<Port>() == 68);
 
 // ---------------------------------------------------------------------------------------
 // Routes: one LPM trie keyed by (table, prefix). The key is the `aya` LPM `Key<RouteData>`
@@ -201,8 +210,10 @@ pub struct Peering {
     pub requester_vpc: u32,
     pub accepter_vpc: u32,
     pub flags: u32,
+    /// Bandwidth cap per direction, indexed by `DIR_*`.
+    pub cap: [cap::CapConfig; 2],
 }
-const _: () = assert!(size_of::<Peering>() == 16);
+const _: () = assert!(size_of::<Peering>() == 48);
 
 /// Direction of traffic over a peering, as seen from the requester.
 pub const DIR_REQUESTER_TO_ACCEPTER: u32 = 0;
@@ -244,8 +255,10 @@ pub struct Endpoint {
     pub gw_mac: [u8; 6],
     /// Ingress ACL set of the destination's subnet ([`acl::acl_set`]), or [`acl::NO_ACL`].
     pub acl: u32,
+    /// Ingress set of the destination port's security groups, or [`acl::NO_ACL`].
+    pub sg: u32,
 }
-const _: () = assert!(size_of::<Endpoint>() == 32);
+const _: () = assert!(size_of::<Endpoint>() == 36);
 
 // ---------------------------------------------------------------------------------------
 // Names: userspace-only map that lets the CLI (and a restarted agent) turn ids back into
@@ -257,6 +270,8 @@ pub const NAME_ROUTE_TABLE: u32 = 3;
 pub const NAME_PEERING: u32 = 4;
 pub const NAME_PORT: u32 = 5;
 pub const NAME_ACL: u32 = 6;
+/// A distinct combination of security groups on ports (compiled as one ACL set).
+pub const NAME_SG_SET: u32 = 7;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -317,6 +332,8 @@ mod pod {
     unsafe impl aya::Pod for super::acl::AclMeta {}
     unsafe impl aya::Pod for super::acl::AclPortData {}
     unsafe impl aya::Pod for super::acl::AclProtoKey {}
+    unsafe impl aya::Pod for super::conntrack::CtKey {}
+    unsafe impl aya::Pod for super::conntrack::CtEntry {}
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Network ACL stage (SPEC §3.6; issue 4): stateless, numbered rules, first match decides,
+//! Network ACL stage (SPEC §3.6; issue 4), and the rule lookup security groups share: stateless, numbered rules, first match decides,
 //! implicit final deny. The rules arrive compiled into three lookups whose rule bitmaps
 //! are ANDed (see `peer_dataplane_common::acl`), so the cost does not depend on how many
 //! rules the ACL holds. Bitmaps are read in place from the maps: at 128 bytes each they
@@ -8,21 +8,78 @@ use crate::maps::{ACL_ADDR, ACL_HITS, ACL_META, ACL_PORT, ACL_PROTO};
 use crate::parse::{Packet, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::maps::lpm_trie::Key;
 use peer_dataplane_common::{
-    acl::{acl_addr_table, bit_set, first_match, AclPortData, AclProtoKey, NO_ACL},
+    acl::{
+        acl_addr_table, bit_set, first_match, AclBits, AclMeta, AclPortData, AclProtoKey,
+        ACL_WORDS, NO_ACL, NO_HITS,
+    },
     DropReason, RouteData, ROUTE_TABLE_BITS,
 };
 
-/// Checks `p` against ACL set `set`, matching `addr` (the remote side: destination for
-/// egress, source for ingress). Counts the deciding rule's hit.
-#[inline(always)]
+/// Network ACL check of `p` against set `set`: the lowest matching rule decides, and
+/// its hit is counted.
+///
+/// Not inlined: a BPF-to-BPF call. Inlined, the verifier would carry each of the sixteen
+/// ways `first_match` can end into every later stage, and the four ACL and SG checks would
+/// multiply them past its limit; across a call the paths meet again at the return. The
+/// lookup keys also live in this function's frame, reused by every call.
+#[inline(never)]
 pub fn check(set: u32, addr: &[u8; 16], p: &Packet) -> Result<(), DropReason> {
     if set == NO_ACL {
         return Ok(());
     }
-    // A set the agent has not installed fails closed.
-    let Some(meta) = (unsafe { ACL_META.get(&set) }) else {
+    let Some((meta, a, b, c)) = bitmaps(set, addr, p) else {
         return Err(DropReason::NaclDeny);
     };
+    let Some(bit) = first_match(a, b, c) else {
+        return Err(DropReason::NaclDeny);
+    };
+    if bit >= meta.rules {
+        return Err(DropReason::NaclDeny);
+    }
+    if meta.hit_base != NO_HITS {
+        if let Some(hits) = ACL_HITS.get_ptr_mut(meta.hit_base + bit) {
+            // SAFETY: this CPU's slot.
+            unsafe { *hits += 1 };
+        }
+    }
+    if bit_set(&meta.allow, bit) {
+        Ok(())
+    } else {
+        Err(DropReason::NaclDeny)
+    }
+}
+
+/// Whether any rule of allow-only set `set` (a port's security groups) matches `p`. No
+/// rule order to respect, so the AND is folded without branches: the verifier walks one
+/// path instead of one per bitmap word. Not inlined, as [`check`].
+#[inline(never)]
+pub fn any_match(set: u32, addr: &[u8; 16], p: &Packet) -> bool {
+    let Some((_, a, b, c)) = bitmaps(set, addr, p) else {
+        return false;
+    };
+    let mut any = 0u64;
+    for i in 0..ACL_WORDS {
+        any |= a.w[i] & b.w[i] & c.w[i];
+    }
+    any != 0
+}
+
+/// The set's metadata and the three rule bitmaps `p` selects, matching `addr` (the remote
+/// side: destination for egress, source for ingress). `None` when a lookup finds nothing,
+/// which leaves no rule that could match.
+#[inline(always)]
+fn bitmaps(
+    set: u32,
+    addr: &[u8; 16],
+    p: &Packet,
+) -> Option<(
+    &'static AclMeta,
+    &'static AclBits,
+    &'static AclBits,
+    &'static AclBits,
+)> {
+    // A set the agent has not installed fails closed.
+    let meta = unsafe { ACL_META.get(&set) }?;
     // IPv4 and IPv6 rules live under different tables, so neither covers the other.
     let table = acl_addr_table(set, !p.is_v4);
     let addr_key = Key::new(
@@ -32,10 +89,7 @@ pub fn check(set: u32, addr: &[u8; 16], p: &Packet) -> Result<(), DropReason> {
             addr: *addr,
         },
     );
-    // No entry for the address: no rule covers it, so only the final deny is left.
-    let Some(addr_bits) = ACL_ADDR.get(&addr_key) else {
-        return Err(DropReason::NaclDeny);
-    };
+    let addr_bits = ACL_ADDR.get(&addr_key)?;
     let proto_key = AclProtoKey {
         set,
         protocol: p.proto as u32,
@@ -49,26 +103,9 @@ pub fn check(set: u32, addr: &[u8; 16], p: &Packet) -> Result<(), DropReason> {
                 port_be: p.dport.to_be_bytes(),
             },
         );
-        match ACL_PORT.get(&port_key) {
-            Some(b) => b,
-            None => return Err(DropReason::NaclDeny),
-        }
+        ACL_PORT.get(&port_key)?
     } else {
         &meta.portless
     };
-    let Some(bit) = first_match(addr_bits, proto_bits, port_bits) else {
-        return Err(DropReason::NaclDeny);
-    };
-    if bit >= meta.rules {
-        return Err(DropReason::NaclDeny);
-    }
-    if let Some(hits) = ACL_HITS.get_ptr_mut(meta.hit_base + bit) {
-        // SAFETY: this CPU's slot.
-        unsafe { *hits += 1 };
-    }
-    if bit_set(&meta.allow, bit) {
-        Ok(())
-    } else {
-        Err(DropReason::NaclDeny)
-    }
+    Some((meta, addr_bits, proto_bits, port_bits))
 }

@@ -11,18 +11,65 @@ use peer_dataplane_common::{
 
 pub const NO_PEERING: u32 = u32::MAX;
 
-pub enum Outcome {
-    Pass(PassReason),
-    /// `action` is what `bpf_redirect_map` returned; `ctr` the peering counter index.
-    Redirect {
-        action: u32,
-        ctr: u32,
-    },
-    /// `ctr` is the peering counter index, or [`NO_PEERING`].
-    Drop {
-        reason: DropReason,
-        ctr: u32,
-    },
+/// What happens to a packet. A struct with every field set on every path rather than an
+/// enum: LLVM spills an enum's unset payload as an undefined register, which the
+/// verifier refuses to read.
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The `PassReason` or `DropReason` (0 for a redirect).
+    pub reason: u32,
+    /// What `bpf_redirect_map` returned (redirects only).
+    pub action: u32,
+    /// The peering counter index, or [`NO_PEERING`].
+    pub ctr: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Verdict {
+    Pass,
+    Redirect,
+    Drop,
+}
+
+impl Outcome {
+    #[inline(always)]
+    pub fn pass(reason: PassReason) -> Outcome {
+        Outcome {
+            verdict: Verdict::Pass,
+            reason: reason as u32,
+            action: 0,
+            ctr: NO_PEERING,
+        }
+    }
+
+    #[inline(always)]
+    pub fn redirect(action: u32, ctr: u32) -> Outcome {
+        Outcome {
+            verdict: Verdict::Redirect,
+            reason: 0,
+            action,
+            ctr,
+        }
+    }
+
+    #[inline(always)]
+    pub fn drop(reason: DropReason, ctr: u32) -> Outcome {
+        Outcome {
+            verdict: Verdict::Drop,
+            reason: reason as u32,
+            action: 0,
+            ctr,
+        }
+    }
+}
+
+impl From<DropReason> for Outcome {
+    #[inline(always)]
+    fn from(reason: DropReason) -> Self {
+        Outcome::drop(reason, NO_PEERING)
+    }
 }
 
 /// Observations that are not outcomes (counted whatever happens to the packet).
@@ -46,8 +93,9 @@ pub fn record(len: u64, outcome: &Outcome, seen: &Seen) -> u32 {
     if seen.ipv4_options {
         g.ipv4_options += 1;
     }
-    match *outcome {
-        Outcome::Pass(reason) => {
+    let (reason, ctr) = (outcome.reason, outcome.ctr);
+    match outcome.verdict {
+        Verdict::Pass => {
             g.passed_packets += 1;
             let i = reason as usize;
             if i < PASS_REASON_SLOTS {
@@ -55,7 +103,7 @@ pub fn record(len: u64, outcome: &Outcome, seen: &Seen) -> u32 {
             }
             xdp_action::XDP_PASS
         }
-        Outcome::Redirect { action, ctr } => {
+        Verdict::Redirect => {
             g.redirected_packets += 1;
             g.redirected_bytes += len;
             if let Some(c) = PEERING_COUNTERS.get_ptr_mut(ctr) {
@@ -64,9 +112,9 @@ pub fn record(len: u64, outcome: &Outcome, seen: &Seen) -> u32 {
                 c.packets += 1;
                 c.bytes += len;
             }
-            action
+            outcome.action
         }
-        Outcome::Drop { reason, ctr } => {
+        Verdict::Drop => {
             g.dropped_packets += 1;
             let i = reason as usize;
             if i < DROP_REASON_SLOTS {

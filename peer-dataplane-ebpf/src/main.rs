@@ -1,12 +1,17 @@
 //! peer-dataplane XDP program: forwards traffic between peered VPCs.
 //!
 //! `pdp_xdp` is a thin entry: it runs [`pipeline::run`] and counts the outcome. Every
-//! stage lives in its own module and returns `Err(Drop)` to drop a packet under a reason;
+//! stage lives in its own module and returns `Err(Outcome::drop(..))` to drop a packet under a reason;
 //! nothing is passed to the kernel by accident.
 #![no_std]
 #![no_main]
+// Atomic intrinsics for the bandwidth-cap buckets (see `cap`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod acl;
+mod cap;
+mod conntrack;
 mod counters;
 mod deliver;
 mod maps;
@@ -16,6 +21,7 @@ mod pipeline;
 mod port;
 mod rewrite;
 mod route;
+mod sg;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

@@ -1,28 +1,36 @@
 //! The program's maps. Shapes and names come from `peer-dataplane-common`; all are pinned
 //! by name so the agent, the CLI and a restarted agent find the same objects.
 
+use crate::parse::Packet;
 use aya_ebpf::{
     macros::map,
-    maps::{DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use peer_dataplane_common::{
     acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
+    conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
     MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 
+/// Ports, peerings and endpoints are read in place by the program, so they are not
+/// preallocated: the kernel then frees a replaced entry only after an RCU grace period,
+/// and a packet never reads an entry half old, half new (SPEC §3.8).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
 #[map(name = "pdp_ports")]
-pub static PORTS: HashMap<u32, Port> = HashMap::pinned(MAX_PORTS, 0);
+pub static PORTS: HashMap<u32, Port> = HashMap::pinned(MAX_PORTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "pdp_routes")]
 pub static ROUTES: LpmTrie<RouteData, RouteValue> = LpmTrie::pinned(MAX_ROUTES, 0);
 
 #[map(name = "pdp_peerings")]
-pub static PEERINGS: HashMap<u32, Peering> = HashMap::pinned(MAX_PEERINGS, 0);
+pub static PEERINGS: HashMap<u32, Peering> = HashMap::pinned(MAX_PEERINGS, BPF_F_NO_PREALLOC);
 
 #[map(name = "pdp_endpoints")]
-pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "pdp_devmap")]
 pub static DEVMAP: DevMapHash = DevMapHash::pinned(MAX_PORTS, 0);
@@ -55,3 +63,20 @@ pub static ACL_META: HashMap<u32, AclMeta> = HashMap::pinned(MAX_ACL_SETS, 0);
 /// Per-rule hits, per CPU: slot `hit_base + rule bit` of the set.
 #[map(name = "pdp_acl_hits")]
 pub static ACL_HITS: PerCpuArray<u64> = PerCpuArray::pinned(ACL_HIT_SLOTS, 0);
+
+/// Security-group connection tracking (see `peer_dataplane_common::conntrack`).
+#[map(name = "pdp_conntrack")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+
+/// Per-CPU slot for the parsed packet (see `parse::parse` for why not the stack).
+#[map]
+pub static PKT_SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for the two conntrack keys of a packet (its own and the reversed one).
+#[map]
+pub static CT_SCRATCH: PerCpuArray<CtKey> = PerCpuArray::with_max_entries(2, 0);
+
+/// Bandwidth-cap buckets, one per peering and direction (the GCRA `tat`, in ns), shared
+/// by all CPUs: a cap is for the host as a whole.
+#[map(name = "pdp_cap_state")]
+pub static CAP_STATE: Array<u64> = Array::pinned(MAX_PEERINGS * 2, 0);

@@ -45,24 +45,11 @@ pub struct Packet {
     pub ipv4_options: bool,
     /// False for non-first fragments and for protocols without ports.
     pub ports_known: bool,
-    /// TCP/UDP ports; for ICMP echo the identifier in `sport` and type<<8|code in `dport`.
+    /// TCP/UDP ports; for ICMP the identifier in `sport` and type<<8|code in `dport`.
     pub sport: u16,
     pub dport: u16,
-}
-
-pub enum L3 {
-    /// Not IP: the kernel's business.
-    NotIp,
-    Ip(Packet),
-}
-
-/// End of the frame, read so that LLVM cannot reuse it across checks. Without this, LLVM
-/// proves a pointer bounds check redundant from an earlier scalar length check and drops
-/// it, and the verifier (which only trusts pointer comparisons) rejects the access.
-#[inline(always)]
-fn data_end(ctx: &XdpContext) -> usize {
-    // SAFETY: `ctx.ctx` is the program's valid `xdp_md`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -93,8 +80,14 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Parses the frame into `p`; `Ok(false)` if it is not IP (the kernel's business).
+///
+/// `p` is a per-CPU map slot, not a stack variable: the verifier does not track values in
+/// map memory, so the many ways a frame can parse meet again as one state right after
+/// this stage instead of each being verified through the rest of the pipeline (and the
+/// stack stays free for the lookups).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<L3, DropReason> {
+pub fn parse(ctx: &XdpContext, p: &mut Packet) -> Result<bool, DropReason> {
     let frame_len = ctx.data_end() - ctx.data();
     let mut ethertype = be16(read::<[u8; 2]>(ctx, 12)?);
     let mut l3_off = ETH_HLEN;
@@ -111,19 +104,20 @@ pub fn parse(ctx: &XdpContext) -> Result<L3, DropReason> {
         vlan = true;
     }
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, l3_off, vlan, frame_len).map(L3::Ip),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3_off, vlan, frame_len).map(L3::Ip),
-        _ => Ok(L3::NotIp),
+        ETH_P_IPV4 => parse_ipv4(ctx, p, l3_off, vlan, frame_len).map(|_| true),
+        ETH_P_IPV6 => parse_ipv6(ctx, p, l3_off, vlan, frame_len).map(|_| true),
+        _ => Ok(false),
     }
 }
 
 #[inline(always)]
 fn parse_ipv4(
     ctx: &XdpContext,
+    p: &mut Packet,
     l3_off: usize,
     vlan: bool,
     frame_len: usize,
-) -> Result<Packet, DropReason> {
+) -> Result<(), DropReason> {
     let h = read::<[u8; 20]>(ctx, l3_off)?;
     if h[0] >> 4 != 4 {
         return Err(DropReason::ParseError);
@@ -139,7 +133,7 @@ fn parse_ipv4(
     let frag = be16([h[6], h[7]]);
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
-    let mut p = Packet {
+    *p = Packet {
         l3_off,
         vlan,
         is_v4: true,
@@ -152,20 +146,22 @@ fn parse_ipv4(
         ports_known: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
     if frag_offset == 0 {
-        parse_l4(ctx, &mut p, l3_off + ihl, l3_off + total_len)?;
+        parse_l4(ctx, p, l3_off + ihl, l3_off + total_len)?;
     }
-    Ok(p)
+    Ok(())
 }
 
 #[inline(always)]
 fn parse_ipv6(
     ctx: &XdpContext,
+    p: &mut Packet,
     l3_off: usize,
     vlan: bool,
     frame_len: usize,
-) -> Result<Packet, DropReason> {
+) -> Result<(), DropReason> {
     let h = read::<[u8; IPV6_HLEN]>(ctx, l3_off)?;
     if h[0] >> 4 != 6 {
         return Err(DropReason::ParseError);
@@ -179,7 +175,7 @@ fn parse_ipv6(
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    let mut p = Packet {
+    *p = Packet {
         l3_off,
         vlan,
         is_v4: false,
@@ -192,6 +188,7 @@ fn parse_ipv6(
         ports_known: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
 
     // Walk extension headers to the transport header.
@@ -237,9 +234,9 @@ fn parse_ipv6(
         }
     }
     if first_fragment {
-        parse_l4(ctx, &mut p, off, ip_end)?;
+        parse_l4(ctx, p, off, ip_end)?;
     }
-    Ok(p)
+    Ok(())
 }
 
 /// Reads ports (or the ICMP echo id/type) of a transport header at `off` that must end
@@ -256,12 +253,13 @@ fn parse_l4(ctx: &XdpContext, p: &mut Packet, off: usize, ip_end: usize) -> Resu
             if off + 20 > ip_end {
                 return Err(DropReason::ParseError);
             }
-            let t = read::<[u8; 13]>(ctx, off)?;
+            let t = read::<[u8; 14]>(ctx, off)?;
             if (t[12] >> 4) < 5 {
                 return Err(DropReason::ParseError);
             }
             p.sport = be16([t[0], t[1]]);
             p.dport = be16([t[2], t[3]]);
+            p.tcp_flags = t[13];
             p.ports_known = true;
         }
         IPPROTO_UDP => {

@@ -4,7 +4,7 @@
 
 use crate::{maps::PEERINGS, parse::Packet, route};
 use peer_dataplane_common::{
-    peering_counter_index, vpc_table, DropReason, Port, DIR_ACCEPTER_TO_REQUESTER,
+    cap::CapConfig, peering_counter_index, vpc_table, DropReason, Port, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_VPC_CIDR,
 };
 
@@ -12,15 +12,17 @@ use peer_dataplane_common::{
 pub struct Crossing {
     pub slot: u32,
     pub peer_vpc: u32,
-    /// Index of this peering-and-direction in the per-peering counters.
+    /// Index of this peering-and-direction in the per-peering counters (and caps).
     pub ctr: u32,
+    /// Bandwidth cap of this direction.
+    pub cap: CapConfig,
 }
 
 /// Resolves the peering a route points at. `Err((reason, counter index or None))`.
 #[inline(always)]
 pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<u32>)> {
-    // SAFETY: map value read by copy.
-    let Some(pcx) = (unsafe { PEERINGS.get(&slot).copied() }) else {
+    // SAFETY: not preallocated: the entry stays whole while we read it (see `port`).
+    let Some(pcx) = (unsafe { PEERINGS.get(&slot) }) else {
         // A route may name a peering whose entry is gone: a blackhole, never a forward.
         return Err((DropReason::PeeringInactive, None));
     };
@@ -39,6 +41,7 @@ pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<
         slot,
         peer_vpc,
         ctr,
+        cap: pcx.cap[(dir & 1) as usize],
     })
 }
 

@@ -5,7 +5,8 @@ use crate::maps::PORTS;
 use peer_dataplane_common::Port;
 
 #[inline(always)]
-pub fn lookup(ifindex: u32) -> Option<Port> {
-    // SAFETY: map value read by copy; the agent only replaces whole entries.
-    unsafe { PORTS.get(&ifindex).copied() }
+pub fn lookup(ifindex: u32) -> Option<&'static Port> {
+    // SAFETY: the map is not preallocated, so an update by the agent links a new element
+    // and frees the old one only after every reader is done: this entry stays whole.
+    unsafe { PORTS.get(&ifindex) }
 }

@@ -26,7 +26,7 @@ pub const BITMAP_WORDS: usize = MAX_RULES / 64;
 
 pub type Bitmap = [u64; BITMAP_WORDS];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Protocol {
     All,
     Number(u8),

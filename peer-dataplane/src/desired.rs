@@ -2,17 +2,19 @@
 
 use crate::ids::Ids;
 use crate::maps::{AclPortKey, MapState, RouteKey};
-use crate::validate::{Target, Topology};
+use crate::validate::{Cap, SgRemote, Target, Topology};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use peer_dataplane_common::acl::{
     acl_addr_table, acl_set, AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, NO_ACL,
+    NO_HITS,
 };
+use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
 use peer_dataplane_common::{
     addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
     Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE,
-    NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
-    ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
+    NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL,
+    ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,7 +60,121 @@ fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
         (NAME_ROUTE_TABLE, t.route_tables.keys().cloned().collect()),
         (NAME_PEERING, t.peerings.keys().cloned().collect()),
         (NAME_ACL, t.network_acls.keys().cloned().collect()),
+        (NAME_SG_SET, sg_combinations(t).into_keys().collect()),
     ])
+}
+
+/// The distinct security-group lists on ports, by the name of their compiled set: ports
+/// with the same groups share one set.
+pub fn sg_combinations(t: &Topology) -> BTreeMap<String, Vec<String>> {
+    t.ports
+        .values()
+        .filter_map(|p| p.security_groups.clone())
+        .map(|groups| (sg_set_name(&groups), groups))
+        .collect()
+}
+
+/// `groups` (sorted) joined with `+`; a digest of them when that is too long for a name.
+pub fn sg_set_name(groups: &[String]) -> String {
+    let joined = format!("sgs:{}", groups.join("+"));
+    if joined.len() <= peer_dataplane_common::NAME_MAX_LEN {
+        return joined;
+    }
+    // FNV-1a: stable across builds and restarts, which the names map relies on.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in joined.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("sgs#{h:016x}")
+}
+
+/// The rules of security groups `groups` in one direction, as allow rules of an ACL (a
+/// peer-group reference becomes one rule per address of that group's member ports).
+fn sg_rules(t: &Topology, groups: &[String], egress: bool) -> Vec<crate::acl::Rule> {
+    let mut members: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+    for p in t.ports.values() {
+        for g in p.security_groups.iter().flatten() {
+            let m = members.entry(g.as_str()).or_default();
+            m.extend(p.ipv4.map(|a| IpNet::from(std::net::IpAddr::V4(a))));
+            m.extend(p.ipv6.map(|a| IpNet::from(std::net::IpAddr::V6(a))));
+        }
+    }
+    let mut distinct = BTreeSet::new();
+    for g in groups {
+        for r in t.security_groups[g]
+            .rules
+            .iter()
+            .filter(|r| r.egress == egress)
+        {
+            let cidrs = match &r.remote {
+                SgRemote::Cidr(c) => vec![*c],
+                SgRemote::Group(peer) => members.get(peer.as_str()).cloned().unwrap_or_default(),
+            };
+            for cidr in cidrs {
+                distinct.insert((r.protocol, r.ports, cidr));
+            }
+        }
+    }
+    distinct
+        .into_iter()
+        .enumerate()
+        .map(|(i, (protocol, ports, cidr))| crate::acl::Rule {
+            number: i as u32 + 1,
+            protocol,
+            ports,
+            cidr,
+            allow: true,
+        })
+        .collect()
+}
+
+fn cap_config(cap: Option<Cap>) -> CapConfig {
+    match cap {
+        Some(c) => CapConfig::new(c.bits_per_second, c.burst_bytes),
+        None => UNCAPPED,
+    }
+}
+
+/// Writes compiled ACL `c` as set `set`; `hit_base` is [`NO_HITS`] for sets without
+/// per-rule counters.
+fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::acl::Compiled, hit_base: u32) {
+    let bits = |b: &crate::acl::Bitmap| AclBits { w: *b };
+    for (net, b) in &c.addresses {
+        let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
+        s.acl_addr.insert(key_for(table, net), bits(b));
+    }
+    for ((port, len), b) in &c.ports {
+        let data = AclPortData {
+            set_be: set.to_be_bytes(),
+            port_be: port.to_be_bytes(),
+        };
+        s.acl_port.insert(
+            AclPortKey {
+                prefix_len: ROUTE_TABLE_BITS + *len as u32,
+                data,
+            },
+            bits(b),
+        );
+    }
+    for (proto, b) in &c.protocols {
+        s.acl_proto.insert(
+            AclProtoKey {
+                set,
+                protocol: *proto as u32,
+            },
+            bits(b),
+        );
+    }
+    s.acl_meta.insert(
+        set,
+        AclMeta {
+            allow: bits(&c.allow),
+            any_protocol: bits(&c.any_protocol),
+            portless: bits(&c.portless),
+            hit_base,
+            rules: c.numbers.len() as u32,
+        },
+    );
 }
 
 /// Which generation of each route table (by id) to compile into; see
@@ -86,6 +202,7 @@ pub fn compile(
                 requester_vpc: id(NAME_VPC, &pcx.requester_vpc),
                 accepter_vpc: id(NAME_VPC, &pcx.accepter_vpc),
                 flags: 0,
+                cap: [cap_config(pcx.caps[0]), cap_config(pcx.caps[1])],
             },
         );
     }
@@ -132,33 +249,6 @@ pub fn compile(
         for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
             let c = crate::acl::compile(rules).map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
             let set = acl_set(acl_id, acl_gen, egress);
-            let bits = |b: &crate::acl::Bitmap| AclBits { w: *b };
-            for (net, b) in &c.addresses {
-                let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
-                s.acl_addr.insert(key_for(table, net), bits(b));
-            }
-            for ((port, len), b) in &c.ports {
-                let data = AclPortData {
-                    set_be: set.to_be_bytes(),
-                    port_be: port.to_be_bytes(),
-                };
-                s.acl_port.insert(
-                    AclPortKey {
-                        prefix_len: ROUTE_TABLE_BITS + *len as u32,
-                        data,
-                    },
-                    bits(b),
-                );
-            }
-            for (proto, b) in &c.protocols {
-                s.acl_proto.insert(
-                    AclProtoKey {
-                        set,
-                        protocol: *proto as u32,
-                    },
-                    bits(b),
-                );
-            }
             let rules = c.numbers.len() as u32;
             if hit_base + rules > ACL_HIT_SLOTS {
                 return Err(anyhow!(
@@ -166,19 +256,34 @@ pub fn compile(
                     a.id
                 ));
             }
-            s.acl_meta.insert(
-                set,
-                AclMeta {
-                    allow: bits(&c.allow),
-                    any_protocol: bits(&c.any_protocol),
-                    portless: bits(&c.portless),
-                    hit_base,
-                    rules,
-                },
-            );
+            insert_acl_set(&mut s, set, &c, hit_base);
             hit_base += rules;
         }
     }
+
+    // Security-group sets, one per distinct combination of groups on ports.
+    for (name, groups) in sg_combinations(t) {
+        let set_id = id(NAME_SG_SET, &name);
+        let set_gen = acl_generation(set_id);
+        for egress in [false, true] {
+            let rules = sg_rules(t, &groups, egress);
+            let c = crate::acl::compile(&rules).map_err(|e| {
+                anyhow!(
+                    "security groups {} ({}): {e}",
+                    groups.join(", "),
+                    if egress { "egress" } else { "ingress" }
+                )
+            })?;
+            insert_acl_set(&mut s, acl_set(set_id, set_gen, egress), &c, NO_HITS);
+        }
+    }
+    let port_sg = |groups: &Option<Vec<String>>, egress: bool| match groups {
+        Some(g) => {
+            let set_id = id(NAME_SG_SET, &sg_set_name(g));
+            acl_set(set_id, acl_generation(set_id), egress)
+        }
+        None => NO_ACL,
+    };
     let subnet_acl = |subnet: &str, egress: bool| match &t.subnets[subnet].network_acl {
         Some(a) => {
             let acl_id = id(NAME_ACL, a);
@@ -207,6 +312,7 @@ pub fn compile(
             mac: port.mac,
             gw_mac: port.gateway_mac,
             acl: subnet_acl(&subnet.id, true),
+            sg: port_sg(&port.security_groups, true),
             ..Port::default()
         };
         let endpoint = Endpoint {
@@ -217,6 +323,7 @@ pub fn compile(
             mac: port.mac,
             gw_mac: port.gateway_mac,
             acl: subnet_acl(&subnet.id, false),
+            sg: port_sg(&port.security_groups, false),
         };
         if let Some(a) = port.ipv4 {
             p.flags |= PORT_HAS_IPV4;

@@ -24,6 +24,8 @@ pub struct Document {
     pub ports: Vec<PortDoc>,
     #[serde(default, rename = "network_acl")]
     pub network_acls: Vec<NetworkAclDoc>,
+    #[serde(default, rename = "security_group")]
+    pub security_groups: Vec<SecurityGroupDoc>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -80,6 +82,35 @@ pub struct AclRuleDoc {
     pub action: String,
 }
 
+/// A security group: allow-only rules, stateful (SPEC §2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub rules: Vec<SgRuleDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SgRuleDoc {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_from: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_to: Option<u16>,
+    /// The remote side: a CIDR, or (exactly one of the two) a security group in the same
+    /// region whose members' addresses it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_security_group: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTableDoc {
@@ -105,6 +136,18 @@ pub struct PeeringDoc {
     pub accepter_vpc: String,
     /// `pending-acceptance`, `active`, `rejected`, `expired`, `failed` or `deleted`.
     pub status: String,
+    /// Bandwidth cap of each direction, in Mbit/s; none = uncapped, except across
+    /// regions (1 Gbit/s, SPEC §3.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<u64>,
+    /// Per-direction overrides of `bandwidth_mbps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps_requester_to_accepter: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps_accepter_to_requester: Option<u64>,
+    /// Bucket depth of the caps; default 10 ms at the rate, at least 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -122,6 +165,10 @@ pub struct PortDoc {
     /// Gateway MAC presented on this port; defaults to the document's `router_mac`.
     #[serde(default)]
     pub gateway_mac: Option<String>,
+    /// Security groups of the port (at most 16). Absent: the port is not filtered by
+    /// security groups; an empty list denies everything that is not a tracked reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
 }
 
 impl Document {

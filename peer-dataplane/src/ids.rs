@@ -3,21 +3,24 @@
 //! what changed), and ids are recovered from the pinned names map on restart.
 
 use peer_dataplane_common::{
+    acl::{FIRST_SG_SET_ID, MAX_ACL_SETS},
     Name, NameKey, MAX_PEERINGS, MAX_ROUTE_TABLE_ID, NAME_ACL, NAME_PEERING, NAME_ROUTE_TABLE,
-    NAME_SUBNET, NAME_VPC, VPC_TABLE_BASE,
+    NAME_SG_SET, NAME_SUBNET, NAME_VPC, VPC_TABLE_BASE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Kinds of named objects that get ids, with the id range each may use.
-const KINDS: [(u32, u32, u32); 5] = [
+const KINDS: [(u32, u32, u32); 6] = [
     // kind, first id, one past the last id
     (NAME_VPC, 1, VPC_TABLE_BASE),
     (NAME_SUBNET, 1, u32::MAX),
     (NAME_ROUTE_TABLE, 1, MAX_ROUTE_TABLE_ID),
     // Peerings index the per-CPU counter array: dense slots from 0.
     (NAME_PEERING, 0, MAX_PEERINGS),
-    // ACL sets are `id << 2 | generation << 1 | direction`, and fewer than MAX_ACL_SETS.
-    (NAME_ACL, 1, peer_dataplane_common::acl::MAX_ACL_SETS / 4),
+    // ACL sets are `id << 2 | generation << 1 | direction`, and fewer than MAX_ACL_SETS;
+    // network ACLs and security-group combinations share that id space.
+    (NAME_ACL, 1, FIRST_SG_SET_ID),
+    (NAME_SG_SET, FIRST_SG_SET_ID, MAX_ACL_SETS / 4),
 ];
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +42,7 @@ pub fn kind_str(kind: u32) -> &'static str {
         NAME_ROUTE_TABLE => "route table",
         NAME_PEERING => "peering",
         NAME_ACL => "network acl",
+        NAME_SG_SET => "security group combination",
         _ => "object",
     }
 }

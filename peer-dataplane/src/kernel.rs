@@ -6,11 +6,12 @@ use crate::maps::{AclPortKey, DataplaneMaps, MapState, Op, RouteKey};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+    Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
 };
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
     acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
+    conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ACL_ENTRIES,
@@ -39,7 +40,7 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
 /// (name, key size, value size, max entries) of every pinned map, as this build defines
 /// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
 /// build with another layout must be caught here, before the program reads it wrongly.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 13] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 15] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -107,6 +108,13 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 13] {
             MAX_ACL_SETS,
         ),
         (map_names::ACL_HITS, 4, 8, ACL_HIT_SLOTS),
+        (
+            map_names::CONNTRACK,
+            sz(size_of::<CtKey>()),
+            sz(size_of::<CtEntry>()),
+            MAX_CT_ENTRIES,
+        ),
+        (map_names::CAP_STATE, 4, 8, MAX_PEERINGS * 2),
     ]
 }
 
@@ -180,6 +188,8 @@ pub struct KernelMaps {
     acl_proto: HashMap<MapData, AclProtoKey, AclBits>,
     acl_meta: HashMap<MapData, u32, AclMeta>,
     acl_hits: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    cap_state: Array<MapData, u64>,
 }
 
 macro_rules! typed {
@@ -208,6 +218,8 @@ impl KernelMaps {
             acl_proto: typed!(pin_dir, map_names::ACL_PROTO),
             acl_meta: typed!(pin_dir, map_names::ACL_META),
             acl_hits: typed!(pin_dir, map_names::ACL_HITS),
+            conntrack: typed!(pin_dir, map_names::CONNTRACK),
+            cap_state: typed!(pin_dir, map_names::CAP_STATE),
         })
     }
 
@@ -327,15 +339,71 @@ impl KernelMaps {
             .sum())
     }
 
+    /// Zeroes the counters and refills the cap buckets of a newly allocated peering slot.
     fn reset_peering_counters(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         for dir in [DIR_REQUESTER_TO_ACCEPTER, DIR_ACCEPTER_TO_REQUESTER] {
             let zero = PerCpuValues::try_from(vec![PeeringCounters::ZERO; cpus])?;
-            self.peering_ctr
-                .set(peering_counter_index(slot, dir), zero, 0)?;
+            let index = peering_counter_index(slot, dir);
+            self.peering_ctr.set(index, zero, 0)?;
+            self.cap_state.set(index, 0, 0)?;
         }
         Ok(())
     }
+
+    /// Every conntrack entry (a snapshot: the program keeps changing the table).
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.conntrack.iter() {
+            match kv {
+                Ok(kv) => out.push(kv),
+                // An entry evicted between reading its key and its value.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading pdp_conntrack"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the entries `filter` selects; returns how many went.
+    pub fn conntrack_flush(&mut self, filter: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (k, e) in self.conntrack_entries()? {
+            if filter(&k, &e) {
+                match self.conntrack.remove(&k) {
+                    Ok(()) => n += 1,
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("deleting from pdp_conntrack"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes one conntrack entry (tests use this to age a flow).
+    pub fn conntrack_put(&mut self, k: &CtKey, e: &CtEntry) -> Result<()> {
+        self.conntrack
+            .insert(k, e, 0)
+            .context("writing pdp_conntrack")
+    }
+
+    /// The cap bucket (`tat`, ns) of a peering and direction.
+    pub fn cap_state(&self, slot: u32, dir: u32) -> Result<u64> {
+        self.cap_state
+            .get(&peering_counter_index(slot, dir), 0)
+            .context("reading pdp_cap_state")
+    }
+}
+
+/// Now on the program's clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl DataplaneMaps for KernelMaps {

@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod agent;
+pub mod conntrack;
 pub mod controlplane;
 pub mod desired;
 pub mod document;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, controlplane, kernel, links, stats, sync};
+use peer_dataplane::{agent, conntrack, controlplane, kernel, links, stats, sync};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -61,6 +61,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The security groups' connection-tracking table.
+    Conntrack {
+        #[command(subcommand)]
+        action: ConntrackAction,
+    },
     /// Detach from every port and remove the pinned links and maps (stop the agent first).
     Cleanup,
     /// Run the control plane: the peering lifecycle REST API with an embedded SQLite store.
@@ -81,6 +86,44 @@ enum Command {
         #[arg(long, hide = true)]
         test_clock: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConntrackAction {
+    /// Tracked flows, oldest first.
+    List {
+        #[command(flatten)]
+        filter: ConntrackFilter,
+        /// Include expired entries the LRU still holds.
+        #[arg(long)]
+        all: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Forget tracked flows: their next packets meet the security-group rules again.
+    Flush {
+        #[command(flatten)]
+        filter: ConntrackFilter,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConntrackFilter {
+    /// Only flows with this VPC on either side.
+    #[arg(long)]
+    vpc: Option<String>,
+    /// Only flows with this address on either side.
+    #[arg(long)]
+    address: Option<std::net::IpAddr>,
+}
+
+impl From<ConntrackFilter> for conntrack::Filter {
+    fn from(f: ConntrackFilter) -> Self {
+        conntrack::Filter {
+            vpc: f.vpc,
+            address: f.address,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -149,6 +192,27 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Conntrack { action } => match action {
+            ConntrackAction::List {
+                filter,
+                all,
+                output,
+            } => {
+                let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+                let flows = conntrack::list(&maps, &filter.into(), all)?;
+                match output {
+                    Output::Table => print!("{}", conntrack::render_table(&flows)),
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
+                }
+                Ok(())
+            }
+            ConntrackAction::Flush { filter } => {
+                let mut maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+                let n = conntrack::flush(&mut maps, &filter.into())?;
+                println!("flushed {n} flows");
+                Ok(())
+            }
+        },
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
         Command::Controlplane {
             listen,

@@ -223,6 +223,7 @@ mod tests {
                 requester_vpc: 1,
                 accepter_vpc: 2,
                 flags: 0,
+                ..Peering::default()
             },
         );
         current.routes.insert(
@@ -257,6 +258,7 @@ mod tests {
                 requester_vpc: 1,
                 accepter_vpc: 3,
                 flags: 0,
+                ..Peering::default()
             },
         );
 

@@ -43,6 +43,43 @@ pub struct NetworkAcl {
     pub egress: Vec<crate::acl::Rule>,
 }
 
+/// A security group: allow-only rules (SPEC §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc: String,
+    pub rules: Vec<SgRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SgRule {
+    pub egress: bool,
+    pub protocol: crate::acl::Protocol,
+    pub ports: Option<(u16, u16)>,
+    pub remote: SgRemote,
+}
+
+/// Who a security-group rule lets in (ingress) or out to (egress).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SgRemote {
+    Cidr(IpNet),
+    /// The members of this group (their ports' addresses).
+    Group(String),
+}
+
+/// Most security groups one port may have.
+pub const MAX_PORT_SECURITY_GROUPS: usize = 16;
+
+/// A bandwidth cap of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub bits_per_second: u64,
+    pub burst_bytes: u64,
+}
+
+/// Smallest bucket accepted: one full-size frame with a VLAN tag.
+pub const MIN_BURST_BYTES: u64 = 1518;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
     Local,
@@ -126,6 +163,8 @@ pub struct Peering {
     pub requester_vpc: String,
     pub accepter_vpc: String,
     pub status: PeeringStatus,
+    /// Caps of requester-to-accepter and accepter-to-requester traffic (`DIR_*` order).
+    pub caps: [Option<Cap>; 2],
 }
 
 impl Peering {
@@ -154,6 +193,8 @@ pub struct Port {
     pub gateway_mac: Mac,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    /// Sorted, without duplicates; `None` = not filtered by security groups.
+    pub security_groups: Option<Vec<String>>,
 }
 
 /// A validated document: every name resolves, every invariant holds.
@@ -166,6 +207,7 @@ pub struct Topology {
     /// Keyed by interface name.
     pub ports: BTreeMap<String, Port>,
     pub network_acls: BTreeMap<String, NetworkAcl>,
+    pub security_groups: BTreeMap<String, SecurityGroup>,
 }
 
 /// Every problem found in a document, each naming the objects involved.
@@ -304,6 +346,11 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             doc.network_acls
                 .iter()
                 .map(|x| format!("network acl:{}", x.id)),
+        )
+        .chain(
+            doc.security_groups
+                .iter()
+                .map(|x| format!("security group:{}", x.id)),
         )
         .collect();
     let mut c = Checker {
@@ -483,6 +530,25 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
         }
         if let Some(acl) = check_acl(&mut c, a) {
             topo.network_acls.insert(a.id.clone(), acl);
+        }
+    }
+
+    // Security groups (before ports: ports name them).
+    let mut seen = BTreeSet::new();
+    for g in &doc.security_groups {
+        if !c.id("security group", &g.id, &mut seen) {
+            continue;
+        }
+        if !topo.vpcs.contains_key(&g.vpc) {
+            c.missing(
+                "vpc",
+                &g.vpc,
+                format!("security group {}: vpc {} does not exist", g.id, g.vpc),
+            );
+            continue;
+        }
+        if let Some(sg) = check_security_group(&mut c, &topo, doc, g) {
+            topo.security_groups.insert(g.id.clone(), sg);
         }
     }
 
@@ -683,6 +749,32 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 ));
             }
         }
+        let security_groups = p.security_groups.as_ref().map(|groups| {
+            let mut sorted: Vec<String> = groups.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() > MAX_PORT_SECURITY_GROUPS {
+                c.err(format!(
+                    "{what}: {} security groups, at most {MAX_PORT_SECURITY_GROUPS}",
+                    sorted.len()
+                ));
+            }
+            for g in &sorted {
+                match topo.security_groups.get(g) {
+                    Some(sg) if sg.vpc != subnet.vpc => c.err(format!(
+                        "{what}: security group {g} belongs to vpc {}, not the port's vpc {}",
+                        sg.vpc, subnet.vpc
+                    )),
+                    Some(_) => {}
+                    None => c.missing(
+                        "security group",
+                        g,
+                        format!("{what}: security group {g} does not exist"),
+                    ),
+                }
+            }
+            sorted
+        });
         if let (Some(mac), Some(gateway_mac)) = (mac, gateway_mac) {
             topo.ports.insert(
                 p.interface.clone(),
@@ -693,6 +785,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                     gateway_mac,
                     ipv4,
                     ipv6,
+                    security_groups,
                 },
             );
         }
@@ -706,7 +799,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
 }
 
 fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<NetworkAcl> {
-    use crate::acl::{Protocol, Rule};
+    use crate::acl::Rule;
     let mut acl = NetworkAcl {
         id: a.id.clone(),
         vpc: a.vpc.clone(),
@@ -734,40 +827,8 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
                 problems.push(format!("number is used twice for {}", r.direction));
             }
         }
-        let protocol = match r.protocol.as_str() {
-            "all" | "-1" => Some(Protocol::All),
-            "tcp" => Some(Protocol::Number(6)),
-            "udp" => Some(Protocol::Number(17)),
-            "icmp" => Some(Protocol::Number(1)),
-            "icmpv6" => Some(Protocol::Number(58)),
-            n => match n.parse::<u8>() {
-                Ok(n) => Some(Protocol::Number(n)),
-                Err(_) => {
-                    problems.push(format!(
-                        "protocol \"{n}\" must be all, tcp, udp, icmp, icmpv6 or a number"
-                    ));
-                    None
-                }
-            },
-        };
-        let ports = match (r.port_from, r.port_to) {
-            (None, None) => None,
-            (Some(lo), Some(hi)) if lo > hi => {
-                problems.push(format!("port_from {lo} is above port_to {hi}"));
-                None
-            }
-            (Some(lo), Some(hi)) if matches!(protocol, Some(Protocol::Number(6 | 17))) => {
-                Some((lo, hi))
-            }
-            (Some(_), Some(_)) => {
-                problems.push("ports apply to tcp and udp only".into());
-                None
-            }
-            _ => {
-                problems.push("give both port_from and port_to, or neither".into());
-                None
-            }
-        };
+        let protocol = rule_protocol(&r.protocol, &mut problems);
+        let ports = rule_ports(r.port_from, r.port_to, protocol, &mut problems);
         let allow = match r.action.as_str() {
             "allow" => Some(true),
             "deny" => Some(false),
@@ -810,6 +871,138 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
         }
     }
     ok.then_some(acl)
+}
+
+/// A rule's protocol: `all`, a name, or a number.
+fn rule_protocol(s: &str, problems: &mut Vec<String>) -> Option<crate::acl::Protocol> {
+    use crate::acl::Protocol;
+    match s {
+        "all" | "-1" => Some(Protocol::All),
+        "tcp" => Some(Protocol::Number(6)),
+        "udp" => Some(Protocol::Number(17)),
+        "icmp" => Some(Protocol::Number(1)),
+        "icmpv6" => Some(Protocol::Number(58)),
+        n => match n.parse::<u8>() {
+            Ok(n) => Some(Protocol::Number(n)),
+            Err(_) => {
+                problems.push(format!(
+                    "protocol \"{n}\" must be all, tcp, udp, icmp, icmpv6 or a number"
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// A rule's destination port range (TCP and UDP only).
+fn rule_ports(
+    from: Option<u16>,
+    to: Option<u16>,
+    protocol: Option<crate::acl::Protocol>,
+    problems: &mut Vec<String>,
+) -> Option<(u16, u16)> {
+    use crate::acl::Protocol;
+    match (from, to) {
+        (None, None) => None,
+        (Some(lo), Some(hi)) if lo > hi => {
+            problems.push(format!("port_from {lo} is above port_to {hi}"));
+            None
+        }
+        (Some(lo), Some(hi)) if matches!(protocol, Some(Protocol::Number(6 | 17))) => {
+            Some((lo, hi))
+        }
+        (Some(_), Some(_)) => {
+            problems.push("ports apply to tcp and udp only".into());
+            None
+        }
+        _ => {
+            problems.push("give both port_from and port_to, or neither".into());
+            None
+        }
+    }
+}
+
+fn check_security_group(
+    c: &mut Checker,
+    topo: &Topology,
+    doc: &Document,
+    g: &crate::document::SecurityGroupDoc,
+) -> Option<SecurityGroup> {
+    let region = &topo.vpcs[&g.vpc].region;
+    let mut sg = SecurityGroup {
+        id: g.id.clone(),
+        vpc: g.vpc.clone(),
+        rules: Vec::new(),
+    };
+    let mut ok = true;
+    for (i, r) in g.rules.iter().enumerate() {
+        let what = format!("security group {} rules[{i}]", g.id);
+        let mut problems = Vec::new();
+        let egress = match r.direction.as_str() {
+            "ingress" => Some(false),
+            "egress" => Some(true),
+            d => {
+                problems.push(format!("direction \"{d}\" must be ingress or egress"));
+                None
+            }
+        };
+        let protocol = rule_protocol(&r.protocol, &mut problems);
+        let ports = rule_ports(r.port_from, r.port_to, protocol, &mut problems);
+        let remote = match (&r.cidr, &r.peer_security_group) {
+            (Some(s), None) => c.rule_cidr(&format!("{what} cidr"), s).map(SgRemote::Cidr),
+            (None, Some(peer)) => {
+                // A peer group: this VPC's own, or a peered VPC's in the same region.
+                match doc.security_groups.iter().find(|x| &x.id == peer) {
+                    None => {
+                        problems.push(format!("peer_security_group {peer} does not exist"));
+                        None
+                    }
+                    Some(p) => match topo.vpcs.get(&p.vpc) {
+                        Some(v) if &v.region != region => {
+                            problems.push(format!(
+                                "peer_security_group {peer} is in region {}, not {region}: groups can be referenced within one region only",
+                                v.region
+                            ));
+                            None
+                        }
+                        Some(_)
+                            if p.vpc != g.vpc
+                                && !topo.peerings.values().any(|x| {
+                                    x.status.is_live()
+                                        && x.other_side(&g.vpc) == Some(p.vpc.as_str())
+                                }) =>
+                        {
+                            problems.push(format!(
+                                "peer_security_group {peer} is in vpc {}, which is not peered with {}",
+                                p.vpc, g.vpc
+                            ));
+                            None
+                        }
+                        Some(_) => Some(SgRemote::Group(peer.clone())),
+                        // Its own error names the missing VPC.
+                        None => None,
+                    },
+                }
+            }
+            _ => {
+                problems.push("give exactly one of cidr and peer_security_group".into());
+                None
+            }
+        };
+        for p in &problems {
+            c.err(format!("{what}: {p}"));
+        }
+        match (egress, protocol, remote, problems.is_empty()) {
+            (Some(egress), Some(protocol), Some(remote), true) => sg.rules.push(SgRule {
+                egress,
+                protocol,
+                ports,
+                remote,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(sg)
 }
 
 fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Peering> {
@@ -856,13 +1049,72 @@ fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Pee
             }
         }
     }
+    let caps = peering_caps(c, topo, p)?;
     Some(Peering {
         id: p.id.clone(),
         requester_vpc: p.requester_vpc.clone(),
         accepter_vpc: p.accepter_vpc.clone(),
         status,
+        caps,
     })
 }
+
+/// SPEC §3.7: caps per direction; a cross-region peering always has one (1 Gbit/s).
+fn peering_caps(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<[Option<Cap>; 2]> {
+    use peer_dataplane_common::cap::{default_burst_bytes, CROSS_REGION_DEFAULT_BPS};
+    let what = format!("peering {}", p.id);
+    let mut ok = true;
+    for (field, v) in [
+        ("bandwidth_mbps", p.bandwidth_mbps),
+        (
+            "bandwidth_mbps_requester_to_accepter",
+            p.bandwidth_mbps_requester_to_accepter,
+        ),
+        (
+            "bandwidth_mbps_accepter_to_requester",
+            p.bandwidth_mbps_accepter_to_requester,
+        ),
+    ] {
+        if let Some(m) = v {
+            if !(1..=MAX_BANDWIDTH_MBPS).contains(&m) {
+                c.err(format!(
+                    "{what}: {field} {m} is outside 1..={MAX_BANDWIDTH_MBPS}"
+                ));
+                ok = false;
+            }
+        }
+    }
+    if let Some(b) = p.burst_bytes {
+        if b < MIN_BURST_BYTES {
+            c.err(format!(
+                "{what}: burst_bytes {b} is below {MIN_BURST_BYTES} (one full frame)"
+            ));
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let cross_region = topo.vpcs[&p.requester_vpc].region != topo.vpcs[&p.accepter_vpc].region;
+    let cap = |dir: Option<u64>| {
+        let bps = match dir.or(p.bandwidth_mbps) {
+            Some(m) => m * 1_000_000,
+            None if cross_region => CROSS_REGION_DEFAULT_BPS,
+            None => return None,
+        };
+        Some(Cap {
+            bits_per_second: bps,
+            burst_bytes: p.burst_bytes.unwrap_or(default_burst_bytes(bps)),
+        })
+    };
+    Some([
+        cap(p.bandwidth_mbps_requester_to_accepter),
+        cap(p.bandwidth_mbps_accepter_to_requester),
+    ])
+}
+
+/// Highest cap accepted, in Mbit/s (400 Gbit/s, as the control plane's API).
+pub const MAX_BANDWIDTH_MBPS: u64 = 400_000;
 
 /// SPEC §3.4: the CIDRs of all peers of one VPC must not overlap, and two VPCs are joined
 /// by at most one live peering.

@@ -253,7 +253,9 @@ fn build_ebpf() -> Result<PathBuf> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            // BPF ISA v3 (kernel 5.12+): atomic fetch-add and compare-and-swap, which the
+            // shared bandwidth-cap buckets need.
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Ctarget-cpu=v3\x1f-Clink-arg=--btf",
         )
         .env(
             "PATH",

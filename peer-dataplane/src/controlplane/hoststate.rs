@@ -4,7 +4,8 @@
 
 use super::model::World;
 use crate::document::{
-    Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SubnetDoc, VpcDoc,
+    Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc, SecurityGroupDoc,
+    SubnetDoc, VpcDoc,
 };
 
 pub fn document(w: &World, host: &str) -> Document {
@@ -17,6 +18,15 @@ pub fn document(w: &World, host: &str) -> Document {
                 id: a.id.clone(),
                 vpc: a.vpc.clone(),
                 rules: a.rules.clone(),
+            })
+            .collect(),
+        security_groups: w
+            .security_groups
+            .values()
+            .map(|g| SecurityGroupDoc {
+                id: g.id.clone(),
+                vpc: g.vpc.clone(),
+                rules: g.rules.clone(),
             })
             .collect(),
         vpcs: w
@@ -66,6 +76,9 @@ pub fn document(w: &World, host: &str) -> Document {
                 requester_vpc: p.requester_vpc.clone(),
                 accepter_vpc: p.accepter_vpc.clone(),
                 status: p.status.as_str().to_string(),
+                // Cross-region peerings without a cap get the default when validated.
+                bandwidth_mbps: p.bandwidth_mbps,
+                ..PeeringDoc::default()
             })
             .collect(),
         ports: w
@@ -79,6 +92,8 @@ pub fn document(w: &World, host: &str) -> Document {
                 ipv4: p.ipv4.clone(),
                 ipv6: p.ipv6.clone(),
                 gateway_mac: None,
+                // A port created without groups is not filtered by them.
+                security_groups: (!p.security_groups.is_empty()).then(|| p.security_groups.clone()),
             })
             .collect(),
     }

@@ -110,22 +110,8 @@ pub struct NetworkAcl {
     pub rules: Vec<AclRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SgRule {
-    /// `ingress` or `egress`.
-    pub direction: String,
-    pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_from: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_to: Option<u16>,
-    /// Exactly one of `cidr` and `peer_security_group`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidr: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_security_group: Option<String>,
-}
+/// A security group rule: the same shape in the API, the store and the agents' documents.
+pub use crate::document::SgRuleDoc as SgRule;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityGroup {

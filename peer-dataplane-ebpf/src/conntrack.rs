@@ -1,0 +1,191 @@
+//! Connection tracking for the security-group stage (see `peer_dataplane_common::conntrack`).
+//!
+//! What is tracked: TCP and UDP flows (with ports), ICMP and ICMPv6 echo (by identifier),
+//! and other protocols by address pair. ICMP other than echo, and TCP/UDP fragments after
+//! the first (no ports), are never tracked: the rules alone decide them.
+
+use crate::maps::{CONNTRACK, CT_SCRATCH};
+use crate::parse::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use peer_dataplane_common::conntrack::{expired, CtEntry, CtKey, CT_FIN, CT_REPLIED, CT_RST};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// How a packet relates to the conntrack table. A struct with every field always set
+/// rather than an enum with payloads: LLVM may spill an unset payload as an undefined
+/// register, which the verifier refuses to read.
+pub struct Tracked {
+    pub how: How,
+    /// The live entry (`Original`, `Reply`), else null.
+    entry: *mut CtEntry,
+    /// `New`: the key to create the entry under (a per-CPU scratch slot: two keys would
+    /// crowd the 512-byte stack), else null.
+    key: *mut CtKey,
+    /// `New`: whether an allowed packet opens a flow (ICMP echo replies do not).
+    opens: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Not trackable: rules decide, nothing is recorded.
+    Untrackable,
+    /// No live entry: rules decide; an allowed packet that opens creates one.
+    New,
+    /// Part of a tracked flow, in its original direction or as a reply.
+    Original,
+    Reply,
+}
+
+impl Tracked {
+    pub const UNTRACKABLE: Tracked = Tracked {
+        how: How::Untrackable,
+        entry: core::ptr::null_mut(),
+        key: core::ptr::null_mut(),
+        opens: false,
+    };
+
+    #[inline(always)]
+    fn found(how: How, entry: *mut CtEntry) -> Tracked {
+        Tracked {
+            how,
+            entry,
+            key: core::ptr::null_mut(),
+            opens: false,
+        }
+    }
+}
+
+/// Finds the flow `p` (from VPC `src_vpc` to VPC `dst_vpc`) belongs to at `now`.
+#[inline(always)]
+pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
+    let (sport, dport, opens) = match p.proto {
+        IPPROTO_TCP | IPPROTO_UDP if p.ports_known => (p.sport, p.dport, true),
+        IPPROTO_TCP | IPPROTO_UDP => return Tracked::UNTRACKABLE,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports_known => {
+            // `dport` holds type << 8 | code; `sport` the echo identifier.
+            let ty = (p.dport >> 8) as u8;
+            let (request, reply) = if p.proto == IPPROTO_ICMP {
+                (8, 0)
+            } else {
+                (128, 129)
+            };
+            if ty == request {
+                (p.sport, 0, true)
+            } else if ty == reply {
+                // Keyed so that its reverse is the request's key; never opens a flow.
+                (0, p.sport, false)
+            } else {
+                return Tracked::UNTRACKABLE;
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => return Tracked::UNTRACKABLE,
+        _ => (0, 0, true),
+    };
+    let (Some(key), Some(rev)) = (CT_SCRATCH.get_ptr_mut(0), CT_SCRATCH.get_ptr_mut(1)) else {
+        return Tracked::UNTRACKABLE;
+    };
+    // SAFETY: this CPU's scratch slots, used by nothing else during this packet.
+    let (k, r) = unsafe { (&mut *key, &mut *rev) };
+    k.src_vpc = src_vpc;
+    k.dst_vpc = dst_vpc;
+    k.src = p.src;
+    k.dst = p.dst;
+    k.sport = sport;
+    k.dport = dport;
+    k.proto = p.proto;
+    k._pad = [0; 3];
+    if let Some(e) = live(k, now) {
+        return Tracked::found(How::Original, e);
+    }
+    r.src_vpc = dst_vpc;
+    r.dst_vpc = src_vpc;
+    r.src = p.dst;
+    r.dst = p.src;
+    r.sport = dport;
+    r.dport = sport;
+    r.proto = p.proto;
+    r._pad = [0; 3];
+    if let Some(e) = live(r, now) {
+        return Tracked::found(How::Reply, e);
+    }
+    Tracked {
+        how: How::New,
+        entry: core::ptr::null_mut(),
+        key,
+        opens,
+    }
+}
+
+#[inline(always)]
+fn live(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+    let e = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a map value; fields are read and written with plain accesses (a torn read
+    // of a stamp being refreshed by another CPU only shifts an expiry by one packet).
+    let (flags, last) = unsafe { ((*e).flags, (*e).last_seen_ns) };
+    if expired(key.proto, flags, last, now) {
+        None
+    } else {
+        Some(e)
+    }
+}
+
+/// Opens a flow for an allowed packet that found none (if its kind opens flows).
+#[inline(always)]
+pub fn open(t: &Tracked, p: &Packet, now: u64) {
+    if t.how != How::New || !t.opens || t.key.is_null() {
+        return;
+    }
+    let entry = CtEntry {
+        created_ns: now,
+        last_seen_ns: now,
+        packets: [1, 0],
+        flags: tcp_bits(p),
+        _pad: 0,
+    };
+    // A full table evicts its least recently used flow; failure leaves the flow
+    // untracked, so its replies meet the rules (fail closed).
+    // SAFETY: the scratch slot `lookup` filled for this packet.
+    let _ = CONNTRACK.insert(unsafe { &*t.key }, &entry, 0);
+}
+
+/// Refreshes the flow a packet belongs to.
+#[inline(always)]
+pub fn refresh(t: &Tracked, p: &Packet, now: u64) {
+    if t.entry.is_null() {
+        return;
+    }
+    let tcp = tcp_bits(p);
+    // SAFETY: see `live`.
+    let e = unsafe { &mut *t.entry };
+    e.last_seen_ns = now;
+    if t.how == How::Reply {
+        e.packets[1] += 1;
+        e.flags |= CT_REPLIED | tcp;
+    } else {
+        // A new SYN on a closed connection's tuple starts it afresh.
+        if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && e.flags & (CT_FIN | CT_RST) != 0 {
+            e.flags = 0;
+            e.created_ns = now;
+        }
+        e.packets[0] += 1;
+        e.flags |= tcp;
+    }
+}
+
+#[inline(always)]
+fn tcp_bits(p: &Packet) -> u32 {
+    if p.proto != IPPROTO_TCP {
+        return 0;
+    }
+    let flags = p.tcp_flags;
+    let mut b = 0;
+    if flags & TCP_FIN != 0 {
+        b |= CT_FIN;
+    }
+    if flags & TCP_RST != 0 {
+        b |= CT_RST;
+    }
+    b
+}

@@ -1,0 +1,49 @@
+//! Security-group stage (SPEC §2, §3.6; issue 4): stateful, allow-only. A port's groups
+//! arrive compiled into one ACL set per direction whose rules all allow, so "some rule of
+//! some group matches" is the ACL lookup's "a rule matched".
+//!
+//! Both ports' groups are checked in one place, once the packet has passed everything
+//! else that is policy (routes on both sides, both network ACLs): a packet of a tracked
+//! flow skips the rules of both; any other packet needs the sender's egress rules and the
+//! receiver's ingress rules, and if it gets both, its flow is tracked from then on.
+
+use crate::{
+    acl,
+    conntrack::{self, How},
+    parse::Packet,
+};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use peer_dataplane_common::{acl::NO_ACL, DropReason};
+
+/// Not inlined (a BPF-to-BPF call): the conntrack outcomes branch many ways, and across a
+/// call they meet again at the return instead of multiplying the verifier's paths through
+/// every later stage.
+#[inline(never)]
+pub fn check(
+    sender_sg: u32,
+    receiver_sg: u32,
+    src_vpc: u32,
+    dst_vpc: u32,
+    p: &Packet,
+) -> Result<(), DropReason> {
+    if sender_sg == NO_ACL && receiver_sg == NO_ACL {
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let t = conntrack::lookup(src_vpc, dst_vpc, p, now);
+    if t.how == How::Original || t.how == How::Reply {
+        conntrack::refresh(&t, p, now);
+        return Ok(());
+    }
+    let egress_ok = sender_sg == NO_ACL || acl::any_match(sender_sg, &p.dst, p);
+    if !egress_ok {
+        return Err(DropReason::SgDeny);
+    }
+    let ingress_ok = receiver_sg == NO_ACL || acl::any_match(receiver_sg, &p.src, p);
+    if !ingress_ok {
+        return Err(DropReason::SgDeny);
+    }
+    conntrack::open(&t, p, now);
+    Ok(())
+}
