@@ -52,6 +52,15 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
+/// End of the frame, read so that LLVM cannot reuse it across checks. Without this, LLVM
+/// proves a pointer bounds check redundant from an earlier scalar length check and drops
+/// it, and the verifier (which only trusts pointer comparisons) rejects the access.
+#[inline(always)]
+fn data_end(ctx: &XdpContext) -> usize {
+    // SAFETY: `ctx.ctx` is the program's valid `xdp_md`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, DropReason> {
     let start = ctx.data();
