@@ -442,3 +442,169 @@ mod generations {
         assert_eq!(s, desired);
     }
 }
+
+mod security_groups_and_caps {
+    use super::*;
+    use peer_dataplane::agent::plan_install;
+    use peer_dataplane::document::{SecurityGroupDoc, SgRuleDoc};
+    use peer_dataplane_common::acl::{NO_ACL, NO_HITS};
+    use peer_dataplane_common::{
+        DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, NAME_SG_SET,
+    };
+
+    fn rule(direction: &str, protocol: &str, cidr: Option<&str>, peer: Option<&str>) -> SgRuleDoc {
+        SgRuleDoc {
+            direction: direction.into(),
+            protocol: protocol.into(),
+            port_from: None,
+            port_to: None,
+            cidr: cidr.map(Into::into),
+            peer_security_group: peer.map(Into::into),
+        }
+    }
+
+    fn with_groups(doc: &mut Document) {
+        doc.security_groups = vec![
+            SecurityGroupDoc {
+                id: "sg-a".into(),
+                vpc: "vpc-a".into(),
+                rules: vec![rule("egress", "all", Some("0.0.0.0/0"), None)],
+            },
+            SecurityGroupDoc {
+                id: "sg-b".into(),
+                vpc: "vpc-b".into(),
+                rules: vec![rule("ingress", "tcp", None, Some("sg-a"))],
+            },
+        ];
+        doc.ports[0].security_groups = Some(vec!["sg-a".into()]);
+        doc.ports[1].security_groups = Some(vec!["sg-b".into()]);
+    }
+
+    #[test]
+    fn ports_get_one_set_per_group_combination() {
+        let mut doc = seed();
+        with_groups(&mut doc);
+        doc.ports[2].security_groups = None;
+        let topo = validate(&doc).unwrap();
+        let (s, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
+        let (a, b, c) = (&s.ports[&11], &s.ports[&12], &s.ports[&13]);
+        assert_ne!(a.sg, NO_ACL);
+        assert_ne!(b.sg, NO_ACL);
+        assert_ne!(a.sg, b.sg);
+        assert_eq!(c.sg, NO_ACL, "a port without groups is not filtered");
+        assert!(ids.get(NAME_SG_SET, "sgs:sg-a").is_some());
+        // Egress sets on ports, ingress sets on endpoints; no hit counters.
+        let ingress_b = s.endpoints.values().find(|e| e.ifindex == 12).unwrap().sg;
+        assert_eq!(ingress_b, b.sg & !1);
+        assert_eq!(s.acl_meta[&a.sg].hit_base, NO_HITS);
+        // sg-b's rule names sg-a: it became one rule per address of port A (v4 and v6).
+        assert_eq!(s.acl_meta[&ingress_b].rules, 2);
+    }
+
+    #[test]
+    fn security_group_mistakes_are_named() {
+        let mut doc = seed();
+        with_groups(&mut doc);
+        doc.security_groups[1]
+            .rules
+            .push(rule("ingress", "udp", Some("10.0.0.0/8"), Some("sg-a")));
+        doc.security_groups[1]
+            .rules
+            .push(rule("sideways", "tcp", Some("10.0.0.0/8"), None));
+        doc.security_groups[1]
+            .rules
+            .push(rule("ingress", "tcp", None, Some("sg-zz")));
+        doc.ports[1].security_groups = Some(vec!["sg-a".into(), "sg-nope".into()]);
+        let e = refused(&doc);
+        for want in [
+            "security group sg-b rules[1]: give exactly one of cidr and peer_security_group",
+            "security group sg-b rules[2]: direction \"sideways\" must be ingress or egress",
+            "security group sg-b rules[3]: peer_security_group sg-zz does not exist",
+            "port pdp-b: security group sg-a belongs to vpc vpc-a, not the port's vpc vpc-b",
+            "port pdp-b: security group sg-nope does not exist",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn peer_groups_must_be_in_the_same_region_and_a_peered_vpc() {
+        let mut doc = seed();
+        with_groups(&mut doc);
+        doc.security_groups.push(SecurityGroupDoc {
+            id: "sg-c".into(),
+            vpc: "vpc-c".into(),
+            rules: vec![rule("ingress", "all", None, Some("sg-a"))],
+        });
+        let e = refused(&doc);
+        assert!(
+            e.contains("peer_security_group sg-a is in vpc vpc-a, which is not peered with vpc-c"),
+            "{e}"
+        );
+        let mut doc = seed();
+        with_groups(&mut doc);
+        doc.vpcs[1].region = "us-east-1".into();
+        let e = refused(&doc);
+        assert!(
+            e.contains("peer_security_group sg-a is in region eu-west-1, not us-east-1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn caps_per_direction_and_the_cross_region_default() {
+        let mut doc = seed();
+        doc.peerings[0].bandwidth_mbps = Some(100);
+        doc.peerings[0].bandwidth_mbps_accepter_to_requester = Some(250);
+        doc.peerings[0].burst_bytes = Some(200_000);
+        let topo = validate(&doc).unwrap();
+        let (s, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
+        let ab = &s.peerings[&ids.get(NAME_PEERING, "pcx-ab").unwrap()];
+        let ra = ab.cap[DIR_REQUESTER_TO_ACCEPTER as usize];
+        let ar = ab.cap[DIR_ACCEPTER_TO_REQUESTER as usize];
+        assert_eq!(ra.bits_per_second(), 100_000_000);
+        assert_eq!(ra.burst_bytes(), 200_000);
+        assert_eq!(ar.bits_per_second(), 250_000_000);
+        let bc = &s.peerings[&ids.get(NAME_PEERING, "pcx-bc").unwrap()];
+        assert!(!bc.cap[0].is_capped() && !bc.cap[1].is_capped());
+
+        // vpc-c moves to another region: pcx-bc becomes cross-region, capped at 1 Gbit/s
+        // both ways with the default burst (10 ms).
+        let mut doc = seed();
+        doc.vpcs[2].region = "us-east-1".into();
+        let topo = validate(&doc).unwrap();
+        let (s, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
+        let bc = &s.peerings[&ids.get(NAME_PEERING, "pcx-bc").unwrap()];
+        for c in bc.cap {
+            assert_eq!(c.bits_per_second(), 1_000_000_000);
+            assert_eq!(c.burst_bytes(), 1_250_000);
+        }
+
+        let mut doc = seed();
+        doc.peerings[0].bandwidth_mbps = Some(0);
+        doc.peerings[0].burst_bytes = Some(100);
+        let e = refused(&doc);
+        assert!(
+            e.contains("peering pcx-ab: bandwidth_mbps 0 is outside 1..=400000"),
+            "{e}"
+        );
+        assert!(
+            e.contains("peering pcx-ab: burst_bytes 100 is below 1518"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_group_change_switches_the_set_generation() {
+        let mut doc = seed();
+        with_groups(&mut doc);
+        let topo = validate(&doc).unwrap();
+        let (installed, ids, _) =
+            plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+        doc.security_groups[0].rules[0].cidr = Some("172.16.0.0/16".into());
+        let (desired, _, _) =
+            plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
+        assert_ne!(installed.ports[&11].sg, desired.ports[&11].sg);
+        assert_eq!(installed.ports[&11].sg >> 2, desired.ports[&11].sg >> 2);
+    }
+}

@@ -168,3 +168,51 @@ pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
     let ihl = ((frame[off] & 0x0f) as usize) * 4;
     peer_dataplane_common::checksum::ipv4_header(&frame[off..off + ihl]) == 0
 }
+
+pub fn icmp4_echo_reply(l2: L2, src: [u8; 4], dst: [u8; 4], ttl: u8, id: u16) -> Vec<u8> {
+    let b = builder_v4(l2, src, dst, ttl).icmpv4_echo_reply(id, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping-payload").unwrap();
+    out
+}
+
+pub fn icmp6_echo_reply(l2: L2, src: [u8; 16], dst: [u8; 16], hop: u8, id: u16) -> Vec<u8> {
+    let b = builder_v6(l2, src, dst, hop).icmpv6_echo_reply(id, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping6").unwrap();
+    out
+}
+
+/// TCP flag sets for [`tcp4_flags`].
+pub const SYN: u8 = 0x02;
+pub const SYN_ACK: u8 = 0x12;
+pub const ACK: u8 = 0x10;
+pub const RST: u8 = 0x04;
+pub const FIN_ACK: u8 = 0x11;
+
+/// A TCP segment with the given flags (FIN, SYN, RST, ACK bits).
+pub fn tcp4_flags(
+    l2: L2,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut b = builder_v4(l2, src, dst, 64).tcp(sport, dport, 1000, 64240);
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}

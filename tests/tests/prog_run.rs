@@ -948,7 +948,8 @@ fn prog_run_table() -> Result<()> {
 
 #[test]
 fn every_drop_reason_of_this_stage_is_covered_by_the_table() {
-    // sg-deny and rate-limited belong to policy stages still to come (issue 4).
+    // sg-deny and rate-limited depend on state one packet leaves for the next: the
+    // scenarios of prog_run_policy.rs cover them.
     let future = [DropReason::SgDeny, DropReason::RateLimited];
     let covered: Vec<DropReason> = cases()
         .iter()
