@@ -128,3 +128,112 @@ pub fn add_alias(ns: &Netns, addr: &[u8; 4]) -> Result<()> {
 pub fn ping_from(ns: &Netns, src: &[u8; 4], dst: &[u8; 4]) -> Result<bool> {
     ping_with(ns, &["-c", "2", "-I", &v4_str(src), &v4_str(dst)])
 }
+
+/// What a paced UDP stream delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub sent: u64,
+    pub received: u64,
+    /// Ethernet frame size of each datagram (what the data plane counts and caps).
+    pub frame_len: u64,
+    pub elapsed: Duration,
+}
+
+impl Stream {
+    pub fn offered_bps(&self) -> f64 {
+        (self.sent * self.frame_len * 8) as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Sends IPv4 UDP datagrams of `payload_len` bytes from `from` to `to` at `rate_bps`
+/// (counted in Ethernet frame bits) for `duration`, paced every millisecond, while a
+/// receiver in `to_ns` counts what arrives. Prints progress once a second.
+pub fn udp_stream(
+    from_ns: &Netns,
+    from: &Instance,
+    to_ns: &Netns,
+    to: &Instance,
+    rate_bps: u64,
+    duration: Duration,
+    payload_len: usize,
+) -> Result<Stream> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let port = 9300;
+    let server_addr = addr(to, false, port);
+    let client_addr = addr(from, false, 0);
+    let server = to_ns.run(move || UdpSocket::bind(server_addr))??;
+    let client = from_ns.run(move || UdpSocket::bind(client_addr))??;
+    // Room for a few hundred milliseconds of arrivals: the count must not depend on how
+    // promptly this thread is scheduled.
+    for (s, opt) in [(&server, libc::SO_RCVBUF), (&client, libc::SO_SNDBUF)] {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: valid socket and option value.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    server.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if server.recv_from(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let frame_len = (14 + 20 + 8 + payload_len) as u64;
+    let payload = vec![0x5au8; payload_len];
+    let per_ns = rate_bps as f64 / (frame_len * 8) as f64 / 1e9;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut next_report = Duration::from_secs(1);
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        let due = (elapsed.as_nanos() as f64 * per_ns) as u64;
+        while sent < due {
+            client.send_to(&payload, server_addr)?;
+            sent += 1;
+        }
+        if elapsed >= next_report {
+            eprintln!(
+                "    {:>2} s: sent {sent}, received {}",
+                next_report.as_secs(),
+                received.load(Ordering::Relaxed)
+            );
+            next_report += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed();
+    // Let the last datagrams land.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("udp receiver panicked"))?;
+    Ok(Stream {
+        sent,
+        received: received.load(Ordering::Relaxed),
+        frame_len,
+        elapsed,
+    })
+}

@@ -1,0 +1,113 @@
+//! End to end: a bandwidth cap on a peering, enforced by the real program on veth. A paced
+//! UDP stream offered at twice the cap is delivered at the cap (±5 % over 5 s); one
+//! offered at half the cap loses nothing. Needs root, BPF and network namespaces.
+
+use anyhow::{ensure, Result};
+use peer_dataplane::kernel::KernelMaps;
+use peer_dataplane_common::{DropReason, NAME_PEERING};
+use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B};
+use peer_dataplane_tests::traffic::udp_stream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CAP_MBPS: u64 = 100;
+const WINDOW: Duration = Duration::from_secs(5);
+const PAYLOAD: usize = 1400;
+
+/// (forwarded bytes, rate-limited drops) of pcx-ab, requester to accepter.
+fn ab_counters(pin_dir: &std::path::Path) -> Result<(u64, u64)> {
+    let maps = KernelMaps::open(pin_dir)?;
+    let state = maps.read_state()?;
+    let slot = state
+        .names
+        .iter()
+        .find(|(k, v)| k.kind == NAME_PEERING && v.as_str() == "pcx-ab")
+        .map(|(k, _)| k.id)
+        .expect("pcx-ab is installed");
+    let (ra, _) = maps.peering_counters(slot)?;
+    Ok((ra.bytes, ra.drop[DropReason::RateLimited as usize]))
+}
+
+#[test]
+fn a_peering_cap_delivers_the_cap_and_never_drops_below_it() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = std::env::temp_dir().join("pdp-e2e-caps");
+    std::fs::create_dir_all(&dir)?;
+    let mut doc = seed::seed_doc();
+    let pcx = doc.peerings.iter_mut().find(|p| p.id == "pcx-ab").unwrap();
+    pcx.bandwidth_mbps = Some(CAP_MBPS);
+    let config = dir.join("state.toml");
+    std::fs::write(&config, doc.to_toml())?;
+    let net = SeedNetwork::create("pdp-caps")?;
+    let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-e2e-caps");
+    let _agent = Agent::start(&bin, &net.host, &config, &pin_dir, "native")?;
+    let (a, b) = (net.ns(A), net.ns(B));
+    let cap = (CAP_MBPS * 1_000_000) as f64;
+
+    // Twice the cap: delivered at the cap.
+    eprintln!(
+        "offering {} Mbit/s for {} s",
+        2 * CAP_MBPS,
+        WINDOW.as_secs()
+    );
+    let (bytes0, limited0) = ab_counters(&pin_dir)?;
+    let over = udp_stream(a, &A, b, &B, 2 * CAP_MBPS * 1_000_000, WINDOW, PAYLOAD)?;
+    let (bytes1, limited1) = ab_counters(&pin_dir)?;
+    let delivered = ((bytes1 - bytes0) * 8) as f64 / over.elapsed.as_secs_f64();
+    let received = (over.received * over.frame_len * 8) as f64 / over.elapsed.as_secs_f64();
+    eprintln!(
+        "offered {:.1} Mbit/s: forwarded {:.1} Mbit/s ({:+.2} % of the cap), received {:.1} Mbit/s, {} rate-limited",
+        over.offered_bps() / 1e6,
+        delivered / 1e6,
+        (delivered / cap - 1.0) * 100.0,
+        received / 1e6,
+        limited1 - limited0
+    );
+    ensure!(
+        over.offered_bps() > 1.9 * cap,
+        "the sender only offered {:.1} Mbit/s",
+        over.offered_bps() / 1e6
+    );
+    ensure!(
+        (delivered / cap - 1.0).abs() <= 0.05,
+        "forwarded {:.1} Mbit/s, not within 5 % of {CAP_MBPS} Mbit/s",
+        delivered / 1e6
+    );
+    ensure!(
+        (received / cap - 1.0).abs() <= 0.05,
+        "received {:.1} Mbit/s, not within 5 % of {CAP_MBPS} Mbit/s",
+        received / 1e6
+    );
+    ensure!(limited1 > limited0, "nothing was counted as rate-limited");
+
+    // The bucket refills while idle; then half the cap goes through whole.
+    std::thread::sleep(Duration::from_millis(200));
+    eprintln!(
+        "offering {} Mbit/s for {} s",
+        CAP_MBPS / 2,
+        WINDOW.as_secs()
+    );
+    let under = udp_stream(a, &A, b, &B, CAP_MBPS * 1_000_000 / 2, WINDOW, PAYLOAD)?;
+    let (_, limited2) = ab_counters(&pin_dir)?;
+    eprintln!(
+        "offered {:.1} Mbit/s: sent {}, received {}, {} rate-limited",
+        under.offered_bps() / 1e6,
+        under.sent,
+        under.received,
+        limited2 - limited1
+    );
+    ensure!(
+        limited2 == limited1,
+        "{} packets rate-limited at half the cap",
+        limited2 - limited1
+    );
+    ensure!(
+        under.received == under.sent,
+        "sent {} but received {} at half the cap",
+        under.sent,
+        under.received
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
