@@ -117,6 +117,75 @@ fn add_egress_acl(doc: &mut Document, rules: usize) {
         .network_acl = Some("acl-bench".into());
 }
 
+/// Security groups on A (egress UDP 7000 to VPC B) and B (ingress UDP 7000 from VPC A),
+/// each after 20 rules that do not match the benchmark packet.
+fn add_security_groups(doc: &mut Document) {
+    use peer_dataplane::document::{SecurityGroupDoc, SgRuleDoc};
+    let rules = |direction: &str, cidr: &str| -> Vec<SgRuleDoc> {
+        let mut v: Vec<SgRuleDoc> = (0..20)
+            .map(|i| SgRuleDoc {
+                direction: direction.into(),
+                protocol: "tcp".into(),
+                port_from: Some(8000 + i),
+                port_to: Some(8000 + i),
+                cidr: Some(cidr.into()),
+                peer_security_group: None,
+            })
+            .collect();
+        v.push(SgRuleDoc {
+            direction: direction.into(),
+            protocol: "udp".into(),
+            port_from: Some(7000),
+            port_to: Some(7000),
+            cidr: Some(cidr.into()),
+            peer_security_group: None,
+        });
+        v
+    };
+    doc.security_groups = vec![
+        SecurityGroupDoc {
+            id: "sg-a".into(),
+            vpc: "vpc-a".into(),
+            rules: rules("egress", "172.16.0.0/16"),
+        },
+        SecurityGroupDoc {
+            id: "sg-b".into(),
+            vpc: "vpc-b".into(),
+            rules: rules("ingress", "10.0.0.0/16"),
+        },
+    ];
+    for (port, sg) in [("pdp-a", "sg-a"), ("pdp-b", "sg-b")] {
+        doc.ports
+            .iter_mut()
+            .find(|p| p.interface == port)
+            .unwrap()
+            .security_groups = Some(vec![sg.into()]);
+    }
+}
+
+/// Median in-kernel ns of single runs (no batching), each after `before` (e.g. a flush).
+fn single_runs(
+    dp: &mut TestDataplane,
+    ifindex: u32,
+    packet: &[u8],
+    n: usize,
+    before: impl Fn(&mut TestDataplane) -> Result<()>,
+) -> Result<f64> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        before(dp)?;
+        let out = dp.run_on(program_names::PIPELINE, ifindex, packet, 1)?;
+        if out.action != XDP_REDIRECT {
+            bail!(
+                "pipeline returned {}: not the path to measure",
+                action_name(out.action)
+            );
+        }
+        v.push(out.duration.as_nanos() as f64);
+    }
+    Ok(median(v))
+}
+
 /// The seed document with rtb-a holding `n` routes in all (the two local routes, the two
 /// peering routes, and more-specific peering routes inside VPC B's CIDRs: IPv4 /32s and
 /// IPv6 /64s, alternating).
@@ -252,6 +321,39 @@ fn bench_prog(args: &Args) -> Result<()> {
         acl_ns[1],
     ));
 
+    // Security groups: a packet of a tracked flow (conntrack hit) against one that is not
+    // (miss: both lookups fail, both ports' rules are evaluated, the flow is created). A
+    // miss cannot be repeated in a batch (the first run creates the entry), so both are
+    // also timed as single runs, the conntrack table flushed before each miss.
+    let mut doc = doc_with_routes(10);
+    add_security_groups(&mut doc);
+    dp.install(&doc)?;
+    let mut hit = Vec::new();
+    for round in 0..ROUNDS {
+        eprint!(
+            "\r  security groups, conntrack hit, round {}/{ROUNDS}",
+            round + 1
+        );
+        hit.push(measure(
+            &dp,
+            program_names::PIPELINE,
+            a_if,
+            &v4,
+            args.repeat,
+        )?);
+    }
+    eprintln!();
+    let singles = (args.repeat as usize / 50).max(1000);
+    eprintln!("  {singles} single runs each: conntrack hit, then miss (flushed before each)");
+    let hit_single = single_runs(&mut dp, a_if, &v4, singles, |_| Ok(()))?;
+    let miss_single = single_runs(&mut dp, a_if, &v4, singles, |dp| {
+        dp.installed.maps.conntrack_flush(|_, _| true).map(|_| ())
+    })?;
+    rows.push((
+        "(f) pipeline + security groups, conntrack hit".into(),
+        median(hit),
+    ));
+
     let base = rows[0].1;
     println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
     for (name, ns) in &rows {
@@ -268,6 +370,14 @@ fn bench_prog(args: &Args) -> Result<()> {
         b4 / base,
         c4 / base,
         c4 / b4
+    );
+    println!(
+        "f/b (security groups, tracked flow) = {:.2}",
+        rows[7].1 / b4
+    );
+    println!(
+        "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
+        miss_single / hit_single
     );
     Ok(())
 }
