@@ -296,6 +296,8 @@ fn parse_l4(ctx: &XdpContext, p: &mut Packet, off: usize, ip_end: usize) -> Resu
 
 /// Destinations that are never peering traffic: multicast, broadcast, link-local,
 /// loopback and unspecified. They go to the kernel (DHCP, neighbour discovery, metadata).
+/// So does an IPv6 destination in the IPv4-mapped range, which is not a wire address and
+/// would otherwise meet the IPv4 routes (the maps encode IPv4 that way).
 #[inline(always)]
 pub fn not_routable(p: &Packet) -> bool {
     let d = &p.dst;
@@ -304,6 +306,9 @@ pub fn not_routable(p: &Packet) -> bool {
         a == 0 || a == 127 || a >= 224 || (a == 169 && d[13] == 254)
     } else {
         let unspecified_or_loopback = d[..15].iter().all(|b| *b == 0);
-        d[0] == 0xff || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80) || unspecified_or_loopback
+        d[0] == 0xff
+            || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80)
+            || unspecified_or_loopback
+            || addr::is_v4_mapped(d)
     }
 }

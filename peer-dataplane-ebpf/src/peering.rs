@@ -4,8 +4,9 @@
 
 use crate::{maps::PEERINGS, parse::Packet, route};
 use peer_dataplane_common::{
-    cap::CapConfig, peering_counter_index, vpc_table, DropReason, Port, DIR_ACCEPTER_TO_REQUESTER,
-    DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_VPC_CIDR,
+    addr, cap::CapConfig, peering_counter_index, vpc_table, DropReason, Port,
+    DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6,
+    ROUTE_VPC_CIDR,
 };
 
 /// A packet about to cross peering `slot`.
@@ -54,12 +55,15 @@ pub fn inside_vpc(vpc: u32, addr: &[u8; 16]) -> bool {
 /// No transitive peering, no edge-to-edge routing (SPEC §3.3): a packet may leave over a
 /// peering only if it originated in the sender's VPC. Its own address is the fast path;
 /// anything else (an instance routing for others) must at least be inside the VPC.
+/// An IPv6 packet claiming an IPv4-mapped source did not originate anywhere real (and
+/// would otherwise match the VPC's IPv4 CIDRs).
 #[inline(always)]
 pub fn originated_in(port: &Port, p: &Packet) -> bool {
-    let own = if p.is_v4 {
-        port.flags & PORT_HAS_IPV4 != 0 && port.ipv4 == p.src
+    if p.is_v4 {
+        (port.flags & PORT_HAS_IPV4 != 0 && port.ipv4 == p.src) || inside_vpc(port.vpc, &p.src)
+    } else if addr::is_v4_mapped(&p.src) {
+        false
     } else {
-        port.flags & PORT_HAS_IPV6 != 0 && port.ipv6 == p.src
-    };
-    own || inside_vpc(port.vpc, &p.src)
+        (port.flags & PORT_HAS_IPV6 != 0 && port.ipv6 == p.src) || inside_vpc(port.vpc, &p.src)
+    }
 }

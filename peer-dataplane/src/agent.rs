@@ -53,6 +53,28 @@ impl Installed {
         Some(peer_dataplane_common::route_table_key(id, generation))
     }
 
+    /// The per-CPU hit counter slot of network ACL `acl`'s rule `number` in one direction,
+    /// as installed for `topo`.
+    pub fn acl_hit_slot(
+        &self,
+        topo: &Topology,
+        acl: &str,
+        egress: bool,
+        number: u32,
+    ) -> Option<u32> {
+        let a = topo.network_acls.get(acl)?;
+        let mut numbers: Vec<u32> = if egress { &a.egress } else { &a.ingress }
+            .iter()
+            .map(|r| r.number)
+            .collect();
+        numbers.sort();
+        let index = numbers.iter().position(|n| *n == number)? as u32;
+        let id = self.ids.get(peer_dataplane_common::NAME_ACL, acl)?;
+        let generation = current_acl_generations(&self.mirror).get(&id).copied()?;
+        let meta = self.mirror.acl_meta.get(&acl_set(id, generation, egress))?;
+        Some(meta.hit_base + index)
+    }
+
     /// Opens the pinned maps and reads back what is installed (from a previous run too).
     pub fn open(pin_dir: &Path) -> Result<Installed> {
         let maps = KernelMaps::open(pin_dir)?;

@@ -387,6 +387,13 @@ impl KernelMaps {
             .context("writing pdp_conntrack")
     }
 
+    /// Sets the cap bucket of a peering and direction (tests: drain or refill it).
+    pub fn set_cap_state(&mut self, slot: u32, dir: u32, tat: u64) -> Result<()> {
+        self.cap_state
+            .set(peering_counter_index(slot, dir), tat, 0)
+            .context("writing pdp_cap_state")
+    }
+
     /// The cap bucket (`tat`, ns) of a peering and direction.
     pub fn cap_state(&self, slot: u32, dir: u32) -> Result<u64> {
         self.cap_state

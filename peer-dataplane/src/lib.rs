@@ -11,6 +11,7 @@ pub mod ids;
 pub mod kernel;
 pub mod links;
 pub mod maps;
+pub mod model;
 pub mod stats;
 pub mod sync;
 pub mod validate;

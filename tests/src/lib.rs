@@ -6,6 +6,7 @@ pub mod controlplane;
 pub mod harness;
 pub mod netns;
 pub mod packets;
+pub mod random;
 pub mod seed;
 pub mod traffic;
 
