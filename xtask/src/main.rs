@@ -29,6 +29,18 @@ enum Task {
     },
     /// Build, create the demo topology in network namespaces, run traffic, show counters.
     Demo,
+    /// The differential test (reference model vs the program) at any size; CI runs 100
+    /// states of 1,000 frames.
+    Difftest {
+        #[arg(long, default_value_t = 1000)]
+        states: u64,
+        /// Frames per state.
+        #[arg(long, default_value_t = 1000)]
+        packets: u64,
+        /// Seed of the random states and frames (a divergence report names it).
+        #[arg(long, default_value_t = 0x5eed_2026)]
+        seed: u64,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -417,6 +429,20 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
+        Task::Difftest {
+            states,
+            packets,
+            seed,
+        } => {
+            // Read by tests/tests/differential.rs.
+            std::env::set_var("PDP_DIFF_STATES", states.to_string());
+            std::env::set_var("PDP_DIFF_PACKETS", packets.to_string());
+            std::env::set_var("PDP_DIFF_SEED", seed.to_string());
+            test(&[
+                "model_and_program_agree".to_string(),
+                "--nocapture".to_string(),
+            ])
+        }
         Task::Bench {
             which: Bench::Prog { repeat },
         } => bench_prog(repeat),
