@@ -41,15 +41,34 @@ pub const fn acl_egress(set: u32) -> u32 {
     set | 1
 }
 
+/// A rule bitmap, with a summary word (bit `i` set when word `i` is not zero) so that the
+/// program visits only the words that can hold a common bit, not all sixteen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AclBits {
+    pub summary: u64,
     pub w: [u64; ACL_WORDS],
 }
-const _: () = assert!(size_of::<AclBits>() == 128);
+const _: () = assert!(size_of::<AclBits>() == 136);
 
 impl AclBits {
-    pub const ZERO: AclBits = AclBits { w: [0; ACL_WORDS] };
+    pub const ZERO: AclBits = AclBits {
+        summary: 0,
+        w: [0; ACL_WORDS],
+    };
+
+    /// The bitmap of `w`, with its summary.
+    pub fn new(w: [u64; ACL_WORDS]) -> AclBits {
+        let mut summary = 0;
+        let mut i = 0;
+        while i < ACL_WORDS {
+            if w[i] != 0 {
+                summary |= 1 << i;
+            }
+            i += 1;
+        }
+        AclBits { summary, w }
+    }
 }
 
 /// Per set: which rules allow, which match any protocol, which match packets without a
@@ -63,7 +82,7 @@ pub struct AclMeta {
     pub hit_base: u32,
     pub rules: u32,
 }
-const _: () = assert!(size_of::<AclMeta>() == 392);
+const _: () = assert!(size_of::<AclMeta>() == 3 * 136 + 8);
 
 /// LPM key data of the port trie: the set, then the destination port.
 #[repr(C)]
@@ -82,16 +101,21 @@ pub struct AclProtoKey {
 }
 const _: () = assert!(size_of::<AclProtoKey>() == 8);
 
-/// Lowest set bit of `a & b & c`, if any (the deciding rule).
+/// Lowest set bit of `a & b & c`, if any (the deciding rule). Only words whose summary
+/// bit is set in all three are read.
 #[inline(always)]
 pub fn first_match(a: &AclBits, b: &AclBits, c: &AclBits) -> Option<u32> {
-    let mut i = 0;
-    while i < ACL_WORDS {
+    let mut candidates = a.summary & b.summary & c.summary;
+    let mut n = 0;
+    while candidates != 0 && n < ACL_WORDS {
+        // The mask keeps the index provably in bounds for the verifier.
+        let i = (candidates.trailing_zeros() as usize) & (ACL_WORDS - 1);
         let w = a.w[i] & b.w[i] & c.w[i];
         if w != 0 {
             return Some((i * 64) as u32 + w.trailing_zeros());
         }
-        i += 1;
+        candidates &= candidates - 1;
+        n += 1;
     }
     None
 }
@@ -114,10 +138,20 @@ mod tests {
         for x in [&mut a, &mut b, &mut c] {
             x.w[3] = 1 << 5 | 1 << 9;
             x.w[15] = 1 << 63;
+            *x = AclBits::new(x.w);
         }
         b.w[3] &= !(1 << 5);
+        b = AclBits::new(b.w);
         assert_eq!(first_match(&a, &b, &c), Some(3 * 64 + 9));
         c.w[3] = 0;
+        c = AclBits::new(c.w);
+        assert_eq!(c.summary, 1 << 15);
+        assert_eq!(first_match(&a, &b, &c), Some(1023));
+        // Words that overlap in the summary but share no bit are passed over.
+        a.w[7] = 1;
+        b.w[7] = 2;
+        c.w[7] = 3;
+        let (a, b, c) = (AclBits::new(a.w), AclBits::new(b.w), AclBits::new(c.w));
         assert_eq!(first_match(&a, &b, &c), Some(1023));
         assert_eq!(first_match(&a, &AclBits::ZERO, &c), None);
         assert!(bit_set(&a, 1023) && !bit_set(&a, 1022) && !bit_set(&a, 5000));

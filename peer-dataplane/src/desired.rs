@@ -138,7 +138,7 @@ fn cap_config(cap: Option<Cap>) -> CapConfig {
 /// Writes compiled ACL `c` as set `set`; `hit_base` is [`NO_HITS`] for sets without
 /// per-rule counters.
 fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::acl::Compiled, hit_base: u32) {
-    let bits = |b: &crate::acl::Bitmap| AclBits { w: *b };
+    let bits = |b: &crate::acl::Bitmap| AclBits::new(*b);
     for (net, b) in &c.addresses {
         let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
         s.acl_addr.insert(key_for(table, net), bits(b));
