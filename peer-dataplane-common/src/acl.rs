@@ -101,6 +101,47 @@ pub struct AclProtoKey {
 }
 const _: () = assert!(size_of::<AclProtoKey>() == 8);
 
+/// Key of the exact-match map, consulted before the tries: an address that is a host
+/// prefix of a set (/32, /128) or a port that is an exact prefix (a single port). A
+/// host entry is the longest match any trie lookup could give for that address, so
+/// finding it there first changes no answer, while keeping the many single-address and
+/// single-port rules out of the tries keeps their lookups shallow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct AclExactKey {
+    /// [`EXACT_HOST`] or [`EXACT_PORT`].
+    pub kind: u32,
+    /// [`acl_addr_table`] for a host, the set for a port.
+    pub table: u32,
+    /// The address, or the port (big-endian) in the first two bytes.
+    pub value: [u8; 16],
+}
+const _: () = assert!(size_of::<AclExactKey>() == 24);
+
+pub const EXACT_HOST: u32 = 0;
+pub const EXACT_PORT: u32 = 1;
+
+impl AclExactKey {
+    #[inline(always)]
+    pub fn host(table: u32, addr: [u8; 16]) -> AclExactKey {
+        AclExactKey {
+            kind: EXACT_HOST,
+            table,
+            value: addr,
+        }
+    }
+
+    #[inline(always)]
+    pub fn port(set: u32, port: u16) -> AclExactKey {
+        let p = port.to_be_bytes();
+        AclExactKey {
+            kind: EXACT_PORT,
+            table: set,
+            value: [p[0], p[1], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
+}
+
 /// Lowest set bit of `a & b & c`, if any (the deciding rule). Only words whose summary
 /// bit is set in all three are read.
 #[inline(always)]

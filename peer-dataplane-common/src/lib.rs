@@ -33,10 +33,11 @@ pub mod map_names {
     pub const ACL_PROTO: &str = "pdp_acl_proto";
     pub const ACL_META: &str = "pdp_acl_meta";
     pub const ACL_HITS: &str = "pdp_acl_hits";
+    pub const ACL_EXACT: &str = "pdp_acl_exact";
     pub const CONNTRACK: &str = "pdp_conntrack";
     pub const CAP_STATE: &str = "pdp_cap_state";
     /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         PORTS,
         ROUTES,
         PEERINGS,
@@ -50,6 +51,7 @@ pub mod map_names {
         ACL_PROTO,
         ACL_META,
         ACL_HITS,
+        ACL_EXACT,
         CONNTRACK,
         CAP_STATE,
     ];
@@ -332,6 +334,7 @@ mod pod {
     unsafe impl aya::Pod for super::acl::AclMeta {}
     unsafe impl aya::Pod for super::acl::AclPortData {}
     unsafe impl aya::Pod for super::acl::AclProtoKey {}
+    unsafe impl aya::Pod for super::acl::AclExactKey {}
     unsafe impl aya::Pod for super::conntrack::CtKey {}
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
 }

@@ -4,13 +4,13 @@
 //! rules the ACL holds. Bitmaps are read in place from the maps: at 128 bytes each they
 //! would not fit the stack.
 
-use crate::maps::{ACL_ADDR, ACL_HITS, ACL_META, ACL_PORT, ACL_PROTO};
+use crate::maps::{ACL_ADDR, ACL_EXACT, ACL_HITS, ACL_META, ACL_PORT, ACL_PROTO};
 use crate::parse::{Packet, IPPROTO_TCP, IPPROTO_UDP};
 use aya_ebpf::maps::lpm_trie::Key;
 use peer_dataplane_common::{
     acl::{
-        acl_addr_table, bit_set, first_match, AclBits, AclMeta, AclPortData, AclProtoKey,
-        ACL_WORDS, NO_ACL, NO_HITS,
+        acl_addr_table, bit_set, first_match, AclBits, AclExactKey, AclMeta, AclPortData,
+        AclProtoKey, ACL_WORDS, NO_ACL, NO_HITS,
     },
     DropReason, RouteData, ROUTE_TABLE_BITS,
 };
@@ -82,28 +82,40 @@ fn bitmaps(
     let meta = unsafe { ACL_META.get(&set) }?;
     // IPv4 and IPv6 rules live under different tables, so neither covers the other.
     let table = acl_addr_table(set, !p.is_v4);
-    let addr_key = Key::new(
-        ROUTE_TABLE_BITS + 128,
-        RouteData {
-            table_be: table.to_be_bytes(),
-            addr: *addr,
-        },
-    );
-    let addr_bits = ACL_ADDR.get(&addr_key)?;
+    // SAFETY: map values are only ever replaced whole (not preallocated).
+    let addr_bits = match unsafe { ACL_EXACT.get(&AclExactKey::host(table, *addr)) } {
+        Some(b) => b,
+        None => {
+            let addr_key = Key::new(
+                ROUTE_TABLE_BITS + 128,
+                RouteData {
+                    table_be: table.to_be_bytes(),
+                    addr: *addr,
+                },
+            );
+            ACL_ADDR.get(&addr_key)?
+        }
+    };
     let proto_key = AclProtoKey {
         set,
         protocol: p.proto as u32,
     };
     let proto_bits = unsafe { ACL_PROTO.get(&proto_key) }.unwrap_or(&meta.any_protocol);
     let port_bits = if p.ports_known && (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
-        let port_key = Key::new(
-            ROUTE_TABLE_BITS + 16,
-            AclPortData {
-                set_be: set.to_be_bytes(),
-                port_be: p.dport.to_be_bytes(),
-            },
-        );
-        ACL_PORT.get(&port_key)?
+        // SAFETY: as above.
+        match unsafe { ACL_EXACT.get(&AclExactKey::port(set, p.dport)) } {
+            Some(b) => b,
+            None => {
+                let port_key = Key::new(
+                    ROUTE_TABLE_BITS + 16,
+                    AclPortData {
+                        set_be: set.to_be_bytes(),
+                        port_be: p.dport.to_be_bytes(),
+                    },
+                );
+                ACL_PORT.get(&port_key)?
+            }
+        }
     } else {
         &meta.portless
     };

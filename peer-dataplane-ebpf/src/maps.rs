@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use peer_dataplane_common::{
-    acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
+    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
@@ -59,6 +59,11 @@ pub static ACL_PROTO: HashMap<AclProtoKey, AclBits> = HashMap::pinned(MAX_ACL_SE
 
 #[map(name = "pdp_acl_meta")]
 pub static ACL_META: HashMap<u32, AclMeta> = HashMap::pinned(MAX_ACL_SETS, 0);
+
+/// Host addresses and single ports of ACL sets, looked up before the tries.
+#[map(name = "pdp_acl_exact")]
+pub static ACL_EXACT: HashMap<AclExactKey, AclBits> =
+    HashMap::pinned(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Per-rule hits, per CPU: slot `hit_base + rule bit` of the set.
 #[map(name = "pdp_acl_hits")]

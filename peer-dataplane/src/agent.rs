@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use log::{error, info};
-use peer_dataplane_common::acl::{acl_set, AclBits, AclProtoKey};
+use peer_dataplane_common::acl::{acl_set, AclBits, AclExactKey, AclProtoKey};
 use peer_dataplane_common::{program_names, NAME_PEERING, VPC_TABLE_BASE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -161,6 +161,7 @@ type AclView = (
     Vec<(RouteKey, AclBits)>,
     Vec<(AclPortKey, AclBits)>,
     Vec<(AclProtoKey, AclBits)>,
+    Vec<(AclExactKey, AclBits)>,
     Vec<(u32, AclBits, AclBits, AclBits, u32)>,
 );
 
@@ -185,6 +186,14 @@ fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
         m.acl_proto
             .iter()
             .filter(|(k, _)| sets.contains(&k.set))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_exact
+            .iter()
+            .filter(|(k, _)| match k.kind {
+                peer_dataplane_common::acl::EXACT_HOST => sets.contains(&(k.table >> 1)),
+                _ => sets.contains(&k.table),
+            })
             .map(|(k, v)| (*k, *v))
             .collect(),
         m.acl_meta

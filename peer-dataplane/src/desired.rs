@@ -6,8 +6,8 @@ use crate::validate::{Cap, SgRemote, Target, Topology};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use peer_dataplane_common::acl::{
-    acl_addr_table, acl_set, AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, NO_ACL,
-    NO_HITS,
+    acl_addr_table, acl_set, AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey,
+    ACL_HIT_SLOTS, NO_ACL, NO_HITS,
 };
 use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
 use peer_dataplane_common::{
@@ -141,9 +141,18 @@ fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::acl::Compiled, hit_base
     let bits = |b: &crate::acl::Bitmap| AclBits::new(*b);
     for (net, b) in &c.addresses {
         let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
-        s.acl_addr.insert(key_for(table, net), bits(b));
+        if net.prefix_len() == net.max_prefix_len() {
+            let (a, _, _) = net_addr(net);
+            s.acl_exact.insert(AclExactKey::host(table, a), bits(b));
+        } else {
+            s.acl_addr.insert(key_for(table, net), bits(b));
+        }
     }
     for ((port, len), b) in &c.ports {
+        if *len == 16 {
+            s.acl_exact.insert(AclExactKey::port(set, *port), bits(b));
+            continue;
+        }
         let data = AclPortData {
             set_be: set.to_be_bytes(),
             port_be: port.to_be_bytes(),

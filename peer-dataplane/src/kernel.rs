@@ -10,7 +10,7 @@ use aya::maps::{
 };
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
-    acl::{AclBits, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
+    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
@@ -40,7 +40,7 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
 /// (name, key size, value size, max entries) of every pinned map, as this build defines
 /// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
 /// build with another layout must be caught here, before the program reads it wrongly.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 15] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 16] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -108,6 +108,12 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 15] {
             MAX_ACL_SETS,
         ),
         (map_names::ACL_HITS, 4, 8, ACL_HIT_SLOTS),
+        (
+            map_names::ACL_EXACT,
+            sz(size_of::<AclExactKey>()),
+            sz(size_of::<AclBits>()),
+            MAX_ACL_ENTRIES,
+        ),
         (
             map_names::CONNTRACK,
             sz(size_of::<CtKey>()),
@@ -188,6 +194,7 @@ pub struct KernelMaps {
     acl_proto: HashMap<MapData, AclProtoKey, AclBits>,
     acl_meta: HashMap<MapData, u32, AclMeta>,
     acl_hits: PerCpuArray<MapData, u64>,
+    acl_exact: HashMap<MapData, AclExactKey, AclBits>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     cap_state: Array<MapData, u64>,
 }
@@ -218,6 +225,7 @@ impl KernelMaps {
             acl_proto: typed!(pin_dir, map_names::ACL_PROTO),
             acl_meta: typed!(pin_dir, map_names::ACL_META),
             acl_hits: typed!(pin_dir, map_names::ACL_HITS),
+            acl_exact: typed!(pin_dir, map_names::ACL_EXACT),
             conntrack: typed!(pin_dir, map_names::CONNTRACK),
             cap_state: typed!(pin_dir, map_names::CAP_STATE),
         })
@@ -279,6 +287,10 @@ impl KernelMaps {
         for kv in self.acl_proto.iter() {
             let (k, v) = kv.context("reading pdp_acl_proto")?;
             s.acl_proto.insert(k, v);
+        }
+        for kv in self.acl_exact.iter() {
+            let (k, v) = kv.context("reading pdp_acl_exact")?;
+            s.acl_exact.insert(k, v);
         }
         for kv in self.acl_meta.iter() {
             let (k, v) = kv.context("reading pdp_acl_meta")?;
@@ -444,6 +456,8 @@ impl DataplaneMaps for KernelMaps {
                 .insert(&Key::new(k.prefix_len, k.data), **v, 0)
                 .map_err(Into::into),
             Op::PutAclProto(k, v) => self.acl_proto.insert(k, **v, 0).map_err(Into::into),
+            Op::PutAclExact(k, v) => self.acl_exact.insert(k, **v, 0).map_err(Into::into),
+            Op::DelAclExact(k) => self.acl_exact.remove(k).map_err(Into::into),
             Op::ResetAclHits(base, n) => self.reset_acl_hits(*base, *n),
             Op::PutAclMeta(k, v) => self.acl_meta.insert(k, **v, 0).map_err(Into::into),
             Op::DelAclMeta(k) => self.acl_meta.remove(k).map_err(Into::into),

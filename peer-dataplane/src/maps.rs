@@ -8,7 +8,7 @@
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
 use anyhow::Result;
-use peer_dataplane_common::acl::{AclBits, AclMeta, AclPortData, AclProtoKey};
+use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
 use peer_dataplane_common::{
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
 };
@@ -42,6 +42,8 @@ pub struct MapState {
     pub acl_addr: BTreeMap<RouteKey, AclBits>,
     pub acl_port: BTreeMap<AclPortKey, AclBits>,
     pub acl_proto: BTreeMap<AclProtoKey, AclBits>,
+    /// Host addresses and single ports, kept out of the tries.
+    pub acl_exact: BTreeMap<AclExactKey, AclBits>,
     pub acl_meta: BTreeMap<u32, AclMeta>,
 }
 
@@ -58,6 +60,7 @@ pub enum Op {
     PutAclAddr(RouteKey, Box<AclBits>),
     PutAclPort(AclPortKey, Box<AclBits>),
     PutAclProto(AclProtoKey, Box<AclBits>),
+    PutAclExact(AclExactKey, Box<AclBits>),
     /// Zero `n` per-rule hit counters from `base` (before a set's meta points at them).
     ResetAclHits(u32, u32),
     PutAclMeta(u32, Box<AclMeta>),
@@ -68,6 +71,7 @@ pub enum Op {
     DelAclAddr(RouteKey),
     DelAclPort(AclPortKey),
     DelAclProto(AclProtoKey),
+    DelAclExact(AclExactKey),
     DelEndpoint(EndpointKey),
     DelPeering(u32),
     DelDevmap(u32),
@@ -108,6 +112,7 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     let (aa_put, aa_del) = diff(&desired.acl_addr, &current.acl_addr);
     let (ap_put, ap_del) = diff(&desired.acl_port, &current.acl_port);
     let (apr_put, apr_del) = diff(&desired.acl_proto, &current.acl_proto);
+    let (ax_put, ax_del) = diff(&desired.acl_exact, &current.acl_exact);
     let (am_put, am_del) = diff(&desired.acl_meta, &current.acl_meta);
 
     let mut ops = Vec::new();
@@ -140,6 +145,11 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
             .into_iter()
             .map(|(k, v)| Op::PutAclProto(k, Box::new(v))),
     );
+    ops.extend(
+        ax_put
+            .into_iter()
+            .map(|(k, v)| Op::PutAclExact(k, Box::new(v))),
+    );
     for (k, v) in am_put {
         ops.push(Op::ResetAclHits(v.hit_base, v.rules));
         ops.push(Op::PutAclMeta(k, Box::new(v)));
@@ -154,6 +164,7 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     ops.extend(aa_del.into_iter().map(Op::DelAclAddr));
     ops.extend(ap_del.into_iter().map(Op::DelAclPort));
     ops.extend(apr_del.into_iter().map(Op::DelAclProto));
+    ops.extend(ax_del.into_iter().map(Op::DelAclExact));
     ops.extend(pcx_del.into_iter().map(Op::DelPeering));
     ops.extend(dev_del.into_iter().map(Op::DelDevmap));
     ops.extend(names_del.into_iter().map(Op::DelName));
@@ -180,12 +191,14 @@ impl DataplaneMaps for MapState {
             Op::PutAclAddr(k, v) => drop(self.acl_addr.insert(*k, **v)),
             Op::PutAclPort(k, v) => drop(self.acl_port.insert(*k, **v)),
             Op::PutAclProto(k, v) => drop(self.acl_proto.insert(*k, **v)),
+            Op::PutAclExact(k, v) => drop(self.acl_exact.insert(*k, **v)),
             Op::ResetAclHits(..) => {}
             Op::PutAclMeta(k, v) => drop(self.acl_meta.insert(*k, **v)),
             Op::DelAclMeta(k) => drop(self.acl_meta.remove(k)),
             Op::DelAclAddr(k) => drop(self.acl_addr.remove(k)),
             Op::DelAclPort(k) => drop(self.acl_port.remove(k)),
             Op::DelAclProto(k) => drop(self.acl_proto.remove(k)),
+            Op::DelAclExact(k) => drop(self.acl_exact.remove(k)),
             Op::PutPort(k, v) => drop(self.ports.insert(*k, *v)),
             Op::DelPort(k) => drop(self.ports.remove(k)),
             Op::DelRoute(k) => drop(self.routes.remove(k)),

@@ -384,11 +384,13 @@ mod generations {
         doc.subnets[0].network_acl = Some("acl-a".into());
     }
 
-    /// The set a port's egress ACL field names, as (meta rules, address entries).
+    /// The set a port's egress ACL field names, as (meta rules, address entries, port
+    /// trie entries, exact single-port entries).
     type SetView = (
         u32,
         usize,
         Vec<((u32, [u8; 2]), peer_dataplane_common::acl::AclBits)>,
+        Vec<([u8; 16], peer_dataplane_common::acl::AclBits)>,
     );
 
     fn egress_view(s: &MapState, port: u32) -> Option<SetView> {
@@ -405,7 +407,13 @@ mod generations {
             .keys()
             .filter(|k| u32::from_be_bytes(k.data.table_be) >> 1 == set)
             .count();
-        Some((meta.rules, addrs, ports))
+        let exact = s
+            .acl_exact
+            .iter()
+            .filter(|(k, _)| k.kind == peer_dataplane_common::acl::EXACT_PORT && k.table == set)
+            .map(|(k, v)| (k.value, *v))
+            .collect();
+        Some((meta.rules, addrs, ports, exact))
     }
 
     #[test]

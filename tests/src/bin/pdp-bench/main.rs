@@ -82,18 +82,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// An egress ACL on A's subnet with `rules` rules: `rules - 1` denies that do not match the
-/// benchmark packet (other ports, other addresses), then allow-all.
-fn add_egress_acl(doc: &mut Document, rules: usize) {
+/// benchmark packet (other ports, other addresses), then allow-all. `prefixes`: the denies
+/// name /24 networks and two-port ranges (trie entries) instead of single hosts and
+/// single ports (exact-match entries).
+fn add_egress_acl(doc: &mut Document, rules: usize, prefixes: bool) {
     use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc};
     let mut list: Vec<AclRuleDoc> = (1..rules)
-        .map(|i| AclRuleDoc {
-            number: i as u32,
-            direction: "egress".into(),
-            protocol: "udp".into(),
-            port_from: Some(8000 + i as u16),
-            port_to: Some(8000 + i as u16),
-            cidr: format!("172.16.{}.{}/32", i / 250, i % 250 + 1),
-            action: "deny".into(),
+        .map(|i| {
+            let (cidr, ports) = if prefixes {
+                let lo = 8000 + 2 * i as u16;
+                (
+                    format!("172.{}.{}.0/24", 16 + i / 256, i % 256),
+                    (lo, lo + 1),
+                )
+            } else {
+                (
+                    format!("172.16.{}.{}/32", i / 250, i % 250 + 1),
+                    (8000 + i as u16, 8000 + i as u16),
+                )
+            };
+            AclRuleDoc {
+                number: i as u32,
+                direction: "egress".into(),
+                protocol: "udp".into(),
+                port_from: Some(ports.0),
+                port_to: Some(ports.1),
+                cidr,
+                action: "deny".into(),
+            }
         })
         .collect();
     list.push(AclRuleDoc {
@@ -294,9 +310,9 @@ fn bench_prog(args: &Args) -> Result<()> {
     // Network ACL cost: the 10-route pipeline with an egress ACL of 10 or 1,000 rules on
     // A's subnet. The deciding rule (allow all) is the last one: a rule scan's worst case.
     let mut acl_ns = Vec::new();
-    for rules in [10usize, 1000] {
+    for (rules, prefixes) in [(10usize, false), (1000, false), (1000, true)] {
         let mut doc = doc_with_routes(10);
-        add_egress_acl(&mut doc, rules);
+        add_egress_acl(&mut doc, rules, prefixes);
         dp.install(&doc)?;
         let mut p4 = Vec::new();
         for round in 0..ROUNDS {
@@ -319,6 +335,10 @@ fn bench_prog(args: &Args) -> Result<()> {
     rows.push((
         "(e) pipeline, 10 routes, 1,000 ACL rules, IPv4".into(),
         acl_ns[1],
+    ));
+    rows.push((
+        "(e') same, rules on /24s and port ranges, IPv4".into(),
+        acl_ns[2],
     ));
 
     // Security groups: a packet of a tracked flow (conntrack hit) against one that is not
@@ -359,10 +379,11 @@ fn bench_prog(args: &Args) -> Result<()> {
     for (name, ns) in &rows {
         println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / base);
     }
-    let (b4, c4, d4, e4) = (rows[1].1, rows[3].1, rows[5].1, rows[6].1);
+    let (b4, c4, d4, e4, e4p) = (rows[1].1, rows[3].1, rows[5].1, rows[6].1, rows[7].1);
     println!(
-        "e/d (1,000 vs 10 ACL rules) = {:.2}   d/b (cost of a 10-rule ACL) = {:.2}",
+        "e/d (1,000 vs 10 ACL rules) = {:.2}   e'/d = {:.2}   d/b (cost of a 10-rule ACL) = {:.2}",
         e4 / d4,
+        e4p / d4,
         d4 / b4
     );
     println!(
@@ -373,7 +394,7 @@ fn bench_prog(args: &Args) -> Result<()> {
     );
     println!(
         "f/b (security groups, tracked flow) = {:.2}",
-        rows[7].1 / b4
+        rows[8].1 / b4
     );
     println!(
         "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
