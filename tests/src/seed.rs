@@ -366,6 +366,16 @@ impl Agent {
         serde_json::from_str(&out).context("parsing stats JSON")
     }
 
+    /// `peer-dataplane ARGS` against this agent's pins (stdout).
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        crate::netns::sh(
+            Command::new(&self.bin)
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .args(args),
+        )
+    }
+
     pub fn stats_table(&self) -> Result<String> {
         crate::netns::sh(
             Command::new(&self.bin)

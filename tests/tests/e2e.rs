@@ -277,3 +277,96 @@ fn stats_table_is_readable_after_the_agent_stops() -> Result<()> {
     assert!(row.contains("vpc-a -> vpc-b"), "{t}");
     Ok(())
 }
+
+/// Security groups end to end: A may ping and send UDP 7000 to B; B accepts from A's
+/// group and sends nothing on its own. Replies come back through connection tracking;
+/// B cannot start anything; `conntrack list` shows the flows and `flush` forgets them.
+#[test]
+fn security_groups_let_replies_back_and_nothing_else() -> Result<()> {
+    use peer_dataplane::document::{SecurityGroupDoc, SgRuleDoc};
+    let rule = |direction: &str,
+                protocol: &str,
+                ports: Option<u16>,
+                cidr: Option<&str>,
+                peer: Option<&str>| SgRuleDoc {
+        direction: direction.into(),
+        protocol: protocol.into(),
+        port_from: ports,
+        port_to: ports,
+        cidr: cidr.map(Into::into),
+        peer_security_group: peer.map(Into::into),
+    };
+    let mut doc = seed::seed_doc();
+    doc.security_groups = vec![
+        SecurityGroupDoc {
+            id: "sg-a".into(),
+            vpc: "vpc-a".into(),
+            rules: vec![
+                rule("egress", "icmp", None, Some("172.16.0.0/16"), None),
+                rule("egress", "udp", Some(7000), Some("172.16.0.0/16"), None),
+            ],
+        },
+        SecurityGroupDoc {
+            id: "sg-b".into(),
+            vpc: "vpc-b".into(),
+            rules: vec![rule("ingress", "all", None, None, Some("sg-a"))],
+        },
+    ];
+    for p in &mut doc.ports {
+        match p.interface.as_str() {
+            "pdp-a" => p.security_groups = Some(vec!["sg-a".into()]),
+            "pdp-b" => p.security_groups = Some(vec!["sg-b".into()]),
+            _ => {}
+        }
+    }
+    let env = start("e2e-sg", &doc, "native")?;
+    let (a, b) = (env.net.ns(A), env.net.ns(B));
+    ensure!(
+        ping_instance(a, &B, false, 2)?,
+        "a -> b ping (allowed, replies tracked) failed\n{}",
+        env.agent.log_text()
+    );
+    ensure!(
+        udp_exchange(a, &A, b, &B, false, 7000)?,
+        "udp a -> b 7000 and its reply failed"
+    );
+    ensure!(
+        !udp_exchange(a, &A, b, &B, false, 7001)?,
+        "udp a -> b 7001 got through without a rule"
+    );
+    ensure!(!ping_instance(b, &A, false, 1)?, "b -> a ping got through");
+
+    let flows: Value =
+        serde_json::from_str(&env.agent.cli(&["conntrack", "list", "-o", "json"])?)?;
+    let flows = flows.as_array().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["protocol"] == "icmp" && f["src_vpc"] == "vpc-a" && f["state"] == "replied"),
+        "no replied icmp flow from vpc-a: {flows:?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["protocol"] == "udp" && f["dport"] == 7000 && f["packets_reply"] == 1),
+        "no udp 7000 flow with its reply: {flows:?}"
+    );
+    let table = env.agent.cli(&["conntrack", "list", "--vpc", "vpc-a"])?;
+    assert!(table.contains("vpc-a/10.0.2.10"), "{table}");
+    let flushed = env.agent.cli(&["conntrack", "flush"])?;
+    assert_eq!(flushed.trim(), format!("flushed {} flows", flows.len()));
+    let after = env.agent.cli(&["conntrack", "list"])?;
+    assert!(after.ends_with("0 flows\n"), "{after}");
+
+    let s = env.agent.stats_json()?;
+    let ab = peering(&s, "pcx-ab");
+    assert!(
+        n(&ab["requester_to_accepter"]["dropped"]["sg-deny"]) >= 1,
+        "{ab}"
+    );
+    assert!(
+        n(&ab["accepter_to_requester"]["dropped"]["sg-deny"]) >= 1,
+        "{ab}"
+    );
+    Ok(())
+}
