@@ -4,8 +4,10 @@
 use crate::kernel::KernelMaps;
 use anyhow::Result;
 use peer_dataplane_common::{
+    cap::CapConfig,
     counters::{GlobalCounters, PeeringCounters},
-    pcx_status_str, DropReason, NameKey, PassReason, NAME_PEERING, NAME_VPC,
+    pcx_status_str, DropReason, NameKey, PassReason, DIR_ACCEPTER_TO_REQUESTER,
+    DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, NAME_VPC,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -48,6 +50,8 @@ pub struct PeeringView {
 pub struct DirectionView {
     pub packets: u64,
     pub bytes: u64,
+    /// The bandwidth cap of this direction, bits per second (none: uncapped).
+    pub cap_bps: Option<u64>,
     /// Only the reasons with drops.
     pub dropped: BTreeMap<&'static str, u64>,
 }
@@ -60,10 +64,11 @@ fn drops(counts: &[u64], all: bool) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
-fn direction(c: &PeeringCounters) -> DirectionView {
+fn direction(c: &PeeringCounters, cap: &CapConfig) -> DirectionView {
     DirectionView {
         packets: c.packets,
         bytes: c.bytes,
+        cap_bps: cap.is_capped().then(|| cap.bits_per_second()),
         dropped: drops(&c.drop, false),
     }
 }
@@ -104,8 +109,8 @@ pub fn collect(maps: &KernelMaps) -> Result<Stats> {
             status: pcx_status_str(p.status),
             requester_vpc: name(NAME_VPC, p.requester_vpc),
             accepter_vpc: name(NAME_VPC, p.accepter_vpc),
-            requester_to_accepter: direction(&ra),
-            accepter_to_requester: direction(&ar),
+            requester_to_accepter: direction(&ra, &p.cap[DIR_REQUESTER_TO_ACCEPTER as usize]),
+            accepter_to_requester: direction(&ar, &p.cap[DIR_ACCEPTER_TO_REQUESTER as usize]),
         });
     }
     peerings.sort_by(|a, b| a.id.cmp(&b.id));
@@ -113,6 +118,16 @@ pub fn collect(maps: &KernelMaps) -> Result<Stats> {
         global: global_view(&maps.global_counters()?),
         peerings,
     })
+}
+
+/// `100M`, `1G`, `2.5G`, or `-` when uncapped.
+fn cap_cell(bps: Option<u64>) -> String {
+    match bps {
+        None => "-".into(),
+        Some(b) if b >= 1_000_000_000 => format!("{}G", b as f64 / 1e9),
+        Some(b) if b >= 1_000_000 => format!("{}M", b as f64 / 1e6),
+        Some(b) => format!("{}k", b as f64 / 1e3),
+    }
 }
 
 fn reasons_cell(d: &BTreeMap<&'static str, u64>) -> String {
@@ -174,6 +189,7 @@ pub fn render_table(s: &Stats) -> String {
                 p.status.to_string(),
                 dir.to_string(),
                 format!("{from} -> {to}"),
+                cap_cell(d.cap_bps),
                 d.packets.to_string(),
                 d.bytes.to_string(),
                 d.dropped.values().sum::<u64>().to_string(),
@@ -191,6 +207,7 @@ pub fn render_table(s: &Stats) -> String {
                 "STATUS",
                 "DIR",
                 "VPCS",
+                "CAP",
                 "PACKETS",
                 "BYTES",
                 "DROPPED",
@@ -263,17 +280,21 @@ mod tests {
                 status: "deleted",
                 requester_vpc: "vpc-a".into(),
                 accepter_vpc: "vpc-b".into(),
-                requester_to_accepter: direction(&ra),
-                accepter_to_requester: direction(&PeeringCounters::ZERO),
+                requester_to_accepter: direction(&ra, &CapConfig::new(100_000_000, 65536)),
+                accepter_to_requester: direction(
+                    &PeeringCounters::ZERO,
+                    &peer_dataplane_common::cap::UNCAPPED,
+                ),
             }],
         };
         let t = render_table(&s);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("PEERING  STATUS   DIR"), "{t}");
         assert!(
-            lines[1].contains("vpc-a -> vpc-b") && lines[1].contains("peering-inactive=2"),
+            lines[1].contains("vpc-a -> vpc-b  100M") && lines[1].contains("peering-inactive=2"),
             "{t}"
         );
+        assert!(lines[2].contains("vpc-b -> vpc-a  -"), "{t}");
         assert!(
             lines[2].contains("acc->req") && lines[2].ends_with('-'),
             "{t}"
@@ -283,6 +304,10 @@ mod tests {
         assert_eq!(
             json["peerings"][0]["requester_to_accepter"]["dropped"]["peering-inactive"],
             2
+        );
+        assert_eq!(
+            json["peerings"][0]["requester_to_accepter"]["cap_bps"],
+            100_000_000
         );
         assert_eq!(
             json["global"]["dropped"]["no-route"], 0,
