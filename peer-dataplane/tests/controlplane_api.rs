@@ -1290,3 +1290,39 @@ async fn bulk_route_replacement_swaps_a_whole_table_in_one_revision() {
         "the old route was replaced"
     );
 }
+
+#[tokio::test]
+async fn bandwidth_and_security_groups_reach_the_agents_document() {
+    let api = Api::new();
+    api.seed().await;
+    api.ok(
+        "PATCH",
+        "/v1/vpc-peering/pcx-ab",
+        A,
+        Some(json!({"bandwidth_mbps": 250})),
+        200,
+    )
+    .await;
+    api.ok(
+        "POST",
+        "/v1/security-groups",
+        A,
+        Some(json!({"id": "sg-web", "vpc_id": "vpc-a", "rules": [
+            {"direction": "egress", "protocol": "tcp", "port_from": 443, "port_to": 443, "cidr": "172.16.0.0/16"}
+        ]})),
+        201,
+    )
+    .await;
+    let (status, v) = api
+        .call("GET", "/v1/hosts/host-1/state", Some(AGENT), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let doc: peer_dataplane::document::Document =
+        serde_json::from_value(v["document"].clone()).unwrap();
+    let topo = peer_dataplane::validate::validate(&doc).expect("a valid document");
+    for cap in topo.peerings["pcx-ab"].caps {
+        assert_eq!(cap.map(|c| c.bits_per_second), Some(250_000_000));
+    }
+    assert!(topo.peerings["pcx-bc"].caps.iter().all(|c| c.is_none()));
+    assert_eq!(topo.security_groups["sg-web"].rules.len(), 1);
+}
