@@ -316,6 +316,25 @@ impl Checker {
         }
     }
 
+    /// An object of `kind` that belongs to `vpc`: a fresh id, and a VPC that exists.
+    fn vpc_object(
+        &mut self,
+        kind: &str,
+        id: &str,
+        vpc: &str,
+        topo: &Topology,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
+        if !self.id(kind, id, seen) {
+            return false;
+        }
+        if !topo.vpcs.contains_key(vpc) {
+            self.missing("vpc", vpc, format!("{kind} {id}: vpc {vpc} does not exist"));
+            return false;
+        }
+        true
+    }
+
     fn id(&mut self, kind: &str, id: &str, seen: &mut BTreeSet<String>) -> bool {
         if id.is_empty() {
             self.err(format!("{kind} with an empty id"));
@@ -517,15 +536,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     // Network ACLs (before subnets: subnets name them).
     let mut seen = BTreeSet::new();
     for a in &doc.network_acls {
-        if !c.id("network acl", &a.id, &mut seen) {
-            continue;
-        }
-        if !topo.vpcs.contains_key(&a.vpc) {
-            c.missing(
-                "vpc",
-                &a.vpc,
-                format!("network acl {}: vpc {} does not exist", a.id, a.vpc),
-            );
+        if !c.vpc_object("network acl", &a.id, &a.vpc, &topo, &mut seen) {
             continue;
         }
         if let Some(acl) = check_acl(&mut c, a) {
@@ -536,15 +547,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     // Security groups (before ports: ports name them).
     let mut seen = BTreeSet::new();
     for g in &doc.security_groups {
-        if !c.id("security group", &g.id, &mut seen) {
-            continue;
-        }
-        if !topo.vpcs.contains_key(&g.vpc) {
-            c.missing(
-                "vpc",
-                &g.vpc,
-                format!("security group {}: vpc {} does not exist", g.id, g.vpc),
-            );
+        if !c.vpc_object("security group", &g.id, &g.vpc, &topo, &mut seen) {
             continue;
         }
         if let Some(sg) = check_security_group(&mut c, &topo, doc, g) {
