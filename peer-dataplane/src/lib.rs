@@ -8,6 +8,7 @@ pub mod controlplane;
 pub mod desired;
 pub mod document;
 pub mod ids;
+pub mod inspect;
 pub mod kernel;
 pub mod links;
 pub mod maps;

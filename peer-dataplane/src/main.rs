@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, conntrack, controlplane, kernel, links, stats, sync};
+use peer_dataplane::{agent, conntrack, controlplane, inspect, kernel, links, stats, sync};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -61,6 +61,21 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Installed peerings: status, caps, traffic each way.
+    Peering {
+        #[command(subcommand)]
+        action: PeeringAction,
+    },
+    /// Installed routes.
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
+    /// Installed ports (instance attachments on this host).
+    Port {
+        #[command(subcommand)]
+        action: PortAction,
+    },
     /// The security groups' connection-tracking table.
     Conntrack {
         #[command(subcommand)]
@@ -86,6 +101,55 @@ enum Command {
         #[arg(long, hide = true)]
         test_clock: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PeeringAction {
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// One peering, by id (pcx-…).
+    Get {
+        id: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    List {
+        /// Only this route table (rtb-…).
+        #[arg(long)]
+        table: Option<String>,
+        /// Also the per-VPC CIDR tables the program uses for VPC membership.
+        #[arg(long)]
+        vpc_tables: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum PortAction {
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// Prints `value` as a table for people or as JSON for scripts.
+fn show<T: serde::Serialize + ?Sized>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match output {
+        Output::Table => print!("{}", table(value)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -191,6 +255,40 @@ fn run(cli: Cli) -> Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
             }
             Ok(())
+        }
+        Command::Peering { action } => {
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            match action {
+                PeeringAction::List { output } => show(output, &inspect::peerings(&maps)?, |p| {
+                    inspect::render_peerings(p)
+                }),
+                PeeringAction::Get { id, output } => {
+                    let p = inspect::peering(&maps, &id)?;
+                    show(output, &p, |p| {
+                        inspect::render_peerings(std::slice::from_ref(p))
+                    })
+                }
+            }
+        }
+        Command::Route {
+            action:
+                RouteAction::List {
+                    table,
+                    vpc_tables,
+                    output,
+                },
+        } => {
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            let routes = inspect::routes(&maps, table.as_deref(), vpc_tables)?;
+            show(output, &routes, |r| inspect::render_routes(r))
+        }
+        Command::Port {
+            action: PortAction::List { output },
+        } => {
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            show(output, &inspect::ports(&maps)?, |p| {
+                inspect::render_ports(p)
+            })
         }
         Command::Conntrack { action } => match action {
             ConntrackAction::List {

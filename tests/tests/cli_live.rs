@@ -1,0 +1,150 @@
+//! The operator CLI against a live, privileged setup: the real object loaded with its maps
+//! pinned, the seed topology (with a cap, an ACL and security groups) installed, a few
+//! packets run through, then each verb's JSON output checked. Needs root and BPF.
+
+use anyhow::{ensure, Context, Result};
+use peer_dataplane::document::{NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane_tests::harness::TestDataplane;
+use peer_dataplane_tests::netns;
+use peer_dataplane_tests::packets::{self, L2};
+use peer_dataplane_tests::seed::{self, A, B, ROUTER_MAC};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn cli(pin_dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let bin = peer_dataplane_tests::agent_path()?;
+    Command::new(bin)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .output()
+        .context("running peer-dataplane")
+}
+
+fn json(pin_dir: &Path, args: &[&str]) -> Result<Value> {
+    let out = cli(pin_dir, args)?;
+    ensure!(
+        out.status.success(),
+        "peer-dataplane {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("JSON of {args:?}"))
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated name.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+#[test]
+fn cli_verbs_report_what_is_installed() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let ns = seed::ports_only("pdp-cli")?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load()?;
+    let mut doc = seed::seed_doc();
+    doc.peerings[0].bandwidth_mbps = Some(250);
+    doc.network_acls.push(NetworkAclDoc {
+        id: "acl-a".into(),
+        vpc: "vpc-a".into(),
+        rules: vec![],
+    });
+    doc.subnets[0].network_acl = Some("acl-a".into());
+    doc.security_groups.push(SecurityGroupDoc {
+        id: "sg-b".into(),
+        vpc: "vpc-b".into(),
+        rules: vec![SgRuleDoc {
+            direction: "ingress".into(),
+            protocol: "all".into(),
+            cidr: Some("0.0.0.0/0".into()),
+            ..Default::default()
+        }],
+    });
+    doc.ports[1].security_groups = Some(vec!["sg-b".into()]);
+    dp.install(&doc)?;
+    // B -> A: A's subnet has an empty ACL, so its ingress side denies it (implicit deny).
+    let l2 = L2 {
+        src: B.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let p = packets::udp4(l2, B.ipv4, A.ipv4, 64, 5000, 6000, b"x");
+    dp.run(ifindex(B.port), &p)?;
+    let pin = dp.pin_dir.clone();
+
+    let list = json(&pin, &["peering", "list", "-o", "json"])?;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["pcx-ab", "pcx-bc"]);
+    let ab = json(&pin, &["peering", "get", "pcx-ab", "-o", "json"])?;
+    assert_eq!(ab["status"], "active");
+    assert_eq!(ab["requester_vpc"], "vpc-a");
+    assert_eq!(ab["requester_to_accepter"]["cap_bps"], 250_000_000);
+    assert_eq!(ab["accepter_to_requester"]["cap_bps"], 250_000_000);
+    // The packet B -> A met A's empty ACL (implicit deny) on the way in.
+    assert_eq!(ab["accepter_to_requester"]["dropped"], 1, "{ab}");
+    assert!(list[1]["requester_to_accepter"]["cap_bps"].is_null());
+
+    let missing = cli(&pin, &["peering", "get", "pcx-zz"])?;
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("peering pcx-zz is not installed (installed: pcx-ab, pcx-bc)"),
+        "{err}"
+    );
+
+    let routes = json(&pin, &["route", "list", "--table", "rtb-a", "-o", "json"])?;
+    let routes: Vec<(String, String)> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["destination"].as_str().unwrap().to_string(),
+                r["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("172.16.0.0/16", "pcx-ab"),
+        ("fd00:b::/48", "pcx-ab"),
+        ("10.0.0.0/16", "local"),
+    ] {
+        assert!(
+            routes.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} missing from {routes:?}"
+        );
+    }
+    let all = json(&pin, &["route", "list", "--vpc-tables", "-o", "json"])?;
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["table"] == "vpc:vpc-c" && r["destination"] == "192.168.0.0/16"));
+    let bad = cli(&pin, &["route", "list", "--table", "rtb-zz"])?;
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("route table rtb-zz is not installed"));
+
+    let ports = json(&pin, &["port", "list", "-o", "json"])?;
+    let a = &ports[0];
+    assert_eq!(a["interface"], "pdp-a");
+    assert_eq!(a["vpc"], "vpc-a");
+    assert_eq!(a["route_table"], "rtb-a");
+    assert_eq!(a["ipv4"], "10.0.2.10");
+    assert_eq!(a["network_acl"], "acl-a");
+    assert!(a["security_groups"].is_null());
+    assert_eq!(ports[1]["security_groups"], "sg-b");
+    assert_eq!(ports[1]["mac"], seed::mac_str(&B.mac));
+
+    let flows = json(&pin, &["conntrack", "list", "-o", "json"])?;
+    assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
+
+    let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
+    assert!(table.starts_with("PORT"), "{table}");
+    Ok(())
+}
