@@ -76,7 +76,9 @@ pub const MAX_ROUTES: u32 = 2 * 1024 * 1024;
 /// array (no hashing, no atomics on the hot path).
 pub const MAX_PEERINGS: u32 = 1024;
 pub const MAX_ENDPOINTS: u32 = 65536;
-pub const MAX_NAMES: u32 = 16384;
+/// Names of objects, and the rule number behind every ACL hit slot (up to
+/// `acl::ACL_HIT_SLOTS` of those alone).
+pub const MAX_NAMES: u32 = 65536;
 /// Entries in each ACL lookup map (all sets together).
 pub const MAX_ACL_ENTRIES: u32 = 262144;
 
@@ -274,6 +276,8 @@ pub const NAME_PORT: u32 = 5;
 pub const NAME_ACL: u32 = 6;
 /// A distinct combination of security groups on ports (compiled as one ACL set).
 pub const NAME_SG_SET: u32 = 7;
+/// The rule number (as text) behind ACL hit slot `id`, for `peer-dataplane acl hits`.
+pub const NAME_ACL_RULE: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -45,7 +45,7 @@ pub static PEERING_COUNTERS: PerCpuArray<PeeringCounters> =
 /// Written and read by userspace only; declared here so that one object defines every
 /// pinned map the agent uses.
 #[map(name = "pdp_names")]
-pub static NAMES: HashMap<NameKey, Name> = HashMap::pinned(MAX_NAMES, 0);
+pub static NAMES: HashMap<NameKey, Name> = HashMap::pinned(MAX_NAMES, BPF_F_NO_PREALLOC);
 
 /// Network ACL lookups (see `peer_dataplane_common::acl`). The tries are not preallocated.
 #[map(name = "pdp_acl_addr")]

@@ -12,9 +12,9 @@ use peer_dataplane_common::acl::{
 use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
 use peer_dataplane_common::{
     addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
-    Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE,
-    NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL,
-    ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
+    Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_ACL_RULE, NAME_PEERING, NAME_PORT,
+    NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6,
+    ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -266,6 +266,15 @@ pub fn compile(
                 ));
             }
             insert_acl_set(&mut s, set, &c, hit_base);
+            for (i, number) in c.numbers.iter().enumerate() {
+                s.names.insert(
+                    NameKey {
+                        kind: NAME_ACL_RULE,
+                        id: hit_base + i as u32,
+                    },
+                    Name::new(&number.to_string()),
+                );
+            }
             hit_base += rules;
         }
     }

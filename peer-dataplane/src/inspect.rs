@@ -310,3 +310,80 @@ mod tests {
         assert_eq!(prefix(&v6, 32 + 48), "fd00:b::/48");
     }
 }
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AclRuleHits {
+    pub acl: String,
+    pub direction: &'static str,
+    pub rule: u32,
+    pub action: &'static str,
+    /// Packets this rule decided, summed over CPUs, since the ACL (in this form) was
+    /// installed.
+    pub hits: u64,
+}
+
+/// Per-rule hits of every installed network ACL (or only `only`), by ACL, direction and
+/// rule number.
+pub fn acl_hits(maps: &KernelMaps, only: Option<&str>) -> Result<Vec<AclRuleHits>> {
+    use peer_dataplane_common::acl::{bit_set, NO_HITS};
+    let state = maps.read_state()?;
+    let names = Names(&state);
+    let mut out = Vec::new();
+    for (set, meta) in &state.acl_meta {
+        if meta.hit_base == NO_HITS {
+            continue;
+        }
+        let acl = names.get(NAME_ACL, set >> 2);
+        if only.is_some_and(|a| a != acl) {
+            continue;
+        }
+        for i in 0..meta.rules {
+            let slot = meta.hit_base + i;
+            let rule = names
+                .get(peer_dataplane_common::NAME_ACL_RULE, slot)
+                .parse()
+                .unwrap_or(0);
+            out.push(AclRuleHits {
+                acl: acl.clone(),
+                direction: if set & 1 == 1 { "egress" } else { "ingress" },
+                rule,
+                action: if bit_set(&meta.allow, i) {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                hits: maps.acl_hits(slot)?,
+            });
+        }
+    }
+    if let Some(a) = only {
+        if !state
+            .names
+            .iter()
+            .any(|(k, n)| k.kind == NAME_ACL && n.as_str() == a)
+        {
+            bail!("network acl {a} is not installed");
+        }
+    }
+    out.sort_by(|a, b| (&a.acl, a.direction, a.rule).cmp(&(&b.acl, b.direction, b.rule)));
+    Ok(out)
+}
+
+pub fn render_acl_hits(hs: &[AclRuleHits]) -> String {
+    let rows: Vec<Vec<String>> = hs
+        .iter()
+        .map(|h| {
+            vec![
+                h.acl.clone(),
+                h.direction.to_string(),
+                h.rule.to_string(),
+                h.action.to_string(),
+                h.hits.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NETWORK ACL", "DIRECTION", "RULE", "ACTION", "HITS"],
+        &rows,
+    )
+}

@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         action: PortAction,
     },
+    /// Network ACLs: per-rule hit counters.
+    Acl {
+        #[command(subcommand)]
+        action: AclAction,
+    },
     /// The security groups' connection-tracking table.
     Conntrack {
         #[command(subcommand)]
@@ -126,6 +131,18 @@ enum RouteAction {
         /// Also the per-VPC CIDR tables the program uses for VPC membership.
         #[arg(long)]
         vpc_tables: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclAction {
+    /// Packets each rule decided (the implicit final deny is not a rule: see
+    /// `stats` for nacl-deny drops).
+    Hits {
+        /// Only this network ACL (acl-…).
+        acl: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -289,6 +306,13 @@ fn run(cli: Cli) -> Result<()> {
             show(output, &inspect::ports(&maps)?, |p| {
                 inspect::render_ports(p)
             })
+        }
+        Command::Acl {
+            action: AclAction::Hits { acl, output },
+        } => {
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            let hits = inspect::acl_hits(&maps, acl.as_deref())?;
+            show(output, &hits, |h| inspect::render_acl_hits(h))
         }
         Command::Conntrack { action } => match action {
             ConntrackAction::List {

@@ -3,7 +3,7 @@
 //! packets run through, then each verb's JSON output checked. Needs root and BPF.
 
 use anyhow::{ensure, Context, Result};
-use peer_dataplane::document::{NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::packets::{self, L2};
@@ -46,10 +46,23 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     let mut dp = TestDataplane::load()?;
     let mut doc = seed::seed_doc();
     doc.peerings[0].bandwidth_mbps = Some(250);
+    let rule = |number, direction: &str, action: &str| AclRuleDoc {
+        number,
+        direction: direction.into(),
+        protocol: "udp".into(),
+        port_from: Some(6000),
+        port_to: Some(6000),
+        cidr: "172.16.0.0/16".into(),
+        action: action.into(),
+    };
     doc.network_acls.push(NetworkAclDoc {
         id: "acl-a".into(),
         vpc: "vpc-a".into(),
-        rules: vec![],
+        rules: vec![
+            rule(200, "ingress", "allow"),
+            rule(100, "ingress", "deny"),
+            rule(100, "egress", "allow"),
+        ],
     });
     doc.subnets[0].network_acl = Some("acl-a".into());
     doc.security_groups.push(SecurityGroupDoc {
@@ -64,7 +77,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     });
     doc.ports[1].security_groups = Some(vec!["sg-b".into()]);
     dp.install(&doc)?;
-    // B -> A: A's subnet has an empty ACL, so its ingress side denies it (implicit deny).
+    // B -> A, UDP to port 6000: A's subnet ACL denies it on the way in (rule 100).
     let l2 = L2 {
         src: B.mac,
         dst: ROUTER_MAC,
@@ -87,7 +100,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     assert_eq!(ab["requester_vpc"], "vpc-a");
     assert_eq!(ab["requester_to_accepter"]["cap_bps"], 250_000_000);
     assert_eq!(ab["accepter_to_requester"]["cap_bps"], 250_000_000);
-    // The packet B -> A met A's empty ACL (implicit deny) on the way in.
+    // The packet B -> A met A's ACL on the way in.
     assert_eq!(ab["accepter_to_requester"]["dropped"], 1, "{ab}");
     assert!(list[1]["requester_to_accepter"]["cap_bps"].is_null());
 
@@ -140,6 +153,31 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     assert!(a["security_groups"].is_null());
     assert_eq!(ports[1]["security_groups"], "sg-b");
     assert_eq!(ports[1]["mac"], seed::mac_str(&B.mac));
+
+    let hits = json(&pin, &["acl", "hits", "acl-a", "-o", "json"])?;
+    let hits: Vec<(String, u64, String, u64)> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["direction"].as_str().unwrap().to_string(),
+                h["rule"].as_u64().unwrap(),
+                h["action"].as_str().unwrap().to_string(),
+                h["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            ("egress".into(), 100, "allow".into(), 0),
+            ("ingress".into(), 100, "deny".into(), 1),
+            ("ingress".into(), 200, "allow".into(), 0),
+        ]
+    );
+    let bad = cli(&pin, &["acl", "hits", "acl-zz"])?;
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("network acl acl-zz is not installed"));
 
     let flows = json(&pin, &["conntrack", "list", "-o", "json"])?;
     assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
