@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
     pub xdp_mode: XdpModeArg,
     pub object: Vec<u8>,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The installed state and what the agent knows about it.
@@ -277,6 +279,7 @@ struct Dataplane {
     ebpf: Ebpf,
     installed: Installed,
     links: Links,
+    sync: crate::metrics::SharedSync,
 }
 
 impl Dataplane {
@@ -286,6 +289,22 @@ impl Dataplane {
         let ports: Vec<String> = topo.ports.keys().cloned().collect();
         self.links.sync(program(&mut self.ebpf)?, &ports)?;
         Ok(writes)
+    }
+
+    /// Records an install (or a refusal) for the metrics endpoint.
+    fn record(&self, revision: Option<u64>, started: Instant, ok: bool) {
+        let mut s = self.sync.lock().unwrap();
+        if ok {
+            s.applied += 1;
+            s.revision = revision.unwrap_or(s.revision);
+            s.last_apply_seconds = started.elapsed().as_secs_f64();
+            s.last_success_unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+        } else {
+            s.refused += 1;
+        }
     }
 }
 
@@ -305,7 +324,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         ebpf,
         installed,
         links,
+        sync: Default::default(),
     };
+    if let Some(addr) = opts.metrics {
+        let listener = crate::metrics::bind(addr).await?;
+        let (pin_dir, sync) = (opts.pin_dir.clone(), dp.sync.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, pin_dir, sync).await {
+                error!("metrics endpoint stopped: {e:#}");
+            }
+        });
+        info!("serving Prometheus metrics on http://{addr}/metrics");
+    }
 
     // Adopt every pinned link at once: the new program takes over from the old one on the
     // same maps, before any (possibly slow) sync with the control plane.
@@ -322,7 +352,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut updates = None;
     match (&opts.source, initial) {
         (Source::File(path), Some(topo)) => {
+            let started = Instant::now();
             let writes = dp.apply(&topo)?;
+            dp.record(None, started, true);
             info!(
                 "installed {} ({writes} map writes): {} vpcs, {} peerings, {} route tables, {} ports",
                 path.display(),
@@ -375,7 +407,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) {
-    match load_topology(config).and_then(|t| dp.apply(&t)) {
+    let started = Instant::now();
+    let r = load_topology(config).and_then(|t| dp.apply(&t));
+    dp.record(None, started, r.is_ok());
+    match r {
         Ok(writes) => info!(
             "reloaded {} on {why}: {writes} map writes",
             config.display()
@@ -386,7 +421,13 @@ fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) {
 
 fn apply_update(u: Update, dp: &mut Dataplane) {
     let started = Instant::now();
-    match topology_of(&u.document, &format!("control plane revision {}", u.revision)).and_then(|t| dp.apply(&t)) {
+    let r = topology_of(
+        &u.document,
+        &format!("control plane revision {}", u.revision),
+    )
+    .and_then(|t| dp.apply(&t));
+    dp.record(Some(u.revision), started, r.is_ok());
+    match r {
         Ok(writes) => info!(
             "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
             u.revision,

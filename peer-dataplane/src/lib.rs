@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod kernel;
 pub mod links;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod stats;
 pub mod sync;

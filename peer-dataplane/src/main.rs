@@ -50,6 +50,9 @@ enum Command {
         /// XDP object to load instead of the one embedded in this binary.
         #[arg(long)]
         bpf_object: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464), at /metrics.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Check a state document without applying it.
     Validate {
@@ -228,6 +231,7 @@ fn run(cli: Cli) -> Result<()> {
             agent_token,
             xdp_mode,
             bpf_object,
+            metrics,
         } => {
             let source = match (config, control_plane) {
                 (Some(path), _) => agent::Source::File(path),
@@ -249,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
                 pin_dir: cli.pin_dir,
                 xdp_mode,
                 object,
+                metrics,
             }))
         }
         Command::Validate { config } => {

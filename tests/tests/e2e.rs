@@ -370,3 +370,109 @@ fn security_groups_let_replies_back_and_nothing_else() -> Result<()> {
     );
     Ok(())
 }
+
+/// HTTP GET of `path` on `addr`, from inside `ns`.
+fn http_get(
+    ns: &peer_dataplane_tests::netns::Netns,
+    addr: &'static str,
+    path: &str,
+) -> Result<String> {
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let text = ns.run(move || -> Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    Ok(body.to_string())
+}
+
+/// `--metrics`: the agent's endpoint, scraped and parsed as Prometheus text.
+#[test]
+fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = TempDir(std::env::temp_dir().join("pdp-e2e-metrics"));
+    std::fs::create_dir_all(&dir.0)?;
+    let mut doc = seed::seed_doc();
+    doc.peerings[0].bandwidth_mbps = Some(500);
+    let config = dir.0.join("state.toml");
+    std::fs::write(&config, doc.to_toml())?;
+    let net = SeedNetwork::create("pdp-metrics")?;
+    let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-e2e-metrics");
+    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let config_arg = config.display().to_string();
+    let agent = Agent::start_with(
+        &bin,
+        &net.host,
+        &config,
+        &pin_dir,
+        &[
+            "--xdp-mode",
+            "native",
+            "--config",
+            &config_arg,
+            "--metrics",
+            "127.0.0.1:9464",
+        ],
+        "agent",
+    )?;
+    ensure!(
+        ping_instance(net.ns(A), &B, false, 2)?,
+        "ping a -> b failed"
+    );
+    // A -> C has no route: a drop to see.
+    ensure!(
+        !ping_instance(net.ns(A), &C, false, 1)?,
+        "ping a -> c got through"
+    );
+
+    let body = http_get(&net.host, "127.0.0.1:9464", "/metrics")?;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| anyhow::anyhow!("not Prometheus text: {e}\n{body}"))?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let ab = [
+        ("peering", "pcx-ab"),
+        ("direction", "requester_to_accepter"),
+    ];
+    assert!(
+        value("pdp_peering_packets_total", &ab).unwrap_or(0.0) >= 2.0,
+        "{body}"
+    );
+    assert!(value("pdp_peering_bytes_total", &ab).unwrap_or(0.0) > 0.0);
+    assert_eq!(value("pdp_peering_cap_bits_per_second", &ab), Some(500e6));
+    assert!(
+        value("pdp_drops_total", &[("reason", "no-route")]).unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
+    assert_eq!(value("pdp_map_entries", &[("map", "ports")]), Some(3.0));
+    assert_eq!(
+        value("pdp_map_capacity", &[("map", "conntrack")]),
+        Some(262144.0)
+    );
+    assert_eq!(value("pdp_sync_applied_total", &[]), Some(1.0));
+    assert_eq!(value("pdp_sync_errors_total", &[]), Some(0.0));
+    assert!(value("pdp_sync_last_success_timestamp_seconds", &[]).unwrap_or(0.0) > 1.7e9);
+    // Counters are typed as such (what rate() needs).
+    assert!(body.contains("# TYPE pdp_peering_packets_total counter"));
+    drop(agent);
+    Ok(())
+}
