@@ -91,6 +91,9 @@ enum Command {
     },
     /// Detach from every port and remove the pinned links and maps (stop the agent first).
     Cleanup,
+    /// Print a shell completion script (e.g. `peer-dataplane completions bash >
+    /// /etc/bash_completion.d/peer-dataplane`).
+    Completions { shell: clap_complete::Shell },
     /// Run the control plane: the peering lifecycle REST API with an embedded SQLite store.
     Controlplane {
         /// Address to listen on (keep it on loopback or a management network).
@@ -340,6 +343,16 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "peer-dataplane",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
         Command::Controlplane {
             listen,

@@ -94,3 +94,35 @@ fn stats_without_pins_says_what_is_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn every_inspection_verb_without_pins_says_what_is_missing() {
+    for args in [
+        &["peering", "list"][..],
+        &["peering", "get", "pcx-ab"],
+        &["route", "list"],
+        &["port", "list"],
+        &["acl", "hits"],
+        &["conntrack", "list"],
+        &["conntrack", "flush"],
+    ] {
+        let out = bin()
+            .args(["--pin-dir", "/tmp/pdp-no-such-dir/x"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a bpffs mount"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn completions_cover_the_nouns() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    for noun in ["peering", "route", "port", "acl", "conntrack", "stats"] {
+        assert!(script.contains(noun), "no {noun} in the bash completions");
+    }
+}
