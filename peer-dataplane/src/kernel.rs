@@ -308,6 +308,12 @@ impl KernelMaps {
         }
     }
 
+    /// The global counters of each CPU, in CPU order.
+    pub fn global_counters_per_cpu(&self) -> Result<Vec<GlobalCounters>> {
+        let per_cpu = self.global.get(&0, 0).context("reading pdp_global_ctr")?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
     pub fn global_counters(&self) -> Result<GlobalCounters> {
         let per_cpu = self.global.get(&0, 0).context("reading pdp_global_ctr")?;
         let mut sum = GlobalCounters::ZERO;

@@ -63,6 +63,17 @@ enum Command {
     Stats {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Print rates (pps, bit/s, drops by reason) every --interval seconds instead.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// With --watch: stop after this many intervals (JSON: one line each).
+        #[arg(long)]
+        count: Option<u64>,
+        /// The global counters of each CPU.
+        #[arg(long, conflicts_with = "watch")]
+        per_cpu: bool,
     },
     /// Installed peerings: status, caps, traffic each way.
     Peering {
@@ -272,7 +283,41 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Stats { output } => {
+        Command::Stats {
+            output,
+            per_cpu: true,
+            ..
+        } => {
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            show(output, &stats::per_cpu(&maps)?, |c| {
+                stats::render_per_cpu(c)
+            })
+        }
+        Command::Stats {
+            output,
+            watch: true,
+            interval,
+            count,
+            ..
+        } => {
+            anyhow::ensure!(interval > 0.0, "--interval must be above 0 seconds");
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            let mut before = stats::collect(&maps)?;
+            let mut n = 0;
+            while count.is_none_or(|c| n < c) {
+                std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+                let after = stats::collect(&maps)?;
+                let r = stats::rates(&before, &after, interval);
+                match output {
+                    Output::Table => println!("{}", stats::render_rates(&r)),
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                }
+                before = after;
+                n += 1;
+            }
+            Ok(())
+        }
+        Command::Stats { output, .. } => {
             let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
             let s = stats::collect(&maps)?;
             match output {

@@ -258,6 +258,166 @@ pub fn render_table(s: &Stats) -> String {
     out
 }
 
+/// One CPU's share of the global counters (`stats --per-cpu`): how evenly RSS spreads the
+/// load across the cores.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CpuView {
+    pub cpu: usize,
+    pub rx_packets: u64,
+    pub redirected_packets: u64,
+    pub passed_packets: u64,
+    pub dropped_packets: u64,
+}
+
+pub fn per_cpu(maps: &KernelMaps) -> Result<Vec<CpuView>> {
+    Ok(maps
+        .global_counters_per_cpu()?
+        .iter()
+        .enumerate()
+        .map(|(cpu, g)| CpuView {
+            cpu,
+            rx_packets: g.rx_packets,
+            redirected_packets: g.redirected_packets,
+            passed_packets: g.passed_packets,
+            dropped_packets: g.dropped_packets,
+        })
+        .collect())
+}
+
+pub fn render_per_cpu(cpus: &[CpuView]) -> String {
+    let rows: Vec<Vec<String>> = cpus
+        .iter()
+        .map(|c| {
+            vec![
+                c.cpu.to_string(),
+                c.rx_packets.to_string(),
+                c.redirected_packets.to_string(),
+                c.passed_packets.to_string(),
+                c.dropped_packets.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["CPU", "RX PACKETS", "REDIRECTED", "PASSED", "DROPPED"],
+        &rows,
+    )
+}
+
+/// Rates between two readings (`stats --watch`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rates {
+    pub interval_s: f64,
+    pub rx_pps: f64,
+    pub rx_bps: f64,
+    pub redirected_pps: f64,
+    pub dropped_pps: f64,
+    /// Drops per second by reason (only reasons with drops).
+    pub drops_per_s: BTreeMap<&'static str, f64>,
+    pub peerings: Vec<PeeringRate>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeeringRate {
+    pub id: String,
+    pub direction: &'static str,
+    pub pps: f64,
+    pub bps: f64,
+    pub drops_per_s: f64,
+}
+
+pub fn rates(before: &Stats, after: &Stats, interval_s: f64) -> Rates {
+    let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / interval_s;
+    let (g0, g1) = (&before.global, &after.global);
+    let mut peerings = Vec::new();
+    for p in &after.peerings {
+        let Some(p0) = before.peerings.iter().find(|x| x.id == p.id) else {
+            continue;
+        };
+        for (direction, d1, d0) in [
+            (
+                "req->acc",
+                &p.requester_to_accepter,
+                &p0.requester_to_accepter,
+            ),
+            (
+                "acc->req",
+                &p.accepter_to_requester,
+                &p0.accepter_to_requester,
+            ),
+        ] {
+            let drops = |d: &DirectionView| d.dropped.values().sum::<u64>();
+            peerings.push(PeeringRate {
+                id: p.id.clone(),
+                direction,
+                pps: per_s(d1.packets, d0.packets),
+                bps: per_s(d1.bytes, d0.bytes) * 8.0,
+                drops_per_s: per_s(drops(d1), drops(d0)),
+            });
+        }
+    }
+    Rates {
+        interval_s,
+        rx_pps: per_s(g1.rx_packets, g0.rx_packets),
+        rx_bps: per_s(g1.rx_bytes, g0.rx_bytes) * 8.0,
+        redirected_pps: per_s(g1.redirected_packets, g0.redirected_packets),
+        dropped_pps: per_s(g1.dropped_packets, g0.dropped_packets),
+        drops_per_s: g1
+            .dropped
+            .iter()
+            .map(|(r, n)| (*r, per_s(*n, g0.dropped.get(r).copied().unwrap_or(0))))
+            .filter(|(_, v)| *v > 0.0)
+            .collect(),
+        peerings,
+    }
+}
+
+/// `1.2 Mpps`-style numbers for people.
+fn si(v: f64, unit: &str) -> String {
+    let (d, p) = if v >= 1e9 {
+        (1e9, "G")
+    } else if v >= 1e6 {
+        (1e6, "M")
+    } else if v >= 1e3 {
+        (1e3, "k")
+    } else {
+        (1.0, "")
+    };
+    format!("{:.1} {p}{unit}", v / d)
+}
+
+pub fn render_rates(r: &Rates) -> String {
+    let mut out = format!(
+        "rx {}  {}   forwarded {}   dropped {}\n",
+        si(r.rx_pps, "pps"),
+        si(r.rx_bps, "bit/s"),
+        si(r.redirected_pps, "pps"),
+        si(r.dropped_pps, "pps")
+    );
+    let rows: Vec<Vec<String>> = r
+        .peerings
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.direction.to_string(),
+                si(p.pps, "pps"),
+                si(p.bps, "bit/s"),
+                si(p.drops_per_s, "pps"),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &["PEERING", "DIR", "PACKETS", "BITS", "DROPS"],
+            &rows,
+        ));
+    }
+    for (reason, v) in &r.drops_per_s {
+        let _ = writeln!(out, "  drop {reason}: {}", si(*v, "pps"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

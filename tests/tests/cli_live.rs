@@ -182,6 +182,73 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     let flows = json(&pin, &["conntrack", "list", "-o", "json"])?;
     assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
 
+    // stats --per-cpu: the CPUs' shares add up to the total.
+    let cpus = json(&pin, &["stats", "--per-cpu", "-o", "json"])?;
+    let total: u64 = cpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rx_packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        cpus.as_array().unwrap().len(),
+        aya::util::nr_cpus().unwrap()
+    );
+    assert_eq!(total, dp.global()?.rx_packets);
+
+    // stats --watch: rates while packets flow (A -> B UDP 6000, which acl-a lets out).
+    let bin = peer_dataplane_tests::agent_path()?;
+    let watch = Command::new(bin)
+        .arg("--pin-dir")
+        .arg(&pin)
+        .args([
+            "stats",
+            "--watch",
+            "--interval",
+            "0.3",
+            "--count",
+            "2",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let l2a = L2 {
+        src: A.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let fwd = packets::udp4(l2a, A.ipv4, B.ipv4, 64, 5000, 6000, b"y");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < std::time::Duration::from_millis(900) {
+        let out = dp.run(ifindex(A.port), &fwd)?;
+        ensure!(
+            out.action == peer_dataplane_tests::harness::XDP_REDIRECT,
+            "A -> B not forwarded"
+        );
+        sent += 1;
+    }
+    let out = watch.wait_with_output()?;
+    let lines: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2);
+    let best = lines
+        .iter()
+        .map(|l| l["redirected_pps"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(best > 0.0 && sent > 0, "no forwarding rate seen: {lines:?}");
+    let ab = lines[0]["peerings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "pcx-ab" && p["direction"] == "req->acc")
+        .cloned()
+        .unwrap();
+    assert!(ab["bps"].as_f64().is_some(), "{ab}");
+
     let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
     assert!(table.starts_with("PORT"), "{table}");
     Ok(())
