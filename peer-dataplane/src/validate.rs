@@ -817,14 +817,7 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
         if !(1..=32766).contains(&r.number) {
             problems.push("number must be 1..=32766".to_string());
         }
-        let egress = match r.direction.as_str() {
-            "ingress" => Some(false),
-            "egress" => Some(true),
-            d => {
-                problems.push(format!("direction \"{d}\" must be ingress or egress"));
-                None
-            }
-        };
+        let egress = rule_direction(&r.direction, &mut problems);
         if let Some(e) = egress {
             if !numbers.insert((e, r.number)) {
                 problems.push(format!("number is used twice for {}", r.direction));
@@ -874,6 +867,18 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
         }
     }
     ok.then_some(acl)
+}
+
+/// A rule's direction: `Some(true)` for egress.
+fn rule_direction(s: &str, problems: &mut Vec<String>) -> Option<bool> {
+    match s {
+        "ingress" => Some(false),
+        "egress" => Some(true),
+        d => {
+            problems.push(format!("direction \"{d}\" must be ingress or egress"));
+            None
+        }
+    }
 }
 
 /// A rule's protocol: `all`, a name, or a number.
@@ -941,14 +946,7 @@ fn check_security_group(
     for (i, r) in g.rules.iter().enumerate() {
         let what = format!("security group {} rules[{i}]", g.id);
         let mut problems = Vec::new();
-        let egress = match r.direction.as_str() {
-            "ingress" => Some(false),
-            "egress" => Some(true),
-            d => {
-                problems.push(format!("direction \"{d}\" must be ingress or egress"));
-                None
-            }
-        };
+        let egress = rule_direction(&r.direction, &mut problems);
         let protocol = rule_protocol(&r.protocol, &mut problems);
         let ports = rule_ports(r.port_from, r.port_to, protocol, &mut problems);
         let remote = match (&r.cidr, &r.peer_security_group) {
