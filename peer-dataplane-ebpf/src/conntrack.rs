@@ -88,25 +88,21 @@ pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
     };
     // SAFETY: this CPU's scratch slots, used by nothing else during this packet.
     let (k, r) = unsafe { (&mut *key, &mut *rev) };
-    k.src_vpc = src_vpc;
-    k.dst_vpc = dst_vpc;
-    k.src = p.src;
-    k.dst = p.dst;
-    k.sport = sport;
-    k.dport = dport;
-    k.proto = p.proto;
-    k._pad = [0; 3];
+    fill(
+        k,
+        (src_vpc, &p.src, sport),
+        (dst_vpc, &p.dst, dport),
+        p.proto,
+    );
     if let Some(e) = live(k, now) {
         return Tracked::found(How::Original, e);
     }
-    r.src_vpc = dst_vpc;
-    r.dst_vpc = src_vpc;
-    r.src = p.dst;
-    r.dst = p.src;
-    r.sport = dport;
-    r.dport = sport;
-    r.proto = p.proto;
-    r._pad = [0; 3];
+    fill(
+        r,
+        (dst_vpc, &p.dst, dport),
+        (src_vpc, &p.src, sport),
+        p.proto,
+    );
     if let Some(e) = live(r, now) {
         return Tracked::found(How::Reply, e);
     }
@@ -116,6 +112,20 @@ pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
         key,
         opens,
     }
+}
+
+/// Writes the key of a flow from `src` (VPC, address, port) to `dst` in place (the
+/// scratch slot), field by field rather than through a stack temporary.
+#[inline(always)]
+fn fill(k: &mut CtKey, src: (u32, &[u8; 16], u16), dst: (u32, &[u8; 16], u16), proto: u8) {
+    k.src_vpc = src.0;
+    k.src = *src.1;
+    k.sport = src.2;
+    k.dst_vpc = dst.0;
+    k.dst = *dst.1;
+    k.dport = dst.2;
+    k.proto = proto;
+    k._pad = [0; 3];
 }
 
 #[inline(always)]
