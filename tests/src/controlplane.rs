@@ -43,6 +43,15 @@ pub struct Reply {
     pub revision: u64,
 }
 
+/// The `x-pdp-revision` header of a control-plane response (0 when absent).
+pub fn revision_of<B>(resp: &ureq::http::Response<B>) -> u64 {
+    resp.headers()
+        .get("x-pdp-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 impl ControlPlane {
     /// Starts `bin controlplane` in `host` listening on 127.0.0.1:`port` there.
     pub fn start(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
@@ -138,12 +147,7 @@ impl ControlPlane {
                 None => agent.run(req.body(())?)?,
             };
             let status = resp.status().as_u16();
-            let revision = resp
-                .headers()
-                .get("x-pdp-revision")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&resp);
             let text = resp.body_mut().read_to_string()?;
             let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
             Ok(Reply {

@@ -80,6 +80,15 @@ impl Drop for Netns {
 }
 
 /// Moves the calling thread into the namespace at `path`.
+/// The ifindex of interface `name` in the calling thread's namespace (0 if there is none,
+/// which BPF_PROG_RUN then refuses).
+pub fn ifindex(name: &str) -> u32 {
+    use peer_dataplane::desired::IfindexResolver;
+    peer_dataplane::desired::KernelIfindex
+        .ifindex(name)
+        .unwrap_or(0)
+}
+
 pub fn enter(path: &std::path::Path) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     use std::os::fd::AsRawFd;

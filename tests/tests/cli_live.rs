@@ -32,12 +32,6 @@ fn json(pin_dir: &Path, args: &[&str]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("JSON of {args:?}"))
 }
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated name.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
 #[test]
 fn cli_verbs_report_what_is_installed() -> Result<()> {
     peer_dataplane_tests::require_root()?;
@@ -84,7 +78,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         vlan: None,
     };
     let p = packets::udp4(l2, B.ipv4, A.ipv4, 64, 5000, 6000, b"x");
-    dp.run(ifindex(B.port), &p)?;
+    dp.run(netns::ifindex(B.port), &p)?;
     let pin = dp.pin_dir.clone();
 
     let list = json(&pin, &["peering", "list", "-o", "json"])?;
@@ -222,7 +216,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     let started = std::time::Instant::now();
     let mut sent = 0;
     while started.elapsed() < std::time::Duration::from_millis(900) {
-        let out = dp.run(ifindex(A.port), &fwd)?;
+        let out = dp.run(netns::ifindex(A.port), &fwd)?;
         ensure!(
             out.action == peer_dataplane_tests::harness::XDP_REDIRECT,
             "A -> B not forwarded"

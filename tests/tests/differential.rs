@@ -33,12 +33,6 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated name.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
 /// Every counter the test compares.
 #[derive(Debug, Clone, PartialEq)]
 struct Counters {
@@ -261,8 +255,11 @@ fn model_and_program_agree_on_random_states_and_frames() -> Result<()> {
     let ns = seed::ports_only("pdp-diff")?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
-    let ports: Vec<(Instance, u32)> = [A, B, C].iter().map(|i| (*i, ifindex(i.port))).collect();
-    let lo = ifindex("lo");
+    let ports: Vec<(Instance, u32)> = [A, B, C]
+        .iter()
+        .map(|i| (*i, netns::ifindex(i.port)))
+        .collect();
+    let lo = netns::ifindex("lo");
     let mut rng = Rng::new(seed);
     let mut totals = Totals {
         packets: 0,

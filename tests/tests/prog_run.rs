@@ -593,7 +593,7 @@ fn cases() -> Vec<Case> {
         udp4(A, B.ipv4),
         Expect::Drop(DropReason::RedirectFailed, Some((AB, RA))),
     );
-    c.setup = Setup::Raw(|_| vec![Op::DelDevmap(ifindex(B.port))]);
+    c.setup = Setup::Raw(|_| vec![Op::DelDevmap(netns::ifindex(B.port))]);
     v.push(c);
     v
 }
@@ -754,12 +754,6 @@ fn raw_route(dp: &TestDataplane, rtb: &str, net: [u8; 4], plen: u32, pcx: &str) 
     )
 }
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated name.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
 // ---------------------------------------------------------------------------------------
 // the runner
 
@@ -797,7 +791,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         }
     }
     let before = snapshot(dp)?;
-    let out = dp.run(ifindex(c.ingress), &c.packet)?;
+    let out = dp.run(netns::ifindex(c.ingress), &c.packet)?;
     let after = snapshot(dp)?;
     let len = c.packet.len() as u64;
 

@@ -481,12 +481,6 @@ fn scenarios() -> Vec<Scenario> {
 // ---------------------------------------------------------------------------------------
 // the runner
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated name.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
 fn slot(dp: &TestDataplane, pcx: &str) -> u32 {
     dp.installed.ids.get(NAME_PEERING, pcx).unwrap()
 }
@@ -512,7 +506,7 @@ fn counters(dp: &TestDataplane) -> Result<Counters> {
 
 fn send_and_check(dp: &TestDataplane, from: Instance, packet: &[u8], expect: Expect) -> Result<()> {
     let before = counters(dp)?;
-    let out = dp.run(ifindex(from.port), packet)?;
+    let out = dp.run(netns::ifindex(from.port), packet)?;
     let after = counters(dp)?;
     let mut problems = Vec::new();
     let (want_action, want_bytes, reason, hit) = match expect {

@@ -76,6 +76,30 @@ fn measure(
     Ok(ns as f64 / batches as f64)
 }
 
+/// Median over ROUNDS of the pipeline's ns/packet on `packet` from `ifindex`, with
+/// progress under `label`.
+fn pipeline_median(
+    dp: &TestDataplane,
+    label: &str,
+    ifindex: u32,
+    packet: &[u8],
+    total: u32,
+) -> Result<f64> {
+    let mut v = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        eprint!("\r  {label}, round {}/{ROUNDS}", round + 1);
+        v.push(measure(
+            dp,
+            program_names::PIPELINE,
+            ifindex,
+            packet,
+            total,
+        )?);
+    }
+    eprintln!();
+    Ok(median(v))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -242,12 +266,7 @@ fn bench_prog(args: &Args) -> Result<()> {
     let ns = seed::ports_only("pdp-bench")?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load_from(object)?;
-    let ifindex = |name: &str| {
-        let c = std::ffi::CString::new(name).unwrap();
-        // SAFETY: NUL-terminated name.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    };
-    let (a_if, b_if) = (ifindex(A.port), ifindex(B.port));
+    let (a_if, b_if) = (netns::ifindex(A.port), netns::ifindex(B.port));
     let l2 = L2 {
         src: A.mac,
         dst: ROUTER_MAC,
@@ -314,19 +333,13 @@ fn bench_prog(args: &Args) -> Result<()> {
         let mut doc = doc_with_routes(10);
         add_egress_acl(&mut doc, rules, prefixes);
         dp.install(&doc)?;
-        let mut p4 = Vec::new();
-        for round in 0..ROUNDS {
-            eprint!("\r  {rules} ACL rules, round {}/{ROUNDS}", round + 1);
-            p4.push(measure(
-                &dp,
-                program_names::PIPELINE,
-                a_if,
-                &v4,
-                args.repeat,
-            )?);
-        }
-        eprintln!();
-        acl_ns.push(median(p4));
+        acl_ns.push(pipeline_median(
+            &dp,
+            &format!("{rules} ACL rules"),
+            a_if,
+            &v4,
+            args.repeat,
+        )?);
     }
     rows.push((
         "(d) pipeline, 10 routes, 10 ACL rules, IPv4".into(),
@@ -348,31 +361,20 @@ fn bench_prog(args: &Args) -> Result<()> {
     let mut doc = doc_with_routes(10);
     add_security_groups(&mut doc);
     dp.install(&doc)?;
-    let mut hit = Vec::new();
-    for round in 0..ROUNDS {
-        eprint!(
-            "\r  security groups, conntrack hit, round {}/{ROUNDS}",
-            round + 1
-        );
-        hit.push(measure(
-            &dp,
-            program_names::PIPELINE,
-            a_if,
-            &v4,
-            args.repeat,
-        )?);
-    }
-    eprintln!();
+    let hit = pipeline_median(
+        &dp,
+        "security groups, conntrack hit",
+        a_if,
+        &v4,
+        args.repeat,
+    )?;
     let singles = (args.repeat as usize / 50).max(1000);
     eprintln!("  {singles} single runs each: conntrack hit, then miss (flushed before each)");
     let hit_single = single_runs(&mut dp, a_if, &v4, singles, |_| Ok(()))?;
     let miss_single = single_runs(&mut dp, a_if, &v4, singles, |dp| {
         dp.installed.maps.conntrack_flush(|_, _| true).map(|_| ())
     })?;
-    rows.push((
-        "(f) pipeline + security groups, conntrack hit".into(),
-        median(hit),
-    ));
+    rows.push(("(f) pipeline + security groups, conntrack hit".into(), hit));
 
     let base = rows[0].1;
     println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");

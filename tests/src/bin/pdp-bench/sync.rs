@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use peer_dataplane::desired::key_for;
 use peer_dataplane::kernel::KernelMaps;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
-use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane};
+use peer_dataplane_tests::controlplane::{free_port, revision_of, token_of, ControlPlane};
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed;
 use serde_json::{json, Value};
@@ -79,12 +79,7 @@ impl Client {
                 .call()?,
             _ => bail!("unsupported request {method} {path}"),
         };
-        let revision = resp
-            .headers()
-            .get("x-pdp-revision")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let revision = revision_of(&resp);
         let _ = resp.body_mut().read_to_string();
         Ok((resp.status().as_u16(), revision))
     }
