@@ -325,9 +325,17 @@ pub struct AclRuleHits {
 /// Per-rule hits of every installed network ACL (or only `only`), by ACL, direction and
 /// rule number.
 pub fn acl_hits(maps: &KernelMaps, only: Option<&str>) -> Result<Vec<AclRuleHits>> {
+    acl_hits_in(maps, &maps.read_state()?, only)
+}
+
+/// [`acl_hits`] against a `state` already read back from `maps`.
+pub fn acl_hits_in(
+    maps: &KernelMaps,
+    state: &MapState,
+    only: Option<&str>,
+) -> Result<Vec<AclRuleHits>> {
     use peer_dataplane_common::acl::{bit_set, NO_HITS};
-    let state = maps.read_state()?;
-    let names = Names(&state);
+    let names = Names(state);
     let mut out = Vec::new();
     for (set, meta) in &state.acl_meta {
         if meta.hit_base == NO_HITS {

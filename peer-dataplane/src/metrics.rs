@@ -7,8 +7,8 @@ use crate::inspect;
 use crate::kernel::KernelMaps;
 use anyhow::{Context, Result};
 use peer_dataplane_common::{
-    acl::MAX_ACL_SETS, conntrack::MAX_CT_ENTRIES, DropReason, PassReason, MAX_ACL_ENTRIES,
-    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    acl::MAX_ACL_SETS, conntrack::MAX_CT_ENTRIES, MAX_ACL_ENTRIES, MAX_ENDPOINTS, MAX_NAMES,
+    MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::path::PathBuf;
@@ -76,24 +76,16 @@ pub fn render(maps: &KernelMaps, sync: &SyncState) -> Result<String> {
         "Bandwidth cap of a peering direction (absent: uncapped).",
         &["peering", "direction"],
     )?;
+    // One read of the installed state and of every counter per scrape.
     let state = maps.read_state()?;
-    for p in inspect::peerings(maps)? {
-        let slot = p.slot;
-        let (ra, ar) = maps.peering_counters(slot)?;
-        for (d, c, view) in [
-            (0, ra, &p.requester_to_accepter),
-            (1, ar, &p.accepter_to_requester),
-        ] {
+    let stats = crate::stats::collect_in(maps, &state)?;
+    for p in &stats.peerings {
+        for (d, view) in [(0, &p.requester_to_accepter), (1, &p.accepter_to_requester)] {
             let l = [p.id.as_str(), dir_label(d)];
-            packets.with_label_values(&l).inc_by(c.packets);
-            bytes.with_label_values(&l).inc_by(c.bytes);
-            for reason in DropReason::ALL {
-                let n = c.drop[reason as usize];
-                if n > 0 {
-                    pdrops
-                        .with_label_values(&[l[0], l[1], reason.as_str()])
-                        .inc_by(n);
-                }
+            packets.with_label_values(&l).inc_by(view.packets);
+            bytes.with_label_values(&l).inc_by(view.bytes);
+            for (reason, n) in &view.dropped {
+                pdrops.with_label_values(&[l[0], l[1], reason]).inc_by(*n);
             }
             if let Some(bps) = view.cap_bps {
                 cap.with_label_values(&l).set(bps as i64);
@@ -101,7 +93,7 @@ pub fn render(maps: &KernelMaps, sync: &SyncState) -> Result<String> {
         }
     }
 
-    let g = maps.global_counters()?;
+    let g = &stats.global;
     let rx = counter(&r, "pdp_rx_packets_total", "Frames the program saw.", &[])?;
     rx.with_label_values(&[]).inc_by(g.rx_packets);
     let rxb = counter(
@@ -121,10 +113,8 @@ pub fn render(maps: &KernelMaps, sync: &SyncState) -> Result<String> {
         "Frames dropped, by reason.",
         &["reason"],
     )?;
-    for reason in DropReason::ALL {
-        drops
-            .with_label_values(&[reason.as_str()])
-            .inc_by(g.drop[reason as usize]);
+    for (reason, n) in &g.dropped {
+        drops.with_label_values(&[reason]).inc_by(*n);
     }
     let passes = counter(
         &r,
@@ -132,10 +122,8 @@ pub fn render(maps: &KernelMaps, sync: &SyncState) -> Result<String> {
         "Frames handed to the kernel, by reason.",
         &["reason"],
     )?;
-    for reason in PassReason::ALL {
-        passes
-            .with_label_values(&[reason.as_str()])
-            .inc_by(g.pass[reason as usize]);
+    for (reason, n) in &g.passed {
+        passes.with_label_values(&[reason]).inc_by(*n);
     }
 
     let hits = counter(
@@ -144,7 +132,7 @@ pub fn render(maps: &KernelMaps, sync: &SyncState) -> Result<String> {
         "Packets each network ACL rule decided.",
         &["acl", "direction", "rule"],
     )?;
-    for h in inspect::acl_hits(maps, None)? {
+    for h in inspect::acl_hits_in(maps, &state, None)? {
         hits.with_label_values(&[h.acl.as_str(), h.direction, &h.rule.to_string()])
             .inc_by(h.hits);
     }

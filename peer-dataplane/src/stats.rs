@@ -92,7 +92,11 @@ pub fn global_view(g: &GlobalCounters) -> GlobalView {
 }
 
 pub fn collect(maps: &KernelMaps) -> Result<Stats> {
-    let state = maps.read_state()?;
+    collect_in(maps, &maps.read_state()?)
+}
+
+/// [`collect`] against a `state` already read back from `maps`.
+pub fn collect_in(maps: &KernelMaps, state: &crate::maps::MapState) -> Result<Stats> {
     let name = |kind, id| {
         state
             .names
