@@ -88,9 +88,8 @@ pub fn sg_set_name(groups: &[String]) -> String {
     format!("sgs#{h:016x}")
 }
 
-/// The rules of security groups `groups` in one direction, as allow rules of an ACL (a
-/// peer-group reference becomes one rule per address of that group's member ports).
-fn sg_rules(t: &Topology, groups: &[String], egress: bool) -> Vec<crate::acl::Rule> {
+/// Each security group's member addresses (host prefixes of its ports' addresses).
+fn sg_members(t: &Topology) -> BTreeMap<&str, Vec<IpNet>> {
     let mut members: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
     for p in t.ports.values() {
         for g in p.security_groups.iter().flatten() {
@@ -99,6 +98,17 @@ fn sg_rules(t: &Topology, groups: &[String], egress: bool) -> Vec<crate::acl::Ru
             m.extend(p.ipv6.map(|a| IpNet::from(std::net::IpAddr::V6(a))));
         }
     }
+    members
+}
+
+/// The rules of security groups `groups` in one direction, as allow rules of an ACL (a
+/// peer-group reference becomes one rule per address of that group's `members`).
+fn sg_rules(
+    t: &Topology,
+    members: &BTreeMap<&str, Vec<IpNet>>,
+    groups: &[String],
+    egress: bool,
+) -> Vec<crate::acl::Rule> {
     let mut distinct = BTreeSet::new();
     for g in groups {
         for r in t.security_groups[g]
@@ -280,11 +290,12 @@ pub fn compile(
     }
 
     // Security-group sets, one per distinct combination of groups on ports.
+    let members = sg_members(t);
     for (name, groups) in sg_combinations(t) {
         let set_id = id(NAME_SG_SET, &name);
         let set_gen = acl_generation(set_id);
         for egress in [false, true] {
-            let rules = sg_rules(t, &groups, egress);
+            let rules = sg_rules(t, &members, &groups, egress);
             let c = crate::acl::compile(&rules).map_err(|e| {
                 anyhow!(
                     "security groups {} ({}): {e}",
