@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod counters;
 pub mod reason;
+pub mod trace;
 
 pub use reason::{DropReason, PassReason};
 
@@ -36,8 +37,10 @@ pub mod map_names {
     pub const ACL_EXACT: &str = "pdp_acl_exact";
     pub const CONNTRACK: &str = "pdp_conntrack";
     pub const CAP_STATE: &str = "pdp_cap_state";
+    /// What `pdp_trace` saw of the last packet it ran on, per CPU.
+    pub const TRACE: &str = "pdp_trace_rec";
     /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         PORTS,
         ROUTES,
         PEERINGS,
@@ -54,6 +57,7 @@ pub mod map_names {
         ACL_EXACT,
         CONNTRACK,
         CAP_STATE,
+        TRACE,
     ];
 }
 
@@ -63,6 +67,12 @@ pub mod program_names {
     pub const PIPELINE: &str = "pdp_xdp";
     /// Benchmark baseline: a program that only redirects.
     pub const REDIRECT_ONLY: &str = "pdp_redirect_only";
+    /// The pipeline with side effects off, recording each stage (`peer-dataplane trace`).
+    pub const TRACE: &str = "pdp_trace";
+    /// The programs the agent pins under `<pin dir>/programs/`, for the CLI's
+    /// BPF_PROG_RUN (`trace`, `loadgen`) on the loaded code and its maps.
+    pub const PINNED: [&str; 2] = [PIPELINE, TRACE];
+    pub const PIN_SUBDIR: &str = "programs";
 }
 
 /// Where the agent pins its maps (bpffs).
@@ -341,6 +351,7 @@ mod pod {
     unsafe impl aya::Pod for super::acl::AclExactKey {}
     unsafe impl aya::Pod for super::conntrack::CtKey {}
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
+    unsafe impl aya::Pod for super::trace::TraceRecord {}
 }
 
 #[cfg(test)]

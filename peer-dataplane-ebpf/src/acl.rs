@@ -12,40 +12,42 @@ use peer_dataplane_common::{
         acl_addr_table, bit_set, first_match, AclBits, AclExactKey, AclMeta, AclPortData,
         AclProtoKey, ACL_WORDS, NO_ACL, NO_HITS,
     },
-    DropReason, RouteData, ROUTE_TABLE_BITS,
+    trace::{ACL_ABSENT, ACL_ALLOWS, ACL_NO_RULE},
+    RouteData, ROUTE_TABLE_BITS,
 };
 
 /// Network ACL check of `p` against set `set`: the lowest matching rule decides, and
-/// its hit is counted.
+/// (unless tracing) its hit is counted. Returns the decision as one word (see
+/// `peer_dataplane_common::trace::acl_allows`): a register, not a struct in memory.
 ///
 /// Not inlined: a BPF-to-BPF call. Inlined, the verifier would carry each of the sixteen
 /// ways `first_match` can end into every later stage, and the four ACL and SG checks would
 /// multiply them past its limit; across a call the paths meet again at the return. The
 /// lookup keys also live in this function's frame, reused by every call.
 #[inline(never)]
-pub fn check(set: u32, addr: &[u8; 16], p: &Packet) -> Result<(), DropReason> {
+pub fn check<const T: bool>(set: u32, addr: &[u8; 16], p: &Packet) -> u32 {
     if set == NO_ACL {
-        return Ok(());
+        return ACL_ABSENT;
     }
     let Some((meta, a, b, c)) = bitmaps(set, addr, p) else {
-        return Err(DropReason::NaclDeny);
+        return ACL_NO_RULE;
     };
     let Some(bit) = first_match(a, b, c) else {
-        return Err(DropReason::NaclDeny);
+        return ACL_NO_RULE;
     };
     if bit >= meta.rules {
-        return Err(DropReason::NaclDeny);
+        return ACL_NO_RULE;
     }
-    if meta.hit_base != NO_HITS {
+    if !T && meta.hit_base != NO_HITS {
         if let Some(hits) = ACL_HITS.get_ptr_mut(meta.hit_base + bit) {
             // SAFETY: this CPU's slot.
             unsafe { *hits += 1 };
         }
     }
     if bit_set(&meta.allow, bit) {
-        Ok(())
+        bit | ACL_ALLOWS
     } else {
-        Err(DropReason::NaclDeny)
+        bit
     }
 }
 

@@ -58,3 +58,19 @@ pub fn police(cap: &CapConfig, index: u32, len: u64) -> Result<(), DropReason> {
     }
     Ok(())
 }
+
+/// What [`police`] would decide for a `len`-byte frame now, without spending anything
+/// (for traces): (conforms, the bucket's `tat`, the frame's cost in ns).
+#[inline(always)]
+pub fn peek(cap: &CapConfig, index: u32, len: u64) -> (bool, u64, u64) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cost = cap.cost_ns(len);
+    let Some(tat) = CAP_STATE.get_ptr_mut(index) else {
+        return (false, 0, cost);
+    };
+    // SAFETY: see `police`.
+    let tat = unsafe { core::ptr::read_volatile(tat) };
+    let after = if tat > now { tat } else { now } + cost;
+    (cost <= cap.burst_ns && after - now <= cap.burst_ns, tat, cost)
+}

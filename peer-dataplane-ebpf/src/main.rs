@@ -22,14 +22,34 @@ mod port;
 mod rewrite;
 mod route;
 mod sg;
+mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn pdp_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (outcome, seen) = pipeline::run(&ctx);
+    let (outcome, seen) = pipeline::run::<false>(&ctx);
     counters::record(len, &outcome, &seen)
+}
+
+/// `peer-dataplane trace`: the same pipeline with side effects off, noting each stage in
+/// this CPU's trace record. Never attached; the CLI runs it with BPF_PROG_RUN. Returns
+/// the action `pdp_xdp` would (and rewrites the frame as it would).
+#[xdp]
+pub fn pdp_trace(ctx: XdpContext) -> u32 {
+    let (outcome, _) = pipeline::run::<true>(&ctx);
+    let action = match outcome.verdict {
+        counters::Verdict::Pass => xdp_action::XDP_PASS,
+        counters::Verdict::Redirect => outcome.action,
+        counters::Verdict::Drop => xdp_action::XDP_DROP,
+    };
+    trace::note::<true>(|r| {
+        r.verdict = outcome.verdict as u32;
+        r.reason = outcome.reason;
+        r.action = action;
+    });
+    action
 }
 
 /// Benchmark baseline: redirect every frame back to its ingress port through the devmap,

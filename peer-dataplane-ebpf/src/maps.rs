@@ -10,6 +10,7 @@ use peer_dataplane_common::{
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
+    trace::TraceRecord,
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
     MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
@@ -85,3 +86,7 @@ pub static CT_SCRATCH: PerCpuArray<CtKey> = PerCpuArray::with_max_entries(2, 0);
 /// by all CPUs: a cap is for the host as a whole.
 #[map(name = "pdp_cap_state")]
 pub static CAP_STATE: Array<u64> = Array::pinned(MAX_PEERINGS * 2, 0);
+
+/// What `pdp_trace` saw of the last packet it ran on this CPU (`peer-dataplane trace`).
+#[map(name = "pdp_trace_rec")]
+pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::pinned(1, 0);

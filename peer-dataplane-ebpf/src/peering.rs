@@ -2,9 +2,11 @@
 //! the sender's VPC; the packet must have originated in the sender's VPC; the destination
 //! must lie inside the peer VPC.
 
-use crate::{maps::PEERINGS, parse::Packet, route};
+use crate::{maps::PEERINGS, parse::Packet, route, trace};
 use peer_dataplane_common::{
-    addr, cap::CapConfig, peering_counter_index, vpc_table, DropReason, Port,
+    addr,
+    cap::CapConfig,
+    trace::{NO_ROUTE, STAGE_PEERING}, peering_counter_index, vpc_table, DropReason, Port,
     DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6,
     ROUTE_VPC_CIDR,
 };
@@ -21,12 +23,23 @@ pub struct Crossing {
 
 /// Resolves the peering a route points at. `Err((reason, counter index or None))`.
 #[inline(always)]
-pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<u32>)> {
+pub fn resolve<const T: bool>(
+    slot: u32,
+    src_vpc: u32,
+) -> Result<Crossing, (DropReason, Option<u32>)> {
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_PEERING;
+        r.peering_slot = slot;
+        // Until found: not installed, and (then) not joining the sender's VPC.
+        r.peering_status = NO_ROUTE;
+        r.peering_dir = NO_ROUTE;
+    });
     // SAFETY: not preallocated: the entry stays whole while we read it (see `port`).
     let Some(pcx) = (unsafe { PEERINGS.get(&slot) }) else {
         // A route may name a peering whose entry is gone: a blackhole, never a forward.
         return Err((DropReason::PeeringInactive, None));
     };
+    trace::note::<T>(|r| r.peering_status = pcx.status);
     let (dir, peer_vpc) = if pcx.requester_vpc == src_vpc {
         (DIR_REQUESTER_TO_ACCEPTER, pcx.accepter_vpc)
     } else if pcx.accepter_vpc == src_vpc {
@@ -34,6 +47,10 @@ pub fn resolve(slot: u32, src_vpc: u32) -> Result<Crossing, (DropReason, Option<
     } else {
         return Err((DropReason::PeeringMismatch, None));
     };
+    trace::note::<T>(|r| {
+        r.peering_dir = dir;
+        r.peer_vpc = peer_vpc;
+    });
     let ctr = peering_counter_index(slot, dir);
     if pcx.status != PCX_ACTIVE {
         return Err((DropReason::PeeringInactive, Some(ctr)));

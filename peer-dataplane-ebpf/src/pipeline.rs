@@ -16,40 +16,69 @@ use crate::{
     deliver,
     maps::PKT_SCRATCH,
     parse::{self, Packet},
-    peering, port, rewrite, route, sg,
+    peering, port, rewrite, route, sg, trace,
 };
 use aya_ebpf::programs::XdpContext;
-use peer_dataplane_common::{DropReason, PassReason, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX};
+use peer_dataplane_common::{
+    trace::{
+        acl_allows, NO_ROUTE, STAGE_DELIVER, STAGE_CAP, STAGE_EGRESS_ACL, STAGE_ENDPOINT,
+        STAGE_INGRESS_ACL, STAGE_ORIGIN, STAGE_PARSE, STAGE_PORT, STAGE_RETURN_ROUTE,
+        STAGE_REWRITE, STAGE_SECURITY_GROUPS, STAGE_ROUTE, STAGE_TTL,
+    },
+    DropReason, PassReason, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+};
 
+/// Runs the pipeline on one frame. `T`: tracing (`pdp_trace`): every stage notes what it
+/// saw, and nothing the packet would change is changed (rule hits, conntrack, cap
+/// tokens); the caller counts nothing either.
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> (Outcome, Seen) {
+pub fn run<const T: bool>(ctx: &XdpContext) -> (Outcome, Seen) {
     let mut seen = Seen {
         fragment: false,
         ipv4_options: false,
     };
+    trace::start::<T>(ctx.ingress_ifindex() as u32);
     // Both arms carry the same struct: a stage's drop is just an early outcome.
-    let outcome = match try_run(ctx, &mut seen) {
+    let outcome = match try_run::<T>(ctx, &mut seen) {
         Ok(o) | Err(o) => o,
     };
     (outcome, seen)
 }
 
 #[inline(always)]
-fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
+fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
     // Source port: frames from interfaces we do not serve (an uplink, say) are untouched.
     let Some(port) = port::lookup(ctx.ingress_ifindex() as u32) else {
         return Ok(Outcome::pass(PassReason::UnknownPort));
     };
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_PORT;
+        r.port_vpc = port.vpc;
+        r.port_route_table = port.route_table;
+        r.port_acl = port.acl;
+        r.port_sg = port.sg;
+    });
 
     let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
         return Err(DropReason::ParseError.into());
     };
     // SAFETY: this CPU's slot, used by nothing else while this packet runs.
     let p = unsafe { &mut *scratch };
+    trace::reached::<T>(STAGE_PARSE);
     if !parse::parse(ctx, p)? {
         return Ok(Outcome::pass(PassReason::NotIp));
     }
     let p: &Packet = p;
+    trace::note::<T>(|r| {
+        r.is_v4 = p.is_v4 as u8;
+        r.proto = p.proto;
+        r.ttl = p.ttl;
+        r.ports_known = p.ports_known as u8;
+        r.sport = p.sport;
+        r.dport = p.dport;
+        r.src = p.src;
+        r.dst = p.dst;
+    });
     seen.fragment = p.fragment;
     seen.ipv4_options = p.ipv4_options;
     if parse::not_routable(p) {
@@ -57,7 +86,15 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
     }
 
     // Route lookup in the sender subnet's table.
-    let Some(route) = route::lookup(port.route_table, &p.dst) else {
+    let route = route::lookup(port.route_table, &p.dst);
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_ROUTE;
+        (r.route_kind, r.route_target) = match route {
+            Some(v) => (v.kind, v.target),
+            None => (NO_ROUTE, NO_ROUTE),
+        };
+    });
+    let Some(route) = route else {
         return Err(DropReason::NoRoute.into());
     };
     let slot = match route.kind {
@@ -68,15 +105,25 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
     };
 
     // Peering checks.
-    let x = peering::resolve(slot, port.vpc)
+    let x = peering::resolve::<T>(slot, port.vpc)
         .map_err(|(reason, ctr)| Outcome::drop(reason, ctr.unwrap_or(NO_PEERING)))?;
     let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
+    trace::reached::<T>(STAGE_ORIGIN);
     if !peering::originated_in(port, p) {
         return Err(drop(DropReason::Transitive));
     }
     // Egress network ACL of the sender's subnet (checked once the packet is known to be
     // peering traffic, so that its drops count under the peering).
-    acl::check(port.acl, &p.dst, p).map_err(drop)?;
+    let egress = acl::check::<T>(port.acl, &p.dst, p);
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_EGRESS_ACL;
+        r.egress_acl_set = port.acl;
+        r.egress_acl = egress;
+    });
+    if !acl_allows(egress) {
+        return Err(drop(DropReason::NaclDeny));
+    }
+    trace::reached::<T>(STAGE_ENDPOINT);
     let Some(ep) = deliver::endpoint(x.peer_vpc, &p.dst) else {
         let reason = if peering::inside_vpc(x.peer_vpc, &p.dst) {
             DropReason::NoEndpoint
@@ -85,31 +132,71 @@ fn try_run(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
         };
         return Err(drop(reason));
     };
+    trace::note::<T>(|r| {
+        r.ep_ifindex = ep.ifindex;
+        r.ep_route_table = ep.route_table;
+        r.ep_sg = ep.sg;
+    });
 
     // Receiver side: a route back to the source through the same peering.
-    match route::lookup(ep.route_table, &p.src) {
+    let back = route::lookup(ep.route_table, &p.src);
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_RETURN_ROUTE;
+        (r.return_kind, r.return_target) = match back {
+            Some(v) => (v.kind, v.target),
+            None => (NO_ROUTE, NO_ROUTE),
+        };
+    });
+    match back {
         Some(r) if r.kind == ROUTE_PCX && r.target == x.slot => {}
         _ => return Err(drop(DropReason::NoReturnRoute)),
     }
 
     // Ingress network ACL of the receiver's subnet.
-    acl::check(ep.acl, &p.src, p).map_err(drop)?;
+    let ingress = acl::check::<T>(ep.acl, &p.src, p);
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_INGRESS_ACL;
+        r.ingress_acl_set = ep.acl;
+        r.ingress_acl = ingress;
+    });
+    if !acl_allows(ingress) {
+        return Err(drop(DropReason::NaclDeny));
+    }
 
     // Security groups of both ports, stateful.
-    sg::check(port.sg, ep.sg, port.vpc, x.peer_vpc, p).map_err(drop)?;
+    trace::reached::<T>(STAGE_SECURITY_GROUPS);
+    sg::check::<T>(port.sg, ep.sg, port.vpc, x.peer_vpc, p).map_err(drop)?;
 
+    trace::reached::<T>(STAGE_TTL);
     if p.ttl <= 1 {
         return Err(drop(DropReason::TtlExceeded));
     }
     // bpf_redirect_map only records the target (transmission happens after we return),
     // so resolve it first: a missing devmap entry then drops the frame untouched.
+    trace::reached::<T>(STAGE_DELIVER);
     let action = deliver::redirect(ep).map_err(drop)?;
 
     // Bandwidth cap of the peering in this direction.
     if x.cap.is_capped() {
         let len = (ctx.data_end() - ctx.data()) as u64;
-        cap::police(&x.cap, x.ctr, len).map_err(drop)?;
+        if T {
+            let (conforms, tat, cost) = cap::peek(&x.cap, x.ctr, len);
+            trace::note::<T>(|r| {
+                r.reached |= STAGE_CAP;
+                r.cap_index = x.ctr;
+                r.cap = x.cap;
+                r.cap_tat_ns = tat;
+                r.cap_cost_ns = cost;
+                r.cap_conforms = conforms as u32;
+            });
+            if !conforms {
+                return Err(drop(DropReason::RateLimited));
+            }
+        } else {
+            cap::police(&x.cap, x.ctr, len).map_err(drop)?;
+        }
     }
+    trace::reached::<T>(STAGE_REWRITE);
     rewrite::decrement_ttl(ctx, p).map_err(drop)?;
     rewrite::macs_and_vlan(ctx, p, ep).map_err(drop)?;
     Ok(Outcome::redirect(action, x.ctr))

@@ -11,15 +11,20 @@ use crate::{
     acl,
     conntrack::{self, How},
     parse::Packet,
+    trace,
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use peer_dataplane_common::{acl::NO_ACL, DropReason};
+use peer_dataplane_common::{
+    acl::NO_ACL,
+    trace::{CT_NEW, CT_ORIGINAL, CT_REPLY, CT_UNTRACKABLE, SG_MATCH, SG_NO_GROUPS, SG_NO_MATCH},
+    DropReason,
+};
 
 /// Not inlined (a BPF-to-BPF call): the conntrack outcomes branch many ways, and across a
 /// call they meet again at the return instead of multiplying the verifier's paths through
-/// every later stage.
+/// every later stage. When tracing (`T`), the conntrack table is only read.
 #[inline(never)]
-pub fn check(
+pub fn check<const T: bool>(
     sender_sg: u32,
     receiver_sg: u32,
     src_vpc: u32,
@@ -27,23 +32,53 @@ pub fn check(
     p: &Packet,
 ) -> Result<(), DropReason> {
     if sender_sg == NO_ACL && receiver_sg == NO_ACL {
+        trace::note::<T>(|r| {
+            r.sg_egress = SG_NO_GROUPS;
+            r.sg_ingress = SG_NO_GROUPS;
+        });
         return Ok(());
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let t = conntrack::lookup(src_vpc, dst_vpc, p, now);
+    trace::note::<T>(|r| {
+        r.sg_conntrack = match t.how {
+            How::Untrackable => CT_UNTRACKABLE,
+            How::New => CT_NEW,
+            How::Original => CT_ORIGINAL,
+            How::Reply => CT_REPLY,
+        }
+    });
     if t.how == How::Original || t.how == How::Reply {
-        conntrack::refresh(&t, p, now);
+        if !T {
+            conntrack::refresh(&t, p, now);
+        }
         return Ok(());
     }
     let egress_ok = sender_sg == NO_ACL || acl::any_match(sender_sg, &p.dst, p);
+    trace::note::<T>(|r| r.sg_egress = rules(sender_sg, egress_ok));
     if !egress_ok {
         return Err(DropReason::SgDeny);
     }
     let ingress_ok = receiver_sg == NO_ACL || acl::any_match(receiver_sg, &p.src, p);
+    trace::note::<T>(|r| r.sg_ingress = rules(receiver_sg, ingress_ok));
     if !ingress_ok {
         return Err(DropReason::SgDeny);
     }
-    conntrack::open(&t, p, now);
+    if !T {
+        conntrack::open(&t, p, now);
+    }
     Ok(())
+}
+
+/// A trace's account of one port's groups.
+#[inline(always)]
+fn rules(set: u32, matched: bool) -> u32 {
+    if set == NO_ACL {
+        SG_NO_GROUPS
+    } else if matched {
+        SG_MATCH
+    } else {
+        SG_NO_MATCH
+    }
 }

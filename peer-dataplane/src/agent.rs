@@ -348,6 +348,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             dp.installed.mirror.routes.len()
         );
     }
+    // The trace program is only run by the CLI; verified after the takeover above.
+    let trace: &mut Xdp = dp
+        .ebpf
+        .program_mut(program_names::TRACE)
+        .ok_or_else(|| anyhow!("program {} missing from the object", program_names::TRACE))?
+        .try_into()
+        .context("program type")?;
+    trace
+        .load()
+        .context("verifying and loading the trace program")?;
+    kernel::pin_programs(&mut dp.ebpf, &opts.pin_dir)?;
 
     let mut updates = None;
     match (&opts.source, initial) {

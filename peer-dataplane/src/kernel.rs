@@ -8,12 +8,13 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
 };
+use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
-    map_names, peering_counter_index, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
+    map_names, peering_counter_index, program_names, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ACL_ENTRIES,
     MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
@@ -40,7 +41,7 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
 /// (name, key size, value size, max entries) of every pinned map, as this build defines
 /// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
 /// build with another layout must be caught here, before the program reads it wrongly.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 16] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 17] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -121,6 +122,12 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 16] {
             MAX_CT_ENTRIES,
         ),
         (map_names::CAP_STATE, 4, 8, MAX_PEERINGS * 2),
+        (
+            map_names::TRACE,
+            4,
+            sz(size_of::<peer_dataplane_common::trace::TraceRecord>()),
+            1,
+        ),
     ]
 }
 
@@ -488,6 +495,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
         return Ok(());
     }
     crate::links::remove_all(pin_dir)?;
+    unpin_programs(pin_dir)?;
     for name in map_names::ALL {
         let p = pin_dir.join(name);
         if p.exists() {
@@ -495,4 +503,57 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
+}
+
+/// Where the agent pins program `name` (see `program_names::PINNED`).
+pub fn program_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(program_names::PIN_SUBDIR).join(name)
+}
+
+/// Pins the loaded programs the CLI runs (replacing pins of an earlier agent), so that
+/// `trace` and `loadgen` run exactly the code that is attached, on its maps.
+pub fn pin_programs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<()> {
+    let dir = pin_dir.join(program_names::PIN_SUBDIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in program_names::PINNED {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("unpinning the earlier {}", path.display()))?;
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()
+            .context("program type")?;
+        prog.pin(&path)
+            .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Program `name` as the agent pinned it.
+pub fn pinned_program(pin_dir: &Path, name: &str) -> Result<Xdp> {
+    check_bpffs(pin_dir)?;
+    let path = program_pin(pin_dir, name);
+    Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface).map_err(|e| {
+        anyhow!(
+            "cannot open the pinned program {} ({e}); is `peer-dataplane run` (this version) running or has it run on this host?",
+            path.display()
+        )
+    })
+}
+
+fn unpin_programs(pin_dir: &Path) -> Result<()> {
+    let dir = pin_dir.join(program_names::PIN_SUBDIR);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for name in program_names::PINNED {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))
 }

@@ -65,7 +65,11 @@ impl TestDataplane {
         ));
         let _ = kernel::remove_pins(&pin_dir);
         let mut ebpf = kernel::load(&object, &pin_dir)?;
-        for name in [program_names::PIPELINE, program_names::REDIRECT_ONLY] {
+        for name in [
+            program_names::PIPELINE,
+            program_names::REDIRECT_ONLY,
+            program_names::TRACE,
+        ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("no program {name}"))?
@@ -73,6 +77,8 @@ impl TestDataplane {
             p.load()
                 .with_context(|| format!("loading {name} (verifier)"))?;
         }
+        // As the agent does: the CLI's `trace` and `loadgen` run the pinned programs.
+        kernel::pin_programs(&mut ebpf, &pin_dir)?;
         let installed = Installed::open(&pin_dir)?;
         Ok(TestDataplane {
             ebpf,
