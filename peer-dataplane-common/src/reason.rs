@@ -82,6 +82,10 @@ impl DropReason {
     pub fn from_name(s: &str) -> Option<DropReason> {
         Self::ALL.iter().copied().find(|r| r.as_str() == s)
     }
+
+    pub fn from_u32(v: u32) -> Option<DropReason> {
+        Self::ALL.iter().copied().find(|r| *r as u32 == v)
+    }
 }
 
 #[repr(u32)]
@@ -112,6 +116,10 @@ impl PassReason {
             PassReason::LocalRoute => "local-route",
             PassReason::NotRoutable => "not-routable",
         }
+    }
+
+    pub fn from_u32(v: u32) -> Option<PassReason> {
+        Self::ALL.iter().copied().find(|r| *r as u32 == v)
     }
 }
 

@@ -72,5 +72,9 @@ pub fn peek(cap: &CapConfig, index: u32, len: u64) -> (bool, u64, u64) {
     // SAFETY: see `police`.
     let tat = unsafe { core::ptr::read_volatile(tat) };
     let after = if tat > now { tat } else { now } + cost;
-    (cost <= cap.burst_ns && after - now <= cap.burst_ns, tat, cost)
+    (
+        cost <= cap.burst_ns && after - now <= cap.burst_ns,
+        tat,
+        cost,
+    )
 }

@@ -6,9 +6,10 @@ use crate::{maps::PEERINGS, parse::Packet, route, trace};
 use peer_dataplane_common::{
     addr,
     cap::CapConfig,
-    trace::{NO_ROUTE, STAGE_PEERING}, peering_counter_index, vpc_table, DropReason, Port,
-    DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE, PORT_HAS_IPV4, PORT_HAS_IPV6,
-    ROUTE_VPC_CIDR,
+    peering_counter_index,
+    trace::{NO_ROUTE, STAGE_PEERING},
+    vpc_table, DropReason, Port, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, PCX_ACTIVE,
+    PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_VPC_CIDR,
 };
 
 /// A packet about to cross peering `slot`.

@@ -148,7 +148,8 @@ pub struct RouteEntry {
     pub target: String,
 }
 
-fn prefix(data: &[u8; 16], prefix_len: u32) -> String {
+/// A route key's prefix, printed in its family.
+pub fn route_prefix(data: &[u8; 16], prefix_len: u32) -> String {
     let bits = prefix_len - ROUTE_TABLE_BITS;
     if addr::is_v4_mapped(data) && bits >= addr::V4_MAPPED_PREFIX_BITS {
         format!("{}/{}", ip(data), bits - addr::V4_MAPPED_PREFIX_BITS)
@@ -188,7 +189,7 @@ pub fn routes(maps: &KernelMaps, only: Option<&str>, vpc_tables: bool) -> Result
         out.push(RouteEntry {
             table,
             generation,
-            destination: prefix(&k.data.addr, k.prefix_len),
+            destination: route_prefix(&k.data.addr, k.prefix_len),
             target,
         });
     }
@@ -305,9 +306,9 @@ mod tests {
     #[test]
     fn route_prefixes_print_in_their_family() {
         let v4 = addr::from_v4([10, 0, 0, 0]);
-        assert_eq!(prefix(&v4, 32 + 96 + 16), "10.0.0.0/16");
+        assert_eq!(route_prefix(&v4, 32 + 96 + 16), "10.0.0.0/16");
         let v6: [u8; 16] = "fd00:b::".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        assert_eq!(prefix(&v6, 32 + 48), "fd00:b::/48");
+        assert_eq!(route_prefix(&v6, 32 + 48), "fd00:b::/48");
     }
 }
 

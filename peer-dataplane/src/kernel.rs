@@ -14,9 +14,9 @@ use peer_dataplane_common::{
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
-    map_names, peering_counter_index, program_names, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
-    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, MAX_ACL_ENTRIES,
-    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    map_names, peering_counter_index, program_names, Endpoint, EndpointKey, Name, NameKey, Peering,
+    Port, RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
+    MAX_ACL_ENTRIES, MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 use std::path::{Path, PathBuf};
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod stats;
 pub mod sync;
+pub mod trace;
 pub mod validate;
 
 /// The XDP object, when the build embedded one (see build.rs).

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, conntrack, controlplane, inspect, kernel, links, stats, sync};
+use peer_dataplane::{agent, conntrack, controlplane, inspect, kernel, links, stats, sync, trace};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -99,6 +99,34 @@ enum Command {
     Conntrack {
         #[command(subcommand)]
         action: ConntrackAction,
+    },
+    /// What the loaded program decides for a packet, stage by stage (BPF_PROG_RUN of the
+    /// pinned trace program on the live maps; counts nothing, tracks nothing, spends no
+    /// cap tokens). E.g. `trace --src 10.0.2.10 --dst 172.16.2.20 --protocol tcp --dport 443`.
+    Trace {
+        /// Ingress port (interface name or ifindex); default: the port whose address is --src.
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long)]
+        src: std::net::IpAddr,
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        /// tcp (a SYN), tcp-synack, tcp-ack, tcp-fin, tcp-rst, udp, icmp (echo request),
+        /// icmp-reply, or an IP protocol number.
+        #[arg(long, default_value = "icmp")]
+        protocol: String,
+        /// Source port (default 40000), or the ICMP echo identifier (default 1).
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dport: Option<u16>,
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
+        /// Frame length in bytes (padded payload), for caps.
+        #[arg(long)]
+        length: Option<usize>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Detach from every port and remove the pinned links and maps (stop the agent first).
     Cleanup,
@@ -397,6 +425,30 @@ fn run(cli: Cli) -> Result<()> {
                 &mut std::io::stdout(),
             );
             Ok(())
+        }
+        Command::Trace {
+            port,
+            src,
+            dst,
+            protocol,
+            sport,
+            dport,
+            ttl,
+            length,
+            output,
+        } => {
+            let req = trace::Request {
+                port,
+                src,
+                dst,
+                protocol: trace::Protocol::parse(&protocol)?,
+                sport,
+                dport,
+                ttl,
+                length,
+            };
+            let t = trace::trace(&cli.pin_dir, &req)?;
+            show(output, &t, trace::render)
         }
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
         Command::Controlplane {
