@@ -105,6 +105,7 @@ fn every_inspection_verb_without_pins_says_what_is_missing() {
         &["acl", "hits"],
         &["conntrack", "list"],
         &["conntrack", "flush"],
+        &["trace", "--src", "10.0.2.10", "--dst", "172.16.2.20"],
     ] {
         let out = bin()
             .args(["--pin-dir", "/tmp/pdp-no-such-dir/x"])
@@ -122,7 +123,7 @@ fn completions_cover_the_nouns() {
     let out = bin().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success());
     let script = String::from_utf8_lossy(&out.stdout);
-    for noun in ["peering", "route", "port", "acl", "conntrack", "stats"] {
+    for noun in ["peering", "route", "port", "acl", "conntrack", "stats", "trace"] {
         assert!(script.contains(noun), "no {noun} in the bash completions");
     }
 }
