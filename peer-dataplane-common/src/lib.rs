@@ -72,6 +72,10 @@ pub mod program_names {
     /// The programs the agent pins under `<pin dir>/programs/`, for the CLI's
     /// BPF_PROG_RUN (`trace`, `loadgen`) on the loaded code and its maps.
     pub const PINNED: [&str; 2] = [PIPELINE, TRACE];
+    /// Benchmarks: hands every frame to the kernel's stack (`bench e2e`'s Linux run).
+    pub const PASS: &str = "pdp_pass";
+    /// Benchmarks: counts and drops every frame, behind the destination port.
+    pub const SINK: &str = "pdp_sink";
     pub const PIN_SUBDIR: &str = "programs";
 }
 

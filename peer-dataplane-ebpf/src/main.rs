@@ -62,6 +62,24 @@ pub fn pdp_redirect_only(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Load generation toward the Linux kernel (`cargo xtask bench e2e`): with BPF_PROG_RUN
+/// live frames, every frame is handed to the kernel's stack as if received on the port.
+#[xdp]
+pub fn pdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark sink, attached behind the destination port: counts and drops every frame,
+/// so that both forwarding paths of `bench e2e` are measured at the same point.
+#[xdp]
+pub fn pdp_sink(_ctx: XdpContext) -> u32 {
+    if let Some(n) = maps::SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

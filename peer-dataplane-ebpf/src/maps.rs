@@ -90,3 +90,7 @@ pub static CAP_STATE: Array<u64> = Array::pinned(MAX_PEERINGS * 2, 0);
 /// What `pdp_trace` saw of the last packet it ran on this CPU (`peer-dataplane trace`).
 #[map(name = "pdp_trace_rec")]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::pinned(1, 0);
+
+/// Frames `pdp_sink` received, per CPU (benchmarks only; not pinned).
+#[map(name = "pdp_sink_count")]
+pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

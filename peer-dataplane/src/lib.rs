@@ -11,6 +11,7 @@ pub mod ids;
 pub mod inspect;
 pub mod kernel;
 pub mod links;
+pub mod loadgen;
 pub mod maps;
 pub mod metrics;
 pub mod model;

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use peer_dataplane::{agent, conntrack, controlplane, inspect, kernel, links, stats, sync, trace};
+use peer_dataplane::{
+    agent, conntrack, controlplane, inspect, kernel, links, loadgen, stats, sync, trace,
+};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -125,6 +127,44 @@ enum Command {
         /// Frame length in bytes (padded payload), for caps.
         #[arg(long)]
         length: Option<usize>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Generate load on this host without a NIC or kernel module: BPF_PROG_RUN live frames
+    /// of the pinned pipeline, as if received on a port (redirects are really sent). Prints
+    /// progress, then pps, bit/s and what the pipeline did, by reason.
+    Loadgen {
+        /// Ingress port (interface name or ifindex); default: the port whose address is --src.
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long)]
+        src: std::net::IpAddr,
+        /// Destinations: an address, FIRST-LAST, or a CIDR.
+        #[arg(long)]
+        dst: String,
+        /// udp, tcp (SYNs), icmp, or an IP protocol number.
+        #[arg(long, default_value = "udp")]
+        protocol: String,
+        #[arg(long, default_value_t = 9)]
+        dport: u16,
+        /// Distinct frames (destination and source-port combinations) to cycle through.
+        #[arg(long, default_value_t = 256)]
+        flows: u32,
+        /// Frame length in bytes.
+        #[arg(long, default_value_t = 64)]
+        length: usize,
+        /// Stop after this many frames (default: run for --duration).
+        #[arg(long)]
+        packets: Option<u64>,
+        /// Seconds to run (an upper bound with --packets).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Generator threads, one per CPU.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Frames per kernel batch (1 to 256).
+        #[arg(long, default_value_t = 256)]
+        batch: u32,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -449,6 +489,68 @@ fn run(cli: Cli) -> Result<()> {
             };
             let t = trace::trace(&cli.pin_dir, &req)?;
             show(output, &t, trace::render)
+        }
+        Command::Loadgen {
+            port,
+            src,
+            dst,
+            protocol,
+            dport,
+            flows,
+            length,
+            packets,
+            duration,
+            threads,
+            batch,
+            output,
+        } => {
+            anyhow::ensure!(duration > 0.0, "--duration must be above 0 seconds");
+            let protocol = trace::Protocol::parse(&protocol)?;
+            let (dst_first, dst_last) = loadgen::parse_range(&dst)?;
+            let maps = kernel::KernelMaps::open(&cli.pin_dir)?;
+            let state = maps.read_state()?;
+            let ifindex = trace::ingress_port(
+                &state,
+                &trace::Request {
+                    port,
+                    src,
+                    dst: dst_first,
+                    protocol,
+                    sport: None,
+                    dport: None,
+                    ttl: 64,
+                    length: None,
+                },
+            )?;
+            let traffic = loadgen::Traffic {
+                src,
+                dst_first,
+                dst_last,
+                protocol,
+                dport: matches!(protocol, trace::Protocol::Udp | trace::Protocol::Tcp(_))
+                    .then_some(dport),
+                flows,
+                length,
+            };
+            let frames = loadgen::frames(&traffic, state.ports.get(&ifindex))?;
+            let prog = kernel::pinned_program(
+                &cli.pin_dir,
+                peer_dataplane_common::program_names::PIPELINE,
+            )?;
+            let load = loadgen::Load {
+                ingress_ifindex: ifindex,
+                packets,
+                duration: std::time::Duration::from_secs_f64(duration),
+                threads,
+                batch,
+            };
+            let before = maps.global_counters()?;
+            let mut progress = loadgen::progress_printer(packets, load.duration);
+            let sent = loadgen::run(&prog, &frames, &load, &mut progress)?;
+            eprintln!();
+            let after = maps.global_counters()?;
+            let r = loadgen::report(sent, length, flows, &before, &after);
+            show(output, &r, loadgen::render_report)
         }
         Command::Cleanup => kernel::remove_pins(&cli.pin_dir).context("removing pinned maps"),
         Command::Controlplane {

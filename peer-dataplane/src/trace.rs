@@ -184,7 +184,7 @@ pub fn trace(pin_dir: &Path, req: &Request) -> Result<Trace> {
 }
 
 /// The ingress ifindex: the named port, or the port whose instance address is `src`.
-fn ingress_port(state: &MapState, req: &Request) -> Result<u32> {
+pub fn ingress_port(state: &MapState, req: &Request) -> Result<u32> {
     let name_of = |ifindex: u32| {
         state
             .names

@@ -123,7 +123,15 @@ fn completions_cover_the_nouns() {
     let out = bin().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success());
     let script = String::from_utf8_lossy(&out.stdout);
-    for noun in ["peering", "route", "port", "acl", "conntrack", "stats", "trace"] {
+    for noun in [
+        "peering",
+        "route",
+        "port",
+        "acl",
+        "conntrack",
+        "stats",
+        "trace",
+    ] {
         assert!(script.contains(noun), "no {noun} in the bash completions");
     }
 }

@@ -69,6 +69,8 @@ impl TestDataplane {
             program_names::PIPELINE,
             program_names::REDIRECT_ONLY,
             program_names::TRACE,
+            program_names::PASS,
+            program_names::SINK,
         ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
@@ -145,6 +147,16 @@ impl TestDataplane {
         p.attach(spare_iface, aya::programs::XdpMode::Driver)
             .with_context(|| format!("attaching {program} to {spare_iface}"))?;
         Ok(())
+    }
+
+    /// Frames `pdp_sink` has counted (summed over CPUs).
+    pub fn sink_count(&self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map("pdp_sink_count")
+            .ok_or_else(|| anyhow!("no map pdp_sink_count"))?;
+        let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        Ok(counts.get(&0, 0)?.iter().sum())
     }
 
     pub fn run(&self, ingress_ifindex: u32, packet: &[u8]) -> Result<RunOutput> {
