@@ -130,11 +130,12 @@ pub fn run(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     let deadline = started + load.duration;
-    let result: Result<()> = std::thread::scope(|s| {
+    // The run ends when the last worker's last call returns (not when it is noticed).
+    let ended: Result<Instant> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..load.threads)
             .map(|w| {
                 let (sent, claimed, bytes, stop) = (&sent, &claimed, &bytes, &stop);
-                s.spawn(move || -> Result<()> {
+                s.spawn(move || -> Result<Instant> {
                     pin_to_cpu(w % cpus);
                     let mut ctx = [0u8; 24];
                     ctx[12..16].copy_from_slice(&load.ingress_ifindex.to_ne_bytes());
@@ -174,7 +175,7 @@ pub fn run(
                             break;
                         }
                     }
-                    Ok(())
+                    Ok(Instant::now())
                 })
             })
             .collect();
@@ -189,14 +190,16 @@ pub fn run(
                 stop.store(true, Ordering::Relaxed);
             }
         }
+        let mut last = started;
         for w in workers {
-            w.join()
+            let end = w
+                .join()
                 .map_err(|_| anyhow!("a generator thread panicked"))??;
+            last = last.max(end);
         }
-        Ok(())
+        Ok(last)
     });
-    result?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = (ended? - started).as_secs_f64();
     let (packets, bytes) = (sent.into_inner(), bytes.into_inner());
     Ok(Sent {
         packets,

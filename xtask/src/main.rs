@@ -56,6 +56,19 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
     },
+    /// This data plane vs the Linux kernel (ip route, nftables, tc police): same generator,
+    /// topology and frames; prints the table and writes a plot (SVG).
+    E2e {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Rounds per configuration (alternating data planes; the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Where to write the plot.
+        #[arg(long, default_value = "target/bench-e2e.svg")]
+        plot: PathBuf,
+    },
     /// Control plane -> data plane: one route change p50/p99, a 100k-route full sync,
     /// kernel memory per route.
     Sync {
@@ -408,6 +421,31 @@ fn bench_prog(repeat: u32) -> Result<()> {
         .current_dir(root()))
 }
 
+fn bench_e2e(seconds: f64, rounds: u32, plot: &Path) -> Result<()> {
+    setup()?;
+    // The Linux side of the comparison, and trafgen for the cross-check.
+    apt_install(
+        &["nftables", "iproute2", "netsniff-ng"].map(String::from),
+        &mut false,
+    )?;
+    let obj = build_ebpf()?;
+    build_agent(&obj)?;
+    step("benchmark: this data plane vs Linux, end to end");
+    run(Command::new(root().join("target/release/pdp-bench"))
+        .args([
+            "e2e",
+            "--seconds",
+            &seconds.to_string(),
+            "--rounds",
+            &rounds.to_string(),
+        ])
+        .arg("--plot")
+        .arg(root().join(plot))
+        .arg("--object")
+        .arg(&obj)
+        .current_dir(root()))
+}
+
 fn bench_sync(changes: u32) -> Result<()> {
     setup()?;
     let obj = build_ebpf()?;
@@ -449,5 +487,13 @@ fn main() -> Result<()> {
         Task::Bench {
             which: Bench::Sync { changes },
         } => bench_sync(changes),
+        Task::Bench {
+            which:
+                Bench::E2e {
+                    seconds,
+                    rounds,
+                    plot,
+                },
+        } => bench_e2e(seconds, rounds, &plot),
     }
 }

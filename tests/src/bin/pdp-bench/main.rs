@@ -18,6 +18,7 @@ use peer_dataplane_tests::seed::{self, A, B, ROUTER_MAC};
 use std::io::Write;
 use std::path::PathBuf;
 
+mod e2e;
 mod sync;
 
 const BATCH: u32 = 250;
@@ -29,6 +30,9 @@ struct Args {
     changes: usize,
     object: Option<PathBuf>,
     agent: Option<PathBuf>,
+    seconds: f64,
+    rounds: usize,
+    plot: PathBuf,
 }
 
 fn args() -> Result<Args> {
@@ -40,6 +44,9 @@ fn args() -> Result<Args> {
         changes: 1000,
         object: None,
         agent: None,
+        seconds: 2.0,
+        rounds: 3,
+        plot: PathBuf::from("target/bench-e2e.svg"),
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -47,6 +54,9 @@ fn args() -> Result<Args> {
             "--changes" => a.changes = it.next().context("--changes N")?.parse()?,
             "--object" => a.object = it.next().map(PathBuf::from),
             "--agent" => a.agent = it.next().map(PathBuf::from),
+            "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
+            "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
+            "--plot" => a.plot = it.next().map(PathBuf::from).context("--plot PATH")?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -256,8 +266,14 @@ fn main() -> Result<()> {
     let args = args()?;
     match args.what.as_str() {
         "prog" => bench_prog(&args),
+        "e2e" => e2e::bench(
+            args.object.as_deref().context("e2e needs --object PATH")?,
+            args.seconds,
+            args.rounds,
+            &args.plot,
+        ),
         "sync" => sync::bench(args.agent.as_deref().context("sync needs --agent PATH")?, args.changes),
-        _ => bail!("usage: pdp-bench prog [--repeat N] --object PATH | pdp-bench sync [--changes N] --agent PATH"),
+        _ => bail!("usage: pdp-bench prog [--repeat N] --object PATH | pdp-bench e2e [--seconds S] [--rounds N] [--plot PATH] --object PATH | pdp-bench sync [--changes N] --agent PATH"),
     }
 }
 

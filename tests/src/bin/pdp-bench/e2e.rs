@@ -1,0 +1,630 @@
+//! `cargo xtask bench e2e`: this data plane against the Linux kernel doing the same job,
+//! with the same generator, topology and frames, in one run.
+//!
+//! Topology: the seed's ports in one namespace. Frames enter on port A (10.0.2.10 -> B,
+//! UDP, 256 flows) and leave on port B, whose veth peer runs `pdp_sink` (count and drop),
+//! where both data planes are measured.
+//! - This data plane: `pdp_xdp` with the installed state.
+//! - Linux: the same frames handed to the kernel's stack on port A (`pdp_pass`), routed by
+//!   `ip route` (connected subnets, a permanent neighbour for B, the same extra routes),
+//!   filtered by an nftables forward chain holding the ACL's rules in order, and policed
+//!   by `tc police` on port B for the cap.
+//!
+//! The generator is `peer-dataplane loadgen`'s: BPF_PROG_RUN live frames, one thread. It
+//! runs the program, the forwarding and the sink's NAPI poll on the one CPU, so a figure
+//! is the whole per-packet cost of a path on a core. Each figure is the median of rounds
+//! that alternate between the two data planes.
+
+use anyhow::{bail, ensure, Context, Result};
+use peer_dataplane::document::Document;
+use peer_dataplane::loadgen::{self, Load, Traffic};
+use peer_dataplane::trace::Protocol;
+use peer_dataplane_common::program_names;
+use peer_dataplane_tests::harness::TestDataplane;
+use peer_dataplane_tests::netns::{self, sh};
+use peer_dataplane_tests::seed::{self, mac_str, v4_str, A, B, ROUTER_MAC};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const FRAME_BYTES: usize = 64;
+const FLOWS: u32 = 256;
+
+/// One point of the comparison.
+struct Config {
+    label: String,
+    routes: usize,
+    rules: usize,
+    /// Linux gets the rules as one nftables set lookup instead of a chain in order (they
+    /// are all denies before a final allow, so order does not matter here).
+    rules_as_set: bool,
+    cap_mbps: Option<u64>,
+}
+
+struct Row {
+    config: Config,
+    pdp_pps: f64,
+    linux_pps: f64,
+    /// Offered by the generator during the runs of each, for reference.
+    pdp_offered: f64,
+    linux_offered: f64,
+}
+
+fn configs() -> Vec<Config> {
+    let mut v = Vec::new();
+    for routes in [10usize, 1_000, 10_000, 100_000] {
+        v.push(Config {
+            label: format!("{routes} routes"),
+            routes,
+            rules: 0,
+            rules_as_set: false,
+            cap_mbps: None,
+        });
+    }
+    for rules in [10usize, 100, 1_000] {
+        v.push(Config {
+            label: format!("10 routes, {rules} ACL rules"),
+            routes: 10,
+            rules,
+            rules_as_set: false,
+            cap_mbps: None,
+        });
+    }
+    v.push(Config {
+        label: "10 routes, 1000 ACL rules; Linux: nft set".into(),
+        routes: 10,
+        rules: 1000,
+        rules_as_set: true,
+        cap_mbps: None,
+    });
+    v.push(Config {
+        label: "10 routes, cap 10 Gbit/s (not reached)".into(),
+        routes: 10,
+        rules: 0,
+        rules_as_set: false,
+        cap_mbps: Some(10_000),
+    });
+    v.push(Config {
+        label: "10 routes, cap 100 Mbit/s".into(),
+        routes: 10,
+        rules: 0,
+        rules_as_set: false,
+        cap_mbps: Some(100),
+    });
+    v
+}
+
+fn ns_cmd(program: &str, args: &[&str]) -> Result<String> {
+    // This thread is in the benchmark's namespace; children inherit it.
+    sh(Command::new(program).args(args))
+}
+
+/// Runs `script` through `program -batch -` (ip) or `-f -` (nft) on stdin.
+fn batch(program: &str, flag: &[&str], script: &str) -> Result<()> {
+    let mut child = Command::new(program)
+        .args(flag)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    child.stdin.take().unwrap().write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{program} {flag:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Runs one command line (words split on spaces) in the benchmark's namespace.
+fn line(cmd: &str) -> Result<String> {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    ns_cmd(words[0], &words[1..])
+}
+
+/// The Linux forwarding path between ports A and B (addresses, neighbour, sysctls).
+fn linux_base() -> Result<()> {
+    for kv in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        line(&format!("sysctl -q -w {kv}"))?;
+    }
+    let router = mac_str(&ROUTER_MAC);
+    for port in [A.port, B.port] {
+        line(&format!("sysctl -q -w net.ipv4.conf.{port}.rp_filter=0"))?;
+        // Frames arrive addressed to the router's MAC, as instances send them.
+        line(&format!("ip link set {port} address {router}"))?;
+    }
+    line(&format!("ip addr add {}/24 dev {}", v4_str(&A.gw4), A.port))?;
+    line(&format!("ip addr add {}/24 dev {}", v4_str(&B.gw4), B.port))?;
+    // B's neighbour entry names the router's MAC, not B's: the generator's pages are
+    // recycled with the bytes of their last trip (see `loadgen::PAGE_REUSES`), and a frame
+    // Linux forwarded must still be addressed to port A when it comes round again. The
+    // sink does not look at MACs.
+    line(&format!(
+        "ip neigh replace {} lladdr {router} dev {} nud permanent",
+        v4_str(&B.ipv4),
+        B.port
+    ))?;
+    Ok(())
+}
+
+/// The Linux side of `c`: the extra routes of `doc_with_routes`, the ACL as nftables
+/// rules in order, the cap as a policer.
+fn linux_apply(c: &Config) -> Result<Policer> {
+    ns_cmd("ip", &["route", "flush", "proto", "static"])?;
+    ns_cmd("ip", &["-6", "route", "flush", "proto", "static"])?;
+    let mut script = String::new();
+    for i in 0..c.routes.saturating_sub(4) {
+        if i % 2 == 0 {
+            let k = i / 2 + 1;
+            script.push_str(&format!(
+                "route add 172.16.{}.{}/32 dev {} proto static\n",
+                (k >> 8) & 0xff,
+                k & 0xff,
+                B.port
+            ));
+        } else {
+            script.push_str(&format!(
+                "route add fd00:b:0:{:x}::/64 dev {} proto static\n",
+                i / 2 + 16,
+                B.port
+            ));
+        }
+    }
+    if !script.is_empty() {
+        batch("ip", &["-batch", "-"], &script)?;
+    }
+
+    let _ = ns_cmd("nft", &["delete", "table", "inet", "pdp_bench"]);
+    if c.rules > 0 {
+        let deny = |i: usize| (format!("172.16.{}.{}", i / 250, i % 250 + 1), 8000 + i);
+        let mut nft = String::from("table inet pdp_bench {\n");
+        if c.rules_as_set {
+            let elements: Vec<String> = (1..c.rules)
+                .map(|i| {
+                    let (a, p) = deny(i);
+                    format!("{a} . {p}")
+                })
+                .collect();
+            nft.push_str(&format!(
+                "  set deny {{\n    type ipv4_addr . inet_service\n    elements = {{ {} }}\n  }}\n",
+                elements.join(", ")
+            ));
+        }
+        nft.push_str(
+            "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+        );
+        nft.push_str(&format!(
+            "    iifname \"{}\" jump acl_egress\n  }}\n",
+            A.port
+        ));
+        nft.push_str("  chain acl_egress {\n");
+        if c.rules_as_set {
+            nft.push_str("    ip daddr . udp dport @deny drop\n");
+        } else {
+            for i in 1..c.rules {
+                let (a, p) = deny(i);
+                nft.push_str(&format!("    ip daddr {a} udp dport {p} drop\n"));
+            }
+        }
+        nft.push_str("    accept\n  }\n}\n");
+        batch("nft", &["-f", "-"], &nft)?;
+    }
+
+    let _ = ns_cmd("tc", &["qdisc", "del", "dev", B.port, "clsact"]);
+    let _ = ns_cmd("nft", &["delete", "table", "netdev", "pdp_bench_cap"]);
+    if let Some(mbps) = c.cap_mbps {
+        let bps = mbps * 1_000_000;
+        let burst = peer_dataplane_common::cap::default_burst_bytes(bps);
+        ns_cmd("tc", &["qdisc", "add", "dev", B.port, "clsact"])?;
+        let police = ns_cmd(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                B.port,
+                "egress",
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u32",
+                "0",
+                "0",
+                "action",
+                "police",
+                "rate",
+                &format!("{mbps}mbit"),
+                "burst",
+                &burst.to_string(),
+                "conform-exceed",
+                "drop",
+            ],
+        );
+        if police.is_err() {
+            // A kernel without act_police (CONFIG_NET_ACT_POLICE, and no modules to load):
+            // the same token-bucket policer from nftables, on the port's egress hook where,
+            // as for tc and the data plane's cap, a packet's length includes its L2 header.
+            ns_cmd("tc", &["qdisc", "del", "dev", B.port, "clsact"])?;
+            batch(
+                "nft",
+                &["-f", "-"],
+                &format!(
+                    "table netdev pdp_bench_cap {{\n  chain egress {{\n    type filter hook egress device \"{}\" priority filter; policy accept;\n    \
+                     limit rate over {} bytes/second burst {burst} bytes drop\n  }}\n}}\n",
+                    B.port,
+                    bps / 8
+                ),
+            )?;
+            return Ok(Policer::Nftables);
+        }
+        return Ok(Policer::Tc);
+    }
+    Ok(Policer::None)
+}
+
+/// What polices the cap on the Linux side.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Policer {
+    None,
+    Tc,
+    Nftables,
+}
+
+/// This data plane's side of `c`.
+fn pdp_doc(c: &Config) -> Document {
+    let mut doc = super::doc_with_routes(c.routes);
+    if c.rules > 0 {
+        super::add_egress_acl(&mut doc, c.rules, false);
+    }
+    if let Some(mbps) = c.cap_mbps {
+        doc.peerings[0].bandwidth_mbps = Some(mbps);
+    }
+    doc
+}
+
+/// Frames per second that reached the sink while `program` ran for `seconds`, and the
+/// generator's own rate.
+fn measure(
+    dp: &TestDataplane,
+    program: &str,
+    frames: &[Vec<u8>],
+    seconds: f64,
+) -> Result<(f64, f64)> {
+    let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
+    let load = Load {
+        ingress_ifindex: netns::ifindex(A.port),
+        packets: None,
+        duration: Duration::from_secs_f64(seconds),
+        threads: 1,
+        batch: 256,
+    };
+    let before = dp.sink_count()?;
+    let sent = loadgen::run(prog, frames, &load, &mut |_, _| {})?;
+    // Let the last batch drain through the sink's NAPI poll.
+    std::thread::sleep(Duration::from_millis(50));
+    let received = dp.sink_count()? - before;
+    Ok((received as f64 / sent.seconds, sent.pps))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<()> {
+    ensure!(
+        rounds >= 1 && seconds > 0.0,
+        "need at least one round of some time"
+    );
+    for tool in ["nft", "tc", "trafgen"] {
+        if sh(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
+            bail!("{tool} is missing (cargo xtask bench e2e installs nftables, iproute2 and netsniff-ng)");
+        }
+    }
+    let ns = seed::ports_only("pdp-e2e")?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load_from(object)?;
+    linux_base()?;
+    // Programs run with BPF_PROG_RUN stay in the kernel's XDP dispatcher when attached
+    // somewhere (see `keep_in_dispatcher`); the sink counts behind port B.
+    dp.keep_in_dispatcher(program_names::PIPELINE, "pdp-c")?;
+    dp.keep_in_dispatcher(program_names::PASS, "pdp-c-peer")?;
+    dp.keep_in_dispatcher(program_names::SINK, &format!("{}-peer", B.port))?;
+
+    let traffic = Traffic {
+        src: std::net::IpAddr::V4(A.ipv4.into()),
+        dst_first: std::net::IpAddr::V4(B.ipv4.into()),
+        dst_last: std::net::IpAddr::V4(B.ipv4.into()),
+        protocol: Protocol::Udp,
+        dport: Some(7000),
+        flows: FLOWS,
+        length: FRAME_BYTES,
+    };
+    dp.install(&seed::seed_doc())?;
+    let port_a = dp
+        .installed
+        .mirror
+        .ports
+        .get(&netns::ifindex(A.port))
+        .copied();
+    let frames = loadgen::frames(&traffic, port_a.as_ref())?;
+    println!(
+        "same generator (BPF_PROG_RUN live frames, 1 thread), same {FRAME_BYTES}-byte UDP frames over {FLOWS} flows, \
+         port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; pps received behind port B"
+    );
+
+    let mut rows = Vec::new();
+    let mut policers: Vec<&str> = Vec::new();
+    let all = configs();
+    let total = all.len();
+    for (n, config) in all.into_iter().enumerate() {
+        eprint!("[{}/{total}] {}: installing ... ", n + 1, config.label);
+        let t = Instant::now();
+        dp.install(&pdp_doc(&config))?;
+        match linux_apply(&config)? {
+            Policer::Nftables => {
+                policers.push("nftables `limit rate over` on port B's egress hook (this kernel has no act_police)")
+            }
+            Policer::Tc => policers.push("tc police"),
+            Policer::None => {}
+        }
+        eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
+        let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
+        for r in 0..rounds {
+            eprint!("round {}/{rounds} ", r + 1);
+            std::io::stderr().flush().ok();
+            let (rx, offered) = measure(&dp, program_names::PIPELINE, &frames, seconds)?;
+            p.push(rx);
+            po.push(offered);
+            let (rx, offered) = measure(&dp, program_names::PASS, &frames, seconds)?;
+            l.push(rx);
+            lo.push(offered);
+        }
+        eprintln!();
+        rows.push(Row {
+            config,
+            pdp_pps: median(p),
+            linux_pps: median(l),
+            pdp_offered: median(po),
+            linux_offered: median(lo),
+        });
+    }
+    // Leave Linux's path bare for the trafgen cross-check.
+    linux_apply(&Config {
+        label: String::new(),
+        routes: 10,
+        rules: 0,
+        rules_as_set: false,
+        cap_mbps: None,
+    })?;
+    dp.install(&seed::seed_doc())?;
+
+    println!(
+        "{:<46} {:>9} {:>10} {:>7}   {:>10} {:>12}   {:>13}",
+        "CONFIGURATION",
+        "PDP KPPS",
+        "LINUX KPPS",
+        "RATIO",
+        "PDP Mbit/s",
+        "LINUX Mbit/s",
+        "OF OFFERED %"
+    );
+    let mbit = |pps: f64| pps * FRAME_BYTES as f64 * 8.0 / 1e6;
+    for r in &rows {
+        println!(
+            "{:<46} {:>9.1} {:>10.1} {:>6.2}x   {:>10.1} {:>12.1}   {:>5.1} / {:>5.1}",
+            r.config.label,
+            r.pdp_pps / 1e3,
+            r.linux_pps / 1e3,
+            r.pdp_pps / r.linux_pps,
+            mbit(r.pdp_pps),
+            mbit(r.linux_pps),
+            100.0 * r.pdp_pps / r.pdp_offered,
+            100.0 * r.linux_pps / r.linux_offered,
+        );
+    }
+    println!(
+        "generator offered (median): this data plane {:.0}-{:.0} kpps, Linux {:.0}-{:.0} kpps",
+        rows.iter().map(|r| r.pdp_offered).fold(f64::MAX, f64::min) / 1e3,
+        rows.iter().map(|r| r.pdp_offered).fold(0.0, f64::max) / 1e3,
+        rows.iter()
+            .map(|r| r.linux_offered)
+            .fold(f64::MAX, f64::min)
+            / 1e3,
+        rows.iter().map(|r| r.linux_offered).fold(0.0, f64::max) / 1e3,
+    );
+    let base = &rows[0];
+    println!(
+        "ratio at 10 routes, no ACL, no cap: {:.2}x ({:.0} vs {:.0} kpps)",
+        base.pdp_pps / base.linux_pps,
+        base.pdp_pps / 1e3,
+        base.linux_pps / 1e3
+    );
+    if let Some(p) = policers.first() {
+        println!("Linux cap: {p}");
+    }
+    write_svg(plot, &rows)?;
+    println!("plot: {}", plot.display());
+
+    trafgen_cross_check(&mut dp, &frames)
+}
+
+/// The base configuration once more, with netsniff-ng's trafgen as the generator: frames
+/// sent from an AF_PACKET socket on port A's veth peer, as an instance would, through the
+/// XDP program attached to port A (native mode), or through Linux when it is not.
+fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<()> {
+    let cfg = std::env::temp_dir().join("pdp-bench-trafgen.cfg");
+    let mut text = String::new();
+    for f in frames {
+        let bytes: Vec<String> = f.iter().map(|b| format!("0x{b:02x}")).collect();
+        text.push_str(&format!("{{ {} }}\n", bytes.join(", ")));
+    }
+    std::fs::write(&cfg, text)?;
+    let count = 2_000_000u64;
+    let run = |dp: &TestDataplane| -> Result<(f64, f64)> {
+        let before = dp.sink_count()?;
+        let t = Instant::now();
+        sh(Command::new("trafgen")
+            .args(["--dev", &format!("{}-peer", A.port), "--conf"])
+            .arg(&cfg)
+            .args(["--num", &count.to_string(), "--cpus", "1", "-C", "-Q"]))?;
+        let secs = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(50));
+        let rx = dp.sink_count()? - before;
+        Ok((count as f64 / secs, rx as f64 / secs))
+    };
+    eprintln!("trafgen cross-check: {count} frames each way ...");
+    let (linux_tx, linux_rx) = run(dp)?;
+    dp.keep_in_dispatcher(program_names::PIPELINE, A.port)?;
+    let (pdp_tx, pdp_rx) = run(dp)?;
+    println!(
+        "trafgen (AF_PACKET, 1 CPU, {} frames): this data plane received {:.1} kpps of {:.1} sent; Linux {:.1} kpps of {:.1} sent; ratio {:.2}x",
+        count,
+        pdp_rx / 1e3,
+        pdp_tx / 1e3,
+        linux_rx / 1e3,
+        linux_tx / 1e3,
+        pdp_rx / linux_rx
+    );
+    Ok(())
+}
+
+/// Two panels: throughput vs routes, and vs ACL rules; one line per data plane.
+fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
+    let routes: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.config.rules == 0 && r.config.cap_mbps.is_none())
+        .collect();
+    let mut rules: Vec<&Row> = vec![routes[0]];
+    rules.extend(
+        rows.iter()
+            .filter(|r| r.config.rules > 0 && !r.config.rules_as_set),
+    );
+    // The top of the y axis: the highest figure plus room for the legend, in 500s of kpps.
+    let top = rows
+        .iter()
+        .flat_map(|r| [r.pdp_pps, r.linux_pps])
+        .fold(0.0, f64::max)
+        * 1.15
+        / 1e3;
+    let ymax = (top / 500.0).ceil().max(1.0) * 500.0;
+    let mut svg = String::from(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"420\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"960\" height=\"420\" fill=\"white\"/>\n",
+    );
+    let panel = |svg: &mut String, x0: f64, title: &str, xlabel: &str, pts: &[(f64, f64, f64)]| {
+        // pts: (x value, pdp kpps, linux kpps); x on a log scale.
+        let (w, h, top, left) = (380.0, 300.0, 50.0, x0 + 60.0);
+        let lx: Vec<f64> = pts.iter().map(|p| p.0.max(1.0).log10()).collect();
+        let (xmin, xmax) = (
+            lx.iter().cloned().fold(f64::MAX, f64::min),
+            lx.iter().cloned().fold(f64::MIN, f64::max),
+        );
+        let sx = |v: f64| left + (v.max(1.0).log10() - xmin) / (xmax - xmin).max(1e-9) * w;
+        let sy = |v: f64| top + h - v / ymax * h;
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"25\" font-size=\"14\" text-anchor=\"middle\">{title}</text>\n",
+            left + w / 2.0
+        ));
+        svg.push_str(&format!(
+            "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+            top + h, left + w, top + h, top + h
+        ));
+        for i in 0..=4 {
+            let v = ymax * i as f64 / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text>\n<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n",
+                left - 6.0,
+                sy(v) + 4.0,
+                v,
+                left + w,
+                y = sy(v)
+            ));
+        }
+        for p in pts {
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+                sx(p.0),
+                top + h + 18.0,
+                p.0
+            ));
+        }
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel} (log scale)</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\" text-anchor=\"middle\">kpps received</text>\n",
+            left + w / 2.0,
+            top + h + 40.0,
+            x0 + 16.0,
+            top + h / 2.0,
+            x0 + 16.0,
+            top + h / 2.0
+        ));
+        for (which, color, name) in [
+            (1, "#1f77b4", "peer-dataplane (XDP)"),
+            (2, "#d62728", "Linux (ip route + nftables)"),
+        ] {
+            let line: Vec<String> = pts
+                .iter()
+                .map(|p| {
+                    let y = if which == 1 { p.1 } else { p.2 };
+                    format!("{:.1},{:.1}", sx(p.0), sy(y))
+                })
+                .collect();
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                line.join(" ")
+            ));
+            for pt in &line {
+                let (x, y) = pt.split_once(',').unwrap();
+                svg.push_str(&format!(
+                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>\n"
+                ));
+            }
+            let ly = top + 12.0 + 16.0 * (which as f64 - 1.0);
+            svg.push_str(&format!(
+                "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
+                left + w - 210.0,
+                ly - 4.0,
+                left + w - 192.0,
+                ly
+            ));
+        }
+    };
+    let rp: Vec<(f64, f64, f64)> = routes
+        .iter()
+        .map(|r| (r.config.routes as f64, r.pdp_pps / 1e3, r.linux_pps / 1e3))
+        .collect();
+    let ap: Vec<(f64, f64, f64)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.config.rules.max(1) as f64,
+                r.pdp_pps / 1e3,
+                r.linux_pps / 1e3,
+            )
+        })
+        .collect();
+    panel(
+        &mut svg,
+        0.0,
+        "Throughput vs routes (no ACL)",
+        "routes in the sender's table",
+        &rp,
+    );
+    panel(
+        &mut svg,
+        480.0,
+        "Throughput vs ACL rules (10 routes)",
+        "egress ACL rules (1 = none)",
+        &ap,
+    );
+    svg.push_str("</svg>\n");
+    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+}
