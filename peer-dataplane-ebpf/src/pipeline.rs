@@ -25,7 +25,7 @@ use peer_dataplane_common::{
         STAGE_INGRESS_ACL, STAGE_ORIGIN, STAGE_PARSE, STAGE_PORT, STAGE_RETURN_ROUTE,
         STAGE_REWRITE, STAGE_ROUTE, STAGE_SECURITY_GROUPS, STAGE_TTL,
     },
-    DropReason, PassReason, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+    DropReason, PassReason, RouteValue, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
 };
 
 /// Runs the pipeline on one frame. `T`: tracing (`pdp_trace`): every stage notes what it
@@ -89,10 +89,7 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     let route = route::lookup(port.route_table, &p.dst);
     trace::note::<T>(|r| {
         r.reached |= STAGE_ROUTE;
-        (r.route_kind, r.route_target) = match route {
-            Some(v) => (v.kind, v.target),
-            None => (NO_ROUTE, NO_ROUTE),
-        };
+        (r.route_kind, r.route_target) = kind_and_target(route);
     });
     let Some(route) = route else {
         return Err(DropReason::NoRoute.into());
@@ -142,10 +139,7 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     let back = route::lookup(ep.route_table, &p.src);
     trace::note::<T>(|r| {
         r.reached |= STAGE_RETURN_ROUTE;
-        (r.return_kind, r.return_target) = match back {
-            Some(v) => (v.kind, v.target),
-            None => (NO_ROUTE, NO_ROUTE),
-        };
+        (r.return_kind, r.return_target) = kind_and_target(back);
     });
     match back {
         Some(r) if r.kind == ROUTE_PCX && r.target == x.slot => {}
@@ -200,4 +194,13 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     rewrite::decrement_ttl(ctx, p).map_err(drop)?;
     rewrite::macs_and_vlan(ctx, p, ep).map_err(drop)?;
     Ok(Outcome::redirect(action, x.ctr))
+}
+
+/// A route lookup's result as a trace records it.
+#[inline(always)]
+fn kind_and_target(route: Option<RouteValue>) -> (u32, u32) {
+    match route {
+        Some(v) => (v.kind, v.target),
+        None => (NO_ROUTE, NO_ROUTE),
+    }
 }

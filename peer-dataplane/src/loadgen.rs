@@ -362,27 +362,25 @@ pub fn report(
         forwarded: d(after.redirected_packets, before.redirected_packets),
         passed: d(after.passed_packets, before.passed_packets),
         dropped: d(after.dropped_packets, before.dropped_packets),
-        drops_by_reason: DropReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    d(after.drop[*r as usize], before.drop[*r as usize]),
-                )
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect(),
-        passes_by_reason: PassReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    d(after.pass[*r as usize], before.pass[*r as usize]),
-                )
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect(),
+        drops_by_reason: by_reason(DropReason::ALL.map(|r| (r.as_str(), r as usize)), |i| {
+            d(after.drop[i], before.drop[i])
+        }),
+        passes_by_reason: by_reason(PassReason::ALL.map(|r| (r.as_str(), r as usize)), |i| {
+            d(after.pass[i], before.pass[i])
+        }),
     }
+}
+
+/// Non-zero counts by reason name; `count` reads a reason's slot.
+fn by_reason<const N: usize>(
+    reasons: [(&'static str, usize); N],
+    count: impl Fn(usize) -> u64,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    reasons
+        .into_iter()
+        .map(|(name, slot)| (name, count(slot)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 pub fn render_report(r: &Report) -> String {

@@ -40,3 +40,14 @@ pub fn agent_path() -> Result<std::path::PathBuf> {
         }
     }
 }
+
+/// Runs the CLI (`PDP_AGENT_BIN`) against the pins under `pin_dir`.
+pub fn cli(pin_dir: &std::path::Path, args: &[&str]) -> Result<std::process::Output> {
+    use anyhow::Context;
+    std::process::Command::new(agent_path()?)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .output()
+        .context("running peer-dataplane")
+}

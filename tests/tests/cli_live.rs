@@ -4,6 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane_tests::cli;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::packets::{self, L2};
@@ -11,16 +12,6 @@ use peer_dataplane_tests::seed::{self, A, B, ROUTER_MAC};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-
-fn cli(pin_dir: &Path, args: &[&str]) -> Result<std::process::Output> {
-    let bin = peer_dataplane_tests::agent_path()?;
-    Command::new(bin)
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .args(args)
-        .output()
-        .context("running peer-dataplane")
-}
 
 fn json(pin_dir: &Path, args: &[&str]) -> Result<Value> {
     let out = cli(pin_dir, args)?;

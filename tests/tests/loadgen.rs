@@ -70,11 +70,10 @@ fn loadgen_sends_through_the_pinned_pipeline_and_reports_by_reason() -> Result<(
     );
 
     // A bad request changes nothing and says what is wrong.
-    let bad = Command::new(peer_dataplane_tests::agent_path()?)
-        .arg("--pin-dir")
-        .arg(&dp.pin_dir)
-        .args(["loadgen", "--src", "10.9.9.9", "--dst", "172.16.2.20"])
-        .output()?;
+    let bad = peer_dataplane_tests::cli(
+        &dp.pin_dir,
+        &["loadgen", "--src", "10.9.9.9", "--dst", "172.16.2.20"],
+    )?;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr)
         .contains("no port has the address 10.9.9.9; name the ingress port with --port"));

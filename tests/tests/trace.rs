@@ -7,26 +7,19 @@
 use anyhow::{ensure, Context, Result};
 use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
 use peer_dataplane_common::{DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING};
+use peer_dataplane_tests::cli;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed::{self, A, B, C};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
-fn cli(pin_dir: &Path, args: &[&str]) -> Result<std::process::Output> {
-    Command::new(peer_dataplane_tests::agent_path()?)
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .args(args)
-        .output()
-        .context("running peer-dataplane")
-}
-
-/// `peer-dataplane trace ARGS -o json`, parsed; the table form must work too.
-fn trace(pin_dir: &Path, args: &[&str]) -> Result<Value> {
+/// `peer-dataplane trace ARGS -o json` (ARGS split on spaces), parsed; the table form
+/// must work too.
+fn trace(pin_dir: &Path, args: &str) -> Result<Value> {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let mut full = vec!["trace"];
-    full.extend_from_slice(args);
+    full.extend_from_slice(&args);
     let table = cli(pin_dir, &full)?;
     ensure!(
         table.status.success(),
@@ -140,16 +133,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     // forwarded: every stage reached and passed.
     let t = trace(
         &pin,
-        &[
-            "--src",
-            &a,
-            "--dst",
-            &b,
-            "--protocol",
-            "tcp",
-            "--dport",
-            "443",
-        ],
+        &format!("--src {a} --dst {b} --protocol tcp --dport 443"),
     )?;
     assert_eq!(t["verdict"], "forward", "{t:#}");
     assert_eq!(t["action"], "XDP_REDIRECT");
@@ -210,16 +194,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     // no-route: nothing in rtb-a covers the destination.
     let t = trace(
         &pin,
-        &[
-            "--src",
-            &a,
-            "--dst",
-            "198.51.100.7",
-            "--protocol",
-            "udp",
-            "--dport",
-            "53",
-        ],
+        &format!("--src {a} --dst 198.51.100.7 --protocol udp --dport 53"),
     )?;
     assert_eq!(
         decided(&t),
@@ -229,7 +204,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     assert_eq!(stage(&t, "route")["facts"]["target"], Value::Null);
 
     // peering-inactive: C's route to B points at pcx-bc, still pending acceptance.
-    let t = trace(&pin, &["--src", &c, "--dst", &b])?;
+    let t = trace(&pin, &format!("--src {c} --dst {b}"))?;
     assert_eq!(
         decided(&t),
         (
@@ -245,7 +220,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     );
 
     // transitive: on A's port, a source from VPC C.
-    let t = trace(&pin, &["--port", A.port, "--src", &c, "--dst", &b])?;
+    let t = trace(&pin, &format!("--port {} --src {c} --dst {b}", A.port))?;
     assert_eq!(
         decided(&t),
         ("drop".into(), "transitive".into(), "origin:drop".into())
@@ -254,16 +229,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     // nacl-deny, with the rule number.
     let t = trace(
         &pin,
-        &[
-            "--src",
-            &a,
-            "--dst",
-            &b,
-            "--protocol",
-            "udp",
-            "--dport",
-            "7001",
-        ],
+        &format!("--src {a} --dst {b} --protocol udp --dport 7001"),
     )?;
     assert_eq!(
         decided(&t),
@@ -281,16 +247,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     // sg-deny: UDP 7002 passes the ACL (rule 200) but no rule of sg-web allows it.
     let t = trace(
         &pin,
-        &[
-            "--src",
-            &a,
-            "--dst",
-            &b,
-            "--protocol",
-            "udp",
-            "--dport",
-            "7002",
-        ],
+        &format!("--src {a} --dst {b} --protocol udp --dport 7002"),
     )?;
     assert_eq!(
         decided(&t),
@@ -311,18 +268,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
         .set_cap_state(pcx_ab, DIR_REQUESTER_TO_ACCEPTER, owed)?;
     let t = trace(
         &pin,
-        &[
-            "--src",
-            &a,
-            "--dst",
-            &b,
-            "--protocol",
-            "tcp",
-            "--dport",
-            "443",
-            "--length",
-            "1000",
-        ],
+        &format!("--src {a} --dst {b} --protocol tcp --dport 443 --length 1000"),
     )?;
     assert_eq!(
         decided(&t),
@@ -373,28 +319,28 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     assert_eq!(dp.installed.maps.conntrack_entries()?.len(), 1);
 
     // Operator mistakes get a message naming what is wrong.
-    let err = |args: &[&str]| -> Result<String> {
+    let err = |args: &str| -> Result<String> {
         let mut full = vec!["trace"];
-        full.extend_from_slice(args);
+        full.extend(args.split_whitespace());
         let out = cli(&pin, &full)?;
         ensure!(!out.status.success(), "trace {args:?} should fail");
         Ok(String::from_utf8_lossy(&out.stderr).to_string())
     };
-    let e = err(&["--src", "10.9.9.9", "--dst", &b])?;
+    let e = err(&format!("--src 10.9.9.9 --dst {b}"))?;
     assert!(
         e.contains("no port has the address 10.9.9.9; name the ingress port with --port"),
         "{e}"
     );
-    let e = err(&["--port", "pdp-zz", "--src", &a, "--dst", &b])?;
+    let e = err(&format!("--port pdp-zz --src {a} --dst {b}"))?;
     assert!(
         e.contains("port pdp-zz is not installed (ports: pdp-a, pdp-b, pdp-c)"),
         "{e}"
     );
-    let e = err(&["--src", &a, "--dst", &b, "--protocol", "udp"])?;
+    let e = err(&format!("--src {a} --dst {b} --protocol udp"))?;
     assert!(e.contains("udp needs a destination port (--dport)"), "{e}");
-    let e = err(&["--src", &a, "--dst", "fd00:b::1"])?;
+    let e = err(&format!("--src {a} --dst fd00:b::1"))?;
     assert!(e.contains("different families"), "{e}");
-    let e = err(&["--src", &a, "--dst", &b, "--protocol", "gre"])?;
+    let e = err(&format!("--src {a} --dst {b} --protocol gre"))?;
     assert!(e.contains("unknown protocol \"gre\""), "{e}");
     Ok(())
 }

@@ -314,11 +314,6 @@ fn measure(
     Ok((received as f64 / sent.seconds, sent.pps))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<()> {
     ensure!(
         rounds >= 1 && seconds > 0.0,
@@ -391,10 +386,10 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         eprintln!();
         rows.push(Row {
             config,
-            pdp_pps: median(p),
-            linux_pps: median(l),
-            pdp_offered: median(po),
-            linux_offered: median(lo),
+            pdp_pps: super::median(p),
+            linux_pps: super::median(l),
+            pdp_offered: super::median(po),
+            linux_offered: super::median(lo),
         });
     }
     // Leave Linux's path bare for the trafgen cross-check.
