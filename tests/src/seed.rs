@@ -202,6 +202,8 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The namespace it runs in (the ports' namespace).
+    host_ns: PathBuf,
     /// Set after a hard kill: the pins belong to whoever takes over.
     keep_pins: bool,
 }
@@ -257,6 +259,7 @@ impl Agent {
             pin_dir: pin_dir.to_path_buf(),
             config: config.to_path_buf(),
             log,
+            host_ns: host.path(),
             keep_pins: false,
         };
         agent.wait_log("ready", Duration::from_secs(30))?;
@@ -366,10 +369,12 @@ impl Agent {
         serde_json::from_str(&out).context("parsing stats JSON")
     }
 
-    /// `peer-dataplane ARGS` against this agent's pins (stdout).
+    /// `peer-dataplane ARGS` against this agent's pins, in its namespace (stdout).
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         crate::netns::sh(
-            Command::new(&self.bin)
+            Command::new("nsenter")
+                .arg(format!("--net={}", self.host_ns.display()))
+                .arg(&self.bin)
                 .arg("--pin-dir")
                 .arg(&self.pin_dir)
                 .args(args),

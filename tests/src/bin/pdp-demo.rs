@@ -158,6 +158,18 @@ fn main() -> Result<()> {
         "counted as no-route and transitive drops",
         no_route >= 2 && transitive >= 2,
     );
+    // Why: ask the loaded program, stage by stage.
+    let (a4, c4) = (v4_str(&A.ipv4), v4_str(&C.ipv4));
+    println!(
+        "\n    $ peer-dataplane trace --port {} --src {a4} --dst {c4}",
+        B.port
+    );
+    let trace = agent.cli(&["trace", "--port", B.port, "--src", &a4, "--dst", &c4])?;
+    print_indented(&trace);
+    out.check(
+        "trace explains it: B's route to C is fine, the source is not B's (transitive)",
+        trace.contains("origin") && trace.contains("verdict: drop, transitive"),
+    );
 
     heading("4. A deletes pcx-ab: A -> B is blackholed");
     let rev = api("DELETE", "/v1/vpc-peering/pcx-ab", ACCOUNT_A, 200)?;
