@@ -21,7 +21,10 @@
 use crate::maps::CAP_STATE;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
-use peer_dataplane_common::{cap::CapConfig, DropReason};
+use peer_dataplane_common::{
+    cap::{conform, CapConfig},
+    DropReason,
+};
 
 /// Charges a `len`-byte frame to bucket `index` now; `Err(RateLimited)` if over.
 #[inline(always)]
@@ -71,10 +74,6 @@ pub fn peek(cap: &CapConfig, index: u32, len: u64) -> (bool, u64, u64) {
     };
     // SAFETY: see `police`.
     let tat = unsafe { core::ptr::read_volatile(tat) };
-    let after = if tat > now { tat } else { now } + cost;
-    (
-        cost <= cap.burst_ns && after - now <= cap.burst_ns,
-        tat,
-        cost,
-    )
+    // The serial GCRA step (a frame larger than the burst never conforms there either).
+    (conform(tat, now, cost, cap.burst_ns).is_some(), tat, cost)
 }
