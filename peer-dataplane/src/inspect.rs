@@ -16,15 +16,29 @@ use peer_dataplane_common::{
 use serde::Serialize;
 
 /// Names by (kind, id), with `#id` for ids the names map does not know.
-struct Names<'a>(&'a MapState);
+pub(crate) struct Names<'a>(pub &'a MapState);
 
 impl Names<'_> {
-    fn get(&self, kind: u32, id: u32) -> String {
+    pub fn get(&self, kind: u32, id: u32) -> String {
         self.0
             .names
             .get(&NameKey { kind, id })
             .map(|n| n.as_str().to_string())
             .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// The network ACL an ACL set belongs to, if any.
+    pub fn acl(&self, set: u32) -> Option<String> {
+        (set != NO_ACL).then(|| self.get(NAME_ACL, set >> 2))
+    }
+
+    /// The security groups a compiled group set stands for (`sg-a+sg-b`), if any.
+    pub fn security_groups(&self, set: u32) -> Option<String> {
+        (set != NO_ACL).then(|| {
+            self.get(NAME_SG_SET, set >> 2)
+                .trim_start_matches("sgs:")
+                .to_string()
+        })
     }
 }
 
@@ -241,7 +255,6 @@ pub struct PortEntry {
 pub fn ports(maps: &KernelMaps) -> Result<Vec<PortEntry>> {
     let state = maps.read_state()?;
     let names = Names(&state);
-    let set_name = |kind, set: u32| (set != NO_ACL).then(|| names.get(kind, set >> 2));
     let mut out: Vec<PortEntry> = state
         .ports
         .iter()
@@ -254,9 +267,8 @@ pub fn ports(maps: &KernelMaps) -> Result<Vec<PortEntry>> {
             mac: format_mac(&p.mac),
             ipv4: (p.flags & PORT_HAS_IPV4 != 0).then(|| ip(&p.ipv4).to_string()),
             ipv6: (p.flags & PORT_HAS_IPV6 != 0).then(|| ip(&p.ipv6).to_string()),
-            network_acl: set_name(NAME_ACL, p.acl),
-            security_groups: set_name(NAME_SG_SET, p.sg)
-                .map(|s| s.trim_start_matches("sgs:").to_string()),
+            network_acl: names.acl(p.acl),
+            security_groups: names.security_groups(p.sg),
         })
         .collect();
     out.sort_by(|a, b| a.interface.cmp(&b.interface));

@@ -6,6 +6,7 @@
 //! tracked and no cap tokens are spent, so tracing on a production host is safe.
 
 use crate::conntrack::ip;
+use crate::inspect::Names;
 use crate::kernel::{self, KernelMaps};
 use crate::maps::MapState;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -17,8 +18,8 @@ use peer_dataplane_common::{
     addr,
     trace::*,
     DropReason, NameKey, PassReason, Port, DIR_REQUESTER_TO_ACCEPTER, NAME_ACL, NAME_ACL_RULE,
-    NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SG_SET, NAME_VPC, PCX_ACTIVE, ROUTE_BLACKHOLE,
-    ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS,
+    NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_VPC, PCX_ACTIVE, ROUTE_BLACKHOLE, ROUTE_LOCAL,
+    ROUTE_PCX, ROUTE_TABLE_BITS,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -388,15 +389,6 @@ fn on_one_cpu() -> Result<usize> {
     }
 }
 
-/// Names by (kind, id), `#id` when unknown.
-fn name(state: &MapState, kind: u32, id: u32) -> String {
-    state
-        .names
-        .get(&NameKey { kind, id })
-        .map(|n| n.as_str().to_string())
-        .unwrap_or_else(|| format!("#{id}"))
-}
-
 /// The installed route of table key `table` that covers `a` with the longest prefix.
 fn matched_route(state: &MapState, table: u32, a: &[u8; 16]) -> Option<String> {
     state
@@ -410,7 +402,7 @@ fn matched_route(state: &MapState, table: u32, a: &[u8; 16]) -> Option<String> {
 
 fn route_target(state: &MapState, kind: u32, target: u32) -> String {
     match kind {
-        ROUTE_PCX => name(state, NAME_PEERING, target),
+        ROUTE_PCX => Names(state).get(NAME_PEERING, target),
         ROUTE_LOCAL => "local".into(),
         ROUTE_BLACKHOLE => "blackhole".into(),
         _ => format!("kind {kind}"),
@@ -432,7 +424,7 @@ fn acl_stage(state: &MapState, set: u32, decision: u32, direction: &str) -> (Str
             json!({"acl": null, "direction": direction, "rule": null, "action": "allow"}),
         );
     }
-    let acl = name(state, NAME_ACL, set >> 2);
+    let acl = Names(state).get(NAME_ACL, set >> 2);
     match acl_rule_bit(decision) {
         None => (
             format!("{acl} {direction}: no rule matches (the implicit deny)"),
@@ -445,7 +437,8 @@ fn acl_stage(state: &MapState, set: u32, decision: u32, direction: &str) -> (Str
                 .filter(|m| m.hit_base != NO_HITS)
                 .and_then(|m| {
                     debug_assert_eq!(bit_set(&m.allow, bit), acl_allows(decision));
-                    name(state, NAME_ACL_RULE, m.hit_base + bit)
+                    Names(state)
+                        .get(NAME_ACL_RULE, m.hit_base + bit)
                         .parse::<u32>()
                         .ok()
                 });
@@ -463,14 +456,6 @@ fn acl_stage(state: &MapState, set: u32, decision: u32, direction: &str) -> (Str
             )
         }
     }
-}
-
-fn groups(state: &MapState, set: u32) -> Option<String> {
-    (set != NO_ACL).then(|| {
-        name(state, NAME_SG_SET, set >> 2)
-            .trim_start_matches("sgs:")
-            .to_string()
-    })
 }
 
 fn sg_result(r: u32) -> &'static str {
@@ -522,7 +507,7 @@ pub fn explain(
         });
     };
     let reached = |bit: u32| r.reached & bit != 0;
-    let port_name = |ifindex: u32| name(state, NAME_PORT, ifindex);
+    let port_name = |ifindex: u32| Names(state).get(NAME_PORT, ifindex);
 
     if !reached(STAGE_PORT) {
         push(
@@ -535,8 +520,8 @@ pub fn explain(
             json!({"ifindex": r.ingress_ifindex, "interface": null}),
         );
     } else {
-        let acl = (r.port_acl != NO_ACL).then(|| name(state, NAME_ACL, r.port_acl >> 2));
-        let sgs = groups(state, r.port_sg);
+        let acl = Names(state).acl(r.port_acl);
+        let sgs = Names(state).security_groups(r.port_sg);
         push(
             STAGE_PORT,
             "port",
@@ -544,16 +529,16 @@ pub fn explain(
                 "{} (ifindex {}): {}, route table {}, network ACL {}, security groups {}",
                 port_name(r.ingress_ifindex),
                 r.ingress_ifindex,
-                name(state, NAME_VPC, r.port_vpc),
-                name(state, NAME_ROUTE_TABLE, r.port_route_table >> 1),
+                Names(state).get(NAME_VPC, r.port_vpc),
+                Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1),
                 acl.as_deref().unwrap_or("none"),
                 sgs.as_deref().unwrap_or("none"),
             ),
             json!({
                 "interface": port_name(r.ingress_ifindex),
                 "ifindex": r.ingress_ifindex,
-                "vpc": name(state, NAME_VPC, r.port_vpc),
-                "route_table": name(state, NAME_ROUTE_TABLE, r.port_route_table >> 1),
+                "vpc": Names(state).get(NAME_VPC, r.port_vpc),
+                "route_table": Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1),
                 "network_acl": acl,
                 "security_groups": sgs,
             }),
@@ -596,7 +581,7 @@ pub fn explain(
         );
     }
     if reached(STAGE_ROUTE) {
-        let table = name(state, NAME_ROUTE_TABLE, r.port_route_table >> 1);
+        let table = Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1);
         let (detail, facts) = if r.route_kind == NO_ROUTE {
             (
                 format!("no route to {dst} in {table}"),
@@ -622,7 +607,7 @@ pub fn explain(
         push(STAGE_ROUTE, "route", detail, facts);
     }
     if reached(STAGE_PEERING) {
-        let pcx = name(state, NAME_PEERING, r.peering_slot);
+        let pcx = Names(state).get(NAME_PEERING, r.peering_slot);
         let status = peer_dataplane_common::pcx_status_str(r.peering_status);
         let (detail, facts) = if r.peering_status == NO_ROUTE {
             (
@@ -631,7 +616,10 @@ pub fn explain(
             )
         } else if r.peering_dir == NO_ROUTE {
             (
-                format!("{pcx} does not join {}", name(state, NAME_VPC, r.port_vpc)),
+                format!(
+                    "{pcx} does not join {}",
+                    Names(state).get(NAME_VPC, r.port_vpc)
+                ),
                 json!({"peering": pcx, "status": status}),
             )
         } else {
@@ -642,21 +630,21 @@ pub fn explain(
             };
             let mut d = format!(
                 "{pcx} ({status}): {} -> {}, {dir}",
-                name(state, NAME_VPC, r.port_vpc),
-                name(state, NAME_VPC, r.peer_vpc)
+                Names(state).get(NAME_VPC, r.port_vpc),
+                Names(state).get(NAME_VPC, r.peer_vpc)
             );
             if r.peering_status != PCX_ACTIVE {
                 d.push_str(": only an active peering carries traffic");
             }
             (
                 d,
-                json!({"peering": pcx, "status": status, "direction": dir, "peer_vpc": name(state, NAME_VPC, r.peer_vpc)}),
+                json!({"peering": pcx, "status": status, "direction": dir, "peer_vpc": Names(state).get(NAME_VPC, r.peer_vpc)}),
             )
         };
         push(STAGE_PEERING, "peering", detail, facts);
     }
     if reached(STAGE_ORIGIN) {
-        let vpc = name(state, NAME_VPC, r.port_vpc);
+        let vpc = Names(state).get(NAME_VPC, r.port_vpc);
         let detail = if deciding == STAGE_ORIGIN {
             format!("source {src} is neither the port's address nor inside {vpc}: transitive traffic is not forwarded")
         } else {
@@ -674,7 +662,7 @@ pub fn explain(
         push(STAGE_EGRESS_ACL, "egress-acl", d, f);
     }
     if reached(STAGE_ENDPOINT) {
-        let peer = name(state, NAME_VPC, r.peer_vpc);
+        let peer = Names(state).get(NAME_VPC, r.peer_vpc);
         let (detail, facts) = if deciding == STAGE_ENDPOINT {
             let d = if reason == Some("outside-peer") {
                 format!("{dst} is outside {peer}")
@@ -695,8 +683,8 @@ pub fn explain(
         push(STAGE_ENDPOINT, "endpoint", detail, facts);
     }
     if reached(STAGE_RETURN_ROUTE) {
-        let table = name(state, NAME_ROUTE_TABLE, r.ep_route_table >> 1);
-        let pcx = name(state, NAME_PEERING, r.peering_slot);
+        let table = Names(state).get(NAME_ROUTE_TABLE, r.ep_route_table >> 1);
+        let pcx = Names(state).get(NAME_PEERING, r.peering_slot);
         let found = if r.return_kind == NO_ROUTE {
             "no route".to_string()
         } else {
@@ -725,7 +713,10 @@ pub fn explain(
         push(STAGE_INGRESS_ACL, "ingress-acl", d, f);
     }
     if reached(STAGE_SECURITY_GROUPS) {
-        let (sender, receiver) = (groups(state, r.port_sg), groups(state, r.ep_sg));
+        let (sender, receiver) = (
+            Names(state).security_groups(r.port_sg),
+            Names(state).security_groups(r.ep_sg),
+        );
         let ct = match r.sg_conntrack {
             CT_UNTRACKABLE => "not trackable",
             CT_NEW => "no tracked flow",
