@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod progrun;
 pub mod stats;
 pub mod sync;
 pub mod trace;

@@ -136,9 +136,8 @@ pub fn run(
             .map(|w| {
                 let (sent, claimed, bytes, stop) = (&sent, &claimed, &bytes, &stop);
                 s.spawn(move || -> Result<Instant> {
-                    pin_to_cpu(w % cpus);
-                    let mut ctx = [0u8; 24];
-                    ctx[12..16].copy_from_slice(&load.ingress_ifindex.to_ne_bytes());
+                    // Failing to pin only costs evenness.
+                    let _ = crate::progrun::pin_thread_to_cpu(w % cpus);
                     let mut i = w;
                     while !stop.load(Ordering::Relaxed) {
                         let n = match load.packets {
@@ -155,7 +154,7 @@ pub fn run(
                         let frame = &frames[i % frames.len()];
                         i += load.threads;
                         let len = frame.len() as u32;
-                        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+                        let ctx = crate::progrun::xdp_md(frame.len(), load.ingress_ifindex);
                         prog.test_run(TestRunOptions {
                             data_in: Some(frame),
                             ctx_in: Some(&ctx),
@@ -208,16 +207,6 @@ pub fn run(
         pps: packets as f64 / seconds,
         bits_per_second: bytes as f64 * 8.0 / seconds,
     })
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: plain syscall on this thread with a zeroed cpu_set_t. Failing to pin only
-    // costs evenness, so the result is ignored.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// A throttled progress line on stderr (carriage return on a terminal).

@@ -9,6 +9,7 @@ use crate::conntrack::ip;
 use crate::inspect::Names;
 use crate::kernel::{self, KernelMaps};
 use crate::maps::MapState;
+use crate::progrun;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions};
@@ -148,12 +149,9 @@ pub fn trace(pin_dir: &Path, req: &Request) -> Result<Trace> {
         .and_then(|m| Ok(aya::maps::Map::PerCpuArray(m).try_into()?))?;
 
     // The record is per CPU: run on one known CPU and read that CPU's slot.
-    let cpu = on_one_cpu()?;
+    let cpu = progrun::stay_on_this_cpu().context("keeping the trace on one CPU")?;
     let started = kernel::monotonic_ns();
-    let mut ctx = [0u8; 24];
-    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let ctx = progrun::xdp_md(frame.len(), ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let run = prog
         .test_run(TestRunOptions {
@@ -366,27 +364,6 @@ fn pad(frame: &mut Vec<u8>, len: usize) -> Result<()> {
     }
     // The transport checksum no longer covers the padding; the data plane never checks it.
     Ok(())
-}
-
-/// Pins this thread to the CPU it runs on (the trace record is per CPU); returns it.
-fn on_one_cpu() -> Result<usize> {
-    // SAFETY: plain syscalls on this thread, with a zeroed cpu_set_t of the right size.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        ensure!(
-            cpu >= 0,
-            "sched_getcpu: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(cpu as usize)
-    }
 }
 
 /// The installed route of table key `table` that covers `a` with the longest prefix.
@@ -841,19 +818,8 @@ pub fn explain(
         stages,
         verdict,
         reason,
-        action: action_name(r.action),
+        action: progrun::action_name(r.action),
         egress_port: (verdict == "forward").then(|| port_name(r.ep_ifindex)),
-    }
-}
-
-fn action_name(a: u32) -> &'static str {
-    match a {
-        0 => "XDP_ABORTED",
-        1 => "XDP_DROP",
-        2 => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "?",
     }
 }
 

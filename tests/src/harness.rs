@@ -17,22 +17,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-
-pub fn action_name(a: u32) -> &'static str {
-    match a {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "?",
-    }
-}
+pub use peer_dataplane::progrun::{
+    action_name, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -111,10 +98,7 @@ impl TestDataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<RunOutput> {
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let ctx = peer_dataplane::progrun::xdp_md(packet.len(), ingress_ifindex);
         let mut out = vec![0u8; packet.len() + 256];
         let prog = self.program(program)?;
         let opts = TestRunOptions {
