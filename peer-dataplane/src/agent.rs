@@ -259,15 +259,7 @@ fn topology_of(doc: &Document, origin: &str) -> Result<Topology> {
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(program_names::PIPELINE)
-        .ok_or_else(|| {
-            anyhow!(
-                "program {} missing from the object",
-                program_names::PIPELINE
-            )
-        })?
-        .try_into()
-        .context("program type")
+    kernel::xdp_program(ebpf, program_names::PIPELINE)
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -349,13 +341,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         );
     }
     // The trace program is only run by the CLI; verified after the takeover above.
-    let trace: &mut Xdp = dp
-        .ebpf
-        .program_mut(program_names::TRACE)
-        .ok_or_else(|| anyhow!("program {} missing from the object", program_names::TRACE))?
-        .try_into()
-        .context("program type")?;
-    trace
+    kernel::xdp_program(&mut dp.ebpf, program_names::TRACE)?
         .load()
         .context("verifying and loading the trace program")?;
     kernel::pin_programs(&mut dp.ebpf, &opts.pin_dir)?;

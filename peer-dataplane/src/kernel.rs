@@ -505,6 +505,14 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
 }
 
+/// XDP program `name` of the loaded object.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))
+}
+
 /// Where the agent pins program `name` (see `program_names::PINNED`).
 pub fn program_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(program_names::PIN_SUBDIR).join(name)
@@ -521,12 +529,8 @@ pub fn pin_programs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<()> {
             std::fs::remove_file(&path)
                 .with_context(|| format!("unpinning the earlier {}", path.display()))?;
         }
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-            .try_into()
-            .context("program type")?;
-        prog.pin(&path)
+        xdp_program(ebpf, name)?
+            .pin(&path)
             .with_context(|| format!("pinning program {name} at {}", path.display()))?;
     }
     Ok(())

@@ -59,11 +59,8 @@ impl TestDataplane {
             program_names::PASS,
             program_names::SINK,
         ] {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("no program {name}"))?
-                .try_into()?;
-            p.load()
+            kernel::xdp_program(&mut ebpf, name)?
+                .load()
                 .with_context(|| format!("loading {name} (verifier)"))?;
         }
         // As the agent does: the CLI's `trace` and `loadgen` run the pinned programs.
@@ -123,12 +120,8 @@ impl TestDataplane {
     /// the kernel's XDP dispatcher already, so BPF_PROG_RUN with `repeat > 1` no longer
     /// installs and removes it around every call (an image rebuild costing ~18 ms here).
     pub fn keep_in_dispatcher(&mut self, program: &str, spare_iface: &str) -> Result<()> {
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("no program {program}"))?
-            .try_into()?;
-        p.attach(spare_iface, aya::programs::XdpMode::Driver)
+        kernel::xdp_program(&mut self.ebpf, program)?
+            .attach(spare_iface, aya::programs::XdpMode::Driver)
             .with_context(|| format!("attaching {program} to {spare_iface}"))?;
         Ok(())
     }
