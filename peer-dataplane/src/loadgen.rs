@@ -13,6 +13,7 @@
 use crate::trace::{build_frame, Protocol, Request};
 use anyhow::{anyhow, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -331,8 +332,8 @@ pub struct Report {
     pub passed: u64,
     pub dropped: u64,
     /// Drops and passes by reason (non-zero only).
-    pub drops_by_reason: std::collections::BTreeMap<&'static str, u64>,
-    pub passes_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    pub drops_by_reason: BTreeMap<&'static str, u64>,
+    pub passes_by_reason: BTreeMap<&'static str, u64>,
 }
 
 pub fn report(
@@ -342,38 +343,32 @@ pub fn report(
     before: &peer_dataplane_common::counters::GlobalCounters,
     after: &peer_dataplane_common::counters::GlobalCounters,
 ) -> Report {
-    use peer_dataplane_common::{DropReason, PassReason};
-    let d = |a: u64, b: u64| a.saturating_sub(b);
+    // The counters by reason name, as `stats` shows them; what grew during the run.
+    let (b, a) = (
+        crate::stats::global_view(before),
+        crate::stats::global_view(after),
+    );
+    let grown = |after: &BTreeMap<&'static str, u64>, before: &BTreeMap<&'static str, u64>| {
+        after
+            .iter()
+            .map(|(r, n)| (*r, n.saturating_sub(before.get(r).copied().unwrap_or(0))))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
     Report {
         sent,
         frame_bytes,
         flows,
-        forwarded: d(after.redirected_packets, before.redirected_packets),
-        passed: d(after.passed_packets, before.passed_packets),
-        dropped: d(after.dropped_packets, before.dropped_packets),
-        drops_by_reason: by_reason(DropReason::ALL.map(|r| (r.as_str(), r as usize)), |i| {
-            d(after.drop[i], before.drop[i])
-        }),
-        passes_by_reason: by_reason(PassReason::ALL.map(|r| (r.as_str(), r as usize)), |i| {
-            d(after.pass[i], before.pass[i])
-        }),
+        forwarded: a.redirected_packets.saturating_sub(b.redirected_packets),
+        passed: a.passed_packets.saturating_sub(b.passed_packets),
+        dropped: a.dropped_packets.saturating_sub(b.dropped_packets),
+        drops_by_reason: grown(&a.dropped, &b.dropped),
+        passes_by_reason: grown(&a.passed, &b.passed),
     }
 }
 
-/// Non-zero counts by reason name; `count` reads a reason's slot.
-fn by_reason<const N: usize>(
-    reasons: [(&'static str, usize); N],
-    count: impl Fn(usize) -> u64,
-) -> std::collections::BTreeMap<&'static str, u64> {
-    reasons
-        .into_iter()
-        .map(|(name, slot)| (name, count(slot)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
 pub fn render_report(r: &Report) -> String {
-    let by = |m: &std::collections::BTreeMap<&'static str, u64>| {
+    let by = |m: &BTreeMap<&'static str, u64>| {
         if m.is_empty() {
             "-".to_string()
         } else {
