@@ -4,12 +4,11 @@
 //! the data plane: its report, the pipeline's counters and the sink must agree. Needs
 //! root and BPF.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed::{self, A, B};
-use std::process::Command;
 
 #[test]
 fn loadgen_sends_through_the_pinned_pipeline_and_reports_by_reason() -> Result<()> {
@@ -24,22 +23,13 @@ fn loadgen_sends_through_the_pinned_pipeline_and_reports_by_reason() -> Result<(
 
     // Two destinations: B's instance (forwarded) and a free address of its subnet.
     let packets = 300_000u64;
-    let out = Command::new(peer_dataplane_tests::agent_path()?)
-        .arg("--pin-dir")
-        .arg(&dp.pin_dir)
-        .args(["loadgen", "--src", &seed::v4_str(&A.ipv4), "--dst"])
-        .arg(format!("172.16.2.19-{}", seed::v4_str(&B.ipv4)))
-        .args(["--flows", "2", "--dport", "7000", "--length", "128"])
-        .args([
-            "--packets",
-            &packets.to_string(),
-            "--duration",
-            "60",
-            "-o",
-            "json",
-        ])
-        .output()
-        .context("running peer-dataplane loadgen")?;
+    let args = format!(
+        "loadgen --src {} --dst 172.16.2.19-{} --flows 2 --dport 7000 --length 128 \
+         --packets {packets} --duration 60 -o json",
+        seed::v4_str(&A.ipv4),
+        seed::v4_str(&B.ipv4)
+    );
+    let out = peer_dataplane_tests::cli(&dp.pin_dir, &args.split_whitespace().collect::<Vec<_>>())?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success(), "loadgen failed: {stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
