@@ -10,6 +10,7 @@ pub mod acl;
 pub mod addr;
 pub mod cap;
 pub mod checksum;
+pub mod clock;
 pub mod conntrack;
 pub mod counters;
 pub mod reason;
@@ -39,8 +40,10 @@ pub mod map_names {
     pub const CAP_STATE: &str = "pdp_cap_state";
     /// What `pdp_trace` saw of the last packet it ran on, per CPU.
     pub const TRACE: &str = "pdp_trace_rec";
+    /// The program's clock setting (see [`crate::clock`]).
+    pub const CLOCK: &str = "pdp_clock";
     /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         PORTS,
         ROUTES,
         PEERINGS,
@@ -58,6 +61,7 @@ pub mod map_names {
         CONNTRACK,
         CAP_STATE,
         TRACE,
+        CLOCK,
     ];
 }
 
@@ -356,6 +360,7 @@ mod pod {
     unsafe impl aya::Pod for super::conntrack::CtKey {}
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
     unsafe impl aya::Pod for super::trace::TraceRecord {}
+    unsafe impl aya::Pod for super::clock::Clock {}
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 //! select the fetching instruction.
 
 use crate::maps::CAP_STATE;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use peer_dataplane_common::{
     cap::{conform, CapConfig},
@@ -29,8 +28,7 @@ use peer_dataplane_common::{
 /// Charges a `len`-byte frame to bucket `index` now; `Err(RateLimited)` if over.
 #[inline(always)]
 pub fn police(cap: &CapConfig, index: u32, len: u64) -> Result<(), DropReason> {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let cost = cap.cost_ns(len);
     if cost > cap.burst_ns {
         // Larger than the whole bucket: could never conform.
@@ -66,8 +64,7 @@ pub fn police(cap: &CapConfig, index: u32, len: u64) -> Result<(), DropReason> {
 /// (for traces): (conforms, the bucket's `tat`, the frame's cost in ns).
 #[inline(always)]
 pub fn peek(cap: &CapConfig, index: u32, len: u64) -> (bool, u64, u64) {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let cost = cap.cost_ns(len);
     let Some(tat) = CAP_STATE.get_ptr_mut(index) else {
         return (false, 0, cost);

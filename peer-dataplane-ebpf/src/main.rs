@@ -11,6 +11,7 @@
 
 mod acl;
 mod cap;
+mod clock;
 mod conntrack;
 mod counters;
 mod deliver;
@@ -22,6 +23,7 @@ mod port;
 mod rewrite;
 mod route;
 mod sg;
+mod sink;
 mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -69,14 +71,12 @@ pub fn pdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Benchmark sink, attached behind the destination port: counts and drops every frame,
-/// so that both forwarding paths of `bench e2e` are measured at the same point.
+/// Benchmark and test sink, attached behind the destination port: counts and drops every
+/// frame, so that both forwarding paths of `bench e2e` are measured at the same point (see
+/// `sink` for which frames count).
 #[xdp]
-pub fn pdp_sink(_ctx: XdpContext) -> u32 {
-    if let Some(n) = maps::SINK_COUNT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe { *n += 1 };
-    }
+pub fn pdp_sink(ctx: XdpContext) -> u32 {
+    sink::count(&ctx);
     xdp_action::XDP_DROP
 }
 

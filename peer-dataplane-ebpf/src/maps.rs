@@ -7,6 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use peer_dataplane_common::{
+    clock::Clock,
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
@@ -91,6 +92,15 @@ pub static CAP_STATE: Array<u64> = Array::pinned(MAX_PEERINGS * 2, 0);
 #[map(name = "pdp_trace_rec")]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::pinned(1, 0);
 
-/// Frames `pdp_sink` received, per CPU (benchmarks only; not pinned).
+/// Frames `pdp_sink` received, per CPU: slot 0 those matching `pdp_sink_match`, slot 1 the
+/// rest (benchmarks and tests only; not pinned).
 #[map(name = "pdp_sink_count")]
-pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// The UDP destination port `pdp_sink` counts as the sender's frames (0: every frame).
+#[map(name = "pdp_sink_match")]
+pub static SINK_MATCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The program's clock setting (see `peer_dataplane_common::clock`); zero in production.
+#[map(name = "pdp_clock")]
+pub static CLOCK: Array<Clock> = Array::pinned(1, 0);

@@ -13,7 +13,6 @@ use crate::{
     parse::Packet,
     trace,
 };
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use peer_dataplane_common::{
     acl::NO_ACL,
     trace::{CT_NEW, CT_ORIGINAL, CT_REPLY, CT_UNTRACKABLE, SG_MATCH, SG_NO_GROUPS, SG_NO_MATCH},
@@ -38,8 +37,7 @@ pub fn check<const T: bool>(
         });
         return Ok(());
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now();
     let t = conntrack::lookup(src_vpc, dst_vpc, p, now);
     trace::note::<T>(|r| {
         r.sg_conntrack = match t.how {

@@ -1,7 +1,7 @@
 //! `peer-dataplane conntrack list|flush`: the security groups' connection-tracking table,
 //! read from (and pruned in) the pinned LRU map. Works while the agent is down.
 
-use crate::kernel::{monotonic_ns, KernelMaps};
+use crate::kernel::KernelMaps;
 use anyhow::Result;
 use peer_dataplane_common::{
     addr::is_v4_mapped,
@@ -106,7 +106,7 @@ fn flow(k: &CtKey, e: &CtEntry, now: u64, vpcs: &BTreeMap<u32, String>) -> Flow 
 /// only with `all`.
 pub fn list(maps: &KernelMaps, filter: &Filter, all: bool) -> Result<Vec<Flow>> {
     let vpcs = vpc_names(maps)?;
-    let now = monotonic_ns();
+    let now = maps.now_ns()?;
     let mut flows: Vec<Flow> = maps
         .conntrack_entries()?
         .iter()
@@ -120,7 +120,7 @@ pub fn list(maps: &KernelMaps, filter: &Filter, all: bool) -> Result<Vec<Flow>> 
 /// Removes the matching flows; their next packets meet the security-group rules again.
 pub fn flush(maps: &mut KernelMaps, filter: &Filter) -> Result<usize> {
     let vpcs = vpc_names(maps)?;
-    let now = monotonic_ns();
+    let now = maps.now_ns()?;
     maps.conntrack_flush(|k, e| filter.matches(&flow(k, e, now, &vpcs)))
 }
 

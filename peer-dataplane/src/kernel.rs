@@ -11,6 +11,7 @@ use aya::maps::{
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
+    clock::Clock,
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
@@ -41,7 +42,7 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<()> {
 /// (name, key size, value size, max entries) of every pinned map, as this build defines
 /// them. aya reuses a pinned map by name without comparing its shape, so a pin left by a
 /// build with another layout must be caught here, before the program reads it wrongly.
-fn expected_layouts() -> [(&'static str, u32, u32, u32); 17] {
+fn expected_layouts() -> [(&'static str, u32, u32, u32); 18] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -122,6 +123,7 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 17] {
             MAX_CT_ENTRIES,
         ),
         (map_names::CAP_STATE, 4, 8, MAX_PEERINGS * 2),
+        (map_names::CLOCK, 4, sz(size_of::<Clock>()), 1),
         (
             map_names::TRACE,
             4,
@@ -204,6 +206,7 @@ pub struct KernelMaps {
     acl_exact: HashMap<MapData, AclExactKey, AclBits>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     cap_state: Array<MapData, u64>,
+    clock: Array<MapData, Clock>,
 }
 
 macro_rules! typed {
@@ -235,6 +238,7 @@ impl KernelMaps {
             acl_exact: typed!(pin_dir, map_names::ACL_EXACT),
             conntrack: typed!(pin_dir, map_names::CONNTRACK),
             cap_state: typed!(pin_dir, map_names::CAP_STATE),
+            clock: typed!(pin_dir, map_names::CLOCK),
         })
     }
 
@@ -419,6 +423,21 @@ impl KernelMaps {
             .context("writing pdp_cap_state")
     }
 
+    /// The program's clock setting (`Clock::KERNEL` unless a test changed it).
+    pub fn clock(&self) -> Result<Clock> {
+        self.clock.get(&0, 0).context("reading pdp_clock")
+    }
+
+    /// Sets the program's clock (tests only: the agent never writes it).
+    pub fn set_clock(&mut self, c: Clock) -> Result<()> {
+        self.clock.set(0, c, 0).context("writing pdp_clock")
+    }
+
+    /// Now on the program's clock: what conntrack and caps compare their stamps with.
+    pub fn now_ns(&self) -> Result<u64> {
+        Ok(self.clock()?.now(monotonic_ns()))
+    }
+
     /// The cap bucket (`tat`, ns) of a peering and direction.
     pub fn cap_state(&self, slot: u32, dir: u32) -> Result<u64> {
         self.cap_state
@@ -427,7 +446,7 @@ impl KernelMaps {
     }
 }
 
-/// Now on the program's clock (`bpf_ktime_get_ns` is CLOCK_MONOTONIC).
+/// The kernel's monotonic clock (what `bpf_ktime_get_ns` reads).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -1,7 +1,7 @@
 //! The real XDP object, loaded with its maps pinned in a private bpffs directory, driven
 //! by BPF_PROG_RUN. State goes in through the agent's own install path.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use peer_dataplane::agent::Installed;
@@ -10,6 +10,7 @@ use peer_dataplane::document::Document;
 use peer_dataplane::kernel;
 use peer_dataplane::validate::validate;
 use peer_dataplane_common::{
+    clock::{Clock, CLOCK_FROZEN},
     counters::{GlobalCounters, PeeringCounters},
     program_names,
 };
@@ -22,6 +23,10 @@ pub use peer_dataplane::progrun::{
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Where tests start a frozen clock: far from 0, so that "10 s ago" is a valid time, and
+/// unrelated to the machine's uptime.
+pub const TEST_EPOCH_NS: u64 = 1_000_000 * 1_000_000_000;
 
 pub struct TestDataplane {
     pub ebpf: Ebpf,
@@ -45,11 +50,12 @@ impl TestDataplane {
         crate::require_root()?;
         let object = std::fs::read(object)
             .with_context(|| format!("reading the XDP object {}", object.display()))?;
-        // Fixed names (not pid-based): a later run removes what a killed run left behind.
-        let pin_dir = PathBuf::from(format!(
-            "/sys/fs/bpf/pdp-test-{}",
+        // Unique to this process; what a killed run left behind is reaped first.
+        crate::reap_stale();
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique(&format!(
+            "dp{}",
             NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        )));
         let _ = kernel::remove_pins(&pin_dir);
         let mut ebpf = kernel::load(&object, &pin_dir)?;
         for name in [
@@ -126,14 +132,56 @@ impl TestDataplane {
         Ok(())
     }
 
-    /// Frames `pdp_sink` has counted (summed over CPUs).
+    /// Makes `pdp_sink` count, as the sender's, only UDP frames to `dport` (0: all).
+    pub fn sink_match_udp_dport(&mut self, dport: u16) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("pdp_sink_match")
+            .ok_or_else(|| anyhow!("no map pdp_sink_match"))?;
+        let mut m: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
+        m.set(0, dport as u32, 0)?;
+        Ok(())
+    }
+
+    /// Frames `pdp_sink` has counted as the sender's (summed over CPUs): compare deltas.
     pub fn sink_count(&self) -> Result<u64> {
+        self.sink_slot(0)
+    }
+
+    /// Frames `pdp_sink` received that were not the sender's.
+    pub fn sink_other(&self) -> Result<u64> {
+        self.sink_slot(1)
+    }
+
+    fn sink_slot(&self, slot: u32) -> Result<u64> {
         let map = self
             .ebpf
             .map("pdp_sink_count")
             .ok_or_else(|| anyhow!("no map pdp_sink_count"))?;
         let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
-        Ok(counts.get(&0, 0)?.iter().sum())
+        Ok(counts.get(&slot, 0)?.iter().sum())
+    }
+
+    /// Stops the program's clock at `at_ns` (see `peer_dataplane_common::clock`): from now
+    /// on conntrack and caps see exactly the time the test sets, whatever the uptime.
+    pub fn freeze_clock(&mut self, at_ns: u64) -> Result<()> {
+        self.installed.maps.set_clock(Clock::frozen(at_ns))
+    }
+
+    /// Moves the frozen clock forward by `d`; returns the new time.
+    pub fn advance_clock(&mut self, d: Duration) -> Result<u64> {
+        let c = self.installed.maps.clock()?;
+        if c.flags & CLOCK_FROZEN == 0 {
+            bail!("advance_clock needs a frozen clock (freeze_clock first)");
+        }
+        let at = c.offset_ns + d.as_nanos() as u64;
+        self.freeze_clock(at)?;
+        Ok(at)
+    }
+
+    /// Now on the program's clock.
+    pub fn now(&self) -> Result<u64> {
+        self.installed.maps.now_ns()
     }
 
     pub fn run(&self, ingress_ifindex: u32, packet: &[u8]) -> Result<RunOutput> {

@@ -27,14 +27,29 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates `name`, removing a stale one of the same name left by a crashed run.
+    /// Creates `name`, removing a stale one of the same name left by a crashed run (and any
+    /// namespace of a test process no longer alive). Interfaces created in it later come up
+    /// without IPv6 autoconfiguration (no link-local address, no router solicitations, no
+    /// DAD): a test's counts see only the frames it sends. A test that needs IPv6 adds its
+    /// addresses itself.
     pub fn create(name: &str) -> Result<Netns> {
+        crate::reap_stale();
         let _ = ip(&["netns", "del", name]);
         ip(&["netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
         let ns = Netns {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        for (key, value) in [
+            ("net.ipv6.conf.default.addr_gen_mode", "1"),
+            ("net.ipv6.conf.default.accept_ra", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.default.dad_transmits", "0"),
+            ("net.ipv6.conf.default.router_solicitations", "0"),
+        ] {
+            ns.exec("sysctl", &["-qw", &format!("{key}={value}")])
+                .with_context(|| format!("setting {key} in netns {name}"))?;
+        }
         Ok(ns)
     }
 

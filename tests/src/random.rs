@@ -484,3 +484,16 @@ fn ipv6(rng: &mut Rng, f: &mut Vec<u8>, from: Instance, proto: u8, l4: &[u8]) {
     f.extend_from_slice(&ext);
     f.extend_from_slice(l4);
 }
+
+/// How far the program's clock moves before the next frame: mostly not at all or by
+/// microseconds (frames of one burst), sometimes by seconds, now and then past every
+/// conntrack timeout but the established one.
+pub fn time_step(rng: &mut Rng) -> u64 {
+    const S: u64 = 1_000_000_000;
+    match rng.below(100) {
+        0..=59 => 0,
+        60..=89 => rng.below(1_000_000),
+        90..=97 => rng.below(40 * S),
+        _ => rng.below(700 * S),
+    }
+}

@@ -381,6 +381,52 @@ impl Agent {
         )
     }
 
+    /// Packets the data plane has dropped as `reason` so far (global counter).
+    pub fn drops(&self, reason: &str) -> Result<u64> {
+        let s = self.stats_json()?;
+        Ok(s["global"]["dropped"][reason].as_u64().unwrap_or(0))
+    }
+
+    /// Runs `traffic`, which must report that nothing got through, and checks that the
+    /// data plane dropped `count` packets as `reason` meanwhile: a negative check passes
+    /// for the reason it claims, not because of any error on the way.
+    pub fn expect_dropped(
+        &self,
+        what: &str,
+        reason: &str,
+        count: std::ops::RangeInclusive<u64>,
+        traffic: impl FnOnce() -> Result<bool>,
+    ) -> Result<()> {
+        let before = self.stats_json()?;
+        let through = traffic()?;
+        let after = self.stats_json()?;
+        if through {
+            bail!("{what}: got through, expected it dropped as {reason}");
+        }
+        let dropped = |s: &serde_json::Value, r: &str| s["global"]["dropped"][r].as_u64().unwrap_or(0);
+        let delta = dropped(&after, reason) - dropped(&before, reason);
+        if !count.contains(&delta) {
+            let others: Vec<String> = after["global"]["dropped"]
+                .as_object()
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|r| {
+                            let d = dropped(&after, r) - dropped(&before, r);
+                            (d > 0).then(|| format!("{r} +{d}"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            bail!(
+                "{what}: {delta} packets dropped as {reason}, expected {}..={} (all drops meanwhile: {})",
+                count.start(),
+                count.end(),
+                if others.is_empty() { "none".to_string() } else { others.join(", ") }
+            );
+        }
+        Ok(())
+    }
+
     pub fn stats_table(&self) -> Result<String> {
         crate::netns::sh(
             Command::new(&self.bin)

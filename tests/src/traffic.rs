@@ -44,8 +44,17 @@ pub fn ping_instance(ns: &Netns, to: &Instance, v6: bool, count: u32) -> Result<
     )
 }
 
+/// True for the errors a dropped packet causes (nothing arrived in time); any other error
+/// is a broken test setup and must not pass as "blocked".
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Sends `payload` from `from` to `to` over UDP and waits for the echo. Ok(false) if no
-/// packet arrived at the server within the timeout.
+/// packet arrived at the server within the timeout; an error for anything else.
 pub fn udp_exchange(
     from_ns: &Netns,
     from: &Instance,
@@ -65,7 +74,8 @@ pub fn udp_exchange(
     let mut buf = [0u8; 256];
     let (n, peer) = match server.recv_from(&mut buf) {
         Ok(x) => x,
-        Err(_) => return Ok(false),
+        Err(e) if timed_out(&e) => return Ok(false),
+        Err(e) => return Err(e).context("udp server receive"),
     };
     if &buf[..n] != payload {
         bail!("udp server got {:?}", &buf[..n]);
@@ -78,7 +88,8 @@ pub fn udp_exchange(
 }
 
 /// Connects over TCP from `from` to `to`, sends a line and reads it back. Ok(false) if the
-/// connection could not be established.
+/// connection was not established within the timeout (its SYNs dropped); an error for
+/// anything else (a refused connection means the packets got through).
 pub fn tcp_exchange(
     from_ns: &Netns,
     to_ns: &Netns,
@@ -100,7 +111,8 @@ pub fn tcp_exchange(
     let stream = from_ns.run(move || TcpStream::connect_timeout(&server_addr, TIMEOUT))?;
     let mut stream = match stream {
         Ok(s) => s,
-        Err(_) => return Ok(false),
+        Err(e) if timed_out(&e) => return Ok(false),
+        Err(e) => return Err(e).context("tcp connect"),
     };
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.write_all(b"hello over tcp\n")?;
@@ -145,9 +157,61 @@ impl Stream {
     }
 }
 
+/// Sets a socket buffer size beyond `rmem_max`/`wmem_max` (root may) and checks that the
+/// kernel took it: a silently capped buffer would lose datagrams under load.
+fn force_buffer(s: &UdpSocket, bytes: libc::c_int, receive: bool) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let (force, read_back) = if receive {
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
+    } else {
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
+    };
+    let fd = s.as_raw_fd();
+    // SAFETY: valid socket, option value and lengths.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            force,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        bail!(
+            "setting a {bytes}-byte socket buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            read_back,
+            &mut got as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // The kernel doubles the value for its bookkeeping.
+    if got < bytes {
+        bail!("asked for a {bytes}-byte socket buffer, the kernel gave {got}");
+    }
+    Ok(())
+}
+
 /// Sends IPv4 UDP datagrams of `payload_len` bytes from `from` to `to` at `rate_bps`
 /// (counted in Ethernet frame bits) for `duration`, paced every millisecond, while a
 /// receiver in `to_ns` counts what arrives. Prints progress once a second.
+///
+/// The sender never bursts to catch up after it was descheduled: it sends at most 5 ms of
+/// the rate at once and lets the rest go (the stream then offers a little less). The
+/// receiver is stopped once the data plane has decided every datagram sent and the
+/// receiver has counted every one forwarded: `decided` reads the data plane's running
+/// counts of this stream's packets, (forwarded, dropped).
+#[allow(clippy::too_many_arguments)]
 pub fn udp_stream(
     from_ns: &Netns,
     from: &Instance,
@@ -156,6 +220,7 @@ pub fn udp_stream(
     rate_bps: u64,
     duration: Duration,
     payload_len: usize,
+    decided: &dyn Fn() -> Result<(u64, u64)>,
 ) -> Result<Stream> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
@@ -168,20 +233,8 @@ pub fn udp_stream(
     let client = from_ns.run(move || UdpSocket::bind(client_addr))??;
     // Room for a few hundred milliseconds of arrivals: the count must not depend on how
     // promptly this thread is scheduled.
-    for (s, opt) in [(&server, libc::SO_RCVBUF), (&client, libc::SO_SNDBUF)] {
-        use std::os::fd::AsRawFd;
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: valid socket and option value.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &size as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    }
+    force_buffer(&server, 8 << 20, true)?;
+    force_buffer(&client, 8 << 20, false)?;
     server.set_read_timeout(Some(Duration::from_millis(100)))?;
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,19 +250,25 @@ pub fn udp_stream(
         })
     };
 
+    let (fwd0, drop0) = decided()?;
     let frame_len = (14 + 20 + 8 + payload_len) as u64;
     let payload = vec![0x5au8; payload_len];
     let per_ns = rate_bps as f64 / (frame_len * 8) as f64 / 1e9;
+    let max_burst = ((per_ns * 5e6) as u64).max(1);
     let start = Instant::now();
     let mut sent = 0u64;
+    let mut skipped = 0u64;
     let mut next_report = Duration::from_secs(1);
     loop {
         let elapsed = start.elapsed();
         if elapsed >= duration {
             break;
         }
-        let due = (elapsed.as_nanos() as f64 * per_ns) as u64;
-        while sent < due {
+        let due = ((elapsed.as_nanos() as f64 * per_ns) as u64).saturating_sub(skipped);
+        if due > sent + max_burst {
+            skipped += due - sent - max_burst;
+        }
+        while sent + skipped < (elapsed.as_nanos() as f64 * per_ns) as u64 {
             client.send_to(&payload, server_addr)?;
             sent += 1;
         }
@@ -221,15 +280,37 @@ pub fn udp_stream(
             );
             next_report += Duration::from_secs(1);
         }
+        // Pacing: the next millisecond's share of the rate.
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = start.elapsed();
-    // Let the last datagrams land.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut delivered = 0;
+    let landed = crate::wait_until(
+        &format!("the data plane deciding all {sent} datagrams sent"),
+        Duration::from_secs(10),
+        || {
+            let (fwd, drop) = decided()?;
+            delivered = fwd - fwd0;
+            Ok(delivered + (drop - drop0) >= sent)
+        },
+    )
+    .and_then(|()| {
+        crate::wait_until(
+            &format!("the receiver counting all {delivered} forwarded datagrams"),
+            Duration::from_secs(10),
+            || Ok(received.load(Ordering::Relaxed) >= delivered),
+        )
+    });
     stop.store(true, Ordering::Relaxed);
     receiver
         .join()
         .map_err(|_| anyhow::anyhow!("udp receiver panicked"))?;
+    landed.with_context(|| {
+        format!(
+            "received {} of {delivered} forwarded",
+            received.load(Ordering::Relaxed)
+        )
+    })?;
     Ok(Stream {
         sent,
         received: received.load(Ordering::Relaxed),

@@ -26,7 +26,7 @@ fn json(pin_dir: &Path, args: &[&str]) -> Result<Value> {
 #[test]
 fn cli_verbs_report_what_is_installed() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns = seed::ports_only("pdp-cli")?;
+    let ns = seed::ports_only(&peer_dataplane_tests::unique("cli"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let mut doc = seed::seed_doc();

@@ -10,14 +10,13 @@
 //! Needs root and BPF; runs in a network namespace of its own.
 
 use anyhow::{anyhow, Result};
-use peer_dataplane::kernel::monotonic_ns;
 use peer_dataplane::model::{self, Model, Verdict};
 use peer_dataplane::validate::{validate, Topology};
 use peer_dataplane_common::{
     counters::{GlobalCounters, PeeringCounters},
     DropReason, PassReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING,
 };
-use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+use peer_dataplane_tests::harness::{action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::random::{self, CapSetup, Rng};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C};
@@ -129,7 +128,9 @@ fn run_state(
     dp.installed.maps.conntrack_flush(|_, _| true)?;
 
     let mut model_state = model::State::default();
-    let now = monotonic_ns();
+    // The program's clock stands still unless the test moves it (see below).
+    let mut now = TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000;
+    dp.freeze_clock(now)?;
     for (i, pcx) in PEERINGS.iter().enumerate() {
         let slot = dp.installed.ids.get(NAME_PEERING, pcx).unwrap();
         for dir in DIRS {
@@ -172,7 +173,9 @@ fn run_state(
             *rng.pick(ports)
         };
         let frame = random::frame(rng, from);
-        let now = monotonic_ns();
+        // Time moves between frames by a random step, from nothing to past every timeout.
+        now += random::time_step(rng);
+        dp.freeze_clock(now)?;
         let want = m.run(&mut model_state, ingress, &frame, now);
         let got = dp.run(ingress, &frame)?;
         let want_action = match want.verdict {
@@ -252,7 +255,7 @@ fn model_and_program_agree_on_random_states_and_frames() -> Result<()> {
     let states = env("PDP_DIFF_STATES", 100);
     let packets = env("PDP_DIFF_PACKETS", 1000);
     let seed = env("PDP_DIFF_SEED", 0x5eed_2026);
-    let ns = seed::ports_only("pdp-diff")?;
+    let ns = seed::ports_only(&peer_dataplane_tests::unique("diff"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let ports: Vec<(Instance, u32)> = [A, B, C]

@@ -32,14 +32,14 @@ impl Drop for Env {
 fn start(tag: &str, hold_back: &[&str]) -> Result<(Env, u64)> {
     peer_dataplane_tests::require_root()?;
     let bin = peer_dataplane_tests::agent_path()?;
-    let dir = std::env::temp_dir().join(format!("pdp-{tag}"));
+    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique(tag));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let net = SeedNetwork::create(&format!("pdp-{tag}"))?;
+    let net = SeedNetwork::create(&peer_dataplane_tests::unique(tag))?;
     let port = net.host.run(free_port)?;
     let cp = ControlPlane::start(&bin, &net.host, &dir.join("cp.db"), port)?;
     let revision = cp.seed(hold_back)?;
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pdp-{tag}"));
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique(tag));
     let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
     let mut agent = cp.start_agent(&bin, &net.host, &dir, &pin_dir, "agent")?;
     agent.wait_synced(revision, SYNC)?;
@@ -60,10 +60,12 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
     let a = env.net.ns(A);
 
     // pending-acceptance: routes exist, but nothing crosses.
-    ensure!(
-        !ping_instance(a, &B, false, 1)?,
-        "a reached b over a pending peering"
-    );
+    env.agent.expect_dropped(
+        "ping a -> b over a pending peering",
+        "peering-inactive",
+        1..=1,
+        || ping_instance(a, &B, false, 1),
+    )?;
     let pcx = env
         .cp
         .expect("GET", "/v1/vpc-peering/pcx-ab", ACCT_A, None, 200)?;
@@ -102,10 +104,10 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
         200,
     )?;
     env.agent.wait_synced(r.revision, SYNC)?;
-    ensure!(
-        !ping_instance(a, &B, false, 1)?,
-        "a reached b without a route"
-    );
+    env.agent
+        .expect_dropped("ping a -> b without a route", "no-route", 1..=1, || {
+            ping_instance(a, &B, false, 1)
+        })?;
     let route = json!({"destination_cidr": "172.16.0.0/16", "target": "pcx-ab"});
     let r = env.cp.expect(
         "POST",
@@ -125,10 +127,12 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
         .cp
         .expect("DELETE", "/v1/vpc-peering/pcx-ab", ACCT_B, None, 200)?;
     env.agent.wait_synced(r.revision, SYNC)?;
-    ensure!(
-        !ping_instance(a, &B, false, 2)?,
-        "a reached b over a deleted peering"
-    );
+    env.agent.expect_dropped(
+        "ping a -> b over a deleted peering",
+        "peering-inactive",
+        2..=2,
+        || ping_instance(a, &B, false, 2),
+    )?;
     let s = env.agent.stats_json()?;
     let ab = s["peerings"]
         .as_array()
@@ -172,7 +176,8 @@ fn forwarding_survives_control_plane_downtime() -> Result<()> {
     );
 
     env.cp.kill()?;
-    std::thread::sleep(Duration::from_millis(500));
+    env.agent
+        .wait_log("control plane unreachable", Duration::from_secs(30))?;
     ensure!(
         ping_instance(a, &B, false, 3)?,
         "forwarding stopped with the control plane down"
@@ -193,10 +198,12 @@ fn forwarding_survives_control_plane_downtime() -> Result<()> {
         200,
     )?;
     env.agent.wait_synced(r.revision, SYNC)?;
-    ensure!(
-        !ping_instance(a, &B, false, 1)?,
-        "the change made after the restart did not take effect"
-    );
+    env.agent.expect_dropped(
+        "ping a -> b after the route was deleted (control plane restarted)",
+        "no-route",
+        1..=1,
+        || ping_instance(a, &B, false, 1),
+    )?;
     assert!(env
         .agent
         .log_text()

@@ -26,7 +26,7 @@ fn pins_created_by_this_build_match_its_layouts() -> Result<()> {
 #[test]
 fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let dir = Path::new("/sys/fs/bpf/pdp-layout-test");
+    let dir = &Path::new("/sys/fs/bpf").join(peer_dataplane_tests::unique("layout"));
     let _ = kernel::remove_pins(dir);
     std::fs::create_dir_all(dir)?;
     let pin = dir.join("pdp_ports");
@@ -65,7 +65,7 @@ fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
 
 #[test]
 fn reopened_pins_read_back_exactly_what_was_installed() -> Result<()> {
-    let ns = seed::ports_only("pdp-pins")?;
+    let ns = seed::ports_only(&peer_dataplane_tests::unique("pins"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let topo = validate(&seed::seed_doc()).map_err(|e| anyhow::anyhow!("{e}"))?;

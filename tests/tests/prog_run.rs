@@ -913,7 +913,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
 #[test]
 fn prog_run_table() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns: Netns = seed::ports_only("pdp-prog")?;
+    let ns: Netns = seed::ports_only(&peer_dataplane_tests::unique("prog"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     dp.install(&seed::seed_doc())?;

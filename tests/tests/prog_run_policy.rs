@@ -7,16 +7,20 @@
 //!
 //! Needs root and BPF; runs in a network namespace of its own.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use peer_dataplane::document::{Document, SecurityGroupDoc, SgRuleDoc};
-use peer_dataplane::kernel::monotonic_ns;
 use peer_dataplane::maps::{DataplaneMaps, Op};
 use peer_dataplane_common::{
     cap::CapConfig,
-    conntrack::{CtEntry, CtKey, SECOND_NS},
+    conntrack::{
+        CT_OTHER_NS, CT_TCP_CLOSING_NS, CT_TCP_ESTABLISHED_NS, CT_TCP_OPENING_NS, CT_TCP_RESET_NS,
+        CT_UDP_NS,
+    },
     DropReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING,
 };
-use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_REDIRECT};
+use peer_dataplane_tests::harness::{
+    action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_REDIRECT,
+};
 use peer_dataplane_tests::netns::{self, Netns};
 use peer_dataplane_tests::packets::{self, ACK, FIN_ACK, L2, RST, SYN, SYN_ACK};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C, ROUTER_MAC};
@@ -39,16 +43,17 @@ enum Action {
     Send(&'static str, Instance, Vec<u8>, Expect),
     /// Installs the seed document changed by the function (on top of the scenario's).
     Install(fn(&mut Document)),
-    /// Moves every conntrack entry's last packet this far into the past.
-    Age(u64),
+    /// Moves the program's (frozen) clock forward this many seconds.
+    Wait(u64),
     /// `peer-dataplane conntrack flush`, through the same code.
     Flush,
-    Sleep(Duration),
+    /// Moves the program's (frozen) clock forward by exactly this much.
+    WaitExactly(Duration),
     /// Sets a cap on `pcx` in direction `dir` directly in the peering entry, with a full
     /// bucket (rates far below what a document can express make the timing of a test
     /// irrelevant).
     Cap(&'static str, u32, CapConfig),
-    /// The bucket of `pcx`/`dir` holds `n` packets of `len` bytes of debt (± 1 packet).
+    /// The bucket of `pcx`/`dir` holds exactly `n` packets of `len` bytes of debt.
     Debt(&'static str, u32, u64, u64),
 }
 
@@ -174,6 +179,20 @@ fn plain(_: &mut Document) {}
 // ---------------------------------------------------------------------------------------
 // scenarios
 
+/// A's TCP handshake to B's port 443 from `sport`, every step forwarded.
+fn handshake(sport: u16) -> Vec<Action> {
+    vec![
+        send("syn", A, tcp(A, B, sport, 443, SYN), Expect::Fwd(B, AB, RA)),
+        send(
+            "syn-ack",
+            B,
+            tcp(B, A, 443, sport, SYN_ACK),
+            Expect::Fwd(A, AB, AR),
+        ),
+        send("ack", A, tcp(A, B, sport, 443, ACK), Expect::Fwd(B, AB, RA)),
+    ]
+}
+
 fn scenarios() -> Vec<Scenario> {
     let slow = CapConfig {
         // 1 ms per byte: a ~60-byte frame costs ~60 ms of tokens.
@@ -231,7 +250,7 @@ fn scenarios() -> Vec<Scenario> {
                 ),
                 send("ack", A, tcp(A, B, 41000, 443, ACK), Expect::Fwd(B, AB, RA)),
                 // Established: an hour of silence is nothing (5 days).
-                Action::Age(3600),
+                Action::Wait(3600),
                 send(
                     "ack after an hour",
                     B,
@@ -246,7 +265,7 @@ fn scenarios() -> Vec<Scenario> {
                 ),
                 send("rst", B, tcp(B, A, 443, 41000, RST), Expect::Fwd(A, AB, AR)),
                 // Reset: 10 s.
-                Action::Age(11),
+                Action::Wait(11),
                 send(
                     "after the reset expired",
                     B,
@@ -296,7 +315,7 @@ fn scenarios() -> Vec<Scenario> {
                     Expect::Fwd(A, AB, AR),
                 ),
                 // Others: 600 s.
-                Action::Age(601),
+                Action::Wait(601),
                 send(
                     "echo reply after 601 s",
                     B,
@@ -315,14 +334,14 @@ fn scenarios() -> Vec<Scenario> {
                     packets::udp6(l2(A), A.ipv6, B.ipv6, 64, 5353, 53, b"q"),
                     Expect::Fwd(B, AB, RA),
                 ),
-                Action::Age(29),
+                Action::Wait(29),
                 send(
                     "reply after 29 s",
                     B,
                     packets::udp6(l2(B), B.ipv6, A.ipv6, 64, 53, 5353, b"a"),
                     Expect::Fwd(A, AB, AR),
                 ),
-                Action::Age(31),
+                Action::Wait(31),
                 send(
                     "reply after 31 s of silence",
                     B,
@@ -334,6 +353,139 @@ fn scenarios() -> Vec<Scenario> {
                     A,
                     packets::udp6(l2(A), A.ipv6, B.ipv6, 64, 5353, 54, b"q"),
                     Expect::Drop(DropReason::SgDeny, AB, RA),
+                ),
+            ],
+        },
+        // Every idle timeout, crossed both ways on a clock the test holds: a flow idle for
+        // exactly its timeout is alive, one idle a nanosecond longer is gone.
+        Scenario {
+            name: "conntrack: udp lives exactly 30 s idle",
+            doc: web,
+            actions: vec![
+                send("a->b udp", A, udp(A, B, 40100, 7000), Expect::Fwd(B, AB, RA)),
+                Action::WaitExactly(Duration::from_nanos(CT_UDP_NS)),
+                send(
+                    "reply after exactly 30 s",
+                    B,
+                    udp(B, A, 7000, 40100),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_UDP_NS + 1)),
+                send(
+                    "reply after 30 s + 1 ns",
+                    B,
+                    udp(B, A, 7000, 40100),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
+                ),
+            ],
+        },
+        Scenario {
+            name: "conntrack: an unanswered tcp syn lives exactly 60 s",
+            doc: web,
+            actions: vec![
+                send("syn 1", A, tcp(A, B, 41100, 443, SYN), Expect::Fwd(B, AB, RA)),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_OPENING_NS)),
+                send(
+                    "syn-ack after exactly 60 s",
+                    B,
+                    tcp(B, A, 443, 41100, SYN_ACK),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                send("syn 2", A, tcp(A, B, 41101, 443, SYN), Expect::Fwd(B, AB, RA)),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_OPENING_NS + 1)),
+                send(
+                    "syn-ack after 60 s + 1 ns",
+                    B,
+                    tcp(B, A, 443, 41101, SYN_ACK),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
+                ),
+            ],
+        },
+        Scenario {
+            name: "conntrack: an established tcp connection lives exactly 5 days idle",
+            doc: web,
+            actions: handshake(41200).into_iter().chain([
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_ESTABLISHED_NS)),
+                send(
+                    "ack after exactly 5 days",
+                    B,
+                    tcp(B, A, 443, 41200, ACK),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_ESTABLISHED_NS + 1)),
+                send(
+                    "ack after 5 days + 1 ns",
+                    B,
+                    tcp(B, A, 443, 41200, ACK),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
+                ),
+            ]).collect(),
+        },
+        Scenario {
+            name: "conntrack: after a fin, tcp lives exactly 120 s idle",
+            doc: web,
+            actions: handshake(41300).into_iter().chain([
+                send("fin", A, tcp(A, B, 41300, 443, FIN_ACK), Expect::Fwd(B, AB, RA)),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_CLOSING_NS)),
+                send(
+                    "ack after exactly 120 s",
+                    B,
+                    tcp(B, A, 443, 41300, ACK),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_CLOSING_NS + 1)),
+                send(
+                    "ack after 120 s + 1 ns",
+                    B,
+                    tcp(B, A, 443, 41300, ACK),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
+                ),
+            ]).collect(),
+        },
+        Scenario {
+            name: "conntrack: after a rst, tcp lives exactly 10 s idle",
+            doc: web,
+            actions: handshake(41400).into_iter().chain([
+                send("rst", B, tcp(B, A, 443, 41400, RST), Expect::Fwd(A, AB, AR)),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_RESET_NS)),
+                send(
+                    "ack after exactly 10 s",
+                    B,
+                    tcp(B, A, 443, 41400, ACK),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_TCP_RESET_NS + 1)),
+                send(
+                    "ack after 10 s + 1 ns",
+                    B,
+                    tcp(B, A, 443, 41400, ACK),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
+                ),
+            ]).collect(),
+        },
+        Scenario {
+            name: "conntrack: icmp echo (other protocols) lives exactly 600 s idle",
+            doc: web,
+            actions: vec![
+                send(
+                    "echo a->b",
+                    A,
+                    packets::icmp4_echo(l2(A), A.ipv4, B.ipv4, 64),
+                    Expect::Fwd(B, AB, RA),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_OTHER_NS)),
+                send(
+                    "echo reply after exactly 600 s",
+                    B,
+                    packets::icmp4_echo_reply(l2(B), B.ipv4, A.ipv4, 64, 0x1234),
+                    Expect::Fwd(A, AB, AR),
+                ),
+                Action::WaitExactly(Duration::from_nanos(CT_OTHER_NS + 1)),
+                send(
+                    "echo reply after 600 s + 1 ns",
+                    B,
+                    packets::icmp4_echo_reply(l2(B), B.ipv4, A.ipv4, 64, 0x1234),
+                    Expect::Drop(DropReason::SgDeny, AB, AR),
                 ),
             ],
         },
@@ -443,7 +595,7 @@ fn scenarios() -> Vec<Scenario> {
                     Expect::Fwd(A, AB, AR),
                 ),
                 // 2.5 packets' worth of time refills two packets, not three.
-                Action::Sleep(Duration::from_nanos(slow.cost_ns(udp_len) * 5 / 2)),
+                Action::WaitExactly(Duration::from_nanos(slow.cost_ns(udp_len) * 5 / 2)),
                 send("refilled 1", A, udp(A, B, 1, 2), Expect::Fwd(B, AB, RA)),
                 send("refilled 2", A, udp(A, B, 1, 2), Expect::Fwd(B, AB, RA)),
                 send(
@@ -577,20 +729,10 @@ fn send_and_check(dp: &TestDataplane, from: Instance, packet: &[u8], expect: Exp
     }
 }
 
-fn age_all(dp: &mut TestDataplane, secs: u64) -> Result<()> {
-    let entries: Vec<(CtKey, CtEntry)> = dp.installed.maps.conntrack_entries()?;
-    if entries.is_empty() {
-        bail!("no conntrack entries to age");
-    }
-    for (k, mut e) in entries {
-        e.last_seen_ns -= secs * SECOND_NS;
-        dp.installed.maps.conntrack_put(&k, &e)?;
-    }
-    Ok(())
-}
-
 fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
     dp.installed.maps.conntrack_flush(|_, _| true)?;
+    // Every scenario starts at the same instant of a clock that moves only when it says.
+    dp.freeze_clock(TEST_EPOCH_NS)?;
     let mut doc = seed::seed_doc();
     (s.doc)(&mut doc);
     dp.install(&doc)?;
@@ -605,14 +747,18 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
                 f(&mut d);
                 dp.install(&d).map_err(|e| step(e, "install"))?;
             }
-            Action::Age(secs) => age_all(dp, *secs).map_err(|e| step(e, "age"))?,
+            Action::Wait(secs) => {
+                dp.advance_clock(Duration::from_secs(*secs))?;
+            }
             Action::Flush => {
                 let n = dp.installed.maps.conntrack_flush(|_, _| true)?;
                 if n == 0 {
                     return Err(step(anyhow!("nothing to flush"), "flush"));
                 }
             }
-            Action::Sleep(d) => std::thread::sleep(*d),
+            Action::WaitExactly(d) => {
+                dp.advance_clock(*d)?;
+            }
             Action::Cap(pcx, dir, cap) => {
                 let s = slot(dp, pcx);
                 let mut p = dp.installed.mirror.peerings[&s];
@@ -625,13 +771,11 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
             Action::Debt(pcx, dir, n, len) => {
                 let cap = dp.installed.mirror.peerings[&slot(dp, pcx)].cap[*dir as usize];
                 let tat = dp.installed.maps.cap_state(slot(dp, pcx), *dir)?;
-                let now = monotonic_ns();
-                let debt = tat.saturating_sub(now);
+                let debt = tat.saturating_sub(dp.now()?);
                 let want = n * cap.cost_ns(*len);
-                let one = cap.cost_ns(*len);
-                if debt > want || debt + one < want {
+                if debt != want {
                     return Err(step(
-                        anyhow!("bucket debt {debt} ns, expected {want} ns (within one packet, {one} ns)"),
+                        anyhow!("bucket debt {debt} ns, expected {want} ns ({n} packets)"),
                         "bucket",
                     ));
                 }
@@ -644,7 +788,7 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
 #[test]
 fn prog_run_policy_scenarios() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns: Netns = seed::ports_only("pdp-policy")?;
+    let ns: Netns = seed::ports_only(&peer_dataplane_tests::unique("policy"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let all = scenarios();

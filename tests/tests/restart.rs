@@ -9,7 +9,8 @@ use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B};
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use peer_dataplane_tests::wait_until;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,12 @@ fn forwarded_a_to_b(stats: &Value) -> u64 {
 fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
     peer_dataplane_tests::require_root()?;
     let bin = peer_dataplane_tests::agent_path()?;
-    let dir = std::env::temp_dir().join("pdp-restart");
+    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique("restart"));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("state.toml");
     std::fs::write(&config, seed::SEED_TOML)?;
-    let net = SeedNetwork::create("pdp-rst")?;
-    let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-rst");
+    let net = SeedNetwork::create(&peer_dataplane_tests::unique("rst"))?;
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique("rst"));
     let mut first = Agent::start(&bin, &net.host, &config, &pin_dir, "native")?;
     let before = forwarded_a_to_b(&first.stats_json()?);
 
@@ -45,29 +46,19 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
     let tx = net.ns(A).run(move || UdpSocket::bind(src))??;
 
     let done = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let receiver = {
-        let done = done.clone();
+        let (done, received) = (done.clone(), received.clone());
         std::thread::spawn(move || {
-            let (mut n, mut buf) = (0u64, [0u8; 64]);
-            let mut idle = 0;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(_) => {
-                        n += 1;
-                        idle = 0;
-                    }
-                    Err(_) if done.load(Ordering::Relaxed) => {
-                        idle += 1;
-                        if idle >= 3 {
-                            return n;
-                        }
-                    }
-                    Err(_) => {}
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if rx.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
     };
-    // About 1,600 packets/s for 2.5 s.
+    // About 1,600 packets/s (a paced load, not a wait) until every packet is out.
     let sender = std::thread::spawn(move || {
         let mut sent = 0u64;
         for i in 0..PACKETS {
@@ -78,11 +69,18 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
         }
         sent
     });
+    let got = || received.load(Ordering::Relaxed);
+    let deadline = Duration::from_secs(20);
 
-    std::thread::sleep(Duration::from_millis(800));
+    // The stream flows through the first agent's program...
+    wait_until("500 packets received before the kill", deadline, || Ok(got() >= 500))?;
     first.kill_hard()?;
     let killed_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(300)); // no agent at all for a while
+    // ...and through the pinned program while no agent runs at all.
+    let at_kill = got();
+    wait_until("500 more packets received with no agent running", deadline, || {
+        Ok(got() >= at_kill + 500)
+    })?;
     let config_arg = config.display().to_string();
     let second = Agent::start_with(
         &bin,
@@ -93,10 +91,21 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
         "agent2",
     )?;
     let restarted_in = killed_at.elapsed();
+    ensure!(
+        got() < PACKETS,
+        "the stream ended before the new agent was up: make it longer"
+    );
 
     let sent = sender.join().unwrap();
+    // Wait until every packet sent is forwarded and received; if that never happens, the
+    // assertions below say which step lost packets.
+    let forwarded_now = || -> Result<u64> { Ok(forwarded_a_to_b(&second.stats_json()?) - before) };
+    let _ = wait_until("every packet forwarded and received", deadline, || {
+        Ok(forwarded_now()? >= sent && got() >= sent)
+    });
     done.store(true, Ordering::Relaxed);
-    let received = receiver.join().unwrap();
+    receiver.join().unwrap();
+    let received = got();
     let stats = second.stats_json()?;
     let forwarded = forwarded_a_to_b(&stats) - before;
     let log = second.log_text();

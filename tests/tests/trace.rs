@@ -78,7 +78,7 @@ fn v4(a: [u8; 4]) -> String {
 #[test]
 fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns = seed::ports_only("pdp-trace")?;
+    let ns = seed::ports_only(&peer_dataplane_tests::unique("trace"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let mut doc = seed::seed_doc();
@@ -261,7 +261,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     assert_eq!(stage(&t, "security-groups")["facts"]["receiver"], "deny");
 
     // rate-limited: the bucket owes its whole burst.
-    let now = peer_dataplane::kernel::monotonic_ns();
+    let now = dp.now()?;
     let owed = now + 3_600_000_000_000;
     dp.installed
         .maps

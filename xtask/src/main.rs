@@ -23,6 +23,10 @@ enum Task {
     Build,
     /// Run every test: host unit tests, BPF_PROG_RUN tables, network-namespace end to end.
     Test {
+        /// Run the whole suite this many times and report every test that failed in any
+        /// run (a flaky test shows up as failing in some runs only).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// Extra arguments for the test binaries (e.g. a name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -329,36 +333,116 @@ fn build_agent(obj: &Path) -> Result<PathBuf> {
     Ok(root().join("target/release/peer-dataplane"))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(args: &[String], repeat: u32) -> Result<()> {
+    if repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
     setup()?;
     let obj = build_ebpf()?;
     let agent = build_agent(&obj)?;
-    step(
-        "running all tests: host unit tests, BPF_PROG_RUN tables, netns end to end (one at a time)",
-    );
-    let mut c = host_cargo(&obj);
-    c.env("PDP_AGENT_BIN", &agent)
-        .args(["test", "--release", "--", "--test-threads=1"])
+    let mut runs = Vec::new();
+    for round in 1..=repeat {
+        step(&format!(
+            "running all tests{}: host unit tests, BPF_PROG_RUN tables, netns end to end (one at a time)",
+            if repeat > 1 {
+                format!(" (run {round} of {repeat})")
+            } else {
+                String::new()
+            }
+        ));
+        runs.push(test_once(&obj, &agent, args)?);
+    }
+    report(&runs)
+}
+
+/// What one `cargo test` run of the whole suite said.
+#[derive(Default)]
+struct TestRun {
+    totals: TestTotals,
+    /// `binary::test` of every test that failed.
+    failed_tests: Vec<String>,
+    /// The run's own exit status was a failure (a test binary that did not even start
+    /// counts here too).
+    failed: bool,
+}
+
+fn test_once(obj: &Path, agent: &Path, args: &[String]) -> Result<TestRun> {
+    let mut c = host_cargo(obj);
+    c.env("PDP_AGENT_BIN", agent)
+        .args(["test", "--release", "--no-fail-fast", "--", "--test-threads=1"])
         .args(args)
         .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().context("starting cargo test")?;
-    // Echo cargo's output and total its per-binary summaries into one closing line.
-    let mut totals = TestTotals::default();
+    // Echo cargo's output and total its per-binary summaries.
+    let mut run = TestRun::default();
+    let mut binary = String::new();
     let reader = std::io::BufReader::new(child.stdout.take().unwrap());
     for line in std::io::BufRead::lines(reader) {
         let line = line?;
         println!("{line}");
-        totals.add(&line);
+        run.totals.add(&line);
+        if let Some(name) = line.trim().strip_prefix("Running ") {
+            // "Running tests/prog_run.rs (target/release/deps/prog_run-…)"
+            binary = name.split_whitespace().next().unwrap_or("").to_string();
+        }
+        if let Some(rest) = line.strip_prefix("test ") {
+            if let Some(name) = rest.strip_suffix(" ... FAILED") {
+                run.failed_tests.push(format!("{binary}: {name}"));
+            }
+        }
     }
-    let status = child.wait()?;
-    let TestTotals {
-        passed,
-        failed,
-        ignored,
-    } = totals;
-    println!("\nall tiers: {passed} passed, {failed} failed, {ignored} ignored");
-    if !status.success() {
-        bail!("cargo test failed: {status}");
+    run.failed = !child.wait()?.success();
+    Ok(run)
+}
+
+/// The closing report: totals over every run, and each test that failed in any run with
+/// the runs it failed in.
+fn report(runs: &[TestRun]) -> Result<()> {
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut ignored = 0;
+    let mut by_test: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, r) in runs.iter().enumerate() {
+        passed += r.totals.passed;
+        failed += r.totals.failed;
+        ignored += r.totals.ignored;
+        for t in &r.failed_tests {
+            by_test.entry(t).or_default().push(i + 1);
+        }
+    }
+    let n = runs.len();
+    if n > 1 {
+        println!("\n{n} runs of the whole suite:");
+        for (i, r) in runs.iter().enumerate() {
+            println!(
+                "  run {}: {} passed, {} failed, {} ignored{}",
+                i + 1,
+                r.totals.passed,
+                r.totals.failed,
+                r.totals.ignored,
+                if r.failed && r.totals.failed == 0 {
+                    " (cargo test failed outside any test: see above)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if !by_test.is_empty() {
+        println!("\nfailed tests:");
+        for (t, in_runs) in &by_test {
+            let runs: Vec<String> = in_runs.iter().map(|r| r.to_string()).collect();
+            println!(
+                "  {t}: failed in {} of {n} runs (run {})",
+                in_runs.len(),
+                runs.join(", ")
+            );
+        }
+    }
+    println!("\nall tiers{}: {passed} passed, {failed} failed, {ignored} ignored",
+        if n > 1 { format!(", {n} runs") } else { String::new() });
+    if runs.iter().any(|r| r.failed) {
+        bail!("cargo test failed");
     }
     if ignored > 0 {
         bail!("{ignored} tests were ignored: every test, privileged ones included, must run");
@@ -465,7 +549,7 @@ fn main() -> Result<()> {
             let obj = build_ebpf()?;
             build_agent(&obj).map(|p| println!("{}", p.display()))
         }
-        Task::Test { args } => test(&args),
+        Task::Test { repeat, args } => test(&args, repeat),
         Task::Demo => demo(),
         Task::Difftest {
             states,
@@ -476,10 +560,13 @@ fn main() -> Result<()> {
             std::env::set_var("PDP_DIFF_STATES", states.to_string());
             std::env::set_var("PDP_DIFF_PACKETS", packets.to_string());
             std::env::set_var("PDP_DIFF_SEED", seed.to_string());
-            test(&[
-                "model_and_program_agree".to_string(),
-                "--nocapture".to_string(),
-            ])
+            test(
+                &[
+                    "model_and_program_agree".to_string(),
+                    "--nocapture".to_string(),
+                ],
+                1,
+            )
         }
         Task::Bench {
             which: Bench::Prog { repeat },
