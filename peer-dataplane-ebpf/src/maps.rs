@@ -57,10 +57,11 @@ pub static ACL_ADDR: LpmTrie<RouteData, AclBits> = LpmTrie::pinned(MAX_ACL_ENTRI
 pub static ACL_PORT: LpmTrie<AclPortData, AclBits> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
 
 #[map(name = "pdp_acl_proto")]
-pub static ACL_PROTO: HashMap<AclProtoKey, AclBits> = HashMap::pinned(MAX_ACL_SETS * 8, 0);
+pub static ACL_PROTO: HashMap<AclProtoKey, AclBits> =
+    HashMap::pinned(MAX_ACL_SETS * 8, BPF_F_NO_PREALLOC);
 
 #[map(name = "pdp_acl_meta")]
-pub static ACL_META: HashMap<u32, AclMeta> = HashMap::pinned(MAX_ACL_SETS, 0);
+pub static ACL_META: HashMap<u32, AclMeta> = HashMap::pinned(MAX_ACL_SETS, BPF_F_NO_PREALLOC);
 
 /// Host addresses and single ports of ACL sets, looked up before the tries.
 #[map(name = "pdp_acl_exact")]

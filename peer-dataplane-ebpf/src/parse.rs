@@ -219,6 +219,16 @@ fn parse_ipv6(
                 p.fragment = true;
                 first_fragment = be16([f[2], f[3]]) & 0xfff8 == 0;
                 off += 8;
+                if !first_fragment {
+                    // What follows is the middle of the original packet: its bytes are
+                    // payload, never headers to walk (the next-header value names the
+                    // upper-layer protocol of the whole packet).
+                    if off > ip_end {
+                        return Err(DropReason::ParseError);
+                    }
+                    done = true;
+                    break;
+                }
             }
             // Authentication header: length in 4-octet units, +2.
             51 => {

@@ -4,7 +4,7 @@
 //! validation, or names an interface that does not exist, is refused as a whole and the
 //! data plane keeps its previous state; so does an unreachable control plane.
 
-use crate::desired::{compile, IfindexResolver, KernelIfindex};
+use crate::desired::{compile_over, IfindexResolver, KernelIfindex};
 use crate::document::Document;
 use crate::ids::Ids;
 use crate::kernel::{self, KernelMaps};
@@ -117,7 +117,8 @@ pub fn plan_install(
     let acls = current_acl_generations(installed);
     let table_same = |t: u32| tables.get(&t).copied().unwrap_or(0);
     let acl_same = |a: u32| acls.get(&a).copied().unwrap_or(0);
-    let (in_place, in_place_ids) = compile(topo, ids, ifindex, &table_same, &acl_same)?;
+    let (in_place, in_place_ids) =
+        compile_over(topo, ids, ifindex, &table_same, &acl_same, installed)?;
     let flip_tables = tables_with_several_changes(&in_place, installed, &tables);
     // An ACL is a whole: any change to an installed one goes to its other generation.
     let flip_acls: BTreeSet<u32> = acls
@@ -142,7 +143,7 @@ pub fn plan_install(
                 acl_same(a)
             }
         };
-        compile(topo, ids, ifindex, &table_gen, &acl_gen)?
+        compile_over(topo, ids, ifindex, &table_gen, &acl_gen, installed)?
     };
     let new_slots = new_ids.new_since(ids, NAME_PEERING);
     let ops = plan(&desired, installed, &new_slots);

@@ -200,14 +200,80 @@ fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::acl::Compiled, hit_base
 /// [`peer_dataplane_common::route_table_key`].
 pub type Generations<'a> = &'a dyn Fn(u32) -> u32;
 
+/// Per-rule hit counter ranges of network ACL sets. A set installed now keeps its range
+/// (same set key, same number of rules); any other set takes the first range that no
+/// installed set and no set assigned before it uses. Installed ranges stay taken even for
+/// sets about to be removed: they are in use until the removal, which comes after the new
+/// sets are written.
+pub struct HitSlots {
+    installed: BTreeMap<u32, (u32, u32)>,
+    taken: Vec<(u32, u32)>,
+}
+
+impl HitSlots {
+    pub fn new(installed: &MapState) -> HitSlots {
+        let installed: BTreeMap<u32, (u32, u32)> = installed
+            .acl_meta
+            .iter()
+            .filter(|(_, m)| m.hit_base != NO_HITS && m.rules > 0)
+            .map(|(set, m)| (*set, (m.hit_base, m.rules)))
+            .collect();
+        let taken = installed.values().copied().collect();
+        HitSlots { installed, taken }
+    }
+
+    /// The first counter of set `set`'s `rules` rules; `None` if no free range is left.
+    pub fn assign(&mut self, set: u32, rules: u32) -> Option<u32> {
+        if rules == 0 {
+            return Some(0);
+        }
+        if let Some((base, n)) = self.installed.get(&set) {
+            if *n == rules {
+                return Some(*base);
+            }
+        }
+        self.taken.sort();
+        let mut start = 0u32;
+        for (base, n) in &self.taken {
+            if *base >= start + rules {
+                break;
+            }
+            start = start.max(base + n);
+        }
+        if start + rules > ACL_HIT_SLOTS {
+            return None;
+        }
+        self.taken.push((start, rules));
+        Some(start)
+    }
+
+    /// Counters taken (installed or assigned).
+    pub fn in_use(&self) -> u32 {
+        self.taken.iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// The full desired map contents for `t`, with ids assigned on top of `ids` and each route
-/// table in the generation `generation` picks for it.
+/// table in the generation `generation` picks for it, onto an empty data plane.
 pub fn compile(
     t: &Topology,
     ids: &Ids,
     ifindex: &dyn IfindexResolver,
     generation: Generations,
     acl_generation: Generations,
+) -> Result<(MapState, Ids)> {
+    compile_over(t, ids, ifindex, generation, acl_generation, &MapState::default())
+}
+
+/// [`compile`] for a data plane holding `installed` (which decides where each network
+/// ACL's hit counters go, see [`HitSlots`]).
+pub fn compile_over(
+    t: &Topology,
+    ids: &Ids,
+    ifindex: &dyn IfindexResolver,
+    generation: Generations,
+    acl_generation: Generations,
+    installed: &MapState,
 ) -> Result<(MapState, Ids)> {
     let ids = ids.assign(&wanted_names(t))?;
     let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
@@ -260,8 +326,9 @@ pub fn compile(
         }
     }
 
-    // Network ACL sets, hit counter slots packed in id order.
-    let mut hit_base = 0u32;
+    // Network ACL sets. Each keeps the hit counter range it has while it is installed
+    // unchanged: a change to one ACL never moves (or zeroes) another's counters.
+    let mut slots = HitSlots::new(installed);
     for a in t.network_acls.values() {
         let acl_id = id(NAME_ACL, &a.id);
         let acl_gen = acl_generation(acl_id);
@@ -269,12 +336,14 @@ pub fn compile(
             let c = crate::acl::compile(rules).map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
             let set = acl_set(acl_id, acl_gen, egress);
             let rules = c.numbers.len() as u32;
-            if hit_base + rules > ACL_HIT_SLOTS {
-                return Err(anyhow!(
-                    "network acls: more than {ACL_HIT_SLOTS} rules in all (at network acl {})",
-                    a.id
-                ));
-            }
+            let hit_base = slots.assign(set, rules).ok_or_else(|| {
+                anyhow!(
+                    "network acls: no room for {rules} more rule hit counters at network acl {} \
+                     ({ACL_HIT_SLOTS} in all, {} in use)",
+                    a.id,
+                    slots.in_use()
+                )
+            })?;
             insert_acl_set(&mut s, set, &c, hit_base);
             for (i, number) in c.numbers.iter().enumerate() {
                 s.names.insert(
@@ -285,7 +354,6 @@ pub fn compile(
                     Name::new(&number.to_string()),
                 );
             }
-            hit_base += rules;
         }
     }
 

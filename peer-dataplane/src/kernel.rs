@@ -133,6 +133,20 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 18] {
     ]
 }
 
+/// Hash maps the program reads in place: they must not be preallocated, so that the kernel
+/// frees a replaced entry only after every packet reading it is done (a preallocated map
+/// hands the old element to the next update at once).
+const NOT_PREALLOCATED: [&str; 7] = [
+    map_names::PORTS,
+    map_names::PEERINGS,
+    map_names::ENDPOINTS,
+    map_names::NAMES,
+    map_names::ACL_PROTO,
+    map_names::ACL_META,
+    map_names::ACL_EXACT,
+];
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Fails, naming the map, if a pin under `pin_dir` has a shape this build does not expect.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
     for (name, key, value, max) in expected_layouts() {
@@ -143,6 +157,14 @@ pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
         let info = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+        if NOT_PREALLOCATED.contains(&name) && info.map_flags() & BPF_F_NO_PREALLOC == 0 {
+            bail!(
+                "pinned map {} is preallocated, but this build reads it in place and needs it \
+                 created with BPF_F_NO_PREALLOC: it was created by another version. Stop the old agent and run \
+                 `peer-dataplane cleanup` to start from empty maps (installed state and counters are lost)",
+                path.display()
+            );
+        }
         let found = (info.key_size(), info.value_size(), info.max_entries());
         if found != (key, value, max) {
             bail!(

@@ -210,6 +210,13 @@ fn parse_v6(f: &[u8], l3: usize, vlan: bool) -> Result<Parsed, DropReason> {
                 p.fragment = true;
                 first_fragment = be16(&e[2..]) & 0xfff8 == 0;
                 off += 8;
+                if !first_fragment {
+                    if off > end {
+                        return Err(DropReason::ParseError);
+                    }
+                    walked_to_transport = true;
+                    break;
+                }
             }
             51 => {
                 let e = bytes(f, off, 2)?;

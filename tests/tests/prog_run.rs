@@ -6,7 +6,8 @@
 //! Needs root and BPF. Runs inside a network namespace of its own (the ports must be real
 //! interfaces for BPF_PROG_RUN's ingress_ifindex and for the devmap).
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, ensure, Result};
+use peer_dataplane::validate::validate;
 use peer_dataplane::document::{Document, RouteDoc};
 use peer_dataplane::maps::{Op, RouteKey};
 use peer_dataplane_common::{
@@ -320,6 +321,14 @@ fn cases() -> Vec<Case> {
         "ipv6 with fragment extension header",
         A,
         ipv6_fragment(),
+        fwd(B, AB, RA),
+    );
+    c.fragment = true;
+    v.push(c);
+    let mut c = case(
+        "ipv6 later fragment: its payload is not walked as extension headers",
+        A,
+        ipv6_later_fragment(),
         fwd(B, AB, RA),
     );
     c.fragment = true;
@@ -656,6 +665,24 @@ fn ipv6_fragment() -> Vec<u8> {
     out
 }
 
+/// A later IPv6 fragment (offset 64) of a packet whose fragmentable part starts with a
+/// destination-options header. Its own payload starts with bytes that, read as such a
+/// header, would claim 2,048 bytes: a parser that walked them would call it a parse error.
+fn ipv6_later_fragment() -> Vec<u8> {
+    let p = packets::udp6(l2(A), A.ipv6, B.ipv6, 64, 1, 2, b"0123456789abcdef");
+    let payload = [&[60u8, 255, 17, 0][..], &p[54..]].concat();
+    let mut out = p[..54].to_vec();
+    out.truncate(54 - 8); // the IPv6 header only
+    out[20] = 44; // next header: fragment
+    let plen = (8 + payload.len()) as u16;
+    out[18..20].copy_from_slice(&plen.to_be_bytes());
+    let offset_units: u16 = 8; // 64 bytes
+    let frag = (offset_units << 3).to_be_bytes();
+    out.extend_from_slice(&[60, 0, frag[0], frag[1], 0xde, 0xad, 0xbe, 0xef]); // M=0
+    out.extend_from_slice(&payload);
+    out
+}
+
 fn arp() -> Vec<u8> {
     let mut p = vec![0xff; 6];
     p.extend_from_slice(&A.mac);
@@ -970,4 +997,93 @@ fn every_drop_reason_of_this_stage_is_covered_by_the_table() {
             r.as_str()
         );
     }
+}
+
+/// Changing one network ACL (here: growing it, which used to shift every later ACL's
+/// counter range) leaves every other ACL's installed entries untouched: the plan writes
+/// nothing of theirs, their per-rule hit counters keep counting from where they were,
+/// and packets they decide go on being decided the same way.
+#[test]
+fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let ns: Netns = seed::ports_only(&peer_dataplane_tests::unique("acliso"))?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load()?;
+    // acl-subnet-a2 sorts before acl-subnet-b2: growing it is what used to move b2's range.
+    let doc = |a_rules: usize| {
+        let mut d = seed::seed_doc();
+        let mut rules: Vec<AclRule> = vec![(100, "egress", "all", None, "0.0.0.0/0", "allow")];
+        for i in 0..a_rules {
+            rules.push((200 + i as u32, "egress", "tcp", Some((22, 22)), "0.0.0.0/0", "deny"));
+        }
+        acl(&mut d, "subnet-a2", &rules);
+        acl(
+            &mut d,
+            "subnet-b2",
+            &[
+                (100, "ingress", "udp", Some((7000, 7000)), "10.0.0.0/16", "allow"),
+                (200, "ingress", "all", None, "0.0.0.0/0", "deny"),
+            ],
+        );
+        d
+    };
+    dp.install(&doc(1))?;
+    let hits_of_b = |dp: &TestDataplane| -> Result<Vec<(u32, u64)>> {
+        Ok(
+            peer_dataplane::inspect::acl_hits(&dp.installed.maps, Some("acl-subnet-b2"))?
+                .iter()
+                .filter(|h| h.direction == "ingress")
+                .map(|h| (h.rule, h.hits))
+                .collect(),
+        )
+    };
+    let a_to_b = |dp: &TestDataplane, n: usize| -> Result<()> {
+        for _ in 0..n {
+            let out = dp.run(netns::ifindex(A.port), &udp4(A, B.ipv4))?;
+            ensure!(out.action == XDP_REDIRECT, "a -> b udp 7000 not forwarded");
+        }
+        Ok(())
+    };
+    a_to_b(&dp, 3)?;
+    assert_eq!(hits_of_b(&dp)?, vec![(100, 3), (200, 0)]);
+    let b = dp.installed.ids.get(peer_dataplane_common::NAME_ACL, "acl-subnet-b2").unwrap();
+    let b_sets = |m: &peer_dataplane::maps::MapState| -> Vec<_> {
+        m.acl_meta
+            .iter()
+            .filter(|(set, _)| *set >> 2 == b)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    };
+    let before = b_sets(&dp.installed.maps.read_state()?);
+
+    // Grow acl-subnet-a2 by 40 rules.
+    let topo = validate(&doc(41)).map_err(|e| anyhow!("{e}"))?;
+    let (_, _, ops) = peer_dataplane::agent::plan_install(
+        &topo,
+        &dp.installed.ids,
+        &dp.installed.mirror,
+        &peer_dataplane::desired::KernelIfindex,
+    )?;
+    let touching_b: Vec<String> = ops
+        .iter()
+        .filter(|op| match op {
+            Op::PutAclMeta(set, _) | Op::DelAclMeta(set) => *set >> 2 == b,
+            Op::ResetAclHits(base, n) => before
+                .iter()
+                .any(|(_, m)| *base < m.hit_base + m.rules && m.hit_base < base + n),
+            _ => false,
+        })
+        .map(|op| format!("{op:?}"))
+        .collect();
+    assert!(touching_b.is_empty(), "growing acl-subnet-a2 writes acl-subnet-b2's entries: {touching_b:?}");
+    dp.install(&doc(41))?;
+    assert_eq!(
+        b_sets(&dp.installed.maps.read_state()?),
+        before,
+        "acl-subnet-b2's sets were rewritten"
+    );
+    assert_eq!(hits_of_b(&dp)?, vec![(100, 3), (200, 0)], "acl-subnet-b2's hits were reset or moved");
+    a_to_b(&dp, 2)?;
+    assert_eq!(hits_of_b(&dp)?, vec![(100, 5), (200, 0)]);
+    Ok(())
 }

@@ -83,6 +83,11 @@ impl Server {
         self.inner.lock().unwrap().revision
     }
 
+    /// Long polls parked waiting for the next revision.
+    pub fn waiting_polls(&self) -> usize {
+        self.revision_tx.receiver_count()
+    }
+
     pub fn world(&self) -> World {
         self.inner.lock().unwrap().world.clone()
     }
