@@ -45,6 +45,9 @@ fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
             "16",
             "name",
             "pdp_ports",
+            // Not preallocated, as this build wants: the sizes are what is wrong.
+            "flags",
+            "1",
         ]));
     let object = std::fs::read(peer_dataplane_tests::object_path()?)?;
     let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
@@ -58,6 +61,34 @@ fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
         err.contains("pdp_ports")
             && err.contains("value 8 B")
             && err.contains("peer-dataplane cleanup"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A map the program reads in place, pinned preallocated by an older build (right sizes,
+/// wrong allocation) is refused too: its replaced entries could be reused under a reader.
+#[test]
+fn a_preallocated_pin_of_an_in_place_map_is_refused() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let dir = &Path::new("/sys/fs/bpf").join(peer_dataplane_tests::unique("prealloc"));
+    let _ = kernel::remove_pins(dir);
+    std::fs::create_dir_all(dir)?;
+    let pin = dir.join("pdp_acl_meta");
+    let value = std::mem::size_of::<peer_dataplane_common::acl::AclMeta>().to_string();
+    let entries = peer_dataplane_common::acl::MAX_ACL_SETS.to_string();
+    let made = sh(Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "hash", "key", "4", "value", &value])
+        .args(["entries", &entries, "name", "pdp_acl_meta"]));
+    let object = std::fs::read(peer_dataplane_tests::object_path()?)?;
+    let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
+    let _ = std::fs::remove_file(&pin);
+    let _ = kernel::remove_pins(dir);
+    let err = format!("{:#}", result.expect_err("a preallocated pin must be refused"));
+    assert!(
+        err.contains("pdp_acl_meta is preallocated") && err.contains("peer-dataplane cleanup"),
         "{err}"
     );
     Ok(())

@@ -671,8 +671,7 @@ fn ipv6_fragment() -> Vec<u8> {
 fn ipv6_later_fragment() -> Vec<u8> {
     let p = packets::udp6(l2(A), A.ipv6, B.ipv6, 64, 1, 2, b"0123456789abcdef");
     let payload = [&[60u8, 255, 17, 0][..], &p[54..]].concat();
-    let mut out = p[..54].to_vec();
-    out.truncate(54 - 8); // the IPv6 header only
+    let mut out = p[..54].to_vec(); // Ethernet and IPv6 headers
     out[20] = 44; // next header: fragment
     let plen = (8 + payload.len()) as u16;
     out[18..20].copy_from_slice(&plen.to_be_bytes());
