@@ -14,7 +14,6 @@ pub mod links;
 pub mod loadgen;
 pub mod maps;
 pub mod metrics;
-pub mod model;
 pub mod progrun;
 pub mod stats;
 pub mod sync;

@@ -5,6 +5,7 @@
 pub mod controlplane;
 pub mod harness;
 pub mod netns;
+pub mod oracle;
 pub mod packets;
 pub mod random;
 pub mod seed;

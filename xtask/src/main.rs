@@ -33,7 +33,7 @@ enum Task {
     },
     /// Build, create the demo topology in network namespaces, run traffic, show counters.
     Demo,
-    /// The differential test (reference model vs the program) at any size; CI runs 100
+    /// The differential test (reference model vs the program) at any size; CI runs 500
     /// states of 1,000 frames.
     Difftest {
         #[arg(long, default_value_t = 1000)]
