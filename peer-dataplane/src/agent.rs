@@ -364,7 +364,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         (Source::ControlPlane(cp), _) => {
             info!("syncing from control plane {} as host {}", cp.url, cp.host);
-            updates = Some(sync::spawn(cp.clone()));
+            updates = Some(sync::spawn(cp.clone())?);
         }
         _ => unreachable!(),
     }

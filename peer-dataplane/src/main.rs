@@ -44,9 +44,13 @@ enum Command {
         /// This host's name in the control plane.
         #[arg(long)]
         host: Option<String>,
-        /// Token for the control plane's host-state endpoint.
-        #[arg(long, env = "PDP_AGENT_TOKEN", hide_env_values = true)]
-        agent_token: Option<String>,
+        /// File holding this host's token for the control plane (or set PDP_AGENT_TOKEN
+        /// in the environment; never on the command line, where `ps` shows it).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// PEM certificate(s) the control plane's TLS certificate must chain to (https).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: links::XdpModeArg,
         /// XDP object to load instead of the one embedded in this binary.
@@ -181,15 +185,24 @@ enum Command {
         /// SQLite database file (created if missing).
         #[arg(long)]
         db: PathBuf,
-        /// Register an API token for an account, as ACCOUNT:TOKEN (repeatable; stored).
-        #[arg(long = "account-token")]
-        account_tokens: Vec<String>,
-        /// Token agents present to read their host's desired state.
-        #[arg(long, env = "PDP_AGENT_TOKEN")]
-        agent_token: Option<String>,
-        /// Let tests move the clock forward (POST /v1/test/clock). Never in production.
-        #[arg(long, hide = true)]
-        test_clock: bool,
+        /// File of ACCOUNT:TOKEN lines: API tokens to register (kept in the database).
+        /// Tokens are never given on the command line, where `ps` would show them.
+        #[arg(long, env = "PDP_ACCOUNT_TOKENS_FILE")]
+        account_tokens: Option<PathBuf>,
+        /// File of HOST:TOKEN lines: each host's agent credential, which reads that host's
+        /// desired state and no other's.
+        #[arg(long, env = "PDP_HOST_TOKENS_FILE")]
+        host_tokens: Option<PathBuf>,
+        /// Requests per second each account or host may make (a burst of twice that);
+        /// past it the API answers 429.
+        #[arg(long, default_value_t = 100.0)]
+        rate_limit: f64,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -304,13 +317,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// This host's control-plane token: from `--token-file`, else from `PDP_AGENT_TOKEN`.
+fn agent_token(file: Option<&std::path::Path>) -> Result<String> {
+    let token = match file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading --token-file {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("PDP_AGENT_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "--control-plane needs this host's token: --token-file FILE, or PDP_AGENT_TOKEN in the environment"
+            )
+        })?,
+    };
+    if token.is_empty() {
+        anyhow::bail!("the host token is empty");
+    }
+    Ok(token)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             config,
             control_plane,
             host,
-            agent_token,
+            token_file,
+            ca,
             xdp_mode,
             bpf_object,
             metrics,
@@ -320,9 +353,12 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(url)) => agent::Source::ControlPlane(sync::ControlPlane {
                     url,
                     host: host.context("--host is required with --control-plane")?,
-                    token: agent_token.context(
-                        "--agent-token (or PDP_AGENT_TOKEN) is required with --control-plane",
-                    )?,
+                    token: agent_token(token_file.as_deref())?,
+                    ca: ca
+                        .map(|p| {
+                            std::fs::read(&p).with_context(|| format!("reading --ca {}", p.display()))
+                        })
+                        .transpose()?,
                 }),
                 (None, None) => anyhow::bail!("give --config FILE or --control-plane URL"),
             };
@@ -557,9 +593,14 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             db,
             account_tokens,
-            agent_token,
-            test_clock,
+            host_tokens,
+            rate_limit,
+            tls_cert,
+            tls_key,
         } => {
+            if !(rate_limit > 0.0) {
+                anyhow::bail!("--rate-limit must be above 0 (requests per second), not {rate_limit}");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -568,8 +609,12 @@ fn run(cli: Cli) -> Result<()> {
                 listen,
                 db,
                 account_tokens,
-                agent_token,
-                test_clock,
+                host_tokens,
+                rate_limit: controlplane::auth::RateLimit {
+                    per_second: rate_limit,
+                    burst: 2.0 * rate_limit,
+                },
+                tls: tls_cert.zip(tls_key),
             }))
         }
     }

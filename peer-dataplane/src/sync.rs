@@ -9,13 +9,54 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlane {
     /// Base URL, e.g. `http://127.0.0.1:8470`.
     pub url: String,
     /// This host's name in the control plane (ports are assigned to hosts).
     pub host: String,
+    /// This host's credential (from a file or the environment, never the command line).
     pub token: String,
+    /// PEM certificates that the control plane's certificate must chain to (https).
+    pub ca: Option<Vec<u8>>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("token", &"<redacted>")
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+/// The HTTP client the agent talks to the control plane with: long polls, and with `ca`,
+/// TLS verified against those roots only.
+pub fn client(cp: &ControlPlane) -> anyhow::Result<ureq::Agent> {
+    use anyhow::Context;
+    let mut config = ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(10)));
+    if let Some(pem) = &cp.ca {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the --ca certificates")?;
+        if certs.is_empty() {
+            anyhow::bail!("--ca holds no PEM certificate");
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 /// A new desired state.
@@ -60,15 +101,12 @@ fn fetch(
 }
 
 /// Starts the sync thread; new revisions arrive on the returned channel.
-pub fn spawn(cp: ControlPlane) -> mpsc::Receiver<Update> {
+pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
+    let agent = client(&cp)?;
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
         .name("cp-sync".into())
         .spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(LONG_POLL + Duration::from_secs(10)))
-                .build()
-                .into();
             let mut after: Option<u64> = None;
             let mut backoff = BACKOFF_MIN;
             let mut failing = false;
@@ -100,5 +138,5 @@ pub fn spawn(cp: ControlPlane) -> mpsc::Receiver<Update> {
             }
         })
         .expect("spawning the control-plane sync thread");
-    rx
+    Ok(rx)
 }

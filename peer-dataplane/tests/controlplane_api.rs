@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use peer_dataplane::controlplane::api::{self, Clock, Server, Shared};
+use peer_dataplane::controlplane::auth::RateLimit;
 use peer_dataplane::controlplane::model::ERROR_CODES;
 use peer_dataplane::controlplane::store::Store;
 use serde_json::{json, Value};
@@ -14,7 +15,21 @@ use tower::ServiceExt;
 const A: &str = "token-account-a"; // account 111111111111: vpc-a
 const B: &str = "token-account-b"; // account 222222222222: vpc-b
 const C: &str = "token-account-c"; // account 333333333333: vpc-c
-const AGENT: &str = "agent-token-xyz";
+const AGENT: &str = "host-1-agent-token"; // host-1's credential
+const AGENT_2: &str = "host-2-agent-token"; // host-2's
+
+fn host_tokens() -> std::collections::BTreeMap<String, String> {
+    [("host-1", AGENT), ("host-2", AGENT_2)]
+        .iter()
+        .map(|(h, t)| (h.to_string(), t.to_string()))
+        .collect()
+}
+
+/// No rate limit a test could reach, unless it sets one.
+const UNLIMITED: RateLimit = RateLimit {
+    per_second: 1e9,
+    burst: 1e9,
+};
 
 struct Api {
     server: Shared,
@@ -23,11 +38,15 @@ struct Api {
 
 impl Api {
     fn with_store(store: Store) -> Api {
-        let server = Server::new(store, Clock::new(true), Some(AGENT.into())).unwrap();
+        Self::with_store_and_limit(store, UNLIMITED)
+    }
+
+    fn with_store_and_limit(store: Store, limit: RateLimit) -> Api {
+        let server = Server::new(store, Clock::new(), host_tokens(), limit).unwrap();
         server.add_token("111111111111", A).unwrap();
         server.add_token("222222222222", B).unwrap();
         server.add_token("333333333333", C).unwrap();
-        let router = api::router(server.clone(), true);
+        let router = api::router(server.clone());
         Api { server, router }
     }
 
@@ -180,9 +199,10 @@ async fn seed_topology_through_the_api_gives_agents_a_valid_document() {
         peer_dataplane::validate::PeeringStatus::Active
     );
     assert_eq!(v["revision"].as_u64(), Some(api.server.revision()));
-    // Another host has no ports but the same VPCs and peerings.
+    // Another host (with its own credential) has no ports but the same VPCs and
+    // peerings.
     let (_, other) = api
-        .call("GET", "/v1/hosts/host-2/state", Some(AGENT), None)
+        .call("GET", "/v1/hosts/host-2/state", Some(AGENT_2), None)
         .await;
     assert_eq!(
         other["document"]["port"]
@@ -359,27 +379,13 @@ async fn pending_peering_expires_after_seven_days() {
         )
         .await;
     let id = p["id"].as_str().unwrap().to_string();
-    api.ok(
-        "POST",
-        "/v1/test/clock",
-        A,
-        Some(json!({"seconds": 7 * 24 * 3600 - 60})),
-        200,
-    )
-    .await;
+    api.server.advance_clock(7 * 24 * 3600 - 60);
     assert_eq!(
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],
         "pending-acceptance"
     );
-    api.ok(
-        "POST",
-        "/v1/test/clock",
-        A,
-        Some(json!({"seconds": 120})),
-        200,
-    )
-    .await;
+    api.server.advance_clock(120);
     assert_eq!(
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],
@@ -464,7 +470,13 @@ async fn state_survives_a_restart() {
         api.seed().await;
         (api.server.world(), api.server.revision())
     };
-    let again = Server::new(Store::open(&db).unwrap(), Clock::new(false), None).unwrap();
+    let again = Server::new(
+        Store::open(&db).unwrap(),
+        Clock::new(),
+        host_tokens(),
+        RateLimit::default(),
+    )
+    .unwrap();
     assert_eq!(again.world(), world);
     assert_eq!(again.revision(), rev);
     let _ = std::fs::remove_dir_all(&dir);
@@ -596,6 +608,15 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             401,
             "unauthorized",
+        ),
+        row(
+            "host state of another host",
+            "GET",
+            "/v1/hosts/host-1/state",
+            Some(AGENT_2),
+            None,
+            403,
+            "forbidden",
         ),
         // request bodies
         row(
@@ -1195,7 +1216,11 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
     );
     // Every code but the final consistency gate's (reachable only through a bug in a
     // more specific check) is exercised by some row.
-    for code in ERROR_CODES.iter().filter(|c| **c != "inconsistent_state") {
+    // (`rate_limited` is not about a request's content: its own test covers it.)
+    for code in ERROR_CODES
+        .iter()
+        .filter(|c| **c != "inconsistent_state" && **c != "rate_limited")
+    {
         assert!(
             codes_seen.contains(code),
             "no row exercises error code {code}"
@@ -1327,4 +1352,49 @@ async fn bandwidth_and_security_groups_reach_the_agents_document() {
     }
     assert!(topo.peerings["pcx-bc"].caps.iter().all(|c| c.is_none()));
     assert_eq!(topo.security_groups["sg-web"].rules.len(), 1);
+}
+
+/// Past its rate, an account gets `429` with `Retry-After`, and the refused request changes
+/// nothing; other accounts and hosts have buckets of their own.
+#[tokio::test]
+async fn an_account_over_its_rate_gets_429_and_changes_nothing() {
+    let api = Api::with_store_and_limit(
+        Store::in_memory().unwrap(),
+        RateLimit {
+            per_second: 0.001,
+            burst: 3.0,
+        },
+    );
+    for i in 0..3 {
+        let (status, v) = api.call("GET", "/v1/vpcs", Some(A), None).await;
+        assert_eq!(status, 200, "request {i}: {v}");
+    }
+    let before = (api.server.world(), api.server.revision());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/vpcs")
+        .header("authorization", format!("Bearer {A}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"id": "vpc-x", "region": "eu-west-1", "cidrs": ["10.9.0.0/16"]}).to_string(),
+        ))
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    assert_eq!((api.server.world(), api.server.revision()), before);
+    // Account B and the agents are not held back by A.
+    assert_eq!(api.call("GET", "/v1/vpcs", Some(B), None).await.0, 200);
+    assert_eq!(
+        api.call("GET", "/v1/hosts/host-1/state", Some(AGENT), None)
+            .await
+            .0,
+        200
+    );
 }

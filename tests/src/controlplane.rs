@@ -11,12 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SEED_API: &str = include_str!("../../examples/seed-api.json");
-pub const AGENT_TOKEN: &str = "agent-token-for-tests";
+/// host-1's agent credential (the host every test port is on).
+pub const AGENT_TOKEN: &str = "host-1-token-for-tests";
+/// host-2's (a host with no ports).
+pub const HOST_2_TOKEN: &str = "host-2-token-for-tests";
 /// Account -> API token.
 pub const ACCOUNTS: [(&str, &str); 3] = [
-    ("111111111111", "token-account-a"),
-    ("222222222222", "token-account-b"),
-    ("333333333333", "token-account-c"),
+    ("111111111111", "token-for-account-a"),
+    ("222222222222", "token-for-account-b"),
+    ("333333333333", "token-for-account-c"),
 ];
 
 pub fn token_of(account: &str) -> &'static str {
@@ -29,6 +32,8 @@ pub fn token_of(account: &str) -> &'static str {
 
 pub struct ControlPlane {
     child: Option<Child>,
+    /// Serving https: (certificate, key, and the CA certificate clients verify with).
+    tls: Option<Tls>,
     bin: PathBuf,
     ns: PathBuf,
     pub db: PathBuf,
@@ -55,8 +60,20 @@ pub fn revision_of<B>(resp: &ureq::http::Response<B>) -> u64 {
 impl ControlPlane {
     /// Starts `bin controlplane` in `host` listening on 127.0.0.1:`port` there.
     pub fn start(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
+        Self::start_with(bin, host, db, port, None)
+    }
+
+    /// [`Self::start`] serving https with `tls` (see [`make_tls`]).
+    pub fn start_with(
+        bin: &Path,
+        host: &Netns,
+        db: &Path,
+        port: u16,
+        tls: Option<Tls>,
+    ) -> Result<ControlPlane> {
         let mut cp = ControlPlane {
             child: None,
+            tls,
             bin: bin.to_path_buf(),
             ns: host.path(),
             db: db.to_path_buf(),
@@ -82,9 +99,12 @@ impl ControlPlane {
                 "--db",
             ])
             .arg(&self.db)
-            .args(["--agent-token", AGENT_TOKEN]);
-        for (account, token) in ACCOUNTS {
-            c.args(["--account-token", &format!("{account}:{token}")]);
+            .arg("--account-tokens")
+            .arg(self.secrets("account-tokens", &ACCOUNTS)?)
+            .arg("--host-tokens")
+            .arg(self.secrets("host-tokens", &[("host-1", AGENT_TOKEN), ("host-2", HOST_2_TOKEN)])?);
+        if let Some(t) = &self.tls {
+            c.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
         }
         self.child = Some(
             c.stdout(Stdio::null())
@@ -114,7 +134,13 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The process (for what `ps` shows of it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// One request, made from inside the hypervisor namespace.
@@ -128,13 +154,29 @@ impl ControlPlane {
         let url = format!("{}{path}", self.url());
         let (method, token, body) = (method.to_string(), token.map(str::to_string), body.cloned());
         let path_buf = self.ns.clone();
+        let ca = match &self.tls {
+            Some(t) => Some(std::fs::read(&t.ca)?),
+            None => None,
+        };
         let r = std::thread::spawn(move || -> Result<Reply> {
             crate::netns::enter(&path_buf)?;
-            let agent: ureq::Agent = ureq::Agent::config_builder()
+            let mut config = ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(10)))
-                .build()
-                .into();
+                .timeout_global(Some(Duration::from_secs(10)));
+            if let Some(pem) = ca {
+                let certs = ureq::tls::parse_pem(&pem)
+                    .filter_map(|i| match i {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                config = config.tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+                        .build(),
+                );
+            }
+            let agent: ureq::Agent = config.build().into();
             let mut req = http_request(&method, &url)?;
             if let Some(t) = token {
                 req = req.header("authorization", &format!("Bearer {t}"));
@@ -215,18 +257,33 @@ impl ControlPlane {
         Ok(revision)
     }
 
-    /// `run` arguments of an agent on host-1 following this control plane.
-    pub fn agent_args(&self) -> Vec<String> {
-        [
+    /// `run` arguments of an agent on host-1 following this control plane (its token in
+    /// a file, as in production: never on the command line).
+    pub fn agent_args(&self) -> Result<Vec<String>> {
+        let token = self.db.with_extension("host-1.token");
+        write_secret(&token, AGENT_TOKEN)?;
+        let mut args: Vec<String> = [
             "--control-plane",
             &self.url(),
             "--host",
             "host-1",
-            "--agent-token",
-            AGENT_TOKEN,
+            "--token-file",
+            &token.display().to_string(),
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if let Some(t) = &self.tls {
+            args.extend(["--ca".to_string(), t.ca.display().to_string()]);
+        }
+        Ok(args)
+    }
+
+    /// A `NAME:TOKEN` file next to the database, readable by its owner only.
+    fn secrets(&self, what: &str, pairs: &[(&str, &str)]) -> Result<PathBuf> {
+        let path = self.db.with_extension(what);
+        let text: String = pairs.iter().map(|(n, t)| format!("{n}:{t}\n")).collect();
+        write_secret(&path, &text)?;
+        Ok(path)
     }
 
     /// Starts an agent in `host` following this control plane, on `pin_dir` as it is (call
@@ -239,7 +296,7 @@ impl ControlPlane {
         pin_dir: &Path,
         tag: &str,
     ) -> Result<Agent> {
-        let args = self.agent_args();
+        let args = self.agent_args()?;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent::start_with(bin, host, &dir.join("agent.toml"), pin_dir, &args, tag)
     }
@@ -280,4 +337,53 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(18470)
+}
+
+/// Writes a secret file with mode 0600.
+pub fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// A certificate for 127.0.0.1 signed by a CA made for the test, from `openssl`.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+pub fn make_tls(dir: &Path) -> Result<Tls> {
+    let p = |n: &str| dir.join(n);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let openssl = |args: &[&str]| -> Result<()> {
+        crate::netns::sh(Command::new("openssl").args(args).stdin(Stdio::null()))
+            .map(|_| ())
+            .context("openssl (cargo xtask setup installs it)")
+    };
+    let s = |p: PathBuf| p.display().to_string();
+    openssl(&[&["req", "-x509"][..], &ec[..], &["-keyout", &s(p("ca.key")), "-out", &s(p("ca.pem")), "-days", "2", "-subj", "/CN=pdp-test-ca"][..]].concat())?;
+    openssl(&[&["req"][..], &ec[..], &["-keyout", &s(p("cp.key")), "-out", &s(p("cp.csr")), "-subj", "/CN=127.0.0.1"][..]].concat())?;
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(&[
+        "x509", "-req", "-in", &s(p("cp.csr")), "-CA", &s(p("ca.pem")), "-CAkey", &s(p("ca.key")),
+        "-CAcreateserial", "-out", &s(p("cp.pem")), "-days", "2", "-extfile", &s(p("ext.cnf")),
+    ])?;
+    Ok(Tls {
+        cert: p("cp.pem"),
+        key: p("cp.key"),
+        ca: p("ca.pem"),
+    })
 }

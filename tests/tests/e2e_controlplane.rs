@@ -3,7 +3,9 @@
 //! API, real packets. Needs root, BPF and network namespaces.
 
 use anyhow::{ensure, Result};
-use peer_dataplane_tests::controlplane::{free_port, ControlPlane};
+use peer_dataplane_tests::controlplane::{
+    free_port, ControlPlane, ACCOUNTS, AGENT_TOKEN, HOST_2_TOKEN,
+};
 use peer_dataplane_tests::seed::{Agent, SeedNetwork, A, B};
 use peer_dataplane_tests::traffic::ping_instance;
 use serde_json::json;
@@ -30,6 +32,12 @@ impl Drop for Env {
 /// The seed network, a control plane seeded through its API (minus `hold_back` steps),
 /// and an agent following it.
 fn start(tag: &str, hold_back: &[&str]) -> Result<(Env, u64)> {
+    start_with(tag, hold_back, false)
+}
+
+/// [`start`], the control plane serving https when `tls` (the agent verifies it with
+/// `--ca`).
+fn start_with(tag: &str, hold_back: &[&str], tls: bool) -> Result<(Env, u64)> {
     peer_dataplane_tests::require_root()?;
     let bin = peer_dataplane_tests::agent_path()?;
     let dir = std::env::temp_dir().join(peer_dataplane_tests::unique(tag));
@@ -37,7 +45,12 @@ fn start(tag: &str, hold_back: &[&str]) -> Result<(Env, u64)> {
     std::fs::create_dir_all(&dir)?;
     let net = SeedNetwork::create(&peer_dataplane_tests::unique(tag))?;
     let port = net.host.run(free_port)?;
-    let cp = ControlPlane::start(&bin, &net.host, &dir.join("cp.db"), port)?;
+    let tls = if tls {
+        Some(peer_dataplane_tests::controlplane::make_tls(&dir)?)
+    } else {
+        None
+    };
+    let cp = ControlPlane::start_with(&bin, &net.host, &dir.join("cp.db"), port, tls)?;
     let revision = cp.seed(hold_back)?;
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique(tag));
     let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
@@ -208,5 +221,104 @@ fn forwarding_survives_control_plane_downtime() -> Result<()> {
         .agent
         .log_text()
         .contains("control plane reachable again"));
+    Ok(())
+}
+
+/// What `ps` shows of a process: its command line.
+fn cmdline(pid: u32) -> Result<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// The release binaries as an operator runs them: no token on any command line, no test
+/// endpoint or flag, and a host's credential reads its own host's state only.
+#[test]
+fn the_control_plane_is_safe_to_expose() -> Result<()> {
+    let (env, _) = start("cp-safe", &[])?;
+    let secrets: Vec<&str> = ACCOUNTS
+        .iter()
+        .map(|(_, t)| *t)
+        .chain([AGENT_TOKEN, HOST_2_TOKEN])
+        .collect();
+    for (what, pid) in [
+        ("control plane", env.cp.pid().expect("running")),
+        ("agent", env.agent.pid()),
+    ] {
+        let line = cmdline(pid)?;
+        ensure!(!line.is_empty(), "{what}: no command line for pid {pid}");
+        for s in &secrets {
+            ensure!(!line.contains(s), "{what}'s command line shows a token: {line}");
+        }
+    }
+
+    // No test endpoint in the release binary: the clock cannot be moved.
+    let r = env.cp.call(
+        "POST",
+        "/v1/test/clock",
+        Some(ACCOUNTS[0].1),
+        Some(&json!({"seconds": 3600})),
+    )?;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let bin = peer_dataplane_tests::agent_path()?;
+    let help = peer_dataplane_tests::netns::sh(
+        std::process::Command::new(&bin).args(["controlplane", "--help"]),
+    )?;
+    ensure!(!help.contains("test-clock"), "{help}");
+    let out = std::process::Command::new(&bin)
+        .args(["controlplane", "--db", "/nonexistent/x.db", "--test-clock"])
+        .output()?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--test-clock'"),
+        "--test-clock was accepted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A host's credential: its own state yes, another host's no; an account's token no.
+    let own = env.cp.call("GET", "/v1/hosts/host-1/state", Some(AGENT_TOKEN), None)?;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let other = env.cp.call("GET", "/v1/hosts/host-1/state", Some(HOST_2_TOKEN), None)?;
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert_eq!(other.body["error"]["code"], "forbidden");
+    let theirs = env.cp.call("GET", "/v1/hosts/host-2/state", Some(AGENT_TOKEN), None)?;
+    assert_eq!(theirs.status, 403, "{}", theirs.body);
+    let account = env.cp.call("GET", "/v1/hosts/host-1/state", Some(ACCOUNTS[0].1), None)?;
+    assert_eq!(account.status, 401, "{}", account.body);
+    Ok(())
+}
+
+/// Over https: the agent verifies the control plane against `--ca` and follows it; a
+/// peering accepted through the API starts forwarding as over http.
+#[test]
+fn the_agent_follows_the_control_plane_over_tls() -> Result<()> {
+    let (mut env, _) = start_with("cp-tls", &["accept-ab"], true)?;
+    ensure!(env.cp.url().starts_with("https://"), "{}", env.cp.url());
+    let a = env.net.ns(A);
+    env.agent.expect_dropped(
+        "ping a -> b over a pending peering",
+        "peering-inactive",
+        1..=1,
+        || ping_instance(a, &B, false, 1),
+    )?;
+    let r = env
+        .cp
+        .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_B, None, 200)?;
+    env.agent.wait_synced(r.revision, SYNC)?;
+    ensure!(
+        ping_instance(a, &B, false, 2)?,
+        "a cannot reach b after the accept over https\n{}",
+        env.agent.log_text()
+    );
+    // A plain-http client gets no API out of the TLS port.
+    let plain = format!("http://127.0.0.1:{}/healthz", env.cp.port);
+    let got = env.net.host.run(move || {
+        ureq::get(&plain)
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call()
+            .map(|r| r.status().as_u16())
+    })?;
+    ensure!(got.is_err(), "plain http got an answer: {got:?}");
     Ok(())
 }

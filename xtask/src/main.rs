@@ -134,7 +134,7 @@ fn clean_cargo(cargo: &str) -> Command {
 // ---------------------------------------------------------------------------------------
 // setup
 
-const APT_BASE: [&str; 9] = [
+const APT_BASE: [&str; 10] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
@@ -144,6 +144,7 @@ const APT_BASE: [&str; 9] = [
     "iputils-ping",
     "util-linux", // nsenter
     "procps",
+    "openssl", // certificates for the control plane's TLS test
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -3,6 +3,7 @@
 //! then replaces the world and bumps the revision that agents wait on.
 
 use super::hoststate;
+use super::auth;
 use super::model::*;
 use super::ops::{self, Caller};
 use super::store::Store;
@@ -22,15 +23,14 @@ use tokio::sync::watch;
 
 /// Wall clock, optionally moved forward by tests (`--test-clock`).
 pub struct Clock {
+    /// Seconds added to the real time (tests only, see `Server::advance_clock`).
     offset: AtomicU64,
-    adjustable: bool,
 }
 
 impl Clock {
-    pub fn new(adjustable: bool) -> Clock {
+    pub fn new() -> Clock {
         Clock {
             offset: AtomicU64::new(0),
-            adjustable,
         }
     }
 
@@ -43,28 +43,44 @@ impl Clock {
     }
 }
 
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
 struct Inner {
     world: World,
     revision: u64,
     store: Store,
-    /// token -> account
-    tokens: BTreeMap<String, String>,
+    /// (account, token): an account may hold several tokens.
+    tokens: Vec<(String, String)>,
 }
 
 pub struct Server {
     inner: Mutex<Inner>,
     revision_tx: watch::Sender<u64>,
     clock: Clock,
-    /// Token that agents present to read host state.
-    agent_token: Option<String>,
+    /// host -> the token its agent presents to read that host's state (and no other's).
+    host_tokens: BTreeMap<String, String>,
+    limiter: auth::Limiter,
 }
 
 pub type Shared = Arc<Server>;
 
 impl Server {
-    pub fn new(store: Store, clock: Clock, agent_token: Option<String>) -> anyhow::Result<Shared> {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        host_tokens: BTreeMap<String, String>,
+        limit: auth::RateLimit,
+    ) -> anyhow::Result<Shared> {
         let (world, revision) = store.load()?;
-        let tokens = store.tokens()?;
+        let tokens = store
+            .tokens()?
+            .into_iter()
+            .map(|(token, account)| (account, token))
+            .collect();
         let (revision_tx, _) = watch::channel(revision);
         Ok(Arc::new(Server {
             inner: Mutex::new(Inner {
@@ -75,12 +91,21 @@ impl Server {
             }),
             revision_tx,
             clock,
-            agent_token,
+            host_tokens,
+            limiter: auth::Limiter::new(limit),
         }))
     }
 
     pub fn revision(&self) -> u64 {
         self.inner.lock().unwrap().revision
+    }
+
+    /// Moves the control plane's clock forward and runs expiry at once. Only in builds
+    /// with the `test-hooks` feature (the in-process API tests): no binary can reach it.
+    #[cfg(feature = "test-hooks")]
+    pub fn advance_clock(&self, seconds: u64) {
+        self.clock.offset.fetch_add(seconds, Ordering::Relaxed);
+        self.sweep();
     }
 
     /// Long polls parked waiting for the next revision.
@@ -130,19 +155,33 @@ impl Server {
 
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = bearer(headers)?;
-        let inner = self.inner.lock().unwrap();
-        match inner.tokens.get(token) {
-            Some(account) => Ok(Caller {
-                account: account.clone(),
-            }),
-            None => Err(ApiError::unauthorized("the bearer token is not known")),
-        }
+        let account = {
+            let inner = self.inner.lock().unwrap();
+            auth::find(inner.tokens.iter().map(|(a, t)| (a, t)), token)
+                .cloned()
+                .ok_or_else(|| ApiError::unauthorized("the bearer token is not known"))?
+        };
+        self.spend(&format!("account {account}"))?;
+        Ok(Caller { account })
     }
 
+    /// One request of credential `who`'s rate; `429` once it is spent.
+    fn spend(&self, who: &str) -> Result<(), ApiError> {
+        self.limiter
+            .spend(who, std::time::Instant::now())
+            .map_err(|retry_after| {
+                ApiError::rate_limited(format!(
+                    "too many requests for {who}: retry in {retry_after} s"
+                ))
+            })
+    }
+
+    /// Registers (or replaces) `account`'s token, kept in the store.
     pub fn add_token(&self, account: &str, token: &str) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap();
         inner.store.set_token(account, token)?;
-        inner.tokens.insert(token.to_string(), account.to_string());
+        inner.tokens.retain(|(_, t)| t != token);
+        inner.tokens.push((account.to_string(), token.to_string()));
         Ok(())
     }
 }
@@ -160,8 +199,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = (self.status == 429).then_some([(axum::http::header::RETRY_AFTER, "1")]);
         (
             status,
+            retry,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response()
@@ -184,8 +225,8 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 
 // ---------------------------------------------------------------------------------------
 
-pub fn router(server: Shared, test_clock: bool) -> Router {
-    let mut r = Router::new()
+pub fn router(server: Shared) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
         .route("/v1/vpcs/{id}", get(get_vpc).delete(delete_vpc))
@@ -232,11 +273,8 @@ pub fn router(server: Shared, test_clock: bool) -> Router {
             "/v1/security-groups/{id}",
             get(get_security_group).delete(delete_security_group),
         )
-        .route("/v1/hosts/{host}/state", get(host_state));
-    if test_clock {
-        r = r.route("/v1/test/clock", post(advance_clock));
-    }
-    r.layer(axum::middleware::map_response_with_state(
+        .route("/v1/hosts/{host}/state", get(host_state))
+        .layer(axum::middleware::map_response_with_state(
         server.clone(),
         add_revision,
     ))
@@ -546,11 +584,21 @@ async fn host_state(
     Query(q): Query<StateQuery>,
 ) -> ApiResult {
     let token = bearer(&h)?;
-    if s.agent_token.as_deref() != Some(token) {
-        return Err(ApiError::unauthorized(
-            "host state needs the agent token (--agent-token)",
-        ));
+    // A host's token opens that host's state, and nothing else.
+    match auth::find(&s.host_tokens, token) {
+        Some(owner) if *owner == host => {}
+        Some(owner) => {
+            return Err(ApiError::forbidden(format!(
+                "the token of host {owner} cannot read the state of host {host}"
+            )))
+        }
+        None => {
+            return Err(ApiError::unauthorized(
+                "host state needs the token of that host (--host-tokens on the control plane)",
+            ))
+        }
     }
+    s.spend(&format!("host {host}"))?;
     if let Some(after) = q.after {
         let mut rx = s.revision_tx.subscribe();
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
@@ -566,22 +614,3 @@ async fn host_state(
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdvanceClock {
-    seconds: u64,
-}
-
-/// Test builds only (`--test-clock`): moves the control plane's clock forward.
-async fn advance_clock(
-    State(s): State<Shared>,
-    b: Result<Json<AdvanceClock>, JsonRejection>,
-) -> ApiResult {
-    let req = body(b)?;
-    if !s.clock.adjustable {
-        return Err(ApiError::forbidden("the clock is not adjustable"));
-    }
-    s.clock.offset.fetch_add(req.seconds, Ordering::Relaxed);
-    s.sweep();
-    ok(StatusCode::OK, json!({"now": s.clock.now()}))
-}

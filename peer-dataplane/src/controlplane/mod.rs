@@ -2,12 +2,14 @@
 //! SQLite store, and the per-host desired state that agents poll.
 
 pub mod api;
+pub mod auth;
+pub mod tls;
 pub mod hoststate;
 pub mod model;
 pub mod ops;
 pub mod store;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use log::info;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,34 +18,38 @@ use std::time::Duration;
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub db: PathBuf,
-    /// `ACCOUNT:TOKEN` pairs to register (kept in the database).
-    pub account_tokens: Vec<String>,
-    pub agent_token: Option<String>,
-    /// Allow tests to move the clock (`POST /v1/test/clock`).
-    pub test_clock: bool,
+    /// File of `ACCOUNT:TOKEN` lines to register (kept in the database).
+    pub account_tokens: Option<PathBuf>,
+    /// File of `HOST:TOKEN` lines: each host's agent credential.
+    pub host_tokens: Option<PathBuf>,
+    pub rate_limit: auth::RateLimit,
+    /// Serve HTTPS with this certificate chain and key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let store = store::Store::open(&opts.db)?;
-    let server = api::Server::new(
-        store,
-        api::Clock::new(opts.test_clock),
-        opts.agent_token.clone(),
-    )?;
-    for pair in &opts.account_tokens {
-        let Some((account, token)) = pair.split_once(':') else {
-            bail!("--account-token {pair:?}: expected ACCOUNT:TOKEN");
-        };
-        if account.is_empty() || token.len() < 8 {
-            bail!("--account-token {pair:?}: the account must be non-empty and the token at least 8 characters");
+    let host_tokens = match &opts.host_tokens {
+        Some(p) => auth::read_pairs(p, "host tokens")?,
+        None => Default::default(),
+    };
+    let server = api::Server::new(store, api::Clock::new(), host_tokens, opts.rate_limit)?;
+    if let Some(p) = &opts.account_tokens {
+        for (account, token) in auth::read_pairs(p, "account tokens")? {
+            server.add_token(&account, &token)?;
         }
-        server.add_token(account, token)?;
     }
+    // Read the TLS files before binding: a bad certificate fails at start, not later.
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::config(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     info!(
-        "control plane listening on {} (database {}, revision {})",
+        "control plane listening on {}://{} (database {}, revision {})",
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
         opts.db.display(),
         server.revision()
@@ -56,11 +62,18 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             sweeper.sweep();
         }
     });
-    let app = api::router(server, opts.test_clock);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving the API")
+    let app = api::router(server);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tls {
+        Some(config) => axum::serve(tls::TlsListener::new(listener, config), app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("serving the API over https"),
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("serving the API"),
+    }
 }

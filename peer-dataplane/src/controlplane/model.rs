@@ -179,4 +179,5 @@ error_codes! {
     dependency_violation => 409, "dependency_violation";
     address_in_use => 409, "address_in_use";
     inconsistent => 409, "inconsistent_state";
+    rate_limited => 429, "rate_limited";
 }

@@ -68,7 +68,12 @@ fn main() -> Result<()> {
     heading("starting the control plane (REST API, SQLite store)");
     let port = net.host.run(free_port)?;
     let cp = ControlPlane::start(&bin, &net.host, &dir.join("cp.db"), port)?;
-    println!("    peer-dataplane controlplane --listen 127.0.0.1:{port} --db {} --account-token ... --agent-token ...", cp.db.display());
+    println!(
+        "    peer-dataplane controlplane --listen 127.0.0.1:{port} --db {} --account-tokens {} --host-tokens {}",
+        cp.db.display(),
+        cp.db.with_extension("account-tokens").display(),
+        cp.db.with_extension("host-tokens").display()
+    );
     let revision = cp.seed(&["accept-ab"])?;
     println!("    built the topology with 23 API requests by accounts A, B and C (revision {revision}); B has not accepted pcx-ab");
 
@@ -79,7 +84,7 @@ fn main() -> Result<()> {
     println!(
         "    peer-dataplane --pin-dir {} run {}",
         pin_dir.display(),
-        cp.agent_args().join(" ")
+        cp.agent_args()?.join(" ")
     );
     let mut agent = cp.start_agent(&bin, &net.host, &dir, &pin_dir, "agent")?;
     agent.wait_synced(revision, SYNC)?;
