@@ -219,8 +219,16 @@ fn ok<T: Serialize>(status: StatusCode, v: T) -> ApiResult {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::invalid_request(format!("request body: {}", e.body_text())))
+    b.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(format!(
+                "request body: larger than the {} MiB limit",
+                MAX_BODY >> 20
+            ))
+        } else {
+            ApiError::invalid_request(format!("request body: {}", e.body_text()))
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -179,5 +179,6 @@ error_codes! {
     dependency_violation => 409, "dependency_violation";
     address_in_use => 409, "address_in_use";
     inconsistent => 409, "inconsistent_state";
+    payload_too_large => 413, "payload_too_large";
     rate_limited => 429, "rate_limited";
 }

@@ -344,11 +344,13 @@ pub fn delete_vpc(w: &World, c: &Caller, id: &str) -> Result<World> {
             .filter(|s| s.vpc == id)
             .map(|s| format!("subnet {}", s.id)),
     );
+    // Every peering that names the VPC, live or not: a deleted or rejected one is still
+    // in hosts' documents (routes to it are blackholes) and names this VPC.
     deps.extend(
         w.peerings
             .values()
-            .filter(|p| p.status.is_live() && p.other_side(id).is_some())
-            .map(|p| format!("peering {}", p.id)),
+            .filter(|p| p.other_side(id).is_some())
+            .map(|p| format!("peering {} ({})", p.id, p.status.as_str())),
     );
     deps.extend(
         w.route_tables
