@@ -9,7 +9,7 @@ use crate::document::Document;
 use crate::ids::Ids;
 use crate::kernel::{self, KernelMaps};
 use crate::links::{Links, XdpModeArg};
-use crate::maps::{apply, plan, AclPortKey, MapState, RouteKey};
+use crate::maps::{apply_all_or_nothing, plan, AclPortKey, ApplyError, MapState, RouteKey};
 use crate::sync::{self, Update};
 use crate::validate::{validate, Topology};
 use anyhow::{anyhow, bail, Context, Result};
@@ -93,11 +93,16 @@ impl Installed {
     /// single-route change is made in place, itself atomic.
     pub fn install(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<usize> {
         let (desired, ids, ops) = plan_install(topo, &self.ids, &self.mirror, ifindex)?;
-        if let Err(e) = apply(&ops, &mut self.maps) {
-            // Part of the plan may be in; re-read so the next attempt diffs against the truth.
-            self.mirror = self.maps.read_state().unwrap_or_default();
-            self.ids = Ids::from_names(&self.mirror.names);
-            return Err(e);
+        match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
+            Ok(()) => {}
+            // Undone: the mirror still describes the maps.
+            Err(e @ ApplyError::RolledBack { .. }) => return Err(e.into()),
+            Err(e @ ApplyError::Mixed { .. }) => {
+                // Part of the plan is in; re-read so the next attempt diffs against the truth.
+                self.mirror = self.maps.read_state().unwrap_or_default();
+                self.ids = Ids::from_names(&self.mirror.names);
+                return Err(e.into());
+            }
         }
         self.mirror = desired;
         self.ids = ids;
@@ -379,18 +384,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     let mut last_mtime = config.as_deref().and_then(mtime);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    // A valid state whose install failed (and was undone): tried again with backoff until
+    // it goes in or a newer state replaces it.
+    let mut retry: Option<Retry> = None;
     loop {
+        let retry_at = retry.as_ref().map(|r| r.at).unwrap_or_else(Instant::now);
         tokio::select! {
-            _ = hup.recv(), if config.is_some() => reload_file(config.as_deref().unwrap(), "SIGHUP", &mut dp),
+            _ = hup.recv(), if config.is_some() => retry = reload_file(config.as_deref().unwrap(), "SIGHUP", &mut dp),
             _ = poll.tick(), if config.is_some() => {
                 let m = config.as_deref().and_then(mtime);
                 if m != last_mtime {
                     last_mtime = m;
-                    reload_file(config.as_deref().unwrap(), "file change", &mut dp);
+                    retry = reload_file(config.as_deref().unwrap(), "file change", &mut dp);
                 }
             }
             Some(update) = async { match updates.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
-                apply_update(update, &mut dp);
+                retry = apply_update(update, &mut dp);
+            }
+            _ = tokio::time::sleep_until(retry_at.into()), if retry.is_some() => {
+                retry = retry.take().and_then(|r| r.again(&mut dp));
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -404,35 +416,122 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) {
-    let started = Instant::now();
-    let r = load_topology(config).and_then(|t| dp.apply(&t));
-    dp.record(None, started, r.is_ok());
-    match r {
-        Ok(writes) => info!(
-            "reloaded {} on {why}: {writes} map writes",
-            config.display()
-        ),
-        Err(e) => error!("reload on {why} refused, previous state kept: {e:#}"),
+/// A valid desired state whose install failed, to try again.
+struct Retry {
+    topo: Topology,
+    what: String,
+    revision: Option<u64>,
+    attempts: u32,
+    at: Instant,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Retry {
+    fn first(topo: Topology, what: String, revision: Option<u64>) -> Retry {
+        Retry {
+            topo,
+            what,
+            revision,
+            attempts: 1,
+            at: Instant::now() + RETRY_MIN,
+        }
+    }
+
+    /// Installs again; `Some` (with a later time) if it failed once more.
+    fn again(mut self, dp: &mut Dataplane) -> Option<Retry> {
+        let started = Instant::now();
+        let r = dp.apply(&self.topo);
+        dp.record(self.revision, started, r.is_ok());
+        match r {
+            Ok(writes) => {
+                info!(
+                    "installed {} on attempt {} ({writes} map writes)",
+                    self.what,
+                    self.attempts + 1
+                );
+                if let Some(rev) = self.revision {
+                    info!("synced revision {rev} ({writes} map writes; after {} attempts)", self.attempts + 1);
+                }
+                None
+            }
+            Err(e) => {
+                self.attempts += 1;
+                let wait = (RETRY_MIN * 2u32.saturating_pow(self.attempts - 1)).min(RETRY_MAX);
+                error!(
+                    "installing {} failed again (attempt {}), retrying in {} ms: {e:#}",
+                    self.what,
+                    self.attempts,
+                    wait.as_millis()
+                );
+                self.at = Instant::now() + wait;
+                Some(self)
+            }
+        }
     }
 }
 
-fn apply_update(u: Update, dp: &mut Dataplane) {
+/// Installs a validated state; a failure is reported and handed back to retry.
+fn install(
+    topo: Topology,
+    what: String,
+    revision: Option<u64>,
+    started: Instant,
+    dp: &mut Dataplane,
+) -> Result<usize, Retry> {
+    let r = dp.apply(&topo);
+    dp.record(revision, started, r.is_ok());
+    r.map_err(|e| {
+        error!(
+            "installing {what} failed, retrying in {} ms: {e:#}",
+            RETRY_MIN.as_millis()
+        );
+        Retry::first(topo, what, revision)
+    })
+}
+
+fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
-    let r = topology_of(
-        &u.document,
-        &format!("control plane revision {}", u.revision),
-    )
-    .and_then(|t| dp.apply(&t));
-    dp.record(Some(u.revision), started, r.is_ok());
-    match r {
-        Ok(writes) => info!(
-            "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
-            u.revision,
-            started.elapsed().as_secs_f64() * 1e3,
-            u.received.elapsed().as_secs_f64() * 1e3
-        ),
-        Err(e) => error!("revision {} refused, previous state kept: {e:#}", u.revision),
+    let topo = match load_topology(config) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.record(None, started, false);
+            error!("reload on {why} refused, previous state kept: {e:#}");
+            return None;
+        }
+    };
+    match install(topo, format!("{} on {why}", config.display()), None, started, dp) {
+        Ok(writes) => {
+            info!("reloaded {} on {why}: {writes} map writes", config.display());
+            None
+        }
+        Err(retry) => Some(retry),
+    }
+}
+
+fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
+    let started = Instant::now();
+    let what = format!("control plane revision {}", u.revision);
+    let topo = match topology_of(&u.document, &what) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.record(Some(u.revision), started, false);
+            error!("revision {} refused, previous state kept: {e:#}", u.revision);
+            return None;
+        }
+    };
+    match install(topo, what, Some(u.revision), started, dp) {
+        Ok(writes) => {
+            info!(
+                "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
+                u.revision,
+                started.elapsed().as_secs_f64() * 1e3,
+                u.received.elapsed().as_secs_f64() * 1e3
+            );
+            None
+        }
+        Err(retry) => Some(retry),
     }
 }
 

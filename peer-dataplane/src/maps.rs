@@ -178,6 +178,83 @@ pub fn apply(ops: &[Op], maps: &mut impl DataplaneMaps) -> Result<()> {
     Ok(())
 }
 
+/// How [`apply_all_or_nothing`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A write failed; the writes before it were undone: `previous` is in force.
+    #[error("map write {failed} of {total} failed ({cause:#}); the {undone} writes before it were undone, the previous state is in force")]
+    RolledBack {
+        failed: usize,
+        total: usize,
+        undone: usize,
+        cause: anyhow::Error,
+    },
+    /// A write failed and so did undoing: the maps hold part of the change until the next
+    /// attempt (which diffs against what is really there).
+    #[error("map write {failed} of {total} failed ({cause:#}), and undoing it failed too ({undo:#})")]
+    Mixed {
+        failed: usize,
+        total: usize,
+        cause: anyhow::Error,
+        undo: anyhow::Error,
+    },
+}
+
+/// Applies `ops` — the plan from `previous` (what the maps hold now) to some desired state
+/// — all or nothing. If a write fails, the writes already made are undone by the plan from
+/// where the maps then are back to `previous`, in the same safe order as any plan
+/// (referents first, referrers' removals first), so every packet meanwhile still sees a
+/// consistent state, and `previous` is in force afterwards. Counter resets are not undone:
+/// they only ever touch counters of objects this change created.
+pub fn apply_all_or_nothing(
+    ops: &[Op],
+    maps: &mut impl DataplaneMaps,
+    previous: &MapState,
+) -> std::result::Result<(), ApplyError> {
+    let mut now = previous.clone();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(cause) = maps.write(op) {
+            let undo = plan(previous, &now, &[]);
+            return Err(match apply(&undo, maps) {
+                Ok(()) => ApplyError::RolledBack {
+                    failed: i + 1,
+                    total: ops.len(),
+                    undone: i,
+                    cause,
+                },
+                Err(undo) => ApplyError::Mixed {
+                    failed: i + 1,
+                    total: ops.len(),
+                    cause,
+                    undo,
+                },
+            });
+        }
+        // The in-memory write cannot fail.
+        let _ = now.write(op);
+    }
+    Ok(())
+}
+
+/// An in-memory backend whose `fail_at`-th write (counting from 1) fails, once: for
+/// testing that a failed install leaves the previous state in force.
+#[derive(Debug, Clone, Default)]
+pub struct FailingMaps {
+    pub state: MapState,
+    pub fail_at: usize,
+    pub writes: usize,
+}
+
+impl DataplaneMaps for FailingMaps {
+    fn write(&mut self, op: &Op) -> Result<()> {
+        self.writes += 1;
+        if self.writes == self.fail_at {
+            anyhow::bail!("injected failure of write {}", self.writes);
+        }
+        self.state.write(op)
+    }
+}
+
 /// The in-memory implementation, for unit tests and for the agent's mirror of the kernel.
 impl DataplaneMaps for MapState {
     fn write(&mut self, op: &Op) -> Result<()> {
