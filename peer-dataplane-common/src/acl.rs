@@ -1,4 +1,4 @@
-//! Network ACL maps (issue 4). Each ACL direction, in one generation, is a *set* with a
+//! Network ACL maps . Each ACL direction, in one generation, is a *set* with a
 //! 32-bit id ([`acl_set`]); its rules are compiled by the agent into rule bitmaps looked
 //! up by address (LPM), destination port (LPM) and protocol (hash). The program ANDs the
 //! three and takes the lowest set bit: the first matching rule. See the agent's `acl`

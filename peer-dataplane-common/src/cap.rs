@@ -1,4 +1,4 @@
-//! Bandwidth caps per peering and direction (SPEC §3.7; issue 4): a token bucket kept as
+//! Bandwidth caps per peering and direction (docs/datapath.md §4.15): a token bucket kept as
 //! a *theoretical arrival time* (GCRA). The bucket's state is one u64 per peering and
 //! direction, shared by every CPU: the time at which the bucket would be full again,
 //! `tat`. A packet costing `cost` ns of link time conforms if, after paying,
@@ -26,7 +26,7 @@ pub const UNCAPPED: CapConfig = CapConfig {
     burst_ns: 0,
 };
 
-/// Cross-region peerings without an explicit cap get this (SPEC §3.7).
+/// Cross-region peerings without an explicit cap get this (docs/datapath.md §3.7, §4.15).
 pub const CROSS_REGION_DEFAULT_BPS: u64 = 1_000_000_000;
 
 /// Default bucket depth: 10 ms at the rate, and never less than 64 KiB, so that a burst

@@ -1,4 +1,4 @@
-//! Connection tracking for security groups (SPEC §2, §4.2; issue 4): one LRU hash of
+//! Connection tracking for security groups (docs/datapath.md §4.12): one LRU hash of
 //! flows, keyed by the flow as its first packet saw it. A packet that matches an entry
 //! (either way round) belongs to an allowed flow and skips the security-group rules of
 //! both ports; that is what makes the groups stateful, and why changing a group leaves
@@ -132,15 +132,15 @@ mod tests {
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED),
             432_000 * SECOND_NS
-        );
+       );
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED | CT_FIN),
             CT_TCP_CLOSING_NS
-        );
+       );
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED | CT_FIN | CT_RST),
             CT_TCP_RESET_NS
-        );
+       );
         assert!(!expired(IPPROTO_UDP, 0, 100, 100 + CT_UDP_NS));
         assert!(expired(IPPROTO_UDP, 0, 100, 101 + CT_UDP_NS));
         // A clock read on another CPU may trail the entry's stamp: never "expired".

@@ -113,7 +113,7 @@ pub const fn vpc_table(vpc_id: u32) -> u32 {
 /// Route tables are double-buffered in the trie: table id `t` lives under key `2t` or
 /// `2t + 1` (its generation). A change to several routes of one table fills the other
 /// generation, then flips the ports and endpoints that use the table (one atomic write
-/// each), then clears the old one: no packet sees half of a table change (SPEC §3.8).
+/// each), then clears the old one: no packet sees half of a table change (docs/datapath.md §3.8).
 #[inline(always)]
 pub const fn route_table_key(table_id: u32, generation: u32) -> u32 {
     (table_id << 1) | (generation & 1)
@@ -399,6 +399,6 @@ mod tests {
         assert_eq!(
             peering_counter_index(MAX_PEERINGS - 1, 1),
             MAX_PEERINGS * 2 - 1
-        );
+       );
     }
 }

@@ -1,4 +1,4 @@
-//! `peer-dataplane trace` (issue 5): the `pdp_trace` entry point runs the same pipeline as
+//! `peer-dataplane trace` : the `pdp_trace` entry point runs the same pipeline as
 //! `pdp_xdp` with its side effects off (no counters, no rule hits, no conntrack writes,
 //! the cap checked but not spent) and writes what each stage saw into one
 //! [`TraceRecord`] per CPU, which the CLI reads back after its BPF_PROG_RUN.

@@ -1,4 +1,4 @@
-//! Network ACL stage (SPEC §3.6; issue 4), and the rule lookup security groups share: stateless, numbered rules, first match decides,
+//! Network ACL stage (docs/datapath.md §4.8), and the rule lookup security groups share: stateless, numbered rules, first match decides,
 //! implicit final deny. The rules arrive compiled into three lookups whose rule bitmaps
 //! are ANDed (see `peer_dataplane_common::acl`), so the cost does not depend on how many
 //! rules the ACL holds. Bitmaps are read in place from the maps: at 128 bytes each they
@@ -94,7 +94,7 @@ fn bitmaps(
                     table_be: table.to_be_bytes(),
                     addr: *addr,
                 },
-            );
+           );
             ACL_ADDR.get(&addr_key)?
         }
     };
@@ -114,7 +114,7 @@ fn bitmaps(
                         set_be: set.to_be_bytes(),
                         port_be: p.dport.to_be_bytes(),
                     },
-                );
+               );
                 ACL_PORT.get(&port_key)?
             }
         }

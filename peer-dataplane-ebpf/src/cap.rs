@@ -1,4 +1,4 @@
-//! Bandwidth-cap stage (SPEC §3.7): one GCRA bucket per peering and direction, shared by
+//! Bandwidth-cap stage (docs/datapath.md §3.7, §4.15): one GCRA bucket per peering and direction, shared by
 //! every CPU (see `peer_dataplane_common::cap`).
 //!
 //! Concurrency, and the error it allows:

@@ -18,7 +18,7 @@ use peer_dataplane_common::{
 
 /// Ports, peerings and endpoints are read in place by the program, so they are not
 /// preallocated: the kernel then frees a replaced entry only after an RCU grace period,
-/// and a packet never reads an entry half old, half new (SPEC §3.8).
+/// and a packet never reads an entry half old, half new (docs/datapath.md §3.8).
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "pdp_ports")]

@@ -2,7 +2,7 @@
 //! [`MAX_IPV6_EXT`] extension headers), then TCP/UDP/ICMP ports. The bounds-checked
 //! pointer helpers here are the only raw packet access in the program.
 //!
-//! Deliberate choices (SPEC §3.9):
+//! Deliberate choices (docs/datapath.md §4.3, §4.16):
 //! - Truncated headers, a bad version or header length, a total length past the frame, or
 //!   a first fragment too short for its transport header: `parse-error` (dropped).
 //! - Stacked tags (QinQ, 802.1ad): `unsupported-encap` (dropped).

@@ -1,4 +1,4 @@
-//! Peering stage (SPEC §3.1, §3.3, §3.5): the route's peering must be active and must join
+//! Peering stage (docs/datapath.md §3.1, §3.3, §3.5): the route's peering must be active and must join
 //! the sender's VPC; the packet must have originated in the sender's VPC; the destination
 //! must lie inside the peer VPC.
 
@@ -70,7 +70,7 @@ pub fn inside_vpc(vpc: u32, addr: &[u8; 16]) -> bool {
     matches!(route::lookup(vpc_table(vpc), addr), Some(r) if r.kind == ROUTE_VPC_CIDR)
 }
 
-/// No transitive peering, no edge-to-edge routing (SPEC §3.3): a packet may leave over a
+/// No transitive peering, no edge-to-edge routing (docs/datapath.md §3.3): a packet may leave over a
 /// peering only if it originated in the sender's VPC. Its own address is the fast path;
 /// anything else (an instance routing for others) must at least be inside the VPC.
 /// An IPv6 packet claiming an IPv4-mapped source did not originate anywhere real (and

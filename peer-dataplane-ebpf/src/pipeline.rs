@@ -1,12 +1,10 @@
-//! The forwarding pipeline (SPEC §4.1), stage by stage.
+//! The forwarding pipeline (docs/datapath.md §4.1), stage by stage.
 //!
-//! Order, and why it departs from SPEC §4.1 in two places:
-//! port → parse → route → peering → transitive → egress NACL → endpoint → return route →
-//! ingress NACL → security groups (both ports, with conntrack) → TTL → deliver target →
-//! cap → rewrite.
+//! Order: port → parse → route → peering → transitive → egress NACL → endpoint → return
+//! route → ingress NACL → security groups (both ports, with conntrack) → TTL → deliver
+//! target → cap → rewrite. Two choices in it:
 //! - Both ports' security groups are checked together, once the receiver is known (the
-//!   conntrack key names both VPCs) and every stateless check has passed, so that a flow
-//!   is tracked only once its packet is allowed end to end.
+//!   conntrack key names both VPCs) and every stateless check has passed.
 //! - The cap comes last, so that only packets about to be forwarded spend tokens: traffic
 //!   denied further down must not starve allowed traffic of the peering's bandwidth.
 

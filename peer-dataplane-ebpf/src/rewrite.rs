@@ -1,4 +1,4 @@
-//! Rewrite stage (SPEC §3.9): decrement TTL / hop limit (IPv4 header checksum updated
+//! Rewrite stage (docs/datapath.md §4.3, §4.16): decrement TTL / hop limit (IPv4 header checksum updated
 //! incrementally), write the destination MACs, and pop a VLAN tag: the destination port is
 //! an access port and receives untagged frames.
 

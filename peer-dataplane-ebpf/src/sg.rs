@@ -1,4 +1,4 @@
-//! Security-group stage (SPEC §2, §3.6; issue 4): stateful, allow-only. A port's groups
+//! Security-group stage (docs/datapath.md §4.12): stateful, allow-only. A port's groups
 //! arrive compiled into one ACL set per direction whose rules all allow, so "some rule of
 //! some group matches" is the ACL lookup's "a rule matched".
 //!

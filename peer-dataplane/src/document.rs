@@ -82,7 +82,7 @@ pub struct AclRuleDoc {
     pub action: String,
 }
 
-/// A security group: allow-only rules, stateful (SPEC §2).
+/// A security group: allow-only rules, stateful (docs/datapath.md §1, §2).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupDoc {
@@ -137,7 +137,7 @@ pub struct PeeringDoc {
     /// `pending-acceptance`, `active`, `rejected`, `expired`, `failed` or `deleted`.
     pub status: String,
     /// Bandwidth cap of each direction, in Mbit/s; none = uncapped, except across
-    /// regions (1 Gbit/s, SPEC §3.7).
+    /// regions (1 Gbit/s, docs/datapath.md §3.7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps: Option<u64>,
     /// Per-direction overrides of `bandwidth_mbps`.

@@ -1,7 +1,7 @@
 //! XDP attachments as pinned bpf_links, one per port, under `<pin dir>/links/<iface>`.
 //!
 //! A pinned link keeps the program attached when the agent exits or dies, so forwarding
-//! never depends on the agent process (SPEC §6). A starting agent adopts each pinned link
+//! never depends on the agent process (docs/datapath.md §6). A starting agent adopts each pinned link
 //! and swaps its freshly loaded program in with one BPF_LINK_UPDATE: packets see either
 //! the old program or the new one, never no program. Both use the same pinned maps.
 
@@ -81,7 +81,7 @@ impl Links {
             let link = if let Some(link) = adopted {
                 info!(
                     "{iface}: replaced the program on the pinned XDP link (no gap in forwarding)"
-                );
+               );
                 link
             } else {
                 let link = self.attach(prog, iface)?;
@@ -89,7 +89,7 @@ impl Links {
                     "{iface}: attached ({:?} mode) and pinned the link at {}",
                     self.mode,
                     pin.display()
-                );
+               );
                 link
             };
             self.held.insert(iface.clone(), link);

@@ -510,7 +510,7 @@ struct Flow {
 }
 
 impl Flow {
-    /// Idle time after which the flow is forgotten (docs/datapath.md, security groups).
+    /// Idle time after which the flow is forgotten (docs/datapath.md §4.12).
     fn timeout(&self, proto: u8) -> u64 {
         match proto {
             TCP if self.rst => 10 * SECOND,
@@ -757,7 +757,7 @@ impl World {
         })
     }
 
-    /// Security groups of both ports, stateful (docs/datapath.md).
+    /// Security groups of both ports, stateful (docs/datapath.md §4.12).
     fn security_groups(
         &self,
         state: &mut State,
@@ -878,7 +878,7 @@ fn rule_matches(
     cidr.contains(&addr)
 }
 
-/// The cap of one direction as a token bucket (docs/datapath.md, bandwidth caps): a byte
+/// The cap of one direction as a token bucket (docs/datapath.md §4.15): a byte
 /// costs `floor(8e12 / bps)` ps of link time, a frame its bytes' cost rounded up to whole
 /// ns, and the bucket holds `burst` bytes' worth. A frame passes if, once paid for, the
 /// bucket's debt stays within its depth; a frame that is dropped pays nothing.

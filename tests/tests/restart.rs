@@ -1,4 +1,4 @@
-//! Hitless restart (issue 3): the agent is SIGKILLed in the middle of a steady UDP stream
+//! Hitless restart : the agent is SIGKILLed in the middle of a steady UDP stream
 //! across the peering and started again. The program stays attached through its pinned
 //! link and keeps forwarding with the pinned maps while no agent runs; the new agent swaps
 //! its program in atomically. Every packet sent must arrive, and the counters, which live
@@ -89,12 +89,12 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
         &pin_dir,
         &["--config", &config_arg],
         "agent2",
-    )?;
+   )?;
     let restarted_in = killed_at.elapsed();
     ensure!(
         got() < PACKETS,
         "the stream ended before the new agent was up: make it longer"
-    );
+   );
 
     let sent = sender.join().unwrap();
     // Wait until every packet sent is forwarded and received; if that never happens, the
@@ -111,26 +111,26 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
     let log = second.log_text();
     eprintln!(
         "sent {sent}, forwarded {forwarded}, received {received}; agent down for {restarted_in:?}"
-    );
+   );
     ensure!(
         log.contains("replaced the program on the pinned XDP link"),
         "the new agent did not adopt the link:\n{log}"
-    );
+   );
     ensure!(
         log.contains("(0 map writes)"),
         "an unchanged state must need no writes:\n{log}"
-    );
+   );
     assert_eq!(sent, PACKETS, "the sender could not send every packet");
     assert_eq!(
         forwarded, sent,
         "packets delivered to the XDP hook but not forwarded"
-    );
+   );
     assert_eq!(received, sent, "packets lost across the restart");
     assert_eq!(
         stats["global"]["dropped_packets"].as_u64(),
         Some(0),
         "{stats}"
-    );
+   );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `peer-dataplane controlplane`: the peering lifecycle API (SPEC §5) with an embedded
+//! `peer-dataplane controlplane`: the peering lifecycle API (docs/datapath.md §5) with an embedded
 //! SQLite store, and the per-host desired state that agents poll.
 
 pub mod api;
@@ -53,7 +53,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         listener.local_addr()?,
         opts.db.display(),
         server.revision()
-    );
+   );
     let sweeper = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 /// Seconds since the Unix epoch.
 pub type Timestamp = u64;
 
-/// How long a peering request waits for its accepter (SPEC §2).
+/// How long a peering request waits for its accepter (docs/datapath.md §1, §2).
 pub const PEERING_EXPIRY_SECS: Timestamp = 7 * 24 * 3600;
-/// Cap a cross-region peering gets when none is set (SPEC §3.7), in Mbit/s.
+/// Cap a cross-region peering gets when none is set (docs/datapath.md §3.7, §4.15), in Mbit/s.
 pub const DEFAULT_CROSS_REGION_MBPS: u64 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct Peering {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
     pub created_at: Timestamp,
-    /// A pending request expires at this time (SPEC §2: 7 days).
+    /// A pending request expires at this time (docs/datapath.md §2: 7 days).
     pub expires_at: Timestamp,
     /// Cap per direction in Mbit/s; `None` = uncapped (cross-region peerings always get
     /// one, see [`DEFAULT_CROSS_REGION_MBPS`]).
