@@ -132,15 +132,15 @@ mod tests {
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED),
             432_000 * SECOND_NS
-       );
+        );
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED | CT_FIN),
             CT_TCP_CLOSING_NS
-       );
+        );
         assert_eq!(
             idle_timeout_ns(IPPROTO_TCP, CT_REPLIED | CT_FIN | CT_RST),
             CT_TCP_RESET_NS
-       );
+        );
         assert!(!expired(IPPROTO_UDP, 0, 100, 100 + CT_UDP_NS));
         assert!(expired(IPPROTO_UDP, 0, 100, 101 + CT_UDP_NS));
         // A clock read on another CPU may trail the entry's stamp: never "expired".

@@ -399,6 +399,6 @@ mod tests {
         assert_eq!(
             peering_counter_index(MAX_PEERINGS - 1, 1),
             MAX_PEERINGS * 2 - 1
-       );
+        );
     }
 }

@@ -94,7 +94,7 @@ fn bitmaps(
                     table_be: table.to_be_bytes(),
                     addr: *addr,
                 },
-           );
+            );
             ACL_ADDR.get(&addr_key)?
         }
     };
@@ -114,7 +114,7 @@ fn bitmaps(
                         set_be: set.to_be_bytes(),
                         port_be: p.dport.to_be_bytes(),
                     },
-               );
+                );
                 ACL_PORT.get(&port_key)?
             }
         }

@@ -264,7 +264,7 @@ pub fn evaluate(c: &Compiled, p: &Packet) -> Decision {
                         port & (u16::MAX << (16 - len))
                     },
                     len,
-               ))
+                ))
             })
             .copied()
             .unwrap_or([0; BITMAP_WORDS]),
@@ -338,7 +338,7 @@ mod tests {
                     n,
                     (lo <= probe && probe <= hi) as usize,
                     "{lo}-{hi} at {probe}: {ps:?}"
-               );
+                );
             }
         }
     }
@@ -349,7 +349,7 @@ mod tests {
         ports: Option<(u16, u16)>,
         cidr: &str,
         allow: bool,
-   ) -> Rule {
+    ) -> Rule {
         Rule {
             number,
             protocol,
@@ -369,7 +369,7 @@ mod tests {
                 Some((22, 22)),
                 "10.0.0.0/8",
                 false,
-           ),
+            ),
         ];
         let c = compile(&rules).unwrap();
         let ssh = Packet {
@@ -383,7 +383,7 @@ mod tests {
                 rule: Some(100),
                 allow: false
             }
-       );
+        );
         let web = Packet {
             port: Some(443),
             ..ssh
@@ -394,7 +394,7 @@ mod tests {
                 rule: Some(200),
                 allow: true
             }
-       );
+        );
         let only_tcp =
             compile(&[rule(10, Protocol::Number(TCP), None, "0.0.0.0/0", true)]).unwrap();
         let udp = Packet {
@@ -461,7 +461,7 @@ mod tests {
                         ports,
                         cidrs[(next() % cidrs.len() as u64) as usize],
                         next() % 2 == 0,
-                   )
+                    )
                 })
                 .collect();
             let c = compile(&rules).unwrap();
@@ -483,7 +483,7 @@ mod tests {
                     evaluate(&c, &p),
                     evaluate_naive(&rules, &p),
                     "round {round}, {p:?}"
-               );
+                );
             }
         }
     }

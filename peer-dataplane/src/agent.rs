@@ -452,7 +452,10 @@ impl Retry {
                     self.attempts + 1
                 );
                 if let Some(rev) = self.revision {
-                    info!("synced revision {rev} ({writes} map writes; after {} attempts)", self.attempts + 1);
+                    info!(
+                        "synced revision {rev} ({writes} map writes; after {} attempts)",
+                        self.attempts + 1
+                    );
                 }
                 None
             }
@@ -479,7 +482,7 @@ fn install(
     revision: Option<u64>,
     started: Instant,
     dp: &mut Dataplane,
-) -> Result<usize, Retry> {
+) -> Result<usize, Box<Retry>> {
     let r = dp.apply(&topo);
     dp.record(revision, started, r.is_ok());
     r.map_err(|e| {
@@ -487,7 +490,7 @@ fn install(
             "installing {what} failed, retrying in {} ms: {e:#}",
             RETRY_MIN.as_millis()
         );
-        Retry::first(topo, what, revision)
+        Box::new(Retry::first(topo, what, revision))
     })
 }
 
@@ -501,12 +504,21 @@ fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
             return None;
         }
     };
-    match install(topo, format!("{} on {why}", config.display()), None, started, dp) {
+    match install(
+        topo,
+        format!("{} on {why}", config.display()),
+        None,
+        started,
+        dp,
+    ) {
         Ok(writes) => {
-            info!("reloaded {} on {why}: {writes} map writes", config.display());
+            info!(
+                "reloaded {} on {why}: {writes} map writes",
+                config.display()
+            );
             None
         }
-        Err(retry) => Some(retry),
+        Err(retry) => Some(*retry),
     }
 }
 
@@ -517,7 +529,10 @@ fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
         Ok(t) => t,
         Err(e) => {
             dp.record(Some(u.revision), started, false);
-            error!("revision {} refused, previous state kept: {e:#}", u.revision);
+            error!(
+                "revision {} refused, previous state kept: {e:#}",
+                u.revision
+            );
             return None;
         }
     };
@@ -531,7 +546,7 @@ fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             );
             None
         }
-        Err(retry) => Some(retry),
+        Err(retry) => Some(*retry),
     }
 }
 

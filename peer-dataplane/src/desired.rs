@@ -262,7 +262,14 @@ pub fn compile(
     generation: Generations,
     acl_generation: Generations,
 ) -> Result<(MapState, Ids)> {
-    compile_over(t, ids, ifindex, generation, acl_generation, &MapState::default())
+    compile_over(
+        t,
+        ids,
+        ifindex,
+        generation,
+        acl_generation,
+        &MapState::default(),
+    )
 }
 
 /// [`compile`] for a data plane holding `installed` (which decides where each network

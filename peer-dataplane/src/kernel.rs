@@ -11,8 +11,8 @@ use aya::maps::{
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use peer_dataplane_common::{
-    clock::Clock,
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, MAX_ACL_SETS},
+    clock::Clock,
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, program_names, Endpoint, EndpointKey, Name, NameKey, Peering,

@@ -81,7 +81,7 @@ impl Links {
             let link = if let Some(link) = adopted {
                 info!(
                     "{iface}: replaced the program on the pinned XDP link (no gap in forwarding)"
-               );
+                );
                 link
             } else {
                 let link = self.attach(prog, iface)?;
@@ -89,7 +89,7 @@ impl Links {
                     "{iface}: attached ({:?} mode) and pinned the link at {}",
                     self.mode,
                     pin.display()
-               );
+                );
                 link
             };
             self.held.insert(iface.clone(), link);

@@ -356,7 +356,8 @@ fn run(cli: Cli) -> Result<()> {
                     token: agent_token(token_file.as_deref())?,
                     ca: ca
                         .map(|p| {
-                            std::fs::read(&p).with_context(|| format!("reading --ca {}", p.display()))
+                            std::fs::read(&p)
+                                .with_context(|| format!("reading --ca {}", p.display()))
                         })
                         .transpose()?,
                 }),
@@ -599,7 +600,9 @@ fn run(cli: Cli) -> Result<()> {
             tls_key,
         } => {
             if !(rate_limit > 0.0) {
-                anyhow::bail!("--rate-limit must be above 0 (requests per second), not {rate_limit}");
+                anyhow::bail!(
+                    "--rate-limit must be above 0 (requests per second), not {rate_limit}"
+                );
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

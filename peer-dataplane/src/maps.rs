@@ -125,7 +125,7 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
         new_peering_slots
             .iter()
             .map(|s| Op::ResetPeeringCounters(*s)),
-   );
+    );
     ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
     ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
     // ACL sets: entries, then the meta that makes the set usable; ports and endpoints
@@ -134,22 +134,22 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
         aa_put
             .into_iter()
             .map(|(k, v)| Op::PutAclAddr(k, Box::new(v))),
-   );
+    );
     ops.extend(
         ap_put
             .into_iter()
             .map(|(k, v)| Op::PutAclPort(k, Box::new(v))),
-   );
+    );
     ops.extend(
         apr_put
             .into_iter()
             .map(|(k, v)| Op::PutAclProto(k, Box::new(v))),
-   );
+    );
     ops.extend(
         ax_put
             .into_iter()
             .map(|(k, v)| Op::PutAclExact(k, Box::new(v))),
-   );
+    );
     for (k, v) in am_put {
         ops.push(Op::ResetAclHits(v.hit_base, v.rules));
         ops.push(Op::PutAclMeta(k, Box::new(v)));
@@ -191,7 +191,9 @@ pub enum ApplyError {
     },
     /// A write failed and so did undoing: the maps hold part of the change until the next
     /// attempt (which diffs against what is really there).
-    #[error("map write {failed} of {total} failed ({cause:#}), and undoing it failed too ({undo:#})")]
+    #[error(
+        "map write {failed} of {total} failed ({cause:#}), and undoing it failed too ({undo:#})"
+    )]
     Mixed {
         failed: usize,
         total: usize,
@@ -315,21 +317,21 @@ mod tests {
                 flags: 0,
                 ..Peering::default()
             },
-       );
+        );
         current.routes.insert(
             route(1, 48),
             RouteValue {
                 kind: ROUTE_PCX,
                 target: 0,
             },
-       );
+        );
         current.routes.insert(
             route(1, 56),
             RouteValue {
                 kind: ROUTE_PCX,
                 target: 0,
             },
-       );
+        );
 
         let mut desired = current.clone();
         desired.peerings.get_mut(&0).unwrap().status = PCX_DELETED;
@@ -340,7 +342,7 @@ mod tests {
                 kind: ROUTE_PCX,
                 target: 1,
             },
-       );
+        );
         desired.peerings.insert(
             1,
             Peering {
@@ -350,7 +352,7 @@ mod tests {
                 flags: 0,
                 ..Peering::default()
             },
-       );
+        );
 
         let ops = plan(&desired, &current, &[1]);
         // Unchanged route 1/48 is not rewritten.
@@ -360,14 +362,14 @@ mod tests {
                 kind: ROUTE_PCX,
                 target: 0
             }
-       )));
+        )));
         let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
         // The new peering (and its counter reset) precede the route that names it.
         assert!(pos(&Op::ResetPeeringCounters(1)) < pos(&Op::PutPeering(1, desired.peerings[&1])));
         assert!(
             pos(&Op::PutPeering(1, desired.peerings[&1]))
                 < pos(&Op::PutRoute(route(2, 48), desired.routes[&route(2, 48)]))
-       );
+        );
         assert_eq!(ops.len(), 5);
 
         let mut state = current.clone();
@@ -376,7 +378,7 @@ mod tests {
         assert!(
             plan(&desired, &state, &[]).is_empty(),
             "a second plan is empty"
-       );
+        );
     }
 
     #[test]
@@ -389,7 +391,7 @@ mod tests {
                 kind: ROUTE_PCX,
                 target: 4,
             },
-       );
+        );
         current.ports.insert(7, Port::default());
         let ops = plan(&MapState::default(), &current, &[]);
         assert_eq!(
@@ -399,6 +401,6 @@ mod tests {
                 Op::DelRoute(route(1, 40)),
                 Op::DelPeering(4)
             ]
-       );
+        );
     }
 }

@@ -37,7 +37,8 @@ impl std::fmt::Debug for ControlPlane {
 /// TLS verified against those roots only.
 pub fn client(cp: &ControlPlane) -> anyhow::Result<ureq::Agent> {
     use anyhow::Context;
-    let mut config = ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(10)));
+    let mut config =
+        ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(10)));
     if let Some(pem) = &cp.ca {
         let certs = ureq::tls::parse_pem(pem)
             .filter_map(|item| match item {

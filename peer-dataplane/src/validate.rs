@@ -153,7 +153,7 @@ impl PeeringStatus {
         matches!(
             self,
             PeeringStatus::PendingAcceptance | PeeringStatus::Active
-       )
+        )
     }
 }
 
@@ -221,7 +221,7 @@ impl fmt::Display for ValidationErrors {
             "state document refused ({} problem{}):",
             self.0.len(),
             if self.0.len() == 1 { "" } else { "s" }
-       )?;
+        )?;
         for e in &self.0 {
             write!(f, "\n  - {e}")?;
         }
@@ -250,7 +250,7 @@ pub fn format_mac(m: &Mac) -> String {
     format!(
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
-   )
+    )
 }
 
 /// `::ffff:0:0/96`: the map encoding of IPv4 addresses; refused as an IPv6 CIDR.
@@ -289,7 +289,7 @@ impl Checker {
             Some(IpNet::V6(n)) if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) => {
                 self.err(format!(
                     "{what}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
-               ));
+                ));
                 None
             }
             other => other,
@@ -302,14 +302,14 @@ impl Checker {
             Err(_) => {
                 self.err(format!(
                     "{what}: \"{s}\" is not a CIDR (expected e.g. 10.0.0.0/16 or fd00::/48)"
-               ));
+                ));
                 None
             }
             Ok(net) if net.trunc() != net => {
                 self.err(format!(
                     "{what}: \"{s}\" has host bits set (did you mean {}?)",
                     net.trunc()
-               ));
+                ));
                 None
             }
             Ok(net) => Some(net),
@@ -324,7 +324,7 @@ impl Checker {
         vpc: &str,
         topo: &Topology,
         seen: &mut BTreeSet<String>,
-   ) -> bool {
+    ) -> bool {
         if !self.id(kind, id, seen) {
             return false;
         }
@@ -359,18 +359,18 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             doc.route_tables
                 .iter()
                 .map(|x| format!("route table:{}", x.id)),
-       )
+        )
         .chain(doc.peerings.iter().map(|x| format!("peering:{}", x.id)))
         .chain(
             doc.network_acls
                 .iter()
                 .map(|x| format!("network acl:{}", x.id)),
-       )
+        )
         .chain(
             doc.security_groups
                 .iter()
                 .map(|x| format!("security group:{}", x.id)),
-       )
+        )
         .collect();
     let mut c = Checker {
         errors: Vec::new(),
@@ -383,7 +383,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
         Some(s) => parse_mac(s).unwrap_or_else(|| {
             c.err(format!(
                 "router_mac: \"{s}\" is not a MAC address (expected xx:xx:xx:xx:xx:xx)"
-           ));
+            ));
             DEFAULT_ROUTER_MAC
         }),
     };
@@ -404,7 +404,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 Some(IpNet::V6(_)) => c.err(format!(
                     "vpc {} cidrs[{i}]: \"{s}\" is IPv6; put it in ipv6_cidr",
                     v.id
-               )),
+                )),
                 None => {}
             }
         }
@@ -430,7 +430,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 region: v.region.clone(),
                 cidrs,
             },
-       );
+        );
     }
 
     // Peerings (before route tables: routes point at them).
@@ -456,7 +456,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 "vpc",
                 &t.vpc,
                 format!("route table {}: vpc {} does not exist", t.id, t.vpc),
-           );
+            );
             continue;
         };
         let mut routes = BTreeMap::new();
@@ -472,7 +472,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                             "{what}: target local must be one of vpc {}'s CIDRs ({})",
                             vpc.id,
                             join(&vpc.cidrs)
-                       ));
+                        ));
                         continue;
                     }
                     Target::Local
@@ -484,14 +484,14 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                             "peering",
                             pcx,
                             format!("{what}: target {pcx} is not a known peering connection"),
-                       );
+                        );
                         continue;
                     };
                     let Some(peer) = peering.other_side(&vpc.id) else {
                         c.err(format!(
                             "{what}: peering {pcx} joins {} and {}, not this table's vpc {}",
                             peering.requester_vpc, peering.accepter_vpc, vpc.id
-                       ));
+                        ));
                         continue;
                     };
                     let peer_vpc = &topo.vpcs[peer];
@@ -500,7 +500,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                             "{what}: destination is outside peer vpc {} ({}) of peering {pcx}",
                             peer_vpc.id,
                             join(&peer_vpc.cidrs)
-                       ));
+                        ));
                         continue;
                     }
                     Target::Peering(pcx.to_string())
@@ -530,7 +530,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 vpc: t.vpc.clone(),
                 routes,
             },
-       );
+        );
     }
 
     // Network ACLs (before subnets: subnets name them).
@@ -566,7 +566,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 "vpc",
                 &s.vpc,
                 format!("subnet {}: vpc {} does not exist", s.id, s.vpc),
-           );
+            );
             continue;
         };
         match topo.route_tables.get(&s.route_table) {
@@ -577,15 +577,15 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                     format!(
                         "subnet {}: route table {} does not exist",
                         s.id, s.route_table
-                   ),
-               );
+                    ),
+                );
                 continue;
             }
             Some(t) if t.vpc != s.vpc => {
                 c.err(format!(
                     "subnet {}: route table {} belongs to vpc {}, not {}",
                     s.id, t.id, t.vpc, s.vpc
-               ));
+                ));
                 continue;
             }
             Some(_) => {}
@@ -596,7 +596,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 c.err(format!(
                     "subnet {} cidr: \"{}\" is IPv6; put it in ipv6_cidr",
                     s.id, s.cidr
-               ));
+                ));
                 continue;
             }
             None => continue,
@@ -607,7 +607,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 s.id,
                 vpc.id,
                 join(&vpc.cidrs)
-           ));
+            ));
             continue;
         }
         let ipv6_cidr = match &s.ipv6_cidr {
@@ -620,7 +620,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                     c.err(format!(
                         "subnet {}: {n} is not inside vpc {}'s IPv6 CIDR",
                         s.id, vpc.id
-                   ));
+                    ));
                     continue;
                 }
                 Some(IpNet::V4(_)) => {
@@ -635,7 +635,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 c.err(format!(
                     "subnet {}: {cidr} overlaps subnet {} ({})",
                     s.id, other.id, other.cidr
-               ));
+                ));
             }
         }
         if let Some(a) = &s.network_acl {
@@ -645,14 +645,14 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                         "network acl",
                         a,
                         format!("subnet {}: network acl {a} does not exist", s.id),
-                   );
+                    );
                     continue;
                 }
                 Some(acl) if acl.vpc != s.vpc => {
                     c.err(format!(
                         "subnet {}: network acl {a} belongs to vpc {}, not {}",
                         s.id, acl.vpc, s.vpc
-                   ));
+                    ));
                     continue;
                 }
                 Some(_) => {}
@@ -668,7 +668,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 route_table: s.route_table.clone(),
                 network_acl: s.network_acl.clone(),
             },
-       );
+        );
     }
 
     // Ports.
@@ -683,14 +683,14 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             c.err(format!(
                 "{what}: interface name longer than {} bytes",
                 libc::IFNAMSIZ - 1
-           ));
+            ));
         }
         let Some(subnet) = topo.subnets.get(&p.subnet) else {
             c.missing(
                 "subnet",
                 &p.subnet,
                 format!("{what}: subnet {} does not exist", p.subnet),
-           );
+            );
             continue;
         };
         let mac = parse_mac(&p.mac);
@@ -713,7 +713,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 c.err(format!(
                     "{what}: ipv4 {a} is not inside subnet {} ({})",
                     subnet.id, subnet.cidr
-               ));
+                ));
                 None
             }
             Err(_) => {
@@ -733,7 +733,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                         c.err(format!(
                             "{what}: ipv6 {a} is not inside subnet {} ({net})",
                             subnet.id
-                       ));
+                        ));
                         None
                     }
                     (Err(_), _) => {
@@ -749,7 +749,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 c.err(format!(
                     "{what}: address {a} is already used by port {other} in vpc {}",
                     subnet.vpc
-               ));
+                ));
             }
         }
         let security_groups = p.security_groups.as_ref().map(|groups| {
@@ -760,20 +760,20 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                 c.err(format!(
                     "{what}: {} security groups, at most {MAX_PORT_SECURITY_GROUPS}",
                     sorted.len()
-               ));
+                ));
             }
             for g in &sorted {
                 match topo.security_groups.get(g) {
                     Some(sg) if sg.vpc != subnet.vpc => c.err(format!(
                         "{what}: security group {g} belongs to vpc {}, not the port's vpc {}",
                         sg.vpc, subnet.vpc
-                   )),
+                    )),
                     Some(_) => {}
                     None => c.missing(
                         "security group",
                         g,
                         format!("{what}: security group {g} does not exist"),
-                   ),
+                    ),
                 }
             }
             sorted
@@ -790,7 +790,7 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
                     ipv6,
                     security_groups,
                 },
-           );
+            );
         }
     }
 
@@ -862,7 +862,7 @@ fn check_acl(c: &mut Checker, a: &crate::document::NetworkAclDoc) -> Option<Netw
                 a.id,
                 rules.len(),
                 crate::acl::MAX_RULES
-           ));
+            ));
             ok = false;
         }
     }
@@ -895,7 +895,7 @@ fn rule_protocol(s: &str, problems: &mut Vec<String>) -> Option<crate::acl::Prot
             Err(_) => {
                 problems.push(format!(
                     "protocol \"{n}\" must be all, tcp, udp, icmp, icmpv6 or a number"
-               ));
+                ));
                 None
             }
         },
@@ -1022,7 +1022,7 @@ fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<Pee
         c.err(format!(
             "{what}: requester and accepter are the same vpc {}",
             p.requester_vpc
-       ));
+        ));
         ok = false;
     }
     let status = PeeringStatus::parse(&p.status);
@@ -1070,17 +1070,17 @@ fn peering_caps(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<[Opt
         (
             "bandwidth_mbps_requester_to_accepter",
             p.bandwidth_mbps_requester_to_accepter,
-       ),
+        ),
         (
             "bandwidth_mbps_accepter_to_requester",
             p.bandwidth_mbps_accepter_to_requester,
-       ),
+        ),
     ] {
         if let Some(m) = v {
             if !(1..=MAX_BANDWIDTH_MBPS).contains(&m) {
                 c.err(format!(
                     "{what}: {field} {m} is outside 1..={MAX_BANDWIDTH_MBPS}"
-               ));
+                ));
                 ok = false;
             }
         }
@@ -1089,7 +1089,7 @@ fn peering_caps(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<[Opt
         if b < MIN_BURST_BYTES {
             c.err(format!(
                 "{what}: burst_bytes {b} is below {MIN_BURST_BYTES} (one full frame)"
-           ));
+            ));
             ok = false;
         }
     }
@@ -1136,7 +1136,7 @@ fn check_peer_cidrs(c: &mut Checker, topo: &Topology) {
                         c.err(format!(
                             "peerings {} and {} both join vpc {vpc} and vpc {peer_p}",
                             p.id, q.id
-                       ));
+                        ));
                     }
                     continue;
                 }

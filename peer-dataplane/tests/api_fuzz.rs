@@ -80,7 +80,14 @@ impl Fixture {
             .collect()
     }
 
-    async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>, json: bool) -> (u16, Vec<u8>) {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        json: bool,
+    ) -> (u16, Vec<u8>) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -95,29 +102,67 @@ impl Fixture {
         };
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 26).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 26)
+            .await
+            .unwrap();
         (status, bytes.to_vec())
     }
 
     async fn ok(&self, method: &str, path: &str, token: &str, body: Value) {
         let (status, b) = self
-            .send(method, path, Some(token), body.to_string().into_bytes(), true)
+            .send(
+                method,
+                path,
+                Some(token),
+                body.to_string().into_bytes(),
+                true,
+            )
             .await;
-        assert!(status < 300, "seeding {method} {path}: {status} {}", String::from_utf8_lossy(&b));
+        assert!(
+            status < 300,
+            "seeding {method} {path}: {status} {}",
+            String::from_utf8_lossy(&b)
+        );
     }
 
     /// VPCs, subnets, ports, a peering and routes in three accounts.
     async fn seed(&self) {
         let [a, b, c] = TOKENS.map(|(_, t)| t);
-        for (t, id, cidr) in [(a, "vpc-a", "10.0.0.0/16"), (b, "vpc-b", "172.16.0.0/16"), (c, "vpc-c", "192.168.0.0/16")] {
-            self.ok("POST", "/v1/vpcs", t, json!({"id": id, "region": "eu-west-1", "cidrs": [cidr]})).await;
+        for (t, id, cidr) in [
+            (a, "vpc-a", "10.0.0.0/16"),
+            (b, "vpc-b", "172.16.0.0/16"),
+            (c, "vpc-c", "192.168.0.0/16"),
+        ] {
+            self.ok(
+                "POST",
+                "/v1/vpcs",
+                t,
+                json!({"id": id, "region": "eu-west-1", "cidrs": [cidr]}),
+            )
+            .await;
         }
-        for (t, id, vpc, cidr) in [(a, "subnet-a2", "vpc-a", "10.0.2.0/24"), (b, "subnet-b2", "vpc-b", "172.16.2.0/24")] {
-            self.ok("POST", "/v1/subnets", t, json!({"id": id, "vpc_id": vpc, "cidr": cidr})).await;
+        for (t, id, vpc, cidr) in [
+            (a, "subnet-a2", "vpc-a", "10.0.2.0/24"),
+            (b, "subnet-b2", "vpc-b", "172.16.2.0/24"),
+        ] {
+            self.ok(
+                "POST",
+                "/v1/subnets",
+                t,
+                json!({"id": id, "vpc_id": vpc, "cidr": cidr}),
+            )
+            .await;
         }
         self.ok("POST", "/v1/ports", a, json!({"host": "host-1", "interface": "pdp-a", "subnet_id": "subnet-a2", "mac": "02:00:0a:00:02:0a", "ipv4": "10.0.2.10"})).await;
-        self.ok("POST", "/v1/vpc-peering", a, json!({"id": "pcx-ab", "requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-b"})).await;
-        self.ok("POST", "/v1/vpc-peering/pcx-ab/accept", b, json!(null)).await;
+        self.ok(
+            "POST",
+            "/v1/vpc-peering",
+            a,
+            json!({"id": "pcx-ab", "requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-b"}),
+        )
+        .await;
+        self.ok("POST", "/v1/vpc-peering/pcx-ab/accept", b, json!(null))
+            .await;
     }
 }
 
@@ -148,7 +193,9 @@ const PATHS: [&str; 24] = [
     "/v1/test/clock",
 ];
 
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "BREW"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "BREW",
+];
 
 /// Values of every JSON type, some hostile.
 fn junk(rng: &mut Rng, depth: u32) -> Value {
@@ -158,9 +205,24 @@ fn junk(rng: &mut Rng, depth: u32) -> Value {
         2 => json!(rng.next() as i64),
         3 => json!(-1),
         4 => json!(1e308),
-        5 => json!(*rng.pick(&["", "vpc-a", "10.0.0.0/8", "::/0", "pcx-ab", "active", "\u{0}", "../../etc/passwd"])),
+        5 => json!(*rng.pick(&[
+            "",
+            "vpc-a",
+            "10.0.0.0/8",
+            "::/0",
+            "pcx-ab",
+            "active",
+            "\u{0}",
+            "../../etc/passwd"
+        ])),
         6 => json!("x".repeat(rng.below(5000) as usize)),
-        7 => json!(*rng.pick(&["172.16.300.0/24", "10.0.0.0/33", "fe80::/129", "deleted", "rtb-vpc-a"])),
+        7 => json!(*rng.pick(&[
+            "172.16.300.0/24",
+            "10.0.0.0/33",
+            "fe80::/129",
+            "deleted",
+            "rtb-vpc-a"
+        ])),
         8 => Value::Array((0..rng.below(4)).map(|_| junk(rng, depth + 1)).collect()),
         _ => {
             let mut m = serde_json::Map::new();
@@ -174,10 +236,30 @@ fn junk(rng: &mut Rng, depth: u32) -> Value {
 }
 
 const FIELDS: [&str; 24] = [
-    "id", "region", "cidrs", "ipv6_cidr", "vpc_id", "cidr", "destination_cidr", "target",
-    "requester_vpc_id", "accepter_vpc_id", "accepter_account_id", "auto_accept",
-    "bandwidth_mbps", "host", "interface", "subnet_id", "mac", "ipv4", "rules", "routes",
-    "security_groups", "network_acl_id", "unknown_field", "seconds",
+    "id",
+    "region",
+    "cidrs",
+    "ipv6_cidr",
+    "vpc_id",
+    "cidr",
+    "destination_cidr",
+    "target",
+    "requester_vpc_id",
+    "accepter_vpc_id",
+    "accepter_account_id",
+    "auto_accept",
+    "bandwidth_mbps",
+    "host",
+    "interface",
+    "subnet_id",
+    "mac",
+    "ipv4",
+    "rules",
+    "routes",
+    "security_groups",
+    "network_acl_id",
+    "unknown_field",
+    "seconds",
 ];
 
 /// A body: a plausible object bent, junk JSON, broken JSON, raw bytes, or nothing.
@@ -213,8 +295,18 @@ fn body(rng: &mut Rng) -> (Vec<u8>, bool) {
             b.truncate(cut);
             (b, true)
         }
-        70..=79 => ((0..rng.below(300)).map(|_| rng.next() as u8).collect(), rng.chance(50)),
-        80..=81 => (b"{\"id\": \"".iter().chain(&vec![b'a'; 1 << 20]).copied().collect(), true),
+        70..=79 => (
+            (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+            rng.chance(50),
+        ),
+        80..=81 => (
+            b"{\"id\": \""
+                .iter()
+                .chain(&vec![b'a'; 1 << 20])
+                .copied()
+                .collect(),
+            true,
+        ),
         _ => (Vec::new(), rng.chance(50)),
     }
 }
@@ -222,7 +314,11 @@ fn body(rng: &mut Rng) -> (Vec<u8>, bool) {
 fn path(rng: &mut Rng) -> String {
     match rng.below(100) {
         0..=79 => rng.pick(&PATHS).to_string(),
-        80..=89 => format!("{}/{}", rng.pick(&PATHS), rng.pick(&["..", "%2e%2e", "%00", "x".repeat(300).as_str(), "?", "#"])),
+        80..=89 => format!(
+            "{}/{}",
+            rng.pick(&PATHS),
+            rng.pick(&["..", "%2e%2e", "%00", "x".repeat(300).as_str(), "?", "#"])
+        ),
         _ => {
             let segs: Vec<String> = (0..1 + rng.below(5))
                 .map(|_| format!("{:x}", rng.next() % 0xfffff))
@@ -234,8 +330,14 @@ fn path(rng: &mut Rng) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way() {
-    let n: u64 = std::env::var("PDP_FUZZ_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12_000);
-    let seed: u64 = std::env::var("PDP_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0xf022);
+    let n: u64 = std::env::var("PDP_FUZZ_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12_000);
+    let seed: u64 = std::env::var("PDP_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xf022);
     let dir = std::env::temp_dir().join(format!("pdp-fuzz-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -248,9 +350,14 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
     // Two bodies past the 64 MiB limit: refused whole, nothing written.
     let huge = vec![b'['; api::MAX_BODY + 1];
     let before = (f.store_bytes(), f.server.revision());
-    let (status, _) = f.send("POST", "/v1/vpcs", Some(TOKENS[0].1), huge, true).await;
+    let (status, _) = f
+        .send("POST", "/v1/vpcs", Some(TOKENS[0].1), huge, true)
+        .await;
     assert_eq!(status, 413, "a body past the limit");
-    assert!((f.store_bytes(), f.server.revision()) == before, "a refused huge body changed the store");
+    assert!(
+        (f.store_bytes(), f.server.revision()) == before,
+        "a refused huge body changed the store"
+    );
 
     for i in 0..n {
         let p = path(&mut rng);
@@ -274,7 +381,9 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
         };
         let (b, json_type) = body(&mut rng);
         let before = (f.store_bytes(), f.server.world(), f.server.revision());
-        let (status, bytes) = f.send(method, &p, token.as_deref(), b.clone(), json_type).await;
+        let (status, bytes) = f
+            .send(method, &p, token.as_deref(), b.clone(), json_type)
+            .await;
         *by_status.entry(status).or_default() += 1;
         let what = || {
             format!(
@@ -286,12 +395,20 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
         assert!(status < 500, "server error: {}", what());
         if status >= 400 {
             let after = (f.store_bytes(), f.server.world(), f.server.revision());
-            assert!(after == before, "a refused request changed the store: {}", what());
+            assert!(
+                after == before,
+                "a refused request changed the store: {}",
+                what()
+            );
             // Our errors are JSON with a known code; the HTTP layer's own (404 of an unknown
             // route, 405, 413, 415) may be plain text.
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
                 if let Some(code) = v["error"]["code"].as_str() {
-                    assert!(ERROR_CODES.contains(&code), "unknown error code {code}: {}", what());
+                    assert!(
+                        ERROR_CODES.contains(&code),
+                        "unknown error code {code}: {}",
+                        what()
+                    );
                     *codes.entry(code.to_string()).or_default() += 1;
                     if code == "inconsistent_state" && std::env::var_os("PDP_FUZZ_SHOW").is_some() {
                         eprintln!("{}", what());
@@ -303,14 +420,20 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
     eprintln!("{n} requests (seed {seed:#x}); by status: {by_status:?}");
     eprintln!("error codes: {codes:?}");
     // The mix reached deep: refusals of many kinds, and successes that changed things.
-    assert!(by_status.keys().any(|s| *s < 300), "no request succeeded: {by_status:?}");
+    assert!(
+        by_status.keys().any(|s| *s < 300),
+        "no request succeeded: {by_status:?}"
+    );
     // The final consistency gate refuses only what a more specific check missed: a bug.
     assert!(
         !codes.contains_key("inconsistent_state"),
         "requests got past the specific checks (rerun with PDP_FUZZ_SHOW=1): {codes:?}"
     );
     for code in ["unauthorized", "forbidden", "not_found", "invalid_request"] {
-        assert!(codes.contains_key(code), "no request was refused as {code}: {codes:?}");
+        assert!(
+            codes.contains_key(code),
+            "no request was refused as {code}: {codes:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,7 +60,7 @@ impl Api {
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-   ) -> (u16, Value) {
+    ) -> (u16, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -90,7 +90,7 @@ impl Api {
         token: &str,
         body: Option<Value>,
         status: u16,
-   ) -> Value {
+    ) -> Value {
         let (got, v) = self.call(method, path, Some(token), body).await;
         assert_eq!(got, status, "{method} {path}: {v}");
         v
@@ -110,7 +110,7 @@ impl Api {
                 t,
                 Some(json!({"id": id, "region": "eu-west-1", "cidrs": [cidr], "ipv6_cidr": v6})),
                 201,
-           )
+            )
             .await;
         }
         for (t, id, vpc, cidr) in [
@@ -124,7 +124,7 @@ impl Api {
                 t,
                 Some(json!({"id": id, "vpc_id": vpc, "cidr": cidr})),
                 201,
-           )
+            )
             .await;
         }
         for (t, id, ip, mac) in [
@@ -145,7 +145,7 @@ impl Api {
             B,
             Some(json!({"id": "pcx-bc", "requester_vpc_id": "vpc-b", "accepter_vpc_id": "vpc-c"})),
             201,
-       )
+        )
         .await;
         self.ok("POST", "/v1/vpc-peering/pcx-bc/accept", C, None, 200)
             .await;
@@ -167,7 +167,7 @@ impl Api {
                 t,
                 Some(json!({"destination_cidr": dest, "target": pcx})),
                 201,
-           )
+            )
             .await;
         }
     }
@@ -197,7 +197,7 @@ async fn seed_topology_through_the_api_gives_agents_a_valid_document() {
     assert_eq!(
         topo.peerings["pcx-ab"].status,
         peer_dataplane::validate::PeeringStatus::Active
-   );
+    );
     assert_eq!(v["revision"].as_u64(), Some(api.server.revision()));
     // Another host (with its own credential) has no ports but the same VPCs and
     // peerings.
@@ -210,7 +210,7 @@ async fn seed_topology_through_the_api_gives_agents_a_valid_document() {
             .map(|a| a.len())
             .unwrap_or(0),
         0
-   );
+    );
 }
 
 #[tokio::test]
@@ -224,7 +224,7 @@ async fn lifecycle_pending_accept_reject_delete_and_auto_accept() {
         A,
         Some(json!({"id": "vpc-a2", "region": "eu-west-1", "cidrs": ["10.9.0.0/16"]})),
         201,
-   )
+    )
     .await;
     let p = api.ok("POST", "/v1/vpc-peering", A, Some(json!({"requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-a2", "auto_accept": true})), 201).await;
     assert_eq!(p["status"], "active");
@@ -237,7 +237,7 @@ async fn lifecycle_pending_accept_reject_delete_and_auto_accept() {
         C,
         Some(json!({"id": "vpc-c2", "region": "eu-west-1", "cidrs": ["10.20.0.0/16"]})),
         201,
-   )
+    )
     .await;
     let p = api.ok("POST", "/v1/vpc-peering", A, Some(json!({"requester_vpc_id": "vpc-a2", "accepter_vpc_id": "vpc-c2", "accepter_account_id": "333333333333"})), 201).await;
     let id = p["id"].as_str().unwrap();
@@ -249,7 +249,7 @@ async fn lifecycle_pending_accept_reject_delete_and_auto_accept() {
             C,
             None,
             200,
-       )
+        )
         .await;
     assert_eq!(p["status"], "rejected");
 
@@ -270,7 +270,7 @@ async fn lifecycle_pending_accept_reject_delete_and_auto_accept() {
             .unwrap()
             .status,
         "deleted"
-   );
+    );
     assert!(doc
         .route_tables
         .iter()
@@ -301,7 +301,7 @@ async fn overlapping_cidrs_end_failed_with_the_overlap_named() {
         C,
         Some(json!({"id": "vpc-x", "region": "eu-west-1", "cidrs": ["10.0.128.0/17"]})),
         201,
-   )
+    )
     .await;
     let p = api
         .ok(
@@ -310,13 +310,13 @@ async fn overlapping_cidrs_end_failed_with_the_overlap_named() {
             C,
             Some(json!({"requester_vpc_id": "vpc-x", "accepter_vpc_id": "vpc-a"})),
             201,
-       )
+        )
         .await;
     assert_eq!(p["status"], "failed");
     assert_eq!(
         p["status_message"],
         "CIDR 10.0.128.0/17 of vpc vpc-x overlaps CIDR 10.0.0.0/16 of vpc vpc-a"
-   );
+    );
     // Overlap with the other peers of a VPC: vpc-y overlaps vpc-a, which B already peers.
     api.ok(
         "POST",
@@ -324,7 +324,7 @@ async fn overlapping_cidrs_end_failed_with_the_overlap_named() {
         C,
         Some(json!({"id": "vpc-y", "region": "eu-west-1", "cidrs": ["10.0.0.0/8"]})),
         201,
-   )
+    )
     .await;
     let p = api
         .ok(
@@ -333,14 +333,14 @@ async fn overlapping_cidrs_end_failed_with_the_overlap_named() {
             C,
             Some(json!({"requester_vpc_id": "vpc-y", "accepter_vpc_id": "vpc-b"})),
             201,
-       )
+        )
         .await;
     assert_eq!(p["status"], "failed");
     let msg = p["status_message"].as_str().unwrap();
     assert!(
         msg.contains("vpc vpc-b is already peered with vpc vpc-a (CIDR 10.0.0.0/16, via pcx-ab)"),
         "{msg}"
-   );
+    );
     // A failed peering cannot be accepted.
     let id = p["id"].as_str().unwrap();
     let (status, v) = api
@@ -349,12 +349,12 @@ async fn overlapping_cidrs_end_failed_with_the_overlap_named() {
             &format!("/v1/vpc-peering/{id}/accept"),
             Some(B),
             None,
-       )
+        )
         .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (409, Some("invalid_state_transition"))
-   );
+    );
 }
 
 #[tokio::test]
@@ -367,7 +367,7 @@ async fn pending_peering_expires_after_seven_days() {
         C,
         Some(json!({"id": "vpc-z", "region": "eu-west-1", "cidrs": ["10.50.0.0/16"]})),
         201,
-   )
+    )
     .await;
     let p = api
         .ok(
@@ -376,7 +376,7 @@ async fn pending_peering_expires_after_seven_days() {
             C,
             Some(json!({"requester_vpc_id": "vpc-z", "accepter_vpc_id": "vpc-a"})),
             201,
-       )
+        )
         .await;
     let id = p["id"].as_str().unwrap().to_string();
     api.server.advance_clock(7 * 24 * 3600 - 60);
@@ -384,26 +384,26 @@ async fn pending_peering_expires_after_seven_days() {
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],
         "pending-acceptance"
-   );
+    );
     api.server.advance_clock(120);
     assert_eq!(
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],
         "expired"
-   );
+    );
     let (status, v) = api
         .call(
             "POST",
             &format!("/v1/vpc-peering/{id}/accept"),
             Some(A),
             None,
-       )
+        )
         .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (409, Some("invalid_state_transition")),
         "{v}"
-   );
+    );
 }
 
 #[tokio::test]
@@ -426,7 +426,7 @@ async fn host_state_long_poll_returns_on_the_next_change() {
         (
             t.elapsed(),
             serde_json::from_slice::<Value>(&bytes).unwrap(),
-       )
+        )
     });
     // Wait (on the condition, not the clock) until the poll is parked on the revision.
     while api.server.waiting_polls() == 0 {
@@ -441,7 +441,7 @@ async fn host_state_long_poll_returns_on_the_next_change() {
         A,
         None,
         200,
-   )
+    )
     .await;
     let (waited, v) = poll.await.unwrap();
     assert_eq!(v["revision"].as_u64(), Some(rev + 1));
@@ -454,7 +454,7 @@ async fn host_state_long_poll_returns_on_the_next_change() {
             &format!("/v1/hosts/host-1/state?after={}&wait_ms=100", rev + 1),
             Some(AGENT),
             None,
-       )
+        )
         .await;
     assert_eq!(v["revision"].as_u64(), Some(rev + 1));
 }
@@ -475,7 +475,7 @@ async fn state_survives_a_restart() {
         Clock::new(),
         host_tokens(),
         RateLimit::default(),
-   )
+    )
     .unwrap();
     assert_eq!(again.world(), world);
     assert_eq!(again.revision(), rev);
@@ -527,7 +527,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         A,
         Some(json!({"id": "vpc-a2", "region": "eu-west-1", "cidrs": ["10.9.0.0/16"]})),
         201,
-   )
+    )
     .await;
     api.ok(
         "POST",
@@ -535,7 +535,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         A,
         Some(json!({"id": "pcx-rej", "requester_vpc_id": "vpc-a2", "accepter_vpc_id": "vpc-c"})),
         201,
-   )
+    )
     .await;
     api.ok("POST", "/v1/vpc-peering/pcx-rej/reject", C, None, 200)
         .await;
@@ -545,7 +545,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         A,
         Some(json!({"id": "pcx-pend", "requester_vpc_id": "vpc-a2", "accepter_vpc_id": "vpc-b"})),
         201,
-   )
+    )
     .await;
     api.ok(
         "POST",
@@ -553,7 +553,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         A,
         Some(json!({"id": "sg-web", "vpc_id": "vpc-a", "rules": []})),
         201,
-   )
+    )
     .await;
     let vpc = |id: &str, cidrs: Value| json!({"id": id, "region": "eu-west-1", "cidrs": cidrs});
     let route = |d: &str, t: &str| json!({"destination_cidr": d, "target": t});
@@ -572,7 +572,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!(["10.60.0.0/16"]))),
             401,
             "unauthorized",
-       ),
+        ),
         row(
             "unknown bearer token",
             "GET",
@@ -581,7 +581,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             401,
             "unauthorized",
-       ),
+        ),
         row(
             "another account's vpc",
             "GET",
@@ -590,7 +590,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "delete another account's vpc",
             "DELETE",
@@ -599,7 +599,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "host state without the agent token",
             "GET",
@@ -608,7 +608,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             401,
             "unauthorized",
-       ),
+        ),
         row(
             "host state of another host",
             "GET",
@@ -617,7 +617,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         // request bodies
         row(
             "unknown field",
@@ -627,7 +627,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"region": "r", "cidrs": ["10.61.0.0/16"], "colour": "red"})),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "malformed json",
             "POST",
@@ -636,7 +636,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!("not an object")),
             400,
             "invalid_request",
-       ),
+        ),
         // VPCs
         row(
             "bad cidr string",
@@ -646,7 +646,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!(["10.0.0.0/33"]))),
             400,
             "invalid_cidr",
-       ),
+        ),
         row(
             "cidr with host bits",
             "POST",
@@ -655,7 +655,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!(["10.62.0.1/16"]))),
             400,
             "invalid_cidr",
-       ),
+        ),
         row(
             "ipv6 cidr in cidrs",
             "POST",
@@ -664,7 +664,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!(["fd00:9::/48"]))),
             400,
             "invalid_cidr",
-       ),
+        ),
         row(
             "no ipv4 cidr",
             "POST",
@@ -673,7 +673,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!([]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "own cidrs overlap",
             "POST",
@@ -682,7 +682,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-n", json!(["10.63.0.0/16", "10.63.1.0/24"]))),
             409,
             "cidr_overlap",
-       ),
+        ),
         row(
             "vpc id taken",
             "POST",
@@ -691,7 +691,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("vpc-a", json!(["10.64.0.0/16"]))),
             409,
             "already_exists",
-       ),
+        ),
         row(
             "malformed vpc id",
             "POST",
@@ -700,7 +700,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(vpc("my vpc", json!(["10.65.0.0/16"]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "bad region",
             "POST",
@@ -709,7 +709,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"region": "", "cidrs": ["10.66.0.0/16"]})),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "delete vpc with dependents",
             "DELETE",
@@ -718,7 +718,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             409,
             "dependency_violation",
-       ),
+        ),
         row(
             "get unknown vpc",
             "GET",
@@ -727,7 +727,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             404,
             "not_found",
-       ),
+        ),
         // subnets
         row(
             "subnet outside its vpc",
@@ -737,7 +737,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-a", "cidr": "172.31.0.0/24"})),
             400,
             "invalid_cidr",
-       ),
+        ),
         row(
             "subnets overlap",
             "POST",
@@ -746,7 +746,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-a", "cidr": "10.0.2.128/25"})),
             409,
             "cidr_overlap",
-       ),
+        ),
         row(
             "subnet in another account's vpc",
             "POST",
@@ -755,7 +755,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-b", "cidr": "172.16.9.0/24"})),
             403,
             "forbidden",
-       ),
+        ),
         row(
             "subnet in unknown vpc",
             "POST",
@@ -764,7 +764,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-nope", "cidr": "10.0.9.0/24"})),
             404,
             "not_found",
-       ),
+        ),
         row(
             "subnet with another vpc's route table",
             "POST",
@@ -773,7 +773,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-a2", "cidr": "10.9.1.0/24", "route_table_id": rtb_a})),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "delete subnet with ports",
             "DELETE",
@@ -782,7 +782,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             409,
             "dependency_violation",
-       ),
+        ),
         // routes (docs/datapath.md §3.5)
         row(
             "route to unknown peering",
@@ -792,7 +792,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("172.16.5.0/24", "pcx-nope")),
             400,
             "invalid_target",
-       ),
+        ),
         row(
             "explicit local route",
             "POST",
@@ -801,7 +801,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("10.0.0.0/16", "local")),
             400,
             "invalid_target",
-       ),
+        ),
         row(
             "route for the vpc's own cidr",
             "POST",
@@ -810,7 +810,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("10.0.0.0/16", "blackhole")),
             400,
             "invalid_target",
-       ),
+        ),
         row(
             "destination outside the peer vpc",
             "POST",
@@ -819,7 +819,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("192.168.0.0/16", "pcx-ab")),
             400,
             "destination_outside_peer",
-       ),
+        ),
         row(
             "peering that does not join the table's vpc",
             "POST",
@@ -828,7 +828,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("192.168.0.0/16", "pcx-bc")),
             400,
             "invalid_target",
-       ),
+        ),
         row(
             "route to a rejected peering",
             "POST",
@@ -837,7 +837,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("192.168.0.0/16", "pcx-rej")),
             400,
             "invalid_target",
-       ),
+        ),
         row(
             "duplicate route",
             "POST",
@@ -846,7 +846,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("172.16.0.0/16", "pcx-ab")),
             409,
             "already_exists",
-       ),
+        ),
         row(
             "route in another account's table",
             "POST",
@@ -855,7 +855,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("10.0.0.0/24", "pcx-ab")),
             403,
             "forbidden",
-       ),
+        ),
         row(
             "route with a bad cidr",
             "POST",
@@ -864,7 +864,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(route("172.16.300.0/24", "pcx-ab")),
             400,
             "invalid_cidr",
-       ),
+        ),
         row(
             "delete a route that is not there",
             "DELETE",
@@ -873,7 +873,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             404,
             "not_found",
-       ),
+        ),
         row(
             "route table of unknown vpc",
             "POST",
@@ -882,7 +882,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"vpc_id": "vpc-nope"})),
             404,
             "not_found",
-       ),
+        ),
         row(
             "delete a main route table",
             "DELETE",
@@ -891,7 +891,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             409,
             "dependency_violation",
-       ),
+        ),
         row(
             "bulk routes listing a destination twice",
             "PUT",
@@ -899,10 +899,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"routes": [route("172.16.1.0/24", "pcx-ab"), route("172.16.1.0/24", "blackhole")]}),
-           ),
+            ),
             409,
             "already_exists",
-       ),
+        ),
         row(
             "bulk routes with one outside the peer",
             "PUT",
@@ -910,10 +910,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"routes": [route("172.16.1.0/24", "pcx-ab"), route("192.168.0.0/16", "pcx-ab")]}),
-           ),
+            ),
             400,
             "destination_outside_peer",
-       ),
+        ),
         // peerings (docs/datapath.md §2, §3.4, §5)
         row(
             "peering from another account's vpc",
@@ -923,7 +923,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(pcx("vpc-b", "vpc-c")),
             403,
             "forbidden",
-       ),
+        ),
         row(
             "peering to unknown vpc",
             "POST",
@@ -932,7 +932,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(pcx("vpc-a", "vpc-nope")),
             404,
             "not_found",
-       ),
+        ),
         row(
             "peering a vpc with itself",
             "POST",
@@ -941,7 +941,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(pcx("vpc-a", "vpc-a")),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "wrong accepter account",
             "POST",
@@ -949,10 +949,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-c", "accepter_account_id": "999"}),
-           ),
+            ),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "wrong accepter region",
             "POST",
@@ -960,10 +960,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-c", "accepter_region": "us-east-2"}),
-           ),
+            ),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "auto_accept across accounts",
             "POST",
@@ -971,10 +971,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-c", "auto_accept": true}),
-           ),
+            ),
             400,
             "auto_accept_cross_account",
-       ),
+        ),
         row(
             "second live peering of the same pair",
             "POST",
@@ -983,7 +983,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(pcx("vpc-a", "vpc-b")),
             409,
             "duplicate_peering",
-       ),
+        ),
         row(
             "accept by the requester",
             "POST",
@@ -992,7 +992,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "accept by a third account",
             "POST",
@@ -1001,7 +1001,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "accept an active peering",
             "POST",
@@ -1010,7 +1010,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             409,
             "invalid_state_transition",
-       ),
+        ),
         row(
             "accept a rejected peering",
             "POST",
@@ -1019,7 +1019,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             409,
             "invalid_state_transition",
-       ),
+        ),
         row(
             "reject by the requester",
             "POST",
@@ -1028,7 +1028,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "delete by a third account",
             "DELETE",
@@ -1037,7 +1037,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             403,
             "forbidden",
-       ),
+        ),
         row(
             "get unknown peering",
             "GET",
@@ -1046,7 +1046,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             None,
             404,
             "not_found",
-       ),
+        ),
         row(
             "zero bandwidth",
             "PATCH",
@@ -1055,7 +1055,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(json!({"bandwidth_mbps": 0})),
             400,
             "invalid_request",
-       ),
+        ),
         // ports
         row(
             "port address outside its subnet",
@@ -1065,7 +1065,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(port("pdp-x", "10.0.3.10", "02:00:00:00:00:99")),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "port address in use in the vpc",
             "POST",
@@ -1074,7 +1074,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(port("pdp-x", "10.0.2.10", "02:00:00:00:00:99")),
             409,
             "address_in_use",
-       ),
+        ),
         row(
             "interface taken on the host",
             "POST",
@@ -1083,7 +1083,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(port("pdp-a", "10.0.2.11", "02:00:00:00:00:99")),
             409,
             "already_exists",
-       ),
+        ),
         row(
             "port with a bad mac",
             "POST",
@@ -1092,7 +1092,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(port("pdp-x", "10.0.2.11", "02:00:00:00:zz:99")),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "port with no address",
             "POST",
@@ -1100,10 +1100,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"host": "h", "interface": "x", "subnet_id": "subnet-a2", "mac": "02:00:00:00:00:01"}),
-           ),
+            ),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "port with an unknown security group",
             "POST",
@@ -1111,10 +1111,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"host": "h", "interface": "x", "subnet_id": "subnet-a2", "mac": "02:00:00:00:00:01", "ipv4": "10.0.2.12", "security_groups": ["sg-nope"]}),
-           ),
+            ),
             404,
             "not_found",
-       ),
+        ),
         // network ACLs and security groups
         row(
             "acl rule number 0",
@@ -1124,7 +1124,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(acl(json!([acl_rule(0, "tcp", None, None)]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "acl rule number twice",
             "POST",
@@ -1136,7 +1136,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             ]))),
             409,
             "already_exists",
-       ),
+        ),
         row(
             "acl unknown protocol",
             "POST",
@@ -1145,7 +1145,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(acl(json!([acl_rule(10, "sctpx", None, None)]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "acl ports on icmp",
             "POST",
@@ -1154,7 +1154,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(acl(json!([acl_rule(10, "icmp", Some(1), Some(2))]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "acl port range reversed",
             "POST",
@@ -1163,7 +1163,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(acl(json!([acl_rule(10, "tcp", Some(90), Some(80))]))),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "sg rule with cidr and peer group",
             "POST",
@@ -1171,10 +1171,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"vpc_id": "vpc-a", "rules": [{"direction": "ingress", "protocol": "tcp", "port_from": 22, "port_to": 22, "cidr": "10.0.0.0/8", "peer_security_group": "sg-web"}]}),
-           ),
+            ),
             400,
             "invalid_request",
-       ),
+        ),
         row(
             "sg rule with unknown peer group",
             "POST",
@@ -1182,10 +1182,10 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             Some(A),
             Some(
                 json!({"vpc_id": "vpc-a", "rules": [{"direction": "ingress", "protocol": "tcp", "port_from": 22, "port_to": 22, "peer_security_group": "sg-nope"}]}),
-           ),
+            ),
             404,
             "not_found",
-       ),
+        ),
     ];
     let rtb_a2 = api.rtb(A, "vpc-a2").await;
     let mut codes_seen = std::collections::BTreeSet::new();
@@ -1200,7 +1200,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             failures.push(format!(
                 "{}: got {status} {code} ({v}), expected {} {}",
                 r.rule, r.status, r.code
-           ));
+            ));
         }
         if api.server.revision() != before_rev || api.server.world() != before {
             failures.push(format!("{}: the refused request changed the state", r.rule));
@@ -1213,7 +1213,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         failures.len(),
         rows.len(),
         failures.join("\n")
-   );
+    );
     // Every code but the final consistency gate's (reachable only through a bug in a
     // more specific check) is exercised by some row.
     // (`rate_limited` and `payload_too_large` have tests of their own: the rate limit
@@ -1225,7 +1225,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
         assert!(
             codes_seen.contains(code),
             "no row exercises error code {code}"
-       );
+        );
     }
 }
 
@@ -1240,7 +1240,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
         C,
         Some(json!({"id": "vpc-p", "region": "eu-west-1", "cidrs": ["10.70.0.0/16"]})),
         201,
-   )
+    )
     .await;
     api.ok(
         "POST",
@@ -1248,7 +1248,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
         C,
         Some(json!({"id": "vpc-q", "region": "eu-west-1", "cidrs": ["10.70.128.0/17"]})),
         201,
-   )
+    )
     .await;
     api.ok(
         "POST",
@@ -1256,7 +1256,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
         C,
         Some(json!({"id": "pcx-p", "requester_vpc_id": "vpc-p", "accepter_vpc_id": "vpc-b"})),
         201,
-   )
+    )
     .await;
     let q = api
         .ok(
@@ -1265,7 +1265,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
             C,
             Some(json!({"id": "pcx-q", "requester_vpc_id": "vpc-q", "accepter_vpc_id": "vpc-b"})),
             201,
-       )
+        )
         .await;
     assert_eq!(q["status"], "failed", "{q}");
     assert!(
@@ -1274,7 +1274,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
             .unwrap()
             .contains("already peered with vpc vpc-p"),
         "{q}"
-   );
+    );
     api.ok("POST", "/v1/vpc-peering/pcx-p/accept", B, None, 200)
         .await;
     let before = (api.server.revision(), api.server.world());
@@ -1285,7 +1285,7 @@ async fn a_request_overlapping_a_pending_one_fails_and_cannot_be_accepted() {
         (status, v["error"]["code"].as_str()),
         (409, Some("invalid_state_transition")),
         "{v}"
-   );
+    );
     assert_eq!((api.server.revision(), api.server.world()), before);
 }
 
@@ -1305,7 +1305,7 @@ async fn bulk_route_replacement_swaps_a_whole_table_in_one_revision() {
             A,
             Some(json!({"routes": routes})),
             200,
-       )
+        )
         .await;
     assert_eq!(v["routes"], 1000);
     assert_eq!(api.server.revision(), rev + 1, "one change, one revision");
@@ -1316,7 +1316,7 @@ async fn bulk_route_replacement_swaps_a_whole_table_in_one_revision() {
     assert!(
         t["routes"].get("172.16.0.0/16").is_none(),
         "the old route was replaced"
-   );
+    );
 }
 
 #[tokio::test]
@@ -1329,7 +1329,7 @@ async fn bandwidth_and_security_groups_reach_the_agents_document() {
         A,
         Some(json!({"bandwidth_mbps": 250})),
         200,
-   )
+    )
     .await;
     api.ok(
         "POST",
@@ -1365,7 +1365,7 @@ async fn an_account_over_its_rate_gets_429_and_changes_nothing() {
             per_second: 0.001,
             burst: 3.0,
         },
-   );
+    );
     for i in 0..3 {
         let (status, v) = api.call("GET", "/v1/vpcs", Some(A), None).await;
         assert_eq!(status, 200, "request {i}: {v}");
@@ -1378,15 +1378,19 @@ async fn an_account_over_its_rate_gets_429_and_changes_nothing() {
         .header("content-type", "application/json")
         .body(Body::from(
             json!({"id": "vpc-x", "region": "eu-west-1", "cidrs": ["10.9.0.0/16"]}).to_string(),
-       ))
+        ))
         .unwrap();
     let resp = api.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 429);
     assert_eq!(
-        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("1")
-   );
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    );
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
     assert_eq!((api.server.world(), api.server.revision()), before);
@@ -1397,5 +1401,5 @@ async fn an_account_over_its_rate_gets_429_and_changes_nothing() {
             .await
             .0,
         200
-   );
+    );
 }

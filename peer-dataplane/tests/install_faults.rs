@@ -5,7 +5,6 @@
 //! previous state must be fully in force afterwards, and with no failure the new one.
 
 use peer_dataplane::agent::plan_install;
-use peer_dataplane::desired::IfindexResolver;
 use peer_dataplane::document::{
     AclRuleDoc, Document, NetworkAclDoc, PeeringDoc, RouteDoc, SecurityGroupDoc, SgRuleDoc,
 };
@@ -13,19 +12,8 @@ use peer_dataplane::ids::Ids;
 use peer_dataplane::maps::{apply, apply_all_or_nothing, ApplyError, FailingMaps, MapState};
 use peer_dataplane::validate::validate;
 
-const SEED: &str = include_str!("../../examples/seed.toml");
-
-struct FakeIfindex;
-impl IfindexResolver for FakeIfindex {
-    fn ifindex(&self, name: &str) -> Option<u32> {
-        match name {
-            "pdp-a" => Some(11),
-            "pdp-b" => Some(12),
-            "pdp-c" => Some(13),
-            _ => None,
-        }
-    }
-}
+mod common;
+use common::FakeIfindex;
 
 fn acl(id: &str, vpc: &str, rules: &[(u32, &str, &str)]) -> NetworkAclDoc {
     NetworkAclDoc {
@@ -48,9 +36,17 @@ fn acl(id: &str, vpc: &str, rules: &[(u32, &str, &str)]) -> NetworkAclDoc {
 
 /// The seed with a network ACL on A's subnet and a security group on B.
 fn before() -> Document {
-    let mut d = Document::from_toml(SEED).unwrap();
-    d.network_acls.push(acl("acl-a", "vpc-a", &[(100, "egress", "allow"), (100, "ingress", "allow")]));
-    d.subnets.iter_mut().find(|s| s.id == "subnet-a2").unwrap().network_acl = Some("acl-a".into());
+    let mut d = common::seed();
+    d.network_acls.push(acl(
+        "acl-a",
+        "vpc-a",
+        &[(100, "egress", "allow"), (100, "ingress", "allow")],
+    ));
+    d.subnets
+        .iter_mut()
+        .find(|s| s.id == "subnet-a2")
+        .unwrap()
+        .network_acl = Some("acl-a".into());
     d.security_groups.push(SecurityGroupDoc {
         id: "sg-b".into(),
         vpc: "vpc-b".into(),
@@ -63,7 +59,11 @@ fn before() -> Document {
             peer_security_group: None,
         }],
     });
-    d.ports.iter_mut().find(|p| p.interface == "pdp-b").unwrap().security_groups = Some(vec!["sg-b".into()]);
+    d.ports
+        .iter_mut()
+        .find(|p| p.interface == "pdp-b")
+        .unwrap()
+        .security_groups = Some(vec!["sg-b".into()]);
     d
 }
 
@@ -73,9 +73,23 @@ fn after() -> Document {
     let mut d = before();
     let rtb_b = d.route_tables.iter_mut().find(|t| t.id == "rtb-b").unwrap();
     rtb_b.routes.retain(|r| r.destination != "fd00:c::/48");
-    rtb_b.routes.push(RouteDoc { destination: "10.0.2.0/24".into(), target: "blackhole".into() });
-    rtb_b.routes.push(RouteDoc { destination: "192.168.2.0/24".into(), target: "pcx-bc".into() });
-    d.network_acls[0] = acl("acl-a", "vpc-a", &[(50, "egress", "deny"), (100, "egress", "allow"), (100, "ingress", "allow")]);
+    rtb_b.routes.push(RouteDoc {
+        destination: "10.0.2.0/24".into(),
+        target: "blackhole".into(),
+    });
+    rtb_b.routes.push(RouteDoc {
+        destination: "192.168.2.0/24".into(),
+        target: "pcx-bc".into(),
+    });
+    d.network_acls[0] = acl(
+        "acl-a",
+        "vpc-a",
+        &[
+            (50, "egress", "deny"),
+            (100, "egress", "allow"),
+            (100, "ingress", "allow"),
+        ],
+    );
     d.peerings.push(PeeringDoc {
         id: "pcx-ac".into(),
         requester_vpc: "vpc-a".into(),
@@ -85,10 +99,15 @@ fn after() -> Document {
         ..PeeringDoc::default()
     });
     for (t, dest) in [("rtb-a", "192.168.0.0/16"), ("rtb-c", "10.0.0.0/16")] {
-        d.route_tables.iter_mut().find(|x| x.id == t).unwrap().routes.push(RouteDoc {
-            destination: dest.into(),
-            target: "pcx-ac".into(),
-        });
+        d.route_tables
+            .iter_mut()
+            .find(|x| x.id == t)
+            .unwrap()
+            .routes
+            .push(RouteDoc {
+                destination: dest.into(),
+                target: "pcx-ac".into(),
+            });
     }
     d.ports.retain(|p| p.interface != "pdp-c");
     d.security_groups[0].rules[0].port_to = Some(7100);
@@ -99,7 +118,8 @@ fn after() -> Document {
 fn an_install_failing_at_any_write_leaves_the_previous_state_in_force() {
     // The installed "before" state.
     let t0 = validate(&before()).unwrap();
-    let (s0, ids0, ops0) = plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+    let (s0, ids0, ops0) =
+        plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
     let mut installed = MapState::default();
     apply(&ops0, &mut installed).unwrap();
     assert_eq!(installed, s0);
@@ -110,13 +130,20 @@ fn an_install_failing_at_any_write_leaves_the_previous_state_in_force() {
     assert_ne!(s0, s1);
 
     // No failure: the new state.
-    let mut fine = FailingMaps { state: s0.clone(), ..Default::default() };
+    let mut fine = FailingMaps {
+        state: s0.clone(),
+        ..Default::default()
+    };
     apply_all_or_nothing(&ops, &mut fine, &s0).unwrap();
     assert_eq!(fine.state, s1);
 
     // The Nth write fails, for every N: the previous state, whole.
     for n in 1..=ops.len() {
-        let mut maps = FailingMaps { state: s0.clone(), fail_at: n, writes: 0 };
+        let mut maps = FailingMaps {
+            state: s0.clone(),
+            fail_at: n,
+            writes: 0,
+        };
         match apply_all_or_nothing(&ops, &mut maps, &s0) {
             Err(ApplyError::RolledBack { failed, undone, .. }) => {
                 assert_eq!((failed, undone), (n, n - 1));
@@ -135,10 +162,17 @@ fn an_install_failing_at_any_write_leaves_the_previous_state_in_force() {
 #[test]
 fn the_error_says_which_write_failed_and_that_it_was_undone() {
     let t0 = validate(&before()).unwrap();
-    let (s0, ids0, _) = plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+    let (s0, ids0, _) =
+        plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
     let (_, _, ops) = plan_install(&validate(&after()).unwrap(), &ids0, &s0, &FakeIfindex).unwrap();
-    let mut maps = FailingMaps { state: s0.clone(), fail_at: 7, writes: 0 };
-    let e = apply_all_or_nothing(&ops, &mut maps, &s0).unwrap_err().to_string();
+    let mut maps = FailingMaps {
+        state: s0.clone(),
+        fail_at: 7,
+        writes: 0,
+    };
+    let e = apply_all_or_nothing(&ops, &mut maps, &s0)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains(&format!("map write 7 of {} failed", ops.len()))
             && e.contains("injected failure of write 7")

@@ -1,30 +1,17 @@
 //! Host-only tests of the state document path: parse -> validate -> compile -> plan.
 //! Every refusal must name the problem, and a refused document must change nothing.
 
-use peer_dataplane::desired::{compile, IfindexResolver};
+use peer_dataplane::desired::compile;
 use peer_dataplane::document::Document;
 use peer_dataplane::ids::Ids;
 use peer_dataplane::maps::{apply, plan, MapState};
 use peer_dataplane::validate::validate;
 use peer_dataplane_common::{NAME_PEERING, PCX_ACTIVE, PCX_DELETED, ROUTE_PCX, ROUTE_VPC_CIDR};
 
-const SEED: &str = include_str!("../../examples/seed.toml");
+mod common;
+use common::{FakeIfindex, SEED};
 
-struct FakeIfindex;
-impl IfindexResolver for FakeIfindex {
-    fn ifindex(&self, name: &str) -> Option<u32> {
-        match name {
-            "pdp-a" => Some(11),
-            "pdp-b" => Some(12),
-            "pdp-c" => Some(13),
-            _ => None,
-        }
-    }
-}
-
-fn seed() -> Document {
-    Document::from_toml(SEED).unwrap()
-}
+use common::seed;
 
 fn refused(doc: &Document) -> String {
     validate(doc)
@@ -53,7 +40,7 @@ fn seed_topology_validates_and_compiles() {
             .filter(|r| r.kind == ROUTE_VPC_CIDR)
             .count(),
         6
-   );
+    );
     assert_eq!(
         state
             .routes
@@ -61,7 +48,7 @@ fn seed_topology_validates_and_compiles() {
             .filter(|r| r.kind == ROUTE_PCX)
             .count(),
         8
-   );
+    );
     let ab = ids.get(NAME_PEERING, "pcx-ab").unwrap();
     assert_eq!(state.peerings[&ab].status, PCX_ACTIVE);
 }
@@ -95,7 +82,7 @@ fn overlapping_peer_cidrs_are_refused_naming_both() {
     assert!(
         msg.contains("pcx-ab") && msg.contains("10.0.0.0/16") && msg.contains("10.0.128.0/17"),
         "{msg}"
-   );
+    );
     assert!(msg.contains("overlap"), "{msg}");
 }
 
@@ -123,7 +110,7 @@ fn overlapping_cidrs_among_one_vpcs_peers_are_refused() {
     assert!(
         msg.contains("vpc vpc-b: its peers vpc-a") && msg.contains("vpc-c"),
         "{msg}"
-   );
+    );
 }
 
 #[test]
@@ -134,9 +121,9 @@ fn route_to_unknown_peering_is_refused() {
     assert!(
         msg.contains(
             "route table rtb-a route 172.16.0.0/16: target pcx-nope is not a known peering"
-       ),
+        ),
         "{msg}"
-   );
+    );
 }
 
 #[test]
@@ -153,7 +140,7 @@ fn destination_outside_peer_vpc_is_refused() {
     assert!(
         msg.contains("192.168.0.0/16: destination is outside peer vpc vpc-b (172.16.0.0/16"),
         "{msg}"
-   );
+    );
 }
 
 #[test]
@@ -164,7 +151,7 @@ fn bad_cidr_strings_are_refused() {
     assert!(
         msg.contains("vpc vpc-a cidrs[0]: \"10.0.0.0/33\" is not a CIDR"),
         "{msg}"
-   );
+    );
 
     let mut doc = seed();
     doc.subnets[0].cidr = "10.0.2.7/24".into();
@@ -172,7 +159,7 @@ fn bad_cidr_strings_are_refused() {
     assert!(
         msg.contains("has host bits set (did you mean 10.0.2.0/24?)"),
         "{msg}"
-   );
+    );
 
     let mut doc = seed();
     doc.vpcs[0].ipv6_cidr = Some("::ffff:10.0.0.0/112".into());
@@ -187,7 +174,7 @@ fn route_naming_a_peering_of_other_vpcs_is_refused() {
     assert!(
         msg.contains("peering pcx-bc joins vpc-b and vpc-c, not this table's vpc vpc-a"),
         "{msg}"
-   );
+    );
 }
 
 #[test]
@@ -200,11 +187,11 @@ fn dangling_references_and_bad_fields_are_each_named() {
     assert!(
         msg.contains("subnet subnet-a2: route table rtb-missing does not exist"),
         "{msg}"
-   );
+    );
     assert!(
         msg.contains("port pdp-b: mac \"02:00:zz:00:00:01\""),
         "{msg}"
-   );
+    );
     assert!(msg.contains("peering pcx-bc: status \"accepted\""), "{msg}");
 }
 
@@ -223,7 +210,7 @@ fn port_address_outside_subnet_is_refused() {
     assert!(
         msg.contains("port pdp-a: ipv4 10.0.3.10 is not inside subnet subnet-a2 (10.0.2.0/24)"),
         "{msg}"
-   );
+    );
 }
 
 #[test]
@@ -335,7 +322,7 @@ mod generations {
             new_key,
             old_key ^ 1,
             "the table moves to its other generation"
-       );
+        );
         let new = table(&desired, new_key);
         assert_ne!(old, new);
 
@@ -346,20 +333,20 @@ mod generations {
             assert!(
                 seen == old || seen == new,
                 "after write {i} ({op:?}) port A sees a mixed table"
-           );
+            );
             // The receiver side (endpoint of A, for return routes) likewise.
             let ep = s.endpoints.values().find(|e| e.ifindex == port_a).unwrap();
             let seen = table(&s, ep.route_table);
             assert!(
                 seen == old || seen == new,
                 "after write {i} ({op:?}) the endpoint sees a mixed table"
-           );
+            );
         }
         assert_eq!(s, desired);
         assert!(
             table(&s, old_key).is_empty(),
             "the old generation is cleared"
-       );
+        );
     }
 
     fn with_acl(doc: &mut peer_dataplane::document::Document, deny_port: u16) {
@@ -391,7 +378,7 @@ mod generations {
         usize,
         Vec<((u32, [u8; 2]), peer_dataplane_common::acl::AclBits)>,
         Vec<([u8; 16], peer_dataplane_common::acl::AclBits)>,
-   );
+    );
 
     fn egress_view(s: &MapState, port: u32) -> Option<SetView> {
         let set = s.ports[&port].acl;
@@ -437,7 +424,7 @@ mod generations {
         assert_ne!(
             installed.ports[&port_a].acl, desired.ports[&port_a].acl,
             "the ACL moves to its other generation"
-       );
+        );
         let mut s = installed.clone();
         for (i, op) in ops.iter().enumerate() {
             s.write(op).unwrap();
@@ -445,7 +432,7 @@ mod generations {
             assert!(
                 seen == Some(old.clone()) || seen == Some(new.clone()),
                 "after write {i} ({op:?}) port A's set is partial"
-           );
+            );
         }
         assert_eq!(s, desired);
     }
@@ -548,7 +535,7 @@ mod security_groups_and_caps {
         assert!(
             e.contains("peer_security_group sg-a is in vpc vpc-a, which is not peered with vpc-c"),
             "{e}"
-       );
+        );
         let mut doc = seed();
         with_groups(&mut doc);
         doc.vpcs[1].region = "us-east-1".into();
@@ -556,7 +543,7 @@ mod security_groups_and_caps {
         assert!(
             e.contains("peer_security_group sg-a is in region eu-west-1, not us-east-1"),
             "{e}"
-       );
+        );
     }
 
     #[test]
@@ -595,11 +582,11 @@ mod security_groups_and_caps {
         assert!(
             e.contains("peering pcx-ab: bandwidth_mbps 0 is outside 1..=400000"),
             "{e}"
-       );
+        );
         assert!(
             e.contains("peering pcx-ab: burst_bytes 100 is below 1518"),
             "{e}"
-       );
+        );
     }
 
     #[test]

@@ -102,9 +102,15 @@ impl ControlPlane {
             .arg("--account-tokens")
             .arg(self.secrets("account-tokens", &ACCOUNTS)?)
             .arg("--host-tokens")
-            .arg(self.secrets("host-tokens", &[("host-1", AGENT_TOKEN), ("host-2", HOST_2_TOKEN)])?);
+            .arg(self.secrets(
+                "host-tokens",
+                &[("host-1", AGENT_TOKEN), ("host-2", HOST_2_TOKEN)],
+            )?);
         if let Some(t) = &self.tls {
-            c.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+            c.arg("--tls-cert")
+                .arg(&t.cert)
+                .arg("--tls-key")
+                .arg(&t.key);
         }
         self.child = Some(
             c.stdout(Stdio::null())
@@ -364,22 +370,71 @@ pub struct Tls {
 
 pub fn make_tls(dir: &Path) -> Result<Tls> {
     let p = |n: &str| dir.join(n);
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let openssl = |args: &[&str]| -> Result<()> {
         crate::netns::sh(Command::new("openssl").args(args).stdin(Stdio::null()))
             .map(|_| ())
             .context("openssl (cargo xtask setup installs it)")
     };
     let s = |p: PathBuf| p.display().to_string();
-    openssl(&[&["req", "-x509"][..], &ec[..], &["-keyout", &s(p("ca.key")), "-out", &s(p("ca.pem")), "-days", "2", "-subj", "/CN=pdp-test-ca"][..]].concat())?;
-    openssl(&[&["req"][..], &ec[..], &["-keyout", &s(p("cp.key")), "-out", &s(p("cp.csr")), "-subj", "/CN=127.0.0.1"][..]].concat())?;
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &s(p("ca.key")),
+                "-out",
+                &s(p("ca.pem")),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pdp-test-ca",
+            ][..],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &s(p("cp.key")),
+                "-out",
+                &s(p("cp.csr")),
+                "-subj",
+                "/CN=127.0.0.1",
+            ][..],
+        ]
+        .concat(),
+    )?;
     std::fs::write(
         p("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     )?;
     openssl(&[
-        "x509", "-req", "-in", &s(p("cp.csr")), "-CA", &s(p("ca.pem")), "-CAkey", &s(p("ca.key")),
-        "-CAcreateserial", "-out", &s(p("cp.pem")), "-days", "2", "-extfile", &s(p("ext.cnf")),
+        "x509",
+        "-req",
+        "-in",
+        &s(p("cp.csr")),
+        "-CA",
+        &s(p("ca.pem")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-out",
+        &s(p("cp.pem")),
+        "-days",
+        "2",
+        "-extfile",
+        &s(p("ext.cnf")),
     ])?;
     Ok(Tls {
         cert: p("cp.pem"),

@@ -109,7 +109,8 @@ pub fn reap_stale() {
     }
     for pin in names("/sys/fs/bpf") {
         if dead(&pin) {
-            let _ = peer_dataplane::kernel::remove_pins(&std::path::Path::new("/sys/fs/bpf").join(pin));
+            let _ =
+                peer_dataplane::kernel::remove_pins(&std::path::Path::new("/sys/fs/bpf").join(pin));
         }
     }
 }

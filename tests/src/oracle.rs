@@ -131,7 +131,11 @@ fn ports(from: Option<u16>, to: Option<u16>) -> Option<(u16, u16)> {
 impl World {
     /// The world a (valid) document describes, with ports at the interfaces' ifindexes.
     pub fn new(doc: &Document, ifindex: &BTreeMap<String, u32>, t: &Tampering) -> World {
-        let router = doc.router_mac.as_deref().map(mac).expect("router_mac is set");
+        let router = doc
+            .router_mac
+            .as_deref()
+            .map(mac)
+            .expect("router_mac is set");
         let mut vpc_cidrs = BTreeMap::new();
         let mut region = BTreeMap::new();
         for v in &doc.vpcs {
@@ -246,8 +250,14 @@ impl World {
                 acl: subnet.network_acl.clone(),
                 mac: mac(&p.mac),
                 gateway_mac: p.gateway_mac.as_deref().map(mac).unwrap_or(router),
-                ipv4: p.ipv4.as_deref().map(|a| a.parse().expect("an IPv4 address")),
-                ipv6: p.ipv6.as_deref().map(|a| a.parse().expect("an IPv6 address")),
+                ipv4: p
+                    .ipv4
+                    .as_deref()
+                    .map(|a| a.parse().expect("an IPv4 address")),
+                ipv6: p
+                    .ipv6
+                    .as_deref()
+                    .map(|a| a.parse().expect("an IPv6 address")),
                 groups: p.security_groups.clone(),
             };
             for g in port.groups.iter().flatten() {
@@ -323,7 +333,8 @@ fn parse(f: &[u8]) -> ParseResult {
         return Err(DropReason::UnsupportedEncap);
     }
     if ethertype == 0x8100 {
-        let tag = SingleVlanHeaderSlice::from_slice(&f[14..]).map_err(|_| DropReason::ParseError)?;
+        let tag =
+            SingleVlanHeaderSlice::from_slice(&f[14..]).map_err(|_| DropReason::ParseError)?;
         ethertype = tag.ether_type().0;
         if ethertype == 0x8100 || ethertype == 0x88a8 {
             return Err(DropReason::UnsupportedEncap);
@@ -584,14 +595,19 @@ impl Counters {
                 g.dropped_packets += 1;
                 g.drop[r as usize] += 1;
                 if let Some(k) = &o.peering {
-                    self.peerings.entry(k.clone()).or_insert(PeeringCounters::ZERO).drop
-                        [r as usize] += 1;
+                    self.peerings
+                        .entry(k.clone())
+                        .or_insert(PeeringCounters::ZERO)
+                        .drop[r as usize] += 1;
                 }
             }
             Verdict::Redirect(_) => {
                 g.redirected_packets += 1;
                 g.redirected_bytes += len;
-                let k = o.peering.clone().expect("a forwarded packet crossed a peering");
+                let k = o
+                    .peering
+                    .clone()
+                    .expect("a forwarded packet crossed a peering");
                 let c = self.peerings.entry(k).or_insert(PeeringCounters::ZERO);
                 c.packets += 1;
                 c.bytes += len;
@@ -735,25 +751,34 @@ impl World {
     }
 
     /// Whether some rule of `groups` (none: not filtered) in one direction matches.
-    fn groups_allow(&self, groups: Option<&[String]>, egress: bool, addr: IpAddr, p: &Parsed) -> bool {
+    fn groups_allow(
+        &self,
+        groups: Option<&[String]>,
+        egress: bool,
+        addr: IpAddr,
+        p: &Parsed,
+    ) -> bool {
         let Some(groups) = groups else {
             return true;
         };
         groups.iter().any(|g| {
-            self.groups[g].iter().filter(|r| r.egress == egress).any(|r| {
-                let remote: Vec<IpNet> = match (&r.cidr, &r.group) {
-                    (Some(c), _) => vec![*c],
-                    (None, Some(peer)) => self
-                        .members
-                        .get(peer)
-                        .map(|m| m.iter().map(|a| IpNet::from(*a)).collect())
-                        .unwrap_or_default(),
-                    (None, None) => vec![],
-                };
-                remote
-                    .iter()
-                    .any(|c| rule_matches(r.protocol, r.ports, c, addr, p))
-            })
+            self.groups[g]
+                .iter()
+                .filter(|r| r.egress == egress)
+                .any(|r| {
+                    let remote: Vec<IpNet> = match (&r.cidr, &r.group) {
+                        (Some(c), _) => vec![*c],
+                        (None, Some(peer)) => self
+                            .members
+                            .get(peer)
+                            .map(|m| m.iter().map(|a| IpNet::from(*a)).collect())
+                            .unwrap_or_default(),
+                        (None, None) => vec![],
+                    };
+                    remote
+                        .iter()
+                        .any(|c| rule_matches(r.protocol, r.ports, c, addr, p))
+                })
         })
     }
 

@@ -24,6 +24,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -111,19 +112,29 @@ pub fn topology(rng: &mut Rng) -> Topo {
         // VPC i owns 10.(16 i .. 16 i + 15).0.0 and, at times, 172.(16 + i).0.0/16.
         let len = *rng.pick(&[16u8, 18, 20]);
         let second = rng.below(16) as u8;
-        let third = if len == 16 { 0 } else { (rng.below(4) as u8) << 6 };
-        let mut v4 = vec![Ipv4Net::new(Ipv4Addr::new(10, 16 * i as u8 + second, third, 0), len).unwrap()];
+        let third = if len == 16 {
+            0
+        } else {
+            (rng.below(4) as u8) << 6
+        };
+        let mut v4 =
+            vec![Ipv4Net::new(Ipv4Addr::new(10, 16 * i as u8 + second, third, 0), len).unwrap()];
         if rng.chance(20) {
             v4.push(Ipv4Net::new(Ipv4Addr::new(172, 16 + i as u8, 0, 0), 16).unwrap());
         }
-        let v6 = rng
-            .chance(70)
-            .then(|| Ipv6Net::new(Ipv6Addr::new(0xfd00, i as u16 + 1, 0, 0, 0, 0, 0, 0), 48).unwrap());
+        let v6 = rng.chance(70).then(|| {
+            Ipv6Net::new(Ipv6Addr::new(0xfd00, i as u16 + 1, 0, 0, 0, 0, 0, 0), 48).unwrap()
+        });
         let id = format!("vpc-{i}");
         doc.vpcs.push(VpcDoc {
             id: id.clone(),
             account: format!("{:012}", 100 + rng.below(3)),
-            region: if rng.chance(70) { REGIONS[0] } else { *rng.pick(&REGIONS) }.to_string(),
+            region: if rng.chance(70) {
+                REGIONS[0]
+            } else {
+                *rng.pick(&REGIONS)
+            }
+            .to_string(),
             cidrs: v4.iter().map(|c| c.to_string()).collect(),
             ipv6_cidr: v6.map(|c| c.to_string()),
         });
@@ -133,14 +144,21 @@ pub fn topology(rng: &mut Rng) -> Topo {
     // Peerings: random pairs, every status, caps of every kind.
     for i in 0..n {
         for j in i + 1..n {
-            if !rng.chance(45) && !(i == 0 && j == 1) {
+            // Always at least vpc-0 and vpc-1.
+            if !rng.chance(45) && (i, j) != (0, 1) {
                 continue;
             }
             let (req, acc) = if rng.chance(50) { (i, j) } else { (j, i) };
             let status = if rng.chance(80) {
                 "active"
             } else {
-                *rng.pick(&["pending-acceptance", "deleted", "rejected", "expired", "failed"])
+                *rng.pick(&[
+                    "pending-acceptance",
+                    "deleted",
+                    "rejected",
+                    "expired",
+                    "failed",
+                ])
             };
             let mut p = PeeringDoc {
                 id: format!("pcx-{i}{j}"),
@@ -169,7 +187,9 @@ pub fn topology(rng: &mut Rng) -> Topo {
 
     // Subnets, route tables, ports.
     let mut instances = Vec::new();
-    let mut subnets_of: Vec<Vec<(String, Ipv4Net, Option<Ipv6Net>, String)>> = vec![vec![]; n];
+    // Per VPC: (subnet id, IPv4 CIDR, IPv6 CIDR, route table).
+    type Subnet = (String, Ipv4Net, Option<Ipv6Net>, String);
+    let mut subnets_of: Vec<Vec<Subnet>> = vec![vec![]; n];
     for (i, v) in vpcs.iter().enumerate() {
         let shared = format!("rtb-{i}");
         doc.route_tables.push(RouteTableDoc {
@@ -180,9 +200,8 @@ pub fn topology(rng: &mut Rng) -> Topo {
         for k in 0..1 + rng.below(2) as u32 {
             let base = u32::from(v.v4[0].network()) + k * 256;
             let cidr = Ipv4Net::new(Ipv4Addr::from(base), 24).unwrap();
-            let v6 = v
-                .v6
-                .map(|c| Ipv6Net::new(host6(&c, (k as u128) << 64), 64).unwrap());
+            let v6 =
+                v.v6.map(|c| Ipv6Net::new(host6(&c, (k as u128) << 64), 64).unwrap());
             let rtb = if k == 1 && rng.chance(50) {
                 let own = format!("rtb-{i}-{k}");
                 doc.route_tables.push(RouteTableDoc {
@@ -209,7 +228,11 @@ pub fn topology(rng: &mut Rng) -> Topo {
     let count = (n + rng.below((IFACES - n + 1) as u64) as usize).min(IFACES);
     let mut taken = BTreeSet::new();
     for slot in 0..count {
-        let vpc = if slot < n { slot } else { rng.below(n as u64) as usize };
+        let vpc = if slot < n {
+            slot
+        } else {
+            rng.below(n as u64) as usize
+        };
         let (subnet, cidr, v6, _) = rng.pick(&subnets_of[vpc]).clone();
         let mut host = 10 + rng.below(200) as u32;
         while !taken.insert((vpc, host)) {
@@ -220,7 +243,9 @@ pub fn topology(rng: &mut Rng) -> Topo {
             vpc,
             mac: [0x02, 0x00, 0x00, 0x00, vpc as u8, slot as u8],
             ipv4: host4(&cidr, host),
-            ipv6: v6.filter(|_| rng.chance(85)).map(|c| host6(&c, host as u128)),
+            ipv6: v6
+                .filter(|_| rng.chance(85))
+                .map(|c| host6(&c, host as u128)),
         };
         doc.ports.push(PortDoc {
             interface: inst.iface.clone(),
@@ -242,7 +267,11 @@ pub fn topology(rng: &mut Rng) -> Topo {
         let side = |id: &str| vpcs.iter().position(|v| v.id == id).unwrap();
         let (a, b) = (side(&p.requester_vpc), side(&p.accepter_vpc));
         for (from, to) in [(a, b), (b, a)] {
-            for t in doc.route_tables.iter_mut().filter(|t| t.vpc == vpcs[from].id) {
+            for t in doc
+                .route_tables
+                .iter_mut()
+                .filter(|t| t.vpc == vpcs[from].id)
+            {
                 let mut dests: Vec<(IpNet, &str)> = Vec::new();
                 for c in &vpcs[to].v4 {
                     if rng.chance(92) {
@@ -250,13 +279,19 @@ pub fn topology(rng: &mut Rng) -> Topo {
                     }
                     if rng.chance(20) {
                         let more = Ipv4Net::new(c.network(), 24).unwrap();
-                        dests.push((IpNet::V4(more), if rng.chance(50) { &p.id } else { "blackhole" }));
+                        dests.push((
+                            IpNet::V4(more),
+                            if rng.chance(50) { &p.id } else { "blackhole" },
+                        ));
                     }
                 }
                 if let (Some(c), true) = (vpcs[to].v6, vpcs[from].v6.is_some() && rng.chance(80)) {
                     dests.push((IpNet::V6(c), &p.id));
                     if rng.chance(15) {
-                        dests.push((IpNet::V6(Ipv6Net::new(c.network(), 64).unwrap()), "blackhole"));
+                        dests.push((
+                            IpNet::V6(Ipv6Net::new(c.network(), 64).unwrap()),
+                            "blackhole",
+                        ));
                     }
                 }
                 for (d, target) in dests {
@@ -359,8 +394,10 @@ pub fn topology(rng: &mut Rng) -> Topo {
                     || (region(&doc, *j) == region(&doc, *i)
                         && doc.peerings.iter().any(|p| {
                             live(&p.status)
-                                && ((p.requester_vpc == vpcs[*i].id && p.accepter_vpc == vpcs[*j].id)
-                                    || (p.accepter_vpc == vpcs[*i].id && p.requester_vpc == vpcs[*j].id))
+                                && ((p.requester_vpc == vpcs[*i].id
+                                    && p.accepter_vpc == vpcs[*j].id)
+                                    || (p.accepter_vpc == vpcs[*i].id
+                                        && p.requester_vpc == vpcs[*j].id))
                         }))
             })
             .map(|(g, _)| g)
@@ -465,14 +502,19 @@ fn tamper(
                 let v = vpcs.iter().position(|v| v.id == p.accepter_vpc).unwrap();
                 if let Some(i) = instances.iter().find(|i| i.vpc == v) {
                     let at = Ipv4Net::new(i.ipv4, 32).unwrap();
-                    t.routes.push((table.id.clone(), IpNet::V4(at), p.id.clone()));
+                    t.routes
+                        .push((table.id.clone(), IpNet::V4(at), p.id.clone()));
                     dsts.push(IpAddr::V4(i.ipv4));
                 }
                 p.id.clone()
             }
             _ => "pcx-gone".to_string(),
         };
-        if table.routes.iter().any(|r| r.destination == dest.to_string()) {
+        if table
+            .routes
+            .iter()
+            .any(|r| r.destination == dest.to_string())
+        {
             continue;
         }
         t.routes.push((table.id.clone(), IpNet::V4(dest), pcx));
@@ -490,7 +532,10 @@ fn rule_cidrs(vpcs: &[Vpc], instances: &[Instance]) -> Vec<IpNet> {
     c.push("fd00::/8".parse().unwrap());
     for v in vpcs {
         c.extend(v.v4.iter().map(|n| IpNet::V4(*n)));
-        c.extend(v.v4.iter().map(|n| IpNet::V4(Ipv4Net::new(n.network(), 24).unwrap())));
+        c.extend(
+            v.v4.iter()
+                .map(|n| IpNet::V4(Ipv4Net::new(n.network(), 24).unwrap())),
+        );
         c.extend(v.v6.map(IpNet::V6));
     }
     for i in instances {
@@ -591,9 +636,10 @@ impl<'a> Frames<'a> {
 
     /// The reply of `f`, sent by the instance that has its destination (if any does).
     fn reply(&self, f: &Flow) -> Option<Flow> {
-        let to = self.topo.instances.iter().position(|i| {
-            IpAddr::V4(i.ipv4) == f.dst || i.ipv6.map(IpAddr::V6) == Some(f.dst)
-        })?;
+        let to =
+            self.topo.instances.iter().position(|i| {
+                IpAddr::V4(i.ipv4) == f.dst || i.ipv6.map(IpAddr::V6) == Some(f.dst)
+            })?;
         let (sport, dport) = match f.proto {
             // Echo request (type 8 / 128) -> reply (0 / 129), same identifier.
             1 => (f.sport, 0),
@@ -623,7 +669,9 @@ impl<'a> Frames<'a> {
         };
         let random = |rng: &mut Rng| -> IpAddr {
             if v6 {
-                IpAddr::V6(Ipv6Addr::from(((rng.next() as u128) << 64) | rng.next() as u128))
+                IpAddr::V6(Ipv6Addr::from(
+                    ((rng.next() as u128) << 64) | rng.next() as u128,
+                ))
             } else {
                 IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
             }

@@ -403,7 +403,8 @@ impl Agent {
         if through {
             bail!("{what}: got through, expected it dropped as {reason}");
         }
-        let dropped = |s: &serde_json::Value, r: &str| s["global"]["dropped"][r].as_u64().unwrap_or(0);
+        let dropped =
+            |s: &serde_json::Value, r: &str| s["global"]["dropped"][r].as_u64().unwrap_or(0);
         let delta = dropped(&after, reason) - dropped(&before, reason);
         if !count.contains(&delta) {
             let others: Vec<String> = after["global"]["dropped"]

@@ -158,7 +158,9 @@ fn run_state(
 
     let mut hit_slots = BTreeMap::new();
     for (id, a) in &checked.network_acls {
-        totals.acl_rules_max = totals.acl_rules_max.max(a.ingress.len().max(a.egress.len()));
+        totals.acl_rules_max = totals
+            .acl_rules_max
+            .max(a.ingress.len().max(a.egress.len()));
         for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
             for r in rules {
                 let s = dp
@@ -233,7 +235,11 @@ fn run_state(
             ));
         }
         for (k, v) in &expected.peerings {
-            let got = after.peerings.get(k).copied().unwrap_or(PeeringCounters::ZERO);
+            let got = after
+                .peerings
+                .get(k)
+                .copied()
+                .unwrap_or(PeeringCounters::ZERO);
             if got != *v {
                 diffs.push(format!("{k:?}: program {got:?}\n          model   {v:?}"));
             }
@@ -335,7 +341,11 @@ fn model_and_program_agree() -> Result<()> {
     for (k, n) in &rows {
         eprintln!("{k:<28} {n:>10}{}", if *n < 100 { "   < 100" } else { "" });
     }
-    let thin: Vec<&String> = rows.iter().filter(|(_, n)| *n < 100).map(|(k, _)| k).collect();
+    let thin: Vec<&String> = rows
+        .iter()
+        .filter(|(_, n)| *n < 100)
+        .map(|(k, _)| k)
+        .collect();
     assert!(
         thin.is_empty(),
         "outcomes reached fewer than 100 times: {thin:?} (run more states)"

@@ -3,12 +3,12 @@
 //! Needs root, BPF and network namespaces; namespaces and pins are removed on drop.
 
 use anyhow::{ensure, Result};
-use std::time::Duration;
 use peer_dataplane::document::Document;
 use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::time::Duration;
 
 struct Env {
     net: SeedNetwork,
@@ -486,15 +486,22 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
 fn a_failed_install_is_reported_and_retried_until_it_goes_in() -> Result<()> {
     let mut env = start("e2e-retry", &seed::seed_doc(), "native")?;
     let mut doc = seed::seed_doc();
-    let mut late = doc.ports.iter().find(|p| p.interface == "pdp-b").unwrap().clone();
+    let mut late = doc
+        .ports
+        .iter()
+        .find(|p| p.interface == "pdp-b")
+        .unwrap()
+        .clone();
     late.interface = "pdp-late".into();
     late.mac = "02:00:ac:10:02:15".into();
     late.ipv4 = Some("172.16.2.21".into());
     late.ipv6 = None;
     doc.ports.push(late);
     env.agent.reload(&doc)?;
-    env.agent
-        .wait_log("on SIGHUP failed, retrying in 100 ms", Duration::from_secs(10))?;
+    env.agent.wait_log(
+        "on SIGHUP failed, retrying in 100 ms",
+        Duration::from_secs(10),
+    )?;
     env.agent
         .wait_log("failed again (attempt 2)", Duration::from_secs(10))?;
     // The previous state is in force meanwhile.
@@ -503,9 +510,19 @@ fn a_failed_install_is_reported_and_retried_until_it_goes_in() -> Result<()> {
         "a -> b stopped while the install kept failing"
     );
     // The interface appears: the next attempt goes in.
-    env.net.host.ip(&["link", "add", "pdp-late", "type", "veth", "peer", "name", "pdp-late-p"])?;
+    env.net.host.ip(&[
+        "link",
+        "add",
+        "pdp-late",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pdp-late-p",
+    ])?;
     env.net.host.ip(&["link", "set", "pdp-late", "up"])?;
-    env.agent.wait_log(" on attempt ", Duration::from_secs(15))?;
+    env.agent
+        .wait_log(" on attempt ", Duration::from_secs(15))?;
     let ports = env.agent.cli(&["port", "list", "-o", "json"])?;
     ensure!(ports.contains("pdp-late"), "{ports}");
     Ok(())

@@ -247,7 +247,10 @@ fn the_control_plane_is_safe_to_expose() -> Result<()> {
         let line = cmdline(pid)?;
         ensure!(!line.is_empty(), "{what}: no command line for pid {pid}");
         for s in &secrets {
-            ensure!(!line.contains(s), "{what}'s command line shows a token: {line}");
+            ensure!(
+                !line.contains(s),
+                "{what}'s command line shows a token: {line}"
+            );
         }
     }
 
@@ -275,14 +278,22 @@ fn the_control_plane_is_safe_to_expose() -> Result<()> {
     );
 
     // A host's credential: its own state yes, another host's no; an account's token no.
-    let own = env.cp.call("GET", "/v1/hosts/host-1/state", Some(AGENT_TOKEN), None)?;
+    let own = env
+        .cp
+        .call("GET", "/v1/hosts/host-1/state", Some(AGENT_TOKEN), None)?;
     assert_eq!(own.status, 200, "{}", own.body);
-    let other = env.cp.call("GET", "/v1/hosts/host-1/state", Some(HOST_2_TOKEN), None)?;
+    let other = env
+        .cp
+        .call("GET", "/v1/hosts/host-1/state", Some(HOST_2_TOKEN), None)?;
     assert_eq!(other.status, 403, "{}", other.body);
     assert_eq!(other.body["error"]["code"], "forbidden");
-    let theirs = env.cp.call("GET", "/v1/hosts/host-2/state", Some(AGENT_TOKEN), None)?;
+    let theirs = env
+        .cp
+        .call("GET", "/v1/hosts/host-2/state", Some(AGENT_TOKEN), None)?;
     assert_eq!(theirs.status, 403, "{}", theirs.body);
-    let account = env.cp.call("GET", "/v1/hosts/host-1/state", Some(ACCOUNTS[0].1), None)?;
+    let account = env
+        .cp
+        .call("GET", "/v1/hosts/host-1/state", Some(ACCOUNTS[0].1), None)?;
     assert_eq!(account.status, 401, "{}", account.body);
     Ok(())
 }

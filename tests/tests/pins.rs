@@ -86,7 +86,10 @@ fn a_preallocated_pin_of_an_in_place_map_is_refused() -> Result<()> {
     let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
     let _ = std::fs::remove_file(&pin);
     let _ = kernel::remove_pins(dir);
-    let err = format!("{:#}", result.expect_err("a preallocated pin must be refused"));
+    let err = format!(
+        "{:#}",
+        result.expect_err("a preallocated pin must be refused")
+    );
     assert!(
         err.contains("pdp_acl_meta is preallocated") && err.contains("peer-dataplane cleanup"),
         "{err}"

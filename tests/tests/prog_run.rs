@@ -7,9 +7,9 @@
 //! interfaces for BPF_PROG_RUN's ingress_ifindex and for the devmap).
 
 use anyhow::{anyhow, ensure, Result};
-use peer_dataplane::validate::validate;
 use peer_dataplane::document::{Document, RouteDoc};
 use peer_dataplane::maps::{Op, RouteKey};
+use peer_dataplane::validate::validate;
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, ROUTE_PCX,
@@ -1013,14 +1013,28 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
         let mut d = seed::seed_doc();
         let mut rules: Vec<AclRule> = vec![(100, "egress", "all", None, "0.0.0.0/0", "allow")];
         for i in 0..a_rules {
-            rules.push((200 + i as u32, "egress", "tcp", Some((22, 22)), "0.0.0.0/0", "deny"));
+            rules.push((
+                200 + i as u32,
+                "egress",
+                "tcp",
+                Some((22, 22)),
+                "0.0.0.0/0",
+                "deny",
+            ));
         }
         acl(&mut d, "subnet-a2", &rules);
         acl(
             &mut d,
             "subnet-b2",
             &[
-                (100, "ingress", "udp", Some((7000, 7000)), "10.0.0.0/16", "allow"),
+                (
+                    100,
+                    "ingress",
+                    "udp",
+                    Some((7000, 7000)),
+                    "10.0.0.0/16",
+                    "allow",
+                ),
                 (200, "ingress", "all", None, "0.0.0.0/0", "deny"),
             ],
         );
@@ -1045,7 +1059,11 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     };
     a_to_b(&dp, 3)?;
     assert_eq!(hits_of_b(&dp)?, vec![(100, 3), (200, 0)]);
-    let b = dp.installed.ids.get(peer_dataplane_common::NAME_ACL, "acl-subnet-b2").unwrap();
+    let b = dp
+        .installed
+        .ids
+        .get(peer_dataplane_common::NAME_ACL, "acl-subnet-b2")
+        .unwrap();
     let b_sets = |m: &peer_dataplane::maps::MapState| -> Vec<_> {
         m.acl_meta
             .iter()
@@ -1074,14 +1092,21 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
         })
         .map(|op| format!("{op:?}"))
         .collect();
-    assert!(touching_b.is_empty(), "growing acl-subnet-a2 writes acl-subnet-b2's entries: {touching_b:?}");
+    assert!(
+        touching_b.is_empty(),
+        "growing acl-subnet-a2 writes acl-subnet-b2's entries: {touching_b:?}"
+    );
     dp.install(&doc(41))?;
     assert_eq!(
         b_sets(&dp.installed.maps.read_state()?),
         before,
         "acl-subnet-b2's sets were rewritten"
     );
-    assert_eq!(hits_of_b(&dp)?, vec![(100, 3), (200, 0)], "acl-subnet-b2's hits were reset or moved");
+    assert_eq!(
+        hits_of_b(&dp)?,
+        vec![(100, 3), (200, 0)],
+        "acl-subnet-b2's hits were reset or moved"
+    );
     a_to_b(&dp, 2)?;
     assert_eq!(hits_of_b(&dp)?, vec![(100, 5), (200, 0)]);
     Ok(())

@@ -39,6 +39,7 @@ enum Expect {
     Drop(DropReason, &'static str, u32),
 }
 
+#[allow(clippy::large_enum_variant)] // a few dozen test steps
 enum Action {
     Send(&'static str, Instance, Vec<u8>, Expect),
     /// Installs the seed document changed by the function (on top of the scenario's).
@@ -178,6 +179,35 @@ fn plain(_: &mut Document) {}
 
 // ---------------------------------------------------------------------------------------
 // scenarios
+
+/// A flow `open`ed by A toward B, then B's `probe` after exactly `timeout_ns` of silence
+/// (forwarded: still tracked) and again after `timeout_ns` + 1 ns (refused: forgotten).
+fn crossing(
+    name: &'static str,
+    open: Vec<Action>,
+    timeout_ns: u64,
+    probe: (&'static str, Vec<u8>),
+) -> Scenario {
+    let (what, packet) = probe;
+    let mut actions = open;
+    actions.extend([
+        Action::WaitExactly(Duration::from_nanos(timeout_ns)),
+        send(what, B, packet.clone(), Expect::Fwd(A, AB, AR)),
+        Action::WaitExactly(Duration::from_nanos(timeout_ns + 1)),
+        send(what, B, packet, Expect::Drop(DropReason::SgDeny, AB, AR)),
+    ]);
+    Scenario {
+        name,
+        doc: web,
+        actions,
+    }
+}
+
+/// `actions`, then `last`.
+fn then(mut actions: Vec<Action>, last: Action) -> Vec<Action> {
+    actions.push(last);
+    actions
+}
 
 /// A's TCP handshake to B's port 443 from `sport`, every step forwarded.
 fn handshake(sport: u16) -> Vec<Action> {
@@ -358,32 +388,27 @@ fn scenarios() -> Vec<Scenario> {
         },
         // Every idle timeout, crossed both ways on a clock the test holds: a flow idle for
         // exactly its timeout is alive, one idle a nanosecond longer is gone.
-        Scenario {
-            name: "conntrack: udp lives exactly 30 s idle",
-            doc: web,
-            actions: vec![
-                send("a->b udp", A, udp(A, B, 40100, 7000), Expect::Fwd(B, AB, RA)),
-                Action::WaitExactly(Duration::from_nanos(CT_UDP_NS)),
-                send(
-                    "reply after exactly 30 s",
-                    B,
-                    udp(B, A, 7000, 40100),
-                    Expect::Fwd(A, AB, AR),
-                ),
-                Action::WaitExactly(Duration::from_nanos(CT_UDP_NS + 1)),
-                send(
-                    "reply after 30 s + 1 ns",
-                    B,
-                    udp(B, A, 7000, 40100),
-                    Expect::Drop(DropReason::SgDeny, AB, AR),
-                ),
-            ],
-        },
+        crossing(
+            "conntrack: udp lives exactly 30 s idle",
+            vec![send(
+                "a->b udp",
+                A,
+                udp(A, B, 40100, 7000),
+                Expect::Fwd(B, AB, RA),
+            )],
+            CT_UDP_NS,
+            ("reply", udp(B, A, 7000, 40100)),
+        ),
         Scenario {
             name: "conntrack: an unanswered tcp syn lives exactly 60 s",
             doc: web,
             actions: vec![
-                send("syn 1", A, tcp(A, B, 41100, 443, SYN), Expect::Fwd(B, AB, RA)),
+                send(
+                    "syn 1",
+                    A,
+                    tcp(A, B, 41100, 443, SYN),
+                    Expect::Fwd(B, AB, RA),
+                ),
                 Action::WaitExactly(Duration::from_nanos(CT_TCP_OPENING_NS)),
                 send(
                     "syn-ack after exactly 60 s",
@@ -391,7 +416,12 @@ fn scenarios() -> Vec<Scenario> {
                     tcp(B, A, 443, 41100, SYN_ACK),
                     Expect::Fwd(A, AB, AR),
                 ),
-                send("syn 2", A, tcp(A, B, 41101, 443, SYN), Expect::Fwd(B, AB, RA)),
+                send(
+                    "syn 2",
+                    A,
+                    tcp(A, B, 41101, 443, SYN),
+                    Expect::Fwd(B, AB, RA),
+                ),
                 Action::WaitExactly(Duration::from_nanos(CT_TCP_OPENING_NS + 1)),
                 send(
                     "syn-ack after 60 s + 1 ns",
@@ -401,94 +431,49 @@ fn scenarios() -> Vec<Scenario> {
                 ),
             ],
         },
-        Scenario {
-            name: "conntrack: an established tcp connection lives exactly 5 days idle",
-            doc: web,
-            actions: handshake(41200).into_iter().chain([
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_ESTABLISHED_NS)),
+        crossing(
+            "conntrack: an established tcp connection lives exactly 5 days idle",
+            handshake(41200),
+            CT_TCP_ESTABLISHED_NS,
+            ("ack", tcp(B, A, 443, 41200, ACK)),
+        ),
+        crossing(
+            "conntrack: after a fin, tcp lives exactly 120 s idle",
+            then(
+                handshake(41300),
                 send(
-                    "ack after exactly 5 days",
-                    B,
-                    tcp(B, A, 443, 41200, ACK),
-                    Expect::Fwd(A, AB, AR),
-                ),
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_ESTABLISHED_NS + 1)),
-                send(
-                    "ack after 5 days + 1 ns",
-                    B,
-                    tcp(B, A, 443, 41200, ACK),
-                    Expect::Drop(DropReason::SgDeny, AB, AR),
-                ),
-            ]).collect(),
-        },
-        Scenario {
-            name: "conntrack: after a fin, tcp lives exactly 120 s idle",
-            doc: web,
-            actions: handshake(41300).into_iter().chain([
-                send("fin", A, tcp(A, B, 41300, 443, FIN_ACK), Expect::Fwd(B, AB, RA)),
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_CLOSING_NS)),
-                send(
-                    "ack after exactly 120 s",
-                    B,
-                    tcp(B, A, 443, 41300, ACK),
-                    Expect::Fwd(A, AB, AR),
-                ),
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_CLOSING_NS + 1)),
-                send(
-                    "ack after 120 s + 1 ns",
-                    B,
-                    tcp(B, A, 443, 41300, ACK),
-                    Expect::Drop(DropReason::SgDeny, AB, AR),
-                ),
-            ]).collect(),
-        },
-        Scenario {
-            name: "conntrack: after a rst, tcp lives exactly 10 s idle",
-            doc: web,
-            actions: handshake(41400).into_iter().chain([
-                send("rst", B, tcp(B, A, 443, 41400, RST), Expect::Fwd(A, AB, AR)),
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_RESET_NS)),
-                send(
-                    "ack after exactly 10 s",
-                    B,
-                    tcp(B, A, 443, 41400, ACK),
-                    Expect::Fwd(A, AB, AR),
-                ),
-                Action::WaitExactly(Duration::from_nanos(CT_TCP_RESET_NS + 1)),
-                send(
-                    "ack after 10 s + 1 ns",
-                    B,
-                    tcp(B, A, 443, 41400, ACK),
-                    Expect::Drop(DropReason::SgDeny, AB, AR),
-                ),
-            ]).collect(),
-        },
-        Scenario {
-            name: "conntrack: icmp echo (other protocols) lives exactly 600 s idle",
-            doc: web,
-            actions: vec![
-                send(
-                    "echo a->b",
+                    "fin",
                     A,
-                    packets::icmp4_echo(l2(A), A.ipv4, B.ipv4, 64),
+                    tcp(A, B, 41300, 443, FIN_ACK),
                     Expect::Fwd(B, AB, RA),
                 ),
-                Action::WaitExactly(Duration::from_nanos(CT_OTHER_NS)),
-                send(
-                    "echo reply after exactly 600 s",
-                    B,
-                    packets::icmp4_echo_reply(l2(B), B.ipv4, A.ipv4, 64, 0x1234),
-                    Expect::Fwd(A, AB, AR),
-                ),
-                Action::WaitExactly(Duration::from_nanos(CT_OTHER_NS + 1)),
-                send(
-                    "echo reply after 600 s + 1 ns",
-                    B,
-                    packets::icmp4_echo_reply(l2(B), B.ipv4, A.ipv4, 64, 0x1234),
-                    Expect::Drop(DropReason::SgDeny, AB, AR),
-                ),
-            ],
-        },
+            ),
+            CT_TCP_CLOSING_NS,
+            ("ack", tcp(B, A, 443, 41300, ACK)),
+        ),
+        crossing(
+            "conntrack: after a rst, tcp lives exactly 10 s idle",
+            then(
+                handshake(41400),
+                send("rst", B, tcp(B, A, 443, 41400, RST), Expect::Fwd(A, AB, AR)),
+            ),
+            CT_TCP_RESET_NS,
+            ("ack", tcp(B, A, 443, 41400, ACK)),
+        ),
+        crossing(
+            "conntrack: icmp echo (other protocols) lives exactly 600 s idle",
+            vec![send(
+                "echo a->b",
+                A,
+                packets::icmp4_echo(l2(A), A.ipv4, B.ipv4, 64),
+                Expect::Fwd(B, AB, RA),
+            )],
+            CT_OTHER_NS,
+            (
+                "echo reply",
+                packets::icmp4_echo_reply(l2(B), B.ipv4, A.ipv4, 64, 0x1234),
+            ),
+        ),
         Scenario {
             name: "sg: tightening a group keeps tracked flows, refuses new ones",
             doc: web,

@@ -6,10 +6,10 @@
 
 use anyhow::{ensure, Result};
 use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B};
+use peer_dataplane_tests::wait_until;
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use peer_dataplane_tests::wait_until;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,14 +73,18 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
     let deadline = Duration::from_secs(20);
 
     // The stream flows through the first agent's program...
-    wait_until("500 packets received before the kill", deadline, || Ok(got() >= 500))?;
+    wait_until("500 packets received before the kill", deadline, || {
+        Ok(got() >= 500)
+    })?;
     first.kill_hard()?;
     let killed_at = Instant::now();
     // ...and through the pinned program while no agent runs at all.
     let at_kill = got();
-    wait_until("500 more packets received with no agent running", deadline, || {
-        Ok(got() >= at_kill + 500)
-    })?;
+    wait_until(
+        "500 more packets received with no agent running",
+        deadline,
+        || Ok(got() >= at_kill + 500),
+    )?;
     let config_arg = config.display().to_string();
     let second = Agent::start_with(
         &bin,
@@ -89,12 +93,12 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
         &pin_dir,
         &["--config", &config_arg],
         "agent2",
-   )?;
+    )?;
     let restarted_in = killed_at.elapsed();
     ensure!(
         got() < PACKETS,
         "the stream ended before the new agent was up: make it longer"
-   );
+    );
 
     let sent = sender.join().unwrap();
     // Wait until every packet sent is forwarded and received; if that never happens, the
@@ -111,26 +115,26 @@ fn sigkill_and_restart_during_a_udp_stream_loses_no_packet() -> Result<()> {
     let log = second.log_text();
     eprintln!(
         "sent {sent}, forwarded {forwarded}, received {received}; agent down for {restarted_in:?}"
-   );
+    );
     ensure!(
         log.contains("replaced the program on the pinned XDP link"),
         "the new agent did not adopt the link:\n{log}"
-   );
+    );
     ensure!(
         log.contains("(0 map writes)"),
         "an unchanged state must need no writes:\n{log}"
-   );
+    );
     assert_eq!(sent, PACKETS, "the sender could not send every packet");
     assert_eq!(
         forwarded, sent,
         "packets delivered to the XDP hook but not forwarded"
-   );
+    );
     assert_eq!(received, sent, "packets lost across the restart");
     assert_eq!(
         stats["global"]["dropped_packets"].as_u64(),
         Some(0),
         "{stats}"
-   );
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

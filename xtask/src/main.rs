@@ -370,7 +370,13 @@ struct TestRun {
 fn test_once(obj: &Path, agent: &Path, args: &[String]) -> Result<TestRun> {
     let mut c = host_cargo(obj);
     c.env("PDP_AGENT_BIN", agent)
-        .args(["test", "--release", "--no-fail-fast", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ])
         .args(args)
         .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().context("starting cargo test")?;
@@ -440,8 +446,14 @@ fn report(runs: &[TestRun]) -> Result<()> {
             );
         }
     }
-    println!("\nall tiers{}: {passed} passed, {failed} failed, {ignored} ignored",
-        if n > 1 { format!(", {n} runs") } else { String::new() });
+    println!(
+        "\nall tiers{}: {passed} passed, {failed} failed, {ignored} ignored",
+        if n > 1 {
+            format!(", {n} runs")
+        } else {
+            String::new()
+        }
+    );
     if runs.iter().any(|r| r.failed) {
         bail!("cargo test failed");
     }

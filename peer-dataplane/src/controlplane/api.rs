@@ -2,8 +2,8 @@
 //! the current world, then the final [`ops::check`], then one store transaction, and only
 //! then replaces the world and bumps the revision that agents wait on.
 
-use super::hoststate;
 use super::auth;
+use super::hoststate;
 use super::model::*;
 use super::ops::{self, Caller};
 use super::store::Store;
@@ -74,7 +74,7 @@ impl Server {
         clock: Clock,
         host_tokens: BTreeMap<String, String>,
         limit: auth::RateLimit,
-   ) -> anyhow::Result<Shared> {
+    ) -> anyhow::Result<Shared> {
         let (world, revision) = store.load()?;
         let tokens = store
             .tokens()?
@@ -122,7 +122,7 @@ impl Server {
     fn mutate<T>(
         &self,
         op: impl FnOnce(&World, Timestamp) -> Result<(World, T), ApiError>,
-   ) -> Result<T, ApiError> {
+    ) -> Result<T, ApiError> {
         let mut inner = self.inner.lock().unwrap();
         let now = self.clock.now();
         let base = ops::expire(&inner.world, now);
@@ -172,7 +172,7 @@ impl Server {
             .map_err(|retry_after| {
                 ApiError::rate_limited(format!(
                     "too many requests for {who}: retry in {retry_after} s"
-               ))
+                ))
             })
     }
 
@@ -204,7 +204,7 @@ impl IntoResponse for ApiError {
             status,
             retry,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
-       )
+        )
             .into_response()
     }
 }
@@ -215,7 +215,7 @@ fn ok<T: Serialize>(status: StatusCode, v: T) -> ApiResult {
     Ok((
         status,
         Json(serde_json::to_value(v).expect("API objects serialize")),
-   ))
+    ))
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -224,7 +224,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
             ApiError::payload_too_large(format!(
                 "request body: larger than the {} MiB limit",
                 MAX_BODY >> 20
-           ))
+            ))
         } else {
             ApiError::invalid_request(format!("request body: {}", e.body_text()))
         }
@@ -243,24 +243,24 @@ pub fn router(server: Shared) -> Router {
         .route(
             "/v1/route-tables",
             post(create_route_table).get(list_route_tables),
-       )
+        )
         .route(
             "/v1/route-tables/{id}",
             get(get_route_table).delete(delete_route_table),
-       )
+        )
         .route(
             "/v1/route-tables/{id}/routes",
             post(create_route).put(replace_routes),
-       )
+        )
         .route(
             "/v1/route-tables/{id}/routes/{*cidr}",
             axum::routing::delete(delete_route),
-       )
+        )
         .route("/v1/vpc-peering", post(create_peering).get(list_peerings))
         .route(
             "/v1/vpc-peering/{id}",
             get(get_peering).patch(patch_peering).delete(delete_peering),
-       )
+        )
         .route("/v1/vpc-peering/{id}/accept", post(accept_peering))
         .route("/v1/vpc-peering/{id}/reject", post(reject_peering))
         .route("/v1/ports", post(create_port).get(list_ports))
@@ -268,27 +268,27 @@ pub fn router(server: Shared) -> Router {
         .route(
             "/v1/network-acls",
             post(create_network_acl).get(list_network_acls),
-       )
+        )
         .route(
             "/v1/network-acls/{id}",
             get(get_network_acl).delete(delete_network_acl),
-       )
+        )
         .route(
             "/v1/security-groups",
             post(create_security_group).get(list_security_groups),
-       )
+        )
         .route(
             "/v1/security-groups/{id}",
             get(get_security_group).delete(delete_security_group),
-       )
+        )
         .route("/v1/hosts/{host}/state", get(host_state))
         .layer(axum::middleware::map_response_with_state(
-        server.clone(),
-        add_revision,
-   ))
-    // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-    .with_state(server)
+            server.clone(),
+            add_revision,
+        ))
+        // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(server)
 }
 
 /// Every answer carries the revision it reflects (at least), so that a caller can wait
@@ -415,7 +415,7 @@ async fn create_port(
     ok(
         StatusCode::CREATED,
         s.mutate(|w, _| ops::create_port(w, &c, req))?,
-   )
+    )
 }
 
 fn port_owner<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
@@ -443,7 +443,7 @@ async fn get_port(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>)
     if port_owner(&w, p) != Some(c.account.as_str()) {
         return Err(ApiError::forbidden(format!(
             "port {id} belongs to another account"
-       )));
+        )));
     }
     ok(StatusCode::OK, p)
 }
@@ -465,7 +465,7 @@ async fn create_route(
     ok(
         StatusCode::CREATED,
         s.mutate(|w, _| ops::create_route(w, &c, &id, req))?,
-   )
+    )
 }
 
 async fn replace_routes(
@@ -500,7 +500,7 @@ async fn create_peering(
     ok(
         StatusCode::CREATED,
         s.mutate(|w, now| ops::create_peering(w, &c, req, now))?,
-   )
+    )
 }
 
 async fn list_peerings(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
@@ -532,7 +532,7 @@ async fn accept_peering(
     ok(
         StatusCode::OK,
         s.mutate(|w, now| ops::accept_peering(w, &c, &id, now))?,
-   )
+    )
 }
 
 async fn reject_peering(
@@ -544,7 +544,7 @@ async fn reject_peering(
     ok(
         StatusCode::OK,
         s.mutate(|w, now| ops::reject_peering(w, &c, &id, now))?,
-   )
+    )
 }
 
 async fn delete_peering(
@@ -556,7 +556,7 @@ async fn delete_peering(
     ok(
         StatusCode::OK,
         s.mutate(|w, _| ops::delete_peering(w, &c, &id))?,
-   )
+    )
 }
 
 async fn patch_peering(
@@ -570,7 +570,7 @@ async fn patch_peering(
     ok(
         StatusCode::OK,
         s.mutate(|w, _| ops::patch_peering(w, &c, &id, req))?,
-   )
+    )
 }
 
 #[derive(Deserialize)]
@@ -598,12 +598,12 @@ async fn host_state(
         Some(owner) => {
             return Err(ApiError::forbidden(format!(
                 "the token of host {owner} cannot read the state of host {host}"
-           )))
+            )))
         }
         None => {
             return Err(ApiError::unauthorized(
                 "host state needs the token of that host (--host-tokens on the control plane)",
-           ))
+            ))
         }
     }
     s.spend(&format!("host {host}"))?;
@@ -619,6 +619,5 @@ async fn host_state(
     ok(
         StatusCode::OK,
         json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}),
-   )
+    )
 }
-

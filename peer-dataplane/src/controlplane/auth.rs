@@ -28,7 +28,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The name `token` belongs to in `tokens` (name -> token), looked up in constant time.
-pub fn find<'a>(tokens: impl IntoIterator<Item = (&'a String, &'a String)>, token: &str) -> Option<&'a String> {
+pub fn find<'a>(
+    tokens: impl IntoIterator<Item = (&'a String, &'a String)>,
+    token: &str,
+) -> Option<&'a String> {
     let mut found = None;
     for (name, t) in tokens {
         if ct_eq(t.as_bytes(), token.as_bytes()) {
@@ -110,9 +113,7 @@ impl Limiter {
     /// Spends one request of `who`'s; `Err(seconds until the next one)` if none is left.
     pub fn spend(&self, who: &str, now: Instant) -> Result<(), u64> {
         let mut b = self.buckets.lock().unwrap();
-        let (tokens, at) = b
-            .entry(who.to_string())
-            .or_insert((self.limit.burst, now));
+        let (tokens, at) = b.entry(who.to_string()).or_insert((self.limit.burst, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * self.limit.per_second;
         *tokens = (*tokens + refill).min(self.limit.burst);
         *at = now;
@@ -143,12 +144,22 @@ mod tests {
 
     #[test]
     fn pairs_files_say_what_is_wrong() {
-        assert!(parse_pairs("a:0123456789abcdef\n# c\n\nb: fedcba9876543210 \n").unwrap().len() == 2);
+        assert!(
+            parse_pairs("a:0123456789abcdef\n# c\n\nb: fedcba9876543210 \n")
+                .unwrap()
+                .len()
+                == 2
+        );
         let e = parse_pairs("host-1:short").unwrap_err().to_string();
-        assert!(e.contains("line 1 (host-1): the token is 5 characters"), "{e}");
+        assert!(
+            e.contains("line 1 (host-1): the token is 5 characters"),
+            "{e}"
+        );
         let e = parse_pairs("nocolon").unwrap_err().to_string();
         assert!(e.contains("line 1: expected NAME:TOKEN"), "{e}");
-        let e = parse_pairs("a:0123456789abcdef\na:0123456789abcdeg").unwrap_err().to_string();
+        let e = parse_pairs("a:0123456789abcdef\na:0123456789abcdeg")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2: a is listed twice"), "{e}");
     }
 

@@ -3,11 +3,11 @@
 
 pub mod api;
 pub mod auth;
-pub mod tls;
 pub mod hoststate;
 pub mod model;
 pub mod ops;
 pub mod store;
+pub mod tls;
 
 use anyhow::{Context, Result};
 use log::info;
@@ -53,7 +53,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         listener.local_addr()?,
         opts.db.display(),
         server.revision()
-   );
+    );
     let sweeper = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

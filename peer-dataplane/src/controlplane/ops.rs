@@ -133,19 +133,19 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet> {
     let net: IpNet = s.parse().map_err(|_| {
         ApiError::invalid_cidr(format!(
             "{field}: \"{s}\" is not a CIDR (e.g. 10.0.0.0/16 or fd00::/48)"
-       ))
+        ))
     })?;
     if net.trunc() != net {
         return Err(ApiError::invalid_cidr(format!(
             "{field}: \"{s}\" has host bits set (did you mean {}?)",
             net.trunc()
-       )));
+        )));
     }
     if let IpNet::V6(n) = net {
         if overlaps(&IpNet::V6(n), &IpNet::V6(v4_mapped_range())) {
             return Err(ApiError::invalid_cidr(format!(
                 "{field}: \"{s}\" overlaps ::ffff:0:0/96 (IPv4-mapped), which is reserved"
-           )));
+            )));
         }
     }
     Ok(net)
@@ -221,7 +221,7 @@ pub fn owned_vpc<'a>(w: &'a World, c: &Caller, field: &str, id: &str) -> Result<
     if v.account != c.account {
         return Err(ApiError::forbidden(format!(
             "{field}: vpc {id} belongs to another account"
-       )));
+        )));
     }
     Ok(v)
 }
@@ -230,7 +230,7 @@ fn region_ok(field: &str, r: &str) -> Result<()> {
     if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ApiError::invalid_request(format!(
             "{field}: \"{r}\" is not a region name"
-       )));
+        )));
     }
     Ok(())
 }
@@ -240,7 +240,7 @@ fn direction_ok(field: &str, d: &str) -> Result<()> {
         "ingress" | "egress" => Ok(()),
         _ => Err(ApiError::invalid_request(format!(
             "{field}: direction \"{d}\" must be ingress or egress"
-       ))),
+        ))),
     }
 }
 
@@ -249,18 +249,18 @@ fn protocol_ok(field: &str, p: &str, from: Option<u16>, to: Option<u16>) -> Resu
     if !known {
         return Err(ApiError::invalid_request(format!(
             "{field}: protocol \"{p}\" must be all, tcp, udp, icmp, icmpv6 or a number"
-       )));
+        )));
     }
     match (from, to) {
         (Some(a), Some(b)) if a > b => Err(ApiError::invalid_request(format!(
             "{field}: port_from {a} is above port_to {b}"
-       ))),
+        ))),
         (Some(_), None) | (None, Some(_)) => Err(ApiError::invalid_request(format!(
             "{field}: give both port_from and port_to, or neither"
-       ))),
+        ))),
         (Some(_), Some(_)) if !matches!(p, "tcp" | "udp") => Err(ApiError::invalid_request(
             format!("{field}: ports apply to tcp and udp only, not {p}"),
-       )),
+        )),
         _ => Ok(()),
     }
 }
@@ -274,7 +274,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
     if r.cidrs.is_empty() {
         return Err(ApiError::invalid_request(
             "cidrs: a VPC needs at least one IPv4 CIDR",
-       ));
+        ));
     }
     let mut nets = Vec::new();
     for (i, s) in r.cidrs.iter().enumerate() {
@@ -282,7 +282,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
         if !matches!(net, IpNet::V4(_)) {
             return Err(ApiError::invalid_cidr(format!(
                 "cidrs[{i}]: \"{s}\" is IPv6; put it in ipv6_cidr"
-           )));
+            )));
         }
         nets.push(net);
     }
@@ -291,7 +291,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
         if !matches!(net, IpNet::V6(_)) {
             return Err(ApiError::invalid_cidr(format!(
                 "ipv6_cidr: \"{s}\" is IPv4"
-           )));
+            )));
         }
         nets.push(net);
     }
@@ -300,7 +300,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
             if overlaps(a, b) {
                 return Err(ApiError::cidr_overlap(format!(
                     "cidrs: {a} and {b} overlap"
-               )));
+                )));
             }
         }
     }
@@ -330,7 +330,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
             vpc: id.clone(),
             routes: BTreeMap::new(),
         },
-   );
+    );
     w.vpcs.insert(id, vpc.clone());
     Ok((w, vpc))
 }
@@ -343,7 +343,7 @@ pub fn delete_vpc(w: &World, c: &Caller, id: &str) -> Result<World> {
             .values()
             .filter(|s| s.vpc == id)
             .map(|s| format!("subnet {}", s.id)),
-   );
+    );
     // Every peering that names the VPC, live or not: a deleted or rejected one is still
     // in hosts' documents (routes to it are blackholes) and names this VPC.
     deps.extend(
@@ -351,30 +351,30 @@ pub fn delete_vpc(w: &World, c: &Caller, id: &str) -> Result<World> {
             .values()
             .filter(|p| p.other_side(id).is_some())
             .map(|p| format!("peering {} ({})", p.id, p.status.as_str())),
-   );
+    );
     deps.extend(
         w.route_tables
             .values()
             .filter(|t| t.vpc == id && t.id != v.main_route_table)
             .map(|t| format!("route table {}", t.id)),
-   );
+    );
     deps.extend(
         w.network_acls
             .values()
             .filter(|a| a.vpc == id)
             .map(|a| format!("network acl {}", a.id)),
-   );
+    );
     deps.extend(
         w.security_groups
             .values()
             .filter(|g| g.vpc == id)
             .map(|g| format!("security group {}", g.id)),
-   );
+    );
     if !deps.is_empty() {
         return Err(ApiError::dependency_violation(format!(
             "vpc {id} still has {}",
             deps.join(", ")
-       )));
+        )));
     }
     let mut w = w.clone();
     let main = w.vpcs.remove(id).unwrap().main_route_table;
@@ -389,14 +389,14 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
         return Err(ApiError::invalid_cidr(format!(
             "cidr: \"{}\" is IPv6; put it in ipv6_cidr",
             r.cidr
-       )));
+        )));
     }
     if !vpc_cidrs(&v).iter().any(|p| p.contains(&net)) {
         return Err(ApiError::invalid_cidr(format!(
             "cidr: {net} is not inside vpc {} ({})",
             v.id,
             v.cidrs.join(", ")
-       )));
+        )));
     }
     let ipv6 = match &r.ipv6_cidr {
         None => None,
@@ -407,7 +407,7 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
                 return Err(ApiError::invalid_cidr(format!(
                     "ipv6_cidr: {n} is not inside vpc {}'s IPv6 CIDR",
                     v.id
-               )));
+                )));
             }
             Some(n)
         }
@@ -418,17 +418,17 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
             return Err(ApiError::cidr_overlap(format!(
                 "cidr: {net} overlaps subnet {} ({})",
                 s.id, s.cidr
-           )));
+            )));
         }
         if let (Some(a), Some(b)) = (
             ipv6,
             s.ipv6_cidr.as_ref().and_then(|x| x.parse::<IpNet>().ok()),
-       ) {
+        ) {
             if overlaps(&a, &b) {
                 return Err(ApiError::cidr_overlap(format!(
                     "ipv6_cidr: {a} overlaps subnet {} ({b})",
                     s.id
-               )));
+                )));
             }
         }
     }
@@ -442,7 +442,7 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
                 return Err(ApiError::invalid_request(format!(
                     "route_table_id: route table {t} belongs to vpc {}, not {}",
                     rt.vpc, v.id
-               )));
+                )));
             }
             t.clone()
         }
@@ -455,7 +455,7 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
             return Err(ApiError::invalid_request(format!(
                 "network_acl_id: network acl {a} belongs to vpc {}, not {}",
                 acl.vpc, v.id
-           )));
+            )));
         }
     }
     let mut w = w.clone();
@@ -494,7 +494,7 @@ pub fn delete_subnet(w: &World, c: &Caller, id: &str) -> Result<World> {
         return Err(ApiError::dependency_violation(format!(
             "subnet {id} still has ports {}",
             ports.join(", ")
-       )));
+        )));
     }
     let mut w = w.clone();
     w.subnets.remove(id);
@@ -545,7 +545,7 @@ pub fn delete_route_table(w: &World, c: &Caller, id: &str) -> Result<World> {
         return Err(ApiError::dependency_violation(format!(
             "route table {id} is the main route table of vpc {}",
             t.vpc
-       )));
+        )));
     }
     let users: Vec<&str> = w
         .subnets
@@ -557,7 +557,7 @@ pub fn delete_route_table(w: &World, c: &Caller, id: &str) -> Result<World> {
         return Err(ApiError::dependency_violation(format!(
             "route table {id} is used by subnets {}",
             users.join(", ")
-       )));
+        )));
     }
     let mut w = w.clone();
     w.route_tables.remove(id);
@@ -573,32 +573,32 @@ fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Re
         return Err(ApiError::invalid_target(format!(
             "{field}destination_cidr: {dest} is a CIDR of vpc {}; its local route is implicit",
             v.id
-       )));
+        )));
     }
     match r.target.as_str() {
         "local" => {
             return Err(ApiError::invalid_target(format!(
                 "{field}target: local routes are implicit for the VPC's own CIDRs"
-           )));
+            )));
         }
         "blackhole" => {}
         pcx => {
             let p = w.peerings.get(pcx).ok_or_else(|| {
                 ApiError::invalid_target(format!(
                     "{field}target: {pcx} is not a known peering connection"
-               ))
+                ))
             })?;
             let Some(peer) = p.other_side(&v.id) else {
                 return Err(ApiError::invalid_target(format!(
                     "{field}target: peering {pcx} joins {} and {}, not this table's vpc {}",
                     p.requester_vpc, p.accepter_vpc, v.id
-               )));
+                )));
             };
             if !p.status.is_live() {
                 return Err(ApiError::invalid_target(format!(
                     "{field}target: peering {pcx} is {}",
                     p.status.as_str()
-               )));
+                )));
             }
             let peer_vpc = &w.vpcs[peer];
             if !vpc_cidrs(peer_vpc).iter().any(|n| n.contains(&dest)) {
@@ -610,7 +610,7 @@ fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Re
                         .map(|n| n.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
-               )));
+                )));
             }
         }
     }
@@ -627,7 +627,7 @@ pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<
         return Err(ApiError::already_exists(format!(
             "route table {rtb} already has a route for {} (to {})",
             route.destination_cidr, existing.target
-       )));
+        )));
     }
     let mut w = w.clone();
     w.route_tables
@@ -659,7 +659,7 @@ pub fn replace_routes(
             return Err(ApiError::already_exists(format!(
                 "routes[{i}]: {} is listed twice",
                 route.destination_cidr
-           )));
+            )));
         }
         routes.insert(route.destination_cidr.clone(), route);
     }
@@ -682,7 +682,7 @@ pub fn delete_route(w: &World, c: &Caller, rtb: &str, cidr: &str) -> Result<Worl
     {
         return Err(ApiError::not_found(format!(
             "route table {rtb} has no route for {dest}"
-       )));
+        )));
     }
     Ok(w)
 }
@@ -725,7 +725,7 @@ fn overlap_reason(w: &World, p: &Peering) -> Option<String> {
         return Some(format!(
             "CIDR {x} of vpc {} overlaps CIDR {y} of vpc {}",
             a.id, b.id
-       ));
+        ));
     }
     for (me, newcomer) in [(a, b), (b, a)] {
         if let Some((pcx, peer, (x, y))) = overlapping_peer(w, &me.id, newcomer, &p.id) {
@@ -750,14 +750,14 @@ pub fn create_peering(
         return Err(ApiError::invalid_request(format!(
             "accepter_vpc_id: {} is the requester vpc itself",
             acc.id
-       )));
+        )));
     }
     if let Some(a) = &r.accepter_account_id {
         if *a != acc.account {
             return Err(ApiError::invalid_request(format!(
                 "accepter_account_id: vpc {} does not belong to account {a}",
                 acc.id
-           )));
+            )));
         }
     }
     for (field, given, actual) in [
@@ -768,7 +768,7 @@ pub fn create_peering(
             if g != actual {
                 return Err(ApiError::invalid_request(format!(
                     "{field}: the vpc is in region {actual}, not {g}"
-               )));
+                )));
             }
         }
     }
@@ -776,7 +776,7 @@ pub fn create_peering(
         return Err(ApiError::auto_accept_cross_account(format!(
             "auto_accept: vpc {} belongs to another account; its owner must accept",
             acc.id
-       )));
+        )));
     }
     if let Some(p) = w
         .peerings
@@ -789,7 +789,7 @@ pub fn create_peering(
             req.id,
             acc.id,
             p.status.as_str()
-       )));
+        )));
     }
     let mut w2 = w.clone();
     let existing = w2.peerings.clone();
@@ -832,7 +832,7 @@ pub fn visible_peering<'a>(w: &'a World, c: &Caller, id: &str) -> Result<&'a Pee
     if !p.involves_account(&c.account) {
         return Err(ApiError::forbidden(format!(
             "peering {id} does not involve your account"
-       )));
+        )));
     }
     Ok(p)
 }
@@ -851,24 +851,24 @@ pub fn accept_peering(w: &World, c: &Caller, id: &str, now: Timestamp) -> Result
         return Err(ApiError::forbidden(format!(
             "peering {id} can only be accepted by the accepter's account {}",
             p.accepter_account
-       )));
+        )));
     }
     if p.status == PeeringStatus::PendingAcceptance && now >= p.expires_at {
         return Err(ApiError::invalid_state_transition(format!(
             "peering {id} expired at {} unaccepted",
             p.expires_at
-       )));
+        )));
     }
     if p.status != PeeringStatus::PendingAcceptance {
         return Err(ApiError::invalid_state_transition(format!(
             "peering {id} is {}, not pending-acceptance",
             p.status.as_str()
-       )));
+        )));
     }
     if let Some(why) = overlap_reason(w, p) {
         return Err(ApiError::cidr_overlap(format!(
             "peering {id} cannot become active: {why}"
-       )));
+        )));
     }
     let w = transition(w, id, PeeringStatus::Active, None);
     let p = w.peerings[id].clone();
@@ -881,7 +881,7 @@ pub fn reject_peering(w: &World, c: &Caller, id: &str, now: Timestamp) -> Result
         return Err(ApiError::forbidden(format!(
             "peering {id} can only be rejected by the accepter's account {}",
             p.accepter_account
-       )));
+        )));
     }
     if p.status != PeeringStatus::PendingAcceptance || now >= p.expires_at {
         let status = if p.status == PeeringStatus::PendingAcceptance {
@@ -891,7 +891,7 @@ pub fn reject_peering(w: &World, c: &Caller, id: &str, now: Timestamp) -> Result
         };
         return Err(ApiError::invalid_state_transition(format!(
             "peering {id} is {status}, not pending-acceptance"
-       )));
+        )));
     }
     let w = transition(w, id, PeeringStatus::Rejected, None);
     let p = w.peerings[id].clone();
@@ -905,7 +905,7 @@ pub fn delete_peering(w: &World, c: &Caller, id: &str) -> Result<(World, Peering
     if p.status == PeeringStatus::Deleted {
         return Err(ApiError::invalid_state_transition(format!(
             "peering {id} is already deleted"
-       )));
+        )));
     }
     let w = transition(w, id, PeeringStatus::Deleted, None);
     let p = w.peerings[id].clone();
@@ -918,7 +918,7 @@ pub fn patch_peering(w: &World, c: &Caller, id: &str, r: PatchPeering) -> Result
         if m == 0 || m > 400_000 {
             return Err(ApiError::invalid_request(format!(
                 "bandwidth_mbps: {m} is outside 1..=400000"
-           )));
+            )));
         }
     }
     let mut w = w.clone();
@@ -965,18 +965,18 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
         return Err(ApiError::invalid_request(format!(
             "interface: \"{}\" is not a valid interface name",
             r.interface
-       )));
+        )));
     }
     if parse_mac(&r.mac).is_none() {
         return Err(ApiError::invalid_request(format!(
             "mac: \"{}\" is not a MAC address (xx:xx:xx:xx:xx:xx)",
             r.mac
-       )));
+        )));
     }
     if r.ipv4.is_none() && r.ipv6.is_none() {
         return Err(ApiError::invalid_request(
             "ipv4, ipv6: a port needs at least one address",
-       ));
+        ));
     }
     if let Some(a) = &r.ipv4 {
         let ip: Ipv4Addr = a.parse().map_err(|_| {
@@ -987,7 +987,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
             return Err(ApiError::invalid_request(format!(
                 "ipv4: {ip} is not inside subnet {} ({})",
                 s.id, s.cidr
-           )));
+            )));
         }
     }
     if let Some(a) = &r.ipv6 {
@@ -1004,7 +1004,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
                 "ipv6: {ip} is not inside subnet {} ({})",
                 s.id,
                 s.ipv6_cidr.as_deref().unwrap_or("no IPv6 CIDR")
-           )));
+            )));
         }
     }
     for other in w.ports.values() {
@@ -1012,7 +1012,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
             return Err(ApiError::already_exists(format!(
                 "interface: host {} already has port {} on {}",
                 r.host, other.id, r.interface
-           )));
+            )));
         }
         let same_vpc = w
             .subnets
@@ -1026,7 +1026,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
                     mine.as_ref().unwrap(),
                     other.id,
                     s.vpc
-               )));
+                )));
             }
         }
     }
@@ -1039,7 +1039,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
             return Err(ApiError::invalid_request(format!(
                 "security_groups: {g} belongs to vpc {}, not {}",
                 sg.vpc, s.vpc
-           )));
+            )));
         }
     }
     let mut w = w.clone();
@@ -1078,14 +1078,14 @@ fn check_acl_rules(rules: &[AclRule]) -> Result<()> {
             return Err(ApiError::invalid_request(format!(
                 "{f}: number {} is outside 1..=32766",
                 r.number
-           )));
+            )));
         }
         direction_ok(&f, &r.direction)?;
         if !seen.insert((r.direction.clone(), r.number)) {
             return Err(ApiError::already_exists(format!(
                 "{f}: {} rule number {} is used twice",
                 r.direction, r.number
-           )));
+            )));
         }
         protocol_ok(&f, &r.protocol, r.port_from, r.port_to)?;
         parse_cidr(&format!("{f}.cidr"), &r.cidr)?;
@@ -1093,7 +1093,7 @@ fn check_acl_rules(rules: &[AclRule]) -> Result<()> {
             return Err(ApiError::invalid_request(format!(
                 "{f}: action \"{}\" must be allow or deny",
                 r.action
-           )));
+            )));
         }
     }
     Ok(())
@@ -1134,7 +1134,7 @@ pub fn delete_network_acl(w: &World, c: &Caller, id: &str) -> Result<World> {
         return Err(ApiError::dependency_violation(format!(
             "network acl {id} is used by subnets {}",
             users.join(", ")
-       )));
+        )));
     }
     let mut w = w.clone();
     w.network_acls.remove(id);
@@ -1164,13 +1164,13 @@ pub fn create_security_group(
                     return Err(ApiError::invalid_request(format!(
                         "{f}.peer_security_group: {g} is in region {peer_region}, not {}",
                         v.region
-                   )));
+                    )));
                 }
             }
             _ => {
                 return Err(ApiError::invalid_request(format!(
                     "{f}: give exactly one of cidr and peer_security_group"
-               )))
+                )))
             }
         }
     }
@@ -1207,12 +1207,12 @@ pub fn delete_security_group(w: &World, c: &Caller, id: &str) -> Result<World> {
                     .any(|r| r.peer_security_group.as_deref() == Some(id))
             })
             .map(|s| format!("security group {}", s.id)),
-   );
+    );
     if !users.is_empty() {
         return Err(ApiError::dependency_violation(format!(
             "security group {id} is referenced by {}",
             users.join(", ")
-       )));
+        )));
     }
     let mut w = w.clone();
     w.security_groups.remove(id);
@@ -1229,7 +1229,7 @@ pub fn check(w: &World) -> Result<()> {
         if let Err(e) = crate::validate::validate(&doc) {
             return Err(ApiError::inconsistent(format!(
                 "the change would leave an invalid state: {e}"
-           )));
+            )));
         }
     }
     Ok(())

@@ -20,7 +20,10 @@ pub fn config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing --tls-cert {}", cert.display()))?;
     if chain.is_empty() {
-        return Err(anyhow!("--tls-cert {} holds no PEM certificate", cert.display()));
+        return Err(anyhow!(
+            "--tls-cert {} holds no PEM certificate",
+            cert.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading a PEM private key from --tls-key {}", key.display()))?;
