@@ -589,21 +589,47 @@ struct Flow {
 pub struct Frames<'a> {
     topo: &'a Topo,
     recent: Vec<Flow>,
+    /// When a packet of each recent flow (either way) was last sent.
+    sent_at: Vec<u64>,
+    /// Whether repeats may jump to a flow's idle timeout (not in busy states, whose
+    /// frames come microseconds apart to meet the caps).
+    jumps: bool,
 }
 
+/// Idle timeouts of tracked flows (docs/datapath.md §4.12): a repeat of a flow sometimes
+/// comes exactly one of these after the flow's last packet, or a nanosecond later.
+const TIMEOUTS_NS: [u64; 6] = [
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+    120_000_000_000,
+    600_000_000_000,
+    432_000_000_000_000,
+];
+
 impl<'a> Frames<'a> {
-    pub fn new(topo: &'a Topo) -> Frames<'a> {
+    pub fn new(topo: &'a Topo, jumps: bool) -> Frames<'a> {
         Frames {
             topo,
             recent: Vec::new(),
+            sent_at: Vec::new(),
+            jumps,
         }
     }
 
-    /// A frame and the interface it arrives on.
-    pub fn next(&mut self, rng: &mut Rng) -> (String, Vec<u8>) {
+    /// A frame, the interface it arrives on, and (sometimes) the time it must arrive at:
+    /// a repeat of a flow exactly at, or just past, an idle timeout after its last packet.
+    pub fn next(&mut self, rng: &mut Rng, now: u64) -> (String, Vec<u8>, Option<u64>) {
         let t = self.topo;
+        let mut at = None;
         let flow = if !self.recent.is_empty() && rng.chance(35) {
-            let f = rng.pick(&self.recent).clone();
+            let k = rng.below(self.recent.len() as u64) as usize;
+            if self.jumps && rng.chance(10) {
+                let when = self.sent_at[k] + *rng.pick(&TIMEOUTS_NS) + rng.below(2);
+                at = (when > now).then_some(when);
+            }
+            self.sent_at[k] = at.unwrap_or(now);
+            let f = self.recent[k].clone();
             if rng.chance(50) {
                 f
             } else {
@@ -613,9 +639,11 @@ impl<'a> Frames<'a> {
             let f = self.fresh(rng);
             if self.recent.len() < 64 {
                 self.recent.push(f.clone());
+                self.sent_at.push(now);
             } else {
                 let i = rng.below(64) as usize;
                 self.recent[i] = f.clone();
+                self.sent_at[i] = now;
             }
             f
         };
@@ -631,7 +659,7 @@ impl<'a> Frames<'a> {
                 }
             }
         };
-        (ingress, frame(rng, from.mac, &flow))
+        (ingress, frame(rng, from.mac, &flow), at)
     }
 
     /// The reply of `f`, sent by the instance that has its destination (if any does).

@@ -178,14 +178,15 @@ fn run_state(
     let before = read_counters(dp, &doc_peerings, &hit_slots)?;
     let mut expected = before.clone();
     let mut last = before.global;
-    let mut frames = Frames::new(&topo);
     let busy = rng.chance(50);
+    let mut frames = Frames::new(&topo, !busy);
     for n in 0..packets {
-        let (iface, frame) = frames.next(rng);
+        let (iface, frame, at) = frames.next(rng, now);
         let ingress = ifindex[&iface];
         let step = random::time_step(rng, busy);
-        if step > 0 {
-            now += step;
+        let then = at.unwrap_or(now + step);
+        if then != now {
+            now = then;
             dp.freeze_clock(now)?;
         }
         let want: Outcome = world.run(&mut model, ingress, &frame, now);
