@@ -28,6 +28,30 @@ pub const fn acl_set(acl_id: u32, generation: u32, egress: bool) -> u32 {
     (acl_id << 2) | ((generation & 1) << 1) | (egress as u32)
 }
 
+/// The ACL (network ACL or security-group combination) id of set `set`.
+#[inline(always)]
+pub const fn acl_set_id(set: u32) -> u32 {
+    set >> 2
+}
+
+/// The generation of set `set`.
+#[inline(always)]
+pub const fn acl_set_generation(set: u32) -> u32 {
+    (set >> 1) & 1
+}
+
+/// Whether set `set` holds egress rules (else ingress).
+#[inline(always)]
+pub const fn acl_set_is_egress(set: u32) -> bool {
+    set & 1 == 1
+}
+
+/// The set of an address-trie table field (see [`acl_addr_table`]).
+#[inline(always)]
+pub const fn acl_addr_table_set(table: u32) -> u32 {
+    table >> 1
+}
+
 /// The table field of an address-trie key: the set, and the address family, so that
 /// IPv4 and IPv6 rules (`0.0.0.0/0`, `::/0`) never cover each other's packets.
 #[inline(always)]
@@ -170,6 +194,18 @@ pub fn bit_set(b: &AclBits, bit: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_keys_round_trip() {
+        for (id, generation, egress) in [(1, 0, false), (7, 1, true), (1023, 1, false)] {
+            let set = acl_set(id, generation, egress);
+            assert_eq!(acl_set_id(set), id);
+            assert_eq!(acl_set_generation(set), generation);
+            assert_eq!(acl_set_is_egress(set), egress);
+            assert_eq!(acl_addr_table_set(acl_addr_table(set, true)), set);
+            assert_eq!(acl_addr_table_set(acl_addr_table(set, false)), set);
+        }
+    }
 
     #[test]
     fn first_match_is_the_lowest_common_bit() {

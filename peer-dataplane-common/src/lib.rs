@@ -119,6 +119,18 @@ pub const fn route_table_key(table_id: u32, generation: u32) -> u32 {
     (table_id << 1) | (generation & 1)
 }
 
+/// The route table id of a trie table key (see [`route_table_key`]).
+#[inline(always)]
+pub const fn route_table_id(key: u32) -> u32 {
+    key >> 1
+}
+
+/// The generation of a trie table key (see [`route_table_key`]).
+#[inline(always)]
+pub const fn route_table_generation(key: u32) -> u32 {
+    key & 1
+}
+
 /// Route table ids stay below this so that their keys stay below [`VPC_TABLE_BASE`].
 pub const MAX_ROUTE_TABLE_ID: u32 = VPC_TABLE_BASE >> 1;
 
@@ -366,6 +378,18 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_keys_round_trip() {
+        for (id, generation) in [(1, 0), (5, 1), (MAX_ROUTE_TABLE_ID - 1, 1)] {
+            let key = route_table_key(id, generation);
+            assert_eq!(
+                (route_table_id(key), route_table_generation(key)),
+                (id, generation)
+            );
+            assert!(key < VPC_TABLE_BASE);
+        }
+    }
 
     #[test]
     fn route_key_masks_host_bits_and_counts_table_bits() {

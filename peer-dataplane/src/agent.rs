@@ -16,8 +16,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use log::{error, info};
-use peer_dataplane_common::acl::{acl_set, AclBits, AclExactKey, AclProtoKey};
-use peer_dataplane_common::{program_names, NAME_PEERING, VPC_TABLE_BASE};
+use peer_dataplane_common::acl::{
+    acl_addr_table_set, acl_set, acl_set_generation, acl_set_id, AclBits, AclExactKey, AclProtoKey,
+};
+use peer_dataplane_common::{
+    program_names, route_table_generation, route_table_id, NAME_PEERING, VPC_TABLE_BASE,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -159,7 +163,7 @@ pub fn plan_install(
 fn current_acl_generations(m: &MapState) -> BTreeMap<u32, u32> {
     m.acl_meta
         .keys()
-        .map(|set| (set >> 2, (set >> 1) & 1))
+        .map(|set| (acl_set_id(*set), acl_set_generation(*set)))
         .collect()
 }
 
@@ -183,7 +187,9 @@ fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
         m.acl_addr
             .iter()
             // Address keys hold the set shifted left by the family bit.
-            .filter(|(k, _)| sets.contains(&(u32::from_be_bytes(k.data.table_be) >> 1)))
+            .filter(|(k, _)| {
+                sets.contains(&acl_addr_table_set(u32::from_be_bytes(k.data.table_be)))
+            })
             .map(|(k, v)| (*k, *v))
             .collect(),
         m.acl_port
@@ -199,7 +205,9 @@ fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
         m.acl_exact
             .iter()
             .filter(|(k, _)| match k.kind {
-                peer_dataplane_common::acl::EXACT_HOST => sets.contains(&(k.table >> 1)),
+                peer_dataplane_common::acl::EXACT_HOST => {
+                    sets.contains(&acl_addr_table_set(k.table))
+                }
                 _ => sets.contains(&k.table),
             })
             .map(|(k, v)| (*k, *v))
@@ -219,7 +227,7 @@ fn current_generations(m: &MapState) -> BTreeMap<u32, u32> {
         .keys()
         .map(|k| u32::from_be_bytes(k.data.table_be))
         .filter(|t| *t < VPC_TABLE_BASE)
-        .map(|key| (key >> 1, key & 1))
+        .map(|key| (route_table_id(key), route_table_generation(key)))
         .collect()
 }
 
@@ -245,8 +253,10 @@ fn tables_with_several_changes(
     }
     changes
         .into_iter()
-        .filter(|(key, n)| *key < VPC_TABLE_BASE && *n > 1 && installed.contains_key(&(key >> 1)))
-        .map(|(key, _)| key >> 1)
+        .filter(|(key, n)| {
+            *key < VPC_TABLE_BASE && *n > 1 && installed.contains_key(&route_table_id(*key))
+        })
+        .map(|(key, _)| route_table_id(key))
         .collect()
 }
 

@@ -8,7 +8,10 @@ use crate::stats::table;
 use crate::validate::format_mac;
 use anyhow::{bail, Result};
 use peer_dataplane_common::{
-    acl::NO_ACL, addr, cap::CapConfig, pcx_status_str, NameKey, DIR_ACCEPTER_TO_REQUESTER,
+    acl::{acl_set_id, acl_set_is_egress, NO_ACL},
+    addr,
+    cap::CapConfig,
+    pcx_status_str, route_table_generation, route_table_id, NameKey, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, NAME_ACL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SG_SET,
     NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
     ROUTE_TABLE_BITS, VPC_TABLE_BASE,
@@ -29,13 +32,13 @@ impl Names<'_> {
 
     /// The network ACL an ACL set belongs to, if any.
     pub fn acl(&self, set: u32) -> Option<String> {
-        (set != NO_ACL).then(|| self.get(NAME_ACL, set >> 2))
+        (set != NO_ACL).then(|| self.get(NAME_ACL, acl_set_id(set)))
     }
 
     /// The security groups a compiled group set stands for (`sg-a+sg-b`), if any.
     pub fn security_groups(&self, set: u32) -> Option<String> {
         (set != NO_ACL).then(|| {
-            self.get(NAME_SG_SET, set >> 2)
+            self.get(NAME_SG_SET, acl_set_id(set))
                 .trim_start_matches("sgs:")
                 .to_string()
         })
@@ -189,7 +192,10 @@ pub fn routes(maps: &KernelMaps, only: Option<&str>, vpc_tables: bool) -> Result
                 0,
             )
         } else {
-            (names.get(NAME_ROUTE_TABLE, key >> 1), key & 1)
+            (
+                names.get(NAME_ROUTE_TABLE, route_table_id(key)),
+                route_table_generation(key),
+            )
         };
         if only.is_some_and(|t| t != table) {
             continue;
@@ -263,7 +269,7 @@ pub fn ports(maps: &KernelMaps) -> Result<Vec<PortEntry>> {
             ifindex: *ifindex,
             vpc: names.get(NAME_VPC, p.vpc),
             subnet: names.get(NAME_SUBNET, p.subnet),
-            route_table: names.get(NAME_ROUTE_TABLE, p.route_table >> 1),
+            route_table: names.get(NAME_ROUTE_TABLE, route_table_id(p.route_table)),
             mac: format_mac(&p.mac),
             ipv4: (p.flags & PORT_HAS_IPV4 != 0).then(|| ip(&p.ipv4).to_string()),
             ipv6: (p.flags & PORT_HAS_IPV6 != 0).then(|| ip(&p.ipv6).to_string()),
@@ -354,7 +360,7 @@ pub fn acl_hits_in(
         if meta.hit_base == NO_HITS {
             continue;
         }
-        let acl = names.get(NAME_ACL, set >> 2);
+        let acl = names.get(NAME_ACL, acl_set_id(*set));
         if only.is_some_and(|a| a != acl) {
             continue;
         }
@@ -366,7 +372,11 @@ pub fn acl_hits_in(
                 .unwrap_or(0);
             out.push(AclRuleHits {
                 acl: acl.clone(),
-                direction: if set & 1 == 1 { "egress" } else { "ingress" },
+                direction: if acl_set_is_egress(*set) {
+                    "egress"
+                } else {
+                    "ingress"
+                },
                 rule,
                 action: if bit_set(&meta.allow, i) {
                     "allow"

@@ -15,8 +15,8 @@ use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, SlicedPacket};
 use peer_dataplane_common::{
-    acl::{bit_set, NO_ACL, NO_HITS},
-    addr,
+    acl::{acl_set_id, bit_set, NO_ACL, NO_HITS},
+    addr, route_table_id,
     trace::*,
     DropReason, NameKey, PassReason, Port, DIR_REQUESTER_TO_ACCEPTER, NAME_ACL, NAME_ACL_RULE,
     NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_VPC, PCX_ACTIVE, ROUTE_BLACKHOLE, ROUTE_LOCAL,
@@ -401,7 +401,7 @@ fn acl_stage(state: &MapState, set: u32, decision: u32, direction: &str) -> (Str
             json!({"acl": null, "direction": direction, "rule": null, "action": "allow"}),
         );
     }
-    let acl = Names(state).get(NAME_ACL, set >> 2);
+    let acl = Names(state).get(NAME_ACL, acl_set_id(set));
     match acl_rule_bit(decision) {
         None => (
             format!("{acl} {direction}: no rule matches (the implicit deny)"),
@@ -507,7 +507,7 @@ pub fn explain(
                 port_name(r.ingress_ifindex),
                 r.ingress_ifindex,
                 Names(state).get(NAME_VPC, r.port_vpc),
-                Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1),
+                Names(state).get(NAME_ROUTE_TABLE, route_table_id(r.port_route_table)),
                 acl.as_deref().unwrap_or("none"),
                 sgs.as_deref().unwrap_or("none"),
             ),
@@ -515,7 +515,7 @@ pub fn explain(
                 "interface": port_name(r.ingress_ifindex),
                 "ifindex": r.ingress_ifindex,
                 "vpc": Names(state).get(NAME_VPC, r.port_vpc),
-                "route_table": Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1),
+                "route_table": Names(state).get(NAME_ROUTE_TABLE, route_table_id(r.port_route_table)),
                 "network_acl": acl,
                 "security_groups": sgs,
             }),
@@ -558,7 +558,7 @@ pub fn explain(
         );
     }
     if reached(STAGE_ROUTE) {
-        let table = Names(state).get(NAME_ROUTE_TABLE, r.port_route_table >> 1);
+        let table = Names(state).get(NAME_ROUTE_TABLE, route_table_id(r.port_route_table));
         let (detail, facts) = if r.route_kind == NO_ROUTE {
             (
                 format!("no route to {dst} in {table}"),
@@ -660,7 +660,7 @@ pub fn explain(
         push(STAGE_ENDPOINT, "endpoint", detail, facts);
     }
     if reached(STAGE_RETURN_ROUTE) {
-        let table = Names(state).get(NAME_ROUTE_TABLE, r.ep_route_table >> 1);
+        let table = Names(state).get(NAME_ROUTE_TABLE, route_table_id(r.ep_route_table));
         let pcx = Names(state).get(NAME_PEERING, r.peering_slot);
         let found = if r.return_kind == NO_ROUTE {
             "no route".to_string()
