@@ -599,7 +599,7 @@ fn run(cli: Cli) -> Result<()> {
             tls_cert,
             tls_key,
         } => {
-            if !(rate_limit > 0.0) {
+            if !rate_limit.is_finite() || rate_limit <= 0.0 {
                 anyhow::bail!(
                     "--rate-limit must be above 0 (requests per second), not {rate_limit}"
                 );

@@ -10,6 +10,7 @@ use peer_dataplane_common::{NAME_PEERING, PCX_ACTIVE, PCX_DELETED, ROUTE_PCX, RO
 
 mod common;
 use common::{FakeIfindex, SEED};
+use peer_dataplane_common::acl::{acl_addr_table_set, acl_set_id};
 
 use common::seed;
 
@@ -392,7 +393,7 @@ mod generations {
         let addrs = s
             .acl_addr
             .keys()
-            .filter(|k| u32::from_be_bytes(k.data.table_be) >> 1 == set)
+            .filter(|k| acl_addr_table_set(u32::from_be_bytes(k.data.table_be)) == set)
             .count();
         let exact = s
             .acl_exact
@@ -600,6 +601,9 @@ mod security_groups_and_caps {
         let (desired, _, _) =
             plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         assert_ne!(installed.ports[&11].sg, desired.ports[&11].sg);
-        assert_eq!(installed.ports[&11].sg >> 2, desired.ports[&11].sg >> 2);
+        assert_eq!(
+            acl_set_id(installed.ports[&11].sg),
+            acl_set_id(desired.ports[&11].sg)
+        );
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{anyhow, ensure, Result};
 use peer_dataplane::document::{Document, RouteDoc};
 use peer_dataplane::maps::{Op, RouteKey};
 use peer_dataplane::validate::validate;
+use peer_dataplane_common::acl::acl_set_id;
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, ROUTE_PCX,
@@ -1067,7 +1068,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     let b_sets = |m: &peer_dataplane::maps::MapState| -> Vec<_> {
         m.acl_meta
             .iter()
-            .filter(|(set, _)| *set >> 2 == b)
+            .filter(|(set, _)| acl_set_id(**set) == b)
             .map(|(k, v)| (*k, *v))
             .collect()
     };
@@ -1084,7 +1085,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     let touching_b: Vec<String> = ops
         .iter()
         .filter(|op| match op {
-            Op::PutAclMeta(set, _) | Op::DelAclMeta(set) => *set >> 2 == b,
+            Op::PutAclMeta(set, _) | Op::DelAclMeta(set) => acl_set_id(*set) == b,
             Op::ResetAclHits(base, n) => before
                 .iter()
                 .any(|(_, m)| *base < m.hit_base + m.rules && m.hit_base < base + n),
