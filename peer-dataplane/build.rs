@@ -17,7 +17,14 @@ fn main() {
                 path.display().to_string()
             )
         }
-        _ => "pub static OBJECT: Option<&[u8]> = None;\n".to_string(),
+        _ => {
+            // Say so at build time too, not only when `run` starts.
+            println!(
+                "cargo:warning=peer-dataplane is built without the XDP object: `peer-dataplane run` \
+                 will need --bpf-object PATH. `cargo xtask build` builds the object and embeds it."
+            );
+            "pub static OBJECT: Option<&[u8]> = None;\n".to_string()
+        }
     };
     fs::write(out, code).unwrap();
 }
