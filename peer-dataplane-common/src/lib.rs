@@ -65,6 +65,23 @@ pub mod map_names {
     ];
 }
 
+/// Map flag: entries are allocated on update and freed after an RCU grace period. The
+/// hash maps the program reads in place use it, so that a packet never reads an entry half
+/// old, half new (a preallocated map hands a replaced element to the next update at once;
+/// docs/datapath.md §3.8). The agent refuses pins of those maps made without it.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The maps created with [`BPF_F_NO_PREALLOC`].
+pub const NOT_PREALLOCATED: [&str; 7] = [
+    map_names::PORTS,
+    map_names::PEERINGS,
+    map_names::ENDPOINTS,
+    map_names::NAMES,
+    map_names::ACL_PROTO,
+    map_names::ACL_META,
+    map_names::ACL_EXACT,
+];
+
 /// Program names (ELF symbols) of the XDP entry points.
 pub mod program_names {
     /// The forwarding pipeline.

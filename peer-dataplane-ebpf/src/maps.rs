@@ -12,14 +12,9 @@ use peer_dataplane_common::{
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     trace::TraceRecord,
-    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
-    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, BPF_F_NO_PREALLOC,
+    MAX_ACL_ENTRIES, MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
-
-/// Ports, peerings and endpoints are read in place by the program, so they are not
-/// preallocated: the kernel then frees a replaced entry only after an RCU grace period,
-/// and a packet never reads an entry half old, half new (docs/datapath.md §3.8).
-pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "pdp_ports")]
 pub static PORTS: HashMap<u32, Port> = HashMap::pinned(MAX_PORTS, BPF_F_NO_PREALLOC);

@@ -16,8 +16,9 @@ use peer_dataplane_common::{
     conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES},
     counters::{GlobalCounters, PeeringCounters},
     map_names, peering_counter_index, program_names, Endpoint, EndpointKey, Name, NameKey, Peering,
-    Port, RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
-    MAX_ACL_ENTRIES, MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    Port, RouteData, RouteValue, BPF_F_NO_PREALLOC, DIR_ACCEPTER_TO_REQUESTER,
+    DIR_REQUESTER_TO_ACCEPTER, MAX_ACL_ENTRIES, MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS,
+    MAX_ROUTES, NOT_PREALLOCATED,
 };
 use std::path::{Path, PathBuf};
 
@@ -132,20 +133,6 @@ fn expected_layouts() -> [(&'static str, u32, u32, u32); 18] {
         ),
     ]
 }
-
-/// Hash maps the program reads in place: they must not be preallocated, so that the kernel
-/// frees a replaced entry only after every packet reading it is done (a preallocated map
-/// hands the old element to the next update at once).
-const NOT_PREALLOCATED: [&str; 7] = [
-    map_names::PORTS,
-    map_names::PEERINGS,
-    map_names::ENDPOINTS,
-    map_names::NAMES,
-    map_names::ACL_PROTO,
-    map_names::ACL_META,
-    map_names::ACL_EXACT,
-];
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Fails, naming the map, if a pin under `pin_dir` has a shape this build does not expect.
 pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
