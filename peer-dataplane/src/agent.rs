@@ -439,68 +439,69 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Retry {
-    fn first(topo: Topology, what: String, revision: Option<u64>) -> Retry {
-        Retry {
-            topo,
-            what,
-            revision,
-            attempts: 1,
-            at: Instant::now() + RETRY_MIN,
-        }
+    /// Counts a failed attempt (`e`) and schedules the next one: 100 ms after the first
+    /// failure, doubling up to 5 s.
+    fn failed(mut self, e: &anyhow::Error) -> Retry {
+        self.attempts += 1;
+        let wait = (RETRY_MIN * 2u32.saturating_pow(self.attempts - 1)).min(RETRY_MAX);
+        let again = if self.attempts == 1 {
+            String::new()
+        } else {
+            format!(" again (attempt {})", self.attempts)
+        };
+        error!(
+            "installing {} failed{again}, retrying in {} ms: {e:#}",
+            self.what,
+            wait.as_millis()
+        );
+        self.at = Instant::now() + wait;
+        self
     }
 
     /// Installs again; `Some` (with a later time) if it failed once more.
-    fn again(mut self, dp: &mut Dataplane) -> Option<Retry> {
-        let started = Instant::now();
-        let r = dp.apply(&self.topo);
-        dp.record(self.revision, started, r.is_ok());
-        match r {
+    fn again(self, dp: &mut Dataplane) -> Option<Retry> {
+        let (attempt, what, revision) = (self.attempts + 1, self.what.clone(), self.revision);
+        match install(
+            self.topo,
+            self.what,
+            revision,
+            self.attempts,
+            Instant::now(),
+            dp,
+        ) {
             Ok(writes) => {
-                info!(
-                    "installed {} on attempt {} ({writes} map writes)",
-                    self.what,
-                    self.attempts + 1
-                );
-                if let Some(rev) = self.revision {
-                    info!(
-                        "synced revision {rev} ({writes} map writes; after {} attempts)",
-                        self.attempts + 1
-                    );
+                info!("installed {what} on attempt {attempt} ({writes} map writes)");
+                if let Some(rev) = revision {
+                    info!("synced revision {rev} ({writes} map writes; after {attempt} attempts)");
                 }
                 None
             }
-            Err(e) => {
-                self.attempts += 1;
-                let wait = (RETRY_MIN * 2u32.saturating_pow(self.attempts - 1)).min(RETRY_MAX);
-                error!(
-                    "installing {} failed again (attempt {}), retrying in {} ms: {e:#}",
-                    self.what,
-                    self.attempts,
-                    wait.as_millis()
-                );
-                self.at = Instant::now() + wait;
-                Some(self)
-            }
+            Err(retry) => Some(*retry),
         }
     }
 }
 
-/// Installs a validated state; a failure is reported and handed back to retry.
+/// Installs a validated state (after `attempts` failed ones); a failure is reported and
+/// comes back as the retry to make.
 fn install(
     topo: Topology,
     what: String,
     revision: Option<u64>,
+    attempts: u32,
     started: Instant,
     dp: &mut Dataplane,
 ) -> Result<usize, Box<Retry>> {
     let r = dp.apply(&topo);
     dp.record(revision, started, r.is_ok());
     r.map_err(|e| {
-        error!(
-            "installing {what} failed, retrying in {} ms: {e:#}",
-            RETRY_MIN.as_millis()
-        );
-        Box::new(Retry::first(topo, what, revision))
+        let retry = Retry {
+            topo,
+            what,
+            revision,
+            attempts,
+            at: started,
+        };
+        Box::new(retry.failed(&e))
     })
 }
 
@@ -518,6 +519,7 @@ fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
         topo,
         format!("{} on {why}", config.display()),
         None,
+        0,
         started,
         dp,
     ) {
@@ -546,7 +548,7 @@ fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             return None;
         }
     };
-    match install(topo, what, Some(u.revision), started, dp) {
+    match install(topo, what, Some(u.revision), 0, started, dp) {
         Ok(writes) => {
             info!(
                 "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
