@@ -36,28 +36,31 @@ impl std::fmt::Debug for ControlPlane {
 /// The HTTP client the agent talks to the control plane with: long polls, and with `ca`,
 /// TLS verified against those roots only.
 pub fn client(cp: &ControlPlane) -> anyhow::Result<ureq::Agent> {
-    use anyhow::Context;
     let mut config =
         ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(10)));
     if let Some(pem) = &cp.ca {
-        let certs = ureq::tls::parse_pem(pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the --ca certificates")?;
-        if certs.is_empty() {
-            anyhow::bail!("--ca holds no PEM certificate");
-        }
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
-                .build(),
-        );
+        config = config.tls_config(trusting(pem)?);
     }
     Ok(config.build().into())
+}
+
+/// TLS that trusts the PEM certificates in `pem` (the `--ca` file) and nothing else.
+pub fn trusting(pem: &[u8]) -> anyhow::Result<ureq::tls::TlsConfig> {
+    use anyhow::Context;
+    let certs = ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the --ca certificates")?;
+    if certs.is_empty() {
+        anyhow::bail!("--ca holds no PEM certificate");
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+        .build())
 }
 
 /// A new desired state.

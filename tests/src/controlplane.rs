@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const SEED_API: &str = include_str!("../../examples/seed-api.json");
 /// host-1's agent credential (the host every test port is on).
@@ -118,17 +118,12 @@ impl ControlPlane {
                 .spawn()
                 .context("starting the control plane")?,
         );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.get_health().is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "control plane did not answer /healthz:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
+        crate::wait_until(
+            "the control plane answering /healthz",
+            Duration::from_secs(15),
+            || Ok(self.get_health().is_ok()),
         )
+        .map_err(|e| anyhow::anyhow!("{e:#}:\n{}", self.log_text()))
     }
 
     fn get_health(&self) -> Result<()> {
@@ -170,17 +165,8 @@ impl ControlPlane {
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(10)));
             if let Some(pem) = ca {
-                let certs = ureq::tls::parse_pem(&pem)
-                    .filter_map(|i| match i {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                config = config.tls_config(
-                    ureq::tls::TlsConfig::builder()
-                        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
-                        .build(),
-                );
+                // As the agent trusts the control plane (`--ca`).
+                config = config.tls_config(peer_dataplane::sync::trusting(&pem)?);
             }
             let agent: ureq::Agent = config.build().into();
             let mut req = http_request(&method, &url)?;

@@ -144,22 +144,14 @@ impl TestDataplane {
     }
 
     /// Frames `pdp_sink` has counted as the sender's (summed over CPUs): compare deltas.
+    /// (Slot 1 of `pdp_sink_count` holds the frames that were not.)
     pub fn sink_count(&self) -> Result<u64> {
-        self.sink_slot(0)
-    }
-
-    /// Frames `pdp_sink` received that were not the sender's.
-    pub fn sink_other(&self) -> Result<u64> {
-        self.sink_slot(1)
-    }
-
-    fn sink_slot(&self, slot: u32) -> Result<u64> {
         let map = self
             .ebpf
             .map("pdp_sink_count")
             .ok_or_else(|| anyhow!("no map pdp_sink_count"))?;
         let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
-        Ok(counts.get(&slot, 0)?.iter().sum())
+        Ok(counts.get(&0, 0)?.iter().sum())
     }
 
     /// Stops the program's clock at `at_ns` (see `peer_dataplane_common::clock`): from now

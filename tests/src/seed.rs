@@ -5,10 +5,9 @@
 use crate::netns::{veth, Netns};
 use anyhow::{bail, Context, Result};
 use peer_dataplane::document::Document;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const SEED_TOML: &str = include_str!("../../examples/seed.toml");
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x70, 0x64, 0x70, 0x00, 0x01];
@@ -273,61 +272,44 @@ impl Agent {
     }
 
     pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let f = std::fs::File::open(&self.log)?;
-            let n = BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .filter(|l| l.contains(needle))
-                .count();
-            if n >= count {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "agent exited ({status}) before logging {needle:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent did not log {needle:?} within {timeout:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for_log(&format!("the agent logging {needle:?}"), timeout, |log| {
+            log.lines().filter(|l| l.contains(needle)).count() >= count
+        })
     }
 
     /// Waits until the agent reports a control-plane revision at or past `revision`
     /// installed ("synced revision N").
     pub fn wait_synced(&mut self, revision: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let newest = self
-                .log_text()
-                .lines()
-                .filter_map(|l| l.split("synced revision ").nth(1))
-                .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-                .max();
-            if newest.map(|n| n >= revision).unwrap_or(false) {
-                return Ok(());
+        self.wait_for_log(
+            &format!("the agent syncing revision {revision}"),
+            timeout,
+            |log| {
+                log.lines()
+                    .filter_map(|l| l.split("synced revision ").nth(1))
+                    .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                    .any(|n| n >= revision)
+            },
+        )
+    }
+
+    /// Waits until `done` holds of the agent's log; fails (with the log) if the agent exits
+    /// first or `timeout` passes.
+    fn wait_for_log(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        crate::wait_until(what, timeout, || {
+            if done(&self.log_text()) {
+                return Ok(true);
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "agent exited ({status}) before syncing revision {revision}:\n{}",
-                    self.log_text()
-                );
+                bail!("{what}: the agent exited ({status}) first");
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "agent did not sync revision {revision} within {timeout:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Ok(false)
+        })
+        .map_err(|e| anyhow::anyhow!("{e:#}:\n{}", self.log_text()))
     }
 
     pub fn log_text(&self) -> String {
@@ -379,12 +361,6 @@ impl Agent {
                 .arg(&self.pin_dir)
                 .args(args),
         )
-    }
-
-    /// Packets the data plane has dropped as `reason` so far (global counter).
-    pub fn drops(&self, reason: &str) -> Result<u64> {
-        let s = self.stats_json()?;
-        Ok(s["global"]["dropped"][reason].as_u64().unwrap_or(0))
     }
 
     /// Runs `traffic`, which must report that nothing got through, and checks that the
