@@ -813,8 +813,7 @@ impl World {
             (ICMP | ICMPV6, None) => None,
             _ => Some((0, 0, true)),
         };
-        let tcp = |p: &Parsed| (p.proto == TCP, p.tcp_flags);
-        if let Some((sport, dport, _)) = tracked {
+        let key = tracked.map(|(sport, dport, opens)| {
             let key = FlowKey {
                 src_vpc: sender.vpc.clone(),
                 src: p.src,
@@ -824,17 +823,25 @@ impl World {
                 dport,
                 proto: p.proto,
             };
-            let (is_tcp, flags) = tcp(p);
-            if let Some(f) = state.flows.get_mut(&key).filter(|f| f.alive(p.proto, now)) {
+            (key, opens)
+        });
+        // The TCP FIN and RST this packet carries.
+        let is_tcp = p.proto == TCP;
+        let (fin, rst) = (
+            is_tcp && p.tcp_flags & 0x01 != 0,
+            is_tcp && p.tcp_flags & 0x04 != 0,
+        );
+        if let Some((key, _)) = &key {
+            if let Some(f) = state.flows.get_mut(key).filter(|f| f.alive(p.proto, now)) {
                 f.last_seen = now;
                 // A fresh SYN on a closed connection's tuple starts it over.
-                if is_tcp && flags & 0x12 == 0x02 && (f.fin || f.rst) {
+                if is_tcp && p.tcp_flags & 0x12 == 0x02 && (f.fin || f.rst) {
                     f.replied = false;
                     f.fin = false;
                     f.rst = false;
                 }
-                f.fin |= is_tcp && flags & 0x01 != 0;
-                f.rst |= is_tcp && flags & 0x04 != 0;
+                f.fin |= fin;
+                f.rst |= rst;
                 return true;
             }
             if let Some(f) = state
@@ -844,8 +851,8 @@ impl World {
             {
                 f.last_seen = now;
                 f.replied = true;
-                f.fin |= is_tcp && flags & 0x01 != 0;
-                f.rst |= is_tcp && flags & 0x04 != 0;
+                f.fin |= fin;
+                f.rst |= rst;
                 return true;
             }
         }
@@ -854,25 +861,14 @@ impl World {
         if !allowed {
             return false;
         }
-        if let Some((sport, dport, true)) = tracked {
-            let (is_tcp, flags) = tcp(p);
-            state.flows.insert(
-                FlowKey {
-                    src_vpc: sender.vpc.clone(),
-                    src: p.src,
-                    sport,
-                    dst_vpc: peer_vpc.to_string(),
-                    dst: p.dst,
-                    dport,
-                    proto: p.proto,
-                },
-                Flow {
-                    last_seen: now,
-                    replied: false,
-                    fin: is_tcp && flags & 0x01 != 0,
-                    rst: is_tcp && flags & 0x04 != 0,
-                },
-            );
+        if let Some((key, true)) = key {
+            let flow = Flow {
+                last_seen: now,
+                replied: false,
+                fin,
+                rst,
+            };
+            state.flows.insert(key, flow);
         }
         true
     }

@@ -264,11 +264,12 @@ pub fn udp_stream(
         if elapsed >= duration {
             break;
         }
-        let due = ((elapsed.as_nanos() as f64 * per_ns) as u64).saturating_sub(skipped);
-        if due > sent + max_burst {
-            skipped += due - sent - max_burst;
+        // Datagrams the rate allows by now; what is more than one burst behind is let go.
+        let due = (elapsed.as_nanos() as f64 * per_ns) as u64;
+        if due > sent + skipped + max_burst {
+            skipped = due - sent - max_burst;
         }
-        while sent + skipped < (elapsed.as_nanos() as f64 * per_ns) as u64 {
+        while sent + skipped < due {
             client.send_to(&payload, server_addr)?;
             sent += 1;
         }

@@ -23,40 +23,37 @@ fn pins_created_by_this_build_match_its_layouts() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
+/// Pins hash map `name` as an older build might have left it (`bpftool map create` with
+/// `spec`: key, value, entries, flags), loads the object over it, and returns why the load
+/// was refused.
+fn refusal_over_pin(tag: &str, name: &str, spec: &[&str]) -> Result<String> {
     peer_dataplane_tests::require_root()?;
-    let dir = &Path::new("/sys/fs/bpf").join(peer_dataplane_tests::unique("layout"));
+    let dir = &Path::new("/sys/fs/bpf").join(peer_dataplane_tests::unique(tag));
     let _ = kernel::remove_pins(dir);
     std::fs::create_dir_all(dir)?;
-    let pin = dir.join("pdp_ports");
-    // What an older build might have left: the same name, a smaller value.
+    let pin = dir.join(name);
     let made = sh(Command::new("bpftool")
         .args(["map", "create"])
         .arg(&pin)
-        .args([
-            "type",
-            "hash",
-            "key",
-            "4",
-            "value",
-            "8",
-            "entries",
-            "16",
-            "name",
-            "pdp_ports",
-            // Not preallocated, as this build wants: the sizes are what is wrong.
-            "flags",
-            "1",
-        ]));
+        .args(["type", "hash"])
+        .args(spec)
+        .args(["name", name]));
     let object = std::fs::read(peer_dataplane_tests::object_path()?)?;
     let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
     let _ = std::fs::remove_file(&pin);
     let _ = kernel::remove_pins(dir);
-    let err = format!(
+    Ok(format!(
         "{:#}",
         result.expect_err("an incompatible pin must be refused")
-    );
+    ))
+}
+
+#[test]
+fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
+    // The same name, a smaller value; not preallocated, as this build wants: the sizes
+    // are what is wrong.
+    let spec = ["key", "4", "value", "8", "entries", "16", "flags", "1"];
+    let err = refusal_over_pin("layout", "pdp_ports", &spec)?;
     assert!(
         err.contains("pdp_ports")
             && err.contains("value 8 B")
@@ -70,26 +67,10 @@ fn a_pin_with_another_layout_is_refused_naming_the_map() -> Result<()> {
 /// wrong allocation) is refused too: its replaced entries could be reused under a reader.
 #[test]
 fn a_preallocated_pin_of_an_in_place_map_is_refused() -> Result<()> {
-    peer_dataplane_tests::require_root()?;
-    let dir = &Path::new("/sys/fs/bpf").join(peer_dataplane_tests::unique("prealloc"));
-    let _ = kernel::remove_pins(dir);
-    std::fs::create_dir_all(dir)?;
-    let pin = dir.join("pdp_acl_meta");
     let value = std::mem::size_of::<peer_dataplane_common::acl::AclMeta>().to_string();
     let entries = peer_dataplane_common::acl::MAX_ACL_SETS.to_string();
-    let made = sh(Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&pin)
-        .args(["type", "hash", "key", "4", "value", &value])
-        .args(["entries", &entries, "name", "pdp_acl_meta"]));
-    let object = std::fs::read(peer_dataplane_tests::object_path()?)?;
-    let result = made.and_then(|_| kernel::load(&object, dir).map(|_| ()));
-    let _ = std::fs::remove_file(&pin);
-    let _ = kernel::remove_pins(dir);
-    let err = format!(
-        "{:#}",
-        result.expect_err("a preallocated pin must be refused")
-    );
+    let spec = ["key", "4", "value", &value, "entries", &entries];
+    let err = refusal_over_pin("prealloc", "pdp_acl_meta", &spec)?;
     assert!(
         err.contains("pdp_acl_meta is preallocated") && err.contains("peer-dataplane cleanup"),
         "{err}"
