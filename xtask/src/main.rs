@@ -377,13 +377,18 @@ fn test_once(obj: &Path, agent: &Path, args: &[String]) -> Result<TestRun> {
             "--",
             "--test-threads=1",
         ])
-        .args(args)
-        .stdout(std::process::Stdio::piped());
+        .args(args);
+    // One pipe for both streams, in order: the test binaries' results come on stdout,
+    // cargo's "Running <binary>" lines (which name the failures) on stderr.
+    let (out, into) = std::io::pipe().context("a pipe for cargo test")?;
+    c.stdout(into.try_clone()?).stderr(into);
     let mut child = c.spawn().context("starting cargo test")?;
+    // Our copies of the write end must be gone, or the reader never sees the end.
+    drop(c);
     // Echo cargo's output and total its per-binary summaries.
     let mut run = TestRun::default();
     let mut binary = String::new();
-    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let reader = std::io::BufReader::new(out);
     for line in std::io::BufRead::lines(reader) {
         let line = line?;
         println!("{line}");
