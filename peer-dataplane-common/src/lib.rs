@@ -14,6 +14,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod counters;
 pub mod reason;
+pub mod registry;
 pub mod trace;
 
 pub use reason::{DropReason, PassReason};
@@ -21,66 +22,9 @@ pub use reason::{DropReason, PassReason};
 use core::mem::size_of;
 
 /// Map names as they appear in the ELF object and as file names under [`PIN_DIR`].
-pub mod map_names {
-    pub const PORTS: &str = "pdp_ports";
-    pub const ROUTES: &str = "pdp_routes";
-    pub const PEERINGS: &str = "pdp_peerings";
-    pub const ENDPOINTS: &str = "pdp_endpoints";
-    pub const DEVMAP: &str = "pdp_devmap";
-    pub const GLOBAL_COUNTERS: &str = "pdp_global_ctr";
-    pub const PEERING_COUNTERS: &str = "pdp_pcx_ctr";
-    pub const NAMES: &str = "pdp_names";
-    pub const ACL_ADDR: &str = "pdp_acl_addr";
-    pub const ACL_PORT: &str = "pdp_acl_port";
-    pub const ACL_PROTO: &str = "pdp_acl_proto";
-    pub const ACL_META: &str = "pdp_acl_meta";
-    pub const ACL_HITS: &str = "pdp_acl_hits";
-    pub const ACL_EXACT: &str = "pdp_acl_exact";
-    pub const CONNTRACK: &str = "pdp_conntrack";
-    pub const CAP_STATE: &str = "pdp_cap_state";
-    /// What `pdp_trace` saw of the last packet it ran on, per CPU.
-    pub const TRACE: &str = "pdp_trace_rec";
-    /// The program's clock setting (see [`crate::clock`]).
-    pub const CLOCK: &str = "pdp_clock";
-    /// Every map the agent pins, in the order the CLI reports them.
-    pub const ALL: [&str; 18] = [
-        PORTS,
-        ROUTES,
-        PEERINGS,
-        ENDPOINTS,
-        DEVMAP,
-        GLOBAL_COUNTERS,
-        PEERING_COUNTERS,
-        NAMES,
-        ACL_ADDR,
-        ACL_PORT,
-        ACL_PROTO,
-        ACL_META,
-        ACL_HITS,
-        ACL_EXACT,
-        CONNTRACK,
-        CAP_STATE,
-        TRACE,
-        CLOCK,
-    ];
-}
+pub use registry::names as map_names;
 
-/// Map flag: entries are allocated on update and freed after an RCU grace period. The
-/// hash maps the program reads in place use it, so that a packet never reads an entry half
-/// old, half new (a preallocated map hands a replaced element to the next update at once;
-/// docs/datapath.md §3.8). The agent refuses pins of those maps made without it.
-pub const BPF_F_NO_PREALLOC: u32 = 1;
-
-/// The maps created with [`BPF_F_NO_PREALLOC`].
-pub const NOT_PREALLOCATED: [&str; 7] = [
-    map_names::PORTS,
-    map_names::PEERINGS,
-    map_names::ENDPOINTS,
-    map_names::NAMES,
-    map_names::ACL_PROTO,
-    map_names::ACL_META,
-    map_names::ACL_EXACT,
-];
+pub use registry::BPF_F_NO_PREALLOC;
 
 /// Program names (ELF symbols) of the XDP entry points.
 pub mod program_names {
@@ -269,6 +213,9 @@ const _: () = assert!(size_of::<Peering>() == 48);
 /// Direction of traffic over a peering, as seen from the requester.
 pub const DIR_REQUESTER_TO_ACCEPTER: u32 = 0;
 pub const DIR_ACCEPTER_TO_REQUESTER: u32 = 1;
+/// The one spelling of each direction, indexed by `DIR_*`: in tables, JSON values, trace
+/// facts and metric labels alike.
+pub const DIRECTIONS: [&str; 2] = ["requester_to_accepter", "accepter_to_requester"];
 
 /// Index into the per-peering counter array.
 #[inline(always)]

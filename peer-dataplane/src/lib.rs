@@ -1,24 +1,21 @@
 //! peer-dataplane agent and operator CLI, as a library so that the integration tests and
-//! benchmarks drive exactly the code the binary runs.
+//! benchmarks drive exactly the code the binary runs. Three wings, with one-way seams:
+//!
+//! - [`bpf`]: the only code that touches the kernel: pinned maps and their snapshot,
+//!   program pins, XDP links, BPF_PROG_RUN.
+//! - [`cli`]: the operator's commands (stats, inspect, conntrack, trace, loadgen) and the
+//!   one renderer they share. Never imports [`agent`].
+//! - [`agent`]: the run loop, following a file or the control plane, the metrics endpoint.
+//!
+//! The object model and the reconciler are the pure crate `peer-dataplane-model`,
+//! re-exported here as [`desired`] and [`reconcile`].
 
-pub mod acl;
 pub mod agent;
-pub mod conntrack;
-pub mod controlplane;
-pub mod desired;
-pub mod document;
-pub mod ids;
-pub mod inspect;
-pub mod kernel;
-pub mod links;
-pub mod loadgen;
-pub mod maps;
-pub mod metrics;
-pub mod progrun;
-pub mod stats;
-pub mod sync;
-pub mod trace;
-pub mod validate;
+pub mod bpf;
+pub mod cli;
+pub mod views;
+
+pub use peer_dataplane_model::{desired, reconcile};
 
 /// The XDP object, when the build embedded one (see build.rs).
 pub mod embedded {

@@ -4,11 +4,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
-use peer_dataplane::agent::Installed;
-use peer_dataplane::desired::KernelIfindex;
-use peer_dataplane::document::Document;
-use peer_dataplane::kernel;
-use peer_dataplane::validate::validate;
+use peer_dataplane::agent::install::Installed;
+use peer_dataplane::bpf::KernelIfindex;
+use peer_dataplane::desired::document::Document;
+use peer_dataplane::bpf::pins as kernel;
+use peer_dataplane::desired::validate::validate;
 use peer_dataplane_common::{
     clock::{Clock, CLOCK_FROZEN},
     counters::{GlobalCounters, PeeringCounters},
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use peer_dataplane::progrun::{
+pub use peer_dataplane::bpf::progrun::{
     action_name, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
 
@@ -101,7 +101,7 @@ impl TestDataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<RunOutput> {
-        let ctx = peer_dataplane::progrun::xdp_md(packet.len(), ingress_ifindex);
+        let ctx = peer_dataplane::bpf::progrun::xdp_md(packet.len(), ingress_ifindex);
         let mut out = vec![0u8; packet.len() + 256];
         let prog = self.program(program)?;
         let opts = TestRunOptions {

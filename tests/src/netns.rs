@@ -99,7 +99,7 @@ impl Drop for Netns {
 /// which BPF_PROG_RUN then refuses).
 pub fn ifindex(name: &str) -> u32 {
     use peer_dataplane::desired::IfindexResolver;
-    peer_dataplane::desired::KernelIfindex
+    peer_dataplane::bpf::KernelIfindex
         .ifindex(name)
         .unwrap_or(0)
 }

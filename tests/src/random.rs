@@ -9,7 +9,7 @@
 
 use crate::oracle::Tampering;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use peer_dataplane::document::{
+use peer_dataplane::desired::document::{
     AclRuleDoc, Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc,
     SecurityGroupDoc, SgRuleDoc, SubnetDoc, VpcDoc,
 };

@@ -4,7 +4,7 @@
 
 use crate::netns::{veth, Netns};
 use anyhow::{bail, Context, Result};
-use peer_dataplane::document::Document;
+use peer_dataplane::desired::document::Document;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -75,7 +75,7 @@ pub const C: Instance = Instance {
 pub const INSTANCES: [Instance; 3] = [A, B, C];
 
 pub fn mac_str(m: &[u8; 6]) -> String {
-    peer_dataplane::validate::format_mac(m)
+    peer_dataplane::desired::validate::format_mac(m)
 }
 
 pub fn v4_str(a: &[u8; 4]) -> String {
@@ -216,7 +216,7 @@ impl Agent {
         pin_dir: &Path,
         xdp_mode: &str,
     ) -> Result<Agent> {
-        let _ = peer_dataplane::kernel::remove_pins(pin_dir);
+        let _ = peer_dataplane::bpf::pins::remove_pins(pin_dir);
         let config_arg = config.display().to_string();
         Self::start_with(
             bin,
@@ -436,7 +436,7 @@ impl Drop for Agent {
             let _ = self.stop();
         }
         if !self.keep_pins {
-            let _ = peer_dataplane::kernel::remove_pins(&self.pin_dir);
+            let _ = peer_dataplane::bpf::pins::remove_pins(&self.pin_dir);
         }
     }
 }

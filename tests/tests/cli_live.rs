@@ -3,7 +3,7 @@
 //! packets run through, then each verb's JSON output checked. Needs root and BPF.
 
 use anyhow::{ensure, Context, Result};
-use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane::desired::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
 use peer_dataplane_tests::cli;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
@@ -229,7 +229,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["id"] == "pcx-ab" && p["direction"] == "req->acc")
+        .find(|p| p["id"] == "pcx-ab" && p["direction"] == "requester_to_accepter")
         .cloned()
         .unwrap();
     assert!(ab["bps"].as_f64().is_some(), "{ab}");

@@ -13,9 +13,9 @@
 //! Needs root and BPF; runs in a network namespace of its own.
 
 use anyhow::{anyhow, bail, Context, Result};
-use peer_dataplane::desired::key_for;
-use peer_dataplane::maps::{DataplaneMaps, Op};
-use peer_dataplane::validate::{validate, Topology};
+use peer_dataplane::desired::compile::key_for;
+use peer_dataplane::reconcile::{DataplaneMaps, Op};
+use peer_dataplane::desired::validate::{validate, Topology};
 use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
 use peer_dataplane_common::{
     DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,

@@ -3,7 +3,7 @@
 //! Needs root, BPF and network namespaces; namespaces and pins are removed on drop.
 
 use anyhow::{ensure, Result};
-use peer_dataplane::document::Document;
+use peer_dataplane::desired::document::Document;
 use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use serde_json::Value;
@@ -243,7 +243,7 @@ fn add_route(d: &mut Document, destination: &str, target: &str) {
         .find(|t| t.id == "rtb-a")
         .unwrap()
         .routes
-        .push(peer_dataplane::document::RouteDoc {
+        .push(peer_dataplane::desired::document::RouteDoc {
             destination: destination.into(),
             target: target.into(),
         });
@@ -273,7 +273,7 @@ fn stats_table_is_readable_after_the_agent_stops() -> Result<()> {
     assert!(t.starts_with("PEERING"), "{t}");
     let row = t
         .lines()
-        .find(|l| l.starts_with("pcx-ab") && l.contains("req->acc"))
+        .find(|l| l.starts_with("pcx-ab") && l.contains("requester_to_accepter"))
         .unwrap();
     assert!(row.contains("vpc-a -> vpc-b"), "{t}");
     Ok(())
@@ -284,7 +284,7 @@ fn stats_table_is_readable_after_the_agent_stops() -> Result<()> {
 /// B cannot start anything; `conntrack list` shows the flows and `flush` forgets them.
 #[test]
 fn security_groups_let_replies_back_and_nothing_else() -> Result<()> {
-    use peer_dataplane::document::{SecurityGroupDoc, SgRuleDoc};
+    use peer_dataplane::desired::document::{SecurityGroupDoc, SgRuleDoc};
     let rule = |direction: &str,
                 protocol: &str,
                 ports: Option<u16>,
@@ -411,7 +411,7 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
     std::fs::write(&config, doc.to_toml())?;
     let net = SeedNetwork::create(&peer_dataplane_tests::unique("metrics"))?;
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique("e2e-metrics"));
-    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
     let config_arg = config.display().to_string();
     let agent = Agent::start_with(
         &bin,

@@ -3,7 +3,7 @@
 //! offered at half the cap loses nothing. Needs root, BPF and network namespaces.
 
 use anyhow::{ensure, Result};
-use peer_dataplane::kernel::KernelMaps;
+use peer_dataplane::bpf::KernelMaps;
 use peer_dataplane_common::{DropReason, DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING};
 use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B};
 use peer_dataplane_tests::traffic::udp_stream;

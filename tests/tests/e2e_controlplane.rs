@@ -53,7 +53,7 @@ fn start_with(tag: &str, hold_back: &[&str], tls: bool) -> Result<(Env, u64)> {
     let cp = ControlPlane::start_with(&bin, &net.host, &dir.join("cp.db"), port, tls)?;
     let revision = cp.seed(hold_back)?;
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique(tag));
-    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
     let mut agent = cp.start_agent(&bin, &net.host, &dir, &pin_dir, "agent")?;
     agent.wait_synced(revision, SYNC)?;
     Ok((

@@ -3,10 +3,10 @@
 //! Needs root and BPF.
 
 use anyhow::Result;
-use peer_dataplane::agent::Installed;
-use peer_dataplane::desired::KernelIfindex;
-use peer_dataplane::kernel;
-use peer_dataplane::validate::validate;
+use peer_dataplane::agent::install::Installed;
+use peer_dataplane::bpf::KernelIfindex;
+use peer_dataplane::bpf::pins as kernel;
+use peer_dataplane::desired::validate::validate;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns::{self, sh};
 use peer_dataplane_tests::seed;

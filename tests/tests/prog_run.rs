@@ -7,9 +7,9 @@
 //! interfaces for BPF_PROG_RUN's ingress_ifindex and for the devmap).
 
 use anyhow::{anyhow, ensure, Result};
-use peer_dataplane::document::{Document, RouteDoc};
-use peer_dataplane::maps::{Op, RouteKey};
-use peer_dataplane::validate::validate;
+use peer_dataplane::desired::document::{Document, RouteDoc};
+use peer_dataplane::reconcile::{Op, RouteKey};
+use peer_dataplane::desired::validate::validate;
 use peer_dataplane_common::acl::acl_set_id;
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
@@ -723,13 +723,13 @@ fn acl(d: &mut Document, subnet: &str, rules: &[AclRule]) {
         .clone();
     let id = format!("acl-{subnet}");
     d.network_acls
-        .push(peer_dataplane::document::NetworkAclDoc {
+        .push(peer_dataplane::desired::document::NetworkAclDoc {
             id: id.clone(),
             vpc,
             rules: rules
                 .iter()
                 .map(|(number, direction, protocol, ports, cidr, action)| {
-                    peer_dataplane::document::AclRuleDoc {
+                    peer_dataplane::desired::document::AclRuleDoc {
                         number: *number,
                         direction: direction.to_string(),
                         protocol: protocol.to_string(),
@@ -813,7 +813,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         }
         Setup::Raw(f) => {
             for op in f(dp) {
-                peer_dataplane::maps::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
+                peer_dataplane::reconcile::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
             }
         }
     }
@@ -1044,7 +1044,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     dp.install(&doc(1))?;
     let hits_of_b = |dp: &TestDataplane| -> Result<Vec<(u32, u64)>> {
         Ok(
-            peer_dataplane::inspect::acl_hits(&dp.installed.maps, Some("acl-subnet-b2"))?
+            peer_dataplane::views::installed::acl_hits(&dp.installed.maps.snapshot()?, Some("acl-subnet-b2"))?
                 .iter()
                 .filter(|h| h.direction == "ingress")
                 .map(|h| (h.rule, h.hits))
@@ -1065,7 +1065,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
         .ids
         .get(peer_dataplane_common::NAME_ACL, "acl-subnet-b2")
         .unwrap();
-    let b_sets = |m: &peer_dataplane::maps::MapState| -> Vec<_> {
+    let b_sets = |m: &peer_dataplane::reconcile::MapState| -> Vec<_> {
         m.acl_meta
             .iter()
             .filter(|(set, _)| acl_set_id(**set) == b)
@@ -1076,11 +1076,11 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
 
     // Grow acl-subnet-a2 by 40 rules.
     let topo = validate(&doc(41)).map_err(|e| anyhow!("{e}"))?;
-    let (_, _, ops) = peer_dataplane::agent::plan_install(
+    let (_, _, ops) = peer_dataplane::reconcile::plan_install(
         &topo,
         &dp.installed.ids,
         &dp.installed.mirror,
-        &peer_dataplane::desired::KernelIfindex,
+        &peer_dataplane::bpf::KernelIfindex,
     )?;
     let touching_b: Vec<String> = ops
         .iter()

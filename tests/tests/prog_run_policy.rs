@@ -8,8 +8,8 @@
 //! Needs root and BPF; runs in a network namespace of its own.
 
 use anyhow::{anyhow, Result};
-use peer_dataplane::document::{Document, SecurityGroupDoc, SgRuleDoc};
-use peer_dataplane::maps::{DataplaneMaps, Op};
+use peer_dataplane::desired::document::{Document, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane_common::{
     cap::CapConfig,
     conntrack::{

@@ -5,7 +5,7 @@
 //! hits, no tracked flows, no cap tokens spent. Needs root and BPF.
 
 use anyhow::{ensure, Context, Result};
-use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane::desired::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
 use peer_dataplane_common::{DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING};
 use peer_dataplane_tests::cli;
 use peer_dataplane_tests::harness::TestDataplane;
@@ -170,7 +170,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     assert_eq!(stage(&t, "route")["facts"]["target"], "pcx-ab");
     assert_eq!(
         stage(&t, "peering")["facts"]["direction"],
-        "requester-to-accepter"
+        "requester_to_accepter"
     );
     assert_eq!(stage(&t, "egress-acl")["facts"]["rule"], 200);
     assert_eq!(stage(&t, "egress-acl")["facts"]["action"], "allow");
@@ -290,7 +290,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
         .maps
         .set_cap_state(pcx_ab, DIR_REQUESTER_TO_ACCEPTER, tat_before)?;
     assert_eq!(dp.global()?, before, "the trace counted packets");
-    let hits = peer_dataplane::inspect::acl_hits(&dp.installed.maps, None)?;
+    let hits = peer_dataplane::views::installed::acl_hits(&dp.installed.maps.snapshot()?, None)?;
     assert!(
         hits.iter().all(|h| h.hits == 0),
         "the trace counted rule hits: {hits:?}"
@@ -301,12 +301,12 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     );
 
     // The same packet through the real pipeline is forwarded and does all of that.
-    let frame = peer_dataplane::trace::build_frame(
-        &peer_dataplane::trace::Request {
+    let frame = peer_dataplane::cli::frame::build_frame(
+        &peer_dataplane::cli::frame::Request {
             port: None,
             src: a.parse()?,
             dst: b.parse()?,
-            protocol: peer_dataplane::trace::Protocol::parse("tcp")?,
+            protocol: peer_dataplane::cli::frame::Protocol::parse("tcp")?,
             sport: None,
             dport: Some(443),
             ttl: 64,

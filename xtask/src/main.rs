@@ -19,7 +19,8 @@ enum Task {
     Setup,
     /// Build the XDP object (target/ebpf/.../peer-dataplane-ebpf).
     BuildEbpf,
-    /// Build the agent with the XDP object embedded (target/release/peer-dataplane).
+    /// Build the agent with the XDP object embedded (target/release/peer-dataplane) and the
+    /// control plane (target/release/peer-dataplane-controlplane).
     Build,
     /// Run every test: host unit tests, BPF_PROG_RUN tables, network-namespace end to end.
     Test {
@@ -321,12 +322,14 @@ fn host_cargo(obj: &Path) -> Command {
 }
 
 fn build_agent(obj: &Path) -> Result<PathBuf> {
-    step("building the agent with the XDP object embedded");
+    step("building the agent (XDP object embedded) and the control plane");
     run(host_cargo(obj).args([
         "build",
         "--release",
         "-p",
         "peer-dataplane",
+        "-p",
+        "peer-dataplane-controlplane",
         "-p",
         "peer-dataplane-tests",
         "--bins",

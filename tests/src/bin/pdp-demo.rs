@@ -79,7 +79,7 @@ fn main() -> Result<()> {
 
     heading("starting the agent: native XDP on the three ports, following the control plane");
     let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-demo");
-    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
     let url = cp.url();
     println!(
         "    peer-dataplane --pin-dir {} run {}",

@@ -9,7 +9,7 @@
 //! ttl-exceeded) can never be measured by mistake.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane::document::{Document, RouteDoc};
+use peer_dataplane::desired::document::{Document, RouteDoc};
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_REDIRECT};
 use peer_dataplane_tests::netns;
@@ -120,7 +120,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// name /24 networks and two-port ranges (trie entries) instead of single hosts and
 /// single ports (exact-match entries).
 fn add_egress_acl(doc: &mut Document, rules: usize, prefixes: bool) {
-    use peer_dataplane::document::{AclRuleDoc, NetworkAclDoc};
+    use peer_dataplane::desired::document::{AclRuleDoc, NetworkAclDoc};
     let mut list: Vec<AclRuleDoc> = (1..rules)
         .map(|i| {
             let (cidr, ports) = if prefixes {
@@ -170,7 +170,7 @@ fn add_egress_acl(doc: &mut Document, rules: usize, prefixes: bool) {
 /// Security groups on A (egress UDP 7000 to VPC B) and B (ingress UDP 7000 from VPC A),
 /// each after 20 rules that do not match the benchmark packet.
 fn add_security_groups(doc: &mut Document) {
-    use peer_dataplane::document::{SecurityGroupDoc, SgRuleDoc};
+    use peer_dataplane::desired::document::{SecurityGroupDoc, SgRuleDoc};
     let rules = |direction: &str, cidr: &str| -> Vec<SgRuleDoc> {
         let mut v: Vec<SgRuleDoc> = (0..20)
             .map(|i| SgRuleDoc {

@@ -10,8 +10,8 @@
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
-use peer_dataplane::desired::key_for;
-use peer_dataplane::kernel::KernelMaps;
+use peer_dataplane::desired::compile::key_for;
+use peer_dataplane::bpf::KernelMaps;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
 use peer_dataplane_tests::controlplane::{free_port, revision_of, token_of, ControlPlane};
 use peer_dataplane_tests::netns;
@@ -96,7 +96,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     let cp = ControlPlane::start(agent_bin, &ns, &dir.join("cp.db"), port)?;
     let revision = cp.seed(&[])?;
     let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-bsync");
-    let _ = peer_dataplane::kernel::remove_pins(&pin_dir);
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
     let url = cp.url();
     let start_agent = |tag: &str| cp.start_agent(agent_bin, &ns, &dir, &pin_dir, tag);
     let mut agent = start_agent("agent")?;
@@ -104,7 +104,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
 
     let maps = KernelMaps::open(&pin_dir)?;
     // Single changes are made in place, so rtb-a keeps its trie key while they run.
-    let table = peer_dataplane::agent::Installed::open(&pin_dir)?
+    let table = peer_dataplane::agent::install::Installed::open(&pin_dir)?
         .route_table_key("rtb-a")
         .context("rtb-a key")?;
     let probe: IpNet = PROBE.parse()?;

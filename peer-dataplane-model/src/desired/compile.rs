@@ -1,0 +1,450 @@
+//! Compiles a validated [`Topology`] into the exact contents every map should have.
+
+use crate::desired::ids::Ids;
+use crate::desired::validate::{Cap, SgRemote, Target, Topology};
+use crate::reconcile::plan::{AclPortKey, MapState, RouteKey};
+use anyhow::{anyhow, Result};
+use ipnet::IpNet;
+use peer_dataplane_common::acl::{
+    acl_addr_table, acl_set, AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey,
+    ACL_HIT_SLOTS, NO_ACL, NO_HITS,
+};
+use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
+use peer_dataplane_common::{
+    addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
+    Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_ACL_RULE, NAME_PEERING, NAME_PORT,
+    NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6,
+    ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Turns an interface name into its ifindex (the kernel's, or a fake one in unit tests).
+pub trait IfindexResolver {
+    fn ifindex(&self, name: &str) -> Option<u32>;
+}
+
+pub fn net_addr(net: &IpNet) -> ([u8; 16], u32, bool) {
+    match net {
+        IpNet::V4(n) => (
+            addr::from_v4(n.network().octets()),
+            n.prefix_len() as u32,
+            true,
+        ),
+        IpNet::V6(n) => (n.network().octets(), n.prefix_len() as u32, false),
+    }
+}
+
+pub fn key_for(table: u32, net: &IpNet) -> RouteKey {
+    let (a, plen, v4) = net_addr(net);
+    let (prefix_len, data) = route_key(table, &a, plen, v4);
+    RouteKey { prefix_len, data }
+}
+
+/// Names each object needs an id for.
+fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
+    BTreeMap::from([
+        (NAME_VPC, t.vpcs.keys().cloned().collect()),
+        (NAME_SUBNET, t.subnets.keys().cloned().collect()),
+        (NAME_ROUTE_TABLE, t.route_tables.keys().cloned().collect()),
+        (NAME_PEERING, t.peerings.keys().cloned().collect()),
+        (NAME_ACL, t.network_acls.keys().cloned().collect()),
+        (NAME_SG_SET, sg_combinations(t).into_keys().collect()),
+    ])
+}
+
+/// The distinct security-group lists on ports, by the name of their compiled set: ports
+/// with the same groups share one set.
+pub fn sg_combinations(t: &Topology) -> BTreeMap<String, Vec<String>> {
+    t.ports
+        .values()
+        .filter_map(|p| p.security_groups.clone())
+        .map(|groups| (sg_set_name(&groups), groups))
+        .collect()
+}
+
+/// `groups` (sorted) joined with `+`; a digest of them when that is too long for a name.
+pub fn sg_set_name(groups: &[String]) -> String {
+    let joined = format!("sgs:{}", groups.join("+"));
+    if joined.len() <= peer_dataplane_common::NAME_MAX_LEN {
+        return joined;
+    }
+    // FNV-1a: stable across builds and restarts, which the names map relies on.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in joined.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("sgs#{h:016x}")
+}
+
+/// Each security group's member addresses (host prefixes of its ports' addresses).
+fn sg_members(t: &Topology) -> BTreeMap<&str, Vec<IpNet>> {
+    let mut members: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+    for p in t.ports.values() {
+        for g in p.security_groups.iter().flatten() {
+            let m = members.entry(g.as_str()).or_default();
+            m.extend(p.ipv4.map(|a| IpNet::from(std::net::IpAddr::V4(a))));
+            m.extend(p.ipv6.map(|a| IpNet::from(std::net::IpAddr::V6(a))));
+        }
+    }
+    members
+}
+
+/// The rules of security groups `groups` in one direction, as allow rules of an ACL (a
+/// peer-group reference becomes one rule per address of that group's `members`).
+fn sg_rules(
+    t: &Topology,
+    members: &BTreeMap<&str, Vec<IpNet>>,
+    groups: &[String],
+    egress: bool,
+) -> Vec<crate::desired::acl::Rule> {
+    let mut distinct = BTreeSet::new();
+    for g in groups {
+        for r in t.security_groups[g]
+            .rules
+            .iter()
+            .filter(|r| r.egress == egress)
+        {
+            let cidrs = match &r.remote {
+                SgRemote::Cidr(c) => vec![*c],
+                SgRemote::Group(peer) => members.get(peer.as_str()).cloned().unwrap_or_default(),
+            };
+            for cidr in cidrs {
+                distinct.insert((r.protocol, r.ports, cidr));
+            }
+        }
+    }
+    distinct
+        .into_iter()
+        .enumerate()
+        .map(|(i, (protocol, ports, cidr))| crate::desired::acl::Rule {
+            number: i as u32 + 1,
+            protocol,
+            ports,
+            cidr,
+            allow: true,
+        })
+        .collect()
+}
+
+fn cap_config(cap: Option<Cap>) -> CapConfig {
+    match cap {
+        Some(c) => CapConfig::new(c.bits_per_second, c.burst_bytes),
+        None => UNCAPPED,
+    }
+}
+
+/// Writes compiled ACL `c` as set `set`; `hit_base` is [`NO_HITS`] for sets without
+/// per-rule counters.
+fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::desired::acl::Compiled, hit_base: u32) {
+    let bits = |b: &crate::desired::acl::Bitmap| AclBits::new(*b);
+    for (net, b) in &c.addresses {
+        let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
+        if net.prefix_len() == net.max_prefix_len() {
+            let (a, _, _) = net_addr(net);
+            s.acl_exact.insert(AclExactKey::host(table, a), bits(b));
+        } else {
+            s.acl_addr.insert(key_for(table, net), bits(b));
+        }
+    }
+    for ((port, len), b) in &c.ports {
+        if *len == 16 {
+            s.acl_exact.insert(AclExactKey::port(set, *port), bits(b));
+            continue;
+        }
+        let data = AclPortData {
+            set_be: set.to_be_bytes(),
+            port_be: port.to_be_bytes(),
+        };
+        s.acl_port.insert(
+            AclPortKey {
+                prefix_len: ROUTE_TABLE_BITS + *len as u32,
+                data,
+            },
+            bits(b),
+        );
+    }
+    for (proto, b) in &c.protocols {
+        s.acl_proto.insert(
+            AclProtoKey {
+                set,
+                protocol: *proto as u32,
+            },
+            bits(b),
+        );
+    }
+    s.acl_meta.insert(
+        set,
+        AclMeta {
+            allow: bits(&c.allow),
+            any_protocol: bits(&c.any_protocol),
+            portless: bits(&c.portless),
+            hit_base,
+            rules: c.numbers.len() as u32,
+        },
+    );
+}
+
+/// Which generation of each route table (by id) to compile into; see
+/// [`peer_dataplane_common::route_table_key`].
+pub type Generations<'a> = &'a dyn Fn(u32) -> u32;
+
+/// Per-rule hit counter ranges of network ACL sets. A set installed now keeps its range
+/// (same set key, same number of rules); any other set takes the first range that no
+/// installed set and no set assigned before it uses. Installed ranges stay taken even for
+/// sets about to be removed: they are in use until the removal, which comes after the new
+/// sets are written.
+pub struct HitSlots {
+    installed: BTreeMap<u32, (u32, u32)>,
+    taken: Vec<(u32, u32)>,
+}
+
+impl HitSlots {
+    pub fn new(installed: &MapState) -> HitSlots {
+        let installed: BTreeMap<u32, (u32, u32)> = installed
+            .acl_meta
+            .iter()
+            .filter(|(_, m)| m.hit_base != NO_HITS && m.rules > 0)
+            .map(|(set, m)| (*set, (m.hit_base, m.rules)))
+            .collect();
+        let taken = installed.values().copied().collect();
+        HitSlots { installed, taken }
+    }
+
+    /// The first counter of set `set`'s `rules` rules; `None` if no free range is left.
+    pub fn assign(&mut self, set: u32, rules: u32) -> Option<u32> {
+        if rules == 0 {
+            return Some(0);
+        }
+        if let Some((base, n)) = self.installed.get(&set) {
+            if *n == rules {
+                return Some(*base);
+            }
+        }
+        self.taken.sort();
+        let mut start = 0u32;
+        for (base, n) in &self.taken {
+            if *base >= start + rules {
+                break;
+            }
+            start = start.max(base + n);
+        }
+        if start + rules > ACL_HIT_SLOTS {
+            return None;
+        }
+        self.taken.push((start, rules));
+        Some(start)
+    }
+
+    /// Counters taken (installed or assigned).
+    pub fn in_use(&self) -> u32 {
+        self.taken.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The full desired map contents for `t`, with ids assigned on top of `ids` and each route
+/// table in the generation `generation` picks for it, onto an empty data plane.
+pub fn compile(
+    t: &Topology,
+    ids: &Ids,
+    ifindex: &dyn IfindexResolver,
+    generation: Generations,
+    acl_generation: Generations,
+) -> Result<(MapState, Ids)> {
+    compile_over(
+        t,
+        ids,
+        ifindex,
+        generation,
+        acl_generation,
+        &MapState::default(),
+    )
+}
+
+/// [`compile`] for a data plane holding `installed` (which decides where each network
+/// ACL's hit counters go, see [`HitSlots`]).
+pub fn compile_over(
+    t: &Topology,
+    ids: &Ids,
+    ifindex: &dyn IfindexResolver,
+    generation: Generations,
+    acl_generation: Generations,
+    installed: &MapState,
+) -> Result<(MapState, Ids)> {
+    let ids = ids.assign(&wanted_names(t))?;
+    let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
+    let mut s = MapState::default();
+
+    for pcx in t.peerings.values() {
+        s.peerings.insert(
+            id(NAME_PEERING, &pcx.id),
+            Peering {
+                status: pcx.status.code(),
+                requester_vpc: id(NAME_VPC, &pcx.requester_vpc),
+                accepter_vpc: id(NAME_VPC, &pcx.accepter_vpc),
+                flags: 0,
+                cap: [cap_config(pcx.caps[0]), cap_config(pcx.caps[1])],
+            },
+        );
+    }
+
+    for vpc in t.vpcs.values() {
+        let vpc_id = id(NAME_VPC, &vpc.id);
+        for cidr in &vpc.cidrs {
+            s.routes.insert(
+                key_for(vpc_table(vpc_id), cidr),
+                RouteValue {
+                    kind: ROUTE_VPC_CIDR,
+                    target: vpc_id,
+                },
+            );
+        }
+    }
+    for rt in t.route_tables.values() {
+        let table_id = id(NAME_ROUTE_TABLE, &rt.id);
+        let table = route_table_key(table_id, generation(table_id));
+        for (dest, target) in &rt.routes {
+            let value = match target {
+                Target::Local => RouteValue {
+                    kind: ROUTE_LOCAL,
+                    target: 0,
+                },
+                Target::Blackhole => RouteValue {
+                    kind: ROUTE_BLACKHOLE,
+                    target: 0,
+                },
+                Target::Peering(pcx) => RouteValue {
+                    kind: ROUTE_PCX,
+                    target: id(NAME_PEERING, pcx),
+                },
+            };
+            s.routes.insert(key_for(table, dest), value);
+        }
+    }
+
+    // Network ACL sets. Each keeps the hit counter range it has while it is installed
+    // unchanged: a change to one ACL never moves (or zeroes) another's counters.
+    let mut slots = HitSlots::new(installed);
+    for a in t.network_acls.values() {
+        let acl_id = id(NAME_ACL, &a.id);
+        let acl_gen = acl_generation(acl_id);
+        for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
+            let c = crate::desired::acl::compile(rules)
+                .map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
+            let set = acl_set(acl_id, acl_gen, egress);
+            let rules = c.numbers.len() as u32;
+            let hit_base = slots.assign(set, rules).ok_or_else(|| {
+                anyhow!(
+                    "network acls: no room for {rules} more rule hit counters at network acl {} \
+                     ({ACL_HIT_SLOTS} in all, {} in use)",
+                    a.id,
+                    slots.in_use()
+                )
+            })?;
+            insert_acl_set(&mut s, set, &c, hit_base);
+            for (i, number) in c.numbers.iter().enumerate() {
+                s.names.insert(
+                    NameKey {
+                        kind: NAME_ACL_RULE,
+                        id: hit_base + i as u32,
+                    },
+                    Name::new(&number.to_string()),
+                );
+            }
+        }
+    }
+
+    // Security-group sets, one per distinct combination of groups on ports.
+    let members = sg_members(t);
+    for (name, groups) in sg_combinations(t) {
+        let set_id = id(NAME_SG_SET, &name);
+        let set_gen = acl_generation(set_id);
+        for egress in [false, true] {
+            let rules = sg_rules(t, &members, &groups, egress);
+            let c = crate::desired::acl::compile(&rules).map_err(|e| {
+                anyhow!(
+                    "security groups {} ({}): {e}",
+                    groups.join(", "),
+                    if egress { "egress" } else { "ingress" }
+                )
+            })?;
+            insert_acl_set(&mut s, acl_set(set_id, set_gen, egress), &c, NO_HITS);
+        }
+    }
+    let port_sg = |groups: &Option<Vec<String>>, egress: bool| match groups {
+        Some(g) => {
+            let set_id = id(NAME_SG_SET, &sg_set_name(g));
+            acl_set(set_id, acl_generation(set_id), egress)
+        }
+        None => NO_ACL,
+    };
+    let subnet_acl = |subnet: &str, egress: bool| match &t.subnets[subnet].network_acl {
+        Some(a) => {
+            let acl_id = id(NAME_ACL, a);
+            acl_set(acl_id, acl_generation(acl_id), egress)
+        }
+        None => NO_ACL,
+    };
+
+    for port in t.ports.values() {
+        let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
+            anyhow!(
+                "port {}: interface {} does not exist on this host",
+                port.interface,
+                port.interface
+            )
+        })?;
+        let subnet = &t.subnets[&port.subnet];
+        let vpc = id(NAME_VPC, &subnet.vpc);
+        let subnet_id = id(NAME_SUBNET, &subnet.id);
+        let table_id = id(NAME_ROUTE_TABLE, &subnet.route_table);
+        let route_table = route_table_key(table_id, generation(table_id));
+        let mut p = Port {
+            vpc,
+            subnet: subnet_id,
+            route_table,
+            mac: port.mac,
+            gw_mac: port.gateway_mac,
+            acl: subnet_acl(&subnet.id, true),
+            sg: port_sg(&port.security_groups, true),
+            ..Port::default()
+        };
+        let endpoint = Endpoint {
+            ifindex,
+            route_table,
+            subnet: subnet_id,
+            flags: ENDPOINT_LOCAL,
+            mac: port.mac,
+            gw_mac: port.gateway_mac,
+            acl: subnet_acl(&subnet.id, false),
+            sg: port_sg(&port.security_groups, false),
+        };
+        if let Some(a) = port.ipv4 {
+            p.flags |= PORT_HAS_IPV4;
+            p.ipv4 = addr::from_v4(a.octets());
+            s.endpoints
+                .insert(EndpointKey { vpc, addr: p.ipv4 }, endpoint);
+        }
+        if let Some(a) = port.ipv6 {
+            p.flags |= PORT_HAS_IPV6;
+            p.ipv6 = a.octets();
+            s.endpoints
+                .insert(EndpointKey { vpc, addr: p.ipv6 }, endpoint);
+        }
+        if s.ports.insert(ifindex, p).is_some() {
+            return Err(anyhow!(
+                "port {}: ifindex {ifindex} is used by another port",
+                port.interface
+            ));
+        }
+        s.devmap.insert(ifindex, ifindex);
+        s.names.insert(
+            NameKey {
+                kind: NAME_PORT,
+                id: ifindex,
+            },
+            Name::new(&port.interface),
+        );
+    }
+    s.names.extend(ids.names());
+    Ok((s, ids))
+}

@@ -1,0 +1,189 @@
+//! The declarative state document (`peer-dataplane run --config FILE`): VPCs, subnets,
+//! route tables, peerings and the ports on this host, as the control plane knows them.
+//! This module only reads the text; [`super::validate`] decides whether it makes sense.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// MAC the instances see as their gateway, unless a port names its own.
+    #[serde(default)]
+    pub router_mac: Option<String>,
+    #[serde(default, rename = "vpc")]
+    pub vpcs: Vec<VpcDoc>,
+    #[serde(default, rename = "subnet")]
+    pub subnets: Vec<SubnetDoc>,
+    #[serde(default, rename = "route_table")]
+    pub route_tables: Vec<RouteTableDoc>,
+    #[serde(default, rename = "peering")]
+    pub peerings: Vec<PeeringDoc>,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortDoc>,
+    #[serde(default, rename = "network_acl")]
+    pub network_acls: Vec<NetworkAclDoc>,
+    #[serde(default, rename = "security_group")]
+    pub security_groups: Vec<SecurityGroupDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VpcDoc {
+    pub id: String,
+    #[serde(default)]
+    pub account: String,
+    #[serde(default)]
+    pub region: String,
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetDoc {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
+    pub route_table: String,
+    /// Network ACL of the subnet; none = no NACL filtering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_acl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAclDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub rules: Vec<AclRuleDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleDoc {
+    /// 1..=32766, lowest first.
+    pub number: u32,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_from: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_to: Option<u16>,
+    pub cidr: String,
+    /// `allow` or `deny`.
+    pub action: String,
+}
+
+/// A security group: allow-only rules, stateful (docs/datapath.md §1, §2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub rules: Vec<SgRuleDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SgRuleDoc {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_from: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_to: Option<u16>,
+    /// The remote side: a CIDR, or (exactly one of the two) a security group in the same
+    /// region whose members' addresses it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_security_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTableDoc {
+    pub id: String,
+    pub vpc: String,
+    #[serde(default)]
+    pub routes: Vec<RouteDoc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    pub destination: String,
+    /// `local`, `blackhole` or a peering id (`pcx-…`).
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringDoc {
+    pub id: String,
+    pub requester_vpc: String,
+    pub accepter_vpc: String,
+    /// `pending-acceptance`, `active`, `rejected`, `expired`, `failed` or `deleted`.
+    pub status: String,
+    /// Bandwidth cap of each direction, in Mbit/s; none = uncapped, except across
+    /// regions (1 Gbit/s, docs/datapath.md §3.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<u64>,
+    /// Per-direction overrides of `bandwidth_mbps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps_requester_to_accepter: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps_accepter_to_requester: Option<u64>,
+    /// Bucket depth of the caps; default 10 ms at the rate, at least 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortDoc {
+    /// Host interface of the instance attachment (the XDP program attaches here).
+    pub interface: String,
+    pub subnet: String,
+    /// The instance's MAC.
+    pub mac: String,
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// Gateway MAC presented on this port; defaults to the document's `router_mac`.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    /// Security groups of the port (at most 16). Absent: the port is not filtered by
+    /// security groups; an empty list denies everything that is not a tracked reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+}
+
+impl Document {
+    pub fn from_toml(text: &str) -> Result<Document> {
+        toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("state document is not valid TOML for this schema: {e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Document> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading state document {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("parsing state document {}", path.display()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Document always serializes")
+    }
+}

@@ -1,0 +1,193 @@
+//! Table and ACL generations: which installed objects are rewritten in place and which go
+//! to their other generation, so that a packet sees a change whole (docs/datapath.md §3.8).
+//! Pure: planned against an in-memory [`MapState`].
+
+use super::plan::{plan, AclPortKey, MapState, Op, RouteKey};
+use crate::desired::compile::{compile_over, IfindexResolver};
+use crate::desired::ids::Ids;
+use crate::desired::validate::Topology;
+use anyhow::Result;
+use peer_dataplane_common::acl::{
+    acl_addr_table_set, acl_set, acl_set_generation, acl_set_id, AclBits, AclExactKey, AclProtoKey,
+};
+use peer_dataplane_common::{
+    route_table_generation, route_table_id, route_table_key, NAME_ACL, NAME_PEERING,
+    NAME_ROUTE_TABLE, VPC_TABLE_BASE,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The trie key (table id and generation) route table `name` is installed under.
+pub fn route_table_key_of(ids: &Ids, installed: &MapState, name: &str) -> Option<u32> {
+    let id = ids.get(NAME_ROUTE_TABLE, name)?;
+    let generation = current_generations(installed).get(&id).copied()?;
+    Some(route_table_key(id, generation))
+}
+
+/// The per-CPU hit counter slot of network ACL `acl`'s rule `number` in one direction,
+/// as installed for `topo`.
+pub fn acl_hit_slot(
+    ids: &Ids,
+    installed: &MapState,
+    topo: &Topology,
+    acl: &str,
+    egress: bool,
+    number: u32,
+) -> Option<u32> {
+    let a = topo.network_acls.get(acl)?;
+    let mut numbers: Vec<u32> = if egress { &a.egress } else { &a.ingress }
+        .iter()
+        .map(|r| r.number)
+        .collect();
+    numbers.sort();
+    let index = numbers.iter().position(|n| *n == number)? as u32;
+    let id = ids.get(NAME_ACL, acl)?;
+    let generation = current_acl_generations(installed).get(&id).copied()?;
+    let meta = installed.acl_meta.get(&acl_set(id, generation, egress))?;
+    Some(meta.hit_base + index)
+}
+
+/// What installing `topo` over `installed` takes: the desired map contents, the ids, and
+/// the ordered writes. Pure: unit-testable against an in-memory [`MapState`].
+pub fn plan_install(
+    topo: &Topology,
+    ids: &Ids,
+    installed: &MapState,
+    ifindex: &dyn IfindexResolver,
+) -> Result<(MapState, Ids, Vec<Op>)> {
+    let tables = current_generations(installed);
+    let acls = current_acl_generations(installed);
+    let table_same = |t: u32| tables.get(&t).copied().unwrap_or(0);
+    let acl_same = |a: u32| acls.get(&a).copied().unwrap_or(0);
+    let (in_place, in_place_ids) =
+        compile_over(topo, ids, ifindex, &table_same, &acl_same, installed)?;
+    let flip_tables = tables_with_several_changes(&in_place, installed, &tables);
+    // An ACL is a whole: any change to an installed one goes to its other generation.
+    let flip_acls: BTreeSet<u32> = acls
+        .iter()
+        .filter(|(a, g)| acl_view(&in_place, **a, **g) != acl_view(installed, **a, **g))
+        .map(|(a, _)| *a)
+        .collect();
+    let (desired, new_ids) = if flip_tables.is_empty() && flip_acls.is_empty() {
+        (in_place, in_place_ids)
+    } else {
+        let table_gen = |t: u32| {
+            if flip_tables.contains(&t) {
+                1 - table_same(t)
+            } else {
+                table_same(t)
+            }
+        };
+        let acl_gen = |a: u32| {
+            if flip_acls.contains(&a) {
+                1 - acl_same(a)
+            } else {
+                acl_same(a)
+            }
+        };
+        compile_over(topo, ids, ifindex, &table_gen, &acl_gen, installed)?
+    };
+    let new_slots = new_ids.new_since(ids, NAME_PEERING);
+    let ops = plan(&desired, installed, &new_slots);
+    Ok((desired, new_ids, ops))
+}
+
+/// ACL id -> generation in use, read off the installed sets.
+fn current_acl_generations(m: &MapState) -> BTreeMap<u32, u32> {
+    m.acl_meta
+        .keys()
+        .map(|set| (acl_set_id(*set), acl_set_generation(*set)))
+        .collect()
+}
+
+/// Everything installed for ACL `acl` in generation `generation` (both directions), with
+/// hit counter bases left out: they move when other ACLs change size.
+type AclView = (
+    Vec<(RouteKey, AclBits)>,
+    Vec<(AclPortKey, AclBits)>,
+    Vec<(AclProtoKey, AclBits)>,
+    Vec<(AclExactKey, AclBits)>,
+    Vec<(u32, AclBits, AclBits, AclBits, u32)>,
+);
+
+fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
+    let sets = [
+        acl_set(acl, generation, false),
+        acl_set(acl, generation, true),
+    ];
+    let of_set = |be: [u8; 4]| sets.contains(&u32::from_be_bytes(be));
+    (
+        m.acl_addr
+            .iter()
+            // Address keys hold the set shifted left by the family bit.
+            .filter(|(k, _)| {
+                sets.contains(&acl_addr_table_set(u32::from_be_bytes(k.data.table_be)))
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_port
+            .iter()
+            .filter(|(k, _)| of_set(k.data.set_be))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_proto
+            .iter()
+            .filter(|(k, _)| sets.contains(&k.set))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_exact
+            .iter()
+            .filter(|(k, _)| match k.kind {
+                peer_dataplane_common::acl::EXACT_HOST => {
+                    sets.contains(&acl_addr_table_set(k.table))
+                }
+                _ => sets.contains(&k.table),
+            })
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        m.acl_meta
+            .iter()
+            .filter(|(k, _)| sets.contains(k))
+            .map(|(k, v)| (*k, v.allow, v.any_protocol, v.portless, v.rules))
+            .collect(),
+    )
+}
+
+/// Route table id -> generation in use, read off the installed routes (after a complete
+/// apply, all routes of a table live in one generation).
+fn current_generations(m: &MapState) -> BTreeMap<u32, u32> {
+    m.routes
+        .keys()
+        .map(|k| u32::from_be_bytes(k.data.table_be))
+        .filter(|t| *t < VPC_TABLE_BASE)
+        .map(|key| (route_table_id(key), route_table_generation(key)))
+        .collect()
+}
+
+/// Tables (ids) that exist now and whose routes would change in more than one entry.
+fn tables_with_several_changes(
+    desired: &MapState,
+    current: &MapState,
+    installed: &BTreeMap<u32, u32>,
+) -> BTreeSet<u32> {
+    let mut changes: BTreeMap<u32, usize> = BTreeMap::new();
+    let table_of = |k: &RouteKey| u32::from_be_bytes(k.data.table_be);
+    for (k, v) in &desired.routes {
+        if current.routes.get(k) != Some(v) {
+            *changes.entry(table_of(k)).or_default() += 1;
+        }
+    }
+    for k in current
+        .routes
+        .keys()
+        .filter(|k| !desired.routes.contains_key(*k))
+    {
+        *changes.entry(table_of(k)).or_default() += 1;
+    }
+    changes
+        .into_iter()
+        .filter(|(key, n)| {
+            *key < VPC_TABLE_BASE && *n > 1 && installed.contains_key(&route_table_id(*key))
+        })
+        .map(|(key, _)| route_table_id(key))
+        .collect()
+}

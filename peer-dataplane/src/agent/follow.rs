@@ -1,0 +1,146 @@
+//! Following the control plane: a thread long-polls the host's desired state and hands
+//! each new revision to the agent. When the control plane is unreachable the agent keeps
+//! forwarding with the last state it installed, and this thread retries with exponential
+//! backoff (100 ms doubling to 5 s).
+
+use crate::desired::document::Document;
+use log::{info, warn};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// Base URL, e.g. `http://127.0.0.1:8470`.
+    pub url: String,
+    /// This host's name in the control plane (ports are assigned to hosts).
+    pub host: String,
+    /// This host's credential (from a file or the environment, never the command line).
+    pub token: String,
+    /// PEM certificates that the control plane's certificate must chain to (https).
+    pub ca: Option<Vec<u8>>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("token", &"<redacted>")
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+/// The HTTP client the agent talks to the control plane with: long polls, and with `ca`,
+/// TLS verified against those roots only.
+pub fn client(cp: &ControlPlane) -> anyhow::Result<ureq::Agent> {
+    let mut config =
+        ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(10)));
+    if let Some(pem) = &cp.ca {
+        config = config.tls_config(trusting(pem)?);
+    }
+    Ok(config.build().into())
+}
+
+/// TLS that trusts the PEM certificates in `pem` (the `--ca` file) and nothing else.
+pub fn trusting(pem: &[u8]) -> anyhow::Result<ureq::tls::TlsConfig> {
+    use anyhow::Context;
+    let certs = ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the --ca certificates")?;
+    if certs.is_empty() {
+        anyhow::bail!("--ca holds no PEM certificate");
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+        .build())
+}
+
+/// A new desired state.
+pub struct Update {
+    pub revision: u64,
+    pub document: Document,
+    /// When the control plane's answer arrived (for sync latency).
+    pub received: Instant,
+}
+
+#[derive(Deserialize)]
+struct StateResponse {
+    revision: u64,
+    document: Document,
+}
+
+const LONG_POLL: Duration = Duration::from_secs(25);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn fetch(
+    agent: &ureq::Agent,
+    cp: &ControlPlane,
+    after: Option<u64>,
+) -> Result<StateResponse, String> {
+    let mut url = format!(
+        "{}/v1/hosts/{}/state",
+        cp.url.trim_end_matches('/'),
+        cp.host
+    );
+    if let Some(a) = after {
+        url.push_str(&format!("?after={a}&wait_ms={}", LONG_POLL.as_millis()));
+    }
+    let mut resp = agent
+        .get(&url)
+        .header("authorization", &format!("Bearer {}", cp.token))
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    resp.body_mut()
+        .read_json::<StateResponse>()
+        .map_err(|e| format!("GET {url}: reading the answer: {e}"))
+}
+
+/// Starts the sync thread; new revisions arrive on the returned channel.
+pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
+    let agent = client(&cp)?;
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("cp-sync".into())
+        .spawn(move || {
+            let mut after: Option<u64> = None;
+            let mut backoff = BACKOFF_MIN;
+            let mut failing = false;
+            loop {
+                match fetch(&agent, &cp, after) {
+                    Ok(r) => {
+                        if failing {
+                            info!("control plane reachable again at revision {}", r.revision);
+                            failing = false;
+                        }
+                        backoff = BACKOFF_MIN;
+                        if Some(r.revision) != after {
+                            after = Some(r.revision);
+                            let u = Update { revision: r.revision, document: r.document, received: Instant::now() };
+                            if tx.blocking_send(u).is_err() {
+                                return; // the agent is stopping
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            warn!("control plane unreachable ({e}); forwarding continues with the last installed state");
+                            failing = true;
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        })
+        .expect("spawning the control-plane sync thread");
+    Ok(rx)
+}

@@ -1,0 +1,124 @@
+//! What is installed and how the agent changes it: the mirror of the pinned maps, the
+//! running program and its links, and one install (plan, all-or-nothing apply, attach).
+
+use super::metrics::SharedInstallStats;
+use crate::bpf::links::Links;
+use crate::bpf::{pins, KernelIfindex, KernelMaps};
+use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
+use crate::reconcile::{apply_all_or_nothing, generations, plan_install, ApplyError, MapState};
+use anyhow::{anyhow, Context, Result};
+use aya::programs::Xdp;
+use aya::Ebpf;
+use peer_dataplane_common::program_names;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+/// The installed state and what the agent knows about it.
+pub struct Installed {
+    pub maps: KernelMaps,
+    pub mirror: MapState,
+    pub ids: Ids,
+}
+
+impl Installed {
+    /// The trie key (table id and generation) route table `name` is installed under.
+    pub fn route_table_key(&self, name: &str) -> Option<u32> {
+        generations::route_table_key_of(&self.ids, &self.mirror, name)
+    }
+
+    /// The per-CPU hit counter slot of network ACL `acl`'s rule `number` in one direction.
+    pub fn acl_hit_slot(
+        &self,
+        topo: &Topology,
+        acl: &str,
+        egress: bool,
+        number: u32,
+    ) -> Option<u32> {
+        generations::acl_hit_slot(&self.ids, &self.mirror, topo, acl, egress, number)
+    }
+
+    /// Opens the pinned maps and reads back what is installed (from a previous run too).
+    pub fn open(pin_dir: &Path) -> Result<Installed> {
+        let maps = KernelMaps::open(pin_dir)?;
+        let mirror = maps.read_state()?;
+        let ids = Ids::from_names(&mirror.names);
+        Ok(Installed { maps, mirror, ids })
+    }
+
+    /// Installs `topo`, writing only what differs from what is installed. Returns the
+    /// number of single-entry writes.
+    ///
+    /// A route table whose change touches more than one route is written whole into its
+    /// other generation and switched over by the (atomic) port and endpoint writes; a
+    /// single-route change is made in place, itself atomic.
+    pub fn install(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<usize> {
+        let (desired, ids, ops) = plan_install(topo, &self.ids, &self.mirror, ifindex)?;
+        match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
+            Ok(()) => {}
+            // Undone: the mirror still describes the maps.
+            Err(e @ ApplyError::RolledBack { .. }) => return Err(e.into()),
+            Err(e @ ApplyError::Mixed { .. }) => {
+                // Part of the plan is in; re-read so the next attempt diffs against the truth.
+                self.mirror = self.maps.read_state().unwrap_or_default();
+                self.ids = Ids::from_names(&self.mirror.names);
+                return Err(e.into());
+            }
+        }
+        self.mirror = desired;
+        self.ids = ids;
+        Ok(ops.len())
+    }
+}
+
+/// Reads and validates a state document; the error names every problem.
+pub fn load_topology(path: &Path) -> Result<Topology> {
+    let doc = Document::load(path)?;
+    validate(&doc)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("state document {}", path.display()))
+}
+
+pub fn topology_of(doc: &Document, origin: &str) -> Result<Topology> {
+    validate(doc)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("desired state from {origin}"))
+}
+
+/// The pipeline program of the loaded object.
+pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    pins::xdp_program(ebpf, program_names::PIPELINE)
+}
+
+/// The running data plane: program, maps, links.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+    pub installed: Installed,
+    pub links: Links,
+    pub stats: SharedInstallStats,
+}
+
+impl Dataplane {
+    /// Installs `topo` and attaches to its ports.
+    pub fn apply(&mut self, topo: &Topology) -> Result<usize> {
+        let writes = self.installed.install(topo, &KernelIfindex)?;
+        let ports: Vec<String> = topo.ports.keys().cloned().collect();
+        self.links.sync(program(&mut self.ebpf)?, &ports)?;
+        Ok(writes)
+    }
+
+    /// Records an install (or a refusal) for the metrics endpoint.
+    pub fn record(&self, revision: Option<u64>, started: Instant, ok: bool) {
+        let mut s = self.stats.lock().unwrap();
+        if ok {
+            s.applied += 1;
+            s.revision = revision.unwrap_or(s.revision);
+            s.last_apply_seconds = started.elapsed().as_secs_f64();
+            s.last_success_unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+        } else {
+            s.refused += 1;
+        }
+    }
+}

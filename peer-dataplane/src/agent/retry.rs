@@ -1,0 +1,145 @@
+//! Installs with retries: a valid desired state whose install failed (and was undone) is
+//! tried again with backoff until it goes in or a newer state replaces it.
+
+use super::follow::Update;
+use super::install::{load_topology, topology_of, Dataplane};
+use crate::desired::Topology;
+use log::{error, info};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A valid desired state whose install failed, to try again.
+pub struct Retry {
+    topo: Topology,
+    what: String,
+    revision: Option<u64>,
+    attempts: u32,
+    pub at: Instant,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Retry {
+    /// Counts a failed attempt (`e`) and schedules the next one: 100 ms after the first
+    /// failure, doubling up to 5 s.
+    fn failed(mut self, e: &anyhow::Error) -> Retry {
+        self.attempts += 1;
+        let wait = (RETRY_MIN * 2u32.saturating_pow(self.attempts - 1)).min(RETRY_MAX);
+        let again = if self.attempts == 1 {
+            String::new()
+        } else {
+            format!(" again (attempt {})", self.attempts)
+        };
+        error!(
+            "installing {} failed{again}, retrying in {} ms: {e:#}",
+            self.what,
+            wait.as_millis()
+        );
+        self.at = Instant::now() + wait;
+        self
+    }
+
+    /// Installs again; `Some` (with a later time) if it failed once more.
+    pub fn again(self, dp: &mut Dataplane) -> Option<Retry> {
+        let (attempt, what, revision) = (self.attempts + 1, self.what.clone(), self.revision);
+        match install(
+            self.topo,
+            self.what,
+            revision,
+            self.attempts,
+            Instant::now(),
+            dp,
+        ) {
+            Ok(writes) => {
+                info!("installed {what} on attempt {attempt} ({writes} map writes)");
+                if let Some(rev) = revision {
+                    info!("synced revision {rev} ({writes} map writes; after {attempt} attempts)");
+                }
+                None
+            }
+            Err(retry) => Some(*retry),
+        }
+    }
+}
+
+/// Installs a validated state (after `attempts` failed ones); a failure is reported and
+/// comes back as the retry to make.
+fn install(
+    topo: Topology,
+    what: String,
+    revision: Option<u64>,
+    attempts: u32,
+    started: Instant,
+    dp: &mut Dataplane,
+) -> Result<usize, Box<Retry>> {
+    let r = dp.apply(&topo);
+    dp.record(revision, started, r.is_ok());
+    r.map_err(|e| {
+        let retry = Retry {
+            topo,
+            what,
+            revision,
+            attempts,
+            at: started,
+        };
+        Box::new(retry.failed(&e))
+    })
+}
+
+pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
+    let started = Instant::now();
+    let topo = match load_topology(config) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.record(None, started, false);
+            error!("reload on {why} refused, previous state kept: {e:#}");
+            return None;
+        }
+    };
+    match install(
+        topo,
+        format!("{} on {why}", config.display()),
+        None,
+        0,
+        started,
+        dp,
+    ) {
+        Ok(writes) => {
+            info!(
+                "reloaded {} on {why}: {writes} map writes",
+                config.display()
+            );
+            None
+        }
+        Err(retry) => Some(*retry),
+    }
+}
+
+pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
+    let started = Instant::now();
+    let what = format!("control plane revision {}", u.revision);
+    let topo = match topology_of(&u.document, &what) {
+        Ok(t) => t,
+        Err(e) => {
+            dp.record(Some(u.revision), started, false);
+            error!(
+                "revision {} refused, previous state kept: {e:#}",
+                u.revision
+            );
+            return None;
+        }
+    };
+    match install(topo, what, Some(u.revision), 0, started, dp) {
+        Ok(writes) => {
+            info!(
+                "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
+                u.revision,
+                started.elapsed().as_secs_f64() * 1e3,
+                u.received.elapsed().as_secs_f64() * 1e3
+            );
+            None
+        }
+        Err(retry) => Some(*retry),
+    }
+}

@@ -1,0 +1,405 @@
+//! Typed handles to the pinned maps (the agent, the CLI and the tests all go through
+//! here): the plan writer, one snapshot read of everything installed and counted, and the
+//! single-entry reads and writes the CLI and tests need.
+
+use super::pins::check_bpffs;
+use crate::reconcile::{AclPortKey, DataplaneMaps, MapState, Op, RouteKey};
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
+use peer_dataplane_common::{
+    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey},
+    clock::Clock,
+    conntrack::{CtEntry, CtKey},
+    counters::{GlobalCounters, PeeringCounters},
+    peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
+    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        anyhow!(
+            "cannot open pinned map {} ({e}); has `peer-dataplane run` ever run on this host?",
+            path.display()
+        )
+    })?;
+    Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+}
+
+/// Typed handles to every pinned map.
+pub struct KernelMaps {
+    pub pin_dir: PathBuf,
+    ports: HashMap<MapData, u32, Port>,
+    routes: LpmTrie<MapData, RouteData, RouteValue>,
+    peerings: HashMap<MapData, u32, Peering>,
+    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    devmap: DevMapHash<MapData>,
+    global: PerCpuArray<MapData, GlobalCounters>,
+    peering_ctr: PerCpuArray<MapData, PeeringCounters>,
+    names: HashMap<MapData, NameKey, Name>,
+    acl_addr: LpmTrie<MapData, RouteData, AclBits>,
+    acl_port: LpmTrie<MapData, AclPortData, AclBits>,
+    acl_proto: HashMap<MapData, AclProtoKey, AclBits>,
+    acl_meta: HashMap<MapData, u32, AclMeta>,
+    acl_hits: PerCpuArray<MapData, u64>,
+    acl_exact: HashMap<MapData, AclExactKey, AclBits>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    cap_state: Array<MapData, u64>,
+    clock: Array<MapData, Clock>,
+}
+
+macro_rules! typed {
+    ($dir:expr, $spec:ident) => {
+        open_map($dir, registry::$spec.name)?
+            .try_into()
+            .with_context(|| {
+                format!(
+                    "pinned map {} has an unexpected type or layout",
+                    registry::$spec.name
+                )
+            })?
+    };
+}
+
+/// Every entry of a map, keys and values converted; `what` names the map in errors.
+fn entries<K, V, MK: Ord, MV>(
+    iter: impl Iterator<Item = Result<(K, V), MapError>>,
+    what: &str,
+    key: impl Fn(K) -> MK,
+    value: impl Fn(V) -> MV,
+) -> Result<BTreeMap<MK, MV>> {
+    let mut out = BTreeMap::new();
+    for kv in iter {
+        let (k, v) = kv.with_context(|| format!("reading {what}"))?;
+        out.insert(key(k), value(v));
+    }
+    Ok(out)
+}
+
+/// Everything installed and counted, read at one moment (see [`KernelMaps::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub state: MapState,
+    /// The global counters of each CPU, in CPU order.
+    pub global_per_cpu: Vec<GlobalCounters>,
+    /// Installed peering slot -> (requester -> accepter, accepter -> requester), summed.
+    pub peering_traffic: BTreeMap<u32, (PeeringCounters, PeeringCounters)>,
+    /// Hit slot of every installed ACL rule -> hits, summed over CPUs.
+    pub acl_hits: BTreeMap<u32, u64>,
+}
+
+impl Snapshot {
+    /// The global counters summed over CPUs.
+    pub fn global(&self) -> GlobalCounters {
+        let mut sum = GlobalCounters::ZERO;
+        self.global_per_cpu.iter().for_each(|c| sum.accumulate(c));
+        sum
+    }
+
+    /// Counters of peering `slot` (zero for a slot not installed at the snapshot).
+    pub fn peering_counters(&self, slot: u32) -> (PeeringCounters, PeeringCounters) {
+        self.peering_traffic
+            .get(&slot)
+            .copied()
+            .unwrap_or((PeeringCounters::ZERO, PeeringCounters::ZERO))
+    }
+}
+
+impl KernelMaps {
+    pub fn open(pin_dir: &Path) -> Result<KernelMaps> {
+        check_bpffs(pin_dir)?;
+        Ok(KernelMaps {
+            pin_dir: pin_dir.to_path_buf(),
+            ports: typed!(pin_dir, PORTS),
+            routes: typed!(pin_dir, ROUTES),
+            peerings: typed!(pin_dir, PEERINGS),
+            endpoints: typed!(pin_dir, ENDPOINTS),
+            devmap: typed!(pin_dir, DEVMAP),
+            global: typed!(pin_dir, GLOBAL_COUNTERS),
+            peering_ctr: typed!(pin_dir, PEERING_COUNTERS),
+            names: typed!(pin_dir, NAMES),
+            acl_addr: typed!(pin_dir, ACL_ADDR),
+            acl_port: typed!(pin_dir, ACL_PORT),
+            acl_proto: typed!(pin_dir, ACL_PROTO),
+            acl_meta: typed!(pin_dir, ACL_META),
+            acl_hits: typed!(pin_dir, ACL_HITS),
+            acl_exact: typed!(pin_dir, ACL_EXACT),
+            conntrack: typed!(pin_dir, CONNTRACK),
+            cap_state: typed!(pin_dir, CAP_STATE),
+            clock: typed!(pin_dir, CLOCK),
+        })
+    }
+
+    /// Everything installed now (counters aside).
+    pub fn read_state(&self) -> Result<MapState> {
+        let lpm = |k: Key<RouteData>| RouteKey {
+            prefix_len: k.prefix_len(),
+            data: k.data(),
+        };
+        Ok(MapState {
+            ports: entries(self.ports.iter(), registry::PORTS.name, |k| k, |v| v)?,
+            routes: entries(self.routes.iter(), registry::ROUTES.name, lpm, |v| v)?,
+            peerings: entries(self.peerings.iter(), registry::PEERINGS.name, |k| k, |v| v)?,
+            endpoints: entries(
+                self.endpoints.iter(),
+                registry::ENDPOINTS.name,
+                |k| k,
+                |v| v,
+            )?,
+            devmap: entries(
+                self.devmap.iter(),
+                registry::DEVMAP.name,
+                |k| k,
+                |v| v.if_index,
+            )?,
+            names: entries(self.names.iter(), registry::NAMES.name, |k| k, |v| v)?,
+            acl_addr: entries(self.acl_addr.iter(), registry::ACL_ADDR.name, lpm, |v| v)?,
+            acl_port: entries(
+                self.acl_port.iter(),
+                registry::ACL_PORT.name,
+                |k: Key<AclPortData>| AclPortKey {
+                    prefix_len: k.prefix_len(),
+                    data: k.data(),
+                },
+                |v| v,
+            )?,
+            acl_proto: entries(
+                self.acl_proto.iter(),
+                registry::ACL_PROTO.name,
+                |k| k,
+                |v| v,
+            )?,
+            acl_exact: entries(
+                self.acl_exact.iter(),
+                registry::ACL_EXACT.name,
+                |k| k,
+                |v| v,
+            )?,
+            acl_meta: entries(self.acl_meta.iter(), registry::ACL_META.name, |k| k, |v| v)?,
+        })
+    }
+
+    /// One read of everything installed and everything counted, for the CLI and the
+    /// metrics endpoint to name and render (see `crate::views`).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let state = self.read_state()?;
+        let mut peering_traffic = BTreeMap::new();
+        for slot in state.peerings.keys() {
+            peering_traffic.insert(*slot, self.peering_counters(*slot)?);
+        }
+        let mut acl_hits = BTreeMap::new();
+        for meta in state.acl_meta.values() {
+            for slot in meta.hit_base..meta.hit_base + meta.rules {
+                acl_hits.insert(slot, self.acl_hits(slot)?);
+            }
+        }
+        Ok(Snapshot {
+            global_per_cpu: self.global_counters_per_cpu()?,
+            peering_traffic,
+            acl_hits,
+            state,
+        })
+    }
+
+    /// Longest-prefix match of `key` in the routes trie (what the program would find).
+    pub fn lookup_route(&self, key: &RouteKey) -> Result<Option<RouteValue>> {
+        match self.routes.get(&Key::new(key.prefix_len, key.data), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("looking up pdp_routes"),
+        }
+    }
+
+    /// The global counters of each CPU, in CPU order.
+    pub fn global_counters_per_cpu(&self) -> Result<Vec<GlobalCounters>> {
+        let per_cpu = self.global.get(&0, 0).context("reading pdp_global_ctr")?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
+    pub fn global_counters(&self) -> Result<GlobalCounters> {
+        Ok(Snapshot {
+            global_per_cpu: self.global_counters_per_cpu()?,
+            ..Default::default()
+        }
+        .global())
+    }
+
+    /// Counters of peering `slot`: (requester -> accepter, accepter -> requester).
+    pub fn peering_counters(&self, slot: u32) -> Result<(PeeringCounters, PeeringCounters)> {
+        let read = |dir| -> Result<PeeringCounters> {
+            let per_cpu = self
+                .peering_ctr
+                .get(&peering_counter_index(slot, dir), 0)
+                .with_context(|| format!("reading pdp_pcx_ctr for slot {slot}"))?;
+            let mut sum = PeeringCounters::ZERO;
+            per_cpu.iter().for_each(|c| sum.accumulate(c));
+            Ok(sum)
+        };
+        Ok((
+            read(DIR_REQUESTER_TO_ACCEPTER)?,
+            read(DIR_ACCEPTER_TO_REQUESTER)?,
+        ))
+    }
+
+    fn reset_acl_hits(&mut self, base: u32, n: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        for slot in base..base + n {
+            self.acl_hits
+                .set(slot, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Hits of ACL rule slot `slot`, summed over CPUs.
+    pub fn acl_hits(&self, slot: u32) -> Result<u64> {
+        Ok(self
+            .acl_hits
+            .get(&slot, 0)
+            .context("reading pdp_acl_hits")?
+            .iter()
+            .sum())
+    }
+
+    /// Zeroes the counters and refills the cap buckets of a newly allocated peering slot.
+    fn reset_peering_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        for dir in [DIR_REQUESTER_TO_ACCEPTER, DIR_ACCEPTER_TO_REQUESTER] {
+            let zero = PerCpuValues::try_from(vec![PeeringCounters::ZERO; cpus])?;
+            let index = peering_counter_index(slot, dir);
+            self.peering_ctr.set(index, zero, 0)?;
+            self.cap_state.set(index, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Every conntrack entry (a snapshot: the program keeps changing the table).
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.conntrack.iter() {
+            match kv {
+                Ok(kv) => out.push(kv),
+                // An entry evicted between reading its key and its value.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading pdp_conntrack"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the entries `filter` selects; returns how many went.
+    pub fn conntrack_flush(&mut self, filter: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (k, e) in self.conntrack_entries()? {
+            if filter(&k, &e) {
+                match self.conntrack.remove(&k) {
+                    Ok(()) => n += 1,
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("deleting from pdp_conntrack"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes one conntrack entry (tests use this to age a flow).
+    pub fn conntrack_put(&mut self, k: &CtKey, e: &CtEntry) -> Result<()> {
+        self.conntrack
+            .insert(k, e, 0)
+            .context("writing pdp_conntrack")
+    }
+
+    /// Sets the cap bucket of a peering and direction (tests: drain or refill it).
+    pub fn set_cap_state(&mut self, slot: u32, dir: u32, tat: u64) -> Result<()> {
+        self.cap_state
+            .set(peering_counter_index(slot, dir), tat, 0)
+            .context("writing pdp_cap_state")
+    }
+
+    /// The program's clock setting (`Clock::KERNEL` unless a test changed it).
+    pub fn clock(&self) -> Result<Clock> {
+        self.clock.get(&0, 0).context("reading pdp_clock")
+    }
+
+    /// Sets the program's clock (tests only: the agent never writes it).
+    pub fn set_clock(&mut self, c: Clock) -> Result<()> {
+        self.clock.set(0, c, 0).context("writing pdp_clock")
+    }
+
+    /// Now on the program's clock: what conntrack and caps compare their stamps with.
+    pub fn now_ns(&self) -> Result<u64> {
+        Ok(self.clock()?.now(monotonic_ns()))
+    }
+
+    /// The cap bucket (`tat`, ns) of a peering and direction.
+    pub fn cap_state(&self, slot: u32, dir: u32) -> Result<u64> {
+        self.cap_state
+            .get(&peering_counter_index(slot, dir), 0)
+            .context("reading pdp_cap_state")
+    }
+}
+
+/// The kernel's monotonic clock (what `bpf_ktime_get_ns` reads).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl DataplaneMaps for KernelMaps {
+    fn write(&mut self, op: &Op) -> Result<()> {
+        let r: Result<()> = match op {
+            Op::PutName(k, v) => self.names.insert(k, v, 0).map_err(Into::into),
+            Op::PutDevmap(k, v) => self.devmap.insert(*k, *v, None, 0).map_err(Into::into),
+            Op::ResetPeeringCounters(slot) => self.reset_peering_counters(*slot),
+            Op::PutPeering(k, v) => self.peerings.insert(k, v, 0).map_err(Into::into),
+            Op::PutEndpoint(k, v) => self.endpoints.insert(k, v, 0).map_err(Into::into),
+            Op::PutRoute(k, v) => self
+                .routes
+                .insert(&Key::new(k.prefix_len, k.data), v, 0)
+                .map_err(Into::into),
+            Op::PutPort(k, v) => self.ports.insert(k, v, 0).map_err(Into::into),
+            Op::DelPort(k) => self.ports.remove(k).map_err(Into::into),
+            Op::DelRoute(k) => self
+                .routes
+                .remove(&Key::new(k.prefix_len, k.data))
+                .map_err(Into::into),
+            Op::DelEndpoint(k) => self.endpoints.remove(k).map_err(Into::into),
+            Op::DelPeering(k) => self.peerings.remove(k).map_err(Into::into),
+            Op::DelDevmap(k) => self.devmap.remove(*k).map_err(Into::into),
+            Op::DelName(k) => self.names.remove(k).map_err(Into::into),
+            Op::PutAclAddr(k, v) => self
+                .acl_addr
+                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
+                .map_err(Into::into),
+            Op::PutAclPort(k, v) => self
+                .acl_port
+                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
+                .map_err(Into::into),
+            Op::PutAclProto(k, v) => self.acl_proto.insert(k, **v, 0).map_err(Into::into),
+            Op::PutAclExact(k, v) => self.acl_exact.insert(k, **v, 0).map_err(Into::into),
+            Op::DelAclExact(k) => self.acl_exact.remove(k).map_err(Into::into),
+            Op::ResetAclHits(base, n) => self.reset_acl_hits(*base, *n),
+            Op::PutAclMeta(k, v) => self.acl_meta.insert(k, **v, 0).map_err(Into::into),
+            Op::DelAclMeta(k) => self.acl_meta.remove(k).map_err(Into::into),
+            Op::DelAclAddr(k) => self
+                .acl_addr
+                .remove(&Key::new(k.prefix_len, k.data))
+                .map_err(Into::into),
+            Op::DelAclPort(k) => self
+                .acl_port
+                .remove(&Key::new(k.prefix_len, k.data))
+                .map_err(Into::into),
+            Op::DelAclProto(k) => self.acl_proto.remove(k).map_err(Into::into),
+        };
+        r.with_context(|| format!("writing {op:?}"))
+    }
+}

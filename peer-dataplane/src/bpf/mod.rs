@@ -1,0 +1,11 @@
+//! Everything that touches the kernel: the pinned maps (typed handles, one snapshot read,
+//! the plan writer), loading and pinning the program, XDP links and BPF_PROG_RUN.
+
+pub mod ifindex;
+pub mod links;
+pub mod maps;
+pub mod pins;
+pub mod progrun;
+
+pub use ifindex::KernelIfindex;
+pub use maps::{monotonic_ns, KernelMaps};
