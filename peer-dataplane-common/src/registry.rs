@@ -50,8 +50,9 @@ impl MapSpec {
     }
 }
 
-/// The key of an LPM trie as the kernel lays it out: prefix length, then the data.
-#[repr(C)]
+/// The key of an LPM trie as the kernel lays it out: prefix length, then the data, with
+/// no padding after it (the kernel's key size is 4 + the data's size).
+#[repr(C, packed)]
 pub struct LpmKey<T> {
     pub prefix_len: u32,
     pub data: T,
@@ -123,4 +124,23 @@ registry! {
     TRACE = "pdp_trace_rec": PerCpuArray<u32, TraceRecord>[1] flags 0;
     /// The program's clock setting (see [`crate::clock`]).
     CLOCK = "pdp_clock": Array<u32, Clock>[1] flags 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpm_keys_have_no_padding() {
+        assert_eq!(ACL_PORT.key_size, 4 + size_of::<AclPortData>() as u32);
+        assert_eq!(ROUTES.key_size, 4 + size_of::<RouteData>() as u32);
+    }
+
+    #[test]
+    fn names_are_unique_and_pdp_prefixed() {
+        for (i, a) in ALL.iter().enumerate() {
+            assert!(a.name.starts_with("pdp_"), "{}", a.name);
+            assert!(ALL[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
+        }
+    }
 }
