@@ -6,6 +6,7 @@ pub mod auth;
 pub mod hoststate;
 pub mod model;
 pub mod ops;
+pub mod requests;
 pub mod store;
 pub mod tls;
 

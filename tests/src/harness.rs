@@ -5,9 +5,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 use peer_dataplane::agent::install::Installed;
+use peer_dataplane::bpf::pins as kernel;
 use peer_dataplane::bpf::KernelIfindex;
 use peer_dataplane::desired::document::Document;
-use peer_dataplane::bpf::pins as kernel;
 use peer_dataplane::desired::validate::validate;
 use peer_dataplane_common::{
     clock::{Clock, CLOCK_FROZEN},

@@ -109,8 +109,9 @@ pub fn reap_stale() {
     }
     for pin in names("/sys/fs/bpf") {
         if dead(&pin) {
-            let _ =
-                peer_dataplane::bpf::pins::remove_pins(&std::path::Path::new("/sys/fs/bpf").join(pin));
+            let _ = peer_dataplane::bpf::pins::remove_pins(
+                &std::path::Path::new("/sys/fs/bpf").join(pin),
+            );
         }
     }
 }

@@ -13,11 +13,11 @@
 
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, SingleVlanHeaderSlice};
 use ipnet::IpNet;
-use peer_dataplane_model::desired::document::Document;
 use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
 use peer_dataplane_common::{
     DropReason, PassReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
 };
+use peer_dataplane_model::desired::document::Document;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -14,8 +14,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
-use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane::desired::validate::{validate, Topology};
+use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
 use peer_dataplane_common::{
     DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,

@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 use peer_dataplane::agent::install::Installed;
-use peer_dataplane::bpf::KernelIfindex;
 use peer_dataplane::bpf::pins as kernel;
+use peer_dataplane::bpf::KernelIfindex;
 use peer_dataplane::desired::validate::validate;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns::{self, sh};

@@ -8,8 +8,8 @@
 
 use anyhow::{anyhow, ensure, Result};
 use peer_dataplane::desired::document::{Document, RouteDoc};
-use peer_dataplane::reconcile::{Op, RouteKey};
 use peer_dataplane::desired::validate::validate;
+use peer_dataplane::reconcile::{Op, RouteKey};
 use peer_dataplane_common::acl::acl_set_id;
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
@@ -1043,13 +1043,14 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     };
     dp.install(&doc(1))?;
     let hits_of_b = |dp: &TestDataplane| -> Result<Vec<(u32, u64)>> {
-        Ok(
-            peer_dataplane::views::installed::acl_hits(&dp.installed.maps.snapshot()?, Some("acl-subnet-b2"))?
-                .iter()
-                .filter(|h| h.direction == "ingress")
-                .map(|h| (h.rule, h.hits))
-                .collect(),
-        )
+        Ok(peer_dataplane::views::installed::acl_hits(
+            &dp.installed.maps.snapshot()?,
+            Some("acl-subnet-b2"),
+        )?
+        .iter()
+        .filter(|h| h.direction == "ingress")
+        .map(|h| (h.rule, h.hits))
+        .collect())
     };
     let a_to_b = |dp: &TestDataplane, n: usize| -> Result<()> {
         for _ in 0..n {

@@ -5,6 +5,7 @@ pub mod acl;
 pub mod compile;
 pub mod document;
 pub mod ids;
+pub mod rules;
 pub mod validate;
 
 pub use compile::{compile, compile_over, IfindexResolver};

@@ -188,7 +188,8 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("PEERING  STATUS   DIR"), "{t}");
         assert!(
-            lines[1].contains("vpc-a -> vpc-b  100 Mbit/s") && lines[1].contains("peering-inactive=2"),
+            lines[1].contains("vpc-a -> vpc-b  100 Mbit/s")
+                && lines[1].contains("peering-inactive=2"),
             "{t}"
         );
         assert!(lines[2].contains("vpc-b -> vpc-a  -"), "{t}");

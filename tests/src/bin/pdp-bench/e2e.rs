@@ -16,9 +16,9 @@
 //! that alternate between the two data planes.
 
 use anyhow::{bail, ensure, Context, Result};
-use peer_dataplane::desired::document::Document;
-use peer_dataplane::cli::loadgen::{self, Load, Traffic};
 use peer_dataplane::cli::frame::Protocol;
+use peer_dataplane::cli::loadgen::{self, Load, Traffic};
+use peer_dataplane::desired::document::Document;
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns::{self, sh};

@@ -10,8 +10,8 @@
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
-use peer_dataplane::desired::compile::key_for;
 use peer_dataplane::bpf::KernelMaps;
+use peer_dataplane::desired::compile::key_for;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
 use peer_dataplane_tests::controlplane::{free_port, revision_of, token_of, ControlPlane};
 use peer_dataplane_tests::netns;

@@ -1,0 +1,96 @@
+//! Validation: turns a [`Document`] into a [`Topology`] whose every reference resolves and
+//! whose every invariant the data plane relies on holds (docs/datapath.md §3.4, §3.5), or
+//! into a list of errors that each name the objects involved. Nothing is applied from a
+//! document that fails here. Objects are checked in dependency order: what is referred to
+//! before what refers to it.
+
+mod checker;
+mod network;
+mod peering;
+mod policy;
+mod port;
+mod topology;
+
+pub use crate::desired::rules::{format_mac, overlaps, parse_mac, v4_mapped_range, Mac, IFNAMSIZ};
+pub use peering::MAX_BANDWIDTH_MBPS;
+pub use topology::*;
+
+use crate::desired::document::Document;
+use checker::Checker;
+use std::collections::BTreeSet;
+
+pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
+    let mut c = Checker::for_document(doc);
+    let mut t = Topology::default();
+    let router_mac = match &doc.router_mac {
+        None => DEFAULT_ROUTER_MAC,
+        Some(s) => c
+            .check(crate::desired::rules::mac("document", "router_mac", s))
+            .unwrap_or(DEFAULT_ROUTER_MAC),
+    };
+    let mut seen = BTreeSet::new();
+    for v in &doc.vpcs {
+        if c.id("vpc", &v.id, &mut seen) {
+            if let Some(x) = network::check_vpc(&mut c, v) {
+                t.vpcs.insert(v.id.clone(), x);
+            }
+        }
+    }
+    // Peerings before route tables: routes point at them.
+    let mut seen = BTreeSet::new();
+    for p in &doc.peerings {
+        if c.id("peering", &p.id, &mut seen) {
+            if let Some(x) = peering::check_peering(&mut c, &t, p) {
+                t.peerings.insert(p.id.clone(), x);
+            }
+        }
+    }
+    peering::check_peer_cidrs(&mut c, &t);
+    let mut seen = BTreeSet::new();
+    for r in &doc.route_tables {
+        if c.id("route table", &r.id, &mut seen) {
+            if let Some(x) = network::check_route_table(&mut c, &t, r) {
+                t.route_tables.insert(r.id.clone(), x);
+            }
+        }
+    }
+    // Network ACLs before subnets, security groups before ports: they are named there.
+    let mut seen = BTreeSet::new();
+    for a in &doc.network_acls {
+        if c.vpc_object("network acl", &a.id, &a.vpc, &t, &mut seen) {
+            if let Some(x) = policy::check_acl(&mut c, a) {
+                t.network_acls.insert(a.id.clone(), x);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for g in &doc.security_groups {
+        if c.vpc_object("security group", &g.id, &g.vpc, &t, &mut seen) {
+            if let Some(x) = policy::check_security_group(&mut c, &t, doc, g) {
+                t.security_groups.insert(g.id.clone(), x);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for s in &doc.subnets {
+        if c.id("subnet", &s.id, &mut seen) {
+            if let Some(x) = network::check_subnet(&mut c, &t, s) {
+                t.subnets.insert(s.id.clone(), x);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut addresses = port::Addresses::new();
+    for p in &doc.ports {
+        if c.id("port", &p.interface, &mut seen) {
+            if let Some(x) = port::check_port(&mut c, &t, p, router_mac, &mut addresses) {
+                t.ports.insert(p.interface.clone(), x);
+            }
+        }
+    }
+    if c.errors.is_empty() {
+        Ok(t)
+    } else {
+        Err(ValidationErrors(c.errors))
+    }
+}

@@ -1,0 +1,229 @@
+//! The validated shapes: what a [`super::validate`]d document turns into. Every name in
+//! them resolves and every invariant holds.
+
+use crate::desired::acl;
+use crate::desired::rules::Mac;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Default gateway MAC when the document names none (locally administered).
+pub const DEFAULT_ROUTER_MAC: Mac = [0x02, 0x70, 0x64, 0x70, 0x00, 0x01];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vpc {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    /// IPv4 CIDRs, then the IPv6 CIDR if any.
+    pub cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: Ipv4Net,
+    pub ipv6_cidr: Option<Ipv6Net>,
+    pub route_table: String,
+    pub network_acl: Option<String>,
+}
+
+/// A network ACL's rules, split by direction (each compiled on its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkAcl {
+    pub id: String,
+    pub vpc: String,
+    pub ingress: Vec<acl::Rule>,
+    pub egress: Vec<acl::Rule>,
+}
+
+/// A security group: allow-only rules (docs/datapath.md §1, §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub vpc: String,
+    pub rules: Vec<SgRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SgRule {
+    pub egress: bool,
+    pub protocol: acl::Protocol,
+    pub ports: Option<(u16, u16)>,
+    pub remote: SgRemote,
+}
+
+/// Who a security-group rule lets in (ingress) or out to (egress).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SgRemote {
+    Cidr(IpNet),
+    /// The members of this group (their ports' addresses).
+    Group(String),
+}
+
+/// Most security groups one port may have.
+pub const MAX_PORT_SECURITY_GROUPS: usize = 16;
+
+/// A bandwidth cap of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub bits_per_second: u64,
+    pub burst_bytes: u64,
+}
+
+/// Smallest bucket accepted: one full-size frame with a VLAN tag.
+pub const MIN_BURST_BYTES: u64 = 1518;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Local,
+    Blackhole,
+    Peering(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTable {
+    pub id: String,
+    pub vpc: String,
+    /// Destination -> target, including the implicit `local` routes for the VPC's CIDRs.
+    pub routes: BTreeMap<IpNet, Target>,
+}
+
+/// Peering status (docs/datapath.md §1, §2): one type for the control plane's API and store, the state
+/// document and the data plane's code.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeeringStatus {
+    PendingAcceptance,
+    Active,
+    Rejected,
+    Expired,
+    Failed,
+    Deleted,
+}
+
+impl PeeringStatus {
+    pub const ALL: [PeeringStatus; 6] = [
+        PeeringStatus::PendingAcceptance,
+        PeeringStatus::Active,
+        PeeringStatus::Rejected,
+        PeeringStatus::Expired,
+        PeeringStatus::Failed,
+        PeeringStatus::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeeringStatus::PendingAcceptance => "pending-acceptance",
+            PeeringStatus::Active => "active",
+            PeeringStatus::Rejected => "rejected",
+            PeeringStatus::Expired => "expired",
+            PeeringStatus::Failed => "failed",
+            PeeringStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PeeringStatus> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// The ABI value (`PCX_*`).
+    pub fn code(self) -> u32 {
+        match self {
+            PeeringStatus::PendingAcceptance => PCX_PENDING_ACCEPTANCE,
+            PeeringStatus::Active => PCX_ACTIVE,
+            PeeringStatus::Rejected => peer_dataplane_common::PCX_REJECTED,
+            PeeringStatus::Expired => peer_dataplane_common::PCX_EXPIRED,
+            PeeringStatus::Failed => peer_dataplane_common::PCX_FAILED,
+            PeeringStatus::Deleted => peer_dataplane_common::PCX_DELETED,
+        }
+    }
+
+    /// A peering in these statuses holds its CIDRs: no overlapping peer may join either
+    /// VPC (docs/datapath.md §3.4).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            PeeringStatus::PendingAcceptance | PeeringStatus::Active
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peering {
+    pub id: String,
+    pub requester_vpc: String,
+    pub accepter_vpc: String,
+    pub status: PeeringStatus,
+    /// Caps of requester-to-accepter and accepter-to-requester traffic (`DIR_*` order).
+    pub caps: [Option<Cap>; 2],
+}
+
+impl Peering {
+    /// The VPC across the peering from `vpc`, if `vpc` is one of its sides.
+    pub fn other_side(&self, vpc: &str) -> Option<&str> {
+        other_side(&self.requester_vpc, &self.accepter_vpc, vpc)
+    }
+}
+
+/// The VPC across a peering of `requester` and `accepter` from `vpc`, if `vpc` is a side.
+pub fn other_side<'a>(requester: &'a str, accepter: &'a str, vpc: &str) -> Option<&'a str> {
+    if requester == vpc {
+        Some(accepter)
+    } else if accepter == vpc {
+        Some(requester)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    pub interface: String,
+    pub subnet: String,
+    pub mac: Mac,
+    pub gateway_mac: Mac,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Sorted, without duplicates; `None` = not filtered by security groups.
+    pub security_groups: Option<Vec<String>>,
+}
+
+/// A validated document: every name resolves, every invariant holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Topology {
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub subnets: BTreeMap<String, Subnet>,
+    pub route_tables: BTreeMap<String, RouteTable>,
+    pub peerings: BTreeMap<String, Peering>,
+    /// Keyed by interface name.
+    pub ports: BTreeMap<String, Port>,
+    pub network_acls: BTreeMap<String, NetworkAcl>,
+    pub security_groups: BTreeMap<String, SecurityGroup>,
+}
+
+/// Every problem found in a document, each naming the objects involved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationErrors(pub Vec<String>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "state document refused ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
