@@ -1,5 +1,9 @@
 //! Control-plane objects as the API and the store see them, and the API's error type.
 
+use peer_dataplane_model::desired::document::{
+    AclRuleDoc, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, SecurityGroupDoc, SgRuleDoc,
+    SubnetDoc, VpcDoc,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -11,36 +15,20 @@ pub const PEERING_EXPIRY_SECS: Timestamp = 7 * 24 * 3600;
 /// Cap a cross-region peering gets when none is set (docs/datapath.md §3.7, §4.15), in Mbit/s.
 pub const DEFAULT_CROSS_REGION_MBPS: u64 = 1000;
 
+/// A VPC: its document fields, and the route table its subnets use unless they name
+/// another (created with the VPC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vpc {
-    pub id: String,
-    pub account: String,
-    pub region: String,
-    pub cidrs: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_cidr: Option<String>,
-    /// Route table that subnets use unless they name another; created with the VPC.
+    #[serde(flatten)]
+    pub spec: VpcDoc,
     pub main_route_table: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subnet {
-    pub id: String,
-    pub vpc: String,
-    pub cidr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_cidr: Option<String>,
-    pub route_table: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_acl: Option<String>,
-}
+/// A subnet: the same shape in the API, the store and the agents' documents.
+pub type Subnet = SubnetDoc;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub destination_cidr: String,
-    /// `blackhole` or a peering id.
-    pub target: String,
-}
+/// A route: the same shape in the API, the store and the agents' documents.
+pub type Route = RouteDoc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
@@ -52,26 +40,22 @@ pub struct RouteTable {
 
 pub use peer_dataplane_model::desired::validate::PeeringStatus;
 
+/// A peering: its document fields, and what only the control plane tracks (the accounts
+/// and regions of both sides, why it is in its status, its clock).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peering {
-    pub id: String,
-    pub requester_vpc: String,
+    #[serde(flatten)]
+    pub spec: PeeringDoc,
     pub requester_account: String,
     pub requester_region: String,
-    pub accepter_vpc: String,
     pub accepter_account: String,
     pub accepter_region: String,
-    pub status: PeeringStatus,
     /// Why the peering is in its status (e.g. which CIDRs overlap), when that needs saying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_message: Option<String>,
     pub created_at: Timestamp,
     /// A pending request expires at this time (docs/datapath.md §2: 7 days).
     pub expires_at: Timestamp,
-    /// Cap per direction in Mbit/s; `None` = uncapped (cross-region peerings always get
-    /// one, see [`DEFAULT_CROSS_REGION_MBPS`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_mbps: Option<u64>,
 }
 
 impl Peering {
@@ -88,41 +72,41 @@ impl Peering {
     }
 }
 
+/// A port: its document fields, its id, and the hypervisor host it lives on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Port {
     pub id: String,
-    /// The hypervisor host this attachment lives on.
     pub host: String,
-    pub interface: String,
-    pub subnet: String,
-    pub mac: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub security_groups: Vec<String>,
+    #[serde(flatten)]
+    pub spec: PortDoc,
 }
 
 /// A network ACL rule: the same shape in the API, the store and the agents' documents.
-pub use peer_dataplane_model::desired::document::AclRuleDoc as AclRule;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkAcl {
-    pub id: String,
-    pub vpc: String,
-    pub rules: Vec<AclRule>,
-}
+pub type AclRule = AclRuleDoc;
+pub type NetworkAcl = NetworkAclDoc;
 
 /// A security group rule: the same shape in the API, the store and the agents' documents.
-pub use peer_dataplane_model::desired::document::SgRuleDoc as SgRule;
+pub type SgRule = SgRuleDoc;
+pub type SecurityGroup = SecurityGroupDoc;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecurityGroup {
-    pub id: String,
-    pub vpc: String,
-    pub rules: Vec<SgRule>,
+/// The document fields of a control-plane object, read and written in place.
+macro_rules! spec_of {
+    ($($t:ty => $spec:ty),*) => {$(
+        impl std::ops::Deref for $t {
+            type Target = $spec;
+            fn deref(&self) -> &$spec {
+                &self.spec
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut $spec {
+                &mut self.spec
+            }
+        }
+    )*};
 }
+
+spec_of!(Vpc => VpcDoc, Peering => PeeringDoc, Port => PortDoc);
 
 /// Everything the control plane knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

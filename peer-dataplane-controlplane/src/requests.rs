@@ -37,12 +37,8 @@ pub struct CreateRouteTable {
     pub vpc_id: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRoute {
-    pub destination_cidr: String,
-    pub target: String,
-}
+/// A route to add: exactly a stored route.
+pub type CreateRoute = crate::model::Route;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

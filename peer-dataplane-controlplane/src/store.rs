@@ -176,11 +176,13 @@ mod tests {
         w.vpcs.insert(
             "vpc-1".into(),
             Vpc {
-                id: "vpc-1".into(),
-                account: "111".into(),
-                region: "r".into(),
-                cidrs: vec!["10.0.0.0/16".into()],
-                ipv6_cidr: None,
+                spec: peer_dataplane_model::desired::document::VpcDoc {
+                    id: "vpc-1".into(),
+                    account: "111".into(),
+                    region: "r".into(),
+                    cidrs: vec!["10.0.0.0/16".into()],
+                    ipv6_cidr: None,
+                },
                 main_route_table: "rtb-1".into(),
             },
         );

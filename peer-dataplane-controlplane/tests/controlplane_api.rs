@@ -268,7 +268,8 @@ async fn lifecycle_pending_accept_reject_delete_and_auto_accept() {
             .iter()
             .find(|p| p.id == "pcx-ab")
             .unwrap()
-            .status,
+            .status
+            .as_str(),
         "deleted"
     );
     assert!(doc

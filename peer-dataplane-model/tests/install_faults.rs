@@ -9,6 +9,7 @@ use peer_dataplane_model::desired::document::{
 };
 use peer_dataplane_model::desired::ids::Ids;
 use peer_dataplane_model::desired::validate::validate;
+use peer_dataplane_model::desired::validate::PeeringStatus;
 use peer_dataplane_model::reconcile::plan_install;
 use peer_dataplane_model::reconcile::{
     apply, apply_all_or_nothing, ApplyError, FailingMaps, MapState,
@@ -96,7 +97,7 @@ fn after() -> Document {
         id: "pcx-ac".into(),
         requester_vpc: "vpc-a".into(),
         accepter_vpc: "vpc-c".into(),
-        status: "active".into(),
+        status: PeeringStatus::Active,
         bandwidth_mbps: Some(200),
         ..PeeringDoc::default()
     });

@@ -6,6 +6,7 @@ use peer_dataplane_model::desired::compile;
 use peer_dataplane_model::desired::document::Document;
 use peer_dataplane_model::desired::ids::Ids;
 use peer_dataplane_model::desired::validate::validate;
+use peer_dataplane_model::desired::validate::PeeringStatus;
 use peer_dataplane_model::reconcile::{apply, plan, MapState};
 
 mod common;
@@ -63,7 +64,7 @@ fn deleting_a_peering_rewrites_one_entry() {
         .iter_mut()
         .find(|p| p.id == "pcx-ab")
         .unwrap()
-        .status = "deleted".into();
+        .status = PeeringStatus::Deleted;
     let (after, ids2) =
         compile(&validate(&doc).unwrap(), &ids, &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     let ops = plan(&after, &before, &ids2.new_since(&ids, NAME_PEERING));
@@ -183,7 +184,6 @@ fn dangling_references_and_bad_fields_are_each_named() {
     let mut doc = seed();
     doc.subnets[0].route_table = "rtb-missing".into();
     doc.ports[1].mac = "02:00:zz:00:00:01".into();
-    doc.peerings[1].status = "accepted".into();
     let msg = refused(&doc);
     assert!(
         msg.contains("subnet subnet-a2: route table rtb-missing does not exist"),
@@ -193,7 +193,17 @@ fn dangling_references_and_bad_fields_are_each_named() {
         msg.contains("port pdp-b: mac \"02:00:zz:00:00:01\""),
         "{msg}"
     );
-    assert!(msg.contains("peering pcx-bc: status \"accepted\""), "{msg}");
+}
+
+#[test]
+fn an_unknown_peering_status_is_refused_naming_it() {
+    let text = SEED.replacen("status = \"active\"", "status = \"accepted\"", 1);
+    assert_ne!(text, SEED, "the seed has an active peering");
+    let err = Document::from_toml(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("accepted") && err.contains("pending-acceptance"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -236,9 +246,9 @@ fn failed_peering_may_overlap_but_not_become_active() {
     for t in doc.route_tables.iter_mut().filter(|t| t.id == "rtb-b") {
         t.routes.retain(|r| r.target != "pcx-bc");
     }
-    doc.peerings[1].status = "failed".into();
+    doc.peerings[1].status = PeeringStatus::Failed;
     validate(&doc).expect("a failed peering may join overlapping VPCs");
-    doc.peerings[1].status = "active".into();
+    doc.peerings[1].status = PeeringStatus::Active;
     assert!(refused(&doc).contains("overlapping VPCs cannot be peered"));
 }
 

@@ -193,7 +193,7 @@ impl World {
                 Peering {
                     requester: p.requester_vpc.clone(),
                     accepter: p.accepter_vpc.clone(),
-                    active: p.status == "active",
+                    active: p.status.as_str() == "active",
                     caps,
                 },
             );

@@ -13,6 +13,7 @@ use peer_dataplane::desired::document::{
     AclRuleDoc, Document, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, RouteTableDoc,
     SecurityGroupDoc, SgRuleDoc, SubnetDoc, VpcDoc,
 };
+use peer_dataplane::desired::validate::PeeringStatus;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -164,7 +165,7 @@ pub fn topology(rng: &mut Rng) -> Topo {
                 id: format!("pcx-{i}{j}"),
                 requester_vpc: vpcs[req].id.clone(),
                 accepter_vpc: vpcs[acc].id.clone(),
-                status: status.into(),
+                status: PeeringStatus::parse(status).expect("a status name"),
                 ..PeeringDoc::default()
             };
             match rng.below(100) {
@@ -393,7 +394,7 @@ pub fn topology(rng: &mut Rng) -> Topo {
                 *j == *i
                     || (region(&doc, *j) == region(&doc, *i)
                         && doc.peerings.iter().any(|p| {
-                            live(&p.status)
+                            live(p.status.as_str())
                                 && ((p.requester_vpc == vpcs[*i].id
                                     && p.accepter_vpc == vpcs[*j].id)
                                     || (p.accepter_vpc == vpcs[*i].id

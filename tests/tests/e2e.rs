@@ -4,6 +4,7 @@
 
 use anyhow::{ensure, Result};
 use peer_dataplane::desired::document::Document;
+use peer_dataplane::desired::validate::PeeringStatus;
 use peer_dataplane_tests::seed::{self, Agent, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use serde_json::Value;
@@ -175,7 +176,7 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
         .iter_mut()
         .find(|p| p.id == "pcx-ab")
         .unwrap()
-        .status = "deleted".into();
+        .status = PeeringStatus::Deleted;
     env.agent.reload(&deleted)?;
     env.agent.expect_dropped(
         "ping a -> b over a deleted peering",

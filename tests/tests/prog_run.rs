@@ -9,6 +9,7 @@
 use anyhow::{anyhow, ensure, Result};
 use peer_dataplane::desired::document::{Document, RouteDoc};
 use peer_dataplane::desired::validate::validate;
+use peer_dataplane::desired::validate::PeeringStatus;
 use peer_dataplane::reconcile::{Op, RouteKey};
 use peer_dataplane_common::acl::acl_set_id;
 use peer_dataplane_common::{
@@ -706,7 +707,8 @@ fn link_local6() -> Vec<u8> {
 // state helpers
 
 fn set_status(d: &mut Document, pcx: &str, status: &str) {
-    d.peerings.iter_mut().find(|p| p.id == pcx).unwrap().status = status.into();
+    d.peerings.iter_mut().find(|p| p.id == pcx).unwrap().status =
+        PeeringStatus::parse(status).expect("a status name");
 }
 
 type AclRule<'a> = (u32, &'a str, &'a str, Option<(u16, u16)>, &'a str, &'a str);

@@ -6,6 +6,7 @@
 
 use anyhow::{ensure, Context, Result};
 use peer_dataplane::desired::document::{AclRuleDoc, NetworkAclDoc, SecurityGroupDoc, SgRuleDoc};
+use peer_dataplane::desired::validate::PeeringStatus;
 use peer_dataplane_common::{DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING};
 use peer_dataplane_tests::cli;
 use peer_dataplane_tests::harness::TestDataplane;
@@ -84,7 +85,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     let mut doc = seed::seed_doc();
     // A cap on pcx-ab; pcx-bc not yet accepted.
     doc.peerings[0].bandwidth_mbps = Some(100);
-    doc.peerings[1].status = "pending-acceptance".into();
+    doc.peerings[1].status = PeeringStatus::PendingAcceptance;
     // A's subnet: egress UDP 7001 denied by rule 100, everything else allowed by 200.
     let rule =
         |number, direction: &str, protocol: &str, port: Option<u16>, action: &str| AclRuleDoc {

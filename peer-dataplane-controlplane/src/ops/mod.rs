@@ -20,6 +20,7 @@ pub use routes::*;
 use crate::hoststate;
 use crate::model::*;
 use ipnet::IpNet;
+use peer_dataplane_model::desired::document::{PeeringDoc, PortDoc, VpcDoc};
 use peer_dataplane_model::desired::rules::{self, Fault, Invalid};
 use peer_dataplane_model::desired::validate::overlaps;
 use std::collections::{BTreeMap, BTreeSet};

@@ -43,18 +43,20 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
     let rtbs = w.route_tables.clone();
     let rtb = new_id(&mut w, &None, "rtb", &rtbs)?;
     let vpc = Vpc {
-        id: id.clone(),
-        account: c.account.clone(),
-        region: r.region,
-        cidrs: nets
-            .iter()
-            .filter(|n| matches!(n, IpNet::V4(_)))
-            .map(|n| n.to_string())
-            .collect(),
-        ipv6_cidr: nets
-            .iter()
-            .find(|n| matches!(n, IpNet::V6(_)))
-            .map(|n| n.to_string()),
+        spec: VpcDoc {
+            id: id.clone(),
+            account: c.account.clone(),
+            region: r.region,
+            cidrs: nets
+                .iter()
+                .filter(|n| matches!(n, IpNet::V4(_)))
+                .map(|n| n.to_string())
+                .collect(),
+            ipv6_cidr: nets
+                .iter()
+                .find(|n| matches!(n, IpNet::V6(_)))
+                .map(|n| n.to_string()),
+        },
         main_route_table: rtb.clone(),
     };
     w.route_tables.insert(

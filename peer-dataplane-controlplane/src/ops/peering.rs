@@ -107,22 +107,24 @@ pub fn create_peering(
     let existing = w2.peerings.clone();
     let id = new_id(&mut w2, &r.id, "pcx", &existing)?;
     let mut p = Peering {
-        id: id.clone(),
-        requester_vpc: req.id.clone(),
+        spec: PeeringDoc {
+            id: id.clone(),
+            requester_vpc: req.id.clone(),
+            accepter_vpc: acc.id.clone(),
+            status: if r.auto_accept {
+                PeeringStatus::Active
+            } else {
+                PeeringStatus::PendingAcceptance
+            },
+            ..PeeringDoc::default()
+        },
         requester_account: req.account.clone(),
         requester_region: req.region.clone(),
-        accepter_vpc: acc.id.clone(),
         accepter_account: acc.account.clone(),
         accepter_region: acc.region.clone(),
-        status: if r.auto_accept {
-            PeeringStatus::Active
-        } else {
-            PeeringStatus::PendingAcceptance
-        },
         status_message: None,
         created_at: now,
         expires_at: now + PEERING_EXPIRY_SECS,
-        bandwidth_mbps: None,
     };
     if let Some(why) = overlap_reason(&w2, &p) {
         p.status = PeeringStatus::Failed;

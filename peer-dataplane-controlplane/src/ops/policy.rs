@@ -122,7 +122,7 @@ pub fn delete_security_group(w: &World, c: &Caller, id: &str) -> Result<World> {
     let mut users: Vec<String> = w
         .ports
         .values()
-        .filter(|p| p.security_groups.iter().any(|s| s == id))
+        .filter(|p| p.security_groups.iter().flatten().any(|s| s == id))
         .map(|p| format!("port {}", p.id))
         .collect();
     users.extend(

@@ -96,12 +96,16 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
     let p = Port {
         id: id.clone(),
         host: r.host,
-        interface: r.interface,
-        subnet: s.id,
-        mac: r.mac.to_ascii_lowercase(),
-        ipv4: r.ipv4,
-        ipv6: r.ipv6,
-        security_groups: r.security_groups,
+        spec: PortDoc {
+            interface: r.interface,
+            subnet: s.id,
+            mac: r.mac.to_ascii_lowercase(),
+            ipv4: r.ipv4,
+            ipv6: r.ipv6,
+            gateway_mac: None,
+            // A port created without groups is not filtered by them.
+            security_groups: (!r.security_groups.is_empty()).then_some(r.security_groups),
+        },
     };
     w.ports.insert(id, p.clone());
     Ok((w, p))

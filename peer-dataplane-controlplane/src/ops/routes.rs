@@ -69,7 +69,7 @@ pub fn delete_route_table(w: &World, c: &Caller, id: &str) -> Result<World> {
 /// normalised route. Shared by single and bulk route writes.
 fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Result<Route> {
     let v = &w.vpcs[&t.vpc];
-    let dest = parse_cidr(&format!("{field}destination_cidr"), &r.destination_cidr)?;
+    let dest = parse_cidr(&format!("{field}destination_cidr"), &r.destination)?;
     if vpc_cidrs(v).contains(&dest) {
         return Err(ApiError::invalid_target(format!(
             "{field}destination_cidr: {dest} is a CIDR of vpc {}; its local route is implicit",
@@ -113,7 +113,7 @@ fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Re
         }
     }
     Ok(Route {
-        destination_cidr: dest.to_string(),
+        destination: dest.to_string(),
         target: r.target.clone(),
     })
 }
@@ -121,10 +121,10 @@ fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Re
 pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<(World, Route)> {
     let t = owned_route_table(w, c, rtb)?;
     let route = validate_route(w, t, "", &r)?;
-    if let Some(existing) = t.routes.get(&route.destination_cidr) {
+    if let Some(existing) = t.routes.get(&route.destination) {
         return Err(ApiError::already_exists(format!(
             "route table {rtb} already has a route for {} (to {})",
-            route.destination_cidr, existing.target
+            route.destination, existing.target
         )));
     }
     let mut w = w.clone();
@@ -132,7 +132,7 @@ pub fn create_route(w: &World, c: &Caller, rtb: &str, r: CreateRoute) -> Result<
         .get_mut(rtb)
         .unwrap()
         .routes
-        .insert(route.destination_cidr.clone(), route.clone());
+        .insert(route.destination.clone(), route.clone());
     Ok((w, route))
 }
 
@@ -147,13 +147,13 @@ pub fn replace_routes(
     let mut routes = BTreeMap::new();
     for (i, req) in r.routes.iter().enumerate() {
         let route = validate_route(w, t, &format!("routes[{i}]."), req)?;
-        if routes.contains_key(&route.destination_cidr) {
+        if routes.contains_key(&route.destination) {
             return Err(ApiError::already_exists(format!(
                 "routes[{i}]: {} is listed twice",
-                route.destination_cidr
+                route.destination
             )));
         }
-        routes.insert(route.destination_cidr.clone(), route);
+        routes.insert(route.destination.clone(), route);
     }
     let n = routes.len();
     let mut w = w.clone();

@@ -1,12 +1,16 @@
 //! The declarative state document (`peer-dataplane run --config FILE`): VPCs, subnets,
 //! route tables, peerings and the ports on this host, as the control plane knows them.
+//! Each object's fields are declared here once: the control plane's API and store embed
+//! these types (adding only what only it knows, such as accounts and timestamps), and its
+//! per-host document is made of them.
 //! This module only reads the text; [`super::validate`] decides whether it makes sense.
 
+use super::validate::PeeringStatus;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// MAC the instances see as their gateway, unless a port names its own.
@@ -28,7 +32,7 @@ pub struct Document {
     pub security_groups: Vec<SecurityGroupDoc>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VpcDoc {
     pub id: String,
@@ -41,7 +45,7 @@ pub struct VpcDoc {
     pub ipv6_cidr: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetDoc {
     pub id: String,
@@ -55,7 +59,7 @@ pub struct SubnetDoc {
     pub network_acl: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkAclDoc {
     pub id: String,
@@ -83,7 +87,7 @@ pub struct AclRuleDoc {
 }
 
 /// A security group: allow-only rules, stateful (docs/datapath.md §1, §2).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupDoc {
     pub id: String,
@@ -111,7 +115,7 @@ pub struct SgRuleDoc {
     pub peer_security_group: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTableDoc {
     pub id: String,
@@ -120,22 +124,24 @@ pub struct RouteTableDoc {
     pub routes: Vec<RouteDoc>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
+    /// `destination_cidr` (the API's spelling), or `destination` in a hand-written file.
+    #[serde(rename = "destination_cidr", alias = "destination")]
     pub destination: String,
     /// `local`, `blackhole` or a peering id (`pcx-…`).
     pub target: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeeringDoc {
     pub id: String,
     pub requester_vpc: String,
     pub accepter_vpc: String,
     /// `pending-acceptance`, `active`, `rejected`, `expired`, `failed` or `deleted`.
-    pub status: String,
+    pub status: PeeringStatus,
     /// Bandwidth cap of each direction, in Mbit/s; none = uncapped, except across
     /// regions (1 Gbit/s, docs/datapath.md §3.7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +156,7 @@ pub struct PeeringDoc {
     pub burst_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortDoc {
     /// Host interface of the instance attachment (the XDP program attaches here).
@@ -158,12 +164,12 @@ pub struct PortDoc {
     pub subnet: String,
     /// The instance's MAC.
     pub mac: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     /// Gateway MAC presented on this port; defaults to the document's `router_mac`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_mac: Option<String>,
     /// Security groups of the port (at most 16). Absent: the port is not filtered by
     /// security groups; an empty list denies everything that is not a tracked reply.

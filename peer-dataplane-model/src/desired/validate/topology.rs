@@ -95,10 +95,20 @@ pub struct RouteTable {
 /// Peering status (docs/datapath.md §1, §2): one type for the control plane's API and store, the state
 /// document and the data plane's code.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PeeringStatus {
+    #[default]
     PendingAcceptance,
     Active,
     Rejected,
