@@ -270,181 +270,221 @@ pub fn compile_over(
     acl_generation: Generations,
     installed: &MapState,
 ) -> Result<(MapState, Ids)> {
-    let ids = ids.assign(&wanted_names(t))?;
-    let id = |kind: u32, name: &str| ids.get(kind, name).expect("every validated name has an id");
-    let mut s = MapState::default();
+    let mut c = Compiler {
+        t,
+        ids: ids.assign(&wanted_names(t))?,
+        generation,
+        acl_generation,
+        s: MapState::default(),
+    };
+    c.peerings();
+    c.routes();
+    c.network_acls(installed)?;
+    c.security_groups()?;
+    c.ports(ifindex)?;
+    let Compiler { mut s, ids, .. } = c;
+    s.names.extend(ids.names());
+    Ok((s, ids))
+}
 
-    for pcx in t.peerings.values() {
-        s.peerings.insert(
-            id(NAME_PEERING, &pcx.id),
-            Peering {
+/// One compilation: the topology, the ids and generations it is compiled with, and the
+/// map contents so far.
+struct Compiler<'a> {
+    t: &'a Topology,
+    ids: Ids,
+    generation: Generations<'a>,
+    acl_generation: Generations<'a>,
+    s: MapState,
+}
+
+impl Compiler<'_> {
+    fn id(&self, kind: u32, name: &str) -> u32 {
+        self.ids
+            .get(kind, name)
+            .expect("every validated name has an id")
+    }
+
+    fn peerings(&mut self) {
+        for pcx in self.t.peerings.values() {
+            let peering = Peering {
                 status: pcx.status.code(),
-                requester_vpc: id(NAME_VPC, &pcx.requester_vpc),
-                accepter_vpc: id(NAME_VPC, &pcx.accepter_vpc),
+                requester_vpc: self.id(NAME_VPC, &pcx.requester_vpc),
+                accepter_vpc: self.id(NAME_VPC, &pcx.accepter_vpc),
                 flags: 0,
                 cap: [cap_config(pcx.caps[0]), cap_config(pcx.caps[1])],
-            },
-        );
+            };
+            self.s
+                .peerings
+                .insert(self.id(NAME_PEERING, &pcx.id), peering);
+        }
     }
 
-    for vpc in t.vpcs.values() {
-        let vpc_id = id(NAME_VPC, &vpc.id);
-        for cidr in &vpc.cidrs {
-            s.routes.insert(
-                key_for(vpc_table(vpc_id), cidr),
-                RouteValue {
+    /// The per-VPC CIDR tables and every route table, in its generation.
+    fn routes(&mut self) {
+        for vpc in self.t.vpcs.values() {
+            let vpc_id = self.id(NAME_VPC, &vpc.id);
+            for cidr in &vpc.cidrs {
+                let value = RouteValue {
                     kind: ROUTE_VPC_CIDR,
                     target: vpc_id,
-                },
-            );
+                };
+                self.s
+                    .routes
+                    .insert(key_for(vpc_table(vpc_id), cidr), value);
+            }
         }
-    }
-    for rt in t.route_tables.values() {
-        let table_id = id(NAME_ROUTE_TABLE, &rt.id);
-        let table = route_table_key(table_id, generation(table_id));
-        for (dest, target) in &rt.routes {
-            let value = match target {
-                Target::Local => RouteValue {
-                    kind: ROUTE_LOCAL,
-                    target: 0,
-                },
-                Target::Blackhole => RouteValue {
-                    kind: ROUTE_BLACKHOLE,
-                    target: 0,
-                },
-                Target::Peering(pcx) => RouteValue {
-                    kind: ROUTE_PCX,
-                    target: id(NAME_PEERING, pcx),
-                },
-            };
-            s.routes.insert(key_for(table, dest), value);
-        }
-    }
-
-    // Network ACL sets. Each keeps the hit counter range it has while it is installed
-    // unchanged: a change to one ACL never moves (or zeroes) another's counters.
-    let mut slots = HitSlots::new(installed);
-    for a in t.network_acls.values() {
-        let acl_id = id(NAME_ACL, &a.id);
-        let acl_gen = acl_generation(acl_id);
-        for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
-            let c = crate::desired::acl::compile(rules)
-                .map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
-            let set = acl_set(acl_id, acl_gen, egress);
-            let rules = c.numbers.len() as u32;
-            let hit_base = slots.assign(set, rules).ok_or_else(|| {
-                anyhow!(
-                    "network acls: no room for {rules} more rule hit counters at network acl {} \
-                     ({ACL_HIT_SLOTS} in all, {} in use)",
-                    a.id,
-                    slots.in_use()
-                )
-            })?;
-            insert_acl_set(&mut s, set, &c, hit_base);
-            for (i, number) in c.numbers.iter().enumerate() {
-                s.names.insert(
-                    NameKey {
-                        kind: NAME_ACL_RULE,
-                        id: hit_base + i as u32,
-                    },
-                    Name::new(&number.to_string()),
-                );
+        for rt in self.t.route_tables.values() {
+            let table_id = self.id(NAME_ROUTE_TABLE, &rt.id);
+            let table = route_table_key(table_id, (self.generation)(table_id));
+            for (dest, target) in &rt.routes {
+                let (kind, target) = match target {
+                    Target::Local => (ROUTE_LOCAL, 0),
+                    Target::Blackhole => (ROUTE_BLACKHOLE, 0),
+                    Target::Peering(pcx) => (ROUTE_PCX, self.id(NAME_PEERING, pcx)),
+                };
+                self.s
+                    .routes
+                    .insert(key_for(table, dest), RouteValue { kind, target });
             }
         }
     }
 
-    // Security-group sets, one per distinct combination of groups on ports.
-    let members = sg_members(t);
-    for (name, groups) in sg_combinations(t) {
-        let set_id = id(NAME_SG_SET, &name);
-        let set_gen = acl_generation(set_id);
-        for egress in [false, true] {
-            let rules = sg_rules(t, &members, &groups, egress);
-            let c = crate::desired::acl::compile(&rules).map_err(|e| {
+    /// Network ACL sets. Each keeps the hit counter range it has while it is installed
+    /// unchanged: a change to one ACL never moves (or zeroes) another's counters.
+    fn network_acls(&mut self, installed: &MapState) -> Result<()> {
+        let mut slots = HitSlots::new(installed);
+        for a in self.t.network_acls.values() {
+            let acl_id = self.id(NAME_ACL, &a.id);
+            let acl_gen = (self.acl_generation)(acl_id);
+            for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
+                let c = crate::desired::acl::compile(rules)
+                    .map_err(|e| anyhow!("network acl {}: {e}", a.id))?;
+                let set = acl_set(acl_id, acl_gen, egress);
+                let rules = c.numbers.len() as u32;
+                let hit_base = slots.assign(set, rules).ok_or_else(|| {
+                    anyhow!(
+                        "network acls: no room for {rules} more rule hit counters at network acl {} \
+                         ({ACL_HIT_SLOTS} in all, {} in use)",
+                        a.id,
+                        slots.in_use()
+                    )
+                })?;
+                insert_acl_set(&mut self.s, set, &c, hit_base);
+                for (i, number) in c.numbers.iter().enumerate() {
+                    let key = NameKey {
+                        kind: NAME_ACL_RULE,
+                        id: hit_base + i as u32,
+                    };
+                    self.s.names.insert(key, Name::new(&number.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Security-group sets, one per distinct combination of groups on ports.
+    fn security_groups(&mut self) -> Result<()> {
+        let members = sg_members(self.t);
+        for (name, groups) in sg_combinations(self.t) {
+            let set_id = self.id(NAME_SG_SET, &name);
+            let set_gen = (self.acl_generation)(set_id);
+            for egress in [false, true] {
+                let rules = sg_rules(self.t, &members, &groups, egress);
+                let c = crate::desired::acl::compile(&rules).map_err(|e| {
+                    anyhow!(
+                        "security groups {} ({}): {e}",
+                        groups.join(", "),
+                        if egress { "egress" } else { "ingress" }
+                    )
+                })?;
+                insert_acl_set(&mut self.s, acl_set(set_id, set_gen, egress), &c, NO_HITS);
+            }
+        }
+        Ok(())
+    }
+
+    /// The compiled set of a port's security groups, one direction.
+    fn port_sg(&self, groups: &Option<Vec<String>>, egress: bool) -> u32 {
+        match groups {
+            Some(g) => {
+                let set_id = self.id(NAME_SG_SET, &sg_set_name(g));
+                acl_set(set_id, (self.acl_generation)(set_id), egress)
+            }
+            None => NO_ACL,
+        }
+    }
+
+    /// The network ACL set of a subnet, one direction.
+    fn subnet_acl(&self, subnet: &str, egress: bool) -> u32 {
+        match &self.t.subnets[subnet].network_acl {
+            Some(a) => {
+                let acl_id = self.id(NAME_ACL, a);
+                acl_set(acl_id, (self.acl_generation)(acl_id), egress)
+            }
+            None => NO_ACL,
+        }
+    }
+
+    /// Ports, their endpoints (one per address) and redirect entries.
+    fn ports(&mut self, ifindex: &dyn IfindexResolver) -> Result<()> {
+        for port in self.t.ports.values() {
+            let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
                 anyhow!(
-                    "security groups {} ({}): {e}",
-                    groups.join(", "),
-                    if egress { "egress" } else { "ingress" }
+                    "port {}: interface {} does not exist on this host",
+                    port.interface,
+                    port.interface
                 )
             })?;
-            insert_acl_set(&mut s, acl_set(set_id, set_gen, egress), &c, NO_HITS);
-        }
-    }
-    let port_sg = |groups: &Option<Vec<String>>, egress: bool| match groups {
-        Some(g) => {
-            let set_id = id(NAME_SG_SET, &sg_set_name(g));
-            acl_set(set_id, acl_generation(set_id), egress)
-        }
-        None => NO_ACL,
-    };
-    let subnet_acl = |subnet: &str, egress: bool| match &t.subnets[subnet].network_acl {
-        Some(a) => {
-            let acl_id = id(NAME_ACL, a);
-            acl_set(acl_id, acl_generation(acl_id), egress)
-        }
-        None => NO_ACL,
-    };
-
-    for port in t.ports.values() {
-        let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
-            anyhow!(
-                "port {}: interface {} does not exist on this host",
-                port.interface,
-                port.interface
-            )
-        })?;
-        let subnet = &t.subnets[&port.subnet];
-        let vpc = id(NAME_VPC, &subnet.vpc);
-        let subnet_id = id(NAME_SUBNET, &subnet.id);
-        let table_id = id(NAME_ROUTE_TABLE, &subnet.route_table);
-        let route_table = route_table_key(table_id, generation(table_id));
-        let mut p = Port {
-            vpc,
-            subnet: subnet_id,
-            route_table,
-            mac: port.mac,
-            gw_mac: port.gateway_mac,
-            acl: subnet_acl(&subnet.id, true),
-            sg: port_sg(&port.security_groups, true),
-            ..Port::default()
-        };
-        let endpoint = Endpoint {
-            ifindex,
-            route_table,
-            subnet: subnet_id,
-            flags: ENDPOINT_LOCAL,
-            mac: port.mac,
-            gw_mac: port.gateway_mac,
-            acl: subnet_acl(&subnet.id, false),
-            sg: port_sg(&port.security_groups, false),
-        };
-        if let Some(a) = port.ipv4 {
-            p.flags |= PORT_HAS_IPV4;
-            p.ipv4 = addr::from_v4(a.octets());
-            s.endpoints
-                .insert(EndpointKey { vpc, addr: p.ipv4 }, endpoint);
-        }
-        if let Some(a) = port.ipv6 {
-            p.flags |= PORT_HAS_IPV6;
-            p.ipv6 = a.octets();
-            s.endpoints
-                .insert(EndpointKey { vpc, addr: p.ipv6 }, endpoint);
-        }
-        if s.ports.insert(ifindex, p).is_some() {
-            return Err(anyhow!(
-                "port {}: ifindex {ifindex} is used by another port",
-                port.interface
-            ));
-        }
-        s.devmap.insert(ifindex, ifindex);
-        s.names.insert(
-            NameKey {
+            let subnet = &self.t.subnets[&port.subnet];
+            let vpc = self.id(NAME_VPC, &subnet.vpc);
+            let subnet_id = self.id(NAME_SUBNET, &subnet.id);
+            let table_id = self.id(NAME_ROUTE_TABLE, &subnet.route_table);
+            let route_table = route_table_key(table_id, (self.generation)(table_id));
+            let mut p = Port {
+                vpc,
+                subnet: subnet_id,
+                route_table,
+                mac: port.mac,
+                gw_mac: port.gateway_mac,
+                acl: self.subnet_acl(&subnet.id, true),
+                sg: self.port_sg(&port.security_groups, true),
+                ..Port::default()
+            };
+            let endpoint = Endpoint {
+                ifindex,
+                route_table,
+                subnet: subnet_id,
+                flags: ENDPOINT_LOCAL,
+                mac: port.mac,
+                gw_mac: port.gateway_mac,
+                acl: self.subnet_acl(&subnet.id, false),
+                sg: self.port_sg(&port.security_groups, false),
+            };
+            if let Some(a) = port.ipv4 {
+                p.flags |= PORT_HAS_IPV4;
+                p.ipv4 = addr::from_v4(a.octets());
+                let key = EndpointKey { vpc, addr: p.ipv4 };
+                self.s.endpoints.insert(key, endpoint);
+            }
+            if let Some(a) = port.ipv6 {
+                p.flags |= PORT_HAS_IPV6;
+                p.ipv6 = a.octets();
+                let key = EndpointKey { vpc, addr: p.ipv6 };
+                self.s.endpoints.insert(key, endpoint);
+            }
+            if self.s.ports.insert(ifindex, p).is_some() {
+                return Err(anyhow!(
+                    "port {}: ifindex {ifindex} is used by another port",
+                    port.interface
+                ));
+            }
+            self.s.devmap.insert(ifindex, ifindex);
+            let key = NameKey {
                 kind: NAME_PORT,
                 id: ifindex,
-            },
-            Name::new(&port.interface),
-        );
+            };
+            self.s.names.insert(key, Name::new(&port.interface));
+        }
+        Ok(())
     }
-    s.names.extend(ids.names());
-    Ok((s, ids))
 }

@@ -43,32 +43,43 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGau
 /// what the install loop reports.
 pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) -> Result<String> {
     let r = Registry::new();
+    let stats = views::stats::collect(snap);
+    peering_metrics(&r, &stats)?;
+    global_metrics(&r, &stats)?;
+    acl_metrics(&r, snap)?;
+    map_metrics(&r, snap, conntrack_entries)?;
+    install_metrics(&r, sync)?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
 
+/// Traffic, drops and caps of each peering direction.
+fn peering_metrics(r: &Registry, stats: &views::stats::Stats) -> Result<()> {
     let packets = counter(
-        &r,
+        r,
         "pdp_peering_packets_total",
         "Packets forwarded across a peering.",
         &["peering", "direction"],
     )?;
     let bytes = counter(
-        &r,
+        r,
         "pdp_peering_bytes_total",
         "Bytes forwarded across a peering.",
         &["peering", "direction"],
     )?;
     let pdrops = counter(
-        &r,
+        r,
         "pdp_peering_drops_total",
         "Packets dropped once their peering was known, by reason.",
         &["peering", "direction", "reason"],
     )?;
     let cap = gauge(
-        &r,
+        r,
         "pdp_peering_cap_bits_per_second",
         "Bandwidth cap of a peering direction (absent: uncapped).",
         &["peering", "direction"],
     )?;
-    let stats = views::stats::collect(snap);
     for p in &stats.peerings {
         for (d, view) in [(0, &p.requester_to_accepter), (1, &p.accepter_to_requester)] {
             let l = [p.id.as_str(), DIRECTIONS[d]];
@@ -83,22 +94,27 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
         }
     }
 
+    Ok(())
+}
+
+/// What the program saw, forwarded, passed and dropped, by reason.
+fn global_metrics(r: &Registry, stats: &views::stats::Stats) -> Result<()> {
     let g = &stats.global;
-    let rx = counter(&r, "pdp_rx_packets_total", "Frames the program saw.", &[])?;
+    let rx = counter(r, "pdp_rx_packets_total", "Frames the program saw.", &[])?;
     rx.with_label_values(&[]).inc_by(g.rx_packets);
     let rxb = counter(
-        &r,
+        r,
         "pdp_rx_bytes_total",
         "Bytes of the frames the program saw.",
         &[],
     )?;
     rxb.with_label_values(&[]).inc_by(g.rx_bytes);
-    let redirected = counter(&r, "pdp_redirected_packets_total", "Frames forwarded.", &[])?;
+    let redirected = counter(r, "pdp_redirected_packets_total", "Frames forwarded.", &[])?;
     redirected
         .with_label_values(&[])
         .inc_by(g.redirected_packets);
     let drops = counter(
-        &r,
+        r,
         "pdp_drops_total",
         "Frames dropped, by reason.",
         &["reason"],
@@ -107,7 +123,7 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
         drops.with_label_values(&[reason]).inc_by(*n);
     }
     let passes = counter(
-        &r,
+        r,
         "pdp_passes_total",
         "Frames handed to the kernel, by reason.",
         &["reason"],
@@ -116,8 +132,13 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
         passes.with_label_values(&[reason]).inc_by(*n);
     }
 
+    Ok(())
+}
+
+/// Packets each network ACL rule decided.
+fn acl_metrics(r: &Registry, snap: &Snapshot) -> Result<()> {
     let hits = counter(
-        &r,
+        r,
         "pdp_acl_rule_hits_total",
         "Packets each network ACL rule decided.",
         &["acl", "direction", "rule"],
@@ -127,14 +148,14 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
             .inc_by(h.hits);
     }
 
+    Ok(())
+}
+
+/// Fill and capacity of every map the registry sizes, and the conntrack table.
+fn map_metrics(r: &Registry, snap: &Snapshot, conntrack_entries: usize) -> Result<()> {
     let flows = conntrack_entries;
-    let fill = gauge(&r, "pdp_map_entries", "Entries in a pinned map.", &["map"])?;
-    let capacity = gauge(
-        &r,
-        "pdp_map_capacity",
-        "Capacity of a pinned map.",
-        &["map"],
-    )?;
+    let fill = gauge(r, "pdp_map_entries", "Entries in a pinned map.", &["map"])?;
+    let capacity = gauge(r, "pdp_map_capacity", "Capacity of a pinned map.", &["map"])?;
     for spec in registry::ALL {
         let entries = match spec.name {
             registry::names::CONNTRACK => Some(flows),
@@ -155,6 +176,11 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
     ct.set(flows as i64);
     r.register(Box::new(ct))?;
 
+    Ok(())
+}
+
+/// What only the running agent knows: installs, refusals, timings.
+fn install_metrics(r: &Registry, sync: &InstallStats) -> Result<()> {
     let rev = IntGauge::new(
         "pdp_sync_revision",
         "Control-plane revision installed (0: state from a file).",
@@ -162,14 +188,14 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
     rev.set(sync.revision as i64);
     r.register(Box::new(rev))?;
     let applied = counter(
-        &r,
+        r,
         "pdp_sync_applied_total",
         "Desired states installed.",
         &[],
     )?;
     applied.with_label_values(&[]).inc_by(sync.applied);
     let refused = counter(
-        &r,
+        r,
         "pdp_sync_errors_total",
         "Desired states refused (invalid, or failed to install).",
         &[],
@@ -186,9 +212,7 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
     when.set(sync.last_success_unix);
     r.register(Box::new(when))?;
 
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
-    Ok(String::from_utf8(out)?)
+    Ok(())
 }
 
 /// Binds the metrics endpoint (so that a bad address fails the agent's start).
