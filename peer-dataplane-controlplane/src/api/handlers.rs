@@ -1,0 +1,334 @@
+//! One handler per route: the caller, the operation, the answer.
+
+use super::*;
+use crate::hoststate;
+
+/// The account that owns an object (through its VPC).
+pub(super) fn owner<'a>(w: &'a World, vpc: &str) -> Option<&'a str> {
+    w.vpcs.get(vpc).map(|v| v.account.as_str())
+}
+
+macro_rules! owned_crud {
+    ($create:ident, $list:ident, $get:ident, $delete:ident, $req:ty, $op_create:path, $op_delete:path, $field:ident, $what:literal, |$o:ident| $vpc:expr) => {
+        pub(super) async fn $create(State(s): State<Shared>, h: HeaderMap, b: Result<Json<$req>, JsonRejection>) -> ApiResult {
+            let c = s.caller(&h)?;
+            let req = body(b)?;
+            let out = s.mutate(|w, _| $op_create(w, &c, req))?;
+            ok(StatusCode::CREATED, out)
+        }
+
+        pub(super) async fn $list(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
+            let c = s.caller(&h)?;
+            let w = s.world();
+            let mine: Vec<_> = w.$field.values().filter(|$o| owner(&w, $vpc) == Some(c.account.as_str())).cloned().collect();
+            ok(StatusCode::OK, mine)
+        }
+
+        pub(super) async fn $get(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+            let c = s.caller(&h)?;
+            let w = s.world();
+            let $o = w.$field.get(&id).ok_or_else(|| ApiError::not_found(format!("{} {id} does not exist", $what)))?;
+            if owner(&w, $vpc) != Some(c.account.as_str()) {
+                return Err(ApiError::forbidden(format!("{} {id} belongs to another account", $what)));
+            }
+            ok(StatusCode::OK, $o)
+        }
+
+        pub(super) async fn $delete(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+            let c = s.caller(&h)?;
+            s.mutate(|w, _| $op_delete(w, &c, &id).map(|w| (w, ())))?;
+            ok(StatusCode::OK, json!({"deleted": id}))
+        }
+    };
+}
+
+owned_crud!(
+    create_vpc,
+    list_vpcs,
+    get_vpc,
+    delete_vpc,
+    ops::CreateVpc,
+    ops::create_vpc,
+    ops::delete_vpc,
+    vpcs,
+    "vpc",
+    |o| &o.id
+);
+owned_crud!(
+    create_subnet,
+    list_subnets,
+    get_subnet,
+    delete_subnet,
+    ops::CreateSubnet,
+    ops::create_subnet,
+    ops::delete_subnet,
+    subnets,
+    "subnet",
+    |o| &o.vpc
+);
+owned_crud!(
+    create_route_table,
+    list_route_tables,
+    get_route_table,
+    delete_route_table,
+    ops::CreateRouteTable,
+    ops::create_route_table,
+    ops::delete_route_table,
+    route_tables,
+    "route table",
+    |o| &o.vpc
+);
+owned_crud!(
+    create_network_acl,
+    list_network_acls,
+    get_network_acl,
+    delete_network_acl,
+    ops::CreateNetworkAcl,
+    ops::create_network_acl,
+    ops::delete_network_acl,
+    network_acls,
+    "network acl",
+    |o| &o.vpc
+);
+owned_crud!(
+    create_security_group,
+    list_security_groups,
+    get_security_group,
+    delete_security_group,
+    ops::CreateSecurityGroup,
+    ops::create_security_group,
+    ops::delete_security_group,
+    security_groups,
+    "security group",
+    |o| &o.vpc
+);
+
+/// Ports belong to the account of their subnet's VPC.
+pub(super) async fn create_port(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    b: Result<Json<ops::CreatePort>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, _| ops::create_port(w, &c, req))?,
+    )
+}
+
+pub(super) fn port_owner<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
+    w.subnets.get(&p.subnet).and_then(|s| owner(w, &s.vpc))
+}
+
+pub(super) async fn list_ports(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
+    let c = s.caller(&h)?;
+    let w = s.world();
+    let mine: Vec<&Port> = w
+        .ports
+        .values()
+        .filter(|p| port_owner(&w, p) == Some(c.account.as_str()))
+        .collect();
+    ok(StatusCode::OK, mine)
+}
+
+pub(super) async fn get_port(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let w = s.world();
+    let p = w
+        .ports
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("port {id} does not exist")))?;
+    if port_owner(&w, p) != Some(c.account.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "port {id} belongs to another account"
+        )));
+    }
+    ok(StatusCode::OK, p)
+}
+
+pub(super) async fn delete_port(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    s.mutate(|w, _| ops::delete_port(w, &c, &id).map(|w| (w, ())))?;
+    ok(StatusCode::OK, json!({"deleted": id}))
+}
+
+pub(super) async fn create_route(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<ops::CreateRoute>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, _| ops::create_route(w, &c, &id, req))?,
+    )
+}
+
+pub(super) async fn replace_routes(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<ops::ReplaceRoutes>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    let n = s.mutate(|w, _| ops::replace_routes(w, &c, &id, req))?;
+    ok(StatusCode::OK, json!({"route_table": id, "routes": n}))
+}
+
+pub(super) async fn delete_route(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path((id, cidr)): Path<(String, String)>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    s.mutate(|w, _| ops::delete_route(w, &c, &id, &cidr).map(|w| (w, ())))?;
+    ok(StatusCode::OK, json!({"deleted": cidr}))
+}
+
+pub(super) async fn create_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    b: Result<Json<ops::CreatePeering>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    ok(
+        StatusCode::CREATED,
+        s.mutate(|w, now| ops::create_peering(w, &c, req, now))?,
+    )
+}
+
+pub(super) async fn list_peerings(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
+    let c = s.caller(&h)?;
+    let now = s.clock.now();
+    let w = s.world();
+    let w = ops::expire(&w, now).unwrap_or(w);
+    let mine: Vec<&Peering> = w
+        .peerings
+        .values()
+        .filter(|p| p.involves_account(&c.account))
+        .collect();
+    ok(StatusCode::OK, mine)
+}
+
+pub(super) async fn get_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let w = s.world();
+    let w = ops::expire(&w, s.clock.now()).unwrap_or(w);
+    ok(StatusCode::OK, ops::visible_peering(&w, &c, &id)?)
+}
+
+pub(super) async fn accept_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, now| ops::accept_peering(w, &c, &id, now))?,
+    )
+}
+
+pub(super) async fn reject_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, now| ops::reject_peering(w, &c, &id, now))?,
+    )
+}
+
+pub(super) async fn delete_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, _| ops::delete_peering(w, &c, &id))?,
+    )
+}
+
+pub(super) async fn patch_peering(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<ops::PatchPeering>, JsonRejection>,
+) -> ApiResult {
+    let c = s.caller(&h)?;
+    let req = body(b)?;
+    ok(
+        StatusCode::OK,
+        s.mutate(|w, _| ops::patch_peering(w, &c, &id, req))?,
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct StateQuery {
+    /// Return at once if the revision is newer than this; otherwise wait for a change.
+    #[serde(default)]
+    after: Option<u64>,
+    /// How long to wait for a change, in milliseconds (at most 60 s).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/hosts/{host}/state?after=REV&wait_ms=MS`: the host's state document and its
+/// revision. With `after`, waits (long poll) until the revision passes it or time runs out.
+pub(super) async fn host_state(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(host): Path<String>,
+    Query(q): Query<StateQuery>,
+) -> ApiResult {
+    let token = bearer(&h)?;
+    // A host's token opens that host's state, and nothing else.
+    match auth::find(&s.host_tokens, token) {
+        Some(owner) if *owner == host => {}
+        Some(owner) => {
+            return Err(ApiError::forbidden(format!(
+                "the token of host {owner} cannot read the state of host {host}"
+            )))
+        }
+        None => {
+            return Err(ApiError::unauthorized(
+                "host state needs the token of that host (--host-tokens on the control plane)",
+            ))
+        }
+    }
+    s.spend(&format!("host {host}"))?;
+    if let Some(after) = q.after {
+        let mut rx = s.revision_tx.subscribe();
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
+    }
+    let (world, revision) = {
+        let inner = s.inner.lock().unwrap();
+        (inner.world.clone(), inner.revision)
+    };
+    ok(
+        StatusCode::OK,
+        json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}),
+    )
+}
