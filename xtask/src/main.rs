@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: everything a fresh machine needs, from installing the eBPF
 //! toolchain to running the demo, the tests and the benchmarks.
 
+mod suite;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -114,22 +116,8 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A cargo child that inherits nothing from the outer cargo (toolchain, flags, target dir).
 fn clean_cargo(cargo: &str) -> Command {
-    let mut c = Command::new(cargo);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        let inherited = (k.starts_with("CARGO") && k != "CARGO_HOME")
-            || k.starts_with("RUSTC")
-            || k.starts_with("RUSTUP")
-            || k == "RUSTFLAGS"
-            || k == "RUSTDOC";
-        if inherited {
-            c.env_remove(&k);
-        }
-    }
-    c.current_dir(root());
-    c
+    peer_dataplane_build::clean_cargo(cargo, &root())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -195,11 +183,7 @@ fn ebpf_llvm_major() -> Result<u32> {
 }
 
 fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-        })
+    peer_dataplane_build::cargo_home()
 }
 
 fn setup() -> Result<()> {
@@ -273,41 +257,10 @@ fn unsafe_geteuid() -> u32 {
 // ---------------------------------------------------------------------------------------
 // builds
 
-fn ebpf_object() -> PathBuf {
-    root().join("target/ebpf/bpfel-unknown-none/release/peer-dataplane-ebpf")
-}
-
 fn build_ebpf() -> Result<PathBuf> {
     step("building the XDP object (bpfel-unknown-none, Debian rustc-web + bpf-linker)");
-    let mut c = clean_cargo("/usr/bin/cargo");
-    c.env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            // BPF ISA v3 (kernel 5.12+): atomic fetch-add and compare-and-swap, which the
-            // shared bandwidth-cap buckets need.
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Ctarget-cpu=v3\x1f-Clink-arg=--btf",
-        )
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                cargo_home().join("bin").display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .args([
-            "build",
-            "-p",
-            "peer-dataplane-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-            "--release",
-            "--target-dir",
-            "target/ebpf",
-        ]);
-    run(&mut c)?;
-    let obj = ebpf_object();
+    run(&mut peer_dataplane_build::ebpf_build_command(&root()))?;
+    let obj = peer_dataplane_build::object_path(&root());
     if !obj.exists() {
         bail!("build finished but {} is missing", obj.display());
     }
@@ -335,173 +288,6 @@ fn build_agent(obj: &Path) -> Result<PathBuf> {
         "--bins",
     ]))?;
     Ok(root().join("target/release/peer-dataplane"))
-}
-
-fn test(args: &[String], repeat: u32) -> Result<()> {
-    if repeat == 0 {
-        bail!("--repeat must be at least 1");
-    }
-    setup()?;
-    let obj = build_ebpf()?;
-    let agent = build_agent(&obj)?;
-    let mut runs = Vec::new();
-    for round in 1..=repeat {
-        step(&format!(
-            "running all tests{}: host unit tests, BPF_PROG_RUN tables, netns end to end (one at a time)",
-            if repeat > 1 {
-                format!(" (run {round} of {repeat})")
-            } else {
-                String::new()
-            }
-        ));
-        runs.push(test_once(&obj, &agent, args)?);
-    }
-    report(&runs)
-}
-
-/// What one `cargo test` run of the whole suite said.
-#[derive(Default)]
-struct TestRun {
-    totals: TestTotals,
-    /// `binary::test` of every test that failed.
-    failed_tests: Vec<String>,
-    /// The run's own exit status was a failure (a test binary that did not even start
-    /// counts here too).
-    failed: bool,
-}
-
-fn test_once(obj: &Path, agent: &Path, args: &[String]) -> Result<TestRun> {
-    let mut c = host_cargo(obj);
-    c.env("PDP_AGENT_BIN", agent)
-        .args([
-            "test",
-            "--release",
-            "--no-fail-fast",
-            "--",
-            "--test-threads=1",
-        ])
-        .args(args);
-    // One pipe for both streams, in order: the test binaries' results come on stdout,
-    // cargo's "Running <binary>" lines (which name the failures) on stderr.
-    let (out, into) = std::io::pipe().context("a pipe for cargo test")?;
-    c.stdout(into.try_clone()?).stderr(into);
-    let mut child = c.spawn().context("starting cargo test")?;
-    // Our copies of the write end must be gone, or the reader never sees the end.
-    drop(c);
-    // Echo cargo's output and total its per-binary summaries.
-    let mut run = TestRun::default();
-    let mut binary = String::new();
-    let reader = std::io::BufReader::new(out);
-    for line in std::io::BufRead::lines(reader) {
-        let line = line?;
-        println!("{line}");
-        run.totals.add(&line);
-        if let Some(name) = line.trim().strip_prefix("Running ") {
-            // "Running tests/prog_run.rs (target/release/deps/prog_run-…)"
-            binary = name.split_whitespace().next().unwrap_or("").to_string();
-        }
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some(name) = rest.strip_suffix(" ... FAILED") {
-                run.failed_tests.push(format!("{binary}: {name}"));
-            }
-        }
-    }
-    run.failed = !child.wait()?.success();
-    Ok(run)
-}
-
-/// The closing report: totals over every run, and each test that failed in any run with
-/// the runs it failed in.
-fn report(runs: &[TestRun]) -> Result<()> {
-    let mut passed = 0;
-    let mut failed = 0;
-    let mut ignored = 0;
-    let mut by_test: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for (i, r) in runs.iter().enumerate() {
-        passed += r.totals.passed;
-        failed += r.totals.failed;
-        ignored += r.totals.ignored;
-        for t in &r.failed_tests {
-            by_test.entry(t).or_default().push(i + 1);
-        }
-    }
-    let n = runs.len();
-    if n > 1 {
-        println!("\n{n} runs of the whole suite:");
-        for (i, r) in runs.iter().enumerate() {
-            println!(
-                "  run {}: {} passed, {} failed, {} ignored{}",
-                i + 1,
-                r.totals.passed,
-                r.totals.failed,
-                r.totals.ignored,
-                if r.failed && r.totals.failed == 0 {
-                    " (cargo test failed outside any test: see above)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    if !by_test.is_empty() {
-        println!("\nfailed tests:");
-        for (t, in_runs) in &by_test {
-            let runs: Vec<String> = in_runs.iter().map(|r| r.to_string()).collect();
-            println!(
-                "  {t}: failed in {} of {n} runs (run {})",
-                in_runs.len(),
-                runs.join(", ")
-            );
-        }
-    }
-    println!(
-        "\nall tiers{}: {passed} passed, {failed} failed, {ignored} ignored",
-        if n > 1 {
-            format!(", {n} runs")
-        } else {
-            String::new()
-        }
-    );
-    if runs.iter().any(|r| r.failed) {
-        bail!("cargo test failed");
-    }
-    if ignored > 0 {
-        bail!("{ignored} tests were ignored: every test, privileged ones included, must run");
-    }
-    if passed == 0 {
-        bail!("no test ran");
-    }
-    println!("{passed} passed, {failed} failed");
-    Ok(())
-}
-
-#[derive(Default)]
-struct TestTotals {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl TestTotals {
-    /// Adds a libtest summary line (`test result: ok. 6 passed; 0 failed; 0 ignored; ...`).
-    fn add(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            match kind {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
-        }
-    }
 }
 
 fn demo() -> Result<()> {
@@ -570,7 +356,7 @@ fn main() -> Result<()> {
             let obj = build_ebpf()?;
             build_agent(&obj).map(|p| println!("{}", p.display()))
         }
-        Task::Test { repeat, args } => test(&args, repeat),
+        Task::Test { repeat, args } => suite::test(&args, repeat),
         Task::Demo => demo(),
         Task::Difftest {
             states,
@@ -581,7 +367,7 @@ fn main() -> Result<()> {
             std::env::set_var("PDP_DIFF_STATES", states.to_string());
             std::env::set_var("PDP_DIFF_PACKETS", packets.to_string());
             std::env::set_var("PDP_DIFF_SEED", seed.to_string());
-            test(
+            suite::test(
                 &[
                     "model_and_program_agree".to_string(),
                     "--nocapture".to_string(),
