@@ -23,7 +23,7 @@ use peer_dataplane_common::{
         STAGE_INGRESS_ACL, STAGE_ORIGIN, STAGE_PARSE, STAGE_PORT, STAGE_RETURN_ROUTE,
         STAGE_REWRITE, STAGE_ROUTE, STAGE_SECURITY_GROUPS, STAGE_TTL,
     },
-    DropReason, PassReason, RouteValue, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+    DropReason, Endpoint, PassReason, Port, RouteValue, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
 };
 
 /// Runs the pipeline on one frame. `T`: tracing (`pdp_trace`): every stage notes what it
@@ -45,60 +45,10 @@ pub fn run<const T: bool>(ctx: &XdpContext) -> (Outcome, Seen) {
 
 #[inline(always)]
 fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
-    // Source port: frames from interfaces we do not serve (an uplink, say) are untouched.
-    let Some(port) = port::lookup(ctx.ingress_ifindex() as u32) else {
-        return Ok(Outcome::pass(PassReason::UnknownPort));
+    let (port, p, slot) = match classify::<T>(ctx, seen)? {
+        Classified::Peering { port, packet, slot } => (port, packet, slot),
+        Classified::Decided(o) => return Ok(o),
     };
-    trace::note::<T>(|r| {
-        r.reached |= STAGE_PORT;
-        r.port_vpc = port.vpc;
-        r.port_route_table = port.route_table;
-        r.port_acl = port.acl;
-        r.port_sg = port.sg;
-    });
-
-    let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
-        return Err(DropReason::ParseError.into());
-    };
-    // SAFETY: this CPU's slot, used by nothing else while this packet runs.
-    let p = unsafe { &mut *scratch };
-    trace::reached::<T>(STAGE_PARSE);
-    if !parse::parse(ctx, p)? {
-        return Ok(Outcome::pass(PassReason::NotIp));
-    }
-    let p: &Packet = p;
-    trace::note::<T>(|r| {
-        r.is_v4 = p.is_v4 as u8;
-        r.proto = p.proto;
-        r.ttl = p.ttl;
-        r.ports_known = p.ports_known as u8;
-        r.sport = p.sport;
-        r.dport = p.dport;
-        r.src = p.src;
-        r.dst = p.dst;
-    });
-    seen.fragment = p.fragment;
-    seen.ipv4_options = p.ipv4_options;
-    if parse::not_routable(p) {
-        return Ok(Outcome::pass(PassReason::NotRoutable));
-    }
-
-    // Route lookup in the sender subnet's table.
-    let route = route::lookup(port.route_table, &p.dst);
-    trace::note::<T>(|r| {
-        r.reached |= STAGE_ROUTE;
-        (r.route_kind, r.route_target) = kind_and_target(route);
-    });
-    let Some(route) = route else {
-        return Err(DropReason::NoRoute.into());
-    };
-    let slot = match route.kind {
-        ROUTE_PCX => route.target,
-        ROUTE_LOCAL => return Ok(Outcome::pass(PassReason::LocalRoute)),
-        ROUTE_BLACKHOLE => return Err(DropReason::Blackhole.into()),
-        _ => return Err(DropReason::NoRoute.into()),
-    };
-
     // Peering checks.
     let x = peering::resolve::<T>(slot, port.vpc)
         .map_err(|(reason, ctr)| Outcome::drop(reason, ctr.unwrap_or(NO_PEERING)))?;
@@ -118,6 +68,96 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     if !acl_allows(egress) {
         return Err(drop(DropReason::NaclDeny));
     }
+    let ep = receiver::<T>(port, p, &x)?;
+    forward::<T>(ctx, p, ep, &x)
+}
+
+/// What the sender side made of a frame: peering traffic to check further, or decided.
+enum Classified<'a> {
+    Peering {
+        port: &'static Port,
+        packet: &'a Packet,
+        slot: u32,
+    },
+    Decided(Outcome),
+}
+
+/// Port, parse and route: which peering the frame wants to cross, if any.
+#[inline(always)]
+fn classify<'a, const T: bool>(
+    ctx: &XdpContext,
+    seen: &mut Seen,
+) -> Result<Classified<'a>, Outcome> {
+    // Source port: frames from interfaces we do not serve (an uplink, say) are untouched.
+    let Some(port) = port::lookup(ctx.ingress_ifindex() as u32) else {
+        return Ok(Classified::Decided(Outcome::pass(PassReason::UnknownPort)));
+    };
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_PORT;
+        r.port_vpc = port.vpc;
+        r.port_route_table = port.route_table;
+        r.port_acl = port.acl;
+        r.port_sg = port.sg;
+    });
+
+    let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
+        return Err(DropReason::ParseError.into());
+    };
+    // SAFETY: this CPU's slot, used by nothing else while this packet runs.
+    let p = unsafe { &mut *scratch };
+    trace::reached::<T>(STAGE_PARSE);
+    if !parse::parse(ctx, p)? {
+        return Ok(Classified::Decided(Outcome::pass(PassReason::NotIp)));
+    }
+    let p: &Packet = p;
+    trace::note::<T>(|r| {
+        r.is_v4 = p.is_v4 as u8;
+        r.proto = p.proto;
+        r.ttl = p.ttl;
+        r.ports_known = p.ports_known as u8;
+        r.sport = p.sport;
+        r.dport = p.dport;
+        r.src = p.src;
+        r.dst = p.dst;
+    });
+    seen.fragment = p.fragment;
+    seen.ipv4_options = p.ipv4_options;
+    if parse::not_routable(p) {
+        return Ok(Classified::Decided(Outcome::pass(PassReason::NotRoutable)));
+    }
+
+    // Route lookup in the sender subnet's table.
+    let route = route::lookup(port.route_table, &p.dst);
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_ROUTE;
+        (r.route_kind, r.route_target) = kind_and_target(route);
+    });
+    let Some(route) = route else {
+        return Err(DropReason::NoRoute.into());
+    };
+    let slot = match route.kind {
+        ROUTE_PCX => route.target,
+        ROUTE_LOCAL => return Ok(Classified::Decided(Outcome::pass(PassReason::LocalRoute))),
+        ROUTE_BLACKHOLE => return Err(DropReason::Blackhole.into()),
+        _ => return Err(DropReason::NoRoute.into()),
+    };
+
+    Ok(Classified::Peering {
+        port,
+        packet: p,
+        slot,
+    })
+}
+
+/// The receiver side: its endpoint, its route back over the same peering, its subnet's
+/// ingress ACL, and both ports' security groups.
+#[inline(always)]
+fn receiver<const T: bool>(
+    port: &Port,
+    p: &Packet,
+    x: &peering::Crossing,
+) -> Result<&'static Endpoint, Outcome> {
+    let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
     trace::reached::<T>(STAGE_ENDPOINT);
     let Some(ep) = deliver::endpoint(x.peer_vpc, &p.dst) else {
         let reason = if peering::inside_vpc(x.peer_vpc, &p.dst) {
@@ -159,6 +199,18 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     trace::reached::<T>(STAGE_SECURITY_GROUPS);
     sg::check::<T>(port.sg, ep.sg, port.vpc, x.peer_vpc, p).map_err(drop)?;
 
+    Ok(ep)
+}
+
+/// TTL, the redirect target, the cap, and the rewrite.
+#[inline(always)]
+fn forward<const T: bool>(
+    ctx: &XdpContext,
+    p: &Packet,
+    ep: &'static Endpoint,
+    x: &peering::Crossing,
+) -> Result<Outcome, Outcome> {
+    let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
     trace::reached::<T>(STAGE_TTL);
     if p.ttl <= 1 {
         return Err(drop(DropReason::TtlExceeded));
