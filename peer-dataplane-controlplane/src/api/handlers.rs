@@ -234,40 +234,24 @@ pub(super) async fn get_peering(
     ok(StatusCode::OK, ops::visible_peering(&w, &c, &id)?)
 }
 
-pub(super) async fn accept_peering(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    ok(
-        StatusCode::OK,
-        s.mutate(|w, now| ops::accept_peering(w, &c, &id, now))?,
-    )
+/// A state change of one peering (`POST …/{id}/accept`, `…/reject`, `DELETE …/{id}`).
+macro_rules! peering_transition {
+    ($($handler:ident => $op:expr;)*) => {$(
+        pub(super) async fn $handler(
+            State(s): State<Shared>,
+            h: HeaderMap,
+            Path(id): Path<String>,
+        ) -> ApiResult {
+            let c = s.caller(&h)?;
+            ok(StatusCode::OK, s.mutate(|w, now| $op(w, &c, &id, now))?)
+        }
+    )*};
 }
 
-pub(super) async fn reject_peering(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    ok(
-        StatusCode::OK,
-        s.mutate(|w, now| ops::reject_peering(w, &c, &id, now))?,
-    )
-}
-
-pub(super) async fn delete_peering(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    ok(
-        StatusCode::OK,
-        s.mutate(|w, _| ops::delete_peering(w, &c, &id))?,
-    )
+peering_transition! {
+    accept_peering => ops::accept_peering;
+    reject_peering => ops::reject_peering;
+    delete_peering => |w, c, id, _| ops::delete_peering(w, c, id);
 }
 
 pub(super) async fn patch_peering(

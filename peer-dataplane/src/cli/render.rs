@@ -1,6 +1,7 @@
 //! The one renderer of the CLI: padded tables, units for people, and the one format of a
 //! bandwidth cap.
 
+use peer_dataplane_common::DIRECTIONS;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -29,6 +30,34 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(r.iter().map(|s| s.as_str()).collect(), &mut out);
     }
     out
+}
+
+/// A table of `items`, one row each.
+pub fn table_of<T>(header: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> String {
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    table(header, &rows)
+}
+
+/// A peering's two directions for a table: (direction, from VPC, to VPC, that direction's
+/// view).
+pub fn directions<'a, D>(
+    requester: &'a str,
+    accepter: &'a str,
+    requester_to_accepter: &'a D,
+    accepter_to_requester: &'a D,
+) -> [(&'static str, String, &'a D); 2] {
+    [
+        (
+            DIRECTIONS[0],
+            format!("{requester} -> {accepter}"),
+            requester_to_accepter,
+        ),
+        (
+            DIRECTIONS[1],
+            format!("{accepter} -> {requester}"),
+            accepter_to_requester,
+        ),
+    ]
 }
 
 /// `1.2 Mpps`-style numbers for people.

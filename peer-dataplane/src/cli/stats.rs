@@ -1,39 +1,20 @@
 //! `peer-dataplane stats`: per-peering packets and bytes each way, drops by reason, and the
 //! program-wide counters, read from the pinned per-CPU maps (works while the agent is down).
 
-use super::render::{bits_per_second, reasons_cell, si, table};
+use super::render::{bits_per_second, directions, reasons_cell, si, table, table_of};
 use crate::views::stats::{CpuView, Rates, Stats};
-use peer_dataplane_common::DIRECTIONS;
 use std::fmt::Write as _;
 
 pub fn render_table(s: &Stats) -> String {
     let mut rows = Vec::new();
     for p in &s.peerings {
-        for (dir, from, to, d) in [
-            (
-                DIRECTIONS[0],
-                &p.requester_vpc,
-                &p.accepter_vpc,
-                &p.requester_to_accepter,
-            ),
-            (
-                DIRECTIONS[1],
-                &p.accepter_vpc,
-                &p.requester_vpc,
-                &p.accepter_to_requester,
-            ),
-        ] {
-            rows.push(vec![
-                p.id.clone(),
-                p.status.to_string(),
-                dir.to_string(),
-                format!("{from} -> {to}"),
-                bits_per_second(d.cap_bps),
-                d.packets.to_string(),
-                d.bytes.to_string(),
-                d.dropped.values().sum::<u64>().to_string(),
-                reasons_cell(&d.dropped),
-            ]);
+        let (r2a, a2r) = (&p.requester_to_accepter, &p.accepter_to_requester);
+        for (dir, vpcs, d) in directions(&p.requester_vpc, &p.accepter_vpc, r2a, a2r) {
+            let dropped = d.dropped.values().sum::<u64>();
+            let cells = [p.id.clone(), p.status.into(), dir.into(), vpcs];
+            let counts = [d.packets, d.bytes, dropped].map(|n| n.to_string());
+            let tail = [bits_per_second(d.cap_bps), reasons_cell(&d.dropped)];
+            rows.push([&cells[..], &tail[..1], &counts, &tail[1..]].concat());
         }
     }
     let mut out = String::new();
@@ -67,15 +48,17 @@ pub fn render_table(s: &Stats) -> String {
             "FRAGMENTS",
             "IPV4 OPTIONS",
         ],
-        &[vec![
-            g.rx_packets.to_string(),
-            g.rx_bytes.to_string(),
-            g.redirected_packets.to_string(),
-            g.passed_packets.to_string(),
-            g.dropped_packets.to_string(),
-            g.fragments.to_string(),
-            g.ipv4_options.to_string(),
-        ]],
+        &[[
+            g.rx_packets,
+            g.rx_bytes,
+            g.redirected_packets,
+            g.passed_packets,
+            g.dropped_packets,
+            g.fragments,
+            g.ipv4_options,
+        ]
+        .map(|n| n.to_string())
+        .to_vec()],
     ));
     let mut reasons: Vec<Vec<String>> = g
         .dropped
@@ -98,22 +81,20 @@ pub fn render_table(s: &Stats) -> String {
 }
 
 pub fn render_per_cpu(cpus: &[CpuView]) -> String {
-    let rows: Vec<Vec<String>> = cpus
-        .iter()
-        .map(|c| {
-            vec![
-                c.cpu.to_string(),
-                c.rx_packets.to_string(),
-                c.redirected_packets.to_string(),
-                c.passed_packets.to_string(),
-                c.dropped_packets.to_string(),
-            ]
-        })
-        .collect();
-    table(
-        &["CPU", "RX PACKETS", "REDIRECTED", "PASSED", "DROPPED"],
-        &rows,
-    )
+    let header = ["CPU", "RX PACKETS", "REDIRECTED", "PASSED", "DROPPED"];
+    table_of(&header, cpus, |c| {
+        let counts = [
+            c.rx_packets,
+            c.redirected_packets,
+            c.passed_packets,
+            c.dropped_packets,
+        ];
+        [c.cpu as u64]
+            .iter()
+            .chain(&counts)
+            .map(u64::to_string)
+            .collect()
+    })
 }
 
 pub fn render_rates(r: &Rates) -> String {
