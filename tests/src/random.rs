@@ -102,12 +102,31 @@ fn live(status: &str) -> bool {
 }
 
 /// A random valid state, with a tampering now and then.
+/// A random valid state, with a tampering now and then.
 pub fn topology(rng: &mut Rng) -> Topo {
     let n = 2 + rng.below(7) as usize;
     let mut doc = Document {
         router_mac: Some(mac_str(&ROUTER_MAC)),
         ..Document::default()
     };
+    let vpcs = random_vpcs(rng, n, &mut doc);
+    random_peerings(rng, &vpcs, &mut doc);
+    let instances = random_subnets_and_ports(rng, &vpcs, &mut doc);
+    random_peer_routes(rng, &vpcs, &mut doc);
+    random_network_acls(rng, &vpcs, &instances, &mut doc);
+    random_security_groups(rng, &vpcs, &instances, &mut doc);
+    let (tampering, extra_dsts) = tamper(rng, &doc, &vpcs, &instances);
+    Topo {
+        doc,
+        vpcs,
+        instances,
+        tampering,
+        extra_dsts,
+    }
+}
+
+/// VPC i owns 10.(16 i .. 16 i + 15).0.0 and, at times, 172.(16 + i).0.0/16 and an IPv6 /48.
+fn random_vpcs(rng: &mut Rng, n: usize, doc: &mut Document) -> Vec<Vpc> {
     let mut vpcs = Vec::new();
     for i in 0..n {
         // VPC i owns 10.(16 i .. 16 i + 15).0.0 and, at times, 172.(16 + i).0.0/16.
@@ -142,6 +161,12 @@ pub fn topology(rng: &mut Rng) -> Topo {
         vpcs.push(Vpc { id, v4, v6 });
     }
 
+    vpcs
+}
+
+/// Random pairs, every status, caps of every kind.
+fn random_peerings(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) {
+    let n = vpcs.len();
     // Peerings: random pairs, every status, caps of every kind.
     for i in 0..n {
         for j in i + 1..n {
@@ -185,7 +210,11 @@ pub fn topology(rng: &mut Rng) -> Topo {
             doc.peerings.push(p);
         }
     }
+}
 
+/// Subnets (one or two a VPC), route tables (shared or their own), ports.
+fn random_subnets_and_ports(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) -> Vec<Instance> {
+    let n = vpcs.len();
     // Subnets, route tables, ports.
     let mut instances = Vec::new();
     // Per VPC: (subnet id, IPv4 CIDR, IPv6 CIDR, route table).
@@ -262,6 +291,12 @@ pub fn topology(rng: &mut Rng) -> Topo {
         instances.push(inst);
     }
 
+    instances
+}
+
+/// Routes toward peers: whole CIDRs, more specific prefixes (to the same peering or a
+/// blackhole), sometimes missing (no route, or no return route).
+fn random_peer_routes(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) {
     // Routes toward peers: whole CIDRs, more specific prefixes (to the same peering or a
     // blackhole), sometimes missing (no route, or no return route).
     for p in doc.peerings.clone() {
@@ -314,7 +349,10 @@ pub fn topology(rng: &mut Rng) -> Topo {
             });
         }
     }
+}
 
+/// Network ACLs: mostly short, now and then hundreds of rules (past one bitmap word).
+fn random_network_acls(rng: &mut Rng, vpcs: &[Vpc], instances: &[Instance], doc: &mut Document) {
     // Network ACLs: mostly short, now and then hundreds of rules (past one bitmap word).
     let rule_cidrs = rule_cidrs(&vpcs, &instances);
     let subnet_ids: Vec<(String, String)> = doc
@@ -377,7 +415,13 @@ pub fn topology(rng: &mut Rng) -> Topo {
         });
         doc.subnets[si].network_acl = Some(id);
     }
+}
 
+/// Security groups: one or two per VPC; a peer group of the VPC itself or of a live peer
+/// in the same region.
+fn random_security_groups(rng: &mut Rng, vpcs: &[Vpc], instances: &[Instance], doc: &mut Document) {
+    let n = vpcs.len();
+    let rule_cidrs = rule_cidrs(vpcs, instances);
     // Security groups: one or two per VPC; a peer group of the VPC itself or of a live
     // peer in the same region.
     let mut groups: Vec<(String, usize)> = Vec::new();
@@ -443,7 +487,7 @@ pub fn topology(rng: &mut Rng) -> Topo {
             rules,
         });
     }
-    for (p, inst) in doc.ports.iter_mut().zip(&instances) {
+    for (p, inst) in doc.ports.iter_mut().zip(instances) {
         let own: Vec<String> = groups
             .iter()
             .filter(|(_, j)| *j == inst.vpc)
@@ -455,15 +499,6 @@ pub fn topology(rng: &mut Rng) -> Topo {
             6..=8 => Some(vec![rng.pick(&own).clone()]),
             _ => Some(own),
         };
-    }
-
-    let (tampering, extra_dsts) = tamper(rng, &doc, &vpcs, &instances);
-    Topo {
-        doc,
-        vpcs,
-        instances,
-        tampering,
-        extra_dsts,
     }
 }
 
