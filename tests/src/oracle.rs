@@ -131,152 +131,17 @@ fn ports(from: Option<u16>, to: Option<u16>) -> Option<(u16, u16)> {
 impl World {
     /// The world a (valid) document describes, with ports at the interfaces' ifindexes.
     pub fn new(doc: &Document, ifindex: &BTreeMap<String, u32>, t: &Tampering) -> World {
-        let router = doc
-            .router_mac
-            .as_deref()
-            .map(mac)
-            .expect("router_mac is set");
-        let mut vpc_cidrs = BTreeMap::new();
-        let mut region = BTreeMap::new();
-        for v in &doc.vpcs {
-            let mut c: Vec<IpNet> = v.cidrs.iter().map(|s| net(s)).collect();
-            c.extend(v.ipv6_cidr.as_deref().map(net));
-            vpc_cidrs.insert(v.id.clone(), c);
-            region.insert(v.id.clone(), v.region.clone());
-        }
-        // Route tables: the listed routes and the VPC's own CIDRs, which are always local.
-        let mut tables = BTreeMap::new();
-        for rt in &doc.route_tables {
-            let mut routes: BTreeMap<IpNet, Target> = rt
-                .routes
-                .iter()
-                .map(|r| {
-                    let target = match r.target.as_str() {
-                        "local" => Target::Local,
-                        "blackhole" => Target::Blackhole,
-                        pcx => Target::Peering(pcx.to_string()),
-                    };
-                    (net(&r.destination), target)
-                })
-                .collect();
-            for c in &vpc_cidrs[&rt.vpc] {
-                routes.insert(*c, Target::Local);
-            }
-            tables.insert(rt.id.clone(), routes);
-        }
-        for (table, dest, pcx) in &t.routes {
-            tables
-                .get_mut(table)
-                .expect("a tampered table exists")
-                .insert(*dest, Target::Peering(pcx.clone()));
-        }
-        let mut peerings = BTreeMap::new();
-        for p in &doc.peerings {
-            let cross_region = region[&p.requester_vpc] != region[&p.accepter_vpc];
-            let cap = |mbps: Option<u64>| -> Option<(u64, u64)> {
-                let bps = match mbps {
-                    Some(m) => m * 1_000_000,
-                    None if cross_region => 1_000_000_000,
-                    None => return None,
-                };
-                // Default bucket: 10 ms at the rate, and never under 64 KiB.
-                let burst = p.burst_bytes.unwrap_or((bps / 8 / 100).max(65536));
-                Some((bps, burst))
-            };
-            let mut caps = [None; 2];
-            caps[DIR_REQUESTER_TO_ACCEPTER as usize] =
-                cap(p.bandwidth_mbps_requester_to_accepter.or(p.bandwidth_mbps));
-            caps[DIR_ACCEPTER_TO_REQUESTER as usize] =
-                cap(p.bandwidth_mbps_accepter_to_requester.or(p.bandwidth_mbps));
-            peerings.insert(
-                p.id.clone(),
-                Peering {
-                    requester: p.requester_vpc.clone(),
-                    accepter: p.accepter_vpc.clone(),
-                    active: p.status.as_str() == "active",
-                    caps,
-                },
-            );
-        }
-        let acls = doc
-            .network_acls
-            .iter()
-            .map(|a| {
-                let mut rules: Vec<AclRule> = a
-                    .rules
-                    .iter()
-                    .map(|r| AclRule {
-                        number: r.number,
-                        egress: r.direction == "egress",
-                        protocol: protocol(&r.protocol),
-                        ports: ports(r.port_from, r.port_to),
-                        cidr: net(&r.cidr),
-                        allow: r.action == "allow",
-                    })
-                    .collect();
-                rules.sort_by_key(|r| r.number);
-                (a.id.clone(), rules)
-            })
-            .collect();
-        let groups = doc
-            .security_groups
-            .iter()
-            .map(|g| {
-                let rules = g
-                    .rules
-                    .iter()
-                    .map(|r| SgRule {
-                        egress: r.direction == "egress",
-                        protocol: protocol(&r.protocol),
-                        ports: ports(r.port_from, r.port_to),
-                        cidr: r.cidr.as_deref().map(net),
-                        group: r.peer_security_group.clone(),
-                    })
-                    .collect();
-                (g.id.clone(), rules)
-            })
-            .collect();
-        let subnets: BTreeMap<&str, _> = doc.subnets.iter().map(|s| (s.id.as_str(), s)).collect();
-        let mut ports = BTreeMap::new();
-        let mut members: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        let mut no_redirect = BTreeSet::new();
-        for p in &doc.ports {
-            let subnet = subnets[p.subnet.as_str()];
-            let ifx = ifindex[&p.interface];
-            let port = Port {
-                ifindex: ifx,
-                vpc: subnet.vpc.clone(),
-                route_table: subnet.route_table.clone(),
-                acl: subnet.network_acl.clone(),
-                mac: mac(&p.mac),
-                gateway_mac: p.gateway_mac.as_deref().map(mac).unwrap_or(router),
-                ipv4: p
-                    .ipv4
-                    .as_deref()
-                    .map(|a| a.parse().expect("an IPv4 address")),
-                ipv6: p
-                    .ipv6
-                    .as_deref()
-                    .map(|a| a.parse().expect("an IPv6 address")),
-                groups: p.security_groups.clone(),
-            };
-            for g in port.groups.iter().flatten() {
-                let m = members.entry(g.clone()).or_default();
-                m.extend(port.ipv4.map(IpAddr::V4));
-                m.extend(port.ipv6.map(IpAddr::V6));
-            }
-            if t.no_redirect.contains(&p.interface) {
-                no_redirect.insert(ifx);
-            }
-            ports.insert(ifx, port);
-        }
+        let (vpc_cidrs, region) = vpcs(doc);
+        let tables = tables(doc, &vpc_cidrs, t);
+        let peerings = peerings(doc, &region);
+        let (ports, members, no_redirect) = ports_of(doc, ifindex, t);
         World {
             ports,
             vpc_cidrs,
             tables,
             peerings,
-            acls,
-            groups,
+            acls: acls(doc),
+            groups: groups(doc),
             members,
             no_redirect,
         }
@@ -940,4 +805,180 @@ fn forwarded(frame: &[u8], p: &Parsed, receiver: &Port) -> Vec<u8> {
     f[..6].copy_from_slice(&receiver.mac);
     f[6..12].copy_from_slice(&receiver.gateway_mac);
     f
+}
+
+/// Each VPC's CIDRs (both families) and region.
+fn vpcs(doc: &Document) -> (BTreeMap<String, Vec<IpNet>>, BTreeMap<String, String>) {
+    let mut vpc_cidrs = BTreeMap::new();
+    let mut region = BTreeMap::new();
+    for v in &doc.vpcs {
+        let mut c: Vec<IpNet> = v.cidrs.iter().map(|s| net(s)).collect();
+        c.extend(v.ipv6_cidr.as_deref().map(net));
+        vpc_cidrs.insert(v.id.clone(), c);
+        region.insert(v.id.clone(), v.region.clone());
+    }
+    (vpc_cidrs, region)
+}
+
+/// Route tables: the listed routes and the VPC's own CIDRs, which are always local; then
+/// the tampered routes.
+fn tables(
+    doc: &Document,
+    vpc_cidrs: &BTreeMap<String, Vec<IpNet>>,
+    t: &Tampering,
+) -> BTreeMap<String, BTreeMap<IpNet, Target>> {
+    let mut tables = BTreeMap::new();
+    for rt in &doc.route_tables {
+        let mut routes: BTreeMap<IpNet, Target> = rt
+            .routes
+            .iter()
+            .map(|r| {
+                let target = match r.target.as_str() {
+                    "local" => Target::Local,
+                    "blackhole" => Target::Blackhole,
+                    pcx => Target::Peering(pcx.to_string()),
+                };
+                (net(&r.destination), target)
+            })
+            .collect();
+        for c in &vpc_cidrs[&rt.vpc] {
+            routes.insert(*c, Target::Local);
+        }
+        tables.insert(rt.id.clone(), routes);
+    }
+    for (table, dest, pcx) in &t.routes {
+        tables
+            .get_mut(table)
+            .expect("a tampered table exists")
+            .insert(*dest, Target::Peering(pcx.clone()));
+    }
+    tables
+}
+
+/// Peerings with their caps per direction (cross-region ones capped by default).
+fn peerings(doc: &Document, region: &BTreeMap<String, String>) -> BTreeMap<String, Peering> {
+    let mut peerings = BTreeMap::new();
+    for p in &doc.peerings {
+        let cross_region = region[&p.requester_vpc] != region[&p.accepter_vpc];
+        let cap = |mbps: Option<u64>| -> Option<(u64, u64)> {
+            let bps = match mbps {
+                Some(m) => m * 1_000_000,
+                None if cross_region => 1_000_000_000,
+                None => return None,
+            };
+            // Default bucket: 10 ms at the rate, and never under 64 KiB.
+            let burst = p.burst_bytes.unwrap_or((bps / 8 / 100).max(65536));
+            Some((bps, burst))
+        };
+        let mut caps = [None; 2];
+        caps[DIR_REQUESTER_TO_ACCEPTER as usize] =
+            cap(p.bandwidth_mbps_requester_to_accepter.or(p.bandwidth_mbps));
+        caps[DIR_ACCEPTER_TO_REQUESTER as usize] =
+            cap(p.bandwidth_mbps_accepter_to_requester.or(p.bandwidth_mbps));
+        peerings.insert(
+            p.id.clone(),
+            Peering {
+                requester: p.requester_vpc.clone(),
+                accepter: p.accepter_vpc.clone(),
+                active: p.status.as_str() == "active",
+                caps,
+            },
+        );
+    }
+    peerings
+}
+
+/// Network ACL rules by ACL, lowest number first.
+fn acls(doc: &Document) -> BTreeMap<String, Vec<AclRule>> {
+    doc.network_acls
+        .iter()
+        .map(|a| {
+            let mut rules: Vec<AclRule> = a
+                .rules
+                .iter()
+                .map(|r| AclRule {
+                    number: r.number,
+                    egress: r.direction == "egress",
+                    protocol: protocol(&r.protocol),
+                    ports: ports(r.port_from, r.port_to),
+                    cidr: net(&r.cidr),
+                    allow: r.action == "allow",
+                })
+                .collect();
+            rules.sort_by_key(|r| r.number);
+            (a.id.clone(), rules)
+        })
+        .collect()
+}
+
+/// Security group rules by group.
+fn groups(doc: &Document) -> BTreeMap<String, Vec<SgRule>> {
+    doc.security_groups
+        .iter()
+        .map(|g| {
+            let rules = g
+                .rules
+                .iter()
+                .map(|r| SgRule {
+                    egress: r.direction == "egress",
+                    protocol: protocol(&r.protocol),
+                    ports: ports(r.port_from, r.port_to),
+                    cidr: r.cidr.as_deref().map(net),
+                    group: r.peer_security_group.clone(),
+                })
+                .collect();
+            (g.id.clone(), rules)
+        })
+        .collect()
+}
+
+/// Ports by ifindex, each group's member addresses, and the ports whose redirect entry
+/// is tampered away.
+type Ports = (
+    BTreeMap<u32, Port>,
+    BTreeMap<String, Vec<IpAddr>>,
+    BTreeSet<u32>,
+);
+
+fn ports_of(doc: &Document, ifindex: &BTreeMap<String, u32>, t: &Tampering) -> Ports {
+    let router = doc
+        .router_mac
+        .as_deref()
+        .map(mac)
+        .expect("router_mac is set");
+    let subnets: BTreeMap<&str, _> = doc.subnets.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut ports = BTreeMap::new();
+    let mut members: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut no_redirect = BTreeSet::new();
+    for p in &doc.ports {
+        let subnet = subnets[p.subnet.as_str()];
+        let ifx = ifindex[&p.interface];
+        let port = Port {
+            ifindex: ifx,
+            vpc: subnet.vpc.clone(),
+            route_table: subnet.route_table.clone(),
+            acl: subnet.network_acl.clone(),
+            mac: mac(&p.mac),
+            gateway_mac: p.gateway_mac.as_deref().map(mac).unwrap_or(router),
+            ipv4: p
+                .ipv4
+                .as_deref()
+                .map(|a| a.parse().expect("an IPv4 address")),
+            ipv6: p
+                .ipv6
+                .as_deref()
+                .map(|a| a.parse().expect("an IPv6 address")),
+            groups: p.security_groups.clone(),
+        };
+        for g in port.groups.iter().flatten() {
+            let m = members.entry(g.clone()).or_default();
+            m.extend(port.ipv4.map(IpAddr::V4));
+            m.extend(port.ipv6.map(IpAddr::V6));
+        }
+        if t.no_redirect.contains(&p.interface) {
+            no_redirect.insert(ifx);
+        }
+        ports.insert(ifx, port);
+    }
+    (ports, members, no_redirect)
 }
