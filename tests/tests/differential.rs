@@ -154,8 +154,28 @@ fn run_state(
     *tampered_before = !topo.tampering.routes.is_empty() || !topo.tampering.no_redirect.is_empty();
     totals.tampered += *tampered_before as u64;
     let world = World::new(&topo.doc, ifindex, &topo.tampering);
-    let mut model = State::default();
+    let hit_slots = hit_slots(dp, &checked, totals)?;
+    let run = Run {
+        seed,
+        state_no,
+        topo: &topo,
+        world: &world,
+        ifindex,
+        doc_peerings: &doc_peerings,
+        hit_slots: &hit_slots,
+    };
+    let expected = run.frames(dp, rng, packets, totals)?;
+    totals.frames += packets;
+    totals.states += 1;
+    run.check_counters(dp, &expected)
+}
 
+/// Every installed ACL rule's hit counter slot, by (ACL, direction, rule number).
+fn hit_slots(
+    dp: &TestDataplane,
+    checked: &Topology,
+    totals: &mut Totals,
+) -> Result<BTreeMap<(String, bool, u32), u32>> {
     let mut hit_slots = BTreeMap::new();
     for (id, a) in &checked.network_acls {
         totals.acl_rules_max = totals
@@ -165,46 +185,78 @@ fn run_state(
             for r in rules {
                 let s = dp
                     .installed
-                    .acl_hit_slot(&checked, id, egress, r.number)
+                    .acl_hit_slot(checked, id, egress, r.number)
                     .ok_or_else(|| anyhow!("no hit slot for {id} rule {}", r.number))?;
                 hit_slots.insert((id.clone(), egress, r.number), s);
             }
         }
     }
 
-    // Time stands still unless the test moves it.
-    let mut now = TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000;
-    dp.freeze_clock(now)?;
-    let before = read_counters(dp, &doc_peerings, &hit_slots)?;
-    let mut expected = before.clone();
-    let mut last = before.global;
-    let busy = rng.chance(50);
-    let mut frames = Frames::new(&topo, !busy);
-    for n in 0..packets {
-        let (iface, frame, at) = frames.next(rng, now);
-        let ingress = ifindex[&iface];
-        let step = random::time_step(rng, busy);
-        let then = at.unwrap_or(now + step);
-        if then != now {
-            now = then;
-            dp.freeze_clock(now)?;
-        }
-        let want: Outcome = world.run(&mut model, ingress, &frame, now);
-        let got = dp.run(ingress, &frame)?;
-        let global = dp.global()?;
-        let got_verdict = program_verdict(&last, &global);
-        last = global;
-        let (want_action, want_verdict) = match want.verdict {
-            Verdict::Pass(r) => (XDP_PASS, format!("pass {}", r.as_str())),
-            Verdict::Drop(r) => (XDP_DROP, format!("drop {}", r.as_str())),
-            Verdict::Redirect(_) => (XDP_REDIRECT, "redirect".to_string()),
-        };
-        // The redirect target: the frame leaves with its receiver's MAC, unique per port.
-        if got.action != want_action
-            || got.data != want.frame
-            || got_verdict.as_deref() != Some(want_verdict.as_str())
-        {
-            bail!(
+    Ok(hit_slots)
+}
+
+/// One installed state under test.
+struct Run<'a> {
+    seed: u64,
+    state_no: u64,
+    topo: &'a random::Topo,
+    world: &'a World,
+    ifindex: &'a BTreeMap<String, u32>,
+    doc_peerings: &'a [String],
+    hit_slots: &'a BTreeMap<(String, bool, u32), u32>,
+}
+
+impl Run<'_> {
+    /// Sends `packets` random frames through the program and the model, frame by frame
+    /// the same outcome; returns the counters the model expects afterwards.
+    fn frames(
+        &self,
+        dp: &mut TestDataplane,
+        rng: &mut Rng,
+        packets: u64,
+        totals: &mut Totals,
+    ) -> Result<Counters> {
+        let (seed, state_no, topo, world, ifindex) = (
+            self.seed,
+            self.state_no,
+            self.topo,
+            self.world,
+            self.ifindex,
+        );
+        let mut model = State::default();
+        // Time stands still unless the test moves it.
+        let mut now = TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000;
+        dp.freeze_clock(now)?;
+        let before = read_counters(dp, self.doc_peerings, self.hit_slots)?;
+        let mut expected = before.clone();
+        let mut last = before.global;
+        let busy = rng.chance(50);
+        let mut frames = Frames::new(topo, !busy);
+        for n in 0..packets {
+            let (iface, frame, at) = frames.next(rng, now);
+            let ingress = ifindex[&iface];
+            let step = random::time_step(rng, busy);
+            let then = at.unwrap_or(now + step);
+            if then != now {
+                now = then;
+                dp.freeze_clock(now)?;
+            }
+            let want: Outcome = world.run(&mut model, ingress, &frame, now);
+            let got = dp.run(ingress, &frame)?;
+            let global = dp.global()?;
+            let got_verdict = program_verdict(&last, &global);
+            last = global;
+            let (want_action, want_verdict) = match want.verdict {
+                Verdict::Pass(r) => (XDP_PASS, format!("pass {}", r.as_str())),
+                Verdict::Drop(r) => (XDP_DROP, format!("drop {}", r.as_str())),
+                Verdict::Redirect(_) => (XDP_REDIRECT, "redirect".to_string()),
+            };
+            // The redirect target: the frame leaves with its receiver's MAC, unique per port.
+            if got.action != want_action
+                || got.data != want.frame
+                || got_verdict.as_deref() != Some(want_verdict.as_str())
+            {
+                bail!(
                 "divergence (seed {seed}, state {state_no}, frame {n}) on {iface} (ifindex {ingress}) at {now} ns:\n  \
                  model:   {} -> {:02x?}\n  program: {} ({}) -> {:02x?}\n  frame:   {:02x?}\n  tampering: {:?}\n  state:\n{}",
                 describe(&want.verdict),
@@ -216,48 +268,53 @@ fn run_state(
                 topo.tampering,
                 topo.doc.to_toml()
             );
-        }
-        let key = match want.verdict {
-            Verdict::Redirect(_) => "forwarded".to_string(),
-            v => describe(&v),
-        };
-        *totals.verdicts.entry(key).or_default() += 1;
-        expected.add(&want, frame.len() as u64);
-    }
-    totals.frames += packets;
-    totals.states += 1;
-    let after = read_counters(dp, &doc_peerings, &hit_slots)?;
-    if after != expected {
-        let mut diffs = Vec::new();
-        if after.global != expected.global {
-            diffs.push(format!(
-                "global: program {:?}\n          model   {:?}",
-                after.global, expected.global
-            ));
-        }
-        for (k, v) in &expected.peerings {
-            let got = after
-                .peerings
-                .get(k)
-                .copied()
-                .unwrap_or(PeeringCounters::ZERO);
-            if got != *v {
-                diffs.push(format!("{k:?}: program {got:?}\n          model   {v:?}"));
             }
+            let key = match want.verdict {
+                Verdict::Redirect(_) => "forwarded".to_string(),
+                v => describe(&v),
+            };
+            *totals.verdicts.entry(key).or_default() += 1;
+            expected.add(&want, frame.len() as u64);
         }
-        for (k, v) in &expected.acl_hits {
-            let got = after.acl_hits.get(k).copied().unwrap_or(0);
-            if got != *v {
-                diffs.push(format!("acl hits {k:?}: program {got}, model {v}"));
-            }
-        }
-        bail!(
-            "counters diverge after state {state_no} (seed {seed}):\n  {}\n  state:\n{}",
-            diffs.join("\n  "),
-            topo.doc.to_toml()
-        );
+        Ok(expected)
     }
-    Ok(())
+
+    /// The program's counters after the frames must be the model's.
+    fn check_counters(&self, dp: &mut TestDataplane, expected: &Counters) -> Result<()> {
+        let (seed, state_no, topo) = (self.seed, self.state_no, self.topo);
+        let after = read_counters(dp, self.doc_peerings, self.hit_slots)?;
+        if after != *expected {
+            let mut diffs = Vec::new();
+            if after.global != expected.global {
+                diffs.push(format!(
+                    "global: program {:?}\n          model   {:?}",
+                    after.global, expected.global
+                ));
+            }
+            for (k, v) in &expected.peerings {
+                let got = after
+                    .peerings
+                    .get(k)
+                    .copied()
+                    .unwrap_or(PeeringCounters::ZERO);
+                if got != *v {
+                    diffs.push(format!("{k:?}: program {got:?}\n          model   {v:?}"));
+                }
+            }
+            for (k, v) in &expected.acl_hits {
+                let got = after.acl_hits.get(k).copied().unwrap_or(0);
+                if got != *v {
+                    diffs.push(format!("acl hits {k:?}: program {got}, model {v}"));
+                }
+            }
+            bail!(
+                "counters diverge after state {state_no} (seed {seed}):\n  {}\n  state:\n{}",
+                diffs.join("\n  "),
+                topo.doc.to_toml()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Interfaces for random states: `dp0`… each a veth whose peer stays in the namespace.
