@@ -806,6 +806,22 @@ fn snapshot(dp: &TestDataplane) -> Result<Snapshot> {
 }
 
 fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
+    apply_setup(dp, c)?;
+    let before = snapshot(dp)?;
+    let out = dp.run(netns::ifindex(c.ingress), &c.packet)?;
+    let after = snapshot(dp)?;
+    let mut problems = counter_problems(c, &before, &after);
+    problems.extend(output_problems(c, &out));
+    undo_setup(dp, c)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(problems.join("\n    ")))
+    }
+}
+
+/// The case's own state change, before its packet.
+fn apply_setup(dp: &mut TestDataplane, c: &Case) -> Result<()> {
     match &c.setup {
         Setup::None => {}
         Setup::Doc(f) => {
@@ -819,11 +835,36 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
             }
         }
     }
-    let before = snapshot(dp)?;
-    let out = dp.run(netns::ifindex(c.ingress), &c.packet)?;
-    let after = snapshot(dp)?;
-    let len = c.packet.len() as u64;
+    Ok(())
+}
 
+/// Undoes the case's state change.
+fn undo_setup(dp: &mut TestDataplane, c: &Case) -> Result<()> {
+    match &c.setup {
+        Setup::None => {}
+        Setup::Doc(_) => {
+            dp.install(&seed::seed_doc())?;
+        }
+        Setup::Raw(_) => {
+            dp.installed.mirror = dp.installed.maps.read_state()?;
+            dp.install(&seed::seed_doc())?;
+        }
+    }
+    Ok(())
+}
+
+/// The XDP action a case expects.
+fn expected_action(c: &Case) -> u32 {
+    match &c.expect {
+        Expect::Redirect { .. } => XDP_REDIRECT,
+        Expect::Pass(_) => XDP_PASS,
+        Expect::Drop(..) => XDP_DROP,
+    }
+}
+
+/// Every counter delta that is not what the case expects (one packet, counted once).
+fn counter_problems(c: &Case, before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let len = c.packet.len() as u64;
     let (g0, g1) = (&before.0, &after.0);
     let mut problems = Vec::new();
     let mut check = |what: &str, got: u64, want: u64| {
@@ -840,10 +881,10 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         c.ipv4_options as u64,
     );
 
-    let (want_action, redirect, pass, drop, pcx_hit) = match &c.expect {
-        Expect::Redirect { pcx, dir, .. } => (XDP_REDIRECT, 1, None, None, Some((*pcx, *dir))),
-        Expect::Pass(r) => (XDP_PASS, 0, Some(*r), None, None),
-        Expect::Drop(r, p) => (XDP_DROP, 0, None, Some(*r), *p),
+    let (redirect, pass, drop, pcx_hit) = match &c.expect {
+        Expect::Redirect { pcx, dir, .. } => (1, None, None, Some((*pcx, *dir))),
+        Expect::Pass(r) => (0, Some(*r), None, None),
+        Expect::Drop(r, p) => (0, None, Some(*r), *p),
     };
     check(
         "redirected_packets",
@@ -897,6 +938,13 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         }
     }
 
+    problems
+}
+
+/// The verdict and the output frame, against the case.
+fn output_problems(c: &Case, out: &peer_dataplane_tests::harness::RunOutput) -> Vec<String> {
+    let mut problems = Vec::new();
+    let want_action = expected_action(c);
     if out.action != want_action {
         problems.push(format!(
             "verdict {}, expected {}",
@@ -921,22 +969,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         problems.push("forwarded IPv4 header checksum does not verify".into());
     }
 
-    // Undo the case's state change.
-    match &c.setup {
-        Setup::None => {}
-        Setup::Doc(_) => {
-            dp.install(&seed::seed_doc())?;
-        }
-        Setup::Raw(_) => {
-            dp.installed.mirror = dp.installed.maps.read_state()?;
-            dp.install(&seed::seed_doc())?;
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!(problems.join("\n    ")))
-    }
+    problems
 }
 
 #[test]
