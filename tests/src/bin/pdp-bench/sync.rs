@@ -15,7 +15,7 @@ use peer_dataplane::desired::compile::key_for;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
 use peer_dataplane_tests::controlplane::{free_port, revision_of, token_of, ControlPlane};
 use peer_dataplane_tests::netns;
-use peer_dataplane_tests::seed;
+use peer_dataplane_tests::seed::{self, Agent};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
@@ -123,7 +123,29 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
         base: url.clone(),
     };
 
-    // 1. One route change at a time: API call -> kernel map.
+    let lat = single_changes(&client, &present, &agent, changes)?;
+    let bulk = bulk_replace(&client, &maps, &pin_dir, &mut agent)?;
+    // ... and a fresh agent (no pins) syncing everything from scratch.
+    drop(agent); // stops it and removes pins and links
+    let t0 = Instant::now();
+    let mut fresh = start_agent("fresh")?;
+    fresh.wait_synced(bulk.revision, Duration::from_secs(120))?;
+    let from_scratch = t0.elapsed();
+    let scratch_apply = last_apply_ms(&fresh.log_text());
+    drop(fresh);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+    report(changes, &lat, &bulk, from_scratch, scratch_apply);
+    Ok(())
+}
+
+/// One route change at a time: API call -> kernel map, each timed.
+fn single_changes(
+    client: &Client,
+    present: &dyn Fn() -> Result<bool>,
+    agent: &Agent,
+    changes: usize,
+) -> Result<Vec<Duration>> {
     let mut lat = Vec::with_capacity(changes);
     let route = json!({"destination_cidr": PROBE, "target": "blackhole"});
     let path_add = "/v1/route-tables/rtb-a/routes".to_string();
@@ -158,8 +180,27 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     eprintln!();
     lat.sort();
 
-    // 2. 100,000 routes in one table, followed by the running agent.
-    let mem_before = memlock(&pin_dir)?;
+    Ok(lat)
+}
+
+/// What replacing a table with 100,000 routes cost.
+struct Bulk {
+    revision: u64,
+    api_time: Duration,
+    incremental: Duration,
+    incremental_apply: f64,
+    added: usize,
+    memory: u64,
+}
+
+/// 100,000 routes in one table, followed by the running agent.
+fn bulk_replace(
+    client: &Client,
+    maps: &KernelMaps,
+    pin_dir: &Path,
+    agent: &mut Agent,
+) -> Result<Bulk> {
+    let mem_before = memlock(pin_dir)?;
     let routes_before = maps.read_state()?.routes.len();
     let mut routes = vec![
         json!({"destination_cidr": "172.16.0.0/16", "target": "pcx-ab"}),
@@ -192,23 +233,36 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     let incremental = t0.elapsed();
     let incremental_apply = last_apply_ms(&agent.log_text());
     let routes_after = maps.read_state()?.routes.len();
-    let mem_after = memlock(&pin_dir)?;
+    let mem_after = memlock(pin_dir)?;
     let added = routes_after - routes_before;
     if added < BULK {
         bail!("only {added} routes reached the map");
     }
 
-    // ... and a fresh agent (no pins) syncing everything from scratch.
-    drop(agent); // stops it and removes pins and links
-    let t0 = Instant::now();
-    let mut fresh = start_agent("fresh")?;
-    fresh.wait_synced(bulk_rev, Duration::from_secs(120))?;
-    let from_scratch = t0.elapsed();
-    let scratch_apply = last_apply_ms(&fresh.log_text());
-    drop(fresh);
-    drop(cp);
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Bulk {
+        revision: bulk_rev,
+        api_time,
+        incremental,
+        incremental_apply,
+        added,
+        memory: mem_after - mem_before,
+    })
+}
 
+fn report(
+    changes: usize,
+    lat: &[Duration],
+    bulk: &Bulk,
+    from_scratch: Duration,
+    scratch_apply: f64,
+) {
+    let Bulk {
+        api_time,
+        incremental,
+        incremental_apply,
+        added,
+        ..
+    } = *bulk;
     println!("control plane -> data plane (real control plane and agent processes, loopback HTTP)");
     println!("{:<62} {:>10}", "MEASURE", "VALUE");
     println!(
@@ -255,9 +309,8 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     println!(
         "{:<62} {:>7.1} B",
         format!("kernel memory per route (routes trie memlock, {added} routes)"),
-        (mem_after - mem_before) as f64 / added as f64
+        bulk.memory as f64 / added as f64
     );
-    Ok(())
 }
 
 /// The agent's own "applied in X ms" of its last sync.
