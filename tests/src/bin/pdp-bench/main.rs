@@ -300,6 +300,40 @@ fn bench_prog(args: &Args) -> Result<()> {
         v4.len(),
         v6.len()
     );
+    let f = Frames {
+        a_if,
+        b_if,
+        v4,
+        v6,
+        baseline_frame,
+    };
+    let mut rows = route_rows(&mut dp, args, &f)?;
+    rows.extend(acl_rows(&mut dp, args, &f)?);
+    let (hit, singles) = sg_rows(&mut dp, args, &f)?;
+    rows.push(hit);
+    prog_report(&rows, singles);
+    Ok(())
+}
+
+/// The frames and ports every figure of `bench prog` runs.
+struct Frames {
+    a_if: u32,
+    b_if: u32,
+    v4: Vec<u8>,
+    v6: Vec<u8>,
+    baseline_frame: Vec<u8>,
+}
+
+/// (a) the baseline, (b) and (c) the pipeline with 10 and 100,000 routes, both families.
+fn route_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(String, f64)>> {
+    let Frames {
+        a_if,
+        b_if,
+        v4,
+        v6,
+        baseline_frame,
+    } = f;
+    let (a_if, b_if) = (*a_if, *b_if);
     let mut rows: Vec<(String, f64)> = Vec::new();
     for (label, routes) in [("10 routes", 10usize), ("100,000 routes", 100_000)] {
         eprint!("installing {label} ... ");
@@ -312,26 +346,14 @@ fn bench_prog(args: &Args) -> Result<()> {
             std::io::stderr().flush().ok();
             // Interleaved so that drift on a shared machine hits all three alike.
             base.push(measure(
-                &dp,
+                dp,
                 program_names::REDIRECT_ONLY,
                 b_if,
-                &baseline_frame,
+                baseline_frame,
                 args.repeat,
             )?);
-            p4.push(measure(
-                &dp,
-                program_names::PIPELINE,
-                a_if,
-                &v4,
-                args.repeat,
-            )?);
-            p6.push(measure(
-                &dp,
-                program_names::PIPELINE,
-                a_if,
-                &v6,
-                args.repeat,
-            )?);
+            p4.push(measure(dp, program_names::PIPELINE, a_if, v4, args.repeat)?);
+            p6.push(measure(dp, program_names::PIPELINE, a_if, v6, args.repeat)?);
         }
         eprintln!();
         if rows.is_empty() {
@@ -342,18 +364,23 @@ fn bench_prog(args: &Args) -> Result<()> {
         rows.push((format!("({tag}) pipeline, {label}, IPv6"), median(p6)));
     }
 
-    // Network ACL cost: the 10-route pipeline with an egress ACL of 10 or 1,000 rules on
-    // A's subnet. The deciding rule (allow all) is the last one: a rule scan's worst case.
+    Ok(rows)
+}
+
+/// Network ACL cost: the 10-route pipeline with an egress ACL of 10 or 1,000 rules on A's
+/// subnet. The deciding rule (allow all) is the last one: a rule scan's worst case.
+fn acl_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(String, f64)>> {
+    let mut rows = Vec::new();
     let mut acl_ns = Vec::new();
     for (rules, prefixes) in [(10usize, false), (1000, false), (1000, true)] {
         let mut doc = doc_with_routes(10);
         add_egress_acl(&mut doc, rules, prefixes);
         dp.install(&doc)?;
         acl_ns.push(pipeline_median(
-            &dp,
+            dp,
             &format!("{rules} ACL rules"),
-            a_if,
-            &v4,
+            f.a_if,
+            &f.v4,
             args.repeat,
         )?);
     }
@@ -370,31 +397,37 @@ fn bench_prog(args: &Args) -> Result<()> {
         acl_ns[2],
     ));
 
-    // Security groups: a packet of a tracked flow (conntrack hit) against one that is not
-    // (miss: both lookups fail, both ports' rules are evaluated, the flow is created). A
-    // miss cannot be repeated in a batch (the first run creates the entry), so both are
-    // also timed as single runs, the conntrack table flushed before each miss.
+    Ok(rows)
+}
+
+/// Security groups: a packet of a tracked flow (conntrack hit) against one that is not
+/// (miss: both lookups fail, both ports' rules are evaluated, the flow is created). A miss
+/// cannot be repeated in a batch (the first run creates the entry), so both are also timed
+/// as single runs, the conntrack table flushed before each miss.
+fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, f64), (f64, f64))> {
+    let (a_if, v4) = (f.a_if, &f.v4);
     let mut doc = doc_with_routes(10);
     add_security_groups(&mut doc);
     dp.install(&doc)?;
-    let hit = pipeline_median(
-        &dp,
-        "security groups, conntrack hit",
-        a_if,
-        &v4,
-        args.repeat,
-    )?;
+    let hit = pipeline_median(dp, "security groups, conntrack hit", a_if, v4, args.repeat)?;
     let singles = (args.repeat as usize / 50).max(1000);
     eprintln!("  {singles} single runs each: conntrack hit, then miss (flushed before each)");
-    let hit_single = single_runs(&mut dp, a_if, &v4, singles, |_| Ok(()))?;
-    let miss_single = single_runs(&mut dp, a_if, &v4, singles, |dp| {
+    let hit_single = single_runs(dp, a_if, v4, singles, |_| Ok(()))?;
+    let miss_single = single_runs(dp, a_if, v4, singles, |dp| {
         dp.installed.maps.conntrack_flush(|_, _| true).map(|_| ())
     })?;
-    rows.push(("(f) pipeline + security groups, conntrack hit".into(), hit));
 
+    Ok((
+        ("(f) pipeline + security groups, conntrack hit".into(), hit),
+        (hit_single, miss_single),
+    ))
+}
+
+/// The table of figures and their ratios.
+fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
     let base = rows[0].1;
     println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
-    for (name, ns) in &rows {
+    for (name, ns) in rows {
         println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / base);
     }
     let (b4, c4, d4, e4, e4p) = (rows[1].1, rows[3].1, rows[5].1, rows[6].1, rows[7].1);
@@ -418,5 +451,4 @@ fn bench_prog(args: &Args) -> Result<()> {
         "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
         miss_single / hit_single
     );
-    Ok(())
 }
