@@ -361,6 +361,32 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
          port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; pps received behind port B"
     );
 
+    let (rows, policers) = measure_configs(&mut dp, &frames, seconds, rounds)?;
+    // Leave Linux's path bare for the trafgen cross-check.
+    linux_apply(&Config {
+        label: String::new(),
+        routes: 10,
+        rules: 0,
+        rules_as_set: false,
+        cap_mbps: None,
+    })?;
+    dp.install(&seed::seed_doc())?;
+
+    e2e_report(&rows, &policers);
+    write_svg(plot, &rows)?;
+    println!("plot: {}", plot.display());
+
+    trafgen_cross_check(&mut dp, &frames)
+}
+
+/// Every configuration, both paths, `rounds` alternating rounds each; and how Linux's
+/// cap was enforced.
+fn measure_configs(
+    dp: &mut TestDataplane,
+    frames: &[Vec<u8>],
+    seconds: f64,
+    rounds: usize,
+) -> Result<(Vec<Row>, Vec<&'static str>)> {
     let mut rows = Vec::new();
     let mut policers: Vec<&str> = Vec::new();
     let all = configs();
@@ -381,10 +407,10 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         for r in 0..rounds {
             eprint!("round {}/{rounds} ", r + 1);
             std::io::stderr().flush().ok();
-            let (rx, offered) = measure(&dp, program_names::PIPELINE, &frames, seconds)?;
+            let (rx, offered) = measure(dp, program_names::PIPELINE, frames, seconds)?;
             p.push(rx);
             po.push(offered);
-            let (rx, offered) = measure(&dp, program_names::PASS, &frames, seconds)?;
+            let (rx, offered) = measure(dp, program_names::PASS, frames, seconds)?;
             l.push(rx);
             lo.push(offered);
         }
@@ -397,16 +423,11 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
             linux_offered: super::median(lo),
         });
     }
-    // Leave Linux's path bare for the trafgen cross-check.
-    linux_apply(&Config {
-        label: String::new(),
-        routes: 10,
-        rules: 0,
-        rules_as_set: false,
-        cap_mbps: None,
-    })?;
-    dp.install(&seed::seed_doc())?;
+    Ok((rows, policers))
+}
 
+/// The table of both paths per configuration, and the headline ratio.
+fn e2e_report(rows: &[Row], policers: &[&str]) {
     println!(
         "{:<46} {:>9} {:>10} {:>7}   {:>10} {:>12}   {:>13}",
         "CONFIGURATION",
@@ -418,7 +439,7 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         "OF OFFERED %"
     );
     let mbit = |pps: f64| pps * FRAME_BYTES as f64 * 8.0 / 1e6;
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<46} {:>9.1} {:>10.1} {:>6.2}x   {:>10.1} {:>12.1}   {:>5.1} / {:>5.1}",
             r.config.label,
@@ -451,10 +472,6 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     if let Some(p) = policers.first() {
         println!("Linux cap: {p}");
     }
-    write_svg(plot, &rows)?;
-    println!("plot: {}", plot.display());
-
-    trafgen_cross_check(&mut dp, &frames)
 }
 
 /// The base configuration once more, with netsniff-ng's trafgen as the generator: frames
