@@ -537,83 +537,6 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"420\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"960\" height=\"420\" fill=\"white\"/>\n",
     );
-    let panel = |svg: &mut String, x0: f64, title: &str, xlabel: &str, pts: &[(f64, f64, f64)]| {
-        // pts: (x value, pdp kpps, linux kpps); x on a log scale.
-        let (w, h, top, left) = (380.0, 300.0, 50.0, x0 + 60.0);
-        let lx: Vec<f64> = pts.iter().map(|p| p.0.max(1.0).log10()).collect();
-        let (xmin, xmax) = (
-            lx.iter().cloned().fold(f64::MAX, f64::min),
-            lx.iter().cloned().fold(f64::MIN, f64::max),
-        );
-        let sx = |v: f64| left + (v.max(1.0).log10() - xmin) / (xmax - xmin).max(1e-9) * w;
-        let sy = |v: f64| top + h - v / ymax * h;
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"25\" font-size=\"14\" text-anchor=\"middle\">{title}</text>\n",
-            left + w / 2.0
-        ));
-        svg.push_str(&format!(
-            "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
-            top + h, left + w, top + h, top + h
-        ));
-        for i in 0..=4 {
-            let v = ymax * i as f64 / 4.0;
-            svg.push_str(&format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text>\n<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n",
-                left - 6.0,
-                sy(v) + 4.0,
-                v,
-                left + w,
-                y = sy(v)
-            ));
-        }
-        for p in pts {
-            svg.push_str(&format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-                sx(p.0),
-                top + h + 18.0,
-                p.0
-            ));
-        }
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel} (log scale)</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\" text-anchor=\"middle\">kpps received</text>\n",
-            left + w / 2.0,
-            top + h + 40.0,
-            x0 + 16.0,
-            top + h / 2.0,
-            x0 + 16.0,
-            top + h / 2.0
-        ));
-        for (which, color, name) in [
-            (1, "#1f77b4", "peer-dataplane (XDP)"),
-            (2, "#d62728", "Linux (ip route + nftables)"),
-        ] {
-            let line: Vec<String> = pts
-                .iter()
-                .map(|p| {
-                    let y = if which == 1 { p.1 } else { p.2 };
-                    format!("{:.1},{:.1}", sx(p.0), sy(y))
-                })
-                .collect();
-            svg.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-                line.join(" ")
-            ));
-            for pt in &line {
-                let (x, y) = pt.split_once(',').unwrap();
-                svg.push_str(&format!(
-                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>\n"
-                ));
-            }
-            let ly = top + 12.0 + 16.0 * (which as f64 - 1.0);
-            svg.push_str(&format!(
-                "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
-                left + w - 210.0,
-                ly - 4.0,
-                left + w - 192.0,
-                ly
-            ));
-        }
-    };
     let rp: Vec<(f64, f64, f64)> = routes
         .iter()
         .map(|r| (r.config.routes as f64, r.pdp_pps / 1e3, r.linux_pps / 1e3))
@@ -628,15 +551,17 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
             )
         })
         .collect();
-    panel(
+    svg_panel(
         &mut svg,
+        ymax,
         0.0,
         "Throughput vs routes (no ACL)",
         "routes in the sender's table",
         &rp,
     );
-    panel(
+    svg_panel(
         &mut svg,
+        ymax,
         480.0,
         "Throughput vs ACL rules (10 routes)",
         "egress ACL rules (1 = none)",
@@ -644,4 +569,91 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
     );
     svg.push_str("</svg>\n");
     std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One panel of the plot at `x0`: axes up to `ymax` kpps, and both paths' series over
+/// `pts` (x value, this data plane's kpps, Linux's kpps), x on a log scale.
+fn svg_panel(
+    svg: &mut String,
+    ymax: f64,
+    x0: f64,
+    title: &str,
+    xlabel: &str,
+    pts: &[(f64, f64, f64)],
+) {
+    // pts: (x value, pdp kpps, linux kpps); x on a log scale.
+    let (w, h, top, left) = (380.0, 300.0, 50.0, x0 + 60.0);
+    let lx: Vec<f64> = pts.iter().map(|p| p.0.max(1.0).log10()).collect();
+    let (xmin, xmax) = (
+        lx.iter().cloned().fold(f64::MAX, f64::min),
+        lx.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let sx = |v: f64| left + (v.max(1.0).log10() - xmin) / (xmax - xmin).max(1e-9) * w;
+    let sy = |v: f64| top + h - v / ymax * h;
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"25\" font-size=\"14\" text-anchor=\"middle\">{title}</text>\n",
+        left + w / 2.0
+    ));
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        top + h, left + w, top + h, top + h
+    ));
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text>\n<line x1=\"{left}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>\n",
+            left - 6.0,
+            sy(v) + 4.0,
+            v,
+            left + w,
+            y = sy(v)
+        ));
+    }
+    for p in pts {
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            sx(p.0),
+            top + h + 18.0,
+            p.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel} (log scale)</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\" text-anchor=\"middle\">kpps received</text>\n",
+        left + w / 2.0,
+        top + h + 40.0,
+        x0 + 16.0,
+        top + h / 2.0,
+        x0 + 16.0,
+        top + h / 2.0
+    ));
+    for (which, color, name) in [
+        (1, "#1f77b4", "peer-dataplane (XDP)"),
+        (2, "#d62728", "Linux (ip route + nftables)"),
+    ] {
+        let line: Vec<String> = pts
+            .iter()
+            .map(|p| {
+                let y = if which == 1 { p.1 } else { p.2 };
+                format!("{:.1},{:.1}", sx(p.0), sy(y))
+            })
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            line.join(" ")
+        ));
+        for pt in &line {
+            let (x, y) = pt.split_once(',').unwrap();
+            svg.push_str(&format!(
+                "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>\n"
+            ));
+        }
+        let ly = top + 12.0 + 16.0 * (which as f64 - 1.0);
+        svg.push_str(&format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
+            left + w - 210.0,
+            ly - 4.0,
+            left + w - 192.0,
+            ly
+        ));
+    }
 }
