@@ -82,46 +82,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     let ns = seed::ports_only(&peer_dataplane_tests::unique("trace"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
-    let mut doc = seed::seed_doc();
-    // A cap on pcx-ab; pcx-bc not yet accepted.
-    doc.peerings[0].bandwidth_mbps = Some(100);
-    doc.peerings[1].status = PeeringStatus::PendingAcceptance;
-    // A's subnet: egress UDP 7001 denied by rule 100, everything else allowed by 200.
-    let rule =
-        |number, direction: &str, protocol: &str, port: Option<u16>, action: &str| AclRuleDoc {
-            number,
-            direction: direction.into(),
-            protocol: protocol.into(),
-            port_from: port,
-            port_to: port,
-            cidr: "0.0.0.0/0".into(),
-            action: action.into(),
-        };
-    doc.network_acls.push(NetworkAclDoc {
-        id: "acl-a".into(),
-        vpc: "vpc-a".into(),
-        rules: vec![
-            rule(100, "egress", "udp", Some(7001), "deny"),
-            rule(200, "egress", "all", None, "allow"),
-            rule(100, "ingress", "all", None, "allow"),
-        ],
-    });
-    doc.subnets[0].network_acl = Some("acl-a".into());
-    // B's group lets in TCP 443 from VPC A, nothing else.
-    doc.security_groups.push(SecurityGroupDoc {
-        id: "sg-web".into(),
-        vpc: "vpc-b".into(),
-        rules: vec![SgRuleDoc {
-            direction: "ingress".into(),
-            protocol: "tcp".into(),
-            port_from: Some(443),
-            port_to: Some(443),
-            cidr: Some("10.0.0.0/16".into()),
-            ..Default::default()
-        }],
-    });
-    doc.ports[1].security_groups = Some(vec!["sg-web".into()]);
-    dp.install(&doc)?;
+    dp.install(&trace_doc())?;
     let pin = dp.pin_dir.clone();
     let (a, b, c) = (v4(A.ipv4), v4(B.ipv4), v4(C.ipv4));
     let pcx_ab = dp.installed.ids.get(NAME_PEERING, "pcx-ab").unwrap();
@@ -131,136 +92,8 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
         .maps
         .cap_state(pcx_ab, DIR_REQUESTER_TO_ACCEPTER)?;
 
-    // forwarded: every stage reached and passed.
-    let t = trace(
-        &pin,
-        &format!("--src {a} --dst {b} --protocol tcp --dport 443"),
-    )?;
-    assert_eq!(t["verdict"], "forward", "{t:#}");
-    assert_eq!(t["action"], "XDP_REDIRECT");
-    assert_eq!(t["egress_port"], B.port);
-    assert_eq!(
-        stage_names(&t),
-        [
-            "port",
-            "parse",
-            "route",
-            "peering",
-            "origin",
-            "egress-acl",
-            "endpoint",
-            "return-route",
-            "ingress-acl",
-            "security-groups",
-            "ttl",
-            "deliver",
-            "cap",
-            "rewrite"
-        ]
-    );
-    assert!(
-        t["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["result"] == "ok"),
-        "{t:#}"
-    );
-    assert_eq!(stage(&t, "port")["facts"]["interface"], A.port);
-    assert_eq!(stage(&t, "route")["facts"]["destination"], "172.16.0.0/16");
-    assert_eq!(stage(&t, "route")["facts"]["target"], "pcx-ab");
-    assert_eq!(
-        stage(&t, "peering")["facts"]["direction"],
-        "requester_to_accepter"
-    );
-    assert_eq!(stage(&t, "egress-acl")["facts"]["rule"], 200);
-    assert_eq!(stage(&t, "egress-acl")["facts"]["action"], "allow");
-    assert_eq!(stage(&t, "ingress-acl")["facts"]["acl"], Value::Null);
-    assert_eq!(stage(&t, "endpoint")["facts"]["interface"], B.port);
-    let sg = &stage(&t, "security-groups")["facts"];
-    assert_eq!(sg["conntrack"], "no tracked flow");
-    assert_eq!(sg["receiver_groups"], "sg-web");
-    assert_eq!(sg["receiver"], "allow");
-    assert_eq!(sg["sender"], "no-groups");
-    assert_eq!(stage(&t, "cap")["facts"]["bits_per_second"], 100_000_000u64);
-    assert_eq!(stage(&t, "cap")["facts"]["conforms"], true);
-    assert!(
-        stage(&t, "rewrite")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("ttl 64 -> 63"),
-        "{t:#}"
-    );
-
-    // no-route: nothing in rtb-a covers the destination.
-    let t = trace(
-        &pin,
-        &format!("--src {a} --dst 198.51.100.7 --protocol udp --dport 53"),
-    )?;
-    assert_eq!(
-        decided(&t),
-        ("drop".into(), "no-route".into(), "route:drop".into())
-    );
-    assert_eq!(stage(&t, "route")["facts"]["table"], "rtb-a");
-    assert_eq!(stage(&t, "route")["facts"]["target"], Value::Null);
-
-    // peering-inactive: C's route to B points at pcx-bc, still pending acceptance.
-    let t = trace(&pin, &format!("--src {c} --dst {b}"))?;
-    assert_eq!(
-        decided(&t),
-        (
-            "drop".into(),
-            "peering-inactive".into(),
-            "peering:drop".into()
-        )
-    );
-    assert_eq!(stage(&t, "peering")["facts"]["peering"], "pcx-bc");
-    assert_eq!(
-        stage(&t, "peering")["facts"]["status"],
-        "pending-acceptance"
-    );
-
-    // transitive: on A's port, a source from VPC C.
-    let t = trace(&pin, &format!("--port {} --src {c} --dst {b}", A.port))?;
-    assert_eq!(
-        decided(&t),
-        ("drop".into(), "transitive".into(), "origin:drop".into())
-    );
-
-    // nacl-deny, with the rule number.
-    let t = trace(
-        &pin,
-        &format!("--src {a} --dst {b} --protocol udp --dport 7001"),
-    )?;
-    assert_eq!(
-        decided(&t),
-        ("drop".into(), "nacl-deny".into(), "egress-acl:drop".into())
-    );
-    let acl = &stage(&t, "egress-acl")["facts"];
-    assert_eq!(acl["acl"], "acl-a");
-    assert_eq!(acl["rule"], 100);
-    assert_eq!(acl["action"], "deny");
-    assert!(stage(&t, "egress-acl")["detail"]
-        .as_str()
-        .unwrap()
-        .contains("acl-a egress rule 100: deny"));
-
-    // sg-deny: UDP 7002 passes the ACL (rule 200) but no rule of sg-web allows it.
-    let t = trace(
-        &pin,
-        &format!("--src {a} --dst {b} --protocol udp --dport 7002"),
-    )?;
-    assert_eq!(
-        decided(&t),
-        (
-            "drop".into(),
-            "sg-deny".into(),
-            "security-groups:drop".into()
-        )
-    );
-    assert_eq!(stage(&t, "egress-acl")["facts"]["rule"], 200);
-    assert_eq!(stage(&t, "security-groups")["facts"]["receiver"], "deny");
-
+    trace_forwarded(&pin, &a, &b)?;
+    trace_drops(&pin, &a, &b, &c)?;
     // rate-limited: the bucket owes its whole burst.
     let now = dp.now()?;
     let owed = now + 3_600_000_000_000;
@@ -319,7 +152,195 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
     assert_eq!(dp.installed.maps.conntrack_entries()?.len(), 1);
 
-    // Operator mistakes get a message naming what is wrong.
+    operator_mistakes(&pin, &a, &b)
+}
+
+/// The seed with a cap on pcx-ab, pcx-bc not yet accepted, an ACL on A's subnet and a
+/// security group on B's port.
+fn trace_doc() -> peer_dataplane::desired::Document {
+    let mut doc = seed::seed_doc();
+    // A cap on pcx-ab; pcx-bc not yet accepted.
+    doc.peerings[0].bandwidth_mbps = Some(100);
+    doc.peerings[1].status = PeeringStatus::PendingAcceptance;
+    // A's subnet: egress UDP 7001 denied by rule 100, everything else allowed by 200.
+    let rule =
+        |number, direction: &str, protocol: &str, port: Option<u16>, action: &str| AclRuleDoc {
+            number,
+            direction: direction.into(),
+            protocol: protocol.into(),
+            port_from: port,
+            port_to: port,
+            cidr: "0.0.0.0/0".into(),
+            action: action.into(),
+        };
+    doc.network_acls.push(NetworkAclDoc {
+        id: "acl-a".into(),
+        vpc: "vpc-a".into(),
+        rules: vec![
+            rule(100, "egress", "udp", Some(7001), "deny"),
+            rule(200, "egress", "all", None, "allow"),
+            rule(100, "ingress", "all", None, "allow"),
+        ],
+    });
+    doc.subnets[0].network_acl = Some("acl-a".into());
+    // B's group lets in TCP 443 from VPC A, nothing else.
+    doc.security_groups.push(SecurityGroupDoc {
+        id: "sg-web".into(),
+        vpc: "vpc-b".into(),
+        rules: vec![SgRuleDoc {
+            direction: "ingress".into(),
+            protocol: "tcp".into(),
+            port_from: Some(443),
+            port_to: Some(443),
+            cidr: Some("10.0.0.0/16".into()),
+            ..Default::default()
+        }],
+    });
+    doc.ports[1].security_groups = Some(vec!["sg-web".into()]);
+    doc
+}
+
+/// A forwarded packet: every stage reached and passed.
+fn trace_forwarded(pin: &std::path::Path, a: &str, b: &str) -> Result<()> {
+    let t = trace(
+        pin,
+        &format!("--src {a} --dst {b} --protocol tcp --dport 443"),
+    )?;
+    assert_eq!(t["verdict"], "forward", "{t:#}");
+    assert_eq!(t["action"], "XDP_REDIRECT");
+    assert_eq!(t["egress_port"], B.port);
+    assert_eq!(
+        stage_names(&t),
+        [
+            "port",
+            "parse",
+            "route",
+            "peering",
+            "origin",
+            "egress-acl",
+            "endpoint",
+            "return-route",
+            "ingress-acl",
+            "security-groups",
+            "ttl",
+            "deliver",
+            "cap",
+            "rewrite"
+        ]
+    );
+    assert!(
+        t["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["result"] == "ok"),
+        "{t:#}"
+    );
+    assert_eq!(stage(&t, "port")["facts"]["interface"], A.port);
+    assert_eq!(stage(&t, "route")["facts"]["destination"], "172.16.0.0/16");
+    assert_eq!(stage(&t, "route")["facts"]["target"], "pcx-ab");
+    assert_eq!(
+        stage(&t, "peering")["facts"]["direction"],
+        "requester_to_accepter"
+    );
+    assert_eq!(stage(&t, "egress-acl")["facts"]["rule"], 200);
+    assert_eq!(stage(&t, "egress-acl")["facts"]["action"], "allow");
+    assert_eq!(stage(&t, "ingress-acl")["facts"]["acl"], Value::Null);
+    assert_eq!(stage(&t, "endpoint")["facts"]["interface"], B.port);
+    let sg = &stage(&t, "security-groups")["facts"];
+    assert_eq!(sg["conntrack"], "no tracked flow");
+    assert_eq!(sg["receiver_groups"], "sg-web");
+    assert_eq!(sg["receiver"], "allow");
+    assert_eq!(sg["sender"], "no-groups");
+    assert_eq!(stage(&t, "cap")["facts"]["bits_per_second"], 100_000_000u64);
+    assert_eq!(stage(&t, "cap")["facts"]["conforms"], true);
+    assert!(
+        stage(&t, "rewrite")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ttl 64 -> 63"),
+        "{t:#}"
+    );
+
+    Ok(())
+}
+
+/// Each drop, named with the stage and the object that decided it.
+fn trace_drops(pin: &std::path::Path, a: &str, b: &str, c: &str) -> Result<()> {
+    // no-route: nothing in rtb-a covers the destination.
+    let t = trace(
+        pin,
+        &format!("--src {a} --dst 198.51.100.7 --protocol udp --dport 53"),
+    )?;
+    assert_eq!(
+        decided(&t),
+        ("drop".into(), "no-route".into(), "route:drop".into())
+    );
+    assert_eq!(stage(&t, "route")["facts"]["table"], "rtb-a");
+    assert_eq!(stage(&t, "route")["facts"]["target"], Value::Null);
+
+    // peering-inactive: C's route to B points at pcx-bc, still pending acceptance.
+    let t = trace(pin, &format!("--src {c} --dst {b}"))?;
+    assert_eq!(
+        decided(&t),
+        (
+            "drop".into(),
+            "peering-inactive".into(),
+            "peering:drop".into()
+        )
+    );
+    assert_eq!(stage(&t, "peering")["facts"]["peering"], "pcx-bc");
+    assert_eq!(
+        stage(&t, "peering")["facts"]["status"],
+        "pending-acceptance"
+    );
+
+    // transitive: on A's port, a source from VPC C.
+    let t = trace(pin, &format!("--port {} --src {c} --dst {b}", A.port))?;
+    assert_eq!(
+        decided(&t),
+        ("drop".into(), "transitive".into(), "origin:drop".into())
+    );
+
+    // nacl-deny, with the rule number.
+    let t = trace(
+        pin,
+        &format!("--src {a} --dst {b} --protocol udp --dport 7001"),
+    )?;
+    assert_eq!(
+        decided(&t),
+        ("drop".into(), "nacl-deny".into(), "egress-acl:drop".into())
+    );
+    let acl = &stage(&t, "egress-acl")["facts"];
+    assert_eq!(acl["acl"], "acl-a");
+    assert_eq!(acl["rule"], 100);
+    assert_eq!(acl["action"], "deny");
+    assert!(stage(&t, "egress-acl")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("acl-a egress rule 100: deny"));
+
+    // sg-deny: UDP 7002 passes the ACL (rule 200) but no rule of sg-web allows it.
+    let t = trace(
+        pin,
+        &format!("--src {a} --dst {b} --protocol udp --dport 7002"),
+    )?;
+    assert_eq!(
+        decided(&t),
+        (
+            "drop".into(),
+            "sg-deny".into(),
+            "security-groups:drop".into()
+        )
+    );
+    assert_eq!(stage(&t, "egress-acl")["facts"]["rule"], 200);
+    assert_eq!(stage(&t, "security-groups")["facts"]["receiver"], "deny");
+
+    Ok(())
+}
+
+/// Operator mistakes get a message naming what is wrong.
+fn operator_mistakes(pin: &std::path::Path, a: &str, b: &str) -> Result<()> {
     let err = |args: &str| -> Result<String> {
         let mut full = vec!["trace"];
         full.extend(args.split_whitespace());
