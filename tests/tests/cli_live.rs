@@ -29,6 +29,28 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     let ns = seed::ports_only(&peer_dataplane_tests::unique("cli"))?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
+    dp.install(&cli_doc())?;
+    // B -> A, UDP to port 6000: A's subnet ACL denies it on the way in (rule 100).
+    let l2 = L2 {
+        src: B.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let p = packets::udp4(l2, B.ipv4, A.ipv4, 64, 5000, 6000, b"x");
+    dp.run(netns::ifindex(B.port), &p)?;
+    let pin = dp.pin_dir.clone();
+
+    peering_verbs(&pin)?;
+    route_and_port_verbs(&pin)?;
+    acl_verbs(&pin)?;
+    stats_verbs(&dp, &pin)?;
+    let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
+    assert!(table.starts_with("PORT"), "{table}");
+    Ok(())
+}
+
+/// The seed with a cap on pcx-ab, an ACL on A's subnet and a group on B's port.
+fn cli_doc() -> peer_dataplane::desired::Document {
     let mut doc = seed::seed_doc();
     doc.peerings[0].bandwidth_mbps = Some(250);
     let rule = |number, direction: &str, action: &str| AclRuleDoc {
@@ -61,18 +83,12 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         }],
     });
     doc.ports[1].security_groups = Some(vec!["sg-b".into()]);
-    dp.install(&doc)?;
-    // B -> A, UDP to port 6000: A's subnet ACL denies it on the way in (rule 100).
-    let l2 = L2 {
-        src: B.mac,
-        dst: ROUTER_MAC,
-        vlan: None,
-    };
-    let p = packets::udp4(l2, B.ipv4, A.ipv4, 64, 5000, 6000, b"x");
-    dp.run(netns::ifindex(B.port), &p)?;
-    let pin = dp.pin_dir.clone();
+    doc
+}
 
-    let list = json(&pin, &["peering", "list", "-o", "json"])?;
+/// `peering list|get`, and a peering that is not there.
+fn peering_verbs(pin: &std::path::Path) -> Result<()> {
+    let list = json(pin, &["peering", "list", "-o", "json"])?;
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -80,7 +96,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         .map(|p| p["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["pcx-ab", "pcx-bc"]);
-    let ab = json(&pin, &["peering", "get", "pcx-ab", "-o", "json"])?;
+    let ab = json(pin, &["peering", "get", "pcx-ab", "-o", "json"])?;
     assert_eq!(ab["status"], "active");
     assert_eq!(ab["requester_vpc"], "vpc-a");
     assert_eq!(ab["requester_to_accepter"]["cap_bps"], 250_000_000);
@@ -89,7 +105,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     assert_eq!(ab["accepter_to_requester"]["dropped"], 1, "{ab}");
     assert!(list[1]["requester_to_accepter"]["cap_bps"].is_null());
 
-    let missing = cli(&pin, &["peering", "get", "pcx-zz"])?;
+    let missing = cli(pin, &["peering", "get", "pcx-zz"])?;
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(
@@ -97,7 +113,12 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         "{err}"
     );
 
-    let routes = json(&pin, &["route", "list", "--table", "rtb-a", "-o", "json"])?;
+    Ok(())
+}
+
+/// `route list` (one table, the VPC tables, a table that is not there) and `port list`.
+fn route_and_port_verbs(pin: &std::path::Path) -> Result<()> {
+    let routes = json(pin, &["route", "list", "--table", "rtb-a", "-o", "json"])?;
     let routes: Vec<(String, String)> = routes
         .as_array()
         .unwrap()
@@ -119,16 +140,16 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
             "{want:?} missing from {routes:?}"
         );
     }
-    let all = json(&pin, &["route", "list", "--vpc-tables", "-o", "json"])?;
+    let all = json(pin, &["route", "list", "--vpc-tables", "-o", "json"])?;
     assert!(all
         .as_array()
         .unwrap()
         .iter()
         .any(|r| r["table"] == "vpc:vpc-c" && r["destination"] == "192.168.0.0/16"));
-    let bad = cli(&pin, &["route", "list", "--table", "rtb-zz"])?;
+    let bad = cli(pin, &["route", "list", "--table", "rtb-zz"])?;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("route table rtb-zz is not installed"));
 
-    let ports = json(&pin, &["port", "list", "-o", "json"])?;
+    let ports = json(pin, &["port", "list", "-o", "json"])?;
     let a = &ports[0];
     assert_eq!(a["interface"], "pdp-a");
     assert_eq!(a["vpc"], "vpc-a");
@@ -139,7 +160,12 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     assert_eq!(ports[1]["security_groups"], "sg-b");
     assert_eq!(ports[1]["mac"], seed::mac_str(&B.mac));
 
-    let hits = json(&pin, &["acl", "hits", "acl-a", "-o", "json"])?;
+    Ok(())
+}
+
+/// `acl hits`, an ACL that is not there, and `conntrack list`.
+fn acl_verbs(pin: &std::path::Path) -> Result<()> {
+    let hits = json(pin, &["acl", "hits", "acl-a", "-o", "json"])?;
     let hits: Vec<(String, u64, String, u64)> = hits
         .as_array()
         .unwrap()
@@ -161,14 +187,19 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
             ("ingress".into(), 200, "allow".into(), 0),
         ]
     );
-    let bad = cli(&pin, &["acl", "hits", "acl-zz"])?;
+    let bad = cli(pin, &["acl", "hits", "acl-zz"])?;
     assert!(String::from_utf8_lossy(&bad.stderr).contains("network acl acl-zz is not installed"));
 
-    let flows = json(&pin, &["conntrack", "list", "-o", "json"])?;
+    let flows = json(pin, &["conntrack", "list", "-o", "json"])?;
     assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
 
+    Ok(())
+}
+
+/// `stats --per-cpu` and `stats --watch` while packets flow.
+fn stats_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     // stats --per-cpu: the CPUs' shares add up to the total.
-    let cpus = json(&pin, &["stats", "--per-cpu", "-o", "json"])?;
+    let cpus = json(pin, &["stats", "--per-cpu", "-o", "json"])?;
     let total: u64 = cpus
         .as_array()
         .unwrap()
@@ -234,7 +265,5 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
         .unwrap();
     assert!(ab["bps"].as_f64().is_some(), "{ab}");
 
-    let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
-    assert!(table.starts_with("PORT"), "{table}");
     Ok(())
 }
