@@ -8,157 +8,99 @@ pub(super) fn owner<'a>(w: &'a World, vpc: &str) -> Option<&'a str> {
     w.vpcs.get(vpc).map(|v| v.account.as_str())
 }
 
+/// An object an account owns through the VPC it belongs to.
+pub(super) trait Owned {
+    fn owner<'a>(&self, w: &'a World) -> Option<&'a str>;
+}
+
+macro_rules! owned_by_vpc {
+    ($($t:ty => |$w:ident, $o:ident| $vpc:expr;)*) => {$(
+        impl Owned for $t {
+            fn owner<'a>(&self, $w: &'a World) -> Option<&'a str> {
+                let $o = self;
+                owner($w, $vpc)
+            }
+        }
+    )*};
+}
+
+owned_by_vpc! {
+    Vpc => |_w, o| &o.id;
+    Subnet => |_w, o| &o.vpc;
+    RouteTable => |_w, o| &o.vpc;
+    NetworkAcl => |_w, o| &o.vpc;
+    SecurityGroup => |_w, o| &o.vpc;
+    // Ports belong to the account of their subnet's VPC.
+    Port => |w, o| w.subnets.get(&o.subnet).map_or("", |s| s.vpc.as_str());
+}
+
+/// Create, list, get and delete of objects an account owns: `field` of the world, named
+/// `what` in errors, created from request `req` by `ops::create`, removed by `ops::delete`.
 macro_rules! owned_crud {
-    ($create:ident, $list:ident, $get:ident, $delete:ident, $req:ty, $op_create:path, $op_delete:path, $field:ident, $what:literal, |$o:ident| $vpc:expr) => {
-        pub(super) async fn $create(State(s): State<Shared>, h: HeaderMap, b: Result<Json<$req>, JsonRejection>) -> ApiResult {
+    ($($field:ident: $what:literal, $req:ty => $create:ident, $list:ident, $get:ident, $delete:ident;)*) => {$(
+        pub(super) async fn $create(
+            State(s): State<Shared>,
+            h: HeaderMap,
+            b: Result<Json<$req>, JsonRejection>,
+        ) -> ApiResult {
             let c = s.caller(&h)?;
             let req = body(b)?;
-            let out = s.mutate(|w, _| $op_create(w, &c, req))?;
+            let out = s.mutate(|w, _| ops::$create(w, &c, req))?;
             ok(StatusCode::CREATED, out)
         }
 
         pub(super) async fn $list(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
             let c = s.caller(&h)?;
             let w = s.world();
-            let mine: Vec<_> = w.$field.values().filter(|$o| owner(&w, $vpc) == Some(c.account.as_str())).cloned().collect();
+            let mine: Vec<_> = w
+                .$field
+                .values()
+                .filter(|o| o.owner(&w) == Some(c.account.as_str()))
+                .collect();
             ok(StatusCode::OK, mine)
         }
 
-        pub(super) async fn $get(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+        pub(super) async fn $get(
+            State(s): State<Shared>,
+            h: HeaderMap,
+            Path(id): Path<String>,
+        ) -> ApiResult {
             let c = s.caller(&h)?;
             let w = s.world();
-            let $o = w.$field.get(&id).ok_or_else(|| ApiError::not_found(format!("{} {id} does not exist", $what)))?;
-            if owner(&w, $vpc) != Some(c.account.as_str()) {
-                return Err(ApiError::forbidden(format!("{} {id} belongs to another account", $what)));
+            let o = w.$field.get(&id).ok_or_else(|| {
+                ApiError::not_found(format!("{} {id} does not exist", $what))
+            })?;
+            if o.owner(&w) != Some(c.account.as_str()) {
+                return Err(ApiError::forbidden(format!(
+                    "{} {id} belongs to another account",
+                    $what
+                )));
             }
-            ok(StatusCode::OK, $o)
+            ok(StatusCode::OK, o)
         }
 
-        pub(super) async fn $delete(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+        pub(super) async fn $delete(
+            State(s): State<Shared>,
+            h: HeaderMap,
+            Path(id): Path<String>,
+        ) -> ApiResult {
             let c = s.caller(&h)?;
-            s.mutate(|w, _| $op_delete(w, &c, &id).map(|w| (w, ())))?;
+            s.mutate(|w, _| ops::$delete(w, &c, &id).map(|w| (w, ())))?;
             ok(StatusCode::OK, json!({"deleted": id}))
         }
-    };
+    )*};
 }
 
-owned_crud!(
-    create_vpc,
-    list_vpcs,
-    get_vpc,
-    delete_vpc,
-    ops::CreateVpc,
-    ops::create_vpc,
-    ops::delete_vpc,
-    vpcs,
-    "vpc",
-    |o| &o.id
-);
-owned_crud!(
-    create_subnet,
-    list_subnets,
-    get_subnet,
-    delete_subnet,
-    ops::CreateSubnet,
-    ops::create_subnet,
-    ops::delete_subnet,
-    subnets,
-    "subnet",
-    |o| &o.vpc
-);
-owned_crud!(
-    create_route_table,
-    list_route_tables,
-    get_route_table,
-    delete_route_table,
-    ops::CreateRouteTable,
-    ops::create_route_table,
-    ops::delete_route_table,
-    route_tables,
-    "route table",
-    |o| &o.vpc
-);
-owned_crud!(
-    create_network_acl,
-    list_network_acls,
-    get_network_acl,
-    delete_network_acl,
-    ops::CreateNetworkAcl,
-    ops::create_network_acl,
-    ops::delete_network_acl,
-    network_acls,
-    "network acl",
-    |o| &o.vpc
-);
-owned_crud!(
-    create_security_group,
-    list_security_groups,
-    get_security_group,
-    delete_security_group,
-    ops::CreateSecurityGroup,
-    ops::create_security_group,
-    ops::delete_security_group,
-    security_groups,
-    "security group",
-    |o| &o.vpc
-);
-
-/// Ports belong to the account of their subnet's VPC.
-pub(super) async fn create_port(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    b: Result<Json<ops::CreatePort>, JsonRejection>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    let req = body(b)?;
-    ok(
-        StatusCode::CREATED,
-        s.mutate(|w, _| ops::create_port(w, &c, req))?,
-    )
-}
-
-pub(super) fn port_owner<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
-    w.subnets.get(&p.subnet).and_then(|s| owner(w, &s.vpc))
-}
-
-pub(super) async fn list_ports(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
-    let c = s.caller(&h)?;
-    let w = s.world();
-    let mine: Vec<&Port> = w
-        .ports
-        .values()
-        .filter(|p| port_owner(&w, p) == Some(c.account.as_str()))
-        .collect();
-    ok(StatusCode::OK, mine)
-}
-
-pub(super) async fn get_port(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    let w = s.world();
-    let p = w
-        .ports
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("port {id} does not exist")))?;
-    if port_owner(&w, p) != Some(c.account.as_str()) {
-        return Err(ApiError::forbidden(format!(
-            "port {id} belongs to another account"
-        )));
-    }
-    ok(StatusCode::OK, p)
-}
-
-pub(super) async fn delete_port(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    s.mutate(|w, _| ops::delete_port(w, &c, &id).map(|w| (w, ())))?;
-    ok(StatusCode::OK, json!({"deleted": id}))
+owned_crud! {
+    vpcs: "vpc", ops::CreateVpc => create_vpc, list_vpcs, get_vpc, delete_vpc;
+    subnets: "subnet", ops::CreateSubnet => create_subnet, list_subnets, get_subnet, delete_subnet;
+    route_tables: "route table", ops::CreateRouteTable =>
+        create_route_table, list_route_tables, get_route_table, delete_route_table;
+    network_acls: "network acl", ops::CreateNetworkAcl =>
+        create_network_acl, list_network_acls, get_network_acl, delete_network_acl;
+    security_groups: "security group", ops::CreateSecurityGroup =>
+        create_security_group, list_security_groups, get_security_group, delete_security_group;
+    ports: "port", ops::CreatePort => create_port, list_ports, get_port, delete_port;
 }
 
 pub(super) async fn create_route(
