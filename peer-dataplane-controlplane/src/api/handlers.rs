@@ -103,20 +103,6 @@ owned_crud! {
     ports: "port", ops::CreatePort => create_port, list_ports, get_port, delete_port;
 }
 
-pub(super) async fn create_route(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Result<Json<ops::CreateRoute>, JsonRejection>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    let req = body(b)?;
-    ok(
-        StatusCode::CREATED,
-        s.mutate(|w, _| ops::create_route(w, &c, &id, req))?,
-    )
-}
-
 pub(super) async fn replace_routes(
     State(s): State<Shared>,
     h: HeaderMap,
@@ -196,18 +182,25 @@ peering_transition! {
     delete_peering => |w, c, id, _| ops::delete_peering(w, c, id);
 }
 
-pub(super) async fn patch_peering(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Result<Json<ops::PatchPeering>, JsonRejection>,
-) -> ApiResult {
-    let c = s.caller(&h)?;
-    let req = body(b)?;
-    ok(
-        StatusCode::OK,
-        s.mutate(|w, _| ops::patch_peering(w, &c, &id, req))?,
-    )
+/// A change to one object by id, with a request body, answering with the changed object.
+macro_rules! change_with_body {
+    ($($handler:ident: $status:ident, $req:ty;)*) => {$(
+        pub(super) async fn $handler(
+            State(s): State<Shared>,
+            h: HeaderMap,
+            Path(id): Path<String>,
+            b: Result<Json<$req>, JsonRejection>,
+        ) -> ApiResult {
+            let c = s.caller(&h)?;
+            let req = body(b)?;
+            ok(StatusCode::$status, s.mutate(|w, _| ops::$handler(w, &c, &id, req))?)
+        }
+    )*};
+}
+
+change_with_body! {
+    create_route: CREATED, ops::CreateRoute;
+    patch_peering: OK, ops::PatchPeering;
 }
 
 #[derive(Deserialize)]
