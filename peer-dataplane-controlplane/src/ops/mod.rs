@@ -50,6 +50,20 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<IpNet> {
     Ok(rules::cidr(field, s)?)
 }
 
+/// Refuses a delete while something still refers to the object: `what` (e.g. "subnet
+/// subnet-a1 still has ports") and the ids of `users`.
+fn unused<'a>(what: impl FnOnce() -> String, users: impl Iterator<Item = &'a str>) -> Result<()> {
+    let users: Vec<&str> = users.collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::dependency_violation(format!(
+        "{} {}",
+        what(),
+        users.join(", ")
+    )))
+}
+
 /// All CIDRs of a VPC (stored values are valid: they were checked on the way in).
 pub fn vpc_cidrs(v: &Vpc) -> Vec<IpNet> {
     v.cidrs

@@ -220,18 +220,11 @@ pub(super) fn owned_subnet<'a>(w: &'a World, c: &Caller, id: &str) -> Result<&'a
 
 pub fn delete_subnet(w: &World, c: &Caller, id: &str) -> Result<World> {
     owned_subnet(w, c, id)?;
-    let ports: Vec<&str> = w
-        .ports
-        .values()
-        .filter(|p| p.subnet == id)
-        .map(|p| p.id.as_str())
-        .collect();
-    if !ports.is_empty() {
-        return Err(ApiError::dependency_violation(format!(
-            "subnet {id} still has ports {}",
-            ports.join(", ")
-        )));
-    }
+    let ports = w.ports.values().filter(|p| p.subnet == id);
+    unused(
+        || format!("subnet {id} still has ports"),
+        ports.map(|p| p.id.as_str()),
+    )?;
     let mut w = w.clone();
     w.subnets.remove(id);
     Ok(w)

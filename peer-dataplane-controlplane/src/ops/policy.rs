@@ -46,18 +46,13 @@ pub fn delete_network_acl(w: &World, c: &Caller, id: &str) -> Result<World> {
         .get(id)
         .ok_or_else(|| ApiError::not_found(format!("network acl {id} does not exist")))?;
     owned_vpc(w, c, "network acl", &a.vpc)?;
-    let users: Vec<&str> = w
-        .subnets
-        .values()
-        .filter(|s| s.network_acl.as_deref() == Some(id))
-        .map(|s| s.id.as_str())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::dependency_violation(format!(
-            "network acl {id} is used by subnets {}",
-            users.join(", ")
-        )));
-    }
+    let subnets = w.subnets.values();
+    unused(
+        || format!("network acl {id} is used by subnets"),
+        subnets
+            .filter(|s| s.network_acl.as_deref() == Some(id))
+            .map(|s| s.id.as_str()),
+    )?;
     let mut w = w.clone();
     w.network_acls.remove(id);
     Ok(w)

@@ -48,18 +48,13 @@ pub fn delete_route_table(w: &World, c: &Caller, id: &str) -> Result<World> {
             t.vpc
         )));
     }
-    let users: Vec<&str> = w
-        .subnets
-        .values()
-        .filter(|s| s.route_table == id)
-        .map(|s| s.id.as_str())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::dependency_violation(format!(
-            "route table {id} is used by subnets {}",
-            users.join(", ")
-        )));
-    }
+    let subnets = w.subnets.values();
+    unused(
+        || format!("route table {id} is used by subnets"),
+        subnets
+            .filter(|s| s.route_table == id)
+            .map(|s| s.id.as_str()),
+    )?;
     let mut w = w.clone();
     w.route_tables.remove(id);
     Ok(w)
