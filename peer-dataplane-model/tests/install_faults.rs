@@ -76,14 +76,8 @@ fn after() -> Document {
     let mut d = before();
     let rtb_b = d.route_tables.iter_mut().find(|t| t.id == "rtb-b").unwrap();
     rtb_b.routes.retain(|r| r.destination != "fd00:c::/48");
-    rtb_b.routes.push(RouteDoc {
-        destination: "10.0.2.0/24".into(),
-        target: "blackhole".into(),
-    });
-    rtb_b.routes.push(RouteDoc {
-        destination: "192.168.2.0/24".into(),
-        target: "pcx-bc".into(),
-    });
+    rtb_b.routes.push(RouteDoc::new("10.0.2.0/24", "blackhole"));
+    rtb_b.routes.push(RouteDoc::new("192.168.2.0/24", "pcx-bc"));
     d.network_acls[0] = acl(
         "acl-a",
         "vpc-a",
@@ -107,10 +101,7 @@ fn after() -> Document {
             .find(|x| x.id == t)
             .unwrap()
             .routes
-            .push(RouteDoc {
-                destination: dest.into(),
-                target: "pcx-ac".into(),
-            });
+            .push(RouteDoc::new(dest, "pcx-ac"));
     }
     d.ports.retain(|p| p.interface != "pdp-c");
     d.security_groups[0].rules[0].port_to = Some(7100);

@@ -134,10 +134,10 @@ fn destination_outside_peer_vpc_is_refused() {
     // A tries to reach C through the A-B peering: transitive routing, refused up front.
     doc.route_tables[0]
         .routes
-        .push(peer_dataplane_model::desired::document::RouteDoc {
-            destination: "192.168.0.0/16".into(),
-            target: "pcx-ab".into(),
-        });
+        .push(peer_dataplane_model::desired::document::RouteDoc::new(
+            "192.168.0.0/16",
+            "pcx-ab",
+        ));
     let msg = refused(&doc);
     assert!(
         msg.contains("192.168.0.0/16: destination is outside peer vpc vpc-b (172.16.0.0/16"),
@@ -297,10 +297,9 @@ mod generations {
     fn a_single_route_change_is_one_write_in_place() {
         let (installed, ids) = installed_seed();
         let mut doc = seed();
-        doc.route_tables[0].routes.push(RouteDoc {
-            destination: "172.16.9.0/24".into(),
-            target: "blackhole".into(),
-        });
+        doc.route_tables[0]
+            .routes
+            .push(RouteDoc::new("172.16.9.0/24", "blackhole"));
         let (_, _, ops) =
             plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         assert_eq!(ops.len(), 1, "{ops:?}");
@@ -318,14 +317,9 @@ mod generations {
         let mut doc = seed();
         let rtb = &mut doc.route_tables[0];
         rtb.routes.retain(|r| r.destination != "172.16.0.0/16");
-        rtb.routes.push(RouteDoc {
-            destination: "172.16.0.0/17".into(),
-            target: "pcx-ab".into(),
-        });
-        rtb.routes.push(RouteDoc {
-            destination: "172.16.128.0/17".into(),
-            target: "blackhole".into(),
-        });
+        rtb.routes.push(RouteDoc::new("172.16.0.0/17", "pcx-ab"));
+        rtb.routes
+            .push(RouteDoc::new("172.16.128.0/17", "blackhole"));
         let (desired, _, ops) =
             plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         let new_key = desired.ports[&port_a].route_table;

@@ -332,10 +332,7 @@ fn random_peer_routes(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) {
                 }
                 for (d, target) in dests {
                     if !t.routes.iter().any(|r| r.destination == d.to_string()) {
-                        t.routes.push(RouteDoc {
-                            destination: d.to_string(),
-                            target: target.to_string(),
-                        });
+                        t.routes.push(RouteDoc::new(d.to_string(), target));
                     }
                 }
             }
@@ -343,10 +340,8 @@ fn random_peer_routes(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) {
     }
     for t in &mut doc.route_tables {
         if rng.chance(15) {
-            t.routes.push(RouteDoc {
-                destination: format!("100.64.{}.0/24", rng.below(256)),
-                target: "blackhole".into(),
-            });
+            let dest = format!("100.64.{}.0/24", rng.below(256));
+            t.routes.push(RouteDoc::new(dest, "blackhole"));
         }
     }
 }

@@ -244,10 +244,10 @@ fn add_route(d: &mut Document, destination: &str, target: &str) {
         .find(|t| t.id == "rtb-a")
         .unwrap()
         .routes
-        .push(peer_dataplane::desired::document::RouteDoc {
-            destination: destination.into(),
-            target: target.into(),
-        });
+        .push(peer_dataplane::desired::document::RouteDoc::new(
+            destination,
+            target,
+        ));
 }
 
 #[test]

@@ -761,10 +761,7 @@ fn remove_route(d: &mut Document, rtb: &str, dest: &str) {
 
 fn add_route(d: &mut Document, rtb: &str, dest: &str, target: &str) {
     let t = d.route_tables.iter_mut().find(|t| t.id == rtb).unwrap();
-    t.routes.push(RouteDoc {
-        destination: dest.into(),
-        target: target.into(),
-    });
+    t.routes.push(RouteDoc::new(dest, target));
 }
 
 fn slot(dp: &TestDataplane, pcx: &str) -> u32 {

@@ -107,9 +107,10 @@ fn validate_route(w: &World, t: &RouteTable, field: &str, r: &CreateRoute) -> Re
             )?;
         }
     }
+    // Normalised destination; every other field as requested.
     Ok(Route {
         destination: dest.to_string(),
-        target: r.target.clone(),
+        ..r.clone()
     })
 }
 

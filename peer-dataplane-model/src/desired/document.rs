@@ -134,6 +134,16 @@ pub struct RouteDoc {
     pub target: String,
 }
 
+impl RouteDoc {
+    /// A route to `destination` (a CIDR) via `target`; every other field at its default.
+    pub fn new(destination: impl Into<String>, target: impl Into<String>) -> RouteDoc {
+        RouteDoc {
+            destination: destination.into(),
+            target: target.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeeringDoc {

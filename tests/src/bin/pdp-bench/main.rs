@@ -254,10 +254,7 @@ fn doc_with_routes(n: usize) -> Document {
         } else {
             format!("fd00:b:0:{:x}::/64", i / 2 + 16)
         };
-        rtb.routes.push(RouteDoc {
-            destination,
-            target: "pcx-ab".into(),
-        });
+        rtb.routes.push(RouteDoc::new(destination, "pcx-ab"));
     }
     doc
 }
