@@ -366,6 +366,21 @@ impl Agent {
     /// Runs `traffic`, which must report that nothing got through, and checks that the
     /// data plane dropped `count` packets as `reason` meanwhile: a negative check passes
     /// for the reason it claims, not because of any error on the way.
+    /// [`Agent::expect_dropped`] for `n` IPv4 echoes from `from` to `to`, each dropped as
+    /// `reason`.
+    pub fn expect_ping_dropped(
+        &self,
+        what: &str,
+        from: &Netns,
+        to: &Instance,
+        reason: &str,
+        n: u64,
+    ) -> Result<()> {
+        self.expect_dropped(what, reason, n..=n, || {
+            crate::traffic::ping_instance(from, to, false, n as _)
+        })
+    }
+
     pub fn expect_dropped(
         &self,
         what: &str,

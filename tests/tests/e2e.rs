@@ -116,9 +116,7 @@ fn peering_is_not_transitive() -> Result<()> {
     let env = start("e2e-trans", &seed::seed_doc(), "native")?;
     let (a, b) = (env.net.ns(A), env.net.ns(B));
     env.agent
-        .expect_dropped("ping a -> c (no peering)", "no-route", 2..=2, || {
-            ping_instance(a, &C, false, 2)
-        })?;
+        .expect_ping_dropped("ping a -> c (no peering)", a, &C, "no-route", 2)?;
     // b relays traffic that claims a's address toward c.
     traffic::add_alias(b, &A.ipv4)?;
     env.agent
@@ -178,11 +176,12 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
         .unwrap()
         .status = PeeringStatus::Deleted;
     env.agent.reload(&deleted)?;
-    env.agent.expect_dropped(
+    env.agent.expect_ping_dropped(
         "ping a -> b over a deleted peering",
+        a,
+        &B,
         "peering-inactive",
-        2..=2,
-        || ping_instance(a, &B, false, 2),
+        2,
     )?;
     env.agent.expect_dropped(
         "udp b -> a over a deleted peering",
@@ -337,9 +336,7 @@ fn security_groups_let_replies_back_and_nothing_else() -> Result<()> {
             udp_exchange(a, &A, b, &B, false, 7001)
         })?;
     env.agent
-        .expect_dropped("ping b -> a (b sends nothing)", "sg-deny", 1..=1, || {
-            ping_instance(b, &A, false, 1)
-        })?;
+        .expect_ping_dropped("ping b -> a (b sends nothing)", b, &A, "sg-deny", 1)?;
 
     let flows: Value =
         serde_json::from_str(&env.agent.cli(&["conntrack", "list", "-o", "json"])?)?;
@@ -434,9 +431,7 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
         "ping a -> b failed"
     );
     // A -> C has no route: a drop to see.
-    agent.expect_dropped("ping a -> c (no route)", "no-route", 1..=1, || {
-        ping_instance(net.ns(A), &C, false, 1)
-    })?;
+    agent.expect_ping_dropped("ping a -> c (no route)", net.ns(A), &C, "no-route", 1)?;
 
     let body = http_get(&net.host, "127.0.0.1:9464", "/metrics")?;
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))

@@ -73,11 +73,12 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
     let a = env.net.ns(A);
 
     // pending-acceptance: routes exist, but nothing crosses.
-    env.agent.expect_dropped(
+    env.agent.expect_ping_dropped(
         "ping a -> b over a pending peering",
+        a,
+        &B,
         "peering-inactive",
-        1..=1,
-        || ping_instance(a, &B, false, 1),
+        1,
     )?;
     let pcx = env
         .cp
@@ -118,9 +119,7 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
     )?;
     env.agent.wait_synced(r.revision, SYNC)?;
     env.agent
-        .expect_dropped("ping a -> b without a route", "no-route", 1..=1, || {
-            ping_instance(a, &B, false, 1)
-        })?;
+        .expect_ping_dropped("ping a -> b without a route", a, &B, "no-route", 1)?;
     let route = json!({"destination_cidr": "172.16.0.0/16", "target": "pcx-ab"});
     let r = env.cp.expect(
         "POST",
@@ -140,11 +139,12 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
         .cp
         .expect("DELETE", "/v1/vpc-peering/pcx-ab", ACCT_B, None, 200)?;
     env.agent.wait_synced(r.revision, SYNC)?;
-    env.agent.expect_dropped(
+    env.agent.expect_ping_dropped(
         "ping a -> b over a deleted peering",
+        a,
+        &B,
         "peering-inactive",
-        2..=2,
-        || ping_instance(a, &B, false, 2),
+        2,
     )?;
     let s = env.agent.stats_json()?;
     let ab = s["peerings"]
@@ -211,11 +211,12 @@ fn forwarding_survives_control_plane_downtime() -> Result<()> {
         200,
     )?;
     env.agent.wait_synced(r.revision, SYNC)?;
-    env.agent.expect_dropped(
+    env.agent.expect_ping_dropped(
         "ping a -> b after the route was deleted (control plane restarted)",
+        a,
+        &B,
         "no-route",
-        1..=1,
-        || ping_instance(a, &B, false, 1),
+        1,
     )?;
     assert!(env
         .agent
@@ -305,11 +306,12 @@ fn the_agent_follows_the_control_plane_over_tls() -> Result<()> {
     let (mut env, _) = start_with("cp-tls", &["accept-ab"], true)?;
     ensure!(env.cp.url().starts_with("https://"), "{}", env.cp.url());
     let a = env.net.ns(A);
-    env.agent.expect_dropped(
+    env.agent.expect_ping_dropped(
         "ping a -> b over a pending peering",
+        a,
+        &B,
         "peering-inactive",
-        1..=1,
-        || ping_instance(a, &B, false, 1),
+        1,
     )?;
     let r = env
         .cp
