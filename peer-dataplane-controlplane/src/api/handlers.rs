@@ -34,6 +34,31 @@ owned_by_vpc! {
     Port => |w, o| w.subnets.get(&o.subnet).map_or("", |s| s.vpc.as_str());
 }
 
+/// The objects of `all` the caller's account owns.
+fn mine<'a, T: Owned>(w: &World, all: &'a BTreeMap<String, T>, c: &Caller) -> Vec<&'a T> {
+    let account = Some(c.account.as_str());
+    all.values().filter(|o| o.owner(w) == account).collect()
+}
+
+/// Object `id` of `all` (a `what`): 404 if there is none, 403 if another account owns it.
+fn owned<'a, T: Owned>(
+    w: &World,
+    all: &'a BTreeMap<String, T>,
+    c: &Caller,
+    what: &str,
+    id: &str,
+) -> Result<&'a T, ApiError> {
+    let o = all
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("{what} {id} does not exist")))?;
+    if o.owner(w) != Some(c.account.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "{what} {id} belongs to another account"
+        )));
+    }
+    Ok(o)
+}
+
 /// Create, list, get and delete of objects an account owns: `field` of the world, named
 /// `what` in errors, created from request `req` by `ops::create`, removed by `ops::delete`.
 macro_rules! owned_crud {
@@ -50,14 +75,8 @@ macro_rules! owned_crud {
         }
 
         pub(super) async fn $list(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
-            let c = s.caller(&h)?;
-            let w = s.world();
-            let mine: Vec<_> = w
-                .$field
-                .values()
-                .filter(|o| o.owner(&w) == Some(c.account.as_str()))
-                .collect();
-            ok(StatusCode::OK, mine)
+            let (c, w) = (s.caller(&h)?, s.world());
+            ok(StatusCode::OK, mine(&w, &w.$field, &c))
         }
 
         pub(super) async fn $get(
@@ -65,18 +84,8 @@ macro_rules! owned_crud {
             h: HeaderMap,
             Path(id): Path<String>,
         ) -> ApiResult {
-            let c = s.caller(&h)?;
-            let w = s.world();
-            let o = w.$field.get(&id).ok_or_else(|| {
-                ApiError::not_found(format!("{} {id} does not exist", $what))
-            })?;
-            if o.owner(&w) != Some(c.account.as_str()) {
-                return Err(ApiError::forbidden(format!(
-                    "{} {id} belongs to another account",
-                    $what
-                )));
-            }
-            ok(StatusCode::OK, o)
+            let (c, w) = (s.caller(&h)?, s.world());
+            ok(StatusCode::OK, owned(&w, &w.$field, &c, $what, &id)?)
         }
 
         pub(super) async fn $delete(
