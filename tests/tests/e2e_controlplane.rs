@@ -67,19 +67,39 @@ fn start_with(tag: &str, hold_back: &[&str], tls: bool) -> Result<(Env, u64)> {
     ))
 }
 
+impl Env {
+    /// pcx-ab is pending: nothing crosses, every echo counted as peering-inactive.
+    fn nothing_crosses_while_pending(&self) -> Result<()> {
+        self.agent.expect_ping_dropped(
+            "ping a -> b over a pending peering",
+            self.net.ns(A),
+            &B,
+            "peering-inactive",
+            1,
+        )
+    }
+
+    /// B accepts pcx-ab through the API; once the agent has the revision, a reaches b.
+    fn accept_ab(&mut self, how: &str) -> Result<()> {
+        let r = self
+            .cp
+            .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_B, None, 200)?;
+        self.agent.wait_synced(r.revision, SYNC)?;
+        ensure!(
+            ping_instance(self.net.ns(A), &B, false, 2)?,
+            "a cannot reach b after the accept{how}\n{}",
+            self.agent.log_text()
+        );
+        Ok(())
+    }
+}
+
 #[test]
 fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
     let (mut env, _) = start("cp-life", &["accept-ab"])?;
-    let a = env.net.ns(A);
 
     // pending-acceptance: routes exist, but nothing crosses.
-    env.agent.expect_ping_dropped(
-        "ping a -> b over a pending peering",
-        a,
-        &B,
-        "peering-inactive",
-        1,
-    )?;
+    env.nothing_crosses_while_pending()?;
     let pcx = env
         .cp
         .expect("GET", "/v1/vpc-peering/pcx-ab", ACCT_A, None, 200)?;
@@ -99,15 +119,8 @@ fn peering_lifecycle_through_the_api_drives_forwarding() -> Result<()> {
     );
 
     // Accepted by the accepter: forwarding starts.
-    let r = env
-        .cp
-        .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_B, None, 200)?;
-    env.agent.wait_synced(r.revision, SYNC)?;
-    ensure!(
-        ping_instance(a, &B, false, 2)?,
-        "a cannot reach b after the accept\n{}",
-        env.agent.log_text()
-    );
+    env.accept_ab("")?;
+    let a = env.net.ns(A);
 
     // A route removed and added back through the API takes effect each time.
     let r = env.cp.expect(
@@ -305,23 +318,8 @@ fn the_control_plane_is_safe_to_expose() -> Result<()> {
 fn the_agent_follows_the_control_plane_over_tls() -> Result<()> {
     let (mut env, _) = start_with("cp-tls", &["accept-ab"], true)?;
     ensure!(env.cp.url().starts_with("https://"), "{}", env.cp.url());
-    let a = env.net.ns(A);
-    env.agent.expect_ping_dropped(
-        "ping a -> b over a pending peering",
-        a,
-        &B,
-        "peering-inactive",
-        1,
-    )?;
-    let r = env
-        .cp
-        .expect("POST", "/v1/vpc-peering/pcx-ab/accept", ACCT_B, None, 200)?;
-    env.agent.wait_synced(r.revision, SYNC)?;
-    ensure!(
-        ping_instance(a, &B, false, 2)?,
-        "a cannot reach b after the accept over https\n{}",
-        env.agent.log_text()
-    );
+    env.nothing_crosses_while_pending()?;
+    env.accept_ab(" over https")?;
     // A plain-http client gets no API out of the TLS port.
     let plain = format!("http://127.0.0.1:{}/healthz", env.cp.port);
     let got = env.net.host.run(move || {
