@@ -1,6 +1,5 @@
 //! The API's request bodies.
 
-use crate::model::{AclRule, SgRule};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -81,25 +80,11 @@ pub struct CreatePort {
     pub security_groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateNetworkAcl {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub vpc_id: String,
-    #[serde(default)]
-    pub rules: Vec<AclRule>,
-}
+/// A network ACL to create: exactly the stored object (an empty id: assigned).
+pub type CreateNetworkAcl = crate::model::NetworkAcl;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSecurityGroup {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub vpc_id: String,
-    #[serde(default)]
-    pub rules: Vec<SgRule>,
-}
+/// A security group to create: exactly the stored object (an empty id: assigned).
+pub type CreateSecurityGroup = crate::model::SecurityGroup;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,15 +26,15 @@ pub fn create_network_acl(
     c: &Caller,
     r: CreateNetworkAcl,
 ) -> Result<(World, NetworkAcl)> {
-    owned_vpc(w, c, "vpc_id", &r.vpc_id)?;
+    owned_vpc(w, c, "vpc_id", &r.vpc)?;
     check_acl_rules(&r.rules)?;
     let mut w = w.clone();
     let existing = w.network_acls.clone();
-    let id = new_id(&mut w, &r.id, "acl", &existing)?;
+    let requested = (!r.id.is_empty()).then(|| r.id.clone());
+    let id = new_id(&mut w, &requested, "acl", &existing)?;
     let acl = NetworkAcl {
         id: id.clone(),
-        vpc: r.vpc_id,
-        rules: r.rules,
+        ..r
     };
     w.network_acls.insert(id, acl.clone());
     Ok((w, acl))
@@ -63,7 +63,7 @@ pub fn create_security_group(
     c: &Caller,
     r: CreateSecurityGroup,
 ) -> Result<(World, SecurityGroup)> {
-    let v = owned_vpc(w, c, "vpc_id", &r.vpc_id)?;
+    let v = owned_vpc(w, c, "vpc_id", &r.vpc)?;
     for (i, rule) in r.rules.iter().enumerate() {
         let f = format!("rules[{i}]");
         rule_fields(
@@ -98,11 +98,11 @@ pub fn create_security_group(
     }
     let mut w = w.clone();
     let existing = w.security_groups.clone();
-    let id = new_id(&mut w, &r.id, "sg", &existing)?;
+    let requested = (!r.id.is_empty()).then(|| r.id.clone());
+    let id = new_id(&mut w, &requested, "sg", &existing)?;
     let sg = SecurityGroup {
         id: id.clone(),
-        vpc: r.vpc_id,
-        rules: r.rules,
+        ..r
     };
     w.security_groups.insert(id, sg.clone());
     Ok((w, sg))

@@ -62,7 +62,11 @@ pub struct SubnetDoc {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkAclDoc {
+    /// Empty in a control-plane request: the control plane assigns one.
+    #[serde(default)]
     pub id: String,
+    /// `vpc_id` in the control plane's requests.
+    #[serde(alias = "vpc_id")]
     pub vpc: String,
     #[serde(default)]
     pub rules: Vec<AclRuleDoc>,
@@ -90,7 +94,11 @@ pub struct AclRuleDoc {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupDoc {
+    /// Empty in a control-plane request: the control plane assigns one.
+    #[serde(default)]
     pub id: String,
+    /// `vpc_id` in the control plane's requests.
+    #[serde(alias = "vpc_id")]
     pub vpc: String,
     #[serde(default)]
     pub rules: Vec<SgRuleDoc>,
