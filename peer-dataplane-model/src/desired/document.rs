@@ -14,7 +14,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// MAC the instances see as their gateway, unless a port names its own.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_mac: Option<String>,
     #[serde(default, rename = "vpc")]
     pub vpcs: Vec<VpcDoc>,
@@ -41,7 +41,7 @@ pub struct VpcDoc {
     #[serde(default)]
     pub region: String,
     pub cidrs: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_cidr: Option<String>,
 }
 
@@ -51,7 +51,7 @@ pub struct SubnetDoc {
     pub id: String,
     pub vpc: String,
     pub cidr: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_cidr: Option<String>,
     pub route_table: String,
     /// Network ACL of the subnet; none = no NACL filtering.
