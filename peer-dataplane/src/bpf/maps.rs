@@ -10,7 +10,7 @@ use aya::maps::{
     Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use peer_dataplane_common::{
-    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey},
+    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, NO_HITS},
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
@@ -81,6 +81,13 @@ fn entries<K, V, MK: Ord, MV>(
     Ok(out)
 }
 
+/// Per-CPU global counters summed.
+fn sum_global(per_cpu: &[GlobalCounters]) -> GlobalCounters {
+    let mut sum = GlobalCounters::ZERO;
+    per_cpu.iter().for_each(|c| sum.accumulate(c));
+    sum
+}
+
 /// Everything installed and counted, read at one moment (see [`KernelMaps::snapshot`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -96,9 +103,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The global counters summed over CPUs.
     pub fn global(&self) -> GlobalCounters {
-        let mut sum = GlobalCounters::ZERO;
-        self.global_per_cpu.iter().for_each(|c| sum.accumulate(c));
-        sum
+        sum_global(&self.global_per_cpu)
     }
 
     /// Counters of peering `slot` (zero for a slot not installed at the snapshot).
@@ -193,7 +198,8 @@ impl KernelMaps {
             peering_traffic.insert(*slot, self.peering_counters(*slot)?);
         }
         let mut acl_hits = BTreeMap::new();
-        for meta in state.acl_meta.values() {
+        // Security-group sets count no hits (`NO_HITS`): only network ACL rules have slots.
+        for meta in state.acl_meta.values().filter(|m| m.hit_base != NO_HITS) {
             for slot in meta.hit_base..meta.hit_base + meta.rules {
                 acl_hits.insert(slot, self.acl_hits(slot)?);
             }
@@ -222,11 +228,7 @@ impl KernelMaps {
     }
 
     pub fn global_counters(&self) -> Result<GlobalCounters> {
-        Ok(Snapshot {
-            global_per_cpu: self.global_counters_per_cpu()?,
-            ..Default::default()
-        }
-        .global())
+        Ok(sum_global(&self.global_counters_per_cpu()?))
     }
 
     /// Counters of peering `slot`: (requester -> accepter, accepter -> requester).
