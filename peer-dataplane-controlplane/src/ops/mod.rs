@@ -157,8 +157,7 @@ fn rule_fields(
     to: Option<u16>,
 ) -> Result<()> {
     rules::direction(field, direction)?;
-    let p = rules::protocol(field, protocol)?;
-    rules::ports(field, from, to, Some(p))?;
+    rules::protocol_and_ports(field, protocol, from, to)?;
     Ok(())
 }
 

@@ -98,11 +98,15 @@ pub fn join(cidrs: &[IpNet]) -> String {
         .join(", ")
 }
 
+/// The one spelling of a rule's direction.
+pub const INGRESS: &str = "ingress";
+pub const EGRESS: &str = "egress";
+
 /// A rule's direction: `true` for egress.
 pub fn direction(what: &str, s: &str) -> Check<bool> {
     match s {
-        "ingress" => Ok(false),
-        "egress" => Ok(true),
+        INGRESS => Ok(false),
+        EGRESS => Ok(true),
         d => invalid(
             Fault::Request,
             what,
@@ -132,12 +136,12 @@ pub fn protocol(what: &str, s: &str) -> Check<Protocol> {
     })
 }
 
-/// A rule's destination port range (TCP and UDP only); `protocol` is the rule's, if valid.
-pub fn ports(
+/// A rule's destination port range (TCP and UDP only).
+fn ports(
     what: &str,
     from: Option<u16>,
     to: Option<u16>,
-    protocol: Option<Protocol>,
+    protocol: Protocol,
 ) -> Check<Option<(u16, u16)>> {
     match (from, to) {
         (None, None) => Ok(None),
@@ -146,9 +150,7 @@ pub fn ports(
             what,
             format!("port_from {lo} is above port_to {hi}"),
         ),
-        (Some(lo), Some(hi)) if matches!(protocol, Some(Protocol::Number(6 | 17))) => {
-            Ok(Some((lo, hi)))
-        }
+        (Some(lo), Some(hi)) if matches!(protocol, Protocol::Number(6 | 17)) => Ok(Some((lo, hi))),
         (Some(_), Some(_)) => invalid(Fault::Request, what, "ports apply to tcp and udp only"),
         _ => invalid(
             Fault::Request,
@@ -156,6 +158,18 @@ pub fn ports(
             "give both port_from and port_to, or neither",
         ),
     }
+}
+
+/// A rule's protocol and, for TCP and UDP, its destination port range: the ports are
+/// checked against the protocol once it is valid.
+pub fn protocol_and_ports(
+    what: &str,
+    protocol_name: &str,
+    from: Option<u16>,
+    to: Option<u16>,
+) -> Check<(Protocol, Option<(u16, u16)>)> {
+    let p = protocol(what, protocol_name)?;
+    Ok((p, ports(what, from, to, p)?))
 }
 
 /// A network ACL rule number: 1..=32766, lowest evaluated first.

@@ -16,9 +16,7 @@ use peer_dataplane_common::{
 };
 use serde::Serialize;
 
-/// The one spelling of an ACL rule's direction.
-pub const INGRESS: &str = "ingress";
-pub const EGRESS: &str = "egress";
+pub use crate::desired::rules::{EGRESS, INGRESS};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeeringEntry {

@@ -28,25 +28,20 @@ pub fn check_acl(c: &mut Checker, a: &NetworkAclDoc) -> Option<NetworkAcl> {
                 fresh = false;
             }
         }
-        let protocol = c.check(rules::protocol(&what, &r.protocol));
-        let ports =
-            protocol.and_then(|p| c.check(rules::ports(&what, r.port_from, r.port_to, Some(p))));
-        let ports_ok =
-            protocol.is_none() || ports.is_some() || (r.port_from.is_none() && r.port_to.is_none());
+        let matched = c.check(rules::protocol_and_ports(
+            &what,
+            &r.protocol,
+            r.port_from,
+            r.port_to,
+        ));
         let allow = c.check(rules::acl_action(&what, &r.action));
         let cidr = c.rule_cidr(&format!("{what} cidr"), &r.cidr);
-        match (
-            egress,
-            protocol,
-            allow,
-            cidr,
-            number.is_some() && fresh && ports_ok,
-        ) {
-            (Some(egress), Some(protocol), Some(allow), Some(cidr), true) => {
+        match (egress, matched, allow, cidr, number.is_some() && fresh) {
+            (Some(egress), Some((protocol, ports)), Some(allow), Some(cidr), true) => {
                 let rule = acl::Rule {
                     number: r.number,
                     protocol,
-                    ports: ports.flatten(),
+                    ports,
                     cidr,
                     allow,
                 };
@@ -90,11 +85,12 @@ pub fn check_security_group(
         let what = format!("security group {} rules[{i}]", g.id);
         let mut problems = Vec::new();
         let egress = c.check(rules::direction(&what, &r.direction));
-        let protocol = c.check(rules::protocol(&what, &r.protocol));
-        let ports =
-            protocol.and_then(|p| c.check(rules::ports(&what, r.port_from, r.port_to, Some(p))));
-        let ports_ok =
-            protocol.is_none() || ports.is_some() || (r.port_from.is_none() && r.port_to.is_none());
+        let matched = c.check(rules::protocol_and_ports(
+            &what,
+            &r.protocol,
+            r.port_from,
+            r.port_to,
+        ));
         let remote = match (&r.cidr, &r.peer_security_group) {
             (Some(s), None) => c.rule_cidr(&format!("{what} cidr"), s).map(SgRemote::Cidr),
             (None, Some(peer)) => {
@@ -139,11 +135,11 @@ pub fn check_security_group(
         for p in &problems {
             c.err(format!("{what}: {p}"));
         }
-        match (egress, protocol, remote, problems.is_empty() && ports_ok) {
-            (Some(egress), Some(protocol), Some(remote), true) => sg.rules.push(SgRule {
+        match (egress, matched, remote, problems.is_empty()) {
+            (Some(egress), Some((protocol, ports)), Some(remote), true) => sg.rules.push(SgRule {
                 egress,
                 protocol,
-                ports: ports.flatten(),
+                ports,
                 remote,
             }),
             _ => ok = false,
