@@ -4,58 +4,63 @@
 use crate::reason::{DROP_REASON_SLOTS, PASS_REASON_SLOTS};
 use core::mem::size_of;
 
-/// Whole-program counters (one entry, index 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GlobalCounters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub redirected_packets: u64,
-    pub redirected_bytes: u64,
-    pub passed_packets: u64,
-    pub dropped_packets: u64,
-    /// IPv4/IPv6 fragments seen (forwarded on their L3 header; see the parse stage).
-    pub fragments: u64,
-    /// IPv4 packets with options (IHL > 5) seen.
-    pub ipv4_options: u64,
-    pub pass: [u64; PASS_REASON_SLOTS],
-    pub drop: [u64; DROP_REASON_SLOTS],
-}
-const _: () =
-    assert!(size_of::<GlobalCounters>() == 8 * (8 + PASS_REASON_SLOTS + DROP_REASON_SLOTS));
+/// Declares the whole-program counters once: the struct, its zero, the per-CPU sum and the
+/// list of the scalar totals by name (what the CLI, metrics and JSON print).
+macro_rules! global_counters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        /// Whole-program counters (one entry, index 0).
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct GlobalCounters {
+            $($(#[$doc])* pub $field: u64,)*
+            pub pass: [u64; PASS_REASON_SLOTS],
+            pub drop: [u64; DROP_REASON_SLOTS],
+        }
 
-impl GlobalCounters {
-    pub const ZERO: GlobalCounters = GlobalCounters {
-        rx_packets: 0,
-        rx_bytes: 0,
-        redirected_packets: 0,
-        redirected_bytes: 0,
-        passed_packets: 0,
-        dropped_packets: 0,
-        fragments: 0,
-        ipv4_options: 0,
-        pass: [0; PASS_REASON_SLOTS],
-        drop: [0; DROP_REASON_SLOTS],
+        impl GlobalCounters {
+            pub const ZERO: GlobalCounters = GlobalCounters {
+                $($field: 0,)*
+                pass: [0; PASS_REASON_SLOTS],
+                drop: [0; DROP_REASON_SLOTS],
+            };
+
+            /// The scalar totals, by field name, in declaration order.
+            pub fn totals(&self) -> [(&'static str, u64); GLOBAL_TOTALS] {
+                [$((stringify!($field), self.$field)),*]
+            }
+
+            /// Adds `other` into `self` (summing per-CPU copies).
+            pub fn accumulate(&mut self, other: &GlobalCounters) {
+                $(self.$field += other.$field;)*
+                for i in 0..PASS_REASON_SLOTS {
+                    self.pass[i] += other.pass[i];
+                }
+                for i in 0..DROP_REASON_SLOTS {
+                    self.drop[i] += other.drop[i];
+                }
+            }
+        }
     };
-
-    /// Adds `other` into `self` (summing per-CPU copies).
-    pub fn accumulate(&mut self, other: &GlobalCounters) {
-        self.rx_packets += other.rx_packets;
-        self.rx_bytes += other.rx_bytes;
-        self.redirected_packets += other.redirected_packets;
-        self.redirected_bytes += other.redirected_bytes;
-        self.passed_packets += other.passed_packets;
-        self.dropped_packets += other.dropped_packets;
-        self.fragments += other.fragments;
-        self.ipv4_options += other.ipv4_options;
-        for i in 0..PASS_REASON_SLOTS {
-            self.pass[i] += other.pass[i];
-        }
-        for i in 0..DROP_REASON_SLOTS {
-            self.drop[i] += other.drop[i];
-        }
-    }
 }
+
+global_counters! {
+    rx_packets,
+    rx_bytes,
+    redirected_packets,
+    redirected_bytes,
+    passed_packets,
+    dropped_packets,
+    /// IPv4/IPv6 fragments seen (forwarded on their L3 header; see the parse stage).
+    fragments,
+    /// IPv4 packets with options (IHL > 5) seen.
+    ipv4_options,
+}
+
+/// How many scalar totals [`GlobalCounters`] has before its reason arrays.
+pub const GLOBAL_TOTALS: usize = 8;
+const _: () = assert!(
+    size_of::<GlobalCounters>() == 8 * (GLOBAL_TOTALS + PASS_REASON_SLOTS + DROP_REASON_SLOTS)
+);
 
 /// Counters of one peering in one direction (index [`crate::peering_counter_index`]).
 #[repr(C)]

@@ -4,6 +4,7 @@ use peer_dataplane_model::desired::document::{
     AclRuleDoc, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, SecurityGroupDoc, SgRuleDoc,
     SubnetDoc, VpcDoc,
 };
+use peer_dataplane_model::desired::objects::Objects;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -108,18 +109,32 @@ macro_rules! spec_of {
 
 spec_of!(Vpc => VpcDoc, Peering => PeeringDoc, Port => PortDoc);
 
-/// Everything the control plane knows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The stored representation of each object kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored;
+
+peer_dataplane_model::kinds_of_scope!(Stored);
+
+/// Everything the control plane knows: the objects (`w.vpcs`, ... through `Deref`) and the
+/// id counters. Ports are keyed by port id.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct World {
-    pub vpcs: BTreeMap<String, Vpc>,
-    pub subnets: BTreeMap<String, Subnet>,
-    pub route_tables: BTreeMap<String, RouteTable>,
-    pub peerings: BTreeMap<String, Peering>,
-    pub ports: BTreeMap<String, Port>,
-    pub network_acls: BTreeMap<String, NetworkAcl>,
-    pub security_groups: BTreeMap<String, SecurityGroup>,
+    pub objects: Objects<Stored>,
     /// Last id number handed out per prefix (`vpc`, `pcx`, …).
     pub id_counters: BTreeMap<String, u64>,
+}
+
+impl std::ops::Deref for World {
+    type Target = Objects<Stored>;
+    fn deref(&self) -> &Objects<Stored> {
+        &self.objects
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Objects<Stored> {
+        &mut self.objects
+    }
 }
 
 /// An API error: an HTTP status, a stable machine-readable code, and a message naming the

@@ -12,7 +12,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use handlers::*;
 use serde::{Deserialize, Serialize};
@@ -235,62 +235,80 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 
 // ---------------------------------------------------------------------------------------
 
+/// A collection at `path` (create with POST, list with GET) and its items at `path/{id}`
+/// (GET, DELETE, and whatever `item` adds).
+fn resource(
+    r: Router<Shared>,
+    path: &str,
+    collection: MethodRouter<Shared>,
+    item: MethodRouter<Shared>,
+) -> Router<Shared> {
+    r.route(path, collection)
+        .route(&format!("{path}/{{id}}"), item)
+}
+
 pub fn router(server: Shared) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/vpcs", post(create_vpc).get(list_vpcs))
-        .route("/v1/vpcs/{id}", get(get_vpc).delete(delete_vpc))
-        .route("/v1/subnets", post(create_subnet).get(list_subnets))
-        .route("/v1/subnets/{id}", get(get_subnet).delete(delete_subnet))
-        .route(
-            "/v1/route-tables",
-            post(create_route_table).get(list_route_tables),
-        )
-        .route(
-            "/v1/route-tables/{id}",
-            get(get_route_table).delete(delete_route_table),
-        )
-        .route(
-            "/v1/route-tables/{id}/routes",
-            post(create_route).put(replace_routes),
-        )
-        .route(
-            "/v1/route-tables/{id}/routes/{*cidr}",
-            axum::routing::delete(delete_route),
-        )
-        .route("/v1/vpc-peering", post(create_peering).get(list_peerings))
-        .route(
-            "/v1/vpc-peering/{id}",
-            get(get_peering).patch(patch_peering).delete(delete_peering),
-        )
-        .route("/v1/vpc-peering/{id}/accept", post(accept_peering))
-        .route("/v1/vpc-peering/{id}/reject", post(reject_peering))
-        .route("/v1/ports", post(create_port).get(list_ports))
-        .route("/v1/ports/{id}", get(get_port).delete(delete_port))
-        .route(
-            "/v1/network-acls",
-            post(create_network_acl).get(list_network_acls),
-        )
-        .route(
-            "/v1/network-acls/{id}",
-            get(get_network_acl).delete(delete_network_acl),
-        )
-        .route(
-            "/v1/security-groups",
-            post(create_security_group).get(list_security_groups),
-        )
-        .route(
-            "/v1/security-groups/{id}",
-            get(get_security_group).delete(delete_security_group),
-        )
-        .route("/v1/hosts/{host}/state", get(host_state))
-        .layer(axum::middleware::map_response_with_state(
-            server.clone(),
-            add_revision,
-        ))
-        // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(server)
+    let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
+    r = resource(
+        r,
+        "/v1/vpcs",
+        post(create_vpc).get(list_vpcs),
+        get(get_vpc).delete(delete_vpc),
+    );
+    r = resource(
+        r,
+        "/v1/subnets",
+        post(create_subnet).get(list_subnets),
+        get(get_subnet).delete(delete_subnet),
+    );
+    r = resource(
+        r,
+        "/v1/route-tables",
+        post(create_route_table).get(list_route_tables),
+        get(get_route_table).delete(delete_route_table),
+    );
+    r = resource(
+        r,
+        "/v1/vpc-peering",
+        post(create_peering).get(list_peerings),
+        get(get_peering).patch(patch_peering).delete(delete_peering),
+    );
+    r = resource(
+        r,
+        "/v1/ports",
+        post(create_port).get(list_ports),
+        get(get_port).delete(delete_port),
+    );
+    r = resource(
+        r,
+        "/v1/network-acls",
+        post(create_network_acl).get(list_network_acls),
+        get(get_network_acl).delete(delete_network_acl),
+    );
+    r = resource(
+        r,
+        "/v1/security-groups",
+        post(create_security_group).get(list_security_groups),
+        get(get_security_group).delete(delete_security_group),
+    );
+    r.route(
+        "/v1/route-tables/{id}/routes",
+        post(create_route).put(replace_routes),
+    )
+    .route(
+        "/v1/route-tables/{id}/routes/{*cidr}",
+        axum::routing::delete(delete_route),
+    )
+    .route("/v1/vpc-peering/{id}/accept", post(accept_peering))
+    .route("/v1/vpc-peering/{id}/reject", post(reject_peering))
+    .route("/v1/hosts/{host}/state", get(host_state))
+    .layer(axum::middleware::map_response_with_state(
+        server.clone(),
+        add_revision,
+    ))
+    // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    .with_state(server)
 }
 
 /// Every answer carries the revision it reflects (at least), so that a caller can wait

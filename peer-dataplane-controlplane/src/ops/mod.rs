@@ -21,6 +21,7 @@ use crate::hoststate;
 use crate::model::*;
 use ipnet::IpNet;
 use peer_dataplane_model::desired::document::{PeeringDoc, PortDoc, VpcDoc};
+use peer_dataplane_model::desired::objects::Objects;
 use peer_dataplane_model::desired::rules::{self, Fault, Invalid};
 use peer_dataplane_model::desired::validate::overlaps;
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,19 +99,21 @@ fn check_id(field: &str, id: &str, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// The requested id (checked), or the next free one for `prefix`.
+/// The requested id (checked; empty = none), or the next free one for `prefix`, among the
+/// objects of one `kind`.
 fn new_id<T>(
     w: &mut World,
-    requested: &Option<String>,
+    requested: Option<&str>,
     prefix: &str,
-    existing: &BTreeMap<String, T>,
+    kind: fn(&Objects<Stored>) -> &BTreeMap<String, T>,
 ) -> Result<String> {
-    if let Some(id) = requested {
+    let existing = kind(&w.objects);
+    if let Some(id) = requested.filter(|id| !id.is_empty()) {
         check_id("id", id, prefix)?;
         if existing.contains_key(id) {
             return Err(ApiError::already_exists(format!("{id} already exists")));
         }
-        return Ok(id.clone());
+        return Ok(id.to_string());
     }
     let counter = w.id_counters.entry(prefix.to_string()).or_insert(0);
     loop {

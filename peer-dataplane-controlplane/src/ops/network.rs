@@ -38,10 +38,8 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
             }
         }
     }
-    let vpcs = w.vpcs.clone();
-    let id = new_id(&mut w, &r.id, "vpc", &vpcs)?;
-    let rtbs = w.route_tables.clone();
-    let rtb = new_id(&mut w, &None, "rtb", &rtbs)?;
+    let id = new_id(&mut w, r.id.as_deref(), "vpc", |o| &o.vpcs)?;
+    let rtb = new_id(&mut w, None, "rtb", |o| &o.route_tables)?;
     let vpc = Vpc {
         spec: VpcDoc {
             id: id.clone(),
@@ -195,8 +193,7 @@ pub fn create_subnet(w: &World, c: &Caller, r: CreateSubnet) -> Result<(World, S
         }
     }
     let mut w = w.clone();
-    let existing = w.subnets.clone();
-    let id = new_id(&mut w, &r.id, "subnet", &existing)?;
+    let id = new_id(&mut w, r.id.as_deref(), "subnet", |o| &o.subnets)?;
     let s = Subnet {
         id: id.clone(),
         vpc: v.id.clone(),

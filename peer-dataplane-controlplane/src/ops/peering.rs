@@ -104,8 +104,7 @@ pub fn create_peering(
         )));
     }
     let mut w2 = w.clone();
-    let existing = w2.peerings.clone();
-    let id = new_id(&mut w2, &r.id, "pcx", &existing)?;
+    let id = new_id(&mut w2, r.id.as_deref(), "pcx", |o| &o.peerings)?;
     let mut p = Peering {
         spec: PeeringDoc {
             id: id.clone(),

@@ -29,9 +29,7 @@ pub fn create_network_acl(
     owned_vpc(w, c, "vpc_id", &r.vpc)?;
     check_acl_rules(&r.rules)?;
     let mut w = w.clone();
-    let existing = w.network_acls.clone();
-    let requested = (!r.id.is_empty()).then(|| r.id.clone());
-    let id = new_id(&mut w, &requested, "acl", &existing)?;
+    let id = new_id(&mut w, Some(&r.id), "acl", |o| &o.network_acls)?;
     let acl = NetworkAcl {
         id: id.clone(),
         ..r
@@ -97,9 +95,7 @@ pub fn create_security_group(
         }
     }
     let mut w = w.clone();
-    let existing = w.security_groups.clone();
-    let requested = (!r.id.is_empty()).then(|| r.id.clone());
-    let id = new_id(&mut w, &requested, "sg", &existing)?;
+    let id = new_id(&mut w, Some(&r.id), "sg", |o| &o.security_groups)?;
     let sg = SecurityGroup {
         id: id.clone(),
         ..r

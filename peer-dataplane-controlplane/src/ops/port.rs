@@ -91,8 +91,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
         }
     }
     let mut w = w.clone();
-    let existing = w.ports.clone();
-    let id = new_id(&mut w, &r.id, "port", &existing)?;
+    let id = new_id(&mut w, r.id.as_deref(), "port", |o| &o.ports)?;
     let p = Port {
         id: id.clone(),
         host: r.host,

@@ -9,8 +9,7 @@ pub fn create_route_table(
 ) -> Result<(World, RouteTable)> {
     owned_vpc(w, c, "vpc_id", &r.vpc_id)?;
     let mut w = w.clone();
-    let existing = w.route_tables.clone();
-    let id = new_id(&mut w, &r.id, "rtb", &existing)?;
+    let id = new_id(&mut w, r.id.as_deref(), "rtb", |o| &o.route_tables)?;
     let t = RouteTable {
         id: id.clone(),
         vpc: r.vpc_id,

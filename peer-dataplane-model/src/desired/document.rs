@@ -10,11 +10,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// MAC the instances see as their gateway, unless a port names its own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_mac: Option<String>,
     #[serde(default, rename = "vpc")]
     pub vpcs: Vec<VpcDoc>,
@@ -32,6 +32,7 @@ pub struct Document {
     pub security_groups: Vec<SecurityGroupDoc>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VpcDoc {
@@ -41,21 +42,19 @@ pub struct VpcDoc {
     #[serde(default)]
     pub region: String,
     pub cidrs: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_cidr: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetDoc {
     pub id: String,
     pub vpc: String,
     pub cidr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_cidr: Option<String>,
     pub route_table: String,
     /// Network ACL of the subnet; none = no NACL filtering.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_acl: Option<String>,
 }
 
@@ -72,6 +71,7 @@ pub struct NetworkAclDoc {
     pub rules: Vec<AclRuleDoc>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AclRuleDoc {
@@ -81,9 +81,7 @@ pub struct AclRuleDoc {
     pub direction: String,
     /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
     pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_from: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_to: Option<u16>,
     pub cidr: String,
     /// `allow` or `deny`.
@@ -104,6 +102,7 @@ pub struct SecurityGroupDoc {
     pub rules: Vec<SgRuleDoc>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SgRuleDoc {
@@ -111,15 +110,11 @@ pub struct SgRuleDoc {
     pub direction: String,
     /// `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
     pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_from: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_to: Option<u16>,
     /// The remote side: a CIDR, or (exactly one of the two) a security group in the same
     /// region whose members' addresses it stands for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_security_group: Option<String>,
 }
 
@@ -152,6 +147,7 @@ impl RouteDoc {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeeringDoc {
@@ -162,18 +158,15 @@ pub struct PeeringDoc {
     pub status: PeeringStatus,
     /// Bandwidth cap of each direction, in Mbit/s; none = uncapped, except across
     /// regions (1 Gbit/s, docs/datapath.md §3.7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps: Option<u64>,
     /// Per-direction overrides of `bandwidth_mbps`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps_requester_to_accepter: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps_accepter_to_requester: Option<u64>,
     /// Bucket depth of the caps; default 10 ms at the rate, at least 64 KiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_bytes: Option<u64>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortDoc {
@@ -182,16 +175,12 @@ pub struct PortDoc {
     pub subnet: String,
     /// The instance's MAC.
     pub mac: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     /// Gateway MAC presented on this port; defaults to the document's `router_mac`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_mac: Option<String>,
     /// Security groups of the port (at most 16). Absent: the port is not filtered by
     /// security groups; an empty list denies everything that is not a tracked reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_groups: Option<Vec<String>>,
 }
 

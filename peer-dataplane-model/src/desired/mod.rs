@@ -5,6 +5,7 @@ pub mod acl;
 pub mod compile;
 pub mod document;
 pub mod ids;
+pub mod objects;
 pub mod rules;
 pub mod validate;
 

@@ -18,20 +18,36 @@ pub struct Stats {
     pub peerings: Vec<PeeringView>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The program-wide counters summed over the CPUs, with every reason by name. Derefs to
+/// the counters; serializes as their totals plus `passed` and `dropped`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GlobalView {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub redirected_packets: u64,
-    pub redirected_bytes: u64,
-    pub passed_packets: u64,
-    pub dropped_packets: u64,
-    pub fragments: u64,
-    pub ipv4_options: u64,
+    pub counters: GlobalCounters,
     /// Every pass reason, zero or not.
     pub passed: BTreeMap<&'static str, u64>,
     /// Every drop reason, zero or not.
     pub dropped: BTreeMap<&'static str, u64>,
+}
+
+impl std::ops::Deref for GlobalView {
+    type Target = GlobalCounters;
+    fn deref(&self) -> &GlobalCounters {
+        &self.counters
+    }
+}
+
+impl Serialize for GlobalView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let totals = self.counters.totals();
+        let mut map = s.serialize_map(Some(totals.len() + 2))?;
+        for (name, n) in totals {
+            map.serialize_entry(name, &n)?;
+        }
+        map.serialize_entry("passed", &self.passed)?;
+        map.serialize_entry("dropped", &self.dropped)?;
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -74,14 +90,7 @@ pub fn direction(c: &PeeringCounters, cap: &CapConfig) -> DirectionView {
 
 pub fn global_view(g: &GlobalCounters) -> GlobalView {
     GlobalView {
-        rx_packets: g.rx_packets,
-        rx_bytes: g.rx_bytes,
-        redirected_packets: g.redirected_packets,
-        redirected_bytes: g.redirected_bytes,
-        passed_packets: g.passed_packets,
-        dropped_packets: g.dropped_packets,
-        fragments: g.fragments,
-        ipv4_options: g.ipv4_options,
+        counters: *g,
         passed: PassReason::ALL
             .iter()
             .map(|r| (r.as_str(), g.pass[*r as usize]))

@@ -2,6 +2,7 @@
 //! them resolves and every invariant holds.
 
 use crate::desired::acl;
+use crate::desired::objects::Objects;
 use crate::desired::rules::Mac;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
@@ -204,18 +205,15 @@ pub struct Port {
     pub security_groups: Option<Vec<String>>,
 }
 
-/// A validated document: every name resolves, every invariant holds.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Topology {
-    pub vpcs: BTreeMap<String, Vpc>,
-    pub subnets: BTreeMap<String, Subnet>,
-    pub route_tables: BTreeMap<String, RouteTable>,
-    pub peerings: BTreeMap<String, Peering>,
-    /// Keyed by interface name.
-    pub ports: BTreeMap<String, Port>,
-    pub network_acls: BTreeMap<String, NetworkAcl>,
-    pub security_groups: BTreeMap<String, SecurityGroup>,
-}
+/// The validated representation of each object kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated;
+
+crate::kinds_of_scope!(Validated);
+
+/// A validated document: every name resolves, every invariant holds. Ports are keyed by
+/// interface name.
+pub type Topology = Objects<Validated>;
 
 /// Every problem found in a document, each naming the objects involved.
 #[derive(Debug, Clone, PartialEq)]
