@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod clock;
 pub mod conntrack;
 pub mod counters;
+pub mod overlay;
 pub mod reason;
 pub mod registry;
 pub mod trace;
@@ -55,6 +56,10 @@ pub const MAX_ROUTES: u32 = 2 * 1024 * 1024;
 /// array (no hashing, no atomics on the hot path).
 pub const MAX_PEERINGS: u32 = 1024;
 pub const MAX_ENDPOINTS: u32 = 65536;
+/// Hosts of the overlay a host may exchange traffic with.
+pub const MAX_HOSTS: u32 = 16384;
+/// VNIs and peering tunnel keys a host knows.
+pub const MAX_OVERLAY_IDS: u32 = 65536;
 /// Names of objects, and the rule number behind every ACL hit slot (up to
 /// `acl::ACL_HIT_SLOTS` of those alone).
 pub const MAX_NAMES: u32 = 65536;
@@ -122,8 +127,11 @@ pub struct Port {
     /// Egress set of the port's security groups (an ACL set whose rules all allow), or
     /// [`acl::NO_ACL`] for a port without security groups.
     pub sg: u32,
+    /// VNI of the port's VPC: the source VPC a Geneve option names for traffic from this
+    /// port to another host (0 on a single host).
+    pub vni: u32,
 }
-const _: () = assert!(size_of::<Port>() == 68);
+const _: () = assert!(size_of::<Port>() == 72);
 
 // ---------------------------------------------------------------------------------------
 // Routes: one LPM trie keyed by (table, prefix). The key is the `aya` LPM `Key<RouteData>`
@@ -205,10 +213,15 @@ pub struct Peering {
     pub requester_vpc: u32,
     pub accepter_vpc: u32,
     pub flags: u32,
-    /// Bandwidth cap per direction, indexed by `DIR_*`.
+    /// Bandwidth cap per direction, indexed by `DIR_*`. Across hosts, each sending host's
+    /// share of the peering's cap.
     pub cap: [cap::CapConfig; 2],
+    /// The fleet-wide number of the peering, carried in the Geneve option (0 on a single
+    /// host).
+    pub tunnel_key: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Peering>() == 48);
+const _: () = assert!(size_of::<Peering>() == 56);
 
 /// Direction of traffic over a peering, as seen from the requester.
 pub const DIR_REQUESTER_TO_ACCEPTER: u32 = 0;
@@ -235,7 +248,10 @@ pub struct EndpointKey {
 }
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 
+/// The instance is behind a port of this host: deliver through the devmap.
 pub const ENDPOINT_LOCAL: u32 = 1;
+/// The instance lives on another host: encapsulate toward `Endpoint::underlay`.
+pub const ENDPOINT_REMOTE: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -255,8 +271,15 @@ pub struct Endpoint {
     pub acl: u32,
     /// Ingress set of the destination port's security groups, or [`acl::NO_ACL`].
     pub sg: u32,
+    /// Remote endpoints: the slot of the host that carries the instance (the decap check
+    /// compares it with the tunnel's sender), else 0.
+    pub host: u32,
+    /// VNI of the endpoint's VPC (0 on a single host).
+    pub vni: u32,
+    /// Remote endpoints: the carrying host's underlay address (IPv4 in mapped form).
+    pub underlay: [u8; 16],
 }
-const _: () = assert!(size_of::<Endpoint>() == 36);
+const _: () = assert!(size_of::<Endpoint>() == 60);
 
 // ---------------------------------------------------------------------------------------
 // Names: userspace-only map that lets the CLI (and a restarted agent) turn ids back into
@@ -272,6 +295,8 @@ pub const NAME_ACL: u32 = 6;
 pub const NAME_SG_SET: u32 = 7;
 /// The rule number (as text) behind ACL hit slot `id`, for `peer-dataplane acl hits`.
 pub const NAME_ACL_RULE: u32 = 8;
+/// A host of the overlay, by its slot in `pdp_hosts`.
+pub const NAME_HOST: u32 = 9;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -337,6 +362,9 @@ mod pod {
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
     unsafe impl aya::Pod for super::trace::TraceRecord {}
     unsafe impl aya::Pod for super::clock::Clock {}
+    unsafe impl aya::Pod for super::overlay::OverlayConfig {}
+    unsafe impl aya::Pod for super::overlay::OverlayIdKey {}
+    unsafe impl aya::Pod for super::overlay::HostKey {}
 }
 
 #[cfg(test)]

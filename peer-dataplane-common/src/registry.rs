@@ -8,10 +8,11 @@ use crate::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HI
 use crate::clock::Clock;
 use crate::conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES};
 use crate::counters::{GlobalCounters, PeeringCounters};
+use crate::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use crate::trace::TraceRecord;
 use crate::{
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue, MAX_ACL_ENTRIES,
-    MAX_ENDPOINTS, MAX_NAMES, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
+    MAX_ENDPOINTS, MAX_HOSTS, MAX_NAMES, MAX_OVERLAY_IDS, MAX_PEERINGS, MAX_PORTS, MAX_ROUTES,
 };
 use core::mem::size_of;
 
@@ -124,6 +125,12 @@ registry! {
     TRACE = "pdp_trace_rec": PerCpuArray<u32, TraceRecord>[1] flags 0;
     /// The program's clock setting (see [`crate::clock`]).
     CLOCK = "pdp_clock": Array<u32, Clock>[1] flags 0;
+    /// This host's place in the overlay (see [`crate::overlay`]).
+    OVERLAY = "pdp_overlay": Array<u32, OverlayConfig>[1] flags 0;
+    /// Hosts of the overlay by underlay address (value: the host's slot).
+    HOSTS = "pdp_hosts": Hash<HostKey, u32>[MAX_HOSTS] flags BPF_F_NO_PREALLOC;
+    /// VPCs by VNI and peerings by tunnel key (value: this host's id of them).
+    OVERLAY_IDS = "pdp_overlay_ids": Hash<OverlayIdKey, u32>[MAX_OVERLAY_IDS] flags BPF_F_NO_PREALLOC;
 }
 
 #[cfg(test)]

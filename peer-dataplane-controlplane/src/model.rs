@@ -1,7 +1,7 @@
 //! Control-plane objects as the API and the store see them, and the API's error type.
 
 use peer_dataplane_model::desired::document::{
-    AclRuleDoc, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, SecurityGroupDoc, SgRuleDoc,
+    AclRuleDoc, HostDoc, NetworkAclDoc, PeeringDoc, PortDoc, RouteDoc, SecurityGroupDoc, SgRuleDoc,
     SubnetDoc, VpcDoc,
 };
 use peer_dataplane_model::desired::objects::Objects;
@@ -77,9 +77,16 @@ impl Peering {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Port {
     pub id: String,
-    pub host: String,
+    /// Its `host` is always set: the control plane places every port.
     #[serde(flatten)]
     pub spec: PortDoc,
+}
+
+impl Port {
+    /// The host that carries the port.
+    pub fn host(&self) -> &str {
+        self.spec.host.as_deref().unwrap_or_default()
+    }
 }
 
 /// A network ACL rule: the same shape in the API, the store and the agents' documents.
@@ -89,6 +96,9 @@ pub type NetworkAcl = NetworkAclDoc;
 /// A security group rule: the same shape in the API, the store and the agents' documents.
 pub type SgRule = SgRuleDoc;
 pub type SecurityGroup = SecurityGroupDoc;
+
+/// A hypervisor: the same shape in the API, the store and the agents' documents.
+pub type Host = HostDoc;
 
 /// The document fields of a control-plane object, read and written in place.
 macro_rules! spec_of {

@@ -181,7 +181,7 @@ mod tests {
                     account: "111".into(),
                     region: "r".into(),
                     cidrs: vec!["10.0.0.0/16".into()],
-                    ipv6_cidr: None,
+                    ..Default::default()
                 },
                 main_route_table: "rtb-1".into(),
             },

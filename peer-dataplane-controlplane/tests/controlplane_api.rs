@@ -1404,3 +1404,90 @@ async fn an_account_over_its_rate_gets_429_and_changes_nothing() {
         200
     );
 }
+
+#[tokio::test]
+async fn hosts_register_and_learn_exactly_the_instances_they_can_reach() {
+    let api = Api::new();
+    api.seed().await;
+    let host = |addr: &str| json!({"underlay_ipv4": addr, "uplink": "eth0"});
+    api.ok(
+        "PUT",
+        "/v1/hosts/host-1",
+        AGENT,
+        Some(host("192.0.2.1")),
+        200,
+    )
+    .await;
+    // A host speaks only for itself, and two hosts never share an address.
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/hosts/host-2",
+            Some(AGENT),
+            Some(host("192.0.2.2")),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, v) = api
+        .call(
+            "PUT",
+            "/v1/hosts/host-2",
+            Some(AGENT_2),
+            Some(host("192.0.2.1")),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("address_in_use")),
+        "{v}"
+    );
+    api.ok(
+        "PUT",
+        "/v1/hosts/host-2",
+        AGENT_2,
+        Some(host("192.0.2.2")),
+        200,
+    )
+    .await;
+    // A second instance of B, on host-2.
+    api.ok("POST", "/v1/ports", B, Some(json!({"host": "host-2", "interface": "pdp-b2", "subnet_id": "subnet-b2", "mac": "02:00:ac:10:02:15", "ipv4": "172.16.2.21"})), 201).await;
+
+    let v = api
+        .ok("GET", "/v1/hosts/host-2/state", AGENT_2, None, 200)
+        .await;
+    let doc: peer_dataplane_model::desired::document::Document =
+        serde_json::from_value(v["document"].clone()).unwrap();
+    let topo = peer_dataplane_model::desired::validate::validate(&doc)
+        .expect("the agent accepts its fleet document");
+    assert_eq!(topo.local_host.as_deref(), Some("host-2"));
+    // B is peered with A and C: their instances on host-1, and not B's own other one.
+    let remote: Vec<&str> = doc
+        .remote_ports
+        .iter()
+        .map(|p| p.interface.as_str())
+        .collect();
+    assert_eq!(remote, ["pdp-a", "pdp-c"]);
+    assert!(doc
+        .remote_ports
+        .iter()
+        .all(|p| p.host.as_deref() == Some("host-1")));
+    let hosts: Vec<&str> = doc.hosts.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(hosts, ["host-1", "host-2"]);
+    // Every VPC has its own VNI, every peering its own tunnel key.
+    let vnis: std::collections::BTreeSet<u32> = doc.vpcs.iter().filter_map(|v| v.vni).collect();
+    assert_eq!(vnis.len(), 3);
+    let keys: std::collections::BTreeSet<u32> =
+        doc.peerings.iter().filter_map(|p| p.tunnel_key).collect();
+    assert_eq!(keys.len(), 2);
+    // A sends from one host, B from two: B's share of pcx-ab's cap is a half.
+    let ab = doc.peerings.iter().find(|p| p.id == "pcx-ab").unwrap();
+    assert_eq!(ab.cap_shares, Some([1, 2]));
+
+    // A host that carries a port stays; the list shows both.
+    let (status, _) = api
+        .call("DELETE", "/v1/hosts/host-2", Some(AGENT_2), None)
+        .await;
+    assert_eq!(status, 409);
+    let list = api.ok("GET", "/v1/hosts", A, None, 200).await;
+    assert_eq!(list.as_array().map(|a| a.len()), Some(2), "{list}");
+}

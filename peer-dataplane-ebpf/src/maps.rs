@@ -12,6 +12,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
+    overlay::{HostKey, OverlayConfig, OverlayIdKey},
     registry,
     trace::TraceRecord,
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
@@ -104,3 +105,16 @@ pub static SINK_MATCH: Array<u32> = Array::with_max_entries(1, 0);
 /// The program's clock setting (see `peer_dataplane_common::clock`); zero in production.
 #[map(name = "pdp_clock")]
 pub static CLOCK: Array<Clock> = pinned!(Array, CLOCK);
+
+/// This host's place in the overlay (see `peer_dataplane_common::overlay`).
+#[map(name = "pdp_overlay")]
+pub static OVERLAY: Array<OverlayConfig> = pinned!(Array, OVERLAY);
+
+/// Hosts of the overlay by underlay address (value: slot): the decap path's check that a
+/// tunnel comes from a known host.
+#[map(name = "pdp_hosts")]
+pub static HOSTS: HashMap<HostKey, u32> = pinned!(HashMap, HOSTS);
+
+/// VNIs -> VPC ids and tunnel keys -> peering slots, for the decap path.
+#[map(name = "pdp_overlay_ids")]
+pub static OVERLAY_IDS: HashMap<OverlayIdKey, u32> = pinned!(HashMap, OVERLAY_IDS);

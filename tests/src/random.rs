@@ -157,6 +157,7 @@ fn random_vpcs(rng: &mut Rng, n: usize, doc: &mut Document) -> Vec<Vpc> {
             .to_string(),
             cidrs: v4.iter().map(|c| c.to_string()).collect(),
             ipv6_cidr: v6.map(|c| c.to_string()),
+            vni: None,
         });
         vpcs.push(Vpc { id, v4, v6 });
     }
@@ -287,6 +288,7 @@ fn random_subnets_and_ports(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) -> 
                 .chance(10)
                 .then(|| mac_str(&[0x02, 0x99, 0, 0, 0, slot as u8])),
             security_groups: None,
+            host: None,
         });
         instances.push(inst);
     }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::hoststate;
+use peer_dataplane_model::desired::document::HostDoc;
 
 /// The account that owns an object (through its VPC).
 pub(super) fn owner<'a>(w: &'a World, vpc: &str) -> Option<&'a str> {
@@ -230,22 +231,7 @@ pub(super) async fn host_state(
     Path(host): Path<String>,
     Query(q): Query<StateQuery>,
 ) -> ApiResult {
-    let token = bearer(&h)?;
-    // A host's token opens that host's state, and nothing else.
-    match auth::find(&s.host_tokens, token) {
-        Some(owner) if *owner == host => {}
-        Some(owner) => {
-            return Err(ApiError::forbidden(format!(
-                "the token of host {owner} cannot read the state of host {host}"
-            )))
-        }
-        None => {
-            return Err(ApiError::unauthorized(
-                "host state needs the token of that host (--host-tokens on the control plane)",
-            ))
-        }
-    }
-    s.spend(&format!("host {host}"))?;
+    host_caller(&s, &h, &host)?;
     if let Some(after) = q.after {
         let mut rx = s.revision_tx.subscribe();
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
@@ -259,4 +245,55 @@ pub(super) async fn host_state(
         StatusCode::OK,
         json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}),
     )
+}
+
+/// The caller must hold host `host`'s own credential: a host's token opens that host's
+/// state and registration, and nothing else.
+fn host_caller(s: &Shared, h: &HeaderMap, host: &str) -> Result<(), ApiError> {
+    let token = bearer(h)?;
+    match auth::find(&s.host_tokens, token) {
+        Some(owner) if *owner == host => {}
+        Some(owner) => {
+            return Err(ApiError::forbidden(format!(
+                "the token of host {owner} cannot act for host {host}"
+            )))
+        }
+        None => {
+            return Err(ApiError::unauthorized(
+                "this needs the token of that host (--host-tokens on the control plane)",
+            ))
+        }
+    }
+    s.spend(&format!("host {host}"))
+}
+
+/// `PUT /v1/hosts/{host}`: a host registers its underlay address and uplink.
+pub(super) async fn put_host(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(host): Path<String>,
+    b: Result<Json<HostDoc>, JsonRejection>,
+) -> ApiResult {
+    host_caller(&s, &h, &host)?;
+    let req = body(b)?;
+    let out = s.mutate(|w, _| ops::put_host(w, &host, req))?;
+    ok(StatusCode::OK, out)
+}
+
+/// `DELETE /v1/hosts/{host}`: by the host itself, once it carries no port.
+pub(super) async fn delete_host(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(host): Path<String>,
+) -> ApiResult {
+    host_caller(&s, &h, &host)?;
+    s.mutate(|w, _| ops::delete_host(w, &host).map(|w| (w, ())))?;
+    ok(StatusCode::OK, json!({"deleted": host}))
+}
+
+/// `GET /v1/hosts`: every registered host (any account may see where the fleet is).
+pub(super) async fn list_hosts(State(s): State<Shared>, h: HeaderMap) -> ApiResult {
+    s.caller(&h)?;
+    let w = s.world();
+    ok(StatusCode::OK, w.hosts.values().collect::<Vec<_>>())
 }

@@ -12,7 +12,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use handlers::*;
 use serde::{Deserialize, Serialize};
@@ -301,6 +301,8 @@ pub fn router(server: Shared) -> Router {
     )
     .route("/v1/vpc-peering/{id}/accept", post(accept_peering))
     .route("/v1/vpc-peering/{id}/reject", post(reject_peering))
+    .route("/v1/hosts", get(list_hosts))
+    .route("/v1/hosts/{host}", put(put_host).delete(delete_host))
     .route("/v1/hosts/{host}/state", get(host_state))
     .layer(axum::middleware::map_response_with_state(
         server.clone(),

@@ -4,6 +4,7 @@
 //! nothing is ever applied half-way. One module per kind of object; the field checks are
 //! the model's own (`peer_dataplane_model::desired::rules`), as the agents make them.
 
+mod host;
 mod network;
 mod peering;
 mod policy;
@@ -11,6 +12,7 @@ mod port;
 mod routes;
 
 pub use crate::requests::*;
+pub use host::*;
 pub use network::*;
 pub use peering::*;
 pub use policy::*;
@@ -167,7 +169,7 @@ fn rule_fields(
 /// The final gate: every host's state document must pass the agent's own validation. An
 /// operation that would hand any agent a document it refuses is refused here instead.
 pub fn check(w: &World) -> Result<()> {
-    let mut hosts: BTreeSet<&str> = w.ports.values().map(|p| p.host.as_str()).collect();
+    let mut hosts: BTreeSet<&str> = w.ports.values().map(|p| p.host()).collect();
     hosts.insert(""); // the port-less view checks VPCs, tables and peerings on their own
     for host in hosts {
         let doc = hoststate::document(w, host);

@@ -40,6 +40,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
     }
     let id = new_id(&mut w, r.id.as_deref(), "vpc", |o| &o.vpcs)?;
     let rtb = new_id(&mut w, None, "rtb", |o| &o.route_tables)?;
+    let vni = next_number(&mut w, "vni", peer_dataplane_common::overlay::MAX_VNI)?;
     let vpc = Vpc {
         spec: VpcDoc {
             id: id.clone(),
@@ -54,6 +55,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
                 .iter()
                 .find(|n| matches!(n, IpNet::V6(_)))
                 .map(|n| n.to_string()),
+            vni: Some(vni),
         },
         main_route_table: rtb.clone(),
     };

@@ -105,6 +105,7 @@ pub fn create_peering(
     }
     let mut w2 = w.clone();
     let id = new_id(&mut w2, r.id.as_deref(), "pcx", |o| &o.peerings)?;
+    let tunnel_key = next_number(&mut w2, "tunnel_key", u32::MAX)?;
     let mut p = Peering {
         spec: PeeringDoc {
             id: id.clone(),
@@ -115,6 +116,7 @@ pub fn create_peering(
             } else {
                 PeeringStatus::PendingAcceptance
             },
+            tunnel_key: Some(tunnel_key),
             ..PeeringDoc::default()
         },
         requester_account: req.account.clone(),

@@ -56,7 +56,7 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
         }
     }
     for other in w.ports.values() {
-        if other.host == r.host && other.interface == r.interface {
+        if other.host() == r.host && other.interface == r.interface {
             return Err(ApiError::already_exists(format!(
                 "interface: host {} already has port {} on {}",
                 r.host, other.id, r.interface
@@ -94,9 +94,9 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
     let id = new_id(&mut w, r.id.as_deref(), "port", |o| &o.ports)?;
     let p = Port {
         id: id.clone(),
-        host: r.host,
         spec: PortDoc {
             interface: r.interface,
+            host: Some(r.host),
             subnet: s.id,
             mac: r.mac.to_ascii_lowercase(),
             ipv4: r.ipv4,

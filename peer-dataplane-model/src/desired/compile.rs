@@ -10,17 +10,23 @@ use peer_dataplane_common::acl::{
     ACL_HIT_SLOTS, NO_ACL, NO_HITS,
 };
 use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
+use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey, OVERLAY_ENABLED};
 use peer_dataplane_common::{
     addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
-    Port, RouteValue, ENDPOINT_LOCAL, NAME_ACL, NAME_ACL_RULE, NAME_PEERING, NAME_PORT,
-    NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6,
-    ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
+    Port, RouteValue, ENDPOINT_LOCAL, ENDPOINT_REMOTE, NAME_ACL, NAME_ACL_RULE, NAME_HOST,
+    NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4,
+    PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Turns an interface name into its ifindex (the kernel's, or a fake one in unit tests).
 pub trait IfindexResolver {
     fn ifindex(&self, name: &str) -> Option<u32>;
+
+    /// The interface's MTU; `None` if unknown (the overlay then assumes 1500).
+    fn mtu(&self, _name: &str) -> Option<u32> {
+        None
+    }
 }
 
 pub fn net_addr(net: &IpNet) -> ([u8; 16], u32, bool) {
@@ -49,6 +55,7 @@ fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
         (NAME_PEERING, t.peerings.keys().cloned().collect()),
         (NAME_ACL, t.network_acls.keys().cloned().collect()),
         (NAME_SG_SET, sg_combinations(t).into_keys().collect()),
+        (NAME_HOST, t.hosts.keys().cloned().collect()),
     ])
 }
 
@@ -76,10 +83,11 @@ pub fn sg_set_name(groups: &[String]) -> String {
     format!("sgs#{h:016x}")
 }
 
-/// Each security group's member addresses (host prefixes of its ports' addresses).
+/// Each security group's member addresses (host prefixes of its ports' addresses, on this
+/// host or another).
 fn sg_members(t: &Topology) -> BTreeMap<&str, Vec<IpNet>> {
     let mut members: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
-    for p in t.ports.values() {
+    for p in t.ports.values().chain(t.remote_ports.values()) {
         for g in p.security_groups.iter().flatten() {
             let m = members.entry(g.as_str()).or_default();
             m.extend(p.ipv4.map(|a| IpNet::from(std::net::IpAddr::V4(a))));
@@ -282,6 +290,7 @@ pub fn compile_over(
     c.network_acls(installed)?;
     c.security_groups()?;
     c.ports(ifindex)?;
+    c.fleet(ifindex)?;
     let Compiler { mut s, ids, .. } = c;
     s.names.extend(ids.names());
     Ok((s, ids))
@@ -312,6 +321,8 @@ impl Compiler<'_> {
                 accepter_vpc: self.id(NAME_VPC, &pcx.accepter_vpc),
                 flags: 0,
                 cap: [cap_config(pcx.caps[0]), cap_config(pcx.caps[1])],
+                tunnel_key: pcx.tunnel_key.unwrap_or(0),
+                _pad: 0,
             };
             self.s
                 .peerings
@@ -440,8 +451,10 @@ impl Compiler<'_> {
             let subnet_id = self.id(NAME_SUBNET, &subnet.id);
             let table_id = self.id(NAME_ROUTE_TABLE, &subnet.route_table);
             let route_table = route_table_key(table_id, (self.generation)(table_id));
+            let vni = self.t.vpcs[&subnet.vpc].vni.unwrap_or(0);
             let mut p = Port {
                 vpc,
+                vni,
                 subnet: subnet_id,
                 route_table,
                 mac: port.mac,
@@ -459,6 +472,8 @@ impl Compiler<'_> {
                 gw_mac: port.gateway_mac,
                 acl: self.subnet_acl(&subnet.id, false),
                 sg: self.port_sg(&port.security_groups, false),
+                vni,
+                ..Endpoint::default()
             };
             if let Some(a) = port.ipv4 {
                 p.flags |= PORT_HAS_IPV4;
@@ -484,6 +499,81 @@ impl Compiler<'_> {
                 id: ifindex,
             };
             self.s.names.insert(key, Name::new(&port.interface));
+        }
+        Ok(())
+    }
+
+    /// In a fleet: this host's overlay setting, every host by underlay address, the VNIs and
+    /// tunnel keys the decap path resolves, and the instances on other hosts.
+    fn fleet(&mut self, ifindex: &dyn IfindexResolver) -> Result<()> {
+        let Some(local) = self.t.local() else {
+            return Ok(());
+        };
+        let uplink = local
+            .uplink
+            .as_deref()
+            .expect("validated: the local host has an uplink");
+        let uplink_ifindex = ifindex.ifindex(uplink).ok_or_else(|| {
+            anyhow!(
+                "host {}: uplink {uplink} does not exist on this host",
+                local.id
+            )
+        })?;
+        self.s.devmap.insert(uplink_ifindex, uplink_ifindex);
+        self.s.overlay.insert(
+            0,
+            OverlayConfig {
+                underlay: addr::from_v4(local.underlay_ipv4.octets()),
+                host: self.id(NAME_HOST, &local.id),
+                uplink: uplink_ifindex,
+                mtu: ifindex.mtu(uplink).unwrap_or(1500),
+                flags: OVERLAY_ENABLED,
+            },
+        );
+        for h in self.t.hosts.values() {
+            let key = HostKey {
+                addr: addr::from_v4(h.underlay_ipv4.octets()),
+            };
+            self.s.hosts.insert(key, self.id(NAME_HOST, &h.id));
+        }
+        for v in self.t.vpcs.values() {
+            if let Some(vni) = v.vni {
+                let id = self.id(NAME_VPC, &v.id);
+                self.s.overlay_ids.insert(OverlayIdKey::vni(vni), id);
+            }
+        }
+        for p in self.t.peerings.values() {
+            if let Some(key) = p.tunnel_key {
+                let slot = self.id(NAME_PEERING, &p.id);
+                self.s.overlay_ids.insert(OverlayIdKey::peering(key), slot);
+            }
+        }
+        for port in self.t.remote_ports.values() {
+            let host = &self.t.hosts[port
+                .host
+                .as_ref()
+                .expect("validated: remote ports name a host")];
+            let subnet = &self.t.subnets[&port.subnet];
+            let vpc = self.id(NAME_VPC, &subnet.vpc);
+            let endpoint = Endpoint {
+                flags: ENDPOINT_REMOTE,
+                mac: port.mac,
+                acl: NO_ACL,
+                sg: NO_ACL,
+                host: self.id(NAME_HOST, &host.id),
+                vni: self.t.vpcs[&subnet.vpc].vni.unwrap_or(0),
+                underlay: addr::from_v4(host.underlay_ipv4.octets()),
+                ..Endpoint::default()
+            };
+            let addrs = [
+                port.ipv4.map(|a| addr::from_v4(a.octets())),
+                port.ipv6.map(|a| a.octets()),
+            ];
+            for a in addrs.into_iter().flatten() {
+                self.s
+                    .endpoints
+                    .insert(EndpointKey { vpc, addr: a }, endpoint);
+            }
         }
         Ok(())
     }

@@ -16,6 +16,12 @@ use std::path::Path;
 pub struct Document {
     /// MAC the instances see as their gateway, unless a port names its own.
     pub router_mac: Option<String>,
+    /// This host's id among `[[host]]`, in a fleet joined by the Geneve overlay; absent
+    /// on a single host.
+    pub local_host: Option<String>,
+    /// The hosts of the fleet this host exchanges traffic with, itself included.
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostDoc>,
     #[serde(default, rename = "vpc")]
     pub vpcs: Vec<VpcDoc>,
     #[serde(default, rename = "subnet")]
@@ -30,6 +36,25 @@ pub struct Document {
     pub network_acls: Vec<NetworkAclDoc>,
     #[serde(default, rename = "security_group")]
     pub security_groups: Vec<SecurityGroupDoc>,
+    /// Instances on other hosts that this host's ports may exchange traffic with: those of
+    /// VPCs peered with a VPC that has a port here.
+    #[serde(default, rename = "remote_port")]
+    pub remote_ports: Vec<PortDoc>,
+}
+
+/// A hypervisor of the fleet.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostDoc {
+    /// May be left out of a registration (`PUT /v1/hosts/{id}` names it).
+    #[serde(default)]
+    pub id: String,
+    /// The address other hosts send this host's Geneve traffic to.
+    pub underlay_ipv4: String,
+    pub underlay_ipv6: Option<String>,
+    /// The interface the overlay leaves and arrives by (needed on the local host only).
+    pub uplink: Option<String>,
 }
 
 #[serde_with::skip_serializing_none]
@@ -43,6 +68,8 @@ pub struct VpcDoc {
     pub region: String,
     pub cidrs: Vec<String>,
     pub ipv6_cidr: Option<String>,
+    /// The VPC's number in the overlay (Geneve VNI, 1..=16777215); needed in a fleet.
+    pub vni: Option<u32>,
 }
 
 #[serde_with::skip_serializing_none]
@@ -164,6 +191,11 @@ pub struct PeeringDoc {
     pub bandwidth_mbps_accepter_to_requester: Option<u64>,
     /// Bucket depth of the caps; default 10 ms at the rate, at least 64 KiB.
     pub burst_bytes: Option<u64>,
+    /// The peering's number in the overlay (carried in the Geneve option); needed in a fleet.
+    pub tunnel_key: Option<u32>,
+    /// In a fleet, how many hosts send over the peering in each direction (requester to
+    /// accepter, accepter to requester): this host polices its equal share of each cap.
+    pub cap_shares: Option<[u32; 2]>,
 }
 
 #[serde_with::skip_serializing_none]
@@ -172,6 +204,9 @@ pub struct PeeringDoc {
 pub struct PortDoc {
     /// Host interface of the instance attachment (the XDP program attaches here).
     pub interface: String,
+    /// The host that carries the port: absent (this host) in `[[port]]`, required in
+    /// `[[remote_port]]`.
+    pub host: Option<String>,
     pub subnet: String,
     /// The instance's MAC.
     pub mac: String,

@@ -4,13 +4,13 @@
 
 use peer_dataplane_common::{
     acl::{FIRST_SG_SET_ID, MAX_ACL_SETS},
-    Name, NameKey, MAX_PEERINGS, MAX_ROUTE_TABLE_ID, NAME_ACL, NAME_PEERING, NAME_ROUTE_TABLE,
-    NAME_SG_SET, NAME_SUBNET, NAME_VPC, VPC_TABLE_BASE,
+    Name, NameKey, MAX_HOSTS, MAX_PEERINGS, MAX_ROUTE_TABLE_ID, NAME_ACL, NAME_HOST, NAME_PEERING,
+    NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, VPC_TABLE_BASE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Kinds of named objects that get ids, with the id range each may use.
-const KINDS: [(u32, u32, u32); 6] = [
+const KINDS: [(u32, u32, u32); 7] = [
     // kind, first id, one past the last id
     (NAME_VPC, 1, VPC_TABLE_BASE),
     (NAME_SUBNET, 1, u32::MAX),
@@ -21,6 +21,8 @@ const KINDS: [(u32, u32, u32); 6] = [
     // network ACLs and security-group combinations share that id space.
     (NAME_ACL, 1, FIRST_SG_SET_ID),
     (NAME_SG_SET, FIRST_SG_SET_ID, MAX_ACL_SETS / 4),
+    // Hosts from 1: an endpoint's host 0 means "this host".
+    (NAME_HOST, 1, MAX_HOSTS + 1),
 ];
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +45,7 @@ pub fn kind_str(kind: u32) -> &'static str {
         NAME_PEERING => "peering",
         NAME_ACL => "network acl",
         NAME_SG_SET => "security group combination",
+        NAME_HOST => "host",
         _ => "object",
     }
 }

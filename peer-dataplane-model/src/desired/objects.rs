@@ -13,6 +13,7 @@ pub trait Kinds {
     type Port: Debug + Clone + PartialEq;
     type NetworkAcl: Debug + Clone + PartialEq;
     type SecurityGroup: Debug + Clone + PartialEq;
+    type Host: Debug + Clone + PartialEq;
 }
 
 /// Every object of each kind, keyed by id (ports: by the key their owner chooses).
@@ -25,6 +26,8 @@ pub struct Objects<K: Kinds> {
     pub ports: BTreeMap<String, K::Port>,
     pub network_acls: BTreeMap<String, K::NetworkAcl>,
     pub security_groups: BTreeMap<String, K::SecurityGroup>,
+    /// Hypervisors of the fleet (underlay addresses).
+    pub hosts: BTreeMap<String, K::Host>,
 }
 
 impl<K: Kinds> Default for Objects<K> {
@@ -37,6 +40,7 @@ impl<K: Kinds> Default for Objects<K> {
             ports: BTreeMap::new(),
             network_acls: BTreeMap::new(),
             security_groups: BTreeMap::new(),
+            hosts: BTreeMap::new(),
         }
     }
 }
@@ -54,6 +58,7 @@ macro_rules! kinds_of_scope {
             type Port = Port;
             type NetworkAcl = NetworkAcl;
             type SecurityGroup = SecurityGroup;
+            type Host = Host;
         }
     };
 }

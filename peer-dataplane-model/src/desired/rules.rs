@@ -279,3 +279,52 @@ pub fn format_mac(m: &Mac) -> String {
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
 }
+
+/// A host's underlay IPv4 address: a unicast address another host can send to.
+pub fn underlay_ipv4(what: &str, s: &str) -> Check<std::net::Ipv4Addr> {
+    match s.parse::<std::net::Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => invalid(
+            Fault::Request,
+            what,
+            format!("underlay_ipv4 {a} is not a unicast address"),
+        ),
+        Ok(a) => Ok(a),
+        Err(_) => invalid(
+            Fault::Request,
+            what,
+            format!("underlay_ipv4 \"{s}\" is not an IPv4 address"),
+        ),
+    }
+}
+
+/// A host's underlay IPv6 address: a unicast address another host can send to.
+pub fn underlay_ipv6(what: &str, s: &str) -> Check<Ipv6Addr> {
+    match s.parse::<Ipv6Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => invalid(
+            Fault::Request,
+            what,
+            format!("underlay_ipv6 {a} is not a unicast address"),
+        ),
+        Ok(a) => Ok(a),
+        Err(_) => invalid(
+            Fault::Request,
+            what,
+            format!("underlay_ipv6 \"{s}\" is not an IPv6 address"),
+        ),
+    }
+}
+
+/// A VPC's VNI: 24 bits, not 0.
+pub fn vni(what: &str, v: u32) -> Check<u32> {
+    if (1..=peer_dataplane_common::overlay::MAX_VNI).contains(&v) {
+        return Ok(v);
+    }
+    invalid(
+        Fault::Request,
+        what,
+        format!(
+            "vni {v} is outside 1..={}",
+            peer_dataplane_common::overlay::MAX_VNI
+        ),
+    )
+}

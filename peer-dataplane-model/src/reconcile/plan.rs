@@ -9,6 +9,7 @@
 
 use anyhow::Result;
 use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
+use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use peer_dataplane_common::{
     Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
 };
@@ -45,6 +46,12 @@ pub struct MapState {
     /// Host addresses and single ports, kept out of the tries.
     pub acl_exact: BTreeMap<AclExactKey, AclBits>,
     pub acl_meta: BTreeMap<u32, AclMeta>,
+    /// This host's overlay setting (key 0), in a fleet.
+    pub overlay: BTreeMap<u32, OverlayConfig>,
+    /// Hosts by underlay address -> slot.
+    pub hosts: BTreeMap<HostKey, u32>,
+    /// VNIs -> VPC ids, tunnel keys -> peering slots.
+    pub overlay_ids: BTreeMap<OverlayIdKey, u32>,
 }
 
 impl MapState {
@@ -63,6 +70,8 @@ impl MapState {
             n::ACL_PROTO => self.acl_proto.len(),
             n::ACL_EXACT => self.acl_exact.len(),
             n::ACL_META => self.acl_meta.len(),
+            n::HOSTS => self.hosts.len(),
+            n::OVERLAY_IDS => self.overlay_ids.len(),
             _ => return None,
         })
     }
@@ -85,8 +94,15 @@ pub enum Op {
     /// Zero `n` per-rule hit counters from `base` (before a set's meta points at them).
     ResetAclHits(u32, u32),
     PutAclMeta(u32, Box<AclMeta>),
+    PutHost(HostKey, u32),
+    PutOverlayId(OverlayIdKey, u32),
+    PutOverlay(u32, OverlayConfig),
     PutPort(u32, Port),
     DelPort(u32),
+    /// Turns the overlay off (an array entry cannot be deleted: it is zeroed).
+    DelOverlay(u32),
+    DelOverlayId(OverlayIdKey),
+    DelHost(HostKey),
     DelRoute(RouteKey),
     DelAclMeta(u32),
     DelAclAddr(RouteKey),
@@ -135,6 +151,9 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     let (apr_put, apr_del) = diff(&desired.acl_proto, &current.acl_proto);
     let (ax_put, ax_del) = diff(&desired.acl_exact, &current.acl_exact);
     let (am_put, am_del) = diff(&desired.acl_meta, &current.acl_meta);
+    let (host_put, host_del) = diff(&desired.hosts, &current.hosts);
+    let (oid_put, oid_del) = diff(&desired.overlay_ids, &current.overlay_ids);
+    let (ov_put, ov_del) = diff(&desired.overlay, &current.overlay);
 
     let mut ops = Vec::new();
     // Adds and changes, referents first: names, devmap targets, peerings, routes (which
@@ -148,6 +167,12 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
             .map(|s| Op::ResetPeeringCounters(*s)),
     );
     ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
+    // The overlay: hosts (named by remote endpoints), the numbers the decap path turns
+    // into VPC ids and peering slots, then the setting that turns it on (names the uplink's
+    // devmap entry).
+    ops.extend(host_put.into_iter().map(|(k, v)| Op::PutHost(k, v)));
+    ops.extend(oid_put.into_iter().map(|(k, v)| Op::PutOverlayId(k, v)));
+    ops.extend(ov_put.into_iter().map(|(k, v)| Op::PutOverlay(k, v)));
     ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
     // ACL sets: entries, then the meta that makes the set usable; ports and endpoints
     // (below) name sets.
@@ -180,6 +205,9 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     // Removals, referrers first.
     ops.extend(port_del.into_iter().map(Op::DelPort));
     ops.extend(ep_del.into_iter().map(Op::DelEndpoint));
+    ops.extend(ov_del.into_iter().map(Op::DelOverlay));
+    ops.extend(oid_del.into_iter().map(Op::DelOverlayId));
+    ops.extend(host_del.into_iter().map(Op::DelHost));
     ops.extend(rt_del.into_iter().map(Op::DelRoute));
     ops.extend(am_del.into_iter().map(Op::DelAclMeta));
     ops.extend(aa_del.into_iter().map(Op::DelAclAddr));
@@ -299,6 +327,12 @@ impl DataplaneMaps for MapState {
             Op::DelAclPort(k) => drop(self.acl_port.remove(k)),
             Op::DelAclProto(k) => drop(self.acl_proto.remove(k)),
             Op::DelAclExact(k) => drop(self.acl_exact.remove(k)),
+            Op::PutHost(k, v) => drop(self.hosts.insert(*k, *v)),
+            Op::PutOverlayId(k, v) => drop(self.overlay_ids.insert(*k, *v)),
+            Op::PutOverlay(k, v) => drop(self.overlay.insert(*k, *v)),
+            Op::DelOverlay(k) => drop(self.overlay.remove(k)),
+            Op::DelOverlayId(k) => drop(self.overlay_ids.remove(k)),
+            Op::DelHost(k) => drop(self.hosts.remove(k)),
             Op::PutPort(k, v) => drop(self.ports.insert(*k, *v)),
             Op::DelPort(k) => drop(self.ports.remove(k)),
             Op::DelRoute(k) => drop(self.routes.remove(k)),

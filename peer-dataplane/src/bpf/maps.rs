@@ -14,6 +14,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
+    overlay::{HostKey, OverlayConfig, OverlayIdKey},
     peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
 };
@@ -51,6 +52,9 @@ pub struct KernelMaps {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     cap_state: Array<MapData, u64>,
     clock: Array<MapData, Clock>,
+    overlay: Array<MapData, OverlayConfig>,
+    hosts: HashMap<MapData, HostKey, u32>,
+    overlay_ids: HashMap<MapData, OverlayIdKey, u32>,
 }
 
 macro_rules! typed {
@@ -137,6 +141,9 @@ impl KernelMaps {
             conntrack: typed!(pin_dir, CONNTRACK),
             cap_state: typed!(pin_dir, CAP_STATE),
             clock: typed!(pin_dir, CLOCK),
+            overlay: typed!(pin_dir, OVERLAY),
+            hosts: typed!(pin_dir, HOSTS),
+            overlay_ids: typed!(pin_dir, OVERLAY_IDS),
         })
     }
 
@@ -186,6 +193,18 @@ impl KernelMaps {
                 |v| v,
             )?,
             acl_meta: entries(self.acl_meta.iter(), registry::ACL_META.name, |k| k, |v| v)?,
+            // One entry: there when the overlay is on.
+            overlay: match self.overlay.get(&0, 0).context("reading pdp_overlay")? {
+                c if c.flags != 0 => BTreeMap::from([(0, c)]),
+                _ => BTreeMap::new(),
+            },
+            hosts: entries(self.hosts.iter(), registry::HOSTS.name, |k| k, |v| v)?,
+            overlay_ids: entries(
+                self.overlay_ids.iter(),
+                registry::OVERLAY_IDS.name,
+                |k| k,
+                |v| v,
+            )?,
         })
     }
 
@@ -401,6 +420,15 @@ impl DataplaneMaps for KernelMaps {
                 .remove(&Key::new(k.prefix_len, k.data))
                 .map_err(Into::into),
             Op::DelAclProto(k) => self.acl_proto.remove(k).map_err(Into::into),
+            Op::PutHost(k, v) => self.hosts.insert(k, v, 0).map_err(Into::into),
+            Op::DelHost(k) => self.hosts.remove(k).map_err(Into::into),
+            Op::PutOverlayId(k, v) => self.overlay_ids.insert(k, v, 0).map_err(Into::into),
+            Op::DelOverlayId(k) => self.overlay_ids.remove(k).map_err(Into::into),
+            Op::PutOverlay(k, v) => self.overlay.set(*k, v, 0).map_err(Into::into),
+            Op::DelOverlay(k) => self
+                .overlay
+                .set(*k, OverlayConfig::default(), 0)
+                .map_err(Into::into),
         };
         r.with_context(|| format!("writing {op:?}"))
     }

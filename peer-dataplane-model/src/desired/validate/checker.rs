@@ -36,6 +36,7 @@ impl Checker {
                 "security group",
                 doc.security_groups.iter().map(|x| &x.id).collect(),
             ),
+            ids("host", doc.hosts.iter().map(|x| &x.id).collect()),
         ]
         .into_iter()
         .flatten()

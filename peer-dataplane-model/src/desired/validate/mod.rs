@@ -5,6 +5,7 @@
 //! before what refers to it.
 
 mod checker;
+mod fleet;
 mod network;
 mod peering;
 mod policy;
@@ -28,6 +29,17 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
             .check(crate::desired::rules::mac("document", "router_mac", s))
             .unwrap_or(DEFAULT_ROUTER_MAC),
     };
+    // The fleet first: ports name their hosts.
+    let mut seen = BTreeSet::new();
+    for h in &doc.hosts {
+        if c.id("host", &h.id, &mut seen) {
+            if let Some(x) = fleet::check_host(&mut c, h) {
+                t.hosts.insert(h.id.clone(), x);
+            }
+        }
+    }
+    fleet::check_underlay_addresses(&mut c, &t);
+    fleet::check_local_host(&mut c, &mut t, doc);
     let mut seen = BTreeSet::new();
     for v in &doc.vpcs {
         if c.id("vpc", &v.id, &mut seen) {
@@ -83,8 +95,17 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     let mut addresses = port::Addresses::new();
     for p in &doc.ports {
         if c.id("port", &p.interface, &mut seen) {
-            if let Some(x) = port::check_port(&mut c, &t, p, router_mac, &mut addresses) {
+            if let Some(x) = port::check_port(&mut c, &t, p, false, router_mac, &mut addresses) {
                 t.ports.insert(p.interface.clone(), x);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for p in &doc.remote_ports {
+        let key = format!("{}/{}", p.host.as_deref().unwrap_or_default(), p.interface);
+        if c.id("remote port", &key, &mut seen) {
+            if let Some(x) = port::check_port(&mut c, &t, p, true, router_mac, &mut addresses) {
+                t.remote_ports.insert(key, x);
             }
         }
     }

@@ -41,6 +41,7 @@ pub fn check_vpc(c: &mut Checker, v: &VpcDoc) -> Option<Vpc> {
         account: v.account.clone(),
         region: v.region.clone(),
         cidrs,
+        vni: v.vni,
     })
 }
 

@@ -49,6 +49,7 @@ pub fn check_peering(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option
         accepter_vpc: p.accepter_vpc.clone(),
         status,
         caps,
+        tunnel_key: p.tunnel_key,
     })
 }
 
@@ -85,24 +86,34 @@ fn peering_caps(c: &mut Checker, topo: &Topology, p: &PeeringDoc) -> Option<[Opt
             ok = false;
         }
     }
+    let shares = p.cap_shares.unwrap_or([1, 1]);
+    if shares.contains(&0) {
+        c.err(format!(
+            "{what}: cap_shares {shares:?} must be 1 or more each"
+        ));
+        ok = false;
+    }
     if !ok {
         return None;
     }
     let cross_region = topo.vpcs[&p.requester_vpc].region != topo.vpcs[&p.accepter_vpc].region;
-    let cap = |dir: Option<u64>| {
+    // In a fleet each sending host polices an equal share of the cap (and of its burst),
+    // so that all of them together never exceed it.
+    let cap = |dir: Option<u64>, share: u32| {
         let bps = match dir.or(p.bandwidth_mbps) {
             Some(m) => m * 1_000_000,
             None if cross_region => CROSS_REGION_DEFAULT_BPS,
             None => return None,
         };
+        let burst = p.burst_bytes.unwrap_or(default_burst_bytes(bps));
         Some(Cap {
-            bits_per_second: bps,
-            burst_bytes: p.burst_bytes.unwrap_or(default_burst_bytes(bps)),
+            bits_per_second: (bps / share as u64).max(1),
+            burst_bytes: (burst / share as u64).max(MIN_BURST_BYTES),
         })
     };
     Some([
-        cap(p.bandwidth_mbps_requester_to_accepter),
-        cap(p.bandwidth_mbps_accepter_to_requester),
+        cap(p.bandwidth_mbps_requester_to_accepter, shares[0]),
+        cap(p.bandwidth_mbps_accepter_to_requester, shares[1]),
     ])
 }
 

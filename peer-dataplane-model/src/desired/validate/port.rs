@@ -10,15 +10,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Addresses in use: (VPC, address) -> the port that has it.
 pub type Addresses = BTreeMap<(String, IpAddr), String>;
 
+/// A port of this host (`remote` false) or of another host of the fleet.
 pub fn check_port(
     c: &mut Checker,
     topo: &Topology,
     p: &PortDoc,
+    remote: bool,
     router_mac: Mac,
     addresses: &mut Addresses,
 ) -> Option<Port> {
-    let what = format!("port {}", p.interface);
+    let what = match (&p.host, remote) {
+        (Some(h), true) => format!("remote port {h}/{}", p.interface),
+        _ => format!("port {}", p.interface),
+    };
     c.check(rules::interface(&what, &p.interface));
+    let host = check_host(c, topo, p, remote, &what)?;
     let Some(subnet) = topo.subnets.get(&p.subnet) else {
         c.missing(
             "subnet",
@@ -105,6 +111,7 @@ pub fn check_port(
     });
     Some(Port {
         interface: p.interface.clone(),
+        host,
         subnet: p.subnet.clone(),
         mac: mac?,
         gateway_mac: gateway_mac?,
@@ -112,4 +119,44 @@ pub fn check_port(
         ipv6,
         security_groups,
     })
+}
+
+/// The carrying host: none for this host's ports (which may name it), a known other host
+/// for remote ones. `None` (the outer option) when that is broken.
+fn check_host(
+    c: &mut Checker,
+    topo: &Topology,
+    p: &PortDoc,
+    remote: bool,
+    what: &str,
+) -> Option<Option<String>> {
+    let local = topo.local_host.as_ref();
+    match (&p.host, remote) {
+        (None, false) => Some(None),
+        // Outside a fleet the name of this host is just a label.
+        (Some(h), false) if local.is_none() || Some(h) == local => Some(None),
+        (Some(h), false) => {
+            c.err(format!(
+                "{what}: host {h} is not this host; a port of another host is a [[remote_port]]"
+            ));
+            None
+        }
+        (None, true) => {
+            c.err(format!(
+                "{what}: no host (a remote port names the host that carries it)"
+            ));
+            None
+        }
+        (Some(h), true) if Some(h) == local => {
+            c.err(format!(
+                "{what}: host {h} is this host; its ports are [[port]]"
+            ));
+            None
+        }
+        (Some(h), true) if !topo.hosts.contains_key(h) => {
+            c.missing("host", h, format!("{what}: host {h} does not exist"));
+            None
+        }
+        (Some(h), true) => Some(Some(h.clone())),
+    }
 }

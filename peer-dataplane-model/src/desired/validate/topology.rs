@@ -20,6 +20,8 @@ pub struct Vpc {
     pub region: String,
     /// IPv4 CIDRs, then the IPv6 CIDR if any.
     pub cidrs: Vec<IpNet>,
+    /// Its VNI in the overlay (required in a fleet).
+    pub vni: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,8 +173,11 @@ pub struct Peering {
     pub requester_vpc: String,
     pub accepter_vpc: String,
     pub status: PeeringStatus,
-    /// Caps of requester-to-accepter and accepter-to-requester traffic (`DIR_*` order).
+    /// Caps of requester-to-accepter and accepter-to-requester traffic (`DIR_*` order):
+    /// in a fleet, this host's share of each.
     pub caps: [Option<Cap>; 2],
+    /// Its number in the overlay (required in a fleet).
+    pub tunnel_key: Option<u32>,
 }
 
 impl Peering {
@@ -196,6 +201,8 @@ pub fn other_side<'a>(requester: &'a str, accepter: &'a str, vpc: &str) -> Optio
 #[derive(Debug, Clone, PartialEq)]
 pub struct Port {
     pub interface: String,
+    /// The carrying host of a remote port; `None` for this host's own.
+    pub host: Option<String>,
     pub subnet: String,
     pub mac: Mac,
     pub gateway_mac: Mac,
@@ -205,15 +212,52 @@ pub struct Port {
     pub security_groups: Option<Vec<String>>,
 }
 
+/// A hypervisor of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    pub id: String,
+    pub underlay_ipv4: Ipv4Addr,
+    pub underlay_ipv6: Option<Ipv6Addr>,
+    pub uplink: Option<String>,
+}
+
 /// The validated representation of each object kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated;
 
 crate::kinds_of_scope!(Validated);
 
-/// A validated document: every name resolves, every invariant holds. Ports are keyed by
-/// interface name.
-pub type Topology = Objects<Validated>;
+/// A validated document: every name resolves, every invariant holds. Its objects (`t.vpcs`,
+/// ... through `Deref`; ports keyed by interface name), and in a fleet this host's id and
+/// the instances on other hosts it may exchange traffic with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Topology {
+    pub objects: Objects<Validated>,
+    /// This host, one of `hosts` (with an uplink); `None` on a single host.
+    pub local_host: Option<String>,
+    /// Ports of other hosts, keyed by `host/interface`.
+    pub remote_ports: BTreeMap<String, Port>,
+}
+
+impl std::ops::Deref for Topology {
+    type Target = Objects<Validated>;
+    fn deref(&self) -> &Objects<Validated> {
+        &self.objects
+    }
+}
+
+impl std::ops::DerefMut for Topology {
+    fn deref_mut(&mut self) -> &mut Objects<Validated> {
+        &mut self.objects
+    }
+}
+
+impl Topology {
+    /// The local host, in a fleet.
+    pub fn local(&self) -> Option<&Host> {
+        self.local_host.as_ref().and_then(|h| self.hosts.get(h))
+    }
+}
 
 /// Every problem found in a document, each naming the objects involved.
 #[derive(Debug, Clone, PartialEq)]
