@@ -74,24 +74,6 @@ reasons! {
         RateLimited = 14 => "rate-limited",
         /// The devmap had no entry for the destination port.
         RedirectFailed = 15 => "redirect-failed",
-        /// The kernel's FIB has no route or no resolved neighbour toward the destination's
-        /// host on the underlay.
-        UnderlayUnreachable = 16 => "underlay-unreachable",
-        /// The packet would not fit the underlay once encapsulated; the sender got an ICMP
-        /// "fragmentation needed" or ICMPv6 "packet too big" instead.
-        MtuExceeded = 17 => "mtu-exceeded",
-        /// A Geneve frame to this host that is not one of ours: bad version, protocol,
-        /// option length, or no peering option.
-        GeneveMalformed = 18 => "geneve-malformed",
-        /// A Geneve frame with a critical option this host does not understand.
-        GeneveUnknownOption = 19 => "geneve-unknown-option",
-        /// A Geneve frame whose outer source is not a known host.
-        UnknownHost = 20 => "unknown-host",
-        /// The inner source is not an instance that the sending host carries in the VPC
-        /// the option names.
-        SpoofedSource = 21 => "spoofed-source",
-        /// The VNI names no VPC this host knows, or not the peer of the option's VPC.
-        VniMismatch = 22 => "vni-mismatch",
     }
 }
 
@@ -109,7 +91,7 @@ reasons! {
     }
 }
 
-const _: () = assert!((DropReason::VniMismatch as usize) < DROP_REASON_SLOTS);
+const _: () = assert!((DropReason::RedirectFailed as usize) < DROP_REASON_SLOTS);
 const _: () = assert!((PassReason::NotRoutable as usize) < PASS_REASON_SLOTS);
 
 #[cfg(test)]
