@@ -22,7 +22,12 @@ pub fn document(w: &World, host: &str) -> Document {
     if fleet {
         hosts.insert(host);
     }
-    let senders = sending_hosts(w);
+    // Only a fleet splits caps: a single host polices the whole of each.
+    let senders = if fleet {
+        sending_hosts(w)
+    } else {
+        BTreeMap::new()
+    };
     Document {
         router_mac: None,
         local_host: fleet.then(|| host.to_string()),
