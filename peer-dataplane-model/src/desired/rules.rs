@@ -5,7 +5,7 @@
 use super::acl::Protocol;
 use ipnet::{IpNet, Ipv6Net};
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Longest interface name the kernel takes, with its NUL (`IFNAMSIZ`).
 pub const IFNAMSIZ: usize = 16;
@@ -281,35 +281,39 @@ pub fn format_mac(m: &Mac) -> String {
 }
 
 /// A host's underlay IPv4 address: a unicast address another host can send to.
-pub fn underlay_ipv4(what: &str, s: &str) -> Check<std::net::Ipv4Addr> {
-    match s.parse::<std::net::Ipv4Addr>() {
-        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => invalid(
-            Fault::Request,
-            what,
-            format!("underlay_ipv4 {a} is not a unicast address"),
-        ),
-        Ok(a) => Ok(a),
-        Err(_) => invalid(
-            Fault::Request,
-            what,
-            format!("underlay_ipv4 \"{s}\" is not an IPv4 address"),
-        ),
-    }
+pub fn underlay_ipv4(what: &str, s: &str) -> Check<Ipv4Addr> {
+    underlay(what, "underlay_ipv4", "IPv4", s, |a: &Ipv4Addr| {
+        a.is_unspecified() || a.is_multicast() || a.is_broadcast()
+    })
 }
 
 /// A host's underlay IPv6 address: a unicast address another host can send to.
 pub fn underlay_ipv6(what: &str, s: &str) -> Check<Ipv6Addr> {
-    match s.parse::<Ipv6Addr>() {
-        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => invalid(
+    underlay(what, "underlay_ipv6", "IPv6", s, |a: &Ipv6Addr| {
+        a.is_unspecified() || a.is_multicast() || a.is_loopback()
+    })
+}
+
+/// An underlay address of one family (`field`, `family`): it parses, and is not one of
+/// the addresses `not_unicast` names.
+fn underlay<A: std::str::FromStr + fmt::Display>(
+    what: &str,
+    field: &str,
+    family: &str,
+    s: &str,
+    not_unicast: impl Fn(&A) -> bool,
+) -> Check<A> {
+    match s.parse::<A>() {
+        Ok(a) if not_unicast(&a) => invalid(
             Fault::Request,
             what,
-            format!("underlay_ipv6 {a} is not a unicast address"),
+            format!("{field} {a} is not a unicast address"),
         ),
         Ok(a) => Ok(a),
         Err(_) => invalid(
             Fault::Request,
             what,
-            format!("underlay_ipv6 \"{s}\" is not an IPv6 address"),
+            format!("{field} \"{s}\" is not an {family} address"),
         ),
     }
 }
