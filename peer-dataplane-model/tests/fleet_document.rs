@@ -8,10 +8,9 @@ use peer_dataplane_model::desired::compile;
 use peer_dataplane_model::desired::document::{Document, HostDoc};
 use peer_dataplane_model::desired::ids::Ids;
 use peer_dataplane_model::desired::validate::validate;
-use peer_dataplane_model::desired::IfindexResolver;
 
 mod common;
-use common::seed;
+use common::{seed, FakeIfindex};
 
 /// The seed spread over two hosts: A's port here (host-1), B's on host-2; C stays local.
 fn fleet() -> Document {
@@ -42,24 +41,6 @@ fn fleet() -> Document {
     doc
 }
 
-struct Resolver;
-
-impl IfindexResolver for Resolver {
-    fn ifindex(&self, name: &str) -> Option<u32> {
-        match name {
-            "pdp-a" => Some(11),
-            "pdp-b" => Some(12),
-            "pdp-c" => Some(13),
-            "up0" => Some(2),
-            _ => None,
-        }
-    }
-
-    fn mtu(&self, name: &str) -> Option<u32> {
-        (name == "up0").then_some(1600)
-    }
-}
-
 fn refused(doc: &Document) -> String {
     validate(doc)
         .expect_err("document must be refused")
@@ -69,7 +50,7 @@ fn refused(doc: &Document) -> String {
 #[test]
 fn a_fleet_document_compiles_into_the_overlay_maps() {
     let topo = validate(&fleet()).unwrap();
-    let (s, ids) = compile(&topo, &Ids::default(), &Resolver, &|_| 0, &|_| 0).unwrap();
+    let (s, ids) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     let host = |h: &str| ids.get(NAME_HOST, h).unwrap();
     let vpc = |v: &str| ids.get(NAME_VPC, v).unwrap();
 
@@ -117,7 +98,7 @@ fn a_fleet_document_compiles_into_the_overlay_maps() {
 #[test]
 fn a_single_host_document_has_no_overlay() {
     let topo = validate(&seed()).unwrap();
-    let (s, _) = compile(&topo, &Ids::default(), &Resolver, &|_| 0, &|_| 0).unwrap();
+    let (s, _) = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0).unwrap();
     assert!(s.overlay.is_empty() && s.hosts.is_empty() && s.overlay_ids.is_empty());
     assert!(s
         .endpoints

@@ -1,5 +1,5 @@
 //! What several host-only test files share: the seed document and a resolver that gives
-//! the seed's interfaces fixed ifindexes.
+//! the seed's interfaces (and a fleet's uplink) fixed ifindexes.
 
 use peer_dataplane_model::desired::document::Document;
 use peer_dataplane_model::desired::IfindexResolver;
@@ -18,7 +18,13 @@ impl IfindexResolver for FakeIfindex {
             "pdp-a" => Some(11),
             "pdp-b" => Some(12),
             "pdp-c" => Some(13),
+            // The uplink of a fleet document.
+            "up0" => Some(2),
             _ => None,
         }
+    }
+
+    fn mtu(&self, name: &str) -> Option<u32> {
+        (name == "up0").then_some(1600)
     }
 }
