@@ -313,6 +313,11 @@ impl Compiler<'_> {
             .expect("every validated name has an id")
     }
 
+    /// The VNI of `vpc` (0 on a single host).
+    fn vni(&self, vpc: &str) -> u32 {
+        self.t.vpcs[vpc].vni.unwrap_or(0)
+    }
+
     fn peerings(&mut self) {
         for pcx in self.t.peerings.values() {
             let peering = Peering {
@@ -451,7 +456,7 @@ impl Compiler<'_> {
             let subnet_id = self.id(NAME_SUBNET, &subnet.id);
             let table_id = self.id(NAME_ROUTE_TABLE, &subnet.route_table);
             let route_table = route_table_key(table_id, (self.generation)(table_id));
-            let vni = self.t.vpcs[&subnet.vpc].vni.unwrap_or(0);
+            let vni = self.vni(&subnet.vpc);
             let mut p = Port {
                 vpc,
                 vni,
@@ -523,7 +528,7 @@ impl Compiler<'_> {
         self.s.overlay.insert(
             0,
             OverlayConfig {
-                underlay: addr::from_v4(local.underlay_ipv4.octets()),
+                underlay: local.underlay(),
                 host: self.id(NAME_HOST, &local.id),
                 uplink: uplink_ifindex,
                 mtu: ifindex.mtu(uplink).unwrap_or(1500),
@@ -531,9 +536,7 @@ impl Compiler<'_> {
             },
         );
         for h in self.t.hosts.values() {
-            let key = HostKey {
-                addr: addr::from_v4(h.underlay_ipv4.octets()),
-            };
+            let key = HostKey { addr: h.underlay() };
             self.s.hosts.insert(key, self.id(NAME_HOST, &h.id));
         }
         for v in self.t.vpcs.values() {
@@ -561,8 +564,8 @@ impl Compiler<'_> {
                 acl: NO_ACL,
                 sg: NO_ACL,
                 host: self.id(NAME_HOST, &host.id),
-                vni: self.t.vpcs[&subnet.vpc].vni.unwrap_or(0),
-                underlay: addr::from_v4(host.underlay_ipv4.octets()),
+                vni: self.vni(&subnet.vpc),
+                underlay: host.underlay(),
                 ..Endpoint::default()
             };
             let addrs = [

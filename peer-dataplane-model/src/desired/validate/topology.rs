@@ -221,6 +221,13 @@ pub struct Host {
     pub uplink: Option<String>,
 }
 
+impl Host {
+    /// The underlay address as the maps encode it (IPv4 mapped).
+    pub fn underlay(&self) -> [u8; 16] {
+        peer_dataplane_common::addr::from_v4(self.underlay_ipv4.octets())
+    }
+}
+
 /// The validated representation of each object kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated;
