@@ -106,67 +106,50 @@ fn a_single_host_document_has_no_overlay() {
         .all(|e| e.flags == ENDPOINT_LOCAL && e.vni == 0));
 }
 
+/// One mistake made in a good fleet document.
+type Change = fn(&mut Document);
+
 #[test]
 fn fleet_mistakes_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Document)>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         (
             "remote port host-9/pdp-b: host host-9 does not exist",
-            Box::new(|d| d.remote_ports[0].host = Some("host-9".into())),
+            |d| d.remote_ports[0].host = Some("host-9".into()),
         ),
-        (
-            "remote port host-1/pdp-b: host host-1 is this host",
-            Box::new(|d| d.remote_ports[0].host = Some("host-1".into())),
-        ),
-        (
-            "port pdp-a: host host-2 is not this host",
-            Box::new(|d| d.ports[0].host = Some("host-2".into())),
-        ),
-        ("vpc vpc-c: no vni", Box::new(|d| d.vpcs[2].vni = None)),
-        (
-            "vni 100 is also vpc vpc-a's",
-            Box::new(|d| d.vpcs[1].vni = Some(100)),
-        ),
-        (
-            "vni 16777216 is outside",
-            Box::new(|d| d.vpcs[1].vni = Some(1 << 24)),
-        ),
-        (
-            "peering pcx-bc: no tunnel_key",
-            Box::new(|d| d.peerings[1].tunnel_key = None),
-        ),
-        (
-            "underlay address 192.0.2.1 is also host host-1's",
-            Box::new(|d| d.hosts[1].underlay_ipv4 = "192.0.2.1".into()),
-        ),
-        (
-            "underlay_ipv4 224.0.0.1 is not a unicast address",
-            Box::new(|d| d.hosts[1].underlay_ipv4 = "224.0.0.1".into()),
-        ),
-        (
-            "local_host: host host-1 has no uplink",
-            Box::new(|d| d.hosts[0].uplink = None),
-        ),
-        (
-            "local_host: host host-7 does not exist",
-            Box::new(|d| d.local_host = Some("host-7".into())),
-        ),
-        (
-            "remote ports need local_host",
-            Box::new(|d| d.local_host = None),
-        ),
-        (
-            "address 10.0.2.10 is already used by port pdp-a",
-            Box::new(|d| {
-                let mut a = d.ports[0].clone();
-                a.host = Some("host-2".into());
-                a.interface = "pdp-a2".into();
-                d.remote_ports.push(a);
-            }),
-        ),
-        (
-            "cap_shares [0, 1] must be 1 or more",
-            Box::new(|d| d.peerings[0].cap_shares = Some([0, 1])),
-        ),
+        ("remote port host-1/pdp-b: host host-1 is this host", |d| {
+            d.remote_ports[0].host = Some("host-1".into())
+        }),
+        ("port pdp-a: host host-2 is not this host", |d| {
+            d.ports[0].host = Some("host-2".into())
+        }),
+        ("vpc vpc-c: no vni", |d| d.vpcs[2].vni = None),
+        ("vni 100 is also vpc vpc-a's", |d| d.vpcs[1].vni = Some(100)),
+        ("vni 16777216 is outside", |d| d.vpcs[1].vni = Some(1 << 24)),
+        ("peering pcx-bc: no tunnel_key", |d| {
+            d.peerings[1].tunnel_key = None
+        }),
+        ("underlay address 192.0.2.1 is also host host-1's", |d| {
+            d.hosts[1].underlay_ipv4 = "192.0.2.1".into()
+        }),
+        ("underlay_ipv4 224.0.0.1 is not a unicast address", |d| {
+            d.hosts[1].underlay_ipv4 = "224.0.0.1".into()
+        }),
+        ("local_host: host host-1 has no uplink", |d| {
+            d.hosts[0].uplink = None
+        }),
+        ("local_host: host host-7 does not exist", |d| {
+            d.local_host = Some("host-7".into())
+        }),
+        ("remote ports need local_host", |d| d.local_host = None),
+        ("address 10.0.2.10 is already used by port pdp-a", |d| {
+            let mut a = d.ports[0].clone();
+            a.host = Some("host-2".into());
+            a.interface = "pdp-a2".into();
+            d.remote_ports.push(a);
+        }),
+        ("cap_shares [0, 1] must be 1 or more", |d| {
+            d.peerings[0].cap_shares = Some([0, 1])
+        }),
     ];
     for (want, change) in cases {
         let mut doc = fleet();
