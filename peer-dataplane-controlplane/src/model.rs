@@ -134,18 +134,7 @@ pub struct World {
     pub id_counters: BTreeMap<String, u64>,
 }
 
-impl std::ops::Deref for World {
-    type Target = Objects<Stored>;
-    fn deref(&self) -> &Objects<Stored> {
-        &self.objects
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Objects<Stored> {
-        &mut self.objects
-    }
-}
+peer_dataplane_model::holds_objects!(World, Stored);
 
 /// An API error: an HTTP status, a stable machine-readable code, and a message naming the
 /// field and the objects involved.

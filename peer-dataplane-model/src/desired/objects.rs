@@ -62,3 +62,23 @@ macro_rules! kinds_of_scope {
         }
     };
 }
+
+/// `Deref`/`DerefMut` from `$holder` to its `objects: Objects<$repr>` field: a holder adds
+/// its own state beside the objects and reads them as its own (`w.vpcs`).
+#[macro_export]
+macro_rules! holds_objects {
+    ($holder:ty, $repr:ty) => {
+        impl std::ops::Deref for $holder {
+            type Target = $crate::desired::objects::Objects<$repr>;
+            fn deref(&self) -> &Self::Target {
+                &self.objects
+            }
+        }
+
+        impl std::ops::DerefMut for $holder {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.objects
+            }
+        }
+    };
+}

@@ -246,18 +246,7 @@ pub struct Topology {
     pub remote_ports: BTreeMap<String, Port>,
 }
 
-impl std::ops::Deref for Topology {
-    type Target = Objects<Validated>;
-    fn deref(&self) -> &Objects<Validated> {
-        &self.objects
-    }
-}
-
-impl std::ops::DerefMut for Topology {
-    fn deref_mut(&mut self) -> &mut Objects<Validated> {
-        &mut self.objects
-    }
-}
+crate::holds_objects!(Topology, Validated);
 
 impl Topology {
     /// The local host, in a fleet.
