@@ -74,6 +74,24 @@ reasons! {
         RateLimited = 14 => "rate-limited",
         /// The devmap had no entry for the destination port.
         RedirectFailed = 15 => "redirect-failed",
+        /// Toward another host: the underlay has no route or no resolved neighbour for the
+        /// destination host (the agent keeps the neighbours of known hosts resolved).
+        UnderlayUnreachable = 16 => "underlay-unreachable",
+        /// Toward another host: the packet would not fit the underlay once encapsulated; the
+        /// sender got ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6).
+        MtuExceeded = 17 => "mtu-exceeded",
+        /// Geneve to this host that is not what peers send: bad version, protocol, option
+        /// lengths, an OAM frame, a fragmented tunnel packet, or no peering option.
+        GeneveMalformed = 18 => "geneve-malformed",
+        /// Geneve with a critical option this host does not understand.
+        GeneveUnknownOption = 19 => "geneve-unknown-option",
+        /// Geneve from an underlay address that is no host of the fleet.
+        UnknownHost = 20 => "unknown-host",
+        /// Geneve whose inner source is not an instance the sending host carries in the VPC
+        /// the option names: a host speaking for instances it does not carry.
+        SpoofedSource = 21 => "spoofed-source",
+        /// Geneve whose VNI is not the VPC its peering leads to from the source VPC.
+        VniMismatch = 22 => "vni-mismatch",
     }
 }
 
@@ -88,11 +106,13 @@ reasons! {
         LocalRoute = 2 => "local-route",
         /// Multicast, broadcast, link-local or unspecified destination (DHCP, ND, metadata).
         NotRoutable = 3 => "not-routable",
+        /// Arrived on the uplink and is not Geneve to this host: the underlay's own traffic.
+        Underlay = 4 => "underlay",
     }
 }
 
-const _: () = assert!((DropReason::RedirectFailed as usize) < DROP_REASON_SLOTS);
-const _: () = assert!((PassReason::NotRoutable as usize) < PASS_REASON_SLOTS);
+const _: () = assert!((DropReason::VniMismatch as usize) < DROP_REASON_SLOTS);
+const _: () = assert!((PassReason::Underlay as usize) < PASS_REASON_SLOTS);
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,10 @@ pub const STAGE_TTL: u32 = 1 << 10;
 pub const STAGE_DELIVER: u32 = 1 << 11;
 pub const STAGE_CAP: u32 = 1 << 12;
 pub const STAGE_REWRITE: u32 = 1 << 13;
+/// A frame on the uplink was Geneve to this host: the tunnel's checks ran.
+pub const STAGE_DECAP: u32 = 1 << 14;
+/// The destination lives on another host: the frame was (or would be) encapsulated.
+pub const STAGE_ENCAP: u32 = 1 << 15;
 
 /// [`TraceRecord::verdict`].
 pub const VERDICT_PASS: u32 = 0;
@@ -124,9 +128,24 @@ pub struct TraceRecord {
     pub cap_cost_ns: u64,
     /// 1 if the packet conforms (would be forwarded now).
     pub cap_conforms: u32,
+    // Overlay (`STAGE_ENCAP` on the sender, `STAGE_DECAP` on the receiver).
+    /// Slot of the other host: where the frame goes, or the tunnel's sender (`NO_ROUTE`
+    /// when the outer source is no known host).
+    pub overlay_host: u32,
+    /// The Geneve VNI (destination VPC).
+    pub overlay_vni: u32,
+    /// The option's source VNI and tunnel key.
+    pub overlay_src_vni: u32,
+    pub overlay_key: u32,
+    /// The other host's underlay address (mapped IPv4): outer destination or outer source.
+    pub overlay_peer: [u8; 16],
+    /// Underlay MTU the encapsulated frame was checked against.
+    pub overlay_mtu: u32,
+    /// `bpf_fib_lookup`'s result on the sender (`BPF_FIB_LKUP_RET_*`).
+    pub overlay_fib: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<TraceRecord>() == 200);
+const _: () = assert!(size_of::<TraceRecord>() == 240);
 
 impl TraceRecord {
     pub const ZERO: TraceRecord = TraceRecord {
@@ -171,6 +190,13 @@ impl TraceRecord {
         cap_tat_ns: 0,
         cap_cost_ns: 0,
         cap_conforms: 0,
+        overlay_host: 0,
+        overlay_vni: 0,
+        overlay_src_vni: 0,
+        overlay_key: 0,
+        overlay_peer: [0; 16],
+        overlay_mtu: 0,
+        overlay_fib: 0,
         _pad: 0,
     };
 }

@@ -19,7 +19,7 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// The `PassReason` or `DropReason` (0 for a redirect).
     pub reason: u32,
-    /// What `bpf_redirect_map` returned (redirects only).
+    /// What `bpf_redirect_map` returned (redirects), or an answered drop's action.
     pub action: u32,
     /// The peering counter index, or [`NO_PEERING`].
     pub ctr: u32,
@@ -61,6 +61,28 @@ impl Outcome {
             reason: reason as u32,
             action: 0,
             ctr,
+        }
+    }
+}
+
+impl Outcome {
+    /// Dropped, but answered: the frame was rewritten into a reply sent with `action`
+    /// (an ICMP error through `XDP_TX`).
+    #[inline(always)]
+    pub fn answered(reason: DropReason, ctr: u32, action: u32) -> Outcome {
+        Outcome {
+            action,
+            ..Outcome::drop(reason, ctr)
+        }
+    }
+
+    /// The XDP action of a drop: `XDP_DROP`, or the answer's action.
+    #[inline(always)]
+    pub fn drop_action(&self) -> u32 {
+        if self.action != 0 {
+            self.action
+        } else {
+            xdp_action::XDP_DROP
         }
     }
 }
@@ -126,7 +148,7 @@ pub fn record(len: u64, outcome: &Outcome, seen: &Seen) -> u32 {
                     }
                 }
             }
-            xdp_action::XDP_DROP
+            outcome.drop_action()
         }
     }
 }

@@ -14,7 +14,10 @@ mod cap;
 mod clock;
 mod conntrack;
 mod counters;
+mod decap;
 mod deliver;
+mod encap;
+mod icmp;
 mod maps;
 mod parse;
 mod peering;
@@ -44,7 +47,7 @@ pub fn pdp_trace(ctx: XdpContext) -> u32 {
     let action = match outcome.verdict {
         counters::Verdict::Pass => xdp_action::XDP_PASS,
         counters::Verdict::Redirect => outcome.action,
-        counters::Verdict::Drop => xdp_action::XDP_DROP,
+        counters::Verdict::Drop => outcome.drop_action(),
     };
     trace::note::<true>(|r| {
         r.verdict = outcome.verdict as u32;

@@ -20,6 +20,8 @@ pub struct Crossing {
     pub ctr: u32,
     /// Bandwidth cap of this direction.
     pub cap: CapConfig,
+    /// The peering's fleet-wide number (the Geneve option carries it).
+    pub tunnel_key: u32,
 }
 
 /// Resolves the peering a route points at. `Err((reason, counter index or None))`.
@@ -61,6 +63,7 @@ pub fn resolve<const T: bool>(
         peer_vpc,
         ctr,
         cap: pcx.cap[(dir & 1) as usize],
+        tunnel_key: pcx.tunnel_key,
     })
 }
 

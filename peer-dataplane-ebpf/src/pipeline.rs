@@ -11,19 +11,22 @@
 use crate::{
     acl, cap,
     counters::{Outcome, Seen, NO_PEERING},
-    deliver,
-    maps::PKT_SCRATCH,
+    decap, deliver, encap, icmp,
+    maps::{DEVMAP, PKT_SCRATCH},
     parse::{self, Packet},
     peering, port, rewrite, route, sg, trace,
 };
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use peer_dataplane_common::{
+    acl::NO_ACL,
+    overlay::{OverlayConfig, OverlayIdKey, PeeringOption},
     trace::{
         acl_allows, NO_ROUTE, STAGE_CAP, STAGE_DELIVER, STAGE_EGRESS_ACL, STAGE_ENDPOINT,
         STAGE_INGRESS_ACL, STAGE_ORIGIN, STAGE_PARSE, STAGE_PORT, STAGE_RETURN_ROUTE,
         STAGE_REWRITE, STAGE_ROUTE, STAGE_SECURITY_GROUPS, STAGE_TTL,
     },
-    DropReason, Endpoint, PassReason, Port, RouteValue, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
+    DropReason, Endpoint, PassReason, Port, RouteValue, ENDPOINT_REMOTE, ROUTE_BLACKHOLE,
+    ROUTE_LOCAL, ROUTE_PCX,
 };
 
 /// Runs the pipeline on one frame. `T`: tracing (`pdp_trace`): every stage notes what it
@@ -45,9 +48,38 @@ pub fn run<const T: bool>(ctx: &XdpContext) -> (Outcome, Seen) {
 
 #[inline(always)]
 fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
-    let (port, p, slot) = match classify::<T>(ctx, seen)? {
-        Classified::Peering { port, packet, slot } => (port, packet, slot),
-        Classified::Decided(o) => return Ok(o),
+    let ifindex = ctx.ingress_ifindex() as u32;
+    if let Some(port) = port::lookup(ifindex) {
+        return from_port::<T>(ctx, seen, port);
+    }
+    match encap::config() {
+        Some(cfg) if cfg.uplink == ifindex => from_uplink::<T>(ctx, seen, cfg),
+        // Frames from interfaces we do not serve are untouched.
+        _ => Ok(Outcome::pass(PassReason::UnknownPort)),
+    }
+}
+
+/// A frame from an instance: the sender's checks, then the receiver's (same host) or
+/// the encapsulation toward the receiver's host.
+#[inline(always)]
+fn from_port<const T: bool>(
+    ctx: &XdpContext,
+    seen: &mut Seen,
+    port: &'static Port,
+) -> Result<Outcome, Outcome> {
+    trace::note::<T>(|r| {
+        r.reached |= STAGE_PORT;
+        r.port_vpc = port.vpc;
+        r.port_route_table = port.route_table;
+        r.port_acl = port.acl;
+        r.port_sg = port.sg;
+    });
+    let Some(p) = parse_frame::<T>(ctx, seen)? else {
+        return Ok(Outcome::pass(PassReason::NotIp));
+    };
+    let slot = match route_to_peering::<T>(port, p)? {
+        Ok(slot) => slot,
+        Err(decided) => return Ok(decided),
     };
     // Peering checks.
     let x = peering::resolve::<T>(slot, port.vpc)
@@ -68,38 +100,49 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     if !acl_allows(egress) {
         return Err(drop(DropReason::NaclDeny));
     }
-    let ep = receiver::<T>(port, p, &x)?;
-    forward::<T>(ctx, p, ep, &x)
+    let ep = receiver::<T>(port.sg, port.vpc, p, &x, false)?;
+    if ep.flags & ENDPOINT_REMOTE != 0 {
+        return to_host::<T>(ctx, p, port, ep, &x);
+    }
+    forward::<T>(ctx, p, ep, &x, true)
 }
 
-/// What the sender side made of a frame: peering traffic to check further, or decided.
-enum Classified<'a> {
-    Peering {
-        port: &'static Port,
-        packet: &'a Packet,
-        slot: u32,
-    },
-    Decided(Outcome),
-}
-
-/// Port, parse and route: which peering the frame wants to cross, if any.
+/// A frame on the uplink: Geneve from another host (checked, decapsulated, then the
+/// receiver's side of the pipeline), or the underlay's own traffic (untouched).
 #[inline(always)]
-fn classify<'a, const T: bool>(
+fn from_uplink<const T: bool>(
     ctx: &XdpContext,
     seen: &mut Seen,
-) -> Result<Classified<'a>, Outcome> {
-    // Source port: frames from interfaces we do not serve (an uplink, say) are untouched.
-    let Some(port) = port::lookup(ctx.ingress_ifindex() as u32) else {
-        return Ok(Classified::Decided(Outcome::pass(PassReason::UnknownPort)));
+    cfg: &OverlayConfig,
+) -> Result<Outcome, Outcome> {
+    let Some(t) = decap::strip::<T>(ctx, cfg)? else {
+        return Ok(Outcome::pass(PassReason::Underlay));
     };
-    trace::note::<T>(|r| {
-        r.reached |= STAGE_PORT;
-        r.port_vpc = port.vpc;
-        r.port_route_table = port.route_table;
-        r.port_acl = port.acl;
-        r.port_sg = port.sg;
-    });
+    // Peers only ever send IP inside.
+    let Some(p) = parse_frame::<T>(ctx, seen)? else {
+        return Err(DropReason::GeneveMalformed.into());
+    };
+    let src_vpc = decap::source_vpc(&t, &p.src)?;
+    trace::note::<T>(|r| r.port_vpc = src_vpc);
+    // The peering as this host sees it: deleted here, dropped here, whoever synced first.
+    let Some(slot) = decap::overlay_id(OverlayIdKey::peering(t.key)) else {
+        return Err(DropReason::PeeringInactive.into());
+    };
+    let x = peering::resolve::<T>(slot, src_vpc)
+        .map_err(|(reason, ctr)| Outcome::drop(reason, ctr.unwrap_or(NO_PEERING)))?;
+    if decap::overlay_id(OverlayIdKey::vni(t.vni)) != Some(x.peer_vpc) {
+        return Err(Outcome::drop(DropReason::VniMismatch, x.ctr));
+    }
+    let ep = receiver::<T>(NO_ACL, src_vpc, p, &x, true)?;
+    forward::<T>(ctx, p, ep, &x, false)
+}
 
+/// Parse stage, into this CPU's scratch slot. `Ok(None)`: not IP.
+#[inline(always)]
+fn parse_frame<'a, const T: bool>(
+    ctx: &XdpContext,
+    seen: &mut Seen,
+) -> Result<Option<&'a Packet>, Outcome> {
     let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
         return Err(DropReason::ParseError.into());
     };
@@ -107,7 +150,7 @@ fn classify<'a, const T: bool>(
     let p = unsafe { &mut *scratch };
     trace::reached::<T>(STAGE_PARSE);
     if !parse::parse(ctx, p)? {
-        return Ok(Classified::Decided(Outcome::pass(PassReason::NotIp)));
+        return Ok(None);
     }
     let p: &Packet = p;
     trace::note::<T>(|r| {
@@ -122,10 +165,19 @@ fn classify<'a, const T: bool>(
     });
     seen.fragment = p.fragment;
     seen.ipv4_options = p.ipv4_options;
-    if parse::not_routable(p) {
-        return Ok(Classified::Decided(Outcome::pass(PassReason::NotRoutable)));
-    }
+    Ok(Some(p))
+}
 
+/// Route stage: the peering slot the frame wants to cross, or (inner `Err`) a decision
+/// that it is not peering traffic at all.
+#[inline(always)]
+fn route_to_peering<const T: bool>(
+    port: &Port,
+    p: &Packet,
+) -> Result<Result<u32, Outcome>, Outcome> {
+    if parse::not_routable(p) {
+        return Ok(Err(Outcome::pass(PassReason::NotRoutable)));
+    }
     // Route lookup in the sender subnet's table.
     let route = route::lookup(port.route_table, &p.dst);
     trace::note::<T>(|r| {
@@ -135,27 +187,25 @@ fn classify<'a, const T: bool>(
     let Some(route) = route else {
         return Err(DropReason::NoRoute.into());
     };
-    let slot = match route.kind {
-        ROUTE_PCX => route.target,
-        ROUTE_LOCAL => return Ok(Classified::Decided(Outcome::pass(PassReason::LocalRoute))),
-        ROUTE_BLACKHOLE => return Err(DropReason::Blackhole.into()),
-        _ => return Err(DropReason::NoRoute.into()),
-    };
-
-    Ok(Classified::Peering {
-        port,
-        packet: p,
-        slot,
-    })
+    match route.kind {
+        ROUTE_PCX => Ok(Ok(route.target)),
+        ROUTE_LOCAL => Ok(Err(Outcome::pass(PassReason::LocalRoute))),
+        ROUTE_BLACKHOLE => Err(DropReason::Blackhole.into()),
+        _ => Err(DropReason::NoRoute.into()),
+    }
 }
 
 /// The receiver side: its endpoint, its route back over the same peering, its subnet's
-/// ingress ACL, and both ports' security groups.
+/// ingress ACL, and both ports' security groups. An endpoint on another host gets only
+/// the sender's groups here: its own host checks the rest when the frame arrives.
+/// `from_overlay`: the frame came through a tunnel, so its endpoint must be local.
 #[inline(always)]
 fn receiver<const T: bool>(
-    port: &Port,
+    sender_sg: u32,
+    src_vpc: u32,
     p: &Packet,
     x: &peering::Crossing,
+    from_overlay: bool,
 ) -> Result<&'static Endpoint, Outcome> {
     let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
     trace::reached::<T>(STAGE_ENDPOINT);
@@ -172,6 +222,15 @@ fn receiver<const T: bool>(
         r.ep_route_table = ep.route_table;
         r.ep_sg = ep.sg;
     });
+    if ep.flags & ENDPOINT_REMOTE != 0 {
+        if from_overlay {
+            // Sent here by a host whose view placed the instance here; it is elsewhere.
+            return Err(drop(DropReason::NoEndpoint));
+        }
+        trace::reached::<T>(STAGE_SECURITY_GROUPS);
+        sg::check::<T>(sender_sg, NO_ACL, src_vpc, x.peer_vpc, p).map_err(drop)?;
+        return Ok(ep);
+    }
 
     // Receiver side: a route back to the source through the same peering.
     let back = route::lookup(ep.route_table, &p.src);
@@ -197,18 +256,20 @@ fn receiver<const T: bool>(
 
     // Security groups of both ports, stateful.
     trace::reached::<T>(STAGE_SECURITY_GROUPS);
-    sg::check::<T>(port.sg, ep.sg, port.vpc, x.peer_vpc, p).map_err(drop)?;
+    sg::check::<T>(sender_sg, ep.sg, src_vpc, x.peer_vpc, p).map_err(drop)?;
 
     Ok(ep)
 }
 
-/// TTL, the redirect target, the cap, and the rewrite.
+/// TTL, the redirect target, the cap (on the sending host only: `police`), and the
+/// rewrite. The TTL is decremented once, on the host that delivers.
 #[inline(always)]
 fn forward<const T: bool>(
     ctx: &XdpContext,
     p: &Packet,
     ep: &'static Endpoint,
     x: &peering::Crossing,
+    police: bool,
 ) -> Result<Outcome, Outcome> {
     let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
     trace::reached::<T>(STAGE_TTL);
@@ -219,31 +280,92 @@ fn forward<const T: bool>(
     // so resolve it first: a missing devmap entry then drops the frame untouched.
     trace::reached::<T>(STAGE_DELIVER);
     let action = deliver::redirect(ep).map_err(drop)?;
-
-    // Bandwidth cap of the peering in this direction.
-    if x.cap.is_capped() {
-        let len = (ctx.data_end() - ctx.data()) as u64;
-        if T {
-            let (conforms, tat, cost) = cap::peek(&x.cap, x.ctr, len);
-            trace::note::<T>(|r| {
-                r.reached |= STAGE_CAP;
-                r.cap_index = x.ctr;
-                r.cap = x.cap;
-                r.cap_tat_ns = tat;
-                r.cap_cost_ns = cost;
-                r.cap_conforms = conforms as u32;
-            });
-            if !conforms {
-                return Err(drop(DropReason::RateLimited));
-            }
-        } else {
-            cap::police(&x.cap, x.ctr, len).map_err(drop)?;
-        }
+    if police {
+        cap_stage::<T>(ctx, x)?;
     }
     trace::reached::<T>(STAGE_REWRITE);
     rewrite::decrement_ttl(ctx, p).map_err(drop)?;
     rewrite::macs_and_vlan(ctx, p, ep).map_err(drop)?;
     Ok(Outcome::redirect(action, x.ctr))
+}
+
+/// Toward an instance on another host: TTL (checked, not decremented), the underlay's
+/// size and next hop, the cap, and the encapsulation. Too big for the underlay: the
+/// frame becomes the ICMP answer and goes back out of its port.
+#[inline(always)]
+fn to_host<const T: bool>(
+    ctx: &XdpContext,
+    p: &Packet,
+    port: &Port,
+    ep: &'static Endpoint,
+    x: &peering::Crossing,
+) -> Result<Outcome, Outcome> {
+    let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
+    trace::reached::<T>(STAGE_TTL);
+    if p.ttl <= 1 {
+        return Err(drop(DropReason::TtlExceeded));
+    }
+    // Remote endpoints are only installed with the overlay; without it, nowhere to go.
+    let Some(cfg) = encap::config() else {
+        return Err(drop(DropReason::UnderlayUnreachable));
+    };
+    // SAFETY: plain old data, filled in by `plan` before any use.
+    let mut plan: encap::Plan = unsafe { core::mem::zeroed() };
+    match encap::plan::<T>(ctx, cfg, ep, p, &mut plan) {
+        encap::FITS => {}
+        encap::UNREACHABLE => return Err(drop(DropReason::UnderlayUnreachable)),
+        mtu => {
+            if !icmp::too_big(ctx, p, mtu) {
+                return Err(drop(DropReason::MtuExceeded));
+            }
+            return Err(Outcome::answered(
+                DropReason::MtuExceeded,
+                x.ctr,
+                xdp_action::XDP_TX,
+            ));
+        }
+    }
+    plan.header.option = PeeringOption {
+        source_vni_be: port.vni.to_be_bytes(),
+        tunnel_key_be: x.tunnel_key.to_be_bytes(),
+    };
+    trace::reached::<T>(STAGE_DELIVER);
+    let action = DEVMAP
+        .redirect(plan.ifindex, 0)
+        .map_err(|_| drop(DropReason::RedirectFailed))?;
+    cap_stage::<T>(ctx, x)?;
+    trace::reached::<T>(STAGE_REWRITE);
+    if !encap::encapsulate(ctx, p, port, ep, &plan) {
+        return Err(drop(DropReason::UnderlayUnreachable));
+    }
+    Ok(Outcome::redirect(action, x.ctr))
+}
+
+/// Bandwidth cap of the peering in this direction (this host's share of it).
+#[inline(always)]
+fn cap_stage<const T: bool>(ctx: &XdpContext, x: &peering::Crossing) -> Result<(), Outcome> {
+    if !x.cap.is_capped() {
+        return Ok(());
+    }
+    let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if T {
+        let (conforms, tat, cost) = cap::peek(&x.cap, x.ctr, len);
+        trace::note::<T>(|r| {
+            r.reached |= STAGE_CAP;
+            r.cap_index = x.ctr;
+            r.cap = x.cap;
+            r.cap_tat_ns = tat;
+            r.cap_cost_ns = cost;
+            r.cap_conforms = conforms as u32;
+        });
+        if !conforms {
+            return Err(drop(DropReason::RateLimited));
+        }
+        Ok(())
+    } else {
+        cap::police(&x.cap, x.ctr, len).map_err(drop)
+    }
 }
 
 /// A route lookup's result as a trace records it.
