@@ -103,7 +103,7 @@ fn answer_v4(ctx: &XdpContext, p: &Packet, l3: usize, mtu: u32) -> Result<(), Dr
             (8 + QUOTE) as u32,
             0,
         ));
-        i[2..4].copy_from_slice(&c.to_be_bytes());
+        i[2..4].copy_from_slice(&c.to_ne_bytes());
     }
     Ok(())
 }
@@ -140,12 +140,13 @@ fn answer_v6(ctx: &XdpContext, p: &Packet, l3: usize, mtu: u32) -> Result<(), Dr
             payload,
             sum as u32,
         );
-        i[2..4].copy_from_slice(&fold(sum).to_be_bytes());
+        i[2..4].copy_from_slice(&fold(sum).to_ne_bytes());
     }
     Ok(())
 }
 
-/// The one's-complement checksum of a `bpf_csum_diff` sum.
+/// The one's-complement checksum of a `bpf_csum_diff` sum. The helper adds the bytes as
+/// they lie in memory, so the result goes back into the frame in native byte order.
 #[inline(always)]
 fn fold(sum: i64) -> u16 {
     let mut s = sum as u64 & 0xffff_ffff;

@@ -3,6 +3,7 @@
 //! topology.
 
 pub mod controlplane;
+pub mod fleet;
 pub mod harness;
 pub mod netns;
 pub mod oracle;

@@ -216,3 +216,89 @@ pub fn tcp4_flags(
     b.write(&mut out, &[]).unwrap();
     out
 }
+
+/// The outer side of a Geneve frame as a test writes it by hand (independently of the
+/// data plane's own header code).
+#[derive(Clone, Copy)]
+pub struct Outer {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub udp_sport: u16,
+    pub udp_dport: u16,
+    /// Byte 0 of the Geneve header's version bits (0 for RFC 8926).
+    pub version: u8,
+    /// The flags byte (O = 0x80, C = 0x40).
+    pub flags: u8,
+    pub protocol: u16,
+    pub vni: u32,
+    /// Outer IPv4 flags/fragment-offset word (0x4000: DF).
+    pub frag: u16,
+}
+
+/// One Geneve option: class, type, data (a multiple of 4 bytes).
+pub fn geneve_option(class: u16, typ: u8, data: &[u8]) -> Vec<u8> {
+    assert!(data.len() % 4 == 0);
+    let mut o = class.to_be_bytes().to_vec();
+    o.push(typ);
+    o.push((data.len() / 4) as u8);
+    o.extend_from_slice(data);
+    o
+}
+
+/// The product's peering option: source VNI, tunnel key.
+pub fn peering_option(source_vni: u32, tunnel_key: u32) -> Vec<u8> {
+    let mut d = source_vni.to_be_bytes().to_vec();
+    d.extend_from_slice(&tunnel_key.to_be_bytes());
+    geneve_option(0xff50, 0x81, &d)
+}
+
+/// `inner` (an Ethernet frame) in outer Ethernet / IPv4 / UDP / Geneve with `options`.
+pub fn geneve4(o: Outer, options: &[u8], inner: &[u8]) -> Vec<u8> {
+    let geneve_len = 8 + options.len();
+    let udp_len = 8 + geneve_len + inner.len();
+    let ip_len = 20 + udp_len;
+    let mut f = Vec::with_capacity(14 + ip_len);
+    f.extend_from_slice(&o.dst_mac);
+    f.extend_from_slice(&o.src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(ip_len as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(&o.frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&o.src);
+    ip.extend_from_slice(&o.dst);
+    let c = !fold16(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&o.udp_sport.to_be_bytes());
+    f.extend_from_slice(&o.udp_dport.to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.push((o.version << 6) | (options.len() / 4) as u8);
+    f.push(o.flags);
+    f.extend_from_slice(&o.protocol.to_be_bytes());
+    f.extend_from_slice(&(o.vni << 8).to_be_bytes());
+    f.extend_from_slice(options);
+    f.extend_from_slice(inner);
+    f
+}
+
+/// One's-complement sum of 16-bit big-endian words (odd tail padded), folded.
+pub fn fold16(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += w as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}

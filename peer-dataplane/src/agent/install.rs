@@ -2,6 +2,7 @@
 //! running program and its links, and one install (plan, all-or-nothing apply, attach).
 
 use super::metrics::SharedInstallStats;
+use super::underlay::Underlay;
 use crate::bpf::links::Links;
 use crate::bpf::{pins, KernelIfindex, KernelMaps};
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
@@ -18,6 +19,8 @@ pub struct Installed {
     pub maps: KernelMaps,
     pub mirror: MapState,
     pub ids: Ids,
+    /// The uplink and neighbours readied for the overlay so far.
+    pub underlay: Underlay,
 }
 
 impl Installed {
@@ -42,7 +45,12 @@ impl Installed {
         let maps = KernelMaps::open(pin_dir)?;
         let mirror = maps.read_state()?;
         let ids = Ids::from_names(&mirror.names);
-        Ok(Installed { maps, mirror, ids })
+        Ok(Installed {
+            maps,
+            mirror,
+            ids,
+            underlay: Underlay::default(),
+        })
     }
 
     /// Installs `topo`, writing only what differs from what is installed. Returns the
@@ -52,6 +60,8 @@ impl Installed {
     /// other generation and switched over by the (atomic) port and endpoint writes; a
     /// single-route change is made in place, itself atomic.
     pub fn install(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<usize> {
+        // Before the maps: an uplink the overlay cannot use refuses the state whole.
+        self.underlay.prepare(topo, ifindex)?;
         let (desired, ids, ops) = plan_install(topo, &self.ids, &self.mirror, ifindex)?;
         match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
             Ok(()) => {}

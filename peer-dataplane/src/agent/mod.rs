@@ -8,6 +8,7 @@ pub mod follow;
 pub mod install;
 pub mod metrics;
 pub mod retry;
+pub mod underlay;
 
 use crate::bpf::links::{Links, XdpModeArg};
 use crate::bpf::pins;

@@ -1,0 +1,113 @@
+//! The seed topology spread over three hosts: A on host 1,
+//! B on host 2, C on host 3, and a second B instance (B2) on host 1. Each host's
+//! document is what the control plane would send it: its own ports, the instances of
+//! peered VPCs on other hosts, and those hosts.
+
+use crate::seed::{self, Instance, ROUTER_MAC};
+use peer_dataplane::desired::document::{Document, HostDoc, PortDoc};
+
+pub const HOSTS: [&str; 3] = ["host-1", "host-2", "host-3"];
+/// Every host's uplink has this name, in its own namespace.
+pub const UPLINK: &str = "up0";
+/// VNIs of vpc-a, vpc-b, vpc-c, and tunnel keys of pcx-ab, pcx-bc.
+pub const VNI: [(&str, u32); 3] = [("vpc-a", 101), ("vpc-b", 102), ("vpc-c", 103)];
+pub const TUNNEL_KEY: [(&str, u32); 2] = [("pcx-ab", 1), ("pcx-bc", 2)];
+
+/// A second instance of VPC B, on host 1 next to A.
+pub const B2: Instance = Instance {
+    name: "b2",
+    vpc: "vpc-b",
+    port: "pdp-b2",
+    mac: [0x02, 0x00, 0xac, 0x10, 0x02, 0x15],
+    ipv4: [172, 16, 2, 21],
+    ipv6: [0xfd, 0, 0, 0xb, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x21],
+    gw4: [172, 16, 2, 1],
+    gw6: seed::B.gw6,
+};
+
+pub const PLACEMENT: [(Instance, usize); 4] = [(seed::A, 0), (seed::B, 1), (seed::C, 2), (B2, 0)];
+
+/// Underlay address of host `i` (0-based): 192.0.2.(i+1).
+pub const fn underlay(i: usize) -> [u8; 4] {
+    [192, 0, 2, i as u8 + 1]
+}
+
+pub fn vni(vpc: &str) -> u32 {
+    VNI.iter().find(|(v, _)| *v == vpc).expect("a seed vpc").1
+}
+
+pub fn tunnel_key(pcx: &str) -> u32 {
+    TUNNEL_KEY
+        .iter()
+        .find(|(p, _)| *p == pcx)
+        .expect("a seed peering")
+        .1
+}
+
+fn host_doc(i: usize) -> HostDoc {
+    HostDoc {
+        id: HOSTS[i].into(),
+        underlay_ipv4: seed::v4_str(&underlay(i)),
+        uplink: Some(UPLINK.into()),
+        ..HostDoc::default()
+    }
+}
+
+fn port_doc(i: Instance, host: usize) -> PortDoc {
+    PortDoc {
+        interface: i.port.into(),
+        host: Some(HOSTS[host].into()),
+        subnet: format!("subnet-{}2", &i.vpc[4..]),
+        mac: seed::mac_str(&i.mac),
+        ipv4: Some(seed::v4_str(&i.ipv4)),
+        ipv6: Some(seed::v6_str(&i.ipv6)),
+        ..PortDoc::default()
+    }
+}
+
+/// The VPC peered with `vpc` over each seed peering.
+fn peers(vpc: &str) -> Vec<&'static str> {
+    match vpc {
+        "vpc-a" => vec!["vpc-b"],
+        "vpc-b" => vec!["vpc-a", "vpc-c"],
+        _ => vec!["vpc-b"],
+    }
+}
+
+/// Host `i`'s document (0-based).
+pub fn host_document(i: usize) -> Document {
+    let mut doc = seed::seed_doc();
+    doc.local_host = Some(HOSTS[i].into());
+    for v in doc.vpcs.iter_mut() {
+        v.vni = Some(vni(&v.id));
+    }
+    for p in doc.peerings.iter_mut() {
+        p.tunnel_key = Some(tunnel_key(&p.id));
+    }
+    doc.ports = PLACEMENT
+        .iter()
+        .filter(|(_, h)| *h == i)
+        .map(|(inst, h)| port_doc(*inst, *h))
+        .collect();
+    let here: Vec<&str> = PLACEMENT
+        .iter()
+        .filter(|(_, h)| *h == i)
+        .map(|(inst, _)| inst.vpc)
+        .collect();
+    let reach: Vec<&str> = here.iter().flat_map(|v| peers(v)).collect();
+    doc.remote_ports = PLACEMENT
+        .iter()
+        .filter(|(inst, h)| *h != i && reach.contains(&inst.vpc))
+        .map(|(inst, h)| port_doc(*inst, *h))
+        .collect();
+    let mut hosts = vec![i];
+    for (inst, h) in PLACEMENT {
+        if h != i && reach.contains(&inst.vpc) && !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    hosts.sort();
+    doc.hosts = hosts.into_iter().map(host_doc).collect();
+    doc.router_mac = Some(seed::mac_str(&ROUTER_MAC));
+    doc
+}
