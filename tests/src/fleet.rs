@@ -3,7 +3,9 @@
 //! document is what the control plane would send it: its own ports, the instances of
 //! peered VPCs on other hosts, and those hosts.
 
+use crate::netns::{veth, Netns};
 use crate::seed::{self, Instance, ROUTER_MAC};
+use anyhow::Result;
 use peer_dataplane::desired::document::{Document, HostDoc, PortDoc};
 
 pub const HOSTS: [&str; 3] = ["host-1", "host-2", "host-3"];
@@ -110,4 +112,71 @@ pub fn host_document(i: usize) -> Document {
     doc.hosts = hosts.into_iter().map(host_doc).collect();
     doc.router_mac = Some(seed::mac_str(&ROUTER_MAC));
     doc
+}
+
+/// MAC of host `i`'s uplink (0-based).
+pub const fn uplink_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x55, 0, 0, 0, i as u8 + 1]
+}
+
+/// Three hosts as namespaces joined by an underlay bridge (its own namespace), each
+/// instance in a namespace behind its port on its host.
+pub struct FleetNetwork {
+    pub underlay: Netns,
+    pub hosts: Vec<Netns>,
+    pub instances: Vec<(Instance, Netns)>,
+}
+
+impl FleetNetwork {
+    /// The fleet with every uplink (and the bridge) at `mtu`.
+    pub fn create(prefix: &str, mtu: u32) -> Result<FleetNetwork> {
+        let fabric = Netns::create(&format!("{prefix}-ul"))?;
+        fabric.ip(&["link", "add", "name", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut hosts = Vec::new();
+        for i in 0..HOSTS.len() {
+            let h = Netns::create(&format!("{prefix}-h{}", i + 1))?;
+            let port = format!("ul{}", i + 1);
+            let mac = seed::mac_str(&uplink_mac(i));
+            veth(&h, UPLINK, Some(&mac), &fabric, &port, None)?;
+            for (ns, dev) in [(&h, UPLINK), (&fabric, port.as_str())] {
+                ns.ip(&["link", "set", dev, "mtu", &mtu.to_string()])?;
+            }
+            fabric.ip(&["link", "set", &port, "master", "br0"])?;
+            // The host's XDP program redirects tunnel frames into its uplink: the peer
+            // needs GRO (or an XDP program) to take them.
+            fabric.exec("ethtool", &["-K", &port, "gro", "on"])?;
+            let cidr = format!("{}/24", seed::v4_str(&underlay(i)));
+            h.ip(&["addr", "add", &cidr, "dev", UPLINK])?;
+            hosts.push(h);
+        }
+        let mut instances = Vec::new();
+        for (inst, host) in PLACEMENT {
+            let ns = seed::instance(&hosts[host], inst, &format!("{prefix}-{}", inst.name))?;
+            instances.push((inst, ns));
+        }
+        Ok(FleetNetwork {
+            underlay: fabric,
+            hosts,
+            instances,
+        })
+    }
+
+    pub fn ns(&self, i: Instance) -> &Netns {
+        &self
+            .instances
+            .iter()
+            .find(|(x, _)| x.name == i.name)
+            .expect("an instance of the fleet")
+            .1
+    }
+}
+
+/// The host (0-based) that carries `i`.
+pub fn host_of(i: Instance) -> usize {
+    PLACEMENT
+        .iter()
+        .find(|(x, _)| x.name == i.name)
+        .expect("an instance of the fleet")
+        .1
 }

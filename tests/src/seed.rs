@@ -115,70 +115,7 @@ impl SeedNetwork {
         let host = Netns::create(&format!("{prefix}-host"))?;
         let mut instances = Vec::new();
         for i in INSTANCES {
-            let ns = Netns::create(&format!("{prefix}-{}", i.name))?;
-            veth(&host, i.port, None, &ns, "eth0", Some(&mac_str(&i.mac)))?;
-            let router = mac_str(&ROUTER_MAC);
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", v4_str(&i.ipv4)),
-                "dev",
-                "eth0",
-            ])?;
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", v6_str(&i.ipv6)),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            ns.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &v4_str(&i.gw4),
-                "dev",
-                "eth0",
-            ])?;
-            ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &v6_str(&i.gw6),
-                "dev",
-                "eth0",
-            ])?;
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &v4_str(&i.gw4),
-                "lladdr",
-                &router,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            ns.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &v6_str(&i.gw6),
-                "lladdr",
-                &router,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            // Native XDP redirect into a veth needs GRO (or an XDP program) on the receiving
-            // peer; and the sender's checksum offload would leave UDP checksums unfilled.
-            ns.exec("ethtool", &["-K", "eth0", "gro", "on", "tx", "off"])?;
+            let ns = instance(&host, i, &format!("{prefix}-{}", i.name))?;
             instances.push((i, ns));
         }
         Ok(SeedNetwork { host, instances })
@@ -192,6 +129,76 @@ impl SeedNetwork {
             .unwrap()
             .1
     }
+}
+
+/// Instance `i` in a namespace `ns_name` of its own behind its port in `host`: addressed,
+/// routed via the virtual gateway, whose MAC is a static neighbour.
+pub fn instance(host: &Netns, i: Instance, ns_name: &str) -> Result<Netns> {
+    let ns = Netns::create(ns_name)?;
+    veth(host, i.port, None, &ns, "eth0", Some(&mac_str(&i.mac)))?;
+    let router = mac_str(&ROUTER_MAC);
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", v4_str(&i.ipv4)),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", v6_str(&i.ipv6)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &v4_str(&i.gw4),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &v6_str(&i.gw6),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &v4_str(&i.gw4),
+        "lladdr",
+        &router,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        &v6_str(&i.gw6),
+        "lladdr",
+        &router,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    // Native XDP redirect into a veth needs GRO (or an XDP program) on the receiving
+    // peer; and the sender's checksum offload would leave UDP checksums unfilled.
+    ns.exec("ethtool", &["-K", "eth0", "gro", "on", "tx", "off"])?;
+    Ok(ns)
 }
 
 /// The real agent binary, running in the hypervisor namespace with its own pin directory.

@@ -108,11 +108,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Installs `topo` and attaches to its ports.
+    /// Installs `topo` and attaches to its ports (and, in a fleet, to the uplink, where
+    /// the tunnels from other hosts arrive).
     pub fn apply(&mut self, topo: &Topology) -> Result<usize> {
         let writes = self.installed.install(topo, &KernelIfindex)?;
-        let ports: Vec<String> = topo.ports.keys().cloned().collect();
-        self.links.sync(program(&mut self.ebpf)?, &ports)?;
+        let mut ifaces: Vec<String> = topo.ports.keys().cloned().collect();
+        ifaces.extend(topo.local().and_then(|h| h.uplink.clone()));
+        self.links.sync(program(&mut self.ebpf)?, &ifaces)?;
         Ok(writes)
     }
 
