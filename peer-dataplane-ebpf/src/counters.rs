@@ -67,7 +67,7 @@ impl Outcome {
 
 impl Outcome {
     /// Dropped, but answered: the frame was rewritten into a reply sent with `action`
-    /// (an ICMP error through `XDP_TX`).
+    /// (an ICMP error redirected back to its port).
     #[inline(always)]
     pub fn answered(reason: DropReason, ctr: u32, action: u32) -> Outcome {
         Outcome {

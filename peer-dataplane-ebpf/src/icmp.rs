@@ -1,7 +1,6 @@
 //! Path-MTU answers (docs/datapath.md §5.4): a packet for another host that would not fit
 //! the underlay once encapsulated is turned, in place, into ICMP "fragmentation needed"
-//! (IPv4) or ICMPv6 "packet too big" and sent back out of the port it came in by
-//! (XDP_TX). The answer comes from the original destination, quotes the head of the
+//! (IPv4) or ICMPv6 "packet too big" and sent back out of the port it came in by. The answer comes from the original destination, quotes the head of the
 //! original packet and names the largest inner packet the underlay carries.
 //!
 //! IPv4 without DF gets the same answer: the data plane does not fragment, and the

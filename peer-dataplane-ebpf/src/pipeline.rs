@@ -16,7 +16,7 @@ use crate::{
     parse::{self, Packet},
     peering, port, rewrite, route, sg, trace,
 };
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
     acl::NO_ACL,
     overlay::{OverlayConfig, OverlayIdKey, PeeringOption},
@@ -291,7 +291,7 @@ fn forward<const T: bool>(
 
 /// Toward an instance on another host: TTL (checked, not decremented), the underlay's
 /// size and next hop, the cap, and the encapsulation. Too big for the underlay: the
-/// frame becomes the ICMP answer and goes back out of its port.
+/// frame becomes the ICMP answer and goes back out of the port it came by.
 #[inline(always)]
 fn to_host<const T: bool>(
     ctx: &XdpContext,
@@ -318,11 +318,12 @@ fn to_host<const T: bool>(
             if !icmp::too_big(ctx, p, mtu) {
                 return Err(drop(DropReason::MtuExceeded));
             }
-            return Err(Outcome::answered(
-                DropReason::MtuExceeded,
-                x.ctr,
-                xdp_action::XDP_TX,
-            ));
+            // Back out of the port it came by, through the devmap rather than XDP_TX: a
+            // veth wakes its peer for XDP_TX only if the peer runs XDP itself.
+            let back = DEVMAP
+                .redirect(ctx.ingress_ifindex() as u32, 0)
+                .map_err(|_| drop(DropReason::RedirectFailed))?;
+            return Err(Outcome::answered(DropReason::MtuExceeded, x.ctr, back));
         }
     }
     plan.header.option = PeeringOption {

@@ -16,9 +16,7 @@ use peer_dataplane_common::{
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, NAME_VPC,
 };
 use peer_dataplane_tests::fleet::{self, B2, UPLINK};
-use peer_dataplane_tests::harness::{
-    action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
-};
+use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use peer_dataplane_tests::netns::{self, veth, Netns};
 use peer_dataplane_tests::packets::{self, fold16, geneve4, peering_option, Outer, L2};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C, ROUTER_MAC};
@@ -725,7 +723,8 @@ fn output_problems(c: &Case, action: u32, out: &[u8]) -> Vec<String> {
     let mut p = Vec::new();
     let want_action = match &c.expect {
         Expect::Encap { .. } | Expect::Deliver { .. } => XDP_REDIRECT,
-        Expect::TooBig { .. } => XDP_TX,
+        // Redirected back to the port it came by.
+        Expect::TooBig { .. } => XDP_REDIRECT,
         Expect::Pass(_) => XDP_PASS,
         Expect::Drop(..) => XDP_DROP,
     };
