@@ -44,6 +44,13 @@ pub enum Command {
         /// PEM certificate(s) the control plane's TLS certificate must chain to (https).
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// Join the fleet: register this host with the control plane at this underlay
+        /// IPv4 address (the source of its tunnels), before following it.
+        #[arg(long, requires_all = ["control_plane", "uplink"])]
+        underlay_ipv4: Option<std::net::Ipv4Addr>,
+        /// The interface tunnels to and from other hosts use (with --underlay-ipv4).
+        #[arg(long, requires = "underlay_ipv4")]
+        uplink: Option<String>,
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: links::XdpModeArg,
         /// XDP object to load instead of the one embedded in this binary.

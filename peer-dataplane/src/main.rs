@@ -50,6 +50,8 @@ fn run(cli: Cli) -> Result<()> {
             host,
             token_file,
             ca,
+            underlay_ipv4,
+            uplink,
             xdp_mode,
             bpf_object,
             metrics,
@@ -66,6 +68,12 @@ fn run(cli: Cli) -> Result<()> {
                                 .with_context(|| format!("reading --ca {}", p.display()))
                         })
                         .transpose()?,
+                    register: underlay_ipv4.zip(uplink).map(|(underlay_ipv4, uplink)| {
+                        follow::Registration {
+                            underlay_ipv4,
+                            uplink,
+                        }
+                    }),
                 }),
                 (None, None) => anyhow::bail!("give --config FILE or --control-plane URL"),
             };

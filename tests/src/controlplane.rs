@@ -11,10 +11,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const SEED_API: &str = include_str!("../../examples/seed-api.json");
+/// The seed spread over three hosts (see tests/src/fleet.rs for the same placement).
+pub const FLEET_API: &str = include_str!("../../examples/fleet-api.json");
 /// host-1's agent credential (the host every test port is on).
 pub const AGENT_TOKEN: &str = "host-1-token-for-tests";
-/// host-2's (a host with no ports).
+/// host-2's (a host with no ports in the single-host seed).
 pub const HOST_2_TOKEN: &str = "host-2-token-for-tests";
+/// host-3's (the fleet demo's third host).
+pub const HOST_3_TOKEN: &str = "host-3-token-for-tests";
+/// Each host's credential.
+pub const HOST_TOKENS: [(&str, &str); 3] = [
+    ("host-1", AGENT_TOKEN),
+    ("host-2", HOST_2_TOKEN),
+    ("host-3", HOST_3_TOKEN),
+];
 /// Account -> API token.
 pub const ACCOUNTS: [(&str, &str); 3] = [
     ("111111111111", "token-for-account-a"),
@@ -39,6 +49,8 @@ pub struct ControlPlane {
     pub db: PathBuf,
     pub port: u16,
     pub log: PathBuf,
+    /// Address it listens on in its namespace (127.0.0.1 unless other hosts must reach it).
+    pub listen: std::net::IpAddr,
 }
 
 pub struct Reply {
@@ -63,11 +75,28 @@ impl ControlPlane {
         Self::start_with(bin, host, db, port, None)
     }
 
+    /// [`Self::start`] listening on every address of `host` (agents on other hosts reach
+    /// it over the underlay; calls from `host` still use its loopback).
+    pub fn start_for_fleet(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
+        Self::start_listening(bin, host, db, [0, 0, 0, 0].into(), port, None)
+    }
+
     /// [`Self::start`] serving https with `tls` (see [`make_tls`]).
     pub fn start_with(
         bin: &Path,
         host: &Netns,
         db: &Path,
+        port: u16,
+        tls: Option<Tls>,
+    ) -> Result<ControlPlane> {
+        Self::start_listening(bin, host, db, [127, 0, 0, 1].into(), port, tls)
+    }
+
+    fn start_listening(
+        bin: &Path,
+        host: &Netns,
+        db: &Path,
+        listen: std::net::IpAddr,
         port: u16,
         tls: Option<Tls>,
     ) -> Result<ControlPlane> {
@@ -79,6 +108,7 @@ impl ControlPlane {
             db: db.to_path_buf(),
             port,
             log: db.with_extension("log"),
+            listen,
         };
         cp.spawn()?;
         Ok(cp)
@@ -95,17 +125,14 @@ impl ControlPlane {
             .args([
                 "controlplane",
                 "--listen",
-                &format!("127.0.0.1:{}", self.port),
+                &std::net::SocketAddr::new(self.listen, self.port).to_string(),
                 "--db",
             ])
             .arg(&self.db)
             .arg("--account-tokens")
             .arg(self.secrets("account-tokens", &ACCOUNTS)?)
             .arg("--host-tokens")
-            .arg(self.secrets(
-                "host-tokens",
-                &[("host-1", AGENT_TOKEN), ("host-2", HOST_2_TOKEN)],
-            )?);
+            .arg(self.secrets("host-tokens", &HOST_TOKENS)?);
         if let Some(t) = &self.tls {
             c.arg("--tls-cert")
                 .arg(&t.cert)
@@ -218,7 +245,12 @@ impl ControlPlane {
     /// Replays examples/seed-api.json, skipping steps whose note is in `hold_back`.
     /// Returns the revision after the last request.
     pub fn seed(&self, hold_back: &[&str]) -> Result<u64> {
-        let seed: Value = serde_json::from_str(SEED_API)?;
+        self.replay(SEED_API, hold_back)
+    }
+
+    /// Replays the steps of an API script (examples/*-api.json) as [`Self::seed`] does.
+    pub fn replay(&self, script: &str, hold_back: &[&str]) -> Result<u64> {
+        let seed: Value = serde_json::from_str(script)?;
         let mut revision = 0;
         for step in seed["steps"].as_array().unwrap() {
             if step["note"]
@@ -252,18 +284,37 @@ impl ControlPlane {
     /// `run` arguments of an agent on host-1 following this control plane (its token in
     /// a file, as in production: never on the command line).
     pub fn agent_args(&self) -> Result<Vec<String>> {
-        let token = self.db.with_extension("host-1.token");
-        write_secret(&token, AGENT_TOKEN)?;
+        self.host_agent_args("host-1", &self.url(), None)
+    }
+
+    /// `run` arguments of `host`'s agent reaching this control plane at `url`; with
+    /// `fleet` (underlay address, uplink) it registers the host in the fleet first.
+    pub fn host_agent_args(
+        &self,
+        host: &str,
+        url: &str,
+        fleet: Option<(&str, &str)>,
+    ) -> Result<Vec<String>> {
+        let secret = HOST_TOKENS
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map(|(_, t)| *t)
+            .context("a host with a test token")?;
+        let token = self.db.with_extension(format!("{host}.token"));
+        write_secret(&token, secret)?;
         let mut args: Vec<String> = [
             "--control-plane",
-            &self.url(),
+            url,
             "--host",
-            "host-1",
+            host,
             "--token-file",
             &token.display().to_string(),
         ]
         .map(String::from)
         .to_vec();
+        if let Some((underlay, uplink)) = fleet {
+            args.extend(["--underlay-ipv4", underlay, "--uplink", uplink].map(String::from));
+        }
         if let Some(t) = &self.tls {
             args.extend(["--ca".to_string(), t.ca.display().to_string()]);
         }

@@ -35,7 +35,11 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, create the demo topology in network namespaces, run traffic, show counters.
-    Demo,
+    Demo {
+        /// Every port on one host instead of the seed spread over three hosts.
+        #[arg(long)]
+        single_host: bool,
+    },
     /// The differential test (reference model vs the program) at any size; CI runs 500
     /// states of 1,000 frames.
     Difftest {
@@ -290,12 +294,16 @@ fn build_agent(obj: &Path) -> Result<PathBuf> {
     Ok(root().join("target/release/peer-dataplane"))
 }
 
-fn demo() -> Result<()> {
+fn demo(single_host: bool) -> Result<()> {
     setup()?;
     let obj = build_ebpf()?;
     let agent = build_agent(&obj)?;
     step("running the demo");
-    run(Command::new(root().join("target/release/pdp-demo"))
+    let mut demo = Command::new(root().join("target/release/pdp-demo"));
+    if single_host {
+        demo.arg("--single-host");
+    }
+    run(demo
         .arg("--agent")
         .arg(&agent)
         .current_dir(root()))
@@ -357,7 +365,7 @@ fn main() -> Result<()> {
             build_agent(&obj).map(|p| println!("{}", p.display()))
         }
         Task::Test { repeat, args } => suite::test(&args, repeat),
-        Task::Demo => demo(),
+        Task::Demo { single_host } => demo(single_host),
         Task::Difftest {
             states,
             packets,

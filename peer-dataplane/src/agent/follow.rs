@@ -19,6 +19,15 @@ pub struct ControlPlane {
     pub token: String,
     /// PEM certificates that the control plane's certificate must chain to (https).
     pub ca: Option<Vec<u8>>,
+    /// Register this host in the fleet before following (`--underlay-ipv4`, `--uplink`).
+    pub register: Option<Registration>,
+}
+
+/// This host's place in the overlay, as it registers it.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub underlay_ipv4: std::net::Ipv4Addr,
+    pub uplink: String,
 }
 
 /// Never prints the token.
@@ -29,6 +38,7 @@ impl std::fmt::Debug for ControlPlane {
             .field("host", &self.host)
             .field("token", &"<redacted>")
             .field("ca", &self.ca.is_some())
+            .field("register", &self.register)
             .finish()
     }
 }
@@ -104,6 +114,26 @@ fn fetch(
         .map_err(|e| format!("GET {url}: reading the answer: {e}"))
 }
 
+/// `PUT /v1/hosts/{host}`: joins (or rejoins, idempotently) the fleet.
+fn register(agent: &ureq::Agent, cp: &ControlPlane, r: &Registration) -> Result<(), String> {
+    let url = format!("{}/v1/hosts/{}", cp.url.trim_end_matches('/'), cp.host);
+    let body = serde_json::json!({
+        "underlay_ipv4": r.underlay_ipv4.to_string(),
+        "uplink": r.uplink,
+    });
+    match agent
+        .put(&url)
+        .header("authorization", &format!("Bearer {}", cp.token))
+        .send_json(&body)
+    {
+        Ok(_) => Ok(()),
+        // A refusal names what is wrong (an address in use, say): retrying will not help,
+        // but the agent keeps retrying so that a fix on the control plane's side is seen.
+        Err(ureq::Error::StatusCode(code)) => Err(format!("PUT {url}: HTTP {code}")),
+        Err(e) => Err(format!("PUT {url}: {e}")),
+    }
+}
+
 /// Starts the sync thread; new revisions arrive on the returned channel.
 pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
     let agent = client(&cp)?;
@@ -114,6 +144,22 @@ pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
             let mut after: Option<u64> = None;
             let mut backoff = BACKOFF_MIN;
             let mut failing = false;
+            if let Some(r) = &cp.register {
+                loop {
+                    match register(&agent, &cp, r) {
+                        Ok(()) => {
+                            info!("registered host {} (underlay {}, uplink {})", cp.host, r.underlay_ipv4, r.uplink);
+                            break;
+                        }
+                        Err(e) => {
+                            warn!("cannot register in the fleet yet ({e}); retrying");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                    }
+                }
+                backoff = BACKOFF_MIN;
+            }
             loop {
                 match fetch(&agent, &cp, after) {
                     Ok(r) => {

@@ -1,10 +1,15 @@
 //! `cargo xtask demo`: the seed topology in network namespaces, built through the control
-//! plane's API; the real agent following the control plane; real traffic; and the
-//! counters that prove each outcome. Removes everything it created.
+//! plane's API; real agents following the control plane; real traffic; and the counters
+//! that prove each outcome. By default the instances are spread over three hosts (A and a
+//! second B instance on host 1, B on host 2, C on host 3) joined by an underlay bridge,
+//! one agent per host; `--single-host` puts every port on one host. Removes everything it
+//! created.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane};
-use peer_dataplane_tests::seed::{v4_str, v6_str, Agent, SeedNetwork, A, B, C};
+use peer_dataplane_tests::controlplane::{free_port, token_of, ControlPlane, FLEET_API, SEED_API};
+use peer_dataplane_tests::fleet::{self, FleetNetwork, B2};
+use peer_dataplane_tests::netns::Netns;
+use peer_dataplane_tests::seed::{v4_str, v6_str, Agent, Instance, SeedNetwork, A, B, C};
 use peer_dataplane_tests::traffic::{self, ping_instance, tcp_exchange, udp_exchange};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,16 +40,20 @@ fn print_indented(s: &str) {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut agent_bin = None;
+    let mut single_host = false;
     while let Some(a) = args.next() {
-        if a == "--agent" {
-            agent_bin = args.next().map(PathBuf::from);
+        match a.as_str() {
+            "--agent" => agent_bin = args.next().map(PathBuf::from),
+            "--single-host" => single_host = true,
+            other => bail!("unknown argument {other}"),
         }
     }
-    let bin =
-        agent_bin.context("usage: pdp-demo --agent PATH (run it through `cargo xtask demo`)")?;
+    let bin = agent_bin.context(
+        "usage: pdp-demo --agent PATH [--single-host] (run it through `cargo xtask demo`)",
+    )?;
     peer_dataplane_tests::require_root()?;
-    print_topology();
-    let mut demo = Demo::start(&bin)?;
+    print_topology(single_host);
+    let mut demo = Demo::start(&bin, single_host)?;
     demo.pending()?;
     demo.accepted()?;
     demo.not_transitive()?;
@@ -52,82 +61,195 @@ fn main() -> Result<()> {
     demo.finish()
 }
 
-fn print_topology() {
-    heading("topology (examples/seed-api.json)");
+fn print_topology(single_host: bool) {
+    heading(if single_host {
+        "topology (examples/seed-api.json): one host"
+    } else {
+        "topology (examples/fleet-api.json): three hosts"
+    });
+    let on = |i: Instance| {
+        if single_host {
+            String::new()
+        } else {
+            format!(" on host-{}", fleet::host_of(i) + 1)
+        }
+    };
     for (name, cidr, i) in [
         ("A", "10.0.0.0/16   ", A),
         ("B", "172.16.0.0/16 ", B),
         ("C", "192.168.0.0/16", C),
     ] {
         println!(
-            "    VPC {name} {cidr} account {}  instance {} / {} behind port {}",
+            "    VPC {name} {cidr} account {}  instance {} / {} behind port {}{}",
             ["111111111111", "222222222222", "333333333333"][(name.as_bytes()[0] - b'A') as usize],
             v4_str(&i.ipv4),
             v6_str(&i.ipv6),
-            i.port
+            i.port,
+            on(i)
+        );
+    }
+    if !single_host {
+        println!(
+            "    VPC B                                   instance {} / {} behind port {}{}",
+            v4_str(&B2.ipv4),
+            v6_str(&B2.ipv6),
+            B2.port,
+            on(B2)
         );
     }
     println!("    peerings: pcx-ab (A <-> B), pcx-bc (B <-> C); no A <-> C peering");
-    println!("    namespaces: pdp-demo-host (the hypervisor: ports, agent, control plane), pdp-demo-a, -b, -c");
+    if single_host {
+        println!("    namespaces: pdp-demo-host (the hypervisor: ports, agent, control plane), pdp-demo-a, -b, -c");
+    } else {
+        println!("    namespaces: pdp-demo-h1, -h2, -h3 (hosts: ports, uplink up0, agent; the control plane on h1),");
+        println!("                pdp-demo-ul (the underlay: bridge br0, 192.0.2.0/24), pdp-demo-a, -b, -c, -b2 (instances)");
+    }
 }
 
-/// The running demo: namespaces, control plane, agent, and the outcomes so far.
+/// The demo's namespaces: one host, or three and their underlay.
+enum Net {
+    Single(SeedNetwork),
+    Fleet(FleetNetwork),
+}
+
+impl Net {
+    fn ns(&self, i: Instance) -> &Netns {
+        match self {
+            Net::Single(n) => n.ns(i),
+            Net::Fleet(n) => n.ns(i),
+        }
+    }
+
+    /// Index of the host (and its agent) that carries `i`.
+    fn host_of(&self, i: Instance) -> usize {
+        match self {
+            Net::Single(_) => 0,
+            Net::Fleet(_) => fleet::host_of(i),
+        }
+    }
+
+    fn hosts(&self) -> Vec<&Netns> {
+        match self {
+            Net::Single(n) => vec![&n.host],
+            Net::Fleet(n) => n.hosts.iter().collect(),
+        }
+    }
+}
+
+/// The running demo: namespaces, control plane, agents, and the outcomes so far.
 struct Demo {
-    // Dropped in this order: agent, control plane, namespaces.
-    agent: Agent,
+    // Dropped in this order: agents, control plane, namespaces.
+    agents: Vec<Agent>,
     cp: ControlPlane,
-    net: SeedNetwork,
+    net: Net,
     dir: PathBuf,
-    stats_cmd: String,
     out: Outcomes,
 }
 
 impl Demo {
-    /// The namespaces, the control plane with the topology, the agent following it.
-    fn start(bin: &std::path::Path) -> Result<Demo> {
-        let net = SeedNetwork::create("pdp-demo")?;
+    /// The namespaces, the control plane with the topology, the agents following it.
+    fn start(bin: &std::path::Path, single_host: bool) -> Result<Demo> {
+        let net = if single_host {
+            Net::Single(SeedNetwork::create("pdp-demo")?)
+        } else {
+            Net::Fleet(FleetNetwork::create("pdp-demo", 1600)?)
+        };
         let dir = std::env::temp_dir().join("pdp-demo");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
 
         heading("starting the control plane (REST API, SQLite store)");
-        let port = net.host.run(free_port)?;
-        let cp = ControlPlane::start(bin, &net.host, &dir.join("cp.db"), port)?;
+        let cp_ns = net.hosts()[0];
+        let port = cp_ns.run(free_port)?;
+        let db = dir.join("cp.db");
+        let cp = if single_host {
+            ControlPlane::start(bin, cp_ns, &db, port)?
+        } else {
+            ControlPlane::start_for_fleet(bin, cp_ns, &db, port)?
+        };
         println!(
-            "    peer-dataplane-controlplane --listen 127.0.0.1:{port} --db {} --account-tokens {} --host-tokens {}",
+            "    peer-dataplane-controlplane --listen {}:{port} --db {} --account-tokens {} --host-tokens {}",
+            cp.listen,
             cp.db.display(),
             cp.db.with_extension("account-tokens").display(),
             cp.db.with_extension("host-tokens").display()
         );
-        let revision = cp.seed(&["accept-ab"])?;
-        println!("    built the topology with 23 API requests by accounts A, B and C (revision {revision}); B has not accepted pcx-ab");
+        let script = if single_host { SEED_API } else { FLEET_API };
+        let revision = cp.replay(script, &["accept-ab"])?;
+        println!("    built the topology with the API requests of accounts A, B and C (revision {revision}); B has not accepted pcx-ab");
 
-        heading("starting the agent: native XDP on the three ports, following the control plane");
-        let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-demo");
-        let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
-        println!(
-            "    peer-dataplane --pin-dir {} run {}",
-            pin_dir.display(),
-            cp.agent_args()?.join(" ")
-        );
-        let mut agent = cp.start_agent(bin, &net.host, &dir, &pin_dir, "agent")?;
-        agent.wait_synced(revision, SYNC)?;
-        print_indented(
-            &agent
-                .log_text()
-                .lines()
-                .map(|l| format!("| {l}\n"))
-                .collect::<String>(),
-        );
-        let stats_cmd = format!("peer-dataplane --pin-dir {} stats", pin_dir.display());
-        Ok(Demo {
-            agent,
+        let mut agents = Vec::new();
+        for (i, host_ns) in net.hosts().into_iter().enumerate() {
+            let host = format!("host-{}", i + 1);
+            let pin_dir = PathBuf::from(if single_host {
+                "/sys/fs/bpf/pdp-demo".to_string()
+            } else {
+                format!("/sys/fs/bpf/pdp-demo-h{}", i + 1)
+            });
+            let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
+            let underlay = v4_str(&fleet::underlay(0));
+            let url = format!("http://{underlay}:{port}");
+            let own = v4_str(&fleet::underlay(i));
+            let args = if single_host {
+                cp.agent_args()?
+            } else {
+                cp.host_agent_args(&host, &url, Some((&own, fleet::UPLINK)))?
+            };
+            heading(&if single_host {
+                "starting the agent: native XDP on the three ports, following the control plane"
+                    .to_string()
+            } else {
+                format!("starting {host}'s agent: native XDP on its ports and uplink, joining the fleet")
+            });
+            println!("    peer-dataplane --pin-dir {} run {}", pin_dir.display(), args.join(" "));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let config = dir.join(format!("{host}.toml"));
+            agents.push(Agent::start_with(bin, host_ns, &config, &pin_dir, &args, "agent")?);
+        }
+        let mut demo = Demo {
+            agents,
             cp,
             net,
             dir,
-            stats_cmd,
             out: Outcomes(Vec::new()),
-        })
+        };
+        // Registration bumps the revision: wait for whatever is newest now.
+        let newest = demo.cp.expect("GET", "/v1/vpcs", "111111111111", None, 200)?.revision;
+        demo.synced(newest.max(revision))?;
+        for (i, a) in demo.agents.iter().enumerate() {
+            println!("    host-{} |", i + 1);
+            print_indented(
+                &a.log_text()
+                    .lines()
+                    .map(|l| format!("| {l}\n"))
+                    .collect::<String>(),
+            );
+        }
+        Ok(demo)
+    }
+
+    /// Waits until every agent has installed `revision`.
+    fn synced(&mut self, revision: u64) -> Result<()> {
+        for a in &mut self.agents {
+            a.wait_synced(revision, SYNC)?;
+        }
+        Ok(())
+    }
+
+    fn agent(&self, i: Instance) -> &Agent {
+        &self.agents[self.net.host_of(i)]
+    }
+
+    /// `stats` of `i`'s host, shown as the command an operator types there.
+    fn show_stats(&self, i: Instance) -> Result<()> {
+        let a = self.agent(i);
+        println!(
+            "\n    [host-{}] $ peer-dataplane --pin-dir {} stats",
+            self.net.host_of(i) + 1,
+            a.pin_dir.display()
+        );
+        print_indented(&a.stats_table()?);
+        Ok(())
     }
 
     /// One API call, shown as the `curl` that makes it; returns the new revision.
@@ -161,10 +283,10 @@ impl Demo {
     fn accepted(&mut self) -> Result<()> {
         heading("2. B accepts pcx-ab: A <-> B traffic flows");
         let rev = self.api("POST", "/v1/vpc-peering/pcx-ab/accept", ACCOUNT_B, 200)?;
-        self.agent.wait_synced(rev, SYNC)?;
+        self.synced(rev)?;
         println!(
             "    | {}",
-            self.agent.log_text().lines().last().unwrap_or("")
+            self.agent(A).log_text().lines().last().unwrap_or("")
         );
         self.out.check(
             "ping A -> B (IPv4, 3 echoes)",
@@ -182,8 +304,19 @@ impl Demo {
             "TCP connect + echo A -> B",
             tcp_exchange(self.net.ns(A), self.net.ns(B), &B, false, 7001)?,
         );
-        println!("\n    $ {}", self.stats_cmd);
-        print_indented(&self.agent.stats_table()?);
+        self.show_stats(A)?;
+        if self.net.host_of(A) != self.net.host_of(B) {
+            self.show_stats(B)?;
+            let (a4, b4) = (v4_str(&A.ipv4), v4_str(&B.ipv4));
+            println!(
+                "\n    [host-1] $ peer-dataplane trace --port {} --src {a4} --dst {b4}",
+                A.port
+            );
+            let trace = self
+                .agent(A)
+                .cli(&["trace", "--port", A.port, "--src", &a4, "--dst", &b4])?;
+            print_indented(&trace);
+        }
         Ok(())
     }
 
@@ -198,10 +331,19 @@ impl Demo {
             "B relaying traffic sourced from A to C is dropped",
             !traffic::ping_from(self.net.ns(B), &A.ipv4, &C.ipv4)?,
         );
-        let s = self.agent.stats_json()?;
-        let no_route = s["global"]["dropped"]["no-route"].as_u64().unwrap_or(0);
-        let transitive = s["global"]["dropped"]["transitive"].as_u64().unwrap_or(0);
-        println!("    counters: drop no-route = {no_route}, drop transitive = {transitive}");
+        // A's host refuses A -> C; B's host refuses what B relays.
+        let dropped = |i: Instance, r: &str| -> Result<u64> {
+            Ok(self.agent(i).stats_json()?["global"]["dropped"][r]
+                .as_u64()
+                .unwrap_or(0))
+        };
+        let no_route = dropped(A, "no-route")?;
+        let transitive = dropped(B, "transitive")?;
+        println!(
+            "    counters: drop no-route = {no_route} (host-{}), drop transitive = {transitive} (host-{})",
+            self.net.host_of(A) + 1,
+            self.net.host_of(B) + 1
+        );
         self.out.check(
             "counted as no-route and transitive drops",
             no_route >= 2 && transitive >= 2,
@@ -209,11 +351,12 @@ impl Demo {
         // Why: ask the loaded program, stage by stage.
         let (a4, c4) = (v4_str(&A.ipv4), v4_str(&C.ipv4));
         println!(
-            "\n    $ peer-dataplane trace --port {} --src {a4} --dst {c4}",
+            "\n    [host-{}] $ peer-dataplane trace --port {} --src {a4} --dst {c4}",
+            self.net.host_of(B) + 1,
             B.port
         );
         let trace = self
-            .agent
+            .agent(B)
             .cli(&["trace", "--port", B.port, "--src", &a4, "--dst", &c4])?;
         print_indented(&trace);
         self.out.check(
@@ -226,16 +369,16 @@ impl Demo {
     fn deleted(&mut self) -> Result<()> {
         heading("4. A deletes pcx-ab: A -> B is blackholed");
         let rev = self.api("DELETE", "/v1/vpc-peering/pcx-ab", ACCOUNT_A, 200)?;
-        self.agent.wait_synced(rev, SYNC)?;
+        self.synced(rev)?;
         println!(
             "    | {}",
-            self.agent.log_text().lines().last().unwrap_or("")
+            self.agent(A).log_text().lines().last().unwrap_or("")
         );
         self.out.check(
             "ping A -> B gets no answer",
             !ping_instance(self.net.ns(A), &B, false, 2)?,
         );
-        let s = self.agent.stats_json()?;
+        let s = self.agent(A).stats_json()?;
         let ab = s["peerings"]
             .as_array()
             .unwrap()
@@ -251,8 +394,7 @@ impl Demo {
             ),
             inactive >= 4,
         );
-        println!("\n    $ {}", self.stats_cmd);
-        print_indented(&self.agent.stats_table()?);
+        self.show_stats(A)?;
         self.out.check(
             "pcx-bc is untouched: ping C -> B still answered",
             ping_instance(self.net.ns(C), &B, false, 1)?,
@@ -264,14 +406,13 @@ impl Demo {
     fn finish(self) -> Result<()> {
         heading("cleaning up (agent and control plane stopped, namespaces and pins removed)");
         let Demo {
-            agent,
+            agents,
             cp,
             net,
             dir,
             out,
-            ..
         } = self;
-        drop(agent);
+        drop(agents);
         drop(cp);
         drop(net);
         let _ = std::fs::remove_dir_all(&dir);
