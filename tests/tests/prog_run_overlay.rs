@@ -1013,3 +1013,62 @@ fn every_overlay_reason_is_covered_by_the_table() {
         .iter()
         .any(|c| matches!(c.expect, Expect::Pass(PassReason::Underlay))));
 }
+
+/// `trace` on host 1: the encapsulation toward B's host, and, for a tunnel frame described
+/// as host 2 would send it, the receiving host's checks of the tunnel.
+#[test]
+fn trace_shows_the_encapsulation_and_the_tunnel_checks() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let ns = host1_net()?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load()?;
+    install_host1(&mut dp, None)?;
+    let trace = |args: &[&str]| -> Result<String> {
+        let out = peer_dataplane_tests::cli(&dp.pin_dir, &[&["trace"], args].concat())?;
+        anyhow::ensure!(
+            out.status.success(),
+            "trace {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (a, b, c, b2) = (
+        seed::v4_str(&A.ipv4),
+        seed::v4_str(&B.ipv4),
+        seed::v4_str(&C.ipv4),
+        seed::v4_str(&B2.ipv4),
+    );
+
+    let t = trace(&["--src", &a, "--dst", &b])?;
+    for want in [
+        "is an instance on host-2 (192.0.2.2)",
+        "Geneve to host-2 (192.0.2.2), VNI 102 (vpc-b), from VNI 101 (vpc-a), tunnel key 1 (pcx-ab)",
+        "verdict: forward to the uplink (encapsulated)",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+
+    let t = trace(&["--from-host", "host-2", "--src", &b, "--dst", &a])?;
+    for want in [
+        "uplink (ifindex",
+        "Geneve from 192.0.2.2 (host-2): VNI 101 (vpc-a), from VNI 102 (vpc-b) over tunnel key 1",
+        "return-route",
+        "verdict: forward to pdp-a",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    let t = trace(&["--from-host", "host-3", "--src", &c, "--dst", &b2])?;
+    assert!(t.contains("verdict: forward to pdp-b2"), "{t}");
+
+    // A host that does not carry the source: the CLI says so instead of guessing.
+    let out = peer_dataplane_tests::cli(
+        &dp.pin_dir,
+        &["trace", "--from-host", "host-3", "--src", &b, "--dst", &a],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("172.16.2.20 is not an instance on host-3"),
+        "{err}"
+    );
+    Ok(())
+}

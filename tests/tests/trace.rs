@@ -145,6 +145,7 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
             dport: Some(443),
             ttl: 64,
             length: None,
+            from_host: None,
         },
         dp.installed.mirror.ports.get(&netns::ifindex(A.port)),
     )?;

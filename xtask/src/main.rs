@@ -303,10 +303,7 @@ fn demo(single_host: bool) -> Result<()> {
     if single_host {
         demo.arg("--single-host");
     }
-    run(demo
-        .arg("--agent")
-        .arg(&agent)
-        .current_dir(root()))
+    run(demo.arg("--agent").arg(&agent).current_dir(root()))
 }
 
 fn bench_prog(repeat: u32) -> Result<()> {

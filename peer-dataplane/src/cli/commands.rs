@@ -123,6 +123,10 @@ pub struct TraceArgs {
     /// Frame length in bytes (padded payload), for caps.
     #[arg(long)]
     pub length: Option<usize>,
+    /// The packet as host HOST of the fleet sends it: Geneve arriving on the uplink, to
+    /// see this host's checks of the tunnel (--src is an instance on HOST).
+    #[arg(long, value_name = "HOST", conflicts_with = "port")]
+    pub from_host: Option<String>,
 }
 
 /// `trace`.
@@ -136,6 +140,7 @@ pub fn trace(pin_dir: &Path, a: TraceArgs, output: Output) -> Result<()> {
         dport: a.dport,
         ttl: a.ttl,
         length: a.length,
+        from_host: a.from_host,
     };
     let t = trace::trace(pin_dir, &req)?;
     show(output, &t, trace::render)
@@ -195,6 +200,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
             dport: None,
             ttl: 64,
             length: None,
+            from_host: None,
         },
     )?;
     let traffic = loadgen::Traffic {

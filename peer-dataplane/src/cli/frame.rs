@@ -20,6 +20,8 @@ pub struct Request {
     pub ttl: u8,
     /// Pad the frame to this many bytes (the cap charges by length).
     pub length: Option<usize>,
+    /// Trace it as a tunnel frame from this host of the fleet, arriving on the uplink.
+    pub from_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,6 +88,7 @@ pub fn frames(t: &Traffic, mac: Option<&peer_dataplane_common::Port>) -> Result<
                     dport: t.dport,
                     ttl: 64,
                     length: Some(t.length),
+                    from_host: None,
                 },
                 mac,
             )

@@ -201,10 +201,16 @@ impl Demo {
             } else {
                 format!("starting {host}'s agent: native XDP on its ports and uplink, joining the fleet")
             });
-            println!("    peer-dataplane --pin-dir {} run {}", pin_dir.display(), args.join(" "));
+            println!(
+                "    peer-dataplane --pin-dir {} run {}",
+                pin_dir.display(),
+                args.join(" ")
+            );
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let config = dir.join(format!("{host}.toml"));
-            agents.push(Agent::start_with(bin, host_ns, &config, &pin_dir, &args, "agent")?);
+            agents.push(Agent::start_with(
+                bin, host_ns, &config, &pin_dir, &args, "agent",
+            )?);
         }
         let mut demo = Demo {
             agents,
@@ -214,7 +220,10 @@ impl Demo {
             out: Outcomes(Vec::new()),
         };
         // Registration bumps the revision: wait for whatever is newest now.
-        let newest = demo.cp.expect("GET", "/v1/vpcs", "111111111111", None, 200)?.revision;
+        let newest = demo
+            .cp
+            .expect("GET", "/v1/vpcs", "111111111111", None, 200)?
+            .revision;
         demo.synced(newest.max(revision))?;
         for (i, a) in demo.agents.iter().enumerate() {
             println!("    host-{} |", i + 1);

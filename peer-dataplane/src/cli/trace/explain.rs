@@ -1,6 +1,7 @@
 //! A trace record turned into stages and a verdict, with names from the installed state:
 //! one method per pipeline stage, in pipeline order.
 
+use super::lookups::{acl_stage, matched_route, route_target, sg_fact, sg_result};
 use super::{Stage, Trace};
 use crate::bpf::progrun;
 use crate::cli::frame::Request;
@@ -10,12 +11,8 @@ use crate::views::installed::{EGRESS, INGRESS};
 use crate::views::{ip, Names};
 use etherparse::SlicedPacket;
 use peer_dataplane_common::{
-    acl::{acl_set_id, bit_set, NO_ACL, NO_HITS},
-    addr, route_table_id,
-    trace::*,
-    DropReason, PassReason, DIRECTIONS, NAME_ACL, NAME_ACL_RULE, NAME_PEERING, NAME_PORT,
-    NAME_ROUTE_TABLE, NAME_VPC, PCX_ACTIVE, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
-    ROUTE_TABLE_BITS,
+    route_table_id, trace::*, DropReason, PassReason, DIRECTIONS, NAME_PEERING, NAME_PORT,
+    NAME_ROUTE_TABLE, NAME_VPC, PCX_ACTIVE, ROUTE_BLACKHOLE, ROUTE_LOCAL,
 };
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -35,13 +32,7 @@ pub fn explain(
         _ => ("drop", DropReason::from_u32(r.reason).map(|d| d.as_str())),
     };
     // The stage that decided: the last one reached (none when forwarded).
-    let deciding = if verdict == "forward" {
-        0
-    } else if r.reached == 0 {
-        STAGE_PORT
-    } else {
-        1 << (31 - r.reached.leading_zeros())
-    };
+    let deciding = super::overlay::deciding(r, verdict, reason);
     let mut e = Explainer {
         r,
         state,
@@ -58,23 +49,30 @@ pub fn explain(
     e.finish()
 }
 
-struct Explainer<'a> {
-    r: &'a TraceRecord,
-    state: &'a MapState,
+pub(super) struct Explainer<'a> {
+    pub(super) r: &'a TraceRecord,
+    pub(super) state: &'a MapState,
     req: &'a Request,
-    frame: &'a [u8],
+    pub(super) frame: &'a [u8],
     verdict: &'static str,
-    reason: Option<&'static str>,
-    deciding: u32,
-    src: IpAddr,
-    dst: IpAddr,
+    pub(super) reason: Option<&'static str>,
+    pub(super) deciding: u32,
+    pub(super) src: IpAddr,
+    pub(super) dst: IpAddr,
     stages: Vec<Stage>,
 }
 
 impl Explainer<'_> {
     /// Every stage the packet reached, in pipeline order.
     fn run(&mut self, out: &[u8]) {
-        self.port();
+        if self.uplink() == Some(self.r.ingress_ifindex) {
+            self.uplink_port();
+        } else {
+            self.port();
+        }
+        if self.reached(STAGE_DECAP) {
+            self.decap();
+        }
         let stages: [(u32, fn(&mut Self)); 11] = [
             (STAGE_PARSE, Self::parse),
             (STAGE_ROUTE, Self::route),
@@ -94,12 +92,14 @@ impl Explainer<'_> {
             }
         }
         self.cap(self.frame);
-        if self.reached(STAGE_REWRITE) {
+        if self.reached(STAGE_ENCAP) {
+            self.encap(out);
+        } else if self.reached(STAGE_REWRITE) {
             self.rewrite(out);
         }
     }
 
-    fn reached(&self, bit: u32) -> bool {
+    pub(super) fn reached(&self, bit: u32) -> bool {
         self.r.reached & bit != 0
     }
 
@@ -111,7 +111,7 @@ impl Explainer<'_> {
         self.names().get(NAME_PORT, ifindex)
     }
 
-    fn push(&mut self, bit: u32, stage: &'static str, detail: String, facts: Value) {
+    pub(super) fn push(&mut self, bit: u32, stage: &'static str, detail: String, facts: Value) {
         let result = if bit == self.deciding {
             self.verdict
         } else {
@@ -292,6 +292,9 @@ impl Explainer<'_> {
     }
 
     fn endpoint(&mut self) {
+        if self.deciding != STAGE_ENDPOINT && self.remote_endpoint() {
+            return self.remote_endpoint_stage();
+        }
         let r = self.r;
         let dst = self.dst;
         let peer = self.names().get(NAME_VPC, r.peer_vpc);
@@ -405,6 +408,9 @@ impl Explainer<'_> {
     }
 
     fn deliver(&mut self) {
+        if self.deciding != STAGE_DELIVER && self.remote_endpoint() {
+            return; // the encap stage says where the frame goes
+        }
         let r = self.r;
         let to = self.port_name(r.ep_ifindex);
         let detail = if self.deciding == STAGE_DELIVER {
@@ -480,7 +486,13 @@ impl Explainer<'_> {
     }
 
     fn finish(self) -> Trace {
-        let egress_port = (self.verdict == "forward").then(|| self.port_name(self.r.ep_ifindex));
+        let egress_port = (self.verdict == "forward").then(|| {
+            if self.reached(STAGE_ENCAP) {
+                "the uplink (encapsulated)".to_string()
+            } else {
+                self.port_name(self.r.ep_ifindex)
+            }
+        });
         Trace {
             packet: json!({
                 "ingress_ifindex": self.r.ingress_ifindex,
@@ -498,92 +510,5 @@ impl Explainer<'_> {
             action: progrun::action_name(self.r.action),
             egress_port,
         }
-    }
-}
-
-/// The installed route of table key `table` that covers `a` with the longest prefix.
-fn matched_route(state: &MapState, table: u32, a: &[u8; 16]) -> Option<String> {
-    state
-        .routes
-        .keys()
-        .filter(|k| u32::from_be_bytes(k.data.table_be) == table)
-        .filter(|k| addr::mask(a, k.prefix_len - ROUTE_TABLE_BITS) == k.data.addr)
-        .max_by_key(|k| k.prefix_len)
-        .map(|k| crate::views::installed::route_prefix(&k.data.addr, k.prefix_len))
-}
-
-fn route_target(state: &MapState, kind: u32, target: u32) -> String {
-    match kind {
-        ROUTE_PCX => Names(state).get(NAME_PEERING, target),
-        ROUTE_LOCAL => "local".into(),
-        ROUTE_BLACKHOLE => "blackhole".into(),
-        _ => format!("kind {kind}"),
-    }
-}
-
-/// One network ACL stage: which ACL, which rule decided and how.
-fn acl_stage(state: &MapState, set: u32, decision: u32, direction: &str) -> (String, Value) {
-    if decision == ACL_ABSENT || set == NO_ACL {
-        return (
-            format!(
-                "the {} subnet has no network ACL",
-                if direction == EGRESS {
-                    "sender's"
-                } else {
-                    "receiver's"
-                }
-            ),
-            json!({"acl": null, "direction": direction, "rule": null, "action": "allow"}),
-        );
-    }
-    let acl = Names(state).get(NAME_ACL, acl_set_id(set));
-    match acl_rule_bit(decision) {
-        None => (
-            format!("{acl} {direction}: no rule matches (the implicit deny)"),
-            json!({"acl": acl, "direction": direction, "rule": null, "action": "deny"}),
-        ),
-        Some(bit) => {
-            let rule = state
-                .acl_meta
-                .get(&set)
-                .filter(|m| m.hit_base != NO_HITS)
-                .and_then(|m| {
-                    debug_assert_eq!(bit_set(&m.allow, bit), acl_allows(decision));
-                    Names(state)
-                        .get(NAME_ACL_RULE, m.hit_base + bit)
-                        .parse::<u32>()
-                        .ok()
-                });
-            let action = if acl_allows(decision) {
-                "allow"
-            } else {
-                "deny"
-            };
-            let rule_text = rule
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| format!("bit {bit}"));
-            (
-                format!("{acl} {direction} rule {rule_text}: {action}"),
-                json!({"acl": acl, "direction": direction, "rule": rule, "action": action}),
-            )
-        }
-    }
-}
-
-fn sg_result(r: u32) -> &'static str {
-    match r {
-        SG_NO_GROUPS => "no groups",
-        SG_MATCH => "a rule allows it",
-        SG_NO_MATCH => "no rule allows it",
-        _ => "not checked",
-    }
-}
-
-fn sg_fact(r: u32) -> &'static str {
-    match r {
-        SG_NO_GROUPS => "no-groups",
-        SG_MATCH => "allow",
-        SG_NO_MATCH => "deny",
-        _ => "not-checked",
     }
 }

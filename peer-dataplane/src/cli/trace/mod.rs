@@ -6,6 +6,9 @@
 //! tracked and no cap tokens are spent, so tracing on a production host is safe.
 
 mod explain;
+mod lookups;
+mod overlay;
+mod tunnel;
 
 pub use explain::explain;
 
@@ -48,9 +51,14 @@ pub struct Stage {
 pub fn trace(pin_dir: &Path, req: &Request) -> Result<Trace> {
     let maps = KernelMaps::open(pin_dir)?;
     let state = maps.read_state()?;
-    let ifindex = ingress_port(&state, req)?;
-    let port = state.ports.get(&ifindex).copied();
-    let frame = build_frame(req, port.as_ref())?;
+    let (ifindex, frame) = match &req.from_host {
+        Some(host) => tunnel::frame(&state, req, host)?,
+        None => {
+            let ifindex = ingress_port(&state, req)?;
+            let port = state.ports.get(&ifindex).copied();
+            (ifindex, build_frame(req, port.as_ref())?)
+        }
+    };
     let prog = pins::pinned_program(pin_dir, peer_dataplane_common::program_names::TRACE)?;
     let path = pin_dir.join(peer_dataplane_common::map_names::TRACE);
     let records: PerCpuArray<MapData, TraceRecord> = MapData::from_pin(&path)
