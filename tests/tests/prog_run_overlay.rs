@@ -1060,6 +1060,14 @@ fn trace_shows_the_encapsulation_and_the_tunnel_checks() -> Result<()> {
     let t = trace(&["--from-host", "host-3", "--src", &c, "--dst", &b2])?;
     assert!(t.contains("verdict: forward to pdp-b2"), "{t}");
 
+    // `port list`: this host's ports, then the instances of other hosts it may reach.
+    let out = peer_dataplane_tests::cli(&dp.pin_dir, &["port", "list"])?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    let line = |needle: &str| list.lines().find(|l| l.contains(needle)).unwrap_or("");
+    assert!(line("pdp-a ").contains("host-1"), "{list}");
+    assert!(line("172.16.2.20").contains("host-2 (remote)"), "{list}");
+    assert!(line("192.168.2.30").contains("host-3 (remote)"), "{list}");
+
     // A host that does not carry the source: the CLI says so instead of guessing.
     let out = peer_dataplane_tests::cli(
         &dp.pin_dir,

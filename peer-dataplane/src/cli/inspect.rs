@@ -44,6 +44,7 @@ pub fn render_ports(ps: &[PortEntry]) -> String {
         "IPV6",
         "NETWORK ACL",
         "SECURITY GROUPS",
+        "HOST",
     ];
     table_of(&header, ps, |p| {
         let names = [
@@ -56,7 +57,11 @@ pub fn render_ports(ps: &[PortEntry]) -> String {
         ]
         .map(String::clone);
         let optional = [&p.ipv4, &p.ipv6, &p.network_acl, &p.security_groups].map(dash);
-        [&names[..], &optional].concat()
+        let host = match (&p.host, p.remote) {
+            (Some(h), true) => format!("{h} (remote)"),
+            (h, _) => dash(h),
+        };
+        [&names[..], &optional, &[host]].concat()
     })
 }
 

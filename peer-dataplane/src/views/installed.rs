@@ -10,11 +10,12 @@ use peer_dataplane_common::{
     addr,
     cap::CapConfig,
     pcx_status_str, route_table_generation, route_table_id, DIR_ACCEPTER_TO_REQUESTER,
-    DIR_REQUESTER_TO_ACCEPTER, NAME_ACL, NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SUBNET,
-    NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX,
-    ROUTE_TABLE_BITS, VPC_TABLE_BASE,
+    DIR_REQUESTER_TO_ACCEPTER, ENDPOINT_REMOTE, NAME_ACL, NAME_HOST, NAME_PEERING, NAME_PORT,
+    NAME_ROUTE_TABLE, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4, PORT_HAS_IPV6, ROUTE_BLACKHOLE,
+    ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, VPC_TABLE_BASE,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 pub use crate::desired::rules::{EGRESS, INGRESS};
 
@@ -169,9 +170,28 @@ pub struct PortEntry {
     pub network_acl: Option<String>,
     /// The compiled set of the port's security groups (`sgs:…`), if any.
     pub security_groups: Option<String>,
+    /// The host that carries the instance: this host's name in a fleet (null on a single
+    /// host), or the other host of a remote instance.
+    pub host: Option<String>,
+    /// An instance on another host (reached through the overlay): no interface here, and
+    /// its host checks its subnet's ACL and its security groups.
+    pub remote: bool,
 }
 
+/// Installed ports, then (in a fleet) the instances of other hosts this host may exchange
+/// traffic with.
 pub fn ports(snap: &Snapshot) -> Vec<PortEntry> {
+    let mut out = local_ports(snap);
+    out.extend(remote_instances(snap));
+    out
+}
+
+fn local_ports(snap: &Snapshot) -> Vec<PortEntry> {
+    let here = snap
+        .state
+        .overlay
+        .get(&0)
+        .map(|o| Names(&snap.state).get(NAME_HOST, o.host));
     let names = Names(&snap.state);
     let mut out: Vec<PortEntry> = snap
         .state
@@ -188,10 +208,47 @@ pub fn ports(snap: &Snapshot) -> Vec<PortEntry> {
             ipv6: (p.flags & PORT_HAS_IPV6 != 0).then(|| ip(&p.ipv6).to_string()),
             network_acl: names.acl(p.acl),
             security_groups: names.security_groups(p.sg),
+            host: here.clone(),
+            remote: false,
         })
         .collect();
     out.sort_by(|a, b| a.interface.cmp(&b.interface));
     out
+}
+
+/// Remote endpoints, one entry per instance (its IPv4 and IPv6 endpoints share a MAC).
+fn remote_instances(snap: &Snapshot) -> Vec<PortEntry> {
+    let names = Names(&snap.state);
+    let mut by_instance: BTreeMap<(String, String, [u8; 6]), PortEntry> = BTreeMap::new();
+    for (k, e) in &snap.state.endpoints {
+        if e.flags & ENDPOINT_REMOTE == 0 {
+            continue;
+        }
+        let (host, vpc) = (names.get(NAME_HOST, e.host), names.get(NAME_VPC, k.vpc));
+        let entry = by_instance
+            .entry((host.clone(), vpc.clone(), e.mac))
+            .or_insert_with(|| PortEntry {
+                interface: "-".into(),
+                ifindex: 0,
+                vpc,
+                subnet: "-".into(),
+                route_table: "-".into(),
+                mac: format_mac(&e.mac),
+                ipv4: None,
+                ipv6: None,
+                network_acl: None,
+                security_groups: None,
+                host: Some(host),
+                remote: true,
+            });
+        let a = ip(&k.addr);
+        if a.is_ipv4() {
+            entry.ipv4 = Some(a.to_string());
+        } else {
+            entry.ipv6 = Some(a.to_string());
+        }
+    }
+    by_instance.into_values().collect()
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
