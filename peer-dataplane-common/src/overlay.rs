@@ -181,17 +181,14 @@ pub fn write_encap_header(h: &mut [u8; ENCAP_LEN], e: &Encap) {
 /// so that underlay ECMP spreads flows while keeping each one on one path.
 #[inline(always)]
 pub fn flow_port(src: &[u8; 16], dst: &[u8; 16], proto: u8, sport: u16, dport: u16) -> u16 {
-    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
-    let mut i = 0;
-    while i < 16 {
-        let a = u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
-        let b = u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
-        // Symmetric in the two addresses would put a flow's two directions on one path;
-        // not needed (each direction is its own tunnel), so a plain mix will do.
-        h = mix(h ^ a);
-        h = mix(h ^ b.rotate_left(16));
-        i += 4;
-    }
+    // Each address folded to one word first (an IPv4 address is its last word): three
+    // rounds of mixing instead of nine, on the hot path of every encapsulation.
+    let fold = |a: &[u8; 16]| {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        w(0) ^ w(4) ^ w(8) ^ w(12)
+    };
+    let mut h = mix(0x9e37_79b9 ^ proto as u32 ^ fold(src));
+    h = mix(h ^ fold(dst).rotate_left(16));
     h = mix(h ^ ((sport as u32) << 16 | dport as u32));
     FLOW_PORT_BASE | (h as u16 & 0x3fff)
 }

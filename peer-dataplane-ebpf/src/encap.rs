@@ -4,7 +4,7 @@
 //! inner frame loses its VLAN tag and carries the destination's MACs.
 
 use crate::{
-    maps::OVERLAY,
+    maps::{NEXT_HOPS, OVERLAY},
     parse::{ptr_at_mut, Packet, ETH_HLEN, VLAN_HLEN},
     trace,
 };
@@ -42,6 +42,30 @@ pub fn config() -> Option<&'static OverlayConfig> {
 pub struct Plan {
     pub header: Encap,
     pub ifindex: u32,
+}
+
+/// How long a FIB answer toward a host is used before it is asked again: a changed
+/// neighbour (a gateway failing over, say) is followed within this time, and the FIB is
+/// asked once per host and CPU in this time instead of once per packet. Failures are
+/// never kept: a host becomes reachable as soon as the FIB says so.
+pub const NEXT_HOP_LIFETIME_NS: u64 = 50_000_000;
+
+/// Host slots whose next hop is cached (slots are numbered from 1 in the order a host
+/// meets them; a host beyond these asks the FIB for every packet).
+pub const CACHED_HOSTS: u32 = 1024;
+
+/// A FIB answer toward a host's underlay address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The host's underlay address the answer is for (a host may move).
+    pub underlay: [u8; 16],
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub ifindex: u32,
+    /// The route's MTU, if below the uplink's (0: the uplink's).
+    pub route_mtu: u32,
+    pub expires_ns: u64,
 }
 
 /// [`plan`]'s verdict: `FITS`, `UNREACHABLE`, or else the underlay IP MTU exceeded.
@@ -84,49 +108,103 @@ pub fn plan<const T: bool>(
     if outer_len > cfg.mtu as usize {
         return cfg.mtu;
     }
-    // SAFETY: plain old data; zero is a valid value of every field.
-    let mut f: FibParams = unsafe { core::mem::zeroed() };
-    f.family = AF_INET;
-    f.ifindex = cfg.uplink;
-    f.__bindgen_anon_1.tot_len = outer_len as u16;
-    let s = &cfg.underlay;
-    let d = &ep.underlay;
-    let src_ip = [s[12], s[13], s[14], s[15]];
-    let dst_ip = [d[12], d[13], d[14], d[15]];
-    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src_ip);
-    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst_ip);
-    // SAFETY: `f` is a valid parameter block of the size we pass.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut f,
-            size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    } as u32;
-    trace::note::<T>(|r| r.overlay_fib = rc);
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            // SAFETY: the helper wrote the route's MTU into the union on this result.
-            let mtu = unsafe { f.__bindgen_anon_1.mtu_result } as u32;
-            trace::note::<T>(|r| r.overlay_mtu = mtu);
-            return mtu.max(1);
-        }
-        _ => return UNREACHABLE,
+    let hop = match cached::<T>(ep) {
+        Some(h) => h,
+        None => match ask_fib::<T>(ctx, cfg, ep) {
+            Ok(h) => h,
+            Err(verdict) => return verdict,
+        },
+    };
+    if hop.route_mtu != 0 && outer_len > hop.route_mtu as usize {
+        trace::note::<T>(|r| r.overlay_mtu = hop.route_mtu);
+        return hop.route_mtu;
     }
-    out.ifindex = f.ifindex;
+    let (s, d) = (&cfg.underlay, &ep.underlay);
+    out.ifindex = hop.ifindex;
     out.header = Encap {
-        outer_dst_mac: f.dmac,
-        outer_src_mac: f.smac,
-        src_ip,
-        dst_ip,
+        outer_dst_mac: hop.dst_mac,
+        outer_src_mac: hop.src_mac,
+        src_ip: [s[12], s[13], s[14], s[15]],
+        dst_ip: [d[12], d[13], d[14], d[15]],
         udp_sport: flow_port(&p.src, &p.dst, p.proto, p.sport, p.dport),
         inner_len: (ETH_HLEN + ip_len) as u16,
         vni: ep.vni,
         option: PeeringOption::default(),
     };
     FITS
+}
+
+/// This CPU's fresh FIB answer toward `ep`'s host, if any. A trace always asks the FIB
+/// (it shows what the kernel says now).
+#[inline(always)]
+fn cached<const T: bool>(ep: &Endpoint) -> Option<NextHop> {
+    if T {
+        return None;
+    }
+    let h = NEXT_HOPS.get(ep.host)?;
+    (h.underlay == ep.underlay && crate::clock::now() < h.expires_ns).then_some(*h)
+}
+
+/// Asks the kernel's FIB for the next hop toward `ep`'s host, remembering a success for
+/// [`NEXT_HOP_LIFETIME_NS`]. `Err`: [`plan`]'s verdict (unreachable).
+#[inline(always)]
+fn ask_fib<const T: bool>(
+    ctx: &XdpContext,
+    cfg: &OverlayConfig,
+    ep: &Endpoint,
+) -> Result<NextHop, u32> {
+    let s = &cfg.underlay;
+    let d = &ep.underlay;
+    // SAFETY: plain old data; zero is a valid value of every field.
+    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    f.family = AF_INET;
+    f.ifindex = cfg.uplink;
+    // The largest frame the uplink takes: a route with a smaller MTU says so.
+    f.__bindgen_anon_1.tot_len = cfg.mtu as u16;
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([s[12], s[13], s[14], s[15]]);
+    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+    let mut rc = lookup(ctx, &mut f);
+    let mut route_mtu = 0;
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
+        // SAFETY: the helper wrote the route's MTU into the union on this result.
+        route_mtu = unsafe { f.__bindgen_anon_1.mtu_result } as u32;
+        // The MTU check stops the lookup before the neighbour: ask again without it.
+        f.__bindgen_anon_1.tot_len = 0;
+        f.ifindex = cfg.uplink;
+        rc = lookup(ctx, &mut f);
+    }
+    trace::note::<T>(|r| r.overlay_fib = rc);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        return Err(UNREACHABLE);
+    }
+    let hop = NextHop {
+        underlay: ep.underlay,
+        dst_mac: f.dmac,
+        src_mac: f.smac,
+        ifindex: f.ifindex,
+        route_mtu,
+        expires_ns: crate::clock::now().saturating_add(NEXT_HOP_LIFETIME_NS),
+    };
+    if !T {
+        if let Some(slot) = NEXT_HOPS.get_ptr_mut(ep.host) {
+            // SAFETY: this CPU's slot; nothing else writes it while we run.
+            unsafe { *slot = hop };
+        }
+    }
+    Ok(hop)
+}
+
+#[inline(always)]
+fn lookup(ctx: &XdpContext, f: &mut FibParams) -> u32 {
+    // SAFETY: `f` is a valid parameter block of the size we pass.
+    unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            f,
+            size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        ) as u32
+    }
 }
 
 /// Puts the outer headers in front of the frame (dropping its VLAN tag) and writes the

@@ -2,7 +2,7 @@
 //! `peer_dataplane_common::registry`; all are pinned by name so the agent, the CLI and a
 //! restarted agent find the same objects.
 
-use crate::parse::Packet;
+use crate::{encap::NextHop, parse::Packet};
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -118,3 +118,11 @@ pub static HOSTS: HashMap<HostKey, u32> = pinned!(HashMap, HOSTS);
 /// VNIs -> VPC ids and tunnel keys -> peering slots, for the decap path.
 #[map(name = "pdp_overlay_ids")]
 pub static OVERLAY_IDS: HashMap<OverlayIdKey, u32> = pinned!(HashMap, OVERLAY_IDS);
+
+/// Next hops toward other hosts by host slot (the first `encap::CACHED_HOSTS`), per CPU:
+/// what `bpf_fib_lookup` answered, for a short while (see `encap::NEXT_HOP_LIFETIME_NS`).
+/// A cache, not state: not pinned, empty after a restart. An array, not a hash: the
+/// lookup is an index, on the path of every encapsulated packet.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(crate::encap::CACHED_HOSTS, 0);

@@ -180,3 +180,34 @@ pub fn host_of(i: Instance) -> usize {
         .expect("an instance of the fleet")
         .1
 }
+
+/// Host 1 alone, for BPF_PROG_RUN: a namespace with its two ports (each a veth whose peer
+/// stays in the namespace) and its uplink at `mtu`, addressed 192.0.2.1/24, with static
+/// neighbours for hosts 2 and 3 (so the FIB answers without an underlay behind it).
+pub fn host1_alone(ns_name: &str, mtu: u32) -> Result<Netns> {
+    let ns = Netns::create(ns_name)?;
+    for (i, h) in PLACEMENT {
+        if h == 0 {
+            let peer = format!("{}-peer", i.port);
+            veth(&ns, i.port, None, &ns, &peer, Some(&seed::mac_str(&i.mac)))?;
+        }
+    }
+    let mac = seed::mac_str(&uplink_mac(0));
+    veth(&ns, UPLINK, Some(&mac), &ns, "up0-peer", None)?;
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
+    ns.ip(&["link", "set", UPLINK, "mtu", &mtu.to_string()])?;
+    for h in 1..HOSTS.len() {
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &seed::v4_str(&underlay(h)),
+            "lladdr",
+            &seed::mac_str(&uplink_mac(h)),
+            "nud",
+            "permanent",
+            "dev",
+            UPLINK,
+        ])?;
+    }
+    Ok(ns)
+}

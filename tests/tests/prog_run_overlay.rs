@@ -17,17 +17,13 @@ use peer_dataplane_common::{
 };
 use peer_dataplane_tests::fleet::{self, B2, UPLINK};
 use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
-use peer_dataplane_tests::netns::{self, veth, Netns};
+use peer_dataplane_tests::netns;
 use peer_dataplane_tests::packets::{self, fold16, geneve4, peering_option, Outer, L2};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C, ROUTER_MAC};
 
-const UPLINK_MAC: [u8; 6] = [0x02, 0x55, 0, 0, 0, 0x01];
+const UPLINK_MAC: [u8; 6] = fleet::uplink_mac(0);
 /// The neighbour MACs of hosts 2 and 3 on the underlay.
-const HOST_MAC: [[u8; 6]; 3] = [
-    UPLINK_MAC,
-    [0x02, 0x55, 0, 0, 0, 0x02],
-    [0x02, 0x55, 0, 0, 0, 0x03],
-];
+const HOST_MAC: [[u8; 6]; 3] = [UPLINK_MAC, fleet::uplink_mac(1), fleet::uplink_mac(2)];
 const UPLINK_MTU: usize = 1500;
 
 const AB: &str = "pcx-ab";
@@ -895,44 +891,10 @@ fn too_big_problems(sent: &[u8], out: &[u8], mtu: u32) -> Vec<String> {
     p
 }
 
-/// Host 1's namespace: its two ports, and its uplink with address 192.0.2.1/24 and static
-/// neighbours for hosts 2 and 3.
-fn host1_net() -> Result<Netns> {
-    let ns = Netns::create(&peer_dataplane_tests::unique("ovl"))?;
-    for i in [A, B2] {
-        let peer = format!("{}-peer", i.port);
-        veth(&ns, i.port, None, &ns, &peer, Some(&seed::mac_str(&i.mac)))?;
-    }
-    veth(
-        &ns,
-        UPLINK,
-        Some(&seed::mac_str(&UPLINK_MAC)),
-        &ns,
-        "up0-peer",
-        None,
-    )?;
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
-    ns.ip(&["link", "set", UPLINK, "mtu", &UPLINK_MTU.to_string()])?;
-    for h in 1..3 {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &seed::v4_str(&fleet::underlay(h)),
-            "lladdr",
-            &seed::mac_str(&HOST_MAC[h]),
-            "nud",
-            "permanent",
-            "dev",
-            UPLINK,
-        ])?;
-    }
-    Ok(ns)
-}
-
 #[test]
 fn overlay_prog_run_table() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns = host1_net()?;
+    let ns = fleet::host1_alone(&peer_dataplane_tests::unique("ovl"), UPLINK_MTU as u32)?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     install_host1(&mut dp, None)?;
@@ -963,7 +925,7 @@ fn overlay_prog_run_table() -> Result<()> {
 #[test]
 fn outer_source_ports_follow_the_flow() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns = host1_net()?;
+    let ns = fleet::host1_alone(&peer_dataplane_tests::unique("ovl"), UPLINK_MTU as u32)?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     install_host1(&mut dp, None)?;
@@ -1019,7 +981,7 @@ fn every_overlay_reason_is_covered_by_the_table() {
 #[test]
 fn trace_shows_the_encapsulation_and_the_tunnel_checks() -> Result<()> {
     peer_dataplane_tests::require_root()?;
-    let ns = host1_net()?;
+    let ns = fleet::host1_alone(&peer_dataplane_tests::unique("ovl"), UPLINK_MTU as u32)?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     install_host1(&mut dp, None)?;

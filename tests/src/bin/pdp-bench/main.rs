@@ -19,6 +19,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod e2e;
+mod overlay;
+mod report;
 mod sync;
 
 const BATCH: u32 = 250;
@@ -304,12 +306,61 @@ fn bench_prog(args: &Args) -> Result<()> {
         v6,
         baseline_frame,
     };
+    let env = report::environment();
+    report::print_environment(&env);
     let mut rows = route_rows(&mut dp, args, &f)?;
     rows.extend(acl_rows(&mut dp, args, &f)?);
     let (hit, singles) = sg_rows(&mut dp, args, &f)?;
     rows.push(hit);
+    drop(dp);
+    let runs = (args.repeat as usize / 50).max(20_000);
+    let o = overlay::measure(object, runs)?;
     prog_report(&rows, singles);
+    overlay_report(&o, runs);
+    let path = report::write(
+        "prog",
+        &serde_json::json!({
+            "environment": env,
+            "runs_per_figure": args.repeat,
+            "rows": rows.iter().map(|(name, ns)| serde_json::json!({
+                "name": name, "ns_per_packet": ns, "ratio_to_baseline": ns / rows[0].1,
+            })).collect::<Vec<_>>(),
+            "conntrack_single_runs_ns": {"hit": singles.0, "miss": singles.1},
+            "overlay_single_runs": {
+                "runs": runs,
+                "redirect_only_ns": o.baseline,
+                "same_host_ns": o.same_host,
+                "encap_ns": o.encap,
+                "decap_ns": o.decap,
+                "encap_over_same_host": o.encap / o.same_host,
+                "decap_over_same_host": o.decap / o.same_host,
+            },
+        }),
+    )?;
+    println!("figures written to {}", path.display());
     Ok(())
+}
+
+/// The overlay's rows: each path against the same-host pipeline.
+fn overlay_report(o: &overlay::Figures, runs: usize) {
+    println!("\noverlay, host 1 of the fleet seed: single runs, median of {runs} each");
+    println!("{:<48} {:>10} {:>8}", "PATH", "NS/PACKET", "VS (g)");
+    for (name, ns) in [
+        ("(a') redirect only (single runs)", o.baseline),
+        ("(g) same host, A -> B2 (direct)", o.same_host),
+        ("(h) sender, A -> B on host 2 (encap)", o.encap),
+        ("(i) receiver, B -> A from host 2 (decap)", o.decap),
+    ] {
+        println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / o.same_host);
+    }
+    let net = |x: f64| (x - o.baseline) / (o.same_host - o.baseline);
+    println!(
+        "h/g (encap vs same host) = {:.2}   i/g (decap vs same host) = {:.2}   without the timed run's fixed cost (a'): {:.2} and {:.2}",
+        o.encap / o.same_host,
+        o.decap / o.same_host,
+        net(o.encap),
+        net(o.decap)
+    );
 }
 
 /// The frames and ports every figure of `bench prog` runs.
