@@ -34,6 +34,7 @@ macro_rules! for_each_kind {
         $m!("port", ports);
         $m!("network_acl", network_acls);
         $m!("security_group", security_groups);
+        $m!("host", hosts);
         $m!("id_counter", id_counters);
     };
 }

@@ -1491,3 +1491,77 @@ async fn hosts_register_and_learn_exactly_the_instances_they_can_reach() {
     let list = api.ok("GET", "/v1/hosts", A, None, 200).await;
     assert_eq!(list.as_array().map(|a| a.len()), Some(2), "{list}");
 }
+
+/// A store written before the overlay existed (no VNIs, no tunnel keys) is numbered when
+/// the control plane opens it, as a new revision, and then serves a fleet; registered
+/// hosts survive a restart.
+#[tokio::test]
+async fn a_store_from_before_the_overlay_is_numbered_and_hosts_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("pdp-cp-mig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("cp.db");
+    let _ = std::fs::remove_file(&db);
+    let rev = {
+        let api = Api::with_store(Store::open(&db).unwrap());
+        api.seed().await;
+        api.server.revision()
+    };
+    // What an older control plane stored.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "UPDATE objects SET body = json_remove(body, '$.vni') WHERE kind = 'vpc';
+         UPDATE objects SET body = json_remove(body, '$.tunnel_key') WHERE kind = 'peering';
+         DELETE FROM objects WHERE kind = 'id_counter' AND id IN ('vni', 'tunnel_key');",
+    )
+    .unwrap();
+    drop(conn);
+
+    let api = Api::with_store(Store::open(&db).unwrap());
+    assert_eq!(
+        api.server.revision(),
+        rev + 1,
+        "the numbering is one revision"
+    );
+    let w = api.server.world();
+    let mut vnis: Vec<u32> = w.vpcs.values().filter_map(|v| v.spec.vni).collect();
+    vnis.sort();
+    assert_eq!(vnis, vec![1, 2, 3]);
+    let keys: Vec<u32> = w
+        .peerings
+        .values()
+        .filter_map(|p| p.spec.tunnel_key)
+        .collect();
+    assert_eq!(keys.len(), w.peerings.len());
+    // The fleet works on it: a host registers and gets a valid document with the numbers.
+    api.ok(
+        "PUT",
+        "/v1/hosts/host-1",
+        AGENT,
+        Some(json!({"underlay_ipv4": "192.0.2.1", "uplink": "eth0"})),
+        200,
+    )
+    .await;
+    let v = api
+        .ok("GET", "/v1/hosts/host-1/state", AGENT, None, 200)
+        .await;
+    assert_eq!(v["document"]["local_host"], "host-1");
+    // A new VPC continues the numbering.
+    let v = api
+        .ok(
+            "POST",
+            "/v1/vpcs",
+            A,
+            Some(json!({"id": "vpc-d", "region": "eu-west-1", "cidrs": ["10.9.0.0/16"]})),
+            201,
+        )
+        .await;
+    assert_eq!(v["vni"], 4, "{v}");
+    drop(api);
+
+    let again = Api::with_store(Store::open(&db).unwrap());
+    assert!(
+        again.server.world().hosts.contains_key("host-1"),
+        "a registered host survives a restart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -72,12 +72,19 @@ pub type Shared = Arc<Server>;
 
 impl Server {
     pub fn new(
-        store: Store,
+        mut store: Store,
         clock: Clock,
         host_tokens: BTreeMap<String, String>,
         limit: auth::RateLimit,
     ) -> anyhow::Result<Shared> {
-        let (world, revision) = store.load()?;
+        let (mut world, mut revision) = store.load()?;
+        // A store from before the overlay: its VPCs and peerings get their numbers now.
+        let before = world.clone();
+        if ops::number_unnumbered(&mut world)? {
+            revision += 1;
+            store.commit(&before, &world, revision)?;
+            log::info!("gave the stored VPCs and peerings their VNIs and tunnel keys (revision {revision})");
+        }
         let tokens = store
             .tokens()?
             .into_iter()

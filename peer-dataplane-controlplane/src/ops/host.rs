@@ -75,3 +75,35 @@ pub fn next_number(w: &mut World, counter: &str, max: u32) -> Result<u32> {
     *n += 1;
     Ok(*n as u32)
 }
+
+/// VPCs and peerings stored before VNIs and tunnel keys existed get theirs (in id order),
+/// so that a store written by an older control plane serves a fleet as it is. True if
+/// anything changed (the caller stores it as a new revision).
+pub fn number_unnumbered(w: &mut World) -> Result<bool> {
+    let vpcs: Vec<String> = w
+        .vpcs
+        .iter()
+        .filter(|(_, v)| v.spec.vni.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let peerings: Vec<String> = w
+        .peerings
+        .iter()
+        .filter(|(_, p)| p.spec.tunnel_key.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &vpcs {
+        let vni = next_number(w, "vni", peer_dataplane_common::overlay::MAX_VNI)?;
+        w.objects.vpcs.get_mut(id).expect("listed above").spec.vni = Some(vni);
+    }
+    for id in &peerings {
+        let key = next_number(w, "tunnel_key", u32::MAX)?;
+        w.objects
+            .peerings
+            .get_mut(id)
+            .expect("listed above")
+            .spec
+            .tunnel_key = Some(key);
+    }
+    Ok(!vpcs.is_empty() || !peerings.is_empty())
+}
