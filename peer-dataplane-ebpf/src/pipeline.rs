@@ -289,8 +289,8 @@ fn forward<const T: bool>(
     Ok(Outcome::redirect(action, x.ctr))
 }
 
-/// Toward an instance on another host: TTL (checked, not decremented), the underlay's
-/// size and next hop, the cap, and the encapsulation. Too big for the underlay: the
+/// Toward an instance on another host: the underlay's size and next hop, the cap, and
+/// the encapsulation. Too big for the underlay: the
 /// frame becomes the ICMP answer and goes back out of the port it came by.
 #[inline(always)]
 fn to_host<const T: bool>(
@@ -301,10 +301,9 @@ fn to_host<const T: bool>(
     x: &peering::Crossing,
 ) -> Result<Outcome, Outcome> {
     let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
-    trace::reached::<T>(STAGE_TTL);
-    if p.ttl <= 1 {
-        return Err(drop(DropReason::TtlExceeded));
-    }
+    // The TTL is the receiving host's to check and decrement, after its own checks: the
+    // order of the checks (and so the reason a packet is dropped for) is the one a single
+    // host has.
     // Remote endpoints are only installed with the overlay; without it, nowhere to go.
     let Some(cfg) = encap::config() else {
         return Err(drop(DropReason::UnderlayUnreachable));

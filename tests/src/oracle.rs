@@ -90,7 +90,17 @@ pub struct Tampering {
     pub no_redirect: BTreeSet<String>,
 }
 
+/// Two hosts (docs/datapath.md §7): which host carries each port, and whether each host's
+/// underlay resolves its next hop toward the other.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    pub host_of: BTreeMap<u32, usize>,
+    pub reachable: [bool; 2],
+}
+
 pub struct World {
+    /// Set: the ports are spread over two hosts.
+    pub fleet: Option<Fleet>,
     ports: BTreeMap<u32, Port>,
     vpc_cidrs: BTreeMap<String, Vec<IpNet>>,
     tables: BTreeMap<String, BTreeMap<IpNet, Target>>,
@@ -136,6 +146,7 @@ impl World {
         let peerings = peerings(doc, &region);
         let (ports, members, no_redirect) = ports_of(doc, ifindex, t);
         World {
+            fleet: None,
             ports,
             vpc_cidrs,
             tables,
@@ -562,6 +573,22 @@ impl World {
                 OutsidePeer
             });
         };
+        if let Some(f) = &self.fleet {
+            if f.host_of.get(&ingress) != f.host_of.get(&receiver.ifindex) {
+                let to = f.host_of[&receiver.ifindex];
+                return self.across_hosts(
+                    state,
+                    port,
+                    receiver,
+                    (&pcx, dir),
+                    &p,
+                    frame,
+                    now,
+                    out,
+                    f.reachable[1 - to],
+                );
+            }
+        }
         match self.route(&receiver.route_table, p.src) {
             Some(Target::Peering(back)) if *back == pcx => {}
             _ => return Verdict::Drop(NoReturnRoute),
@@ -585,6 +612,59 @@ impl World {
             }
         }
         out.frame = forwarded(frame, &p, receiver);
+        Verdict::Redirect(receiver.ifindex)
+    }
+
+    /// The rest of the pipeline when the receiver is on the other host (§7.2, §7.3): the
+    /// sending host's underlay and cap, then the receiving host: the source must be an
+    /// instance of the sender's VPC (§7.3 step 4), then the receiver's checks. Security
+    /// groups are not modelled across hosts (each host tracks its own ports' flows): the
+    /// two-host states have none.
+    #[allow(clippy::too_many_arguments)]
+    fn across_hosts(
+        &self,
+        state: &mut State,
+        port: &Port,
+        receiver: &Port,
+        (pcx, dir): (&str, u32),
+        p: &Parsed,
+        frame: &[u8],
+        now: u64,
+        out: &mut Outcome,
+        underlay_resolves: bool,
+    ) -> Verdict {
+        use DropReason::*;
+        assert!(
+            port.groups.is_none() && receiver.groups.is_none(),
+            "two-host states carry no security groups"
+        );
+        if !underlay_resolves {
+            return Verdict::Drop(UnderlayUnreachable);
+        }
+        let peering = &self.peerings[pcx];
+        if let Some((bps, burst)) = peering.caps[dir as usize] {
+            let tat = state.buckets.entry((pcx.to_string(), dir)).or_insert(0);
+            if !police(bps, burst, tat, frame.len() as u64, now) {
+                return Verdict::Drop(RateLimited);
+            }
+        }
+        if self.endpoint(&port.vpc, p.src).is_none() {
+            return Verdict::Drop(SpoofedSource);
+        }
+        match self.route(&receiver.route_table, p.src) {
+            Some(Target::Peering(back)) if back == pcx => {}
+            _ => return Verdict::Drop(NoReturnRoute),
+        }
+        if !self.nacl(receiver.acl.as_deref(), false, p.src, p, out) {
+            return Verdict::Drop(NaclDeny);
+        }
+        if p.ttl <= 1 {
+            return Verdict::Drop(TtlExceeded);
+        }
+        if self.no_redirect.contains(&receiver.ifindex) {
+            return Verdict::Drop(RedirectFailed);
+        }
+        out.frame = forwarded(frame, p, receiver);
         Verdict::Redirect(receiver.ifindex)
     }
 
@@ -981,4 +1061,31 @@ fn ports_of(doc: &Document, ifindex: &BTreeMap<String, u32>, t: &Tampering) -> P
         ports.insert(ifx, port);
     }
     (ports, members, no_redirect)
+}
+
+// ---------------------------------------------------------------------------------------
+// verdicts as the differential tests compare them
+
+/// A verdict as text (`drop REASON`, `pass REASON`, `redirect to ifindex N`).
+pub fn describe(v: &Verdict) -> String {
+    match v {
+        Verdict::Pass(r) => format!("pass {}", r.as_str()),
+        Verdict::Drop(r) => format!("drop {}", r.as_str()),
+        Verdict::Redirect(i) => format!("redirect to ifindex {i}"),
+    }
+}
+
+/// What the program's counters say one frame did (from the global counters' change).
+pub fn program_verdict(before: &GlobalCounters, after: &GlobalCounters) -> Option<String> {
+    for r in DropReason::ALL {
+        if after.drop[r as usize] > before.drop[r as usize] {
+            return Some(format!("drop {}", r.as_str()));
+        }
+    }
+    for r in PassReason::ALL {
+        if after.pass[r as usize] > before.pass[r as usize] {
+            return Some(format!("pass {}", r.as_str()));
+        }
+    }
+    (after.redirected_packets > before.redirected_packets).then(|| "redirect".to_string())
 }

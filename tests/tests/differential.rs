@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
 use peer_dataplane::desired::validate::{validate, Topology};
 use peer_dataplane::reconcile::{DataplaneMaps, Op};
-use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
+use peer_dataplane_common::counters::PeeringCounters;
 use peer_dataplane_common::{
     DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
     MAX_PEERINGS, NAME_PEERING, ROUTE_PCX,
@@ -25,7 +25,9 @@ use peer_dataplane_tests::harness::{
     action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns::{self, Netns};
-use peer_dataplane_tests::oracle::{Counters, Outcome, State, Verdict, World};
+use peer_dataplane_tests::oracle::{
+    describe, program_verdict, Counters, Outcome, State, Verdict, World,
+};
 use peer_dataplane_tests::random::{self, Frames, Rng, Topo, IFACES};
 use std::collections::BTreeMap;
 
@@ -48,29 +50,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn describe(v: &Verdict) -> String {
-    match v {
-        Verdict::Pass(r) => format!("pass {}", r.as_str()),
-        Verdict::Drop(r) => format!("drop {}", r.as_str()),
-        Verdict::Redirect(i) => format!("redirect to ifindex {i}"),
-    }
-}
-
-/// What the program's counters say one frame did (from the global counters' change).
-fn program_verdict(before: &GlobalCounters, after: &GlobalCounters) -> Option<String> {
-    for r in DropReason::ALL {
-        if after.drop[r as usize] > before.drop[r as usize] {
-            return Some(format!("drop {}", r.as_str()));
-        }
-    }
-    for r in PassReason::ALL {
-        if after.pass[r as usize] > before.pass[r as usize] {
-            return Some(format!("pass {}", r.as_str()));
-        }
-    }
-    (after.redirected_packets > before.redirected_packets).then(|| "redirect".to_string())
 }
 
 fn read_counters(

@@ -226,10 +226,10 @@ fn cases() -> Vec<Case> {
             Expect::Drop(DropReason::NoRoute, None),
         ),
         case(
-            "ttl 1 toward another host expires on the sender",
+            "ttl 1 toward another host: encapsulated as it is (the receiving host expires it)",
             A.port,
             udp4(from(A), A, B, 1, 1),
-            Expect::Drop(DropReason::TtlExceeded, Some((AB, RA))),
+            encap_ab(udp4(toward(B), A, B, 1, 1)),
         ),
         case(
             "ipv4 of the uplink mtu: fragmentation needed, mtu 1438",
