@@ -371,8 +371,9 @@ fn model_and_program_agree() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     // The coverage table: every reason must be reached at least 100 times, except those
-    // only a host of a fleet can reach (the random states are single hosts; the overlay's
-    // BPF_PROG_RUN table covers those, and fails if one is missing).
+    // only a host of a fleet can reach (these random states are single hosts;
+    // differential_fleet.rs and the overlay's BPF_PROG_RUN table cover those, and each
+    // fails if one is missing).
     let fleet_only: Vec<String> = FLEET_ONLY_DROPS
         .iter()
         .map(|r| format!("drop {}", r.as_str()))
@@ -397,7 +398,7 @@ fn model_and_program_agree() -> Result<()> {
     eprintln!("{:<28} {:>10}", "OUTCOME", "FRAMES");
     for (k, n) in &rows {
         let note = if fleet_only.contains(k) {
-            "   fleet only: prog_run_overlay.rs"
+            "   fleet only: differential_fleet.rs"
         } else if *n < 100 {
             "   < 100"
         } else {

@@ -406,3 +406,72 @@ fn killing_one_hosts_agent_loses_nothing() -> Result<()> {
     peer_dataplane::bpf::pins::remove_pins(&f.agents[h2].pin_dir)?;
     Ok(())
 }
+
+/// Security groups across hosts: each host checks and tracks its own port's groups. A's
+/// group lets TCP 7500-7501 out to VPC B, B's lets 7500 in from VPC A, and nothing else:
+/// the connection and its replies pass both hosts, B cannot open one back (its host
+/// refuses), 7501 is refused by B's host, UDP by A's.
+#[test]
+fn security_groups_are_checked_and_tracked_by_each_ports_host() -> Result<()> {
+    use peer_dataplane::desired::document::{SecurityGroupDoc, SgRuleDoc};
+    let mut f = Fleet::start("fl-sg", 1600)?;
+    let rule = |direction: &str, cidr: &str, last: u16| SgRuleDoc {
+        direction: direction.into(),
+        protocol: "tcp".into(),
+        port_from: Some(7500),
+        port_to: Some(last),
+        cidr: Some(cidr.into()),
+        ..SgRuleDoc::default()
+    };
+    let groups = |doc: &mut Document| {
+        doc.security_groups = vec![
+            SecurityGroupDoc {
+                id: "sg-a".into(),
+                vpc: "vpc-a".into(),
+                rules: vec![rule("egress", "172.16.0.0/16", 7501)],
+            },
+            SecurityGroupDoc {
+                id: "sg-b".into(),
+                vpc: "vpc-b".into(),
+                rules: vec![rule("ingress", "10.0.0.0/16", 7500)],
+            },
+        ];
+        for p in doc.ports.iter_mut().chain(doc.remote_ports.iter_mut()) {
+            p.security_groups = match p.interface.as_str() {
+                "pdp-a" => Some(vec!["sg-a".into()]),
+                "pdp-b" => Some(vec!["sg-b".into()]),
+                _ => None,
+            };
+        }
+    };
+    for h in [fleet::host_of(A), fleet::host_of(B)] {
+        let mut doc = fleet::host_document(h);
+        groups(&mut doc);
+        f.agents[h].reload(&doc)?;
+    }
+    let (a, b) = (f.net.ns(A), f.net.ns(B));
+    ensure!(
+        tcp_exchange(a, b, &B, false, 7500)?,
+        "tcp a -> b:7500 (allowed out by A's group, in by B's; replies tracked)\n{}",
+        f.logs()
+    );
+    f.agents[fleet::host_of(B)].expect_dropped(
+        "tcp b -> a:7500 (B's group lets nothing out that it did not let in)",
+        "sg-deny",
+        1..=10,
+        || tcp_exchange(b, a, &A, false, 7500),
+    )?;
+    f.agents[fleet::host_of(B)].expect_dropped(
+        "tcp a -> b:7501 (out by A's group, not in by B's)",
+        "sg-deny",
+        1..=10,
+        || tcp_exchange(a, b, &B, false, 7501),
+    )?;
+    f.agents[fleet::host_of(A)].expect_dropped(
+        "udp a -> b (A's group lets only tcp out)",
+        "sg-deny",
+        1..=1,
+        || udp_exchange(a, &A, b, &B, false, 7502),
+    )?;
+    Ok(())
+}
