@@ -28,8 +28,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FRAME_BYTES: usize = 64;
-const FLOWS: u32 = 256;
+pub const FRAME_BYTES: usize = 64;
+pub const FLOWS: u32 = 256;
 
 /// One point of the comparison.
 struct Config {
@@ -298,9 +298,20 @@ fn measure(
     frames: &[Vec<u8>],
     seconds: f64,
 ) -> Result<(f64, f64)> {
+    measure_at(dp, program, frames, seconds, A.port)
+}
+
+/// [`measure`] with the frames received on `port`.
+pub fn measure_at(
+    dp: &TestDataplane,
+    program: &str,
+    frames: &[Vec<u8>],
+    seconds: f64,
+    port: &str,
+) -> Result<(f64, f64)> {
     let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
     let load = Load {
-        ingress_ifindex: netns::ifindex(A.port),
+        ingress_ifindex: netns::ifindex(port),
         packets: None,
         duration: Duration::from_secs_f64(seconds),
         threads: 1,
@@ -315,7 +326,7 @@ fn measure(
 }
 
 /// The UDP port of every benchmark frame (what the sink counts).
-const BENCH_DPORT: u16 = 7000;
+pub const BENCH_DPORT: u16 = 7000;
 
 pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<()> {
     ensure!(
@@ -372,11 +383,47 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     })?;
     dp.install(&seed::seed_doc())?;
 
+    trafgen_cross_check(&mut dp, &frames)?;
+    drop(dp);
+    let (cross, tunnel) = super::e2e_fleet::measure(object, seconds, rounds)?;
+
+    let env = super::report::environment();
+    super::report::print_environment(&env);
     e2e_report(&rows, &policers);
+    println!(
+        "across hosts, the sending host (encapsulation toward host 2 vs a Linux {tunnel} device): \
+         {:.1} vs {:.1} kpps = {:.2}x (offered {:.0} / {:.0} kpps)",
+        cross[0] / 1e3,
+        cross[1] / 1e3,
+        cross[0] / cross[1],
+        cross[2] / 1e3,
+        cross[3] / 1e3
+    );
     write_svg(plot, &rows)?;
     println!("plot: {}", plot.display());
-
-    trafgen_cross_check(&mut dp, &frames)
+    let json = serde_json::json!({
+        "environment": env,
+        "frame_bytes": FRAME_BYTES,
+        "flows": FLOWS,
+        "seconds": seconds,
+        "rounds": rounds,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "configuration": r.config.label,
+            "pdp_pps": r.pdp_pps,
+            "linux_pps": r.linux_pps,
+            "ratio": r.pdp_pps / r.linux_pps,
+            "pdp_offered_pps": r.pdp_offered,
+            "linux_offered_pps": r.linux_offered,
+        })).collect::<Vec<_>>(),
+        "across_hosts_sender": {
+            "linux_tunnel": tunnel,
+            "pdp_pps": cross[0], "linux_pps": cross[1], "ratio": cross[0] / cross[1],
+            "pdp_offered_pps": cross[2], "linux_offered_pps": cross[3],
+        },
+    });
+    let path = super::report::write("e2e", &json)?;
+    println!("figures written to {}", path.display());
+    Ok(())
 }
 
 /// Every configuration, both paths, `rounds` alternating rounds each; and how Linux's

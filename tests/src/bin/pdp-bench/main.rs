@@ -19,6 +19,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod e2e;
+mod e2e_fleet;
 mod overlay;
 mod report;
 mod sync;

@@ -1,0 +1,132 @@
+//! `bench e2e`, the cross-host row: the sending host's whole path, this data plane against
+//! Linux doing the same job, on host 1 of the three-host seed (A's port and the uplink,
+//! whose veth peer runs `pdp_sink` and counts what leaves toward host 2: UDP to 6081).
+//! - This data plane: `pdp_xdp` on port A: the pipeline's checks, Geneve with the peering
+//!   option, redirect to the uplink.
+//! - Linux: the frames handed to the kernel on port A (`pdp_pass`), routed to VPC B's CIDR
+//!   through a UDP tunnel device (VNI of vpc-b, remote host 2) whose packets leave by the
+//!   uplink toward host 2's (permanent) neighbour. A Geneve device where the kernel has
+//!   one; otherwise VXLAN, its built-in twin (kernels built without modules, such as this
+//!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
+//!   with an 8-byte header and a VNI, without our 12-byte option.
+
+use super::e2e::{measure_at, BENCH_DPORT, FLOWS, FRAME_BYTES};
+use anyhow::Result;
+use peer_dataplane::cli::frame::Protocol;
+use peer_dataplane::cli::loadgen::{self, Traffic};
+use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
+use peer_dataplane_tests::fleet::{self, B2};
+use peer_dataplane_tests::harness::TestDataplane;
+use peer_dataplane_tests::netns::{self, sh};
+use peer_dataplane_tests::seed::{mac_str, v4_str, A, B, ROUTER_MAC};
+use std::path::Path;
+use std::process::Command;
+
+fn line(cmd: &str) -> Result<String> {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    sh(Command::new(words[0]).args(&words[1..]))
+}
+
+/// Linux's sending host: forwarding, A's gateway address, the Geneve device and its route.
+/// Linux's tunnel: `Geneve` or `VXLAN` (to [`VXLAN_PORT`]).
+fn linux_sender() -> Result<&'static str> {
+    for kv in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        line(&format!("sysctl -q -w {kv}"))?;
+    }
+    let router = mac_str(&ROUTER_MAC);
+    line(&format!(
+        "sysctl -q -w net.ipv4.conf.{}.rp_filter=0",
+        A.port
+    ))?;
+    line(&format!("ip link set {} address {router}", A.port))?;
+    line(&format!("ip addr add {}/24 dev {}", v4_str(&A.gw4), A.port))?;
+    let (vni, remote) = (fleet::vni("vpc-b"), v4_str(&fleet::underlay(1)));
+    let kind = if line(&format!(
+        "ip link add gnv0 type geneve id {vni} remote {remote} dstport {GENEVE_PORT}"
+    ))
+    .is_ok()
+    {
+        "Geneve"
+    } else {
+        line(&format!(
+            "ip link add gnv0 type vxlan id {vni} remote {remote} dstport {VXLAN_PORT}"
+        ))?;
+        "VXLAN"
+    };
+    line("ip link set gnv0 mtu 1500 up")?;
+    line("ip route add 172.16.0.0/16 dev gnv0")?;
+    // The inner destination MAC is the router's, not B's: the generator's pages come round
+    // again with the bytes of their last trip (see `e2e::linux_base`), and a frame must
+    // still be addressed to port A then.
+    line(&format!(
+        "ip neigh replace {} lladdr {router} dev gnv0 nud permanent",
+        v4_str(&B.ipv4)
+    ))?;
+    Ok(kind)
+}
+
+const VXLAN_PORT: u16 = 4789;
+
+/// (this data plane's pps, Linux's pps, their offered rates), medians of `rounds`, and
+/// Linux's tunnel.
+pub fn measure(object: &Path, seconds: f64, rounds: usize) -> Result<([f64; 4], &'static str)> {
+    let ns = fleet::host1_alone("pdp-e2e-fleet", 1600)?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load_from(object)?;
+    dp.install(&fleet::host_document(0))?;
+    let kind = linux_sender()?;
+    let linux_port = if kind == "Geneve" {
+        GENEVE_PORT
+    } else {
+        VXLAN_PORT
+    };
+    // Keep the programs in the dispatcher (see `keep_in_dispatcher`); count on the uplink.
+    dp.keep_in_dispatcher(program_names::PIPELINE, &format!("{}-peer", B2.port))?;
+    dp.keep_in_dispatcher(program_names::PASS, B2.port)?;
+    dp.keep_in_dispatcher(program_names::SINK, "up0-peer")?;
+    let port_a = dp
+        .installed
+        .mirror
+        .ports
+        .get(&netns::ifindex(A.port))
+        .copied();
+    let frames = loadgen::frames(
+        &Traffic {
+            src: std::net::IpAddr::V4(A.ipv4.into()),
+            dst_first: std::net::IpAddr::V4(B.ipv4.into()),
+            dst_last: std::net::IpAddr::V4(B.ipv4.into()),
+            protocol: Protocol::Udp,
+            dport: Some(BENCH_DPORT),
+            flows: FLOWS,
+            length: FRAME_BYTES,
+        },
+        port_a.as_ref(),
+    )?;
+    let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
+    eprint!("across hosts (sender): ");
+    for r in 0..rounds {
+        eprint!("round {}/{rounds} ", r + 1);
+        dp.sink_match_udp_dport(GENEVE_PORT)?;
+        let (rx, offered) = measure_at(&dp, program_names::PIPELINE, &frames, seconds, A.port)?;
+        p.push(rx);
+        po.push(offered);
+        dp.sink_match_udp_dport(linux_port)?;
+        let (rx, offered) = measure_at(&dp, program_names::PASS, &frames, seconds, A.port)?;
+        l.push(rx);
+        lo.push(offered);
+    }
+    eprintln!();
+    Ok((
+        [
+            super::median(p),
+            super::median(l),
+            super::median(po),
+            super::median(lo),
+        ],
+        kind,
+    ))
+}
