@@ -111,6 +111,17 @@ reasons! {
     }
 }
 
+/// The drop reasons only a host of a fleet gives: its overlay's (docs/datapath.md §7).
+pub const FLEET_DROPS: [DropReason; 7] = [
+    DropReason::UnderlayUnreachable,
+    DropReason::MtuExceeded,
+    DropReason::GeneveMalformed,
+    DropReason::GeneveUnknownOption,
+    DropReason::UnknownHost,
+    DropReason::SpoofedSource,
+    DropReason::VniMismatch,
+];
+
 const _: () = assert!((DropReason::VniMismatch as usize) < DROP_REASON_SLOTS);
 const _: () = assert!((PassReason::Underlay as usize) < PASS_REASON_SLOTS);
 

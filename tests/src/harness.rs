@@ -189,6 +189,32 @@ impl TestDataplane {
     }
 }
 
+/// Runs every case of a table (`what`: "cases", "scenarios"), printing `ok` or `FAIL` and
+/// the problems per case, then fails naming every case that failed.
+pub fn run_table<C>(
+    what: &str,
+    cases: &[C],
+    name: impl Fn(&C) -> &'static str,
+    mut run: impl FnMut(&C) -> Result<()>,
+) {
+    let mut failed = Vec::new();
+    for c in cases {
+        match run(c) {
+            Ok(()) => eprintln!("  ok    {}", name(c)),
+            Err(e) => {
+                eprintln!("  FAIL  {}\n    {e}", name(c));
+                failed.push(name(c));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} {what} failed: {failed:?}",
+        failed.len(),
+        cases.len()
+    );
+}
+
 impl Drop for TestDataplane {
     fn drop(&mut self) {
         let _ = kernel::remove_pins(&self.pin_dir);

@@ -237,6 +237,26 @@ pub struct Outer {
     pub frag: u16,
 }
 
+impl Outer {
+    /// What a host of the fleet sends: IPv4 with DF, UDP 51000 -> 6081, Geneve version 0
+    /// with the C flag and an Ethernet payload, VNI `vni`.
+    pub fn geneve(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4], vni: u32) -> Outer {
+        Outer {
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            udp_sport: 51000,
+            udp_dport: 6081,
+            version: 0,
+            flags: 0x40,
+            protocol: 0x6558,
+            vni,
+            frag: 0x4000,
+        }
+    }
+}
+
 /// One Geneve option: class, type, data (a multiple of 4 bytes).
 pub fn geneve_option(class: u16, typ: u8, data: &[u8]) -> Vec<u8> {
     assert!(data.len() % 4 == 0);

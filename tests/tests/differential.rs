@@ -32,16 +32,6 @@ use peer_dataplane_tests::random::{self, Frames, Rng, Topo, IFACES};
 use std::collections::BTreeMap;
 
 const DIRS: [u32; 2] = [DIR_REQUESTER_TO_ACCEPTER, DIR_ACCEPTER_TO_REQUESTER];
-/// Reasons only a host of a fleet reaches (an overlay to send into or receive from).
-const FLEET_ONLY_DROPS: [DropReason; 7] = [
-    DropReason::UnderlayUnreachable,
-    DropReason::MtuExceeded,
-    DropReason::GeneveMalformed,
-    DropReason::GeneveUnknownOption,
-    DropReason::UnknownHost,
-    DropReason::SpoofedSource,
-    DropReason::VniMismatch,
-];
 /// A slot no peering uses: tampered routes to a peering that does not exist point here.
 const GONE_SLOT: u32 = MAX_PEERINGS - 1;
 
@@ -374,7 +364,7 @@ fn model_and_program_agree() -> Result<()> {
     // only a host of a fleet can reach (these random states are single hosts;
     // differential_fleet.rs and the overlay's BPF_PROG_RUN table cover those, and each
     // fails if one is missing).
-    let fleet_only: Vec<String> = FLEET_ONLY_DROPS
+    let fleet_only: Vec<String> = peer_dataplane_common::reason::FLEET_DROPS
         .iter()
         .map(|r| format!("drop {}", r.as_str()))
         .chain(std::iter::once(format!(

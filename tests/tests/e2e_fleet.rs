@@ -177,19 +177,8 @@ fn geneve_to_a(inner_src: [u8; 4], src_vpc: &str, dport: u16) -> Vec<u8> {
         dport,
         b"spoofed",
     );
-    let outer = Outer {
-        src_mac: [0; 6],
-        dst_mac: [0; 6],
-        src: [0; 4],
-        dst: [0; 4],
-        udp_sport: 0,
-        udp_dport: 6081,
-        version: 0,
-        flags: 0x40,
-        protocol: 0x6558,
-        vni: fleet::vni("vpc-a"),
-        frag: 0x4000,
-    };
+    // Only the UDP payload is sent: the outer addresses are the sender kernel's.
+    let outer = Outer::geneve([0; 6], [0; 6], [0; 4], [0; 4], fleet::vni("vpc-a"));
     let framed = geneve4(
         outer,
         &peering_option(fleet::vni(src_vpc), fleet::tunnel_key("pcx-ab")),

@@ -16,7 +16,9 @@ use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, ROUTE_PCX,
 };
-use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+use peer_dataplane_tests::harness::{
+    action_name, run_table, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 use peer_dataplane_tests::netns::{self, Netns};
 use peer_dataplane_tests::packets::{self, L2};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C, ROUTER_MAC};
@@ -979,22 +981,7 @@ fn prog_run_table() -> Result<()> {
 
     let cases = cases();
     assert!(cases.len() >= 30, "the table must keep at least 30 cases");
-    let mut failed = Vec::new();
-    for c in &cases {
-        match run_case(&mut dp, c) {
-            Ok(()) => eprintln!("  ok    {}", c.name),
-            Err(e) => {
-                eprintln!("  FAIL  {}\n    {e}", c.name);
-                failed.push(c.name);
-            }
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} cases failed: {failed:?}",
-        failed.len(),
-        cases.len()
-    );
+    run_table("cases", &cases, |c| c.name, |c| run_case(&mut dp, c));
     eprintln!("{} BPF_PROG_RUN cases passed", cases.len());
     Ok(())
 }
@@ -1004,17 +991,8 @@ fn every_drop_reason_of_this_stage_is_covered_by_the_table() {
     // sg-deny and rate-limited depend on state one packet leaves for the next: the
     // scenarios of prog_run_policy.rs cover them. The overlay's reasons need a host of a
     // fleet: prog_run_overlay.rs covers them (and checks that it does).
-    let future = [
-        DropReason::SgDeny,
-        DropReason::RateLimited,
-        DropReason::UnderlayUnreachable,
-        DropReason::MtuExceeded,
-        DropReason::GeneveMalformed,
-        DropReason::GeneveUnknownOption,
-        DropReason::UnknownHost,
-        DropReason::SpoofedSource,
-        DropReason::VniMismatch,
-    ];
+    let mut future = vec![DropReason::SgDeny, DropReason::RateLimited];
+    future.extend(peer_dataplane_common::reason::FLEET_DROPS);
     let covered: Vec<DropReason> = cases()
         .iter()
         .filter_map(|c| match c.expect {

@@ -16,7 +16,9 @@ use peer_dataplane_common::{
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, NAME_VPC,
 };
 use peer_dataplane_tests::fleet::{self, B2, UPLINK};
-use peer_dataplane_tests::harness::{action_name, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+use peer_dataplane_tests::harness::{
+    action_name, run_table, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::packets::{self, fold16, geneve4, peering_option, Outer, L2};
 use peer_dataplane_tests::seed::{self, Instance, A, B, C, ROUTER_MAC};
@@ -115,19 +117,13 @@ fn tunnel(host: usize, vni: u32, src_vni: u32, key: u32, inner: &[u8]) -> Vec<u8
 }
 
 fn outer(host: usize) -> Outer {
-    Outer {
-        src_mac: HOST_MAC[host.min(2)],
-        dst_mac: UPLINK_MAC,
-        src: fleet::underlay(host),
-        dst: fleet::underlay(0),
-        udp_sport: 51000,
-        udp_dport: 6081,
-        version: 0,
-        flags: 0x40,
-        protocol: 0x6558,
-        vni: fleet::vni("vpc-a"),
-        frag: 0x4000,
-    }
+    Outer::geneve(
+        HOST_MAC[host.min(2)],
+        UPLINK_MAC,
+        fleet::underlay(host),
+        fleet::underlay(0),
+        fleet::vni("vpc-a"),
+    )
 }
 
 /// B (on host 2) to A, as host 2 sends it.
@@ -900,22 +896,7 @@ fn overlay_prog_run_table() -> Result<()> {
     install_host1(&mut dp, None)?;
 
     let cases = cases();
-    let mut failed = Vec::new();
-    for c in &cases {
-        match run_case(&mut dp, c) {
-            Ok(()) => eprintln!("  ok    {}", c.name),
-            Err(e) => {
-                eprintln!("  FAIL  {}\n    {e}", c.name);
-                failed.push(c.name);
-            }
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} cases failed: {failed:?}",
-        failed.len(),
-        cases.len()
-    );
+    run_table("cases", &cases, |c| c.name, |c| run_case(&mut dp, c));
     eprintln!("{} overlay BPF_PROG_RUN cases passed", cases.len());
     Ok(())
 }
@@ -950,17 +931,8 @@ fn outer_source_ports_follow_the_flow() -> Result<()> {
 
 #[test]
 fn every_overlay_reason_is_covered_by_the_table() {
-    let overlay = [
-        DropReason::UnderlayUnreachable,
-        DropReason::MtuExceeded,
-        DropReason::GeneveMalformed,
-        DropReason::GeneveUnknownOption,
-        DropReason::UnknownHost,
-        DropReason::SpoofedSource,
-        DropReason::VniMismatch,
-    ];
     let cases = cases();
-    for r in overlay {
+    for r in peer_dataplane_common::reason::FLEET_DROPS {
         assert!(
             cases.iter().any(|c| match c.expect {
                 Expect::Drop(d, _) => d == r,

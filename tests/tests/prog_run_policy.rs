@@ -19,7 +19,7 @@ use peer_dataplane_common::{
     DropReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING,
 };
 use peer_dataplane_tests::harness::{
-    action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_REDIRECT,
+    action_name, run_table, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns::{self, Netns};
 use peer_dataplane_tests::packets::{self, ACK, FIN_ACK, L2, RST, SYN, SYN_ACK};
@@ -777,23 +777,15 @@ fn prog_run_policy_scenarios() -> Result<()> {
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let all = scenarios();
-    let mut failed = Vec::new();
     let mut steps = 0;
-    for s in &all {
-        steps += s.actions.len();
-        match run_scenario(&mut dp, s) {
-            Ok(()) => eprintln!("  ok    {}", s.name),
-            Err(e) => {
-                eprintln!("  FAIL  {}\n    {e}", s.name);
-                failed.push(s.name);
-            }
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} scenarios failed: {failed:?}",
-        failed.len(),
-        all.len()
+    run_table(
+        "scenarios",
+        &all,
+        |s| s.name,
+        |s| {
+            steps += s.actions.len();
+            run_scenario(&mut dp, s)
+        },
     );
     eprintln!("{} policy scenarios ({steps} steps) passed", all.len());
     Ok(())

@@ -65,19 +65,13 @@ pub fn measure(object: &Path, runs: usize) -> Result<Figures> {
         &payload,
     );
     let tunnel = geneve4(
-        Outer {
-            src_mac: fleet::uplink_mac(1),
-            dst_mac: fleet::uplink_mac(0),
-            src: fleet::underlay(1),
-            dst: fleet::underlay(0),
-            udp_sport: 50000,
-            udp_dport: 6081,
-            version: 0,
-            flags: 0x40,
-            protocol: 0x6558,
-            vni: fleet::vni("vpc-a"),
-            frag: 0x4000,
-        },
+        Outer::geneve(
+            fleet::uplink_mac(1),
+            fleet::uplink_mac(0),
+            fleet::underlay(1),
+            fleet::underlay(0),
+            fleet::vni("vpc-a"),
+        ),
         &peering_option(fleet::vni("vpc-b"), fleet::tunnel_key("pcx-ab")),
         &inner,
     );
