@@ -259,7 +259,7 @@ impl Outer {
 
 /// One Geneve option: class, type, data (a multiple of 4 bytes).
 pub fn geneve_option(class: u16, typ: u8, data: &[u8]) -> Vec<u8> {
-    assert!(data.len() % 4 == 0);
+    assert!(data.len().is_multiple_of(4));
     let mut o = class.to_be_bytes().to_vec();
     o.push(typ);
     o.push((data.len() / 4) as u8);

@@ -351,7 +351,7 @@ fn random_peer_routes(rng: &mut Rng, vpcs: &[Vpc], doc: &mut Document) {
 /// Network ACLs: mostly short, now and then hundreds of rules (past one bitmap word).
 fn random_network_acls(rng: &mut Rng, vpcs: &[Vpc], instances: &[Instance], doc: &mut Document) {
     // Network ACLs: mostly short, now and then hundreds of rules (past one bitmap word).
-    let rule_cidrs = rule_cidrs(&vpcs, &instances);
+    let rule_cidrs = rule_cidrs(vpcs, instances);
     let subnet_ids: Vec<(String, String)> = doc
         .subnets
         .iter()
@@ -433,7 +433,7 @@ fn random_security_groups(rng: &mut Rng, vpcs: &[Vpc], instances: &[Instance], d
             .iter()
             .filter(|(_, j)| {
                 *j == *i
-                    || (region(&doc, *j) == region(&doc, *i)
+                    || (region(doc, *j) == region(doc, *i)
                         && doc.peerings.iter().any(|p| {
                             live(p.status.as_str())
                                 && ((p.requester_vpc == vpcs[*i].id
