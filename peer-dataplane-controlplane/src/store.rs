@@ -1,6 +1,7 @@
-//! The embedded store: SQLite, one row per object (its JSON), a revision counter and the
-//! account tokens. A commit writes exactly the objects that differ between the old and the
-//! new world, in one transaction: a failed write leaves the database as it was.
+//! Where the control plane keeps its objects: [`ObjectStore`], and the embedded one,
+//! SQLite ([`Store`]): one row per object (its JSON), a revision counter and the account
+//! tokens. A commit writes exactly the objects that differ between the old and the new
+//! world, in one transaction: a failed write leaves the database as it was.
 
 use crate::model::*;
 use anyhow::{Context, Result};
@@ -9,8 +10,42 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A store of the control plane's objects. A commit is all or nothing, and the revision it
+/// returns is the store's: the embedded store numbers revisions itself, a distributed one
+/// may assign its own.
+pub trait ObjectStore: Send {
+    /// The stored world and its revision.
+    fn load(&self) -> Result<(World, u64)>;
+    /// Writes what changed from `old` (the world the change was made on) to `new`, as the
+    /// revision after `old`'s, `next`; returns the revision the store gave it.
+    fn commit(&mut self, old: &World, new: &World, next: u64) -> Result<u64>;
+    /// Account tokens: token -> account.
+    fn tokens(&self) -> Result<BTreeMap<String, String>>;
+    /// Registers `token` for `account` (replacing the account of an existing token).
+    fn set_token(&mut self, account: &str, token: &str) -> Result<()>;
+}
+
+/// The embedded store: one SQLite file.
 pub struct Store {
     conn: Connection,
+}
+
+impl ObjectStore for Store {
+    fn load(&self) -> Result<(World, u64)> {
+        Store::load(self)
+    }
+
+    fn commit(&mut self, old: &World, new: &World, next: u64) -> Result<u64> {
+        Store::commit(self, old, new, next).map(|()| next)
+    }
+
+    fn tokens(&self) -> Result<BTreeMap<String, String>> {
+        Store::tokens(self)
+    }
+
+    fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
+        Store::set_token(self, account, token)
+    }
 }
 
 const SCHEMA: &str = "

@@ -7,7 +7,7 @@ mod handlers;
 use crate::auth;
 use crate::model::*;
 use crate::ops::{self, Caller};
-use crate::store::Store;
+use crate::store::ObjectStore;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -54,7 +54,7 @@ impl Default for Clock {
 struct Inner {
     world: World,
     revision: u64,
-    store: Store,
+    store: Box<dyn ObjectStore>,
     /// (account, token): an account may hold several tokens.
     tokens: Vec<(String, String)>,
 }
@@ -72,17 +72,17 @@ pub type Shared = Arc<Server>;
 
 impl Server {
     pub fn new(
-        mut store: Store,
+        store: impl ObjectStore + 'static,
         clock: Clock,
         host_tokens: BTreeMap<String, String>,
         limit: auth::RateLimit,
     ) -> anyhow::Result<Shared> {
+        let mut store: Box<dyn ObjectStore> = Box::new(store);
         let (mut world, mut revision) = store.load()?;
         // A store from before the overlay: its VPCs and peerings get their numbers now.
         let before = world.clone();
         if ops::number_unnumbered(&mut world)? {
-            revision += 1;
-            store.commit(&before, &world, revision)?;
+            revision = store.commit(&before, &world, revision + 1)?;
             log::info!("gave the stored VPCs and peerings their VNIs and tunnel keys (revision {revision})");
         }
         let tokens = store
@@ -137,16 +137,19 @@ impl Server {
         let base = ops::expire(&inner.world, now);
         let (new, out) = op(base.as_ref().unwrap_or(&inner.world), now)?;
         ops::check(&new)?;
-        let revision = inner.revision + 1;
         let old = std::mem::take(&mut inner.world);
-        if let Err(e) = inner.store.commit(&old, &new, revision) {
-            inner.world = old;
-            return Err(ApiError {
-                status: 500,
-                code: "storage_error",
-                message: format!("{e:#}"),
-            });
-        }
+        let next = inner.revision + 1;
+        let revision = match inner.store.commit(&old, &new, next) {
+            Ok(r) => r,
+            Err(e) => {
+                inner.world = old;
+                return Err(ApiError {
+                    status: 500,
+                    code: "storage_error",
+                    message: format!("{e:#}"),
+                });
+            }
+        };
         inner.world = new;
         inner.revision = revision;
         drop(inner);
