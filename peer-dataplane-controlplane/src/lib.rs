@@ -16,9 +16,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Where the objects live.
+pub enum StoreChoice {
+    /// The embedded store: one SQLite file.
+    Sqlite(PathBuf),
+    /// etcd, by URL (`etcd://h1:2379,h2:2379[/prefix]`).
+    Etcd(String),
+}
+
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    pub db: PathBuf,
+    pub store: StoreChoice,
     /// File of `ACCOUNT:TOKEN` lines to register (kept in the database).
     pub account_tokens: Option<PathBuf>,
     /// File of `HOST:TOKEN` lines: each host's agent credential.
@@ -29,12 +37,29 @@ pub struct ServeOptions {
 }
 
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    let store = store::Store::open(&opts.db)?;
     let host_tokens = match &opts.host_tokens {
         Some(p) => auth::read_pairs(p, "host tokens")?,
         None => Default::default(),
     };
-    let server = api::Server::new(store, api::Clock::new(), host_tokens, opts.rate_limit)?;
+    let (server, where_) = match &opts.store {
+        StoreChoice::Sqlite(db) => (
+            api::Server::new(
+                store::Store::open(db)?,
+                api::Clock::new(),
+                host_tokens,
+                opts.rate_limit,
+            )?,
+            format!("database {}", db.display()),
+        ),
+        StoreChoice::Etcd(url) => {
+            let (endpoints, prefix) = store::etcd::EtcdStore::parse_url(url)?;
+            let s = store::etcd::EtcdStore::connect(&endpoints, &prefix)?;
+            (
+                api::Server::new(s, api::Clock::new(), host_tokens, opts.rate_limit)?,
+                format!("etcd {} under {prefix}", endpoints.join(",")),
+            )
+        }
+    };
     if let Some(p) = &opts.account_tokens {
         for (account, token) in auth::read_pairs(p, "account tokens")? {
             server.add_token(&account, &token)?;
@@ -49,10 +74,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     info!(
-        "control plane listening on {}://{} (database {}, revision {})",
+        "control plane listening on {}://{} ({where_}, revision {})",
         if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
-        opts.db.display(),
         server.revision()
     );
     let sweeper = server.clone();

@@ -13,9 +13,13 @@ struct Args {
     /// Address to listen on (keep it on loopback or a management network).
     #[arg(long, default_value = "127.0.0.1:8470")]
     listen: std::net::SocketAddr,
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing): the embedded store.
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    db: Option<PathBuf>,
+    /// The distributed store instead: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (default
+    /// prefix /pdp). Several control-plane replicas may serve one etcd cluster.
     #[arg(long)]
-    db: PathBuf,
+    store: Option<String>,
     /// File of ACCOUNT:TOKEN lines: API tokens to register (kept in the database).
     /// Tokens are never given on the command line, where `ps` would show them.
     #[arg(long, env = "PDP_ACCOUNT_TOKENS_FILE")]
@@ -60,7 +64,11 @@ fn run(a: Args) -> Result<()> {
         .build()?;
     rt.block_on(serve(ServeOptions {
         listen: a.listen,
-        db: a.db,
+        store: match (a.db, a.store) {
+            (Some(db), _) => peer_dataplane_controlplane::StoreChoice::Sqlite(db),
+            (None, Some(url)) => peer_dataplane_controlplane::StoreChoice::Etcd(url),
+            (None, None) => anyhow::bail!("give --db FILE or --store etcd://…"),
+        },
         account_tokens: a.account_tokens,
         host_tokens: a.host_tokens,
         rate_limit: RateLimit {

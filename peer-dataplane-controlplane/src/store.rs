@@ -14,8 +14,9 @@ use std::path::Path;
 /// returns is the store's: the embedded store numbers revisions itself, a distributed one
 /// may assign its own.
 pub trait ObjectStore: Send {
-    /// The stored world and its revision.
-    fn load(&self) -> Result<(World, u64)>;
+    /// The stored world and its revision (a distributed store also notes what this replica
+    /// has read: its next commit applies only on top of that).
+    fn load(&mut self) -> Result<(World, u64)>;
     /// Writes what changed from `old` (the world the change was made on) to `new`, as the
     /// revision after `old`'s, `next`; returns the revision the store gave it.
     fn commit(&mut self, old: &World, new: &World, next: u64) -> Result<u64>;
@@ -25,13 +26,26 @@ pub trait ObjectStore: Send {
     fn set_token(&mut self, account: &str, token: &str) -> Result<()>;
 }
 
+/// A commit refused because the store changed since this replica read it (another
+/// replica's write): nothing was written; read again and redo the change.
+#[derive(Debug)]
+pub struct StaleRead;
+
+impl std::fmt::Display for StaleRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another control-plane replica changed the store since this one read it")
+    }
+}
+
+impl std::error::Error for StaleRead {}
+
 /// The embedded store: one SQLite file.
 pub struct Store {
     conn: Connection,
 }
 
 impl ObjectStore for Store {
-    fn load(&self) -> Result<(World, u64)> {
+    fn load(&mut self) -> Result<(World, u64)> {
         Store::load(self)
     }
 
@@ -73,6 +87,8 @@ macro_rules! for_each_kind {
         $m!("id_counter", id_counters);
     };
 }
+
+pub mod etcd;
 
 /// Rows to write (id, JSON body) and ids to delete.
 type RowChanges = (Vec<(String, String)>, Vec<String>);

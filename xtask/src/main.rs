@@ -127,7 +127,7 @@ fn clean_cargo(cargo: &str) -> Command {
 // ---------------------------------------------------------------------------------------
 // setup
 
-const APT_BASE: [&str; 10] = [
+const APT_BASE: [&str; 12] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
@@ -137,7 +137,9 @@ const APT_BASE: [&str; 10] = [
     "iputils-ping",
     "util-linux", // nsenter
     "procps",
-    "openssl", // certificates for the control plane's TLS test
+    "openssl",           // certificates for the control plane's TLS test
+    "protobuf-compiler", // protoc, for the etcd client's build
+    "etcd-server",       // the distributed store's tests run real etcd members
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

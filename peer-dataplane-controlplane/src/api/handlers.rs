@@ -71,7 +71,7 @@ macro_rules! owned_crud {
         ) -> ApiResult {
             let c = s.caller(&h)?;
             let req = body(b)?;
-            let out = s.mutate(|w, _| ops::$create(w, &c, req))?;
+            let out = s.mutate(|w, _| ops::$create(w, &c, req.clone()))?;
             ok(StatusCode::CREATED, out)
         }
 
@@ -121,7 +121,7 @@ pub(super) async fn replace_routes(
 ) -> ApiResult {
     let c = s.caller(&h)?;
     let req = body(b)?;
-    let n = s.mutate(|w, _| ops::replace_routes(w, &c, &id, req))?;
+    let n = s.mutate(|w, _| ops::replace_routes(w, &c, &id, req.clone()))?;
     ok(StatusCode::OK, json!({"route_table": id, "routes": n}))
 }
 
@@ -144,7 +144,7 @@ pub(super) async fn create_peering(
     let req = body(b)?;
     ok(
         StatusCode::CREATED,
-        s.mutate(|w, now| ops::create_peering(w, &c, req, now))?,
+        s.mutate(|w, now| ops::create_peering(w, &c, req.clone(), now))?,
     )
 }
 
@@ -203,7 +203,7 @@ macro_rules! change_with_body {
         ) -> ApiResult {
             let c = s.caller(&h)?;
             let req = body(b)?;
-            ok(StatusCode::$status, s.mutate(|w, _| ops::$handler(w, &c, &id, req))?)
+            ok(StatusCode::$status, s.mutate(|w, _| ops::$handler(w, &c, &id, req.clone()))?)
         }
     )*};
 }
@@ -276,7 +276,7 @@ pub(super) async fn put_host(
 ) -> ApiResult {
     host_caller(&s, &h, &host)?;
     let req = body(b)?;
-    let out = s.mutate(|w, _| ops::put_host(w, &host, req))?;
+    let out = s.mutate(|w, _| ops::put_host(w, &host, req.clone()))?;
     ok(StatusCode::OK, out)
 }
 

@@ -7,7 +7,7 @@ mod handlers;
 use crate::auth;
 use crate::model::*;
 use crate::ops::{self, Caller};
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StaleRead};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -127,30 +127,39 @@ impl Server {
     }
 
     /// Runs `op` on the current world (after expiring due peerings); commits and publishes
-    /// the result only if the operation and the final check succeed.
+    /// the result only if the operation and the final check succeed. If another replica
+    /// wrote to the store since this one read it, the store refuses the commit whole: the
+    /// world is read again and `op` runs again on it (a few times at most).
     fn mutate<T>(
         &self,
-        op: impl FnOnce(&World, Timestamp) -> Result<(World, T), ApiError>,
+        op: impl Fn(&World, Timestamp) -> Result<(World, T), ApiError>,
     ) -> Result<T, ApiError> {
         let mut inner = self.inner.lock().unwrap();
-        let now = self.clock.now();
-        let base = ops::expire(&inner.world, now);
-        let (new, out) = op(base.as_ref().unwrap_or(&inner.world), now)?;
-        ops::check(&new)?;
-        let old = std::mem::take(&mut inner.world);
-        let next = inner.revision + 1;
-        let revision = match inner.store.commit(&old, &new, next) {
-            Ok(r) => r,
-            Err(e) => {
-                inner.world = old;
-                return Err(ApiError {
-                    status: 500,
-                    code: "storage_error",
-                    message: format!("{e:#}"),
-                });
+        let mut attempts = 0;
+        let (revision, out) = loop {
+            attempts += 1;
+            let now = self.clock.now();
+            let base = ops::expire(&inner.world, now);
+            let (new, out) = op(base.as_ref().unwrap_or(&inner.world), now)?;
+            ops::check(&new)?;
+            let old = std::mem::take(&mut inner.world);
+            let next = inner.revision + 1;
+            match inner.store.commit(&old, &new, next) {
+                Ok(r) => {
+                    inner.world = new;
+                    break (r, out);
+                }
+                Err(e) if attempts < 5 && e.downcast_ref::<StaleRead>().is_some() => {
+                    let (w, r) = inner.store.load().map_err(storage_error)?;
+                    inner.world = w;
+                    inner.revision = r;
+                }
+                Err(e) => {
+                    inner.world = old;
+                    return Err(storage_error(e));
+                }
             }
         };
-        inner.world = new;
         inner.revision = revision;
         drop(inner);
         self.revision_tx.send_replace(revision);
@@ -195,6 +204,14 @@ impl Server {
         inner.tokens.retain(|(_, t)| t != token);
         inner.tokens.push((account.to_string(), token.to_string()));
         Ok(())
+    }
+}
+
+fn storage_error(e: anyhow::Error) -> ApiError {
+    ApiError {
+        status: 500,
+        code: "storage_error",
+        message: format!("{e:#}"),
     }
 }
 

@@ -1,0 +1,216 @@
+//! The distributed store: etcd v3. Each object is one key, `PREFIX/objects/KIND/ID`, holding
+//! its JSON; account tokens are `PREFIX/tokens/TOKEN`. A commit is one etcd transaction
+//! that writes exactly the objects that changed, guarded by the key `PREFIX/revision`: it
+//! applies only if nobody committed since this replica last read or wrote, so two replicas
+//! never lose each other's updates (the second is refused and must re-read). The revision
+//! a commit returns is etcd's.
+//!
+//! The store is called from the API's synchronous critical section; it runs the etcd client
+//! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
+//! from a thread that is already running one).
+
+use super::{diff, ObjectStore, StaleRead};
+use crate::model::*;
+use anyhow::{anyhow, bail, Context, Result};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use std::collections::BTreeMap;
+
+pub struct EtcdStore {
+    /// Always `Some` until dropped (see `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
+    client: Client,
+    prefix: String,
+    /// etcd's revision of the guard key as this replica last saw it (0: never written).
+    guard: i64,
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (`host:port`, any member of the cluster) under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd-client")
+            .enable_all()
+            .build()?;
+        let eps = endpoints.to_vec();
+        let client = run(&rt, async move { Client::connect(eps, None).await })
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        let mut store = EtcdStore {
+            rt: Some(rt),
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            guard: 0,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Parses `etcd://h1:2379,h2:2379[/prefix]`.
+    pub fn parse_url(url: &str) -> Result<(Vec<String>, String)> {
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| {
+            anyhow!("store {url:?}: an etcd store is etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+        })?;
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((h, p)) if !p.trim_matches('/').is_empty() => {
+                (h, format!("/{}", p.trim_matches('/')))
+            }
+            Some((h, _)) => (h, "/pdp".to_string()),
+            None => (rest, "/pdp".to_string()),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            bail!("store {url:?}: no etcd endpoint");
+        }
+        Ok((endpoints, prefix))
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as the store")
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    /// Every key under `PREFIX/rest` (key without the prefix, value), and etcd's revision.
+    fn range(&self, rest: &str) -> Result<(Vec<(String, String)>, i64)> {
+        let mut c = self.client.clone();
+        let start = self.key(rest);
+        let s = start.clone();
+        let resp = run(self.rt(), async move {
+            c.get(s, Some(GetOptions::new().with_prefix())).await
+        })?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let k = kv
+                .key_str()?
+                .strip_prefix(&start)
+                .unwrap_or_default()
+                .to_string();
+            out.push((k, kv.value_str()?.to_string()));
+        }
+        Ok((out, revision))
+    }
+}
+
+/// A runtime may not be dropped (which waits for its threads) inside another runtime's
+/// task, where the API's server drops a store: let its threads go in the background.
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `f` on `rt` from a thread of its own and waits for it.
+fn run<T: Send, E: Into<anyhow::Error> + Send>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = Result<T, E>> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| rt.block_on(f).map_err(Into::into))
+            .join()
+            .map_err(|_| anyhow!("the etcd client thread panicked"))?
+    })
+}
+
+impl ObjectStore for EtcdStore {
+    fn load(&mut self) -> Result<(World, u64)> {
+        // One read of everything under the prefix: the objects and the guard at one
+        // revision, so that what this replica compares its next commit with is exactly
+        // what it read.
+        let mut c = self.client.clone();
+        let prefix = format!("{}/", self.prefix);
+        let p = prefix.clone();
+        let resp = run(self.rt(), async move {
+            c.get(p, Some(GetOptions::new().with_prefix())).await
+        })?;
+        let mut guard = 0;
+        let mut by_kind: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for kv in resp.kvs() {
+            let k = kv.key_str()?.strip_prefix(&prefix).unwrap_or_default();
+            if k == "revision" {
+                guard = kv.mod_revision();
+            } else if let Some(obj) = k.strip_prefix("objects/") {
+                let (kind, id) = obj
+                    .split_once('/')
+                    .ok_or_else(|| anyhow!("etcd key {k:?} is not objects/KIND/ID"))?;
+                by_kind
+                    .entry(kind.to_string())
+                    .or_default()
+                    .insert(id.to_string(), kv.value_str()?.to_string());
+            }
+        }
+        self.guard = guard;
+        let mut w = World::default();
+        macro_rules! load {
+            ($kind:literal, $field:ident) => {
+                for (id, body) in by_kind.remove($kind).unwrap_or_default() {
+                    let v = serde_json::from_str(&body)
+                        .with_context(|| format!("etcd object {}/{id}", $kind))?;
+                    w.$field.insert(id, v);
+                }
+            };
+        }
+        for_each_kind!(load);
+        Ok((w, self.guard.max(0) as u64))
+    }
+
+    fn commit(&mut self, old: &World, new: &World, _next: u64) -> Result<u64> {
+        let mut ops = Vec::new();
+        macro_rules! write {
+            ($kind:literal, $field:ident) => {
+                let (puts, dels) = diff(&old.$field, &new.$field)?;
+                for (id, body) in puts {
+                    ops.push(TxnOp::put(
+                        self.key(&format!("objects/{}/{id}", $kind)),
+                        body,
+                        None,
+                    ));
+                }
+                for id in dels {
+                    ops.push(TxnOp::delete(
+                        self.key(&format!("objects/{}/{id}", $kind)),
+                        None,
+                    ));
+                }
+            };
+        }
+        for_each_kind!(write);
+        let guard = self.key("revision");
+        ops.push(TxnOp::put(guard.clone(), "", None));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(guard, CompareOp::Equal, self.guard)])
+            .and_then(ops);
+        let mut c = self.client.clone();
+        let resp = run(self.rt(), async move { c.txn(txn).await })?;
+        if !resp.succeeded() {
+            return Err(anyhow::Error::new(StaleRead).context(format!(
+                "commit on revision {}: nothing was written; re-read and retry",
+                self.guard
+            )));
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.guard = revision;
+        Ok(revision as u64)
+    }
+
+    fn tokens(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self.range("tokens/")?.0.into_iter().collect())
+    }
+
+    fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        let (key, account) = (self.key(&format!("tokens/{token}")), account.to_string());
+        run(self.rt(), async move { c.put(key, account, None).await })?;
+        Ok(())
+    }
+}

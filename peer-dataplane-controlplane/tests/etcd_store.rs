@@ -1,0 +1,194 @@
+//! The etcd store against a real etcd member (a local process on free ports, its data in
+//! a directory of its own, removed afterwards): the API's state survives a restart and a
+//! second replica reads the same; two replicas never lose each other's updates.
+//! Needs the `etcd` binary (`cargo xtask setup` installs Debian's etcd-server).
+
+use peer_dataplane_controlplane::api::{Clock, Server};
+use peer_dataplane_controlplane::auth::RateLimit;
+use peer_dataplane_controlplane::model::World;
+use peer_dataplane_controlplane::store::etcd::EtcdStore;
+use peer_dataplane_controlplane::store::ObjectStore;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One etcd member on loopback.
+struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    endpoint: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start(tag: &str) -> Etcd {
+        let dir = std::env::temp_dir().join(format!("pdp-etcd-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "m0", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args(["--initial-cluster", &format!("m0={p}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}): run the tests through `cargo xtask test`, whose setup installs etcd-server")
+            });
+        let e = Etcd {
+            child,
+            dir,
+            endpoint: format!("127.0.0.1:{client}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while EtcdStore::connect(&[e.endpoint.clone()], "/probe").is_err() {
+            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    fn store(&self, prefix: &str) -> EtcdStore {
+        EtcdStore::connect(&[self.endpoint.clone()], prefix).unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn with_counter(w: &World, name: &str, n: u64) -> World {
+    let mut w = w.clone();
+    w.id_counters.insert(name.to_string(), n);
+    w
+}
+
+#[test]
+fn urls_name_the_members_and_the_prefix() {
+    let (eps, prefix) = EtcdStore::parse_url("etcd://h1:2379,h2:2379,h3:2379").unwrap();
+    assert_eq!(eps, ["h1:2379", "h2:2379", "h3:2379"]);
+    assert_eq!(prefix, "/pdp");
+    let (_, prefix) = EtcdStore::parse_url("etcd://h1:2379/region/eu-west-1/").unwrap();
+    assert_eq!(prefix, "/region/eu-west-1");
+    assert!(EtcdStore::parse_url("http://h1:2379").is_err());
+    assert!(EtcdStore::parse_url("etcd://").is_err());
+}
+
+#[test]
+fn state_survives_a_restart_and_a_second_replica_reads_the_same() {
+    let etcd = Etcd::start("restart");
+    let limit = RateLimit::default();
+    let server = Server::new(etcd.store("/t1"), Clock::new(), Default::default(), limit).unwrap();
+    server
+        .add_token("111111111111", "token-of-account-a-for-tests")
+        .unwrap();
+    // Objects go in through the store the API commits to.
+    let mut store = etcd.store("/t1");
+    let (w0, r0) = store.load().unwrap();
+    let w1 = with_counter(&w0, "vpc", 7);
+    let r1 = store.commit(&w0, &w1, r0 + 1).unwrap();
+    assert!(r1 > r0, "the revision is etcd's and moves forward");
+
+    let again = Server::new(etcd.store("/t1"), Clock::new(), Default::default(), limit).unwrap();
+    assert_eq!(again.world(), w1);
+    assert_eq!(again.revision(), r1);
+    let tokens = etcd.store("/t1").tokens().unwrap();
+    assert_eq!(tokens["token-of-account-a-for-tests"], "111111111111");
+    // Another prefix is another control plane.
+    assert_eq!(etcd.store("/t2").load().unwrap().0, World::default());
+}
+
+#[test]
+fn two_replicas_never_lose_each_others_updates() {
+    let etcd = Etcd::start("replicas");
+    let (mut a, mut b) = (etcd.store("/r"), etcd.store("/r"));
+    let (w, r) = a.load().unwrap();
+    assert_eq!(b.load().unwrap(), (w.clone(), r));
+    let wa = with_counter(&w, "from-a", 1);
+    a.commit(&w, &wa, r + 1).unwrap();
+    // B's change was made on the world before A's: refused whole, nothing written.
+    let wb = with_counter(&w, "from-b", 1);
+    let e = format!("{:#}", b.commit(&w, &wb, r + 1).unwrap_err());
+    assert!(e.contains("another control-plane replica"), "{e}");
+    let (now, _) = etcd.store("/r").load().unwrap();
+    assert_eq!(now, wa, "A's update is kept, B's not half-applied");
+    // Having read again, B commits on top of A's change.
+    let mut b = etcd.store("/r");
+    let (cur, rev) = b.load().unwrap();
+    let wb = with_counter(&cur, "from-b", 1);
+    b.commit(&cur, &wb, rev + 1).unwrap();
+    let (now, _) = etcd.store("/r").load().unwrap();
+    assert_eq!(now.id_counters.len(), 2);
+}
+
+async fn post(
+    router: &axum::Router,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// Two control-plane replicas on one etcd: each takes calls; the one whose view is behind
+/// has its commit refused by the store, reads again and redoes the call on the newer
+/// world. Both VPCs exist, each with its own VNI: no update lost, no number given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_replicas_both_take_calls_and_lose_nothing() {
+    let etcd = Etcd::start("api");
+    let token = "token-of-account-a-for-tests";
+    let limit = RateLimit::default();
+    let replica = || {
+        let s = Server::new(etcd.store("/api"), Clock::new(), Default::default(), limit).unwrap();
+        s.add_token("111111111111", token).unwrap();
+        (s.clone(), peer_dataplane_controlplane::api::router(s))
+    };
+    let (a, ra) = replica();
+    let (b, rb) = replica();
+    let vpc = |id: &str, cidr: &str| serde_json::json!({"id": id, "region": "eu-west-1", "cidrs": [cidr]});
+    let (s1, v1) = post(&ra, "/v1/vpcs", token, vpc("vpc-x", "10.1.0.0/16")).await;
+    assert_eq!(s1, 201, "{v1}");
+    // B has not seen vpc-x: its commit is refused by etcd, then redone on the new world.
+    let (s2, v2) = post(&rb, "/v1/vpcs", token, vpc("vpc-y", "10.2.0.0/16")).await;
+    assert_eq!(s2, 201, "{v2}");
+    assert_ne!(v1["vni"], v2["vni"], "two VPCs, two VNIs");
+    // A has not seen vpc-y: creating it again there is refused as a duplicate once A has
+    // read the store again (never written twice).
+    let (_, v3) = post(&ra, "/v1/vpcs", token, vpc("vpc-y", "10.3.0.0/16")).await;
+    assert_eq!(v3["error"]["code"], "already_exists", "{v3}");
+    let (world, _) = etcd.store("/api").load().unwrap();
+    let ids: Vec<&String> = world.vpcs.keys().collect();
+    assert_eq!(ids, ["vpc-x", "vpc-y"]);
+    assert_eq!(b.world(), world);
+    drop(a);
+}
