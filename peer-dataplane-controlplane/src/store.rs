@@ -24,7 +24,16 @@ pub trait ObjectStore: Send {
     fn tokens(&self) -> Result<BTreeMap<String, String>>;
     /// Registers `token` for `account` (replacing the account of an existing token).
     fn set_token(&mut self, account: &str, token: &str) -> Result<()>;
+    /// A store other writers share announces their commits here: the revision of each
+    /// commit, or [`RESYNC`] when what happened meanwhile is not known (read it all again).
+    /// `None`: this process is the only writer.
+    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<u64>> {
+        None
+    }
 }
+
+/// See [`ObjectStore::changes`].
+pub const RESYNC: u64 = 0;
 
 /// A commit refused because the store changed since this replica read it (another
 /// replica's write): nothing was written; read again and redo the change.

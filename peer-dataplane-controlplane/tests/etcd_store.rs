@@ -178,6 +178,24 @@ async fn two_api_replicas_both_take_calls_and_lose_nothing() {
     let vpc = |id: &str, cidr: &str| serde_json::json!({"id": id, "region": "eu-west-1", "cidrs": [cidr]});
     let (s1, v1) = post(&ra, "/v1/vpcs", token, vpc("vpc-x", "10.1.0.0/16")).await;
     assert_eq!(s1, 201, "{v1}");
+    // B learns of it from etcd's watch, without writing anything itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.world().vpcs.contains_key("vpc-x") {
+        assert!(
+            Instant::now() < deadline,
+            "replica B never saw replica A's commit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.revision(),
+        a.revision(),
+        "both replicas at etcd's revision"
+    );
+    // Another commit on A: B may not have read it when its own call comes; either way,
+    // B's call goes in on top of A's (refused by etcd, read again and redone, if behind).
+    let (s1b, v1b) = post(&ra, "/v1/vpcs", token, vpc("vpc-w", "10.4.0.0/16")).await;
+    assert_eq!(s1b, 201, "{v1b}");
     // B has not seen vpc-x: its commit is refused by etcd, then redone on the new world.
     let (s2, v2) = post(&rb, "/v1/vpcs", token, vpc("vpc-y", "10.2.0.0/16")).await;
     assert_eq!(s2, 201, "{v2}");
@@ -188,7 +206,11 @@ async fn two_api_replicas_both_take_calls_and_lose_nothing() {
     assert_eq!(v3["error"]["code"], "already_exists", "{v3}");
     let (world, _) = etcd.store("/api").load().unwrap();
     let ids: Vec<&String> = world.vpcs.keys().collect();
-    assert_eq!(ids, ["vpc-x", "vpc-y"]);
+    assert_eq!(ids, ["vpc-w", "vpc-x", "vpc-y"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.world() != world {
+        assert!(Instant::now() < deadline, "replica A never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(b.world(), world);
-    drop(a);
 }

@@ -7,7 +7,7 @@ mod handlers;
 use crate::auth;
 use crate::model::*;
 use crate::ops::{self, Caller};
-use crate::store::{ObjectStore, StaleRead};
+use crate::store::{ObjectStore, StaleRead, RESYNC};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -91,7 +91,8 @@ impl Server {
             .map(|(token, account)| (account, token))
             .collect();
         let (revision_tx, _) = watch::channel(revision);
-        Ok(Arc::new(Server {
+        let changes = store.changes();
+        let server = Arc::new(Server {
             inner: Mutex::new(Inner {
                 world,
                 revision,
@@ -102,7 +103,40 @@ impl Server {
             clock,
             host_tokens,
             limiter: auth::Limiter::new(limit),
-        }))
+        });
+        // Other replicas' commits: read the store again when they happen.
+        if let Some(rx) = changes {
+            let weak = Arc::downgrade(&server);
+            std::thread::Builder::new()
+                .name("store-changes".into())
+                .spawn(move || {
+                    for revision in rx {
+                        match weak.upgrade() {
+                            Some(s) => s.catch_up(revision),
+                            None => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(server)
+    }
+
+    /// Another replica committed `revision` (or the store asks for a [`RESYNC`]): read
+    /// the store again, unless this replica has already seen it (its own commits).
+    fn catch_up(&self, revision: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        if revision != RESYNC && revision <= inner.revision {
+            return;
+        }
+        match inner.store.load() {
+            Ok((world, r)) => {
+                inner.world = world;
+                inner.revision = r;
+                drop(inner);
+                self.revision_tx.send_replace(r);
+            }
+            Err(e) => log::warn!("reading the store after another replica's commit: {e:#}"),
+        }
     }
 
     pub fn revision(&self) -> u64 {

@@ -9,11 +9,13 @@
 //! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
 //! from a thread that is already running one).
 
-use super::{diff, ObjectStore, StaleRead};
+use super::{diff, ObjectStore, StaleRead, RESYNC};
 use crate::model::*;
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use std::collections::BTreeMap;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 pub struct EtcdStore {
     /// Always `Some` until dropped (see `Drop`).
@@ -207,10 +209,52 @@ impl ObjectStore for EtcdStore {
         Ok(self.range("tokens/")?.0.into_iter().collect())
     }
 
+    /// A watch on the guard key: every replica's commits, from the one after what this
+    /// replica read. `etcd-client` watches do not reconnect by themselves: when the watch
+    /// ends (a member down, the history compacted), it is started again from the present
+    /// and then [`RESYNC`] is sent, so that nothing between the two is missed.
+    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<u64>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (client, key, from) = (self.client.clone(), self.key("revision"), self.guard + 1);
+        self.rt().spawn(watch(client, key, from, tx));
+        Some(rx)
+    }
+
     fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
         let mut c = self.client.clone();
         let (key, account) = (self.key(&format!("tokens/{token}")), account.to_string());
         run(self.rt(), async move { c.put(key, account, None).await })?;
         Ok(())
+    }
+}
+
+/// Sends the revision of every commit to `key` from revision `from` on (see `changes`).
+async fn watch(mut client: Client, key: String, mut from: i64, tx: Sender<u64>) {
+    let mut resync = false;
+    loop {
+        let opts = WatchOptions::new().with_start_revision(from.max(0));
+        if let Ok(mut stream) = client.watch(key.clone(), Some(opts)).await {
+            if resync {
+                if tx.send(RESYNC).is_err() {
+                    return;
+                }
+                resync = false;
+            }
+            while let Ok(Some(resp)) = stream.message().await {
+                for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                    from = kv.mod_revision() + 1;
+                    if tx.send(kv.mod_revision() as u64).is_err() {
+                        return; // the server is gone
+                    }
+                }
+                if resp.canceled() {
+                    break;
+                }
+            }
+        }
+        // Watch again from the present; what happened in between is read whole.
+        from = 0;
+        resync = true;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
