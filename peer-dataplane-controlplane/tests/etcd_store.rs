@@ -54,7 +54,10 @@ impl Etcd {
             endpoint: format!("127.0.0.1:{client}"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while EtcdStore::connect(&[e.endpoint.clone()], "/probe").is_err() {
+        let ready = |e: &Etcd| {
+            EtcdStore::connect(&[e.endpoint.clone()], "/probe").and_then(|mut s| s.load())
+        };
+        while ready(&e).is_err() {
             assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }

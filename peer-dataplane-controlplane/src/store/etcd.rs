@@ -22,7 +22,8 @@ pub struct EtcdStore {
     rt: Option<tokio::runtime::Runtime>,
     client: Client,
     prefix: String,
-    /// etcd's revision of the guard key as this replica last saw it (0: never written).
+    /// etcd's revision of the guard key as this replica last saw it (0: never read, or
+    /// never written).
     guard: i64,
 }
 
@@ -37,14 +38,14 @@ impl EtcdStore {
         let eps = endpoints.to_vec();
         let client = run(&rt, async move { Client::connect(eps, None).await })
             .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-        let mut store = EtcdStore {
+        // No read yet: the first `load` notes what this replica has seen (a commit
+        // before any load is refused if anybody has written).
+        Ok(EtcdStore {
             rt: Some(rt),
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
             guard: 0,
-        };
-        store.load()?;
-        Ok(store)
+        })
     }
 
     /// Parses `etcd://h1:2379,h2:2379[/prefix]`.

@@ -114,6 +114,12 @@ fn fetch(
         .map_err(|e| format!("GET {url}: reading the answer: {e}"))
 }
 
+/// Sleeps `backoff`, then doubles it (up to [`BACKOFF_MAX`]) for the next failure.
+fn wait(backoff: &mut Duration) {
+    std::thread::sleep(*backoff);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
 /// `PUT /v1/hosts/{host}`: joins (or rejoins, idempotently) the fleet.
 fn register(agent: &ureq::Agent, cp: &ControlPlane, r: &Registration) -> Result<(), String> {
     let url = format!("{}/v1/hosts/{}", cp.url.trim_end_matches('/'), cp.host);
@@ -153,8 +159,7 @@ pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
                         }
                         Err(e) => {
                             warn!("cannot register in the fleet yet ({e}); retrying");
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            wait(&mut backoff);
                         }
                     }
                 }
@@ -181,8 +186,7 @@ pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
                             warn!("control plane unreachable ({e}); forwarding continues with the last installed state");
                             failing = true;
                         }
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        wait(&mut backoff);
                     }
                 }
             }

@@ -4,7 +4,7 @@
 use crate::reconcile::MapState;
 use anyhow::{anyhow, bail, ensure, Result};
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, PacketBuilder};
-use peer_dataplane_common::{addr, NameKey, Port, NAME_PORT, PORT_HAS_IPV4, PORT_HAS_IPV6};
+use peer_dataplane_common::{NameKey, Port, NAME_PORT, PORT_HAS_IPV4, PORT_HAS_IPV6};
 use std::net::IpAddr;
 
 /// The packet to trace, as an operator describes it.
@@ -123,10 +123,7 @@ pub fn ingress_port(state: &MapState, req: &Request) -> Result<u32> {
             })
         }
         None => {
-            let src = match req.src {
-                IpAddr::V4(a) => addr::from_v4(a.octets()),
-                IpAddr::V6(a) => a.octets(),
-            };
+            let src = crate::views::map_ip(req.src);
             state
                 .ports
                 .iter()

@@ -40,6 +40,14 @@ impl Names<'_> {
     }
 }
 
+/// An address in the maps' encoding (IPv4 mapped into IPv6): the inverse of [`ip`].
+pub fn map_ip(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => peer_dataplane_common::addr::from_v4(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
 /// An address as the maps store it (IPv4 mapped into IPv6), in its own family.
 pub fn ip(a: &[u8; 16]) -> IpAddr {
     if is_v4_mapped(a) {

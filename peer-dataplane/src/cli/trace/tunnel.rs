@@ -6,25 +6,17 @@ use crate::cli::frame::{build_frame, Request};
 use crate::reconcile::MapState;
 use anyhow::{anyhow, Result};
 use peer_dataplane_common::{
-    addr,
     overlay::{encap_header, flow_port, Encap, PeeringOption, OVERLAY_ENABLED},
     Endpoint, EndpointKey, ENDPOINT_LOCAL, ENDPOINT_REMOTE, NAME_HOST,
 };
 use std::net::IpAddr;
-
-fn map_addr(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(a) => addr::from_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
 
 fn endpoint(
     state: &MapState,
     a: IpAddr,
     want: impl Fn(&Endpoint) -> bool,
 ) -> Option<(&EndpointKey, &Endpoint)> {
-    let a = map_addr(a);
+    let a = crate::views::map_ip(a);
     state.endpoints.iter().find(|(k, e)| k.addr == a && want(e))
 }
 
