@@ -2,7 +2,12 @@
 //! the sender's VPC; the packet must have originated in the sender's VPC; the destination
 //! must lie inside the peer VPC.
 
-use crate::{maps::PEERINGS, parse::Packet, route, trace};
+use crate::{
+    counters::{Outcome, NO_PEERING},
+    maps::PEERINGS,
+    parse::Packet,
+    route, trace,
+};
 use peer_dataplane_common::{
     addr,
     cap::CapConfig,
@@ -24,12 +29,10 @@ pub struct Crossing {
     pub tunnel_key: u32,
 }
 
-/// Resolves the peering a route points at. `Err((reason, counter index or None))`.
+/// Resolves the peering a route (or a tunnel key) points at; a drop is counted under the
+/// peering and direction once they are known.
 #[inline(always)]
-pub fn resolve<const T: bool>(
-    slot: u32,
-    src_vpc: u32,
-) -> Result<Crossing, (DropReason, Option<u32>)> {
+pub fn resolve<const T: bool>(slot: u32, src_vpc: u32) -> Result<Crossing, Outcome> {
     trace::note::<T>(|r| {
         r.reached |= STAGE_PEERING;
         r.peering_slot = slot;
@@ -40,7 +43,7 @@ pub fn resolve<const T: bool>(
     // SAFETY: not preallocated: the entry stays whole while we read it (see `port`).
     let Some(pcx) = (unsafe { PEERINGS.get(&slot) }) else {
         // A route may name a peering whose entry is gone: a blackhole, never a forward.
-        return Err((DropReason::PeeringInactive, None));
+        return Err(Outcome::drop(DropReason::PeeringInactive, NO_PEERING));
     };
     trace::note::<T>(|r| r.peering_status = pcx.status);
     let (dir, peer_vpc) = if pcx.requester_vpc == src_vpc {
@@ -48,7 +51,7 @@ pub fn resolve<const T: bool>(
     } else if pcx.accepter_vpc == src_vpc {
         (DIR_ACCEPTER_TO_REQUESTER, pcx.requester_vpc)
     } else {
-        return Err((DropReason::PeeringMismatch, None));
+        return Err(Outcome::drop(DropReason::PeeringMismatch, NO_PEERING));
     };
     trace::note::<T>(|r| {
         r.peering_dir = dir;
@@ -56,7 +59,7 @@ pub fn resolve<const T: bool>(
     });
     let ctr = peering_counter_index(slot, dir);
     if pcx.status != PCX_ACTIVE {
-        return Err((DropReason::PeeringInactive, Some(ctr)));
+        return Err(Outcome::drop(DropReason::PeeringInactive, ctr));
     }
     Ok(Crossing {
         slot,

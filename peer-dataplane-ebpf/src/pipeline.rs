@@ -10,7 +10,7 @@
 
 use crate::{
     acl, cap,
-    counters::{Outcome, Seen, NO_PEERING},
+    counters::{Outcome, Seen},
     decap, deliver, encap, icmp,
     maps::{DEVMAP, PKT_SCRATCH},
     parse::{self, Packet},
@@ -82,8 +82,7 @@ fn from_port<const T: bool>(
         Err(decided) => return Ok(decided),
     };
     // Peering checks.
-    let x = peering::resolve::<T>(slot, port.vpc)
-        .map_err(|(reason, ctr)| Outcome::drop(reason, ctr.unwrap_or(NO_PEERING)))?;
+    let x = peering::resolve::<T>(slot, port.vpc)?;
     let drop = |reason: DropReason| Outcome::drop(reason, x.ctr);
     trace::reached::<T>(STAGE_ORIGIN);
     if !peering::originated_in(port, p) {
@@ -128,8 +127,7 @@ fn from_uplink<const T: bool>(
     let Some(slot) = decap::overlay_id(OverlayIdKey::peering(t.key)) else {
         return Err(DropReason::PeeringInactive.into());
     };
-    let x = peering::resolve::<T>(slot, src_vpc)
-        .map_err(|(reason, ctr)| Outcome::drop(reason, ctr.unwrap_or(NO_PEERING)))?;
+    let x = peering::resolve::<T>(slot, src_vpc)?;
     if decap::overlay_id(OverlayIdKey::vni(t.vni)) != Some(x.peer_vpc) {
         return Err(Outcome::drop(DropReason::VniMismatch, x.ctr));
     }
