@@ -34,6 +34,9 @@ pub struct TestDataplane {
     pub pin_dir: PathBuf,
 }
 
+/// [`TestDataplane::counters`]: global counters, and (peering, direction, counters).
+pub type Counters = (GlobalCounters, Vec<(&'static str, u32, PeeringCounters)>);
+
 pub struct RunOutput {
     pub action: u32,
     pub data: Vec<u8>,
@@ -186,6 +189,23 @@ impl TestDataplane {
 
     pub fn peering(&self, slot: u32) -> Result<(PeeringCounters, PeeringCounters)> {
         self.installed.maps.peering_counters(slot)
+    }
+
+    /// The global counters and both directions' counters of each installed peering in
+    /// `peerings` (compare two of these for a frame's deltas).
+    pub fn counters(&self, peerings: &[&'static str]) -> Result<Counters> {
+        let mut per = Vec::new();
+        for pcx in peerings {
+            let slot = self
+                .installed
+                .ids
+                .get(peer_dataplane_common::NAME_PEERING, pcx)
+                .ok_or_else(|| anyhow!("peering {pcx} is not installed"))?;
+            let (ra, ar) = self.peering(slot)?;
+            per.push((*pcx, peer_dataplane_common::DIR_REQUESTER_TO_ACCEPTER, ra));
+            per.push((*pcx, peer_dataplane_common::DIR_ACCEPTER_TO_REQUESTER, ar));
+        }
+        Ok((self.global()?, per))
     }
 }
 

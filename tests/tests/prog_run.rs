@@ -17,7 +17,7 @@ use peer_dataplane_common::{
     DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, ROUTE_PCX,
 };
 use peer_dataplane_tests::harness::{
-    action_name, run_table, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    action_name, run_table, Counters, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns::{self, Netns};
 use peer_dataplane_tests::packets::{self, L2};
@@ -785,30 +785,11 @@ fn raw_route(dp: &TestDataplane, rtb: &str, net: [u8; 4], plen: u32, pcx: &str) 
 // ---------------------------------------------------------------------------------------
 // the runner
 
-type Snapshot = (
-    peer_dataplane_common::counters::GlobalCounters,
-    Vec<(
-        String,
-        u32,
-        peer_dataplane_common::counters::PeeringCounters,
-    )>,
-);
-
-fn snapshot(dp: &TestDataplane) -> Result<Snapshot> {
-    let mut per = Vec::new();
-    for pcx in [AB, BC] {
-        let (ra, ar) = dp.peering(slot(dp, pcx))?;
-        per.push((pcx.to_string(), RA, ra));
-        per.push((pcx.to_string(), AR, ar));
-    }
-    Ok((dp.global()?, per))
-}
-
 fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
     apply_setup(dp, c)?;
-    let before = snapshot(dp)?;
+    let before = dp.counters(&[AB, BC])?;
     let out = dp.run(netns::ifindex(c.ingress), &c.packet)?;
-    let after = snapshot(dp)?;
+    let after = dp.counters(&[AB, BC])?;
     let mut problems = counter_problems(c, &before, &after);
     problems.extend(output_problems(c, &out));
     undo_setup(dp, c)?;
@@ -862,7 +843,7 @@ fn expected_action(c: &Case) -> u32 {
 }
 
 /// Every counter delta that is not what the case expects (one packet, counted once).
-fn counter_problems(c: &Case, before: &Snapshot, after: &Snapshot) -> Vec<String> {
+fn counter_problems(c: &Case, before: &Counters, after: &Counters) -> Vec<String> {
     let len = c.packet.len() as u64;
     let (g0, g1) = (&before.0, &after.0);
     let mut problems = Vec::new();
@@ -915,7 +896,7 @@ fn counter_problems(c: &Case, before: &Snapshot, after: &Snapshot) -> Vec<String
         );
     }
     for ((pcx, dir, p0), (_, _, p1)) in before.1.iter().zip(after.1.iter()) {
-        let hit = pcx_hit == Some((pcx.as_str(), *dir));
+        let hit = pcx_hit == Some((*pcx, *dir));
         let tag = format!("{pcx} dir {dir}");
         check(
             &format!("{tag} packets"),

@@ -13,11 +13,11 @@ use peer_dataplane::desired::document::Document;
 use peer_dataplane::reconcile::Op;
 use peer_dataplane_common::{
     addr, DropReason, EndpointKey, PassReason, DIR_ACCEPTER_TO_REQUESTER,
-    DIR_REQUESTER_TO_ACCEPTER, NAME_PEERING, NAME_VPC,
+    DIR_REQUESTER_TO_ACCEPTER, NAME_VPC,
 };
 use peer_dataplane_tests::fleet::{self, B2, UPLINK};
 use peer_dataplane_tests::harness::{
-    action_name, run_table, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    action_name, run_table, Counters, TestDataplane, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::packets::{self, fold16, geneve4, peering_option, Outer, L2};
@@ -593,29 +593,6 @@ fn truncated_options() -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // the runner
 
-type Snapshot = (
-    peer_dataplane_common::counters::GlobalCounters,
-    Vec<(
-        &'static str,
-        u32,
-        peer_dataplane_common::counters::PeeringCounters,
-    )>,
-);
-
-fn slot(dp: &TestDataplane, pcx: &str) -> u32 {
-    dp.installed.ids.get(NAME_PEERING, pcx).unwrap()
-}
-
-fn snapshot(dp: &TestDataplane) -> Result<Snapshot> {
-    let mut per = Vec::new();
-    for pcx in [AB, BC] {
-        let (ra, ar) = dp.peering(slot(dp, pcx))?;
-        per.push((pcx, RA, ra));
-        per.push((pcx, AR, ar));
-    }
-    Ok((dp.global()?, per))
-}
-
 fn install_host1(dp: &mut TestDataplane, f: Option<fn(&mut Document)>) -> Result<()> {
     let mut d = fleet::host_document(0);
     if let Some(f) = f {
@@ -635,9 +612,9 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
             }
         }
     }
-    let before = snapshot(dp)?;
+    let before = dp.counters(&[AB, BC])?;
     let out = dp.run(netns::ifindex(c.ingress), &c.packet)?;
-    let after = snapshot(dp)?;
+    let after = dp.counters(&[AB, BC])?;
     let mut problems = counter_problems(c, &before, &after);
     problems.extend(output_problems(c, out.action, &out.data));
     match &c.setup {
@@ -655,7 +632,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
     }
 }
 
-fn counter_problems(c: &Case, before: &Snapshot, after: &Snapshot) -> Vec<String> {
+fn counter_problems(c: &Case, before: &Counters, after: &Counters) -> Vec<String> {
     let (g0, g1) = (&before.0, &after.0);
     let mut problems = Vec::new();
     let mut check = |what: &str, got: u64, want: u64| {

@@ -622,29 +622,10 @@ fn slot(dp: &TestDataplane, pcx: &str) -> u32 {
     dp.installed.ids.get(NAME_PEERING, pcx).unwrap()
 }
 
-type Counters = (
-    peer_dataplane_common::counters::GlobalCounters,
-    Vec<(
-        &'static str,
-        u32,
-        peer_dataplane_common::counters::PeeringCounters,
-    )>,
-);
-
-fn counters(dp: &TestDataplane) -> Result<Counters> {
-    let mut per = Vec::new();
-    for pcx in [AB, BC] {
-        let (ra, ar) = dp.peering(slot(dp, pcx))?;
-        per.push((pcx, RA, ra));
-        per.push((pcx, AR, ar));
-    }
-    Ok((dp.global()?, per))
-}
-
 fn send_and_check(dp: &TestDataplane, from: Instance, packet: &[u8], expect: Expect) -> Result<()> {
-    let before = counters(dp)?;
+    let before = dp.counters(&[AB, BC])?;
     let out = dp.run(netns::ifindex(from.port), packet)?;
-    let after = counters(dp)?;
+    let after = dp.counters(&[AB, BC])?;
     let mut problems = Vec::new();
     let (want_action, want_bytes, reason, hit) = match expect {
         Expect::Fwd(to, pcx, dir) => (

@@ -119,7 +119,7 @@ fn batch(program: &str, flag: &[&str], script: &str) -> Result<()> {
 }
 
 /// Runs one command line (words split on spaces) in the benchmark's namespace.
-fn line(cmd: &str) -> Result<String> {
+pub fn line(cmd: &str) -> Result<String> {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     ns_cmd(words[0], &words[1..])
 }
@@ -450,27 +450,50 @@ fn measure_configs(
             Policer::None => {}
         }
         eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
-        let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
-        for r in 0..rounds {
-            eprint!("round {}/{rounds} ", r + 1);
-            std::io::stderr().flush().ok();
-            let (rx, offered) = measure(dp, program_names::PIPELINE, frames, seconds)?;
-            p.push(rx);
-            po.push(offered);
-            let (rx, offered) = measure(dp, program_names::PASS, frames, seconds)?;
-            l.push(rx);
-            lo.push(offered);
-        }
-        eprintln!();
+        let [pdp_pps, linux_pps, pdp_offered, linux_offered] = alternating(rounds, |linux| {
+            let program = if linux {
+                program_names::PASS
+            } else {
+                program_names::PIPELINE
+            };
+            measure(dp, program, frames, seconds)
+        })?;
         rows.push(Row {
             config,
-            pdp_pps: super::median(p),
-            linux_pps: super::median(l),
-            pdp_offered: super::median(po),
-            linux_offered: super::median(lo),
+            pdp_pps,
+            linux_pps,
+            pdp_offered,
+            linux_offered,
         });
     }
     Ok((rows, policers))
+}
+
+/// `rounds` rounds alternating this data plane's run (`measure(false)`) and Linux's
+/// (`measure(true)`), so that drift on a shared machine hits both alike; the medians of
+/// (this data plane's pps, Linux's pps, and what the generator offered each).
+pub fn alternating(
+    rounds: usize,
+    mut measure: impl FnMut(bool) -> Result<(f64, f64)>,
+) -> Result<[f64; 4]> {
+    let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        eprint!("round {}/{rounds} ", r + 1);
+        std::io::stderr().flush().ok();
+        let (rx, offered) = measure(false)?;
+        p.push(rx);
+        po.push(offered);
+        let (rx, offered) = measure(true)?;
+        l.push(rx);
+        lo.push(offered);
+    }
+    eprintln!();
+    Ok([
+        super::median(p),
+        super::median(l),
+        super::median(po),
+        super::median(lo),
+    ])
 }
 
 /// The table of both paths per configuration, and the headline ratio.

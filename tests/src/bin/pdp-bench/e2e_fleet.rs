@@ -10,24 +10,17 @@
 //!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
-use super::e2e::{measure_at, BENCH_DPORT, FLOWS, FRAME_BYTES};
+use super::e2e::{alternating, line, measure_at, BENCH_DPORT, FLOWS, FRAME_BYTES};
 use anyhow::Result;
 use peer_dataplane::cli::frame::Protocol;
 use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
 use peer_dataplane_tests::fleet::{self, B2};
 use peer_dataplane_tests::harness::TestDataplane;
-use peer_dataplane_tests::netns::{self, sh};
+use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed::{mac_str, v4_str, A, B, ROUTER_MAC};
 use std::path::Path;
-use std::process::Command;
 
-fn line(cmd: &str) -> Result<String> {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    sh(Command::new(words[0]).args(&words[1..]))
-}
-
-/// Linux's sending host: forwarding, A's gateway address, the Geneve device and its route.
 /// Linux's tunnel: `Geneve` or `VXLAN` (to [`VXLAN_PORT`]).
 fn linux_sender() -> Result<&'static str> {
     for kv in [
@@ -106,27 +99,16 @@ pub fn measure(object: &Path, seconds: f64, rounds: usize) -> Result<([f64; 4], 
         },
         port_a.as_ref(),
     )?;
-    let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
     eprint!("across hosts (sender): ");
-    for r in 0..rounds {
-        eprint!("round {}/{rounds} ", r + 1);
-        dp.sink_match_udp_dport(GENEVE_PORT)?;
-        let (rx, offered) = measure_at(&dp, program_names::PIPELINE, &frames, seconds, A.port)?;
-        p.push(rx);
-        po.push(offered);
-        dp.sink_match_udp_dport(linux_port)?;
-        let (rx, offered) = measure_at(&dp, program_names::PASS, &frames, seconds, A.port)?;
-        l.push(rx);
-        lo.push(offered);
-    }
-    eprintln!();
-    Ok((
-        [
-            super::median(p),
-            super::median(l),
-            super::median(po),
-            super::median(lo),
-        ],
-        kind,
-    ))
+    // Each side's tunnel packets are the sink's to count: ours to 6081, Linux's to its port.
+    let figures = alternating(rounds, |linux| {
+        let (program, port) = if linux {
+            (program_names::PASS, linux_port)
+        } else {
+            (program_names::PIPELINE, GENEVE_PORT)
+        };
+        dp.sink_match_udp_dport(port)?;
+        measure_at(&dp, program, &frames, seconds, A.port)
+    })?;
+    Ok((figures, kind))
 }
