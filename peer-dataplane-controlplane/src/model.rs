@@ -35,9 +35,14 @@ pub type Route = RouteDoc;
 pub struct RouteTable {
     pub id: String,
     pub vpc: String,
-    /// Explicit routes (the VPC's `local` routes are implicit), keyed by destination.
-    pub routes: BTreeMap<String, Route>,
+    /// Explicit routes (the VPC's `local` routes are implicit), keyed by destination. A
+    /// persistent map: copying the world for a change shares the routes it does not touch,
+    /// so a change to one route of 100,000 costs one route, not a copy of the table.
+    pub routes: Routes,
 }
+
+/// A table's routes by destination.
+pub type Routes = imbl::OrdMap<String, Route>;
 
 pub use peer_dataplane_model::desired::validate::PeeringStatus;
 

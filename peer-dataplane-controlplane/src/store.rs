@@ -6,7 +6,7 @@
 use crate::model::*;
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -82,12 +82,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, account TEXT NOT NULL);
 ";
 
-/// Calls `$m!(kind name, field)` for every object collection of [`World`].
+/// Calls `$m!(kind name, field)` for every object collection of [`World`] but the route
+/// tables, which are stored apart (see [`rows`]).
 macro_rules! for_each_kind {
     ($m:ident) => {
         $m!("vpc", vpcs);
         $m!("subnet", subnets);
-        $m!("route_table", route_tables);
         $m!("peering", peerings);
         $m!("port", ports);
         $m!("network_acl", network_acls);
@@ -99,40 +99,139 @@ macro_rules! for_each_kind {
 
 pub mod etcd;
 
-/// Rows to write (id, JSON body) and ids to delete.
-type RowChanges = (Vec<(String, String)>, Vec<String>);
+/// One stored row to write: kind, id, and the JSON body (`None`: delete the row).
+type Row = (&'static str, String, Option<String>);
 
-fn diff<T: Serialize + PartialEq>(
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
-) -> Result<RowChanges> {
-    let mut puts = Vec::new();
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            puts.push((k.clone(), serde_json::to_string(v)?));
+const ROUTE_TABLE: &str = "route_table";
+const ROUTE: &str = "route";
+
+/// The rows that turn the stored `old` into `new`: exactly the objects that differ. A
+/// route is a row of its own (kind `route`, id `TABLE/DESTINATION`) and a route table's
+/// row holds no routes, so changing one route of a large table writes one small row.
+fn rows(old: &World, new: &World) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    macro_rules! kind {
+        ($kind:literal, $field:ident) => {
+            diff_into(&mut out, $kind, &old.$field, &new.$field, |v| {
+                serde_json::to_string(v)
+            })?;
+        };
+    }
+    for_each_kind!(kind);
+    // A table's own row: its id and VPC (its routes are compared below, sharing first).
+    let bare = |t: &RouteTable| (t.id.clone(), t.vpc.clone());
+    let bare_old: BTreeMap<String, _> = old
+        .route_tables
+        .iter()
+        .map(|(k, t)| (k.clone(), bare(t)))
+        .collect();
+    let bare_new: BTreeMap<String, _> = new
+        .route_tables
+        .iter()
+        .map(|(k, t)| (k.clone(), bare(t)))
+        .collect();
+    diff_into(&mut out, ROUTE_TABLE, &bare_old, &bare_new, |(id, vpc)| {
+        serde_json::to_string(&RouteTable {
+            id: id.clone(),
+            vpc: vpc.clone(),
+            routes: Routes::new(),
+        })
+    })?;
+    let empty = Routes::new();
+    let tables = old.route_tables.keys().chain(new.route_tables.keys());
+    for id in tables.collect::<std::collections::BTreeSet<_>>() {
+        let before = old.route_tables.get(id).map_or(&empty, |t| &t.routes);
+        let after = new.route_tables.get(id).map_or(&empty, |t| &t.routes);
+        if before.ptr_eq(after) {
+            continue; // shared: untouched by this change
+        }
+        for (dest, route) in after {
+            if before.get(dest) != Some(route) {
+                out.push((
+                    ROUTE,
+                    format!("{id}/{dest}"),
+                    Some(serde_json::to_string(route)?),
+                ));
+            }
+        }
+        for dest in before.keys().filter(|d| !after.contains_key(*d)) {
+            out.push((ROUTE, format!("{id}/{dest}"), None));
         }
     }
-    let dels = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .cloned()
-        .collect();
-    Ok((puts, dels))
+    Ok(out)
 }
 
-fn load_kind<T: DeserializeOwned>(conn: &Connection, kind: &str) -> Result<BTreeMap<String, T>> {
-    let mut stmt = conn.prepare("SELECT id, body FROM objects WHERE kind = ?1")?;
-    let rows = stmt.query_map(params![kind], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
-    let mut out = BTreeMap::new();
-    for row in rows {
-        let (id, body) = row?;
-        let v = serde_json::from_str(&body)
-            .with_context(|| format!("stored {kind} {id} is not valid"))?;
-        out.insert(id, v);
+/// Rows of one kind: new or changed objects, and deleted ones.
+fn diff_into<T: PartialEq>(
+    out: &mut Vec<Row>,
+    kind: &'static str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    body: impl Fn(&T) -> serde_json::Result<String>,
+) -> Result<()> {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.push((kind, k.clone(), Some(body(v)?)));
+        }
     }
-    Ok(out)
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.push((kind, k.clone(), None));
+    }
+    Ok(())
+}
+
+/// Builds the world from stored rows (kind, id, JSON body), in any order. Also names the
+/// route tables stored the old way, routes inside the table's row (see [`Store::load`]).
+fn assemble(
+    rows: impl IntoIterator<Item = (String, String, String)>,
+) -> Result<(World, Vec<String>)> {
+    let mut by_kind: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (kind, id, body) in rows {
+        by_kind.entry(kind).or_default().insert(id, body);
+    }
+    let mut w = World::default();
+    let mut take = |kind: &str| by_kind.remove(kind).unwrap_or_default();
+    macro_rules! load {
+        ($kind:literal, $field:ident) => {
+            w.$field = parse_all($kind, take($kind))?;
+        };
+    }
+    for_each_kind!(load);
+    w.route_tables = parse_all(ROUTE_TABLE, take(ROUTE_TABLE))?;
+    let embedded = w
+        .route_tables
+        .values()
+        .filter(|t| !t.routes.is_empty())
+        .map(|t| t.id.clone())
+        .collect();
+    for (key, body) in take(ROUTE) {
+        let (table, dest) = key
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("stored route {key:?} is not TABLE/DESTINATION"))?;
+        let route: Route = serde_json::from_str(&body)
+            .with_context(|| format!("stored route {key} is not valid"))?;
+        w.route_tables
+            .get_mut(table)
+            .ok_or_else(|| {
+                anyhow::anyhow!("stored route {key}: route table {table} is not stored")
+            })?
+            .routes
+            .insert(dest.to_string(), route);
+    }
+    Ok((w, embedded))
+}
+
+fn parse_all<T: DeserializeOwned>(
+    kind: &str,
+    rows: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, T>> {
+    rows.into_iter()
+        .map(|(id, body)| {
+            let v = serde_json::from_str(&body)
+                .with_context(|| format!("stored {kind} {id} is not valid"))?;
+            Ok((id, v))
+        })
+        .collect()
 }
 
 impl Store {
@@ -156,13 +255,14 @@ impl Store {
 
     /// The stored world and its revision.
     pub fn load(&self) -> Result<(World, u64)> {
-        let mut w = World::default();
-        macro_rules! load {
-            ($kind:literal, $field:ident) => {
-                w.$field = load_kind(&self.conn, $kind)?;
-            };
+        let mut stmt = self.conn.prepare("SELECT kind, id, body FROM objects")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let (w, embedded) = assemble(rows)?;
+        if !embedded.is_empty() {
+            self.split_embedded_routes(&w, &embedded)?;
         }
-        for_each_kind!(load);
         let revision = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
@@ -175,28 +275,58 @@ impl Store {
         Ok((w, revision))
     }
 
+    /// A database written before routes had rows of their own keeps them inside their
+    /// table's row: they move to rows of their own, in one transaction, when it is opened.
+    fn split_embedded_routes(&self, w: &World, tables: &[String]) -> Result<()> {
+        let mut before = w.clone();
+        for id in tables {
+            before.route_tables.get_mut(id).unwrap().routes = Routes::new();
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        for (kind, id, body) in rows(&before, w)? {
+            if let Some(body) = body {
+                tx.execute(
+                    "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                    params![kind, id, body],
+                )?;
+            }
+        }
+        for id in tables {
+            let t = &w.route_tables[id];
+            let bare = RouteTable {
+                routes: Routes::new(),
+                ..t.clone()
+            };
+            tx.execute(
+                "UPDATE objects SET body = ?1 WHERE kind = ?2 AND id = ?3",
+                params![serde_json::to_string(&bare)?, ROUTE_TABLE, id],
+            )?;
+        }
+        tx.commit().context("moving routes to rows of their own")?;
+        log::info!(
+            "moved the routes of {} route tables to rows of their own",
+            tables.len()
+        );
+        Ok(())
+    }
+
     /// Writes what changed from `old` to `new` and the new revision, atomically.
     pub fn commit(&mut self, old: &World, new: &World, revision: u64) -> Result<()> {
         let tx = self.conn.transaction()?;
-        macro_rules! write {
-            ($kind:literal, $field:ident) => {
-                let (puts, dels) = diff(&old.$field, &new.$field)?;
-                for (id, body) in puts {
-                    tx.execute(
-                        "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                        params![$kind, id, body],
-                    )?;
-                }
-                for id in dels {
-                    tx.execute(
-                        "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
-                        params![$kind, id],
-                    )?;
-                }
+        for (kind, id, body) in rows(old, new)? {
+            match body {
+                Some(body) => tx.execute(
+                    "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                    params![kind, id, body],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
+                    params![kind, id],
+                )?,
             };
         }
-        for_each_kind!(write);
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('revision', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -260,5 +390,70 @@ mod tests {
         s.commit(&w, &World::default(), 2).unwrap();
         assert_eq!(s.load().unwrap(), (World::default(), 2));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn table_with(n: usize) -> World {
+        let mut w = World::default();
+        let mut t = RouteTable {
+            id: "rtb-1".into(),
+            vpc: "vpc-1".into(),
+            routes: Routes::new(),
+        };
+        for i in 0..n {
+            let d = format!("172.16.{}.{}/32", i / 256, i % 256);
+            t.routes.insert(d.clone(), Route::new(d, "pcx-1"));
+        }
+        w.route_tables.insert(t.id.clone(), t);
+        w
+    }
+
+    #[test]
+    fn one_route_changed_in_a_large_table_is_one_row() {
+        let old = table_with(10_000);
+        let mut new = old.clone();
+        let t = new.route_tables.get_mut("rtb-1").unwrap();
+        t.routes.remove("172.16.0.7/32");
+        let r = rows(&old, &new).unwrap();
+        assert_eq!(r, vec![("route", "rtb-1/172.16.0.7/32".to_string(), None)]);
+        // Deleting the table deletes its row and every route's.
+        let mut gone = new.clone();
+        gone.route_tables.clear();
+        let r = rows(&new, &gone).unwrap();
+        assert_eq!(r.len(), 1 + 9_999);
+        assert!(r.iter().all(|(_, _, body)| body.is_none()));
+    }
+
+    #[test]
+    fn routes_stored_inside_their_table_move_to_rows_of_their_own() {
+        let s = Store::in_memory().unwrap();
+        let w = table_with(3);
+        // The old layout: the table's row holds its routes.
+        s.conn
+            .execute(
+                "INSERT INTO objects (kind, id, body) VALUES ('route_table', 'rtb-1', ?1)",
+                params![serde_json::to_string(&w.route_tables["rtb-1"]).unwrap()],
+            )
+            .unwrap();
+        assert_eq!(s.load().unwrap().0, w);
+        let routes: i64 = s
+            .conn
+            .query_row(
+                "SELECT count(*) FROM objects WHERE kind = 'route'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(routes, 3);
+        // Deleting a route now sticks (it is not brought back from the table's row).
+        let mut s = s;
+        let mut fewer = w.clone();
+        fewer
+            .route_tables
+            .get_mut("rtb-1")
+            .unwrap()
+            .routes
+            .remove("172.16.0.1/32");
+        s.commit(&w, &fewer, 2).unwrap();
+        assert_eq!(s.load().unwrap().0, fewer);
     }
 }

@@ -64,7 +64,7 @@ pub fn create_vpc(w: &World, c: &Caller, r: CreateVpc) -> Result<(World, Vpc)> {
         RouteTable {
             id: rtb,
             vpc: id.clone(),
-            routes: BTreeMap::new(),
+            routes: Routes::new(),
         },
     );
     w.vpcs.insert(id, vpc.clone());

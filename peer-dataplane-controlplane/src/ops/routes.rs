@@ -13,7 +13,7 @@ pub fn create_route_table(
     let t = RouteTable {
         id: id.clone(),
         vpc: r.vpc_id,
-        routes: BTreeMap::new(),
+        routes: Routes::new(),
     };
     w.route_tables.insert(id, t.clone());
     Ok((w, t))
@@ -139,7 +139,7 @@ pub fn replace_routes(
     r: ReplaceRoutes,
 ) -> Result<(World, usize)> {
     let t = owned_route_table(w, c, rtb)?;
-    let mut routes = BTreeMap::new();
+    let mut routes = Routes::new();
     for (i, req) in r.routes.iter().enumerate() {
         let route = validate_route(w, t, &format!("routes[{i}]."), req)?;
         if routes.contains_key(&route.destination) {

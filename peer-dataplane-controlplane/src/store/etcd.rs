@@ -9,7 +9,7 @@
 //! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
 //! from a thread that is already running one).
 
-use super::{diff, ObjectStore, StaleRead, RESYNC};
+use super::{assemble, rows, ObjectStore, StaleRead, RESYNC};
 use crate::model::*;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
@@ -137,7 +137,7 @@ impl ObjectStore for EtcdStore {
             c.get(p, Some(GetOptions::new().with_prefix())).await
         })?;
         let mut guard = 0;
-        let mut by_kind: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut stored = Vec::new();
         for kv in resp.kvs() {
             let k = kv.key_str()?.strip_prefix(&prefix).unwrap_or_default();
             if k == "revision" {
@@ -146,48 +146,28 @@ impl ObjectStore for EtcdStore {
                 let (kind, id) = obj
                     .split_once('/')
                     .ok_or_else(|| anyhow!("etcd key {k:?} is not objects/KIND/ID"))?;
-                by_kind
-                    .entry(kind.to_string())
-                    .or_default()
-                    .insert(id.to_string(), kv.value_str()?.to_string());
+                stored.push((
+                    kind.to_string(),
+                    id.to_string(),
+                    kv.value_str()?.to_string(),
+                ));
             }
         }
         self.guard = guard;
-        let mut w = World::default();
-        macro_rules! load {
-            ($kind:literal, $field:ident) => {
-                for (id, body) in by_kind.remove($kind).unwrap_or_default() {
-                    let v = serde_json::from_str(&body)
-                        .with_context(|| format!("etcd object {}/{id}", $kind))?;
-                    w.$field.insert(id, v);
-                }
-            };
-        }
-        for_each_kind!(load);
+        // Routes were always rows of their own here: nothing is embedded to move.
+        let (w, _) = assemble(stored)?;
         Ok((w, self.guard.max(0) as u64))
     }
 
     fn commit(&mut self, old: &World, new: &World, _next: u64) -> Result<u64> {
         let mut ops = Vec::new();
-        macro_rules! write {
-            ($kind:literal, $field:ident) => {
-                let (puts, dels) = diff(&old.$field, &new.$field)?;
-                for (id, body) in puts {
-                    ops.push(TxnOp::put(
-                        self.key(&format!("objects/{}/{id}", $kind)),
-                        body,
-                        None,
-                    ));
-                }
-                for id in dels {
-                    ops.push(TxnOp::delete(
-                        self.key(&format!("objects/{}/{id}", $kind)),
-                        None,
-                    ));
-                }
-            };
+        for (kind, id, body) in rows(old, new)? {
+            let key = self.key(&format!("objects/{kind}/{id}"));
+            ops.push(match body {
+                Some(body) => TxnOp::put(key, body, None),
+                None => TxnOp::delete(key, None),
+            });
         }
-        for_each_kind!(write);
         let guard = self.key("revision");
         ops.push(TxnOp::put(guard.clone(), "", None));
         let txn = Txn::new()
@@ -230,20 +210,17 @@ impl ObjectStore for EtcdStore {
 }
 
 /// Sends the revision of every commit to `key` from revision `from` on (see `changes`).
-async fn watch(mut client: Client, key: String, mut from: i64, tx: Sender<u64>) {
-    let mut resync = false;
+async fn watch(mut client: Client, key: String, from: i64, tx: Sender<u64>) {
+    // The first watch starts after what this replica read; later ones from the present.
+    let mut opts = Some(WatchOptions::new().with_start_revision(from.max(0)));
+    let mut missed = false;
     loop {
-        let opts = WatchOptions::new().with_start_revision(from.max(0));
-        if let Ok(mut stream) = client.watch(key.clone(), Some(opts)).await {
-            if resync {
-                if tx.send(RESYNC).is_err() {
-                    return;
-                }
-                resync = false;
+        if let Ok(mut stream) = client.watch(key.clone(), opts.take()).await {
+            if missed && tx.send(RESYNC).is_err() {
+                return;
             }
             while let Ok(Some(resp)) = stream.message().await {
                 for kv in resp.events().iter().filter_map(|e| e.kv()) {
-                    from = kv.mod_revision() + 1;
                     if tx.send(kv.mod_revision() as u64).is_err() {
                         return; // the server is gone
                     }
@@ -254,8 +231,7 @@ async fn watch(mut client: Client, key: String, mut from: i64, tx: Sender<u64>) 
             }
         }
         // Watch again from the present; what happened in between is read whole.
-        from = 0;
-        resync = true;
+        missed = true;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
