@@ -1,7 +1,7 @@
 //! One handler per route: the caller, the operation, the answer.
 
 use super::*;
-use crate::hoststate;
+use crate::{deltas, hoststate};
 use peer_dataplane_model::desired::document::HostDoc;
 
 /// The account that owns an object (through its VPC).
@@ -221,6 +221,11 @@ pub(super) struct StateQuery {
     /// How long to wait for a change, in milliseconds (at most 60 s).
     #[serde(default)]
     wait_ms: Option<u64>,
+    /// Answer with what changed for this host since `after` (a delta), not the whole
+    /// document, when this replica still holds revision `after`; and wait until something
+    /// changes *for this host*, not merely in the region.
+    #[serde(default)]
+    delta: bool,
 }
 
 /// `GET /v1/hosts/{host}/state?after=REV&wait_ms=MS`: the host's state document and its
@@ -232,19 +237,62 @@ pub(super) async fn host_state(
     Query(q): Query<StateQuery>,
 ) -> ApiResult {
     host_caller(&s, &h, &host)?;
-    if let Some(after) = q.after {
-        let mut rx = s.revision_tx.subscribe();
-        let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
-        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+    match q.after {
+        Some(after) if q.delta => host_delta(&s, &host, after, wait).await,
+        Some(after) => {
+            let mut rx = s.revision_tx.subscribe();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
+            whole_document(&s, &host)
+        }
+        None => whole_document(&s, &host),
     }
+}
+
+fn whole_document(s: &Shared, host: &str) -> ApiResult {
     let (world, revision) = {
         let inner = s.inner.lock().unwrap();
         (inner.world.clone(), inner.revision)
     };
     ok(
         StatusCode::OK,
-        json!({"host": host, "revision": revision, "document": hoststate::document(&world, &host)}),
+        json!({"host": host, "revision": revision, "document": hoststate::document(&world, host)}),
     )
+}
+
+/// The long poll of an agent that holds revision `after`: waits until a change reaches
+/// this host (changes elsewhere in the region do not wake it), then answers with the
+/// delta. On timeout, an empty delta at the latest revision whose view equals `after`'s.
+async fn host_delta(s: &Shared, host: &str, after: u64, wait: Duration) -> ApiResult {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut rx = s.revision_tx.subscribe();
+    // A revision whose view of this host is the agent's (moves on past changes that do
+    // not concern the host, so that it stays in the history).
+    let mut base = after;
+    loop {
+        let timed_out = tokio::time::timeout_at(deadline, rx.wait_for(|r| *r > base))
+            .await
+            .is_err();
+        let Some(b) = s.delta_base(base) else {
+            if s.revision() <= after {
+                // This replica is behind the agent (it came from another): nothing newer.
+                return ok(
+                    StatusCode::OK,
+                    json!({"host": host, "revision": after, "after": after, "delta": {}}),
+                );
+            }
+            return whole_document(s, host);
+        };
+        let d = deltas::delta(&b, host);
+        if d.is_empty() && !timed_out {
+            base = b.revision;
+            continue;
+        }
+        return ok(
+            StatusCode::OK,
+            json!({"host": host, "revision": b.revision, "after": after, "delta": d}),
+        );
+    }
 }
 
 /// The caller must hold host `host`'s own credential: a host's token opens that host's

@@ -57,6 +57,8 @@ struct Inner {
     store: Box<dyn ObjectStore>,
     /// (account, token): an account may hold several tokens.
     tokens: Vec<(String, String)>,
+    /// Recent worlds, for the hosts' deltas.
+    history: crate::deltas::History,
 }
 
 pub struct Server {
@@ -92,12 +94,15 @@ impl Server {
             .collect();
         let (revision_tx, _) = watch::channel(revision);
         let changes = store.changes();
+        let mut history = crate::deltas::History::default();
+        history.push(revision, &world);
         let server = Arc::new(Server {
             inner: Mutex::new(Inner {
                 world,
                 revision,
                 store,
                 tokens,
+                history,
             }),
             revision_tx,
             clock,
@@ -130,6 +135,7 @@ impl Server {
         }
         match inner.store.load() {
             Ok((world, r)) => {
+                inner.history.push(r, &world);
                 inner.world = world;
                 inner.revision = r;
                 drop(inner);
@@ -154,6 +160,11 @@ impl Server {
     /// Long polls parked waiting for the next revision.
     pub fn waiting_polls(&self) -> usize {
         self.revision_tx.receiver_count()
+    }
+
+    /// What host deltas from revision `after` are computed from (`None`: not held).
+    pub fn delta_base(&self, after: u64) -> Option<crate::deltas::Base> {
+        self.inner.lock().unwrap().history.base(after)
     }
 
     pub fn world(&self) -> World {
@@ -195,6 +206,8 @@ impl Server {
             }
         };
         inner.revision = revision;
+        let Inner { history, world, .. } = &mut *inner;
+        history.push(revision, world);
         drop(inner);
         self.revision_tx.send_replace(revision);
         Ok(out)

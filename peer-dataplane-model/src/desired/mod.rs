@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod compile;
+pub mod delta;
 pub mod document;
 pub mod ids;
 pub mod objects;

@@ -20,6 +20,47 @@ use crate::desired::document::Document;
 use checker::Checker;
 use std::collections::BTreeSet;
 
+/// One route of `table` (an installed, valid topology's), checked as [`validate`] checks
+/// it: where `destination` leads, or `None` if the route is to be removed and the table
+/// then falls back to nothing (`None` target). A change the single-route path cannot make
+/// alone (the VPC's own CIDRs, which stay `local` and are implicit) is an error too: the
+/// caller validates the whole document instead.
+pub fn route_change(
+    topo: &Topology,
+    table: &str,
+    destination: &str,
+    target: Option<&str>,
+) -> Result<(ipnet::IpNet, Option<Target>), ValidationErrors> {
+    let mut c = Checker {
+        errors: Vec::new(),
+        defined: Default::default(),
+    };
+    let fail = |c: Checker| Err(ValidationErrors(c.errors));
+    let Some(t) = topo.route_tables.get(table) else {
+        c.err(format!("route table {table} does not exist"));
+        return fail(c);
+    };
+    let vpc = &topo.vpcs[&t.vpc];
+    let what = format!("route table {table} route {destination}");
+    let Some(dest) = c.cidr(&what, destination) else {
+        return fail(c);
+    };
+    if vpc.cidrs.contains(&dest) {
+        c.err(format!(
+            "{what}: one of the vpc's own CIDRs (validated whole)"
+        ));
+        return fail(c);
+    }
+    let Some(target) = target else {
+        return Ok((dest, None));
+    };
+    let r = crate::desired::document::RouteDoc::new(destination, target);
+    match network::check_route(&mut c, topo, vpc, &what, &r) {
+        Some((dest, target)) if c.errors.is_empty() => Ok((dest, Some(target))),
+        _ => fail(c),
+    }
+}
+
 pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     let mut c = Checker::for_document(doc);
     let mut t = Topology::default();

@@ -89,7 +89,7 @@ pub fn check_route_table(
 }
 
 /// One route of a table of `vpc`: its destination and where it leads.
-fn check_route(
+pub(super) fn check_route(
     c: &mut Checker,
     topo: &Topology,
     vpc: &Vpc,

@@ -1,0 +1,147 @@
+//! What changed for one host since a revision it holds: the recent worlds this replica
+//! has held (a ring; a copy of the world shares its routes, so a snapshot costs the small
+//! objects only) and, for each, which routes changed since the one before. A host's delta
+//! from revision R is its document's objects at R compared with now, plus the routes that
+//! changed in between in the tables it keeps. An agent whose R has left the ring (or that
+//! this replica never saw) gets its whole document instead.
+
+use crate::hoststate;
+use crate::model::{Routes, World};
+use peer_dataplane_model::desired::delta::{Delta, RouteChange};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Revisions kept: an agent at most this many revisions behind gets a delta.
+pub const KEPT: usize = 256;
+
+/// Destinations changed per route table.
+pub type RouteDests = BTreeMap<String, BTreeSet<String>>;
+
+struct Snapshot {
+    revision: u64,
+    world: World,
+    /// Routes changed since the snapshot before this one.
+    routes: RouteDests,
+}
+
+#[derive(Default)]
+pub struct History {
+    ring: VecDeque<Snapshot>,
+}
+
+/// What a host's delta is computed from, taken under the server's lock (cheap copies).
+pub struct Base {
+    from: World,
+    now: World,
+    routes: RouteDests,
+    pub revision: u64,
+}
+
+impl History {
+    /// Records `world` at `revision`, the world this replica holds from now on.
+    pub fn push(&mut self, revision: u64, world: &World) {
+        let routes = match self.ring.back() {
+            Some(prev) => changed_routes(&prev.world, world),
+            None => RouteDests::new(),
+        };
+        if self.ring.len() == KEPT {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(Snapshot {
+            revision,
+            world: world.clone(),
+            routes,
+        });
+    }
+
+    /// The worlds at `after` and now, and the routes changed in between; `None` if
+    /// `after` is not a revision this replica still holds.
+    pub fn base(&self, after: u64) -> Option<Base> {
+        let at = self.ring.iter().position(|s| s.revision == after)?;
+        let mut routes = RouteDests::new();
+        for s in self.ring.iter().skip(at + 1) {
+            for (t, dests) in &s.routes {
+                routes
+                    .entry(t.clone())
+                    .or_default()
+                    .extend(dests.iter().cloned());
+            }
+        }
+        let now = self.ring.back()?;
+        Some(Base {
+            from: self.ring[at].world.clone(),
+            now: now.world.clone(),
+            routes,
+            revision: now.revision,
+        })
+    }
+}
+
+/// Route destinations that differ between two worlds, per table. Tables that share their
+/// routes (untouched by the change) cost nothing.
+pub fn changed_routes(old: &World, new: &World) -> RouteDests {
+    let empty = Routes::new();
+    let mut out = RouteDests::new();
+    let ids: BTreeSet<&String> = old
+        .route_tables
+        .keys()
+        .chain(new.route_tables.keys())
+        .collect();
+    for id in ids {
+        let a = old.route_tables.get(id).map_or(&empty, |t| &t.routes);
+        let b = new.route_tables.get(id).map_or(&empty, |t| &t.routes);
+        if a.ptr_eq(b) {
+            continue;
+        }
+        let mut dests: BTreeSet<String> = b
+            .iter()
+            .filter(|(d, r)| a.get(*d) != Some(*r))
+            .map(|(d, _)| d.clone())
+            .collect();
+        dests.extend(a.keys().filter(|d| !b.contains_key(*d)).cloned());
+        if !dests.is_empty() {
+            out.insert(id.clone(), dests);
+        }
+    }
+    out
+}
+
+/// Host `host`'s delta from `base.from` to `base.now`.
+pub fn delta(base: &Base, host: &str) -> Delta {
+    let old = hoststate::document_without_routes(&base.from, host);
+    let new = hoststate::document_without_routes(&base.now, host);
+    let mut d = Delta::objects_between(&old, &new);
+    // A table new to the host travels whole.
+    for t in &mut d.put.route_tables {
+        t.routes = base.now.route_tables[&t.id]
+            .routes
+            .values()
+            .cloned()
+            .collect();
+    }
+    let whole: BTreeSet<&str> = d.put.route_tables.iter().map(|t| t.id.as_str()).collect();
+    let kept: BTreeSet<&str> = new
+        .route_tables
+        .iter()
+        .map(|t| t.id.as_str())
+        .filter(|t| !whole.contains(t))
+        .collect();
+    for (table, dests) in &base.routes {
+        if !kept.contains(table.as_str()) {
+            continue;
+        }
+        let before = base.from.route_tables.get(table).map(|t| &t.routes);
+        let after = &base.now.route_tables[table].routes;
+        for dest in dests {
+            let was = before.and_then(|r| r.get(dest));
+            let is = after.get(dest);
+            if was != is {
+                d.routes.push(RouteChange {
+                    table: table.clone(),
+                    destination: dest.clone(),
+                    target: is.map(|r| r.target.clone()),
+                });
+            }
+        }
+    }
+    d
+}
