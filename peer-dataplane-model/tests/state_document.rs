@@ -306,6 +306,59 @@ mod generations {
         assert!(matches!(ops[0], Op::PutRoute(..)));
     }
 
+    /// The single-route path (`route_write`, what an agent does with a one-route delta)
+    /// must leave exactly what installing the whole changed document would: for an added,
+    /// a retargeted and a removed route, with the table in either generation.
+    #[test]
+    fn one_route_written_in_place_equals_the_whole_install() {
+        use peer_dataplane_model::desired::validate::route_change;
+        use peer_dataplane_model::reconcile::generations::route_write;
+        let (gen0, ids0) = installed_seed();
+        // The same tables after a rewrite: rtb-a in its other generation.
+        let mut flipped = seed();
+        flipped.route_tables[0].routes.reverse();
+        flipped.route_tables[0]
+            .routes
+            .push(RouteDoc::new("172.16.3.0/24", "blackhole"));
+        flipped.route_tables[0]
+            .routes
+            .push(RouteDoc::new("172.16.4.0/24", "blackhole"));
+        let (_, ids1, ops) =
+            plan_install(&validate(&flipped).unwrap(), &ids0, &gen0, &FakeIfindex).unwrap();
+        let mut gen1 = gen0.clone();
+        apply(&ops, &mut gen1).unwrap();
+        for (base_doc, installed, ids) in [(seed(), &gen0, &ids0), (flipped, &gen1, &ids1)] {
+            let changes: [(&str, Option<&str>); 4] = [
+                ("172.16.9.0/24", Some("blackhole")),
+                ("172.16.0.0/16", Some("blackhole")),
+                ("172.16.0.0/16", None),
+                ("fd00:b:0:7::/64", Some("pcx-ab")),
+            ];
+            for (dest, target) in changes {
+                let topo = validate(&base_doc).unwrap();
+                let (net, t) = route_change(&topo, "rtb-a", dest, target).unwrap();
+                let op = route_write(ids, installed, &topo, "rtb-a", &net, t.as_ref()).unwrap();
+                let mut in_place = installed.clone();
+                in_place.write(&op).unwrap();
+
+                let mut doc = base_doc.clone();
+                let routes = &mut doc.route_tables[0].routes;
+                routes.retain(|r| r.destination != dest);
+                if let Some(t) = target {
+                    routes.push(RouteDoc::new(dest, t));
+                }
+                let (whole, _, ops) =
+                    plan_install(&validate(&doc).unwrap(), ids, installed, &FakeIfindex).unwrap();
+                assert_eq!(ops.len(), 1, "{dest} -> {target:?}: {ops:?}");
+                assert_eq!(in_place, whole, "{dest} -> {target:?}");
+            }
+        }
+        // The VPC's own CIDR is not judged alone.
+        let topo = validate(&seed()).unwrap();
+        assert!(route_change(&topo, "rtb-a", "10.0.0.0/16", None).is_err());
+        assert!(route_change(&topo, "rtb-a", "172.16.0.0/16", Some("pcx-nope")).is_err());
+    }
+
     #[test]
     fn a_table_rewrite_switches_generation_and_never_shows_a_mix() {
         let (installed, ids) = installed_seed();

@@ -51,6 +51,8 @@ pub struct ControlPlane {
     pub log: PathBuf,
     /// Address it listens on in its namespace (127.0.0.1 unless other hosts must reach it).
     pub listen: std::net::IpAddr,
+    /// `--rate-limit` (requests per second per account), when not the default.
+    rate_limit: Option<f64>,
 }
 
 pub struct Reply {
@@ -92,6 +94,12 @@ impl ControlPlane {
         Self::start_listening(bin, host, db, [127, 0, 0, 1].into(), port, tls)
     }
 
+    /// [`Self::start`] without the per-account rate limit's bite (benchmarks make
+    /// thousands of calls a second from one account).
+    pub fn start_for_bench(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
+        Self::start_inner(bin, host, db, [127, 0, 0, 1].into(), port, None, Some(1e6))
+    }
+
     fn start_listening(
         bin: &Path,
         host: &Netns,
@@ -100,7 +108,20 @@ impl ControlPlane {
         port: u16,
         tls: Option<Tls>,
     ) -> Result<ControlPlane> {
+        Self::start_inner(bin, host, db, listen, port, tls, None)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        host: &Netns,
+        db: &Path,
+        listen: std::net::IpAddr,
+        port: u16,
+        tls: Option<Tls>,
+        rate_limit: Option<f64>,
+    ) -> Result<ControlPlane> {
         let mut cp = ControlPlane {
+            rate_limit,
             child: None,
             tls,
             bin: bin.to_path_buf(),
@@ -133,6 +154,9 @@ impl ControlPlane {
             .arg(self.secrets("account-tokens", &ACCOUNTS)?)
             .arg("--host-tokens")
             .arg(self.secrets("host-tokens", &HOST_TOKENS)?);
+        if let Some(r) = self.rate_limit {
+            c.arg("--rate-limit").arg(r.to_string());
+        }
         if let Some(t) = &self.tls {
             c.arg("--tls-cert")
                 .arg(&t.cert)

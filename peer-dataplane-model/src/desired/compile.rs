@@ -249,6 +249,19 @@ impl HitSlots {
     }
 }
 
+/// A route's trie value; `None` if it leads to a peering without an id.
+pub fn route_value(
+    target: &Target,
+    peering_id: impl Fn(&str) -> Option<u32>,
+) -> Option<RouteValue> {
+    let (kind, target) = match target {
+        Target::Local => (ROUTE_LOCAL, 0),
+        Target::Blackhole => (ROUTE_BLACKHOLE, 0),
+        Target::Peering(pcx) => (ROUTE_PCX, peering_id(pcx)?),
+    };
+    Some(RouteValue { kind, target })
+}
+
 /// The full desired map contents for `t`, with ids assigned on top of `ids` and each route
 /// table in the generation `generation` picks for it, onto an empty data plane.
 pub fn compile(
@@ -353,14 +366,9 @@ impl Compiler<'_> {
             let table_id = self.id(NAME_ROUTE_TABLE, &rt.id);
             let table = route_table_key(table_id, (self.generation)(table_id));
             for (dest, target) in &rt.routes {
-                let (kind, target) = match target {
-                    Target::Local => (ROUTE_LOCAL, 0),
-                    Target::Blackhole => (ROUTE_BLACKHOLE, 0),
-                    Target::Peering(pcx) => (ROUTE_PCX, self.id(NAME_PEERING, pcx)),
-                };
-                self.s
-                    .routes
-                    .insert(key_for(table, dest), RouteValue { kind, target });
+                let value = route_value(target, |p| self.ids.get(NAME_PEERING, p))
+                    .expect("every validated name has an id");
+                self.s.routes.insert(key_for(table, dest), value);
             }
         }
     }

@@ -46,6 +46,42 @@ pub fn acl_hit_slot(
     Some(meta.hit_base + index)
 }
 
+/// The one in-place write that sets route `dest` of table `table` to `target` (`None`:
+/// removes it) in the generation the table is installed in: what a change of a single
+/// route takes (each write is atomic, so no generation flip is needed). `None` if the
+/// table is not installed as `topo` describes it; the caller then installs the whole
+/// state instead. Costs a few lookups, whatever the table's size.
+pub fn route_write(
+    ids: &Ids,
+    installed: &MapState,
+    topo: &Topology,
+    table: &str,
+    dest: &ipnet::IpNet,
+    target: Option<&crate::desired::validate::Target>,
+) -> Option<Op> {
+    let id = ids.get(NAME_ROUTE_TABLE, table)?;
+    let t = topo.route_tables.get(table)?;
+    // Every table holds its VPC's own CIDRs as local routes: the generation that has the
+    // first of them is the one installed.
+    let own = topo.vpcs.get(&t.vpc)?.cidrs.first()?;
+    let generation = [0, 1].into_iter().find(|g| {
+        installed
+            .routes
+            .contains_key(&crate::desired::compile::key_for(
+                route_table_key(id, *g),
+                own,
+            ))
+    })?;
+    let key = crate::desired::compile::key_for(route_table_key(id, generation), dest);
+    Some(match target {
+        Some(target) => Op::PutRoute(
+            key,
+            crate::desired::compile::route_value(target, |p| ids.get(NAME_PEERING, p))?,
+        ),
+        None => Op::DelRoute(key),
+    })
+}
+
 /// What installing `topo` over `installed` takes: the desired map contents, the ids, and
 /// the ordered writes. Pure: unit-testable against an in-memory [`MapState`].
 pub fn plan_install(

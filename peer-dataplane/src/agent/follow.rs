@@ -76,16 +76,31 @@ pub fn trusting(pem: &[u8]) -> anyhow::Result<ureq::tls::TlsConfig> {
 /// A new desired state.
 pub struct Update {
     pub revision: u64,
-    pub document: Document,
+    pub change: Change,
     /// When the control plane's answer arrived (for sync latency).
     pub received: Instant,
+}
+
+/// The whole document, or what changed since the revision the agent holds.
+pub enum Change {
+    Whole(Document),
+    Delta {
+        after: u64,
+        delta: crate::desired::delta::Delta,
+    },
 }
 
 #[derive(Deserialize)]
 struct StateResponse {
     revision: u64,
-    document: Document,
+    document: Option<Document>,
+    after: Option<u64>,
+    delta: Option<crate::desired::delta::Delta>,
 }
+
+/// Set by the agent when a delta did not fit what it holds: the next poll asks for the
+/// whole document.
+pub type NeedWhole = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 const LONG_POLL: Duration = Duration::from_secs(25);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -102,7 +117,10 @@ fn fetch(
         cp.host
     );
     if let Some(a) = after {
-        url.push_str(&format!("?after={a}&wait_ms={}", LONG_POLL.as_millis()));
+        url.push_str(&format!(
+            "?after={a}&delta=true&wait_ms={}",
+            LONG_POLL.as_millis()
+        ));
     }
     let mut resp = agent
         .get(&url)
@@ -141,7 +159,7 @@ fn register(agent: &ureq::Agent, cp: &ControlPlane, r: &Registration) -> Result<
 }
 
 /// Starts the sync thread; new revisions arrive on the returned channel.
-pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
+pub fn spawn(cp: ControlPlane, need_whole: NeedWhole) -> anyhow::Result<mpsc::Receiver<Update>> {
     let agent = client(&cp)?;
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
@@ -166,6 +184,9 @@ pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
                 backoff = BACKOFF_MIN;
             }
             loop {
+                if need_whole.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    after = None;
+                }
                 match fetch(&agent, &cp, after) {
                     Ok(r) => {
                         if failing {
@@ -173,12 +194,25 @@ pub fn spawn(cp: ControlPlane) -> anyhow::Result<mpsc::Receiver<Update>> {
                             failing = false;
                         }
                         backoff = BACKOFF_MIN;
-                        if Some(r.revision) != after {
-                            after = Some(r.revision);
-                            let u = Update { revision: r.revision, document: r.document, received: Instant::now() };
-                            if tx.blocking_send(u).is_err() {
-                                return; // the agent is stopping
+                        let change = match (r.document, r.after, r.delta) {
+                            (Some(doc), _, _) => Change::Whole(doc),
+                            // Nothing for this host: only the revision it is at moves on.
+                            (None, Some(_), Some(d)) if d.is_empty() => {
+                                after = Some(r.revision);
+                                continue;
                             }
+                            (None, Some(a), Some(delta)) => Change::Delta { after: a, delta },
+                            _ => {
+                                warn!("the control plane's answer holds neither a document nor a delta; asking for the whole document");
+                                after = None;
+                                wait(&mut backoff);
+                                continue;
+                            }
+                        };
+                        after = Some(r.revision);
+                        let u = Update { revision: r.revision, change, received: Instant::now() };
+                        if tx.blocking_send(u).is_err() {
+                            return; // the agent is stopping
                         }
                     }
                     Err(e) => {

@@ -1,10 +1,12 @@
 //! What is installed and how the agent changes it: the mirror of the pinned maps, the
 //! running program and its links, and one install (plan, all-or-nothing apply, attach).
 
+use super::follow::NeedWhole;
 use super::metrics::SharedInstallStats;
 use super::underlay::Underlay;
 use crate::bpf::links::Links;
 use crate::bpf::{pins, KernelIfindex, KernelMaps};
+use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
 use crate::reconcile::{apply_all_or_nothing, generations, plan_install, ApplyError, MapState};
 use anyhow::{anyhow, Context, Result};
@@ -99,12 +101,19 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     pins::xdp_program(ebpf, program_names::PIPELINE)
 }
 
-/// The running data plane: program, maps, links.
+/// The running data plane: program, maps, links, and the desired state it follows.
 pub struct Dataplane {
     pub ebpf: Ebpf,
     pub installed: Installed,
     pub links: Links,
     pub stats: SharedInstallStats,
+    /// The topology last installed whole or changed in place (the single-route path
+    /// checks against it).
+    pub topo: Option<Topology>,
+    /// The control plane's document for this host and its revision, kept for deltas.
+    pub desired: Option<(u64, Held)>,
+    /// Tells the sync thread to ask for the whole document (a delta did not fit).
+    pub need_whole: NeedWhole,
 }
 
 impl Dataplane {

@@ -5,6 +5,7 @@
 //! data plane keeps its previous state; so does an unreachable control plane.
 
 pub mod follow;
+pub mod in_place;
 pub mod install;
 pub mod metrics;
 pub mod retry;
@@ -64,7 +65,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         (Source::ControlPlane(cp), _) => {
             info!("syncing from control plane {} as host {}", cp.url, cp.host);
-            updates = Some(follow::spawn(cp.clone())?);
+            updates = Some(follow::spawn(cp.clone(), dp.need_whole.clone())?);
         }
         _ => unreachable!(),
     }
@@ -96,6 +97,9 @@ async fn start(opts: &RunOptions) -> Result<Dataplane> {
         installed,
         links,
         stats: Default::default(),
+        topo: None,
+        desired: None,
+        need_whole: Default::default(),
     };
     if let Some(addr) = opts.metrics {
         let listener = metrics::bind(addr).await?;

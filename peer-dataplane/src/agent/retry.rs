@@ -1,11 +1,15 @@
 //! Installs with retries: a valid desired state whose install failed (and was undone) is
 //! tried again with backoff until it goes in or a newer state replaces it.
 
-use super::follow::Update;
+use super::follow::{Change, Update};
+use super::in_place;
 use super::install::{load_topology, topology_of, Dataplane};
+use crate::desired::delta::Held;
 use crate::desired::Topology;
+use log::warn;
 use log::{error, info};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A valid desired state whose install failed, to try again.
@@ -73,18 +77,26 @@ fn install(
     started: Instant,
     dp: &mut Dataplane,
 ) -> Result<usize, Box<Retry>> {
-    let r = dp.apply(&topo);
-    dp.record(revision, started, r.is_ok());
-    r.map_err(|e| {
-        let retry = Retry {
-            topo,
-            what,
-            revision,
-            attempts,
-            at: started,
-        };
-        Box::new(retry.failed(&e))
-    })
+    match dp.apply(&topo) {
+        Ok(writes) => {
+            dp.record(revision, started, true);
+            dp.topo = Some(topo);
+            Ok(writes)
+        }
+        Err(e) => {
+            dp.record(revision, started, false);
+            // Until a whole install succeeds, nothing is changed in place.
+            dp.topo = None;
+            let retry = Retry {
+                topo,
+                what,
+                revision,
+                attempts,
+                at: started,
+            };
+            Err(Box::new(retry.failed(&e)))
+        }
+    }
 }
 
 pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
@@ -119,10 +131,54 @@ pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry
 pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
     let what = format!("control plane revision {}", u.revision);
-    let topo = match topology_of(&u.document, &what) {
+    match u.change {
+        Change::Whole(doc) => dp.desired = Some((u.revision, Held::new(doc))),
+        Change::Delta { after, delta } => {
+            let fits = match &mut dp.desired {
+                Some((held_rev, held)) if *held_rev == after => match held.apply(&delta) {
+                    Ok(()) => {
+                        *held_rev = u.revision;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Some((held_rev, _)) => Err(format!(
+                    "it is from revision {after}, this agent holds {held_rev}"
+                )),
+                None => Err("this agent holds no document yet".to_string()),
+            };
+            if let Err(e) = fits {
+                warn!(
+                    "the delta to revision {} does not fit ({e}); asking for the whole document",
+                    u.revision
+                );
+                dp.need_whole.store(true, Ordering::Relaxed);
+                return None;
+            }
+            match in_place::try_route(dp, &delta) {
+                Ok(Some(writes)) => {
+                    dp.record(Some(u.revision), started, true);
+                    info!(
+                        "synced revision {} ({writes} map writes, one route in place; applied in {:.3} ms, {:.3} ms after the control plane answered)",
+                        u.revision,
+                        started.elapsed().as_secs_f64() * 1e3,
+                        u.received.elapsed().as_secs_f64() * 1e3
+                    );
+                    return None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!("writing one route in place failed ({e:#}); installing the whole state")
+                }
+            }
+        }
+    }
+    let doc = &dp.desired.as_ref().expect("set above").1.doc;
+    let topo = match topology_of(doc, &what) {
         Ok(t) => t,
         Err(e) => {
             dp.record(Some(u.revision), started, false);
+            dp.topo = None; // the installed state is not the desired one: no change in place
             error!(
                 "revision {} refused, previous state kept: {e:#}",
                 u.revision

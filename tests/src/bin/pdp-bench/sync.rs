@@ -5,8 +5,13 @@
 //! 1. one route change, repeated: the clock starts before the API call and stops when the
 //!    pinned routes trie answers with the new route (or without it), polled from here;
 //! 2. a full sync of 100,000 routes: one bulk replacement of a route table, followed by
-//!    the running agent; then a fresh agent syncing everything from scratch;
-//! 3. kernel memory per route: the routes trie's `memlock` (fdinfo) with and without them.
+//!    the running agent;
+//! 3. one route change again, in that 100,000-route table (the agent's delta path must
+//!    not grow with the table);
+//! 4. a fresh agent syncing everything from scratch;
+//! 5. kernel memory per route: the routes trie's `memlock` (fdinfo) with and without them.
+//!
+//! Prints a table and writes `target/bench/sync.json`.
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
@@ -93,7 +98,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let port = free_port();
-    let cp = ControlPlane::start(agent_bin, &ns, &dir.join("cp.db"), port)?;
+    let cp = ControlPlane::start_for_bench(agent_bin, &ns, &dir.join("cp.db"), port)?;
     let revision = cp.seed(&[])?;
     let pin_dir = PathBuf::from("/sys/fs/bpf/pdp-bsync");
     let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
@@ -103,18 +108,6 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     agent.wait_synced(revision, Duration::from_secs(10))?;
 
     let maps = KernelMaps::open(&pin_dir)?;
-    // Single changes are made in place, so rtb-a keeps its trie key while they run.
-    let table = peer_dataplane::agent::install::Installed::open(&pin_dir)?
-        .route_table_key("rtb-a")
-        .context("rtb-a key")?;
-    let probe: IpNet = PROBE.parse()?;
-    let key = key_for(table, &probe);
-    let present = || -> Result<bool> {
-        Ok(maps
-            .lookup_route(&key)?
-            .map(|v| v.kind == ROUTE_BLACKHOLE)
-            .unwrap_or(false))
-    };
     let client = Client {
         http: ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(60)))
@@ -122,9 +115,17 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
             .into(),
         base: url.clone(),
     };
-
-    let lat = single_changes(&client, &present, &agent, changes)?;
+    let small = single_changes(&client, &maps, &pin_dir, &agent, changes, "seed table")?;
     let bulk = bulk_replace(&client, &maps, &pin_dir, &mut agent)?;
+    let large = single_changes(
+        &client,
+        &maps,
+        &pin_dir,
+        &agent,
+        changes,
+        "100,000-route table",
+    )?;
+    let large_apply = apply_times(&agent.log_text(), changes);
     // ... and a fresh agent (no pins) syncing everything from scratch.
     drop(agent); // stops it and removes pins and links
     let t0 = Instant::now();
@@ -135,17 +136,38 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     drop(fresh);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
-    report(changes, &lat, &bulk, from_scratch, scratch_apply);
-    Ok(())
+    report(
+        changes,
+        &small,
+        &large,
+        &large_apply,
+        &bulk,
+        from_scratch,
+        scratch_apply,
+    )
 }
 
-/// One route change at a time: API call -> kernel map, each timed.
+/// One route change at a time: API call -> kernel map, each timed. Single changes are
+/// made in place, so rtb-a keeps its trie key while they run.
 fn single_changes(
     client: &Client,
-    present: &dyn Fn() -> Result<bool>,
+    maps: &KernelMaps,
+    pin_dir: &Path,
     agent: &Agent,
     changes: usize,
+    what: &str,
 ) -> Result<Vec<Duration>> {
+    let table = peer_dataplane::agent::install::Installed::open(pin_dir)?
+        .route_table_key("rtb-a")
+        .context("rtb-a key")?;
+    let probe: IpNet = PROBE.parse()?;
+    let key = key_for(table, &probe);
+    let present = || -> Result<bool> {
+        Ok(maps
+            .lookup_route(&key)?
+            .map(|v| v.kind == ROUTE_BLACKHOLE)
+            .unwrap_or(false))
+    };
     let mut lat = Vec::with_capacity(changes);
     let route = json!({"destination_cidr": PROBE, "target": "blackhole"});
     let path_add = "/v1/route-tables/rtb-a/routes".to_string();
@@ -173,7 +195,7 @@ fn single_changes(
         }
         lat.push(t0.elapsed());
         if i % 100 == 99 {
-            eprint!("\r  route changes: {}/{changes}", i + 1);
+            eprint!("\r  route changes ({what}): {}/{changes}", i + 1);
             std::io::stderr().flush().ok();
         }
     }
@@ -251,66 +273,107 @@ fn bulk_replace(
 
 fn report(
     changes: usize,
-    lat: &[Duration],
+    small: &[Duration],
+    large: &[Duration],
+    large_apply: &[Duration],
     bulk: &Bulk,
     from_scratch: Duration,
     scratch_apply: f64,
-) {
-    let Bulk {
-        api_time,
-        incremental,
-        incremental_apply,
-        added,
-        ..
-    } = *bulk;
+) -> Result<()> {
+    let env = crate::report::environment();
+    crate::report::print_environment(&env);
     println!("control plane -> data plane (real control plane and agent processes, loopback HTTP)");
-    println!("{:<62} {:>10}", "MEASURE", "VALUE");
-    println!(
-        "{:<62} {:>7.3} ms",
-        format!("one route change, API call -> map updated, p50 ({changes} changes)"),
-        ms(percentile(&lat, 0.50))
+    println!("{:<66} {:>10}", "MEASURE", "VALUE");
+    let line = |what: String, v: f64, unit: &str| println!("{what:<66} {v:>7.3} {unit}");
+    for (name, lat) in [("seed table", small), ("100,000-route table", large)] {
+        line(
+            format!("one route change ({name}), API call -> map updated, p50"),
+            ms(percentile(lat, 0.50)),
+            "ms",
+        );
+        line(
+            format!("  ... p99 ({changes} changes)"),
+            ms(percentile(lat, 0.99)),
+            "ms",
+        );
+        line("  ... max".into(), ms(*lat.last().unwrap()), "ms");
+    }
+    line(
+        "  agent's work per change in the 100,000-route table, p50".into(),
+        ms(percentile(large_apply, 0.50)),
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.3} ms",
-        "one route change, API call -> map updated, p99",
-        ms(percentile(&lat, 0.99))
-    );
-    println!(
-        "{:<62} {:>7.3} ms",
-        "one route change, API call -> map updated, max",
-        ms(*lat.last().unwrap())
-    );
-    println!(
-        "{:<62} {:>7.0} ms",
+    line("  ... p99".into(), ms(percentile(large_apply, 0.99)), "ms");
+    line(
         format!(
             "bulk replace of {} routes: API call (validate + commit)",
             BULK + 2
         ),
-        ms(api_time)
+        ms(bulk.api_time),
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.0} ms",
-        "  ... API call -> running agent has them all",
-        ms(incremental)
+    line(
+        "  ... API call -> running agent has them all".into(),
+        ms(bulk.incremental),
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.0} ms",
-        "  ... of which the agent's validate + diff + map writes", incremental_apply
+    line(
+        "  ... of which the agent's validate + diff + map writes".into(),
+        bulk.incremental_apply,
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.0} ms",
-        "full sync from scratch: agent start -> all installed",
-        ms(from_scratch)
+    line(
+        "full sync from scratch: agent start -> all installed".into(),
+        ms(from_scratch),
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.0} ms",
-        "  ... of which the agent's validate + diff + map writes", scratch_apply
+    line(
+        "  ... of which the agent's validate + diff + map writes".into(),
+        scratch_apply,
+        "ms",
     );
-    println!(
-        "{:<62} {:>7.1} B",
-        format!("kernel memory per route (routes trie memlock, {added} routes)"),
-        bulk.memory as f64 / added as f64
+    line(
+        format!(
+            "kernel memory per route (routes trie memlock, {} routes)",
+            bulk.added
+        ),
+        bulk.memory as f64 / bulk.added as f64,
+        "B",
     );
+    let pct = |lat: &[Duration]| json!({"p50_ms": ms(percentile(lat, 0.5)), "p99_ms": ms(percentile(lat, 0.99)), "max_ms": ms(*lat.last().unwrap())});
+    let path = crate::report::write(
+        "sync",
+        &json!({
+            "environment": env,
+            "changes": changes,
+            "route_change_seed_table": pct(small),
+            "route_change_100k_table": pct(large),
+            "agent_work_per_change_100k_table": pct(large_apply),
+            "bulk_routes": BULK + 2,
+            "bulk_api_ms": ms(bulk.api_time),
+            "bulk_to_running_agent_ms": ms(bulk.incremental),
+            "bulk_agent_apply_ms": bulk.incremental_apply,
+            "full_sync_from_scratch_ms": ms(from_scratch),
+            "full_sync_agent_apply_ms": scratch_apply,
+            "kernel_bytes_per_route": bulk.memory as f64 / bulk.added as f64,
+        }),
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The agent's own "applied in X ms" of its last `n` syncs, sorted.
+fn apply_times(log: &str, n: usize) -> Vec<Duration> {
+    let mut v: Vec<Duration> = log
+        .lines()
+        .rev()
+        .filter_map(|l| l.split("applied in ").nth(1))
+        .filter_map(|r| r.split(" ms").next()?.parse::<f64>().ok())
+        .take(n)
+        .map(|m| Duration::from_secs_f64(m / 1e3))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The agent's own "applied in X ms" of its last sync.

@@ -1,0 +1,57 @@
+//! The single-route path: a delta that changes one route and nothing else is checked
+//! against the installed topology and written as one in-place map write. Nothing is
+//! compiled or diffed, so its cost does not grow with the size of the tables. Anything
+//! else (or a route this path cannot judge alone) goes the whole way: validate, compile,
+//! plan and apply.
+
+use super::install::Dataplane;
+use crate::desired::delta::Delta;
+use crate::desired::document::Document;
+use crate::desired::validate::route_change;
+use crate::reconcile::generations::route_write;
+use crate::reconcile::DataplaneMaps;
+use anyhow::Result;
+
+/// `Some(writes)` if the delta was the change of one route and is now installed; `None`
+/// if it needs the whole path. An error is a failed map write (nothing was changed).
+pub fn try_route(dp: &mut Dataplane, d: &Delta) -> Result<Option<usize>> {
+    let only_one_route = d.routes.len() == 1
+        && d.local_host.is_none()
+        && d.put == Document::default()
+        && d.removed == Default::default();
+    if !only_one_route {
+        return Ok(None);
+    }
+    let Some(topo) = dp.topo.as_mut() else {
+        return Ok(None);
+    };
+    let c = &d.routes[0];
+    // An invalid route is refused by the whole path, with its full report.
+    let Ok((dest, target)) = route_change(topo, &c.table, &c.destination, c.target.as_deref())
+    else {
+        return Ok(None);
+    };
+    let installed = &mut dp.installed;
+    let Some(op) = route_write(
+        &installed.ids,
+        &installed.mirror,
+        topo,
+        &c.table,
+        &dest,
+        target.as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    installed.maps.write(&op)?;
+    installed.mirror.write(&op)?;
+    let routes = &mut topo
+        .route_tables
+        .get_mut(&c.table)
+        .expect("route_change found it")
+        .routes;
+    match target {
+        Some(t) => routes.insert(dest, t),
+        None => routes.remove(&dest),
+    };
+    Ok(Some(1))
+}
