@@ -185,8 +185,9 @@ impl Server {
             attempts += 1;
             let now = self.clock.now();
             let base = ops::expire(&inner.world, now);
-            let (new, out) = op(base.as_ref().unwrap_or(&inner.world), now)?;
-            ops::check(&new)?;
+            let base = base.as_ref().unwrap_or(&inner.world);
+            let (new, out) = op(base, now)?;
+            ops::check_change(base, &new)?;
             let old = std::mem::take(&mut inner.world);
             let next = inner.revision + 1;
             match inner.store.commit(&old, &new, next) {
