@@ -3,15 +3,11 @@
 //! with a VPC it carries (computed here independently), and nothing else; the test prints
 //! the per-host document sizes against the whole fleet's.
 
-use axum::body::Body;
-use axum::http::Request;
-use axum::Router;
-use peer_dataplane_controlplane::api::{self, Clock, Server};
-use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::store::Store;
-use serde_json::{json, Value};
+mod common;
+
+use common::call;
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use tower::ServiceExt;
 
 const HOSTS: usize = 100;
 const VPCS: usize = 40;
@@ -40,50 +36,11 @@ fn peers(v: usize) -> Vec<usize> {
         .collect()
 }
 
-async fn call(
-    router: &Router,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Value {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json");
-    let req = match body {
-        Some(b) => req.body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 26)
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    assert!(status < 300, "{method} {path}: {status} {v}");
-    v
-}
-
 #[tokio::test]
 async fn each_of_100_hosts_learns_exactly_the_instances_it_can_reach() {
     let host_tokens: BTreeMap<String, String> =
         (0..HOSTS).map(|i| (host(i), host_token(i))).collect();
-    let limit = RateLimit {
-        per_second: 1e9,
-        burst: 1e9,
-    };
-    let server = Server::new(
-        Store::in_memory().unwrap(),
-        Clock::new(),
-        host_tokens,
-        limit,
-    )
-    .unwrap();
-    server.add_token(ACCOUNT, TOKEN).unwrap();
-    let r = api::router(server.clone());
+    let r = common::router(ACCOUNT, TOKEN, host_tokens);
 
     for i in 0..HOSTS {
         let body = json!({"underlay_ipv4": format!("10.200.{}.{}", i / 200, i % 200 + 1), "uplink": "eth0"});

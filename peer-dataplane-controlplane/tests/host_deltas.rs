@@ -3,17 +3,14 @@
 //! document the control plane serves at the new revision; and a single route change
 //! travels as one route, not as its table.
 
-use axum::body::Body;
-use axum::http::Request;
+mod common;
+
 use axum::Router;
-use peer_dataplane_controlplane::api::{self, Clock, Server};
-use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::store::Store;
+use common::call;
 use peer_dataplane_model::desired::delta::{Delta, Held};
 use peer_dataplane_model::desired::document::Document;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use tower::ServiceExt;
 
 const HOSTS: usize = 3;
 const ACCOUNT: &str = "555555555555";
@@ -25,27 +22,6 @@ fn host(i: usize) -> String {
 
 fn host_token(i: usize) -> String {
     format!("token-of-delta-host-{i}")
-}
-
-async fn call(r: &Router, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json");
-    let req = match body {
-        Some(b) => req.body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let resp = r.clone().oneshot(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 26)
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    assert!(status < 300, "{method} {path}: {status} {v}");
-    v
 }
 
 /// A document with every list in a canonical order (deltas do not keep the order).
@@ -131,19 +107,7 @@ impl Fleet {
 async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_document() {
     let host_tokens: BTreeMap<String, String> =
         (0..HOSTS).map(|i| (host(i), host_token(i))).collect();
-    let limit = RateLimit {
-        per_second: 1e9,
-        burst: 1e9,
-    };
-    let server = Server::new(
-        Store::in_memory().unwrap(),
-        Clock::new(),
-        host_tokens,
-        limit,
-    )
-    .unwrap();
-    server.add_token(ACCOUNT, TOKEN).unwrap();
-    let r = api::router(server.clone());
+    let r = common::router(ACCOUNT, TOKEN, host_tokens);
     for i in 0..HOSTS {
         let body = json!({"underlay_ipv4": format!("10.201.0.{}", i + 1), "uplink": "eth0"});
         call(
