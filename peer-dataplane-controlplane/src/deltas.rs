@@ -7,6 +7,7 @@
 
 use crate::hoststate;
 use crate::model::{Routes, World};
+use imbl::ordmap::DiffItem;
 use peer_dataplane_model::desired::delta::{Delta, RouteChange};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -76,8 +77,7 @@ impl History {
     }
 }
 
-/// Route destinations that differ between two worlds, per table. Tables that share their
-/// routes (untouched by the change) cost nothing.
+/// Route destinations that differ between two worlds, per table.
 pub fn changed_routes(old: &World, new: &World) -> RouteDests {
     let empty = Routes::new();
     let mut out = RouteDests::new();
@@ -89,15 +89,15 @@ pub fn changed_routes(old: &World, new: &World) -> RouteDests {
     for id in ids {
         let a = old.route_tables.get(id).map_or(&empty, |t| &t.routes);
         let b = new.route_tables.get(id).map_or(&empty, |t| &t.routes);
-        if a.ptr_eq(b) {
-            continue;
-        }
-        let mut dests: BTreeSet<String> = b
-            .iter()
-            .filter(|(d, r)| a.get(*d) != Some(*r))
-            .map(|(d, _)| d.clone())
+        // The persistent maps' diff skips what the two share: it costs the change.
+        let dests: BTreeSet<String> = a
+            .diff(b)
+            .map(|item| match item {
+                DiffItem::Add(d, _)
+                | DiffItem::Remove(d, _)
+                | DiffItem::Update { new: (d, _), .. } => d.clone(),
+            })
             .collect();
-        dests.extend(a.keys().filter(|d| !b.contains_key(*d)).cloned());
         if !dests.is_empty() {
             out.insert(id.clone(), dests);
         }

@@ -5,6 +5,7 @@
 
 use crate::model::*;
 use anyhow::{Context, Result};
+use imbl::ordmap::DiffItem;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -142,20 +143,19 @@ fn rows(old: &World, new: &World) -> Result<Vec<Row>> {
     for id in tables.collect::<std::collections::BTreeSet<_>>() {
         let before = old.route_tables.get(id).map_or(&empty, |t| &t.routes);
         let after = new.route_tables.get(id).map_or(&empty, |t| &t.routes);
-        if before.ptr_eq(after) {
-            continue; // shared: untouched by this change
-        }
-        for (dest, route) in after {
-            if before.get(dest) != Some(route) {
-                out.push((
+        // The persistent maps' diff skips what the two share: it costs the change.
+        for item in before.diff(after) {
+            out.push(match item {
+                DiffItem::Add(dest, route)
+                | DiffItem::Update {
+                    new: (dest, route), ..
+                } => (
                     ROUTE,
                     format!("{id}/{dest}"),
                     Some(serde_json::to_string(route)?),
-                ));
-            }
-        }
-        for dest in before.keys().filter(|d| !after.contains_key(*d)) {
-            out.push((ROUTE, format!("{id}/{dest}"), None));
+                ),
+                DiffItem::Remove(dest, _) => (ROUTE, format!("{id}/{dest}"), None),
+            });
         }
     }
     Ok(out)

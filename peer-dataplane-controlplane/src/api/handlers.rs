@@ -254,9 +254,20 @@ fn whole_document(s: &Shared, host: &str) -> ApiResult {
         let inner = s.inner.lock().unwrap();
         (inner.world.clone(), inner.revision)
     };
+    #[derive(Serialize)]
+    struct Whole<'a> {
+        host: &'a str,
+        revision: u64,
+        document: peer_dataplane_model::desired::document::Document,
+    }
+    let document = hoststate::document(&world, host);
     ok(
         StatusCode::OK,
-        json!({"host": host, "revision": revision, "document": hoststate::document(&world, host)}),
+        Whole {
+            host,
+            revision,
+            document,
+        },
     )
 }
 

@@ -187,8 +187,17 @@ pub fn spawn(cp: ControlPlane, need_whole: NeedWhole) -> anyhow::Result<mpsc::Re
                 if need_whole.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     after = None;
                 }
+                let asked = Instant::now();
                 match fetch(&agent, &cp, after) {
                     Ok(r) => {
+                        if let Some(doc) = &r.document {
+                            let routes: usize = doc.route_tables.iter().map(|t| t.routes.len()).sum();
+                            info!(
+                                "whole document of revision {} ({routes} routes) fetched in {:.1} ms",
+                                r.revision,
+                                asked.elapsed().as_secs_f64() * 1e3
+                            );
+                        }
                         if failing {
                             info!("control plane reachable again at revision {}", r.revision);
                             failing = false;

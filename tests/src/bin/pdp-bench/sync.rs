@@ -133,6 +133,13 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
     fresh.wait_synced(bulk.revision, Duration::from_secs(120))?;
     let from_scratch = t0.elapsed();
     let scratch_apply = last_apply_ms(&fresh.log_text());
+    for l in fresh
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("whole document") || l.contains("ready") || l.contains("adopted"))
+    {
+        eprintln!("  fresh agent: {l}");
+    }
     drop(fresh);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
