@@ -133,6 +133,17 @@ async fn each_of_100_hosts_learns_exactly_the_instances_it_can_reach() {
             "host {} learns exactly what it can reach",
             host(h)
         );
+        // Only the VPCs it uses: its own and their peers.
+        let vpcs: BTreeSet<String> = doc["vpc"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|v| v["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want_vpcs: BTreeSet<String> = here.union(&reach).map(|v| format!("vpc-{v}")).collect();
+        assert_eq!(vpcs, want_vpcs, "host {}: the VPCs it carries", host(h));
         let hosts_listed = doc["host"].as_array().map_or(0, |a| a.len());
         let want_hosts: BTreeSet<usize> = reach
             .iter()

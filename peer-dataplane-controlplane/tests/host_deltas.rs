@@ -187,10 +187,20 @@ async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_doc
         Some(json!({"destination_cidr": "10.1.200.0/24", "target": pcx})),
     )
     .await;
-    for d in fleet.follow("one route added").await {
-        assert_eq!(d.routes.len(), 1, "one route, not its table: {d:?}");
-        assert!(d.put.route_tables.is_empty() && d.size() == 1, "{d:?}");
-    }
+    // Only host 0 carries vpc-0's table: the route reaches it alone, and nobody else.
+    let deltas = fleet.follow("one route added").await;
+    assert_eq!(
+        deltas[0].routes.len(),
+        1,
+        "one route, not its table: {:?}",
+        deltas[0]
+    );
+    assert!(
+        deltas[0].put.route_tables.is_empty() && deltas[0].size() == 1,
+        "{:?}",
+        deltas[0]
+    );
+    assert!(deltas[1].is_empty() && deltas[2].is_empty(), "{deltas:?}");
     call(
         &r,
         "DELETE",
@@ -199,10 +209,10 @@ async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_doc
         None,
     )
     .await;
-    for d in fleet.follow("one route deleted").await {
-        assert_eq!(d.size(), 1, "{d:?}");
-        assert_eq!(d.routes[0].target, None);
-    }
+    let deltas = fleet.follow("one route deleted").await;
+    assert_eq!(deltas[0].size(), 1, "{:?}", deltas[0]);
+    assert_eq!(deltas[0].routes[0].target, None);
+    assert!(deltas[1].is_empty() && deltas[2].is_empty(), "{deltas:?}");
     // Policy: a network ACL, a security group, and a port that uses it.
     let acl = call(&r, "POST", "/v1/network-acls", TOKEN, Some(json!({"vpc_id": "vpc-0", "rules": [{"number": 10, "direction": "ingress", "protocol": "tcp", "port_from": 22, "port_to": 22, "cidr": "10.1.0.0/16", "action": "deny"}]}))).await;
     fleet.follow("network acl").await;
@@ -220,6 +230,41 @@ async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_doc
     )
     .await;
     fleet.follow("network acl deleted").await;
+    // A change in a VPC no other host uses reaches only its own host; the others' long
+    // polls are not woken: they end at their timeout with nothing, their revision moved on.
+    let before = fleet.agents[0].revision;
+    call(
+        &r,
+        "POST",
+        "/v1/network-acls",
+        TOKEN,
+        Some(json!({"vpc_id": "vpc-2", "rules": []})),
+    )
+    .await;
+    let deltas = fleet.follow("network acl in vpc-2").await;
+    assert!(deltas[0].is_empty() && deltas[1].is_empty(), "{deltas:?}");
+    assert_eq!(deltas[2].put.network_acls.len(), 1, "{:?}", deltas[2]);
+    assert!(fleet.agents[0].revision > before);
+    call(
+        &r,
+        "POST",
+        "/v1/network-acls",
+        TOKEN,
+        Some(json!({"vpc_id": "vpc-2", "rules": []})),
+    )
+    .await;
+    let path = format!(
+        "/v1/hosts/{}/state?after={}&delta=true&wait_ms=200",
+        host(0),
+        fleet.agents[0].revision
+    );
+    let s = call(&r, "GET", &path, &host_token(0), None).await;
+    assert_eq!(s["delta"], json!({}), "{s}");
+    assert!(
+        s["revision"].as_u64().unwrap() > fleet.agents[0].revision,
+        "{s}"
+    );
+
     // Everything torn down again: ports, the peering, a table's routes.
     call(&r, "DELETE", "/v1/ports/port-1b", TOKEN, None).await;
     fleet.follow("port deleted").await;

@@ -199,10 +199,12 @@ fn only_routes_differ(old: &World, new: &World) -> bool {
 /// The final gate: every host's state document must pass the agent's own validation. An
 /// operation that would hand any agent a document it refuses is refused here instead.
 pub fn check(w: &World) -> Result<()> {
-    let mut hosts: BTreeSet<&str> = w.ports.values().map(|p| p.host()).collect();
-    hosts.insert(""); // the port-less view checks VPCs, tables and peerings on their own
-    for host in hosts {
-        let doc = hoststate::document(w, host);
+    let hosts: BTreeSet<&str> = w.ports.values().map(|p| p.host()).collect();
+    // The region without ports checks what no host may carry (a VPC, table or peering
+    // no port uses yet), then each host's own selection.
+    let docs = std::iter::once(hoststate::region_document(w))
+        .chain(hosts.into_iter().map(|h| hoststate::document(w, h)));
+    for doc in docs {
         if let Err(e) = peer_dataplane_model::desired::validate::validate(&doc) {
             return Err(ApiError::inconsistent(format!(
                 "the change would leave an invalid state: {e}"

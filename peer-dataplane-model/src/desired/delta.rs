@@ -17,28 +17,42 @@ pub struct Delta {
     pub local_host: Option<Option<String>>,
     /// New and changed objects, whole; a route table here is new to the host and carries
     /// every route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub put: Document,
     /// Objects gone from the host's document, by kind and id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub removed: Removed,
     /// Routes added, retargeted (`target`) or removed (no `target`) in tables the host keeps.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteChange>,
 }
 
-/// Ids of removed objects, per kind (remote ports: `HOST/INTERFACE`).
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    v == &T::default()
+}
+
+/// Ids of removed objects, per kind (remote ports: `HOST/INTERFACE`); empty kinds are
+/// left out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Removed {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vpcs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route_tables: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peerings: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub network_acls: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote_ports: Vec<String>,
 }
 

@@ -20,25 +20,29 @@ pub struct Document {
     /// on a single host.
     pub local_host: Option<String>,
     /// The hosts of the fleet this host exchanges traffic with, itself included.
-    #[serde(default, rename = "host")]
+    #[serde(default, rename = "host", skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostDoc>,
-    #[serde(default, rename = "vpc")]
+    #[serde(default, rename = "vpc", skip_serializing_if = "Vec::is_empty")]
     pub vpcs: Vec<VpcDoc>,
-    #[serde(default, rename = "subnet")]
+    #[serde(default, rename = "subnet", skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<SubnetDoc>,
-    #[serde(default, rename = "route_table")]
+    #[serde(default, rename = "route_table", skip_serializing_if = "Vec::is_empty")]
     pub route_tables: Vec<RouteTableDoc>,
-    #[serde(default, rename = "peering")]
+    #[serde(default, rename = "peering", skip_serializing_if = "Vec::is_empty")]
     pub peerings: Vec<PeeringDoc>,
-    #[serde(default, rename = "port")]
+    #[serde(default, rename = "port", skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortDoc>,
-    #[serde(default, rename = "network_acl")]
+    #[serde(default, rename = "network_acl", skip_serializing_if = "Vec::is_empty")]
     pub network_acls: Vec<NetworkAclDoc>,
-    #[serde(default, rename = "security_group")]
+    #[serde(
+        default,
+        rename = "security_group",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub security_groups: Vec<SecurityGroupDoc>,
     /// Instances on other hosts that this host's ports may exchange traffic with: those of
     /// VPCs peered with a VPC that has a port here.
-    #[serde(default, rename = "remote_port")]
+    #[serde(default, rename = "remote_port", skip_serializing_if = "Vec::is_empty")]
     pub remote_ports: Vec<PortDoc>,
 }
 

@@ -33,6 +33,13 @@ pub fn check_port(
         );
         return None;
     };
+    if !remote && subnet.route_table.is_empty() {
+        c.err(format!(
+            "{what}: subnet {} is carried as a peer's (no route table here); a port of this host cannot be in it",
+            subnet.id
+        ));
+        return None;
+    }
     let mac = c.check(rules::mac(&what, "mac", &p.mac));
     let gateway_mac = match &p.gateway_mac {
         None => Some(router_mac),
