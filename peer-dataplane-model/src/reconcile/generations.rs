@@ -192,8 +192,7 @@ fn acl_view(m: &MapState, acl: u32, generation: u32) -> AclView {
 /// apply, all routes of a table live in one generation).
 fn current_generations(m: &MapState) -> BTreeMap<u32, u32> {
     m.routes
-        .keys()
-        .map(|k| u32::from_be_bytes(k.data.table_be))
+        .table_ids()
         .filter(|t| *t < VPC_TABLE_BASE)
         .map(|key| (route_table_id(key), route_table_generation(key)))
         .collect()
@@ -206,18 +205,9 @@ fn tables_with_several_changes(
     installed: &BTreeMap<u32, u32>,
 ) -> BTreeSet<u32> {
     let mut changes: BTreeMap<u32, usize> = BTreeMap::new();
-    let table_of = |k: &RouteKey| u32::from_be_bytes(k.data.table_be);
-    for (k, v) in &desired.routes {
-        if current.routes.get(k) != Some(v) {
-            *changes.entry(table_of(k)).or_default() += 1;
-        }
-    }
-    for k in current
-        .routes
-        .keys()
-        .filter(|k| !desired.routes.contains_key(*k))
-    {
-        *changes.entry(table_of(k)).or_default() += 1;
+    let (puts, dels) = desired.routes.diff(&current.routes);
+    for k in puts.iter().map(|(k, _)| k).chain(dels.iter()) {
+        *changes.entry(super::routes::table_of(k)).or_default() += 1;
     }
     changes
         .into_iter()

@@ -3,9 +3,11 @@
 
 pub mod generations;
 pub mod plan;
+pub mod routes;
 
 pub use generations::plan_install;
 pub use plan::{
     apply, apply_all_or_nothing, plan, AclPortKey, ApplyError, DataplaneMaps, FailingMaps,
     MapState, Op, RouteKey,
 };
+pub use routes::RouteEntries;

@@ -7,6 +7,7 @@
 //! object is written before anything that refers to it, and removed only after everything
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
+use super::routes::RouteEntries;
 use anyhow::Result;
 use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
 use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey};
@@ -32,7 +33,7 @@ pub struct AclPortKey {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MapState {
     pub ports: BTreeMap<u32, Port>,
-    pub routes: BTreeMap<RouteKey, RouteValue>,
+    pub routes: RouteEntries,
     pub peerings: BTreeMap<u32, Peering>,
     pub endpoints: BTreeMap<EndpointKey, Endpoint>,
     /// devmap key (ifindex) -> target ifindex.
@@ -144,7 +145,7 @@ pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -
     let (dev_put, dev_del) = diff(&desired.devmap, &current.devmap);
     let (pcx_put, pcx_del) = diff(&desired.peerings, &current.peerings);
     let (ep_put, ep_del) = diff(&desired.endpoints, &current.endpoints);
-    let (rt_put, rt_del) = diff(&desired.routes, &current.routes);
+    let (rt_put, rt_del) = desired.routes.diff(&current.routes);
     let (port_put, port_del) = diff(&desired.ports, &current.ports);
     let (aa_put, aa_del) = diff(&desired.acl_addr, &current.acl_addr);
     let (ap_put, ap_del) = diff(&desired.acl_port, &current.acl_port);

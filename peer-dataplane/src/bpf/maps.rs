@@ -155,7 +155,9 @@ impl KernelMaps {
         };
         Ok(MapState {
             ports: entries(self.ports.iter(), registry::PORTS.name, |k| k, |v| v)?,
-            routes: entries(self.routes.iter(), registry::ROUTES.name, lpm, |v| v)?,
+            routes: entries(self.routes.iter(), registry::ROUTES.name, lpm, |v| v)?
+                .into_iter()
+                .collect(),
             peerings: entries(self.peerings.iter(), registry::PEERINGS.name, |k| k, |v| v)?,
             endpoints: entries(
                 self.endpoints.iter(),
