@@ -306,6 +306,142 @@ mod generations {
         assert!(matches!(ops[0], Op::PutRoute(..)));
     }
 
+    /// The agent's whole path reuses what did not change: validated route tables carried
+    /// over from the installed topology and their installed entries taken as they are. For
+    /// every kind of change it must plan exactly what a fresh validation and plan do, and
+    /// for a change that touches no route it must share the large table, not rebuild it.
+    #[test]
+    fn reusing_unchanged_tables_plans_exactly_what_a_fresh_plan_does() {
+        use peer_dataplane_model::desired::document::{
+            AclRuleDoc, NetworkAclDoc, PeeringDoc, VpcDoc,
+        };
+        use peer_dataplane_model::desired::validate::validate_reusing;
+        use peer_dataplane_model::desired::validate::PeeringStatus;
+        use peer_dataplane_model::reconcile::plan_install_reusing;
+        use std::collections::BTreeSet;
+        let mut base = seed();
+        for i in 0..500 {
+            base.route_tables[0].routes.push(RouteDoc::new(
+                format!("172.16.{}.{}/32", 1 + i / 250, i % 250),
+                "pcx-ab",
+            ));
+        }
+        let topo0 = validate(&base).unwrap();
+        let (installed, ids, ops) =
+            plan_install(&topo0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+        let mut state = MapState::default();
+        apply(&ops, &mut state).unwrap();
+        assert_eq!(state, installed);
+
+        type Change = (&'static str, fn(&mut Document), &'static [&'static str]);
+        let changes: &[Change] = &[
+            (
+                "peering deleted",
+                |d| d.peerings[0].status = PeeringStatus::Deleted,
+                &[],
+            ),
+            (
+                "network acl added to a subnet",
+                |d| {
+                    d.network_acls.push(NetworkAclDoc {
+                        id: "acl-x".into(),
+                        vpc: "vpc-a".into(),
+                        rules: vec![AclRuleDoc {
+                            number: 10,
+                            direction: "ingress".into(),
+                            protocol: "tcp".into(),
+                            port_from: Some(22),
+                            port_to: Some(22),
+                            cidr: "172.16.0.0/16".into(),
+                            action: "deny".into(),
+                        }],
+                    });
+                    d.subnets[0].network_acl = Some("acl-x".into());
+                },
+                &[],
+            ),
+            (
+                "new vpc and peering",
+                |d| {
+                    d.vpcs.push(VpcDoc {
+                        id: "vpc-d".into(),
+                        account: "4".into(),
+                        region: "eu-west-1".into(),
+                        cidrs: vec!["10.9.0.0/16".into()],
+                        ..Default::default()
+                    });
+                    d.peerings.push(PeeringDoc {
+                        id: "pcx-ad".into(),
+                        requester_vpc: "vpc-a".into(),
+                        accepter_vpc: "vpc-d".into(),
+                        status: PeeringStatus::Active,
+                        ..Default::default()
+                    });
+                },
+                &[],
+            ),
+            (
+                "a peer's cidrs grow",
+                |d| d.vpcs[1].cidrs.push("172.17.0.0/16".into()),
+                &[],
+            ),
+            // rtb-a's routes fall outside the peer: refused, though rtb-a itself is unchanged.
+            (
+                "a peer's cidrs move",
+                |d| d.vpcs[1].cidrs = vec!["172.20.0.0/16".into()],
+                &[],
+            ),
+            (
+                "a route changed",
+                |d| {
+                    d.route_tables[0]
+                        .routes
+                        .push(RouteDoc::new("172.16.99.0/24", "blackhole"))
+                },
+                &["rtb-a"],
+            ),
+            (
+                "a route to a peering that then goes",
+                |d| {
+                    d.route_tables[1].routes.retain(|r| r.target != "pcx-bc");
+                    d.route_tables[2].routes.clear();
+                    d.peerings.retain(|p| p.id != "pcx-bc");
+                },
+                &["rtb-b", "rtb-c"],
+            ),
+        ];
+        for (what, change, changed) in changes {
+            let mut doc = base.clone();
+            change(&mut doc);
+            let changed: BTreeSet<String> = changed.iter().map(|s| s.to_string()).collect();
+            let fresh = validate(&doc).map_err(|e| e.to_string());
+            let reused = validate_reusing(&doc, Some(&topo0), &changed).map_err(|e| e.to_string());
+            assert_eq!(fresh, reused, "{what}: the topology");
+            let (Ok(fresh), Ok(reused)) = (fresh, reused) else {
+                continue;
+            };
+            let a = plan_install(&fresh, &ids, &installed, &FakeIfindex).unwrap();
+            let b = plan_install_reusing(&reused, &ids, &installed, Some(&topo0), &FakeIfindex)
+                .unwrap();
+            assert_eq!(a, b, "{what}: the plan");
+            if changed.is_empty() && !what.starts_with("a peer's cidrs") {
+                let shared = std::sync::Arc::ptr_eq(
+                    &reused.route_tables["rtb-a"].routes,
+                    &topo0.route_tables["rtb-a"].routes,
+                );
+                assert!(shared, "{what}: rtb-a is carried over, not read again");
+                let key = b.0.ports[&11].route_table;
+                assert!(
+                    std::sync::Arc::ptr_eq(
+                        b.0.routes.table(key).unwrap(),
+                        installed.routes.table(key).unwrap()
+                    ),
+                    "{what}: rtb-a's installed entries are taken as they are"
+                );
+            }
+        }
+    }
+
     /// The single-route path (`route_write`, what an agent does with a one-route delta)
     /// must leave exactly what installing the whole changed document would: for an added,
     /// a retargeted and a removed route, with the table in either generation.

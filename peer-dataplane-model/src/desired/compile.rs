@@ -291,12 +291,29 @@ pub fn compile_over(
     acl_generation: Generations,
     installed: &MapState,
 ) -> Result<(MapState, Ids)> {
+    compile_reusing(t, ids, ifindex, generation, acl_generation, installed, None)
+}
+
+/// [`compile_over`] where `installed` was compiled from topology `before` with ids `ids`:
+/// a route table whose validated routes are the very ones `before` has (shared, so
+/// unchanged) and whose peerings keep their ids is taken from `installed` as it is,
+/// without compiling or copying its routes.
+pub fn compile_reusing(
+    t: &Topology,
+    ids: &Ids,
+    ifindex: &dyn IfindexResolver,
+    generation: Generations,
+    acl_generation: Generations,
+    installed: &MapState,
+    before: Option<&Topology>,
+) -> Result<(MapState, Ids)> {
     let mut c = Compiler {
         t,
         ids: ids.assign(&wanted_names(t))?,
         generation,
         acl_generation,
         s: MapState::default(),
+        reuse: before.map(|b| (b, ids, installed)),
     };
     c.peerings();
     c.routes();
@@ -317,6 +334,8 @@ struct Compiler<'a> {
     generation: Generations<'a>,
     acl_generation: Generations<'a>,
     s: MapState,
+    /// What the installed state was compiled from, its ids, and the installed state.
+    reuse: Option<(&'a Topology, &'a Ids, &'a MapState)>,
 }
 
 impl Compiler<'_> {
@@ -365,12 +384,37 @@ impl Compiler<'_> {
         for rt in self.t.route_tables.values() {
             let table_id = self.id(NAME_ROUTE_TABLE, &rt.id);
             let table = route_table_key(table_id, (self.generation)(table_id));
-            for (dest, target) in &rt.routes {
+            if let Some(entries) = self.installed_table(rt, table) {
+                self.s.routes.set_table(table, entries);
+                continue;
+            }
+            for (dest, target) in rt.routes.iter() {
                 let value = route_value(target, |p| self.ids.get(NAME_PEERING, p))
                     .expect("every validated name has an id");
                 self.s.routes.insert(key_for(table, dest), value);
             }
         }
+    }
+
+    /// The installed entries of trie table `table`, if they were compiled from exactly
+    /// `rt`'s validated routes (shared with the topology they came from) under the same
+    /// table id and the same peering ids.
+    fn installed_table(
+        &self,
+        rt: &crate::desired::validate::RouteTable,
+        table: u32,
+    ) -> Option<std::sync::Arc<crate::reconcile::routes::TableEntries>> {
+        let (before, before_ids, installed) = self.reuse?;
+        let old = before.route_tables.get(&rt.id)?;
+        let same_ids = before_ids.get(NAME_ROUTE_TABLE, &rt.id)
+            == self.ids.get(NAME_ROUTE_TABLE, &rt.id)
+            && rt
+                .via
+                .iter()
+                .all(|p| before_ids.get(NAME_PEERING, p) == self.ids.get(NAME_PEERING, p));
+        (std::sync::Arc::ptr_eq(&old.routes, &rt.routes) && same_ids)
+            .then(|| installed.routes.table(table).cloned())
+            .flatten()
     }
 
     /// Network ACL sets. Each keeps the hit counter range it has while it is installed

@@ -173,6 +173,9 @@ pub struct Held {
     pub doc: Document,
     /// table id -> destination -> position in that table's `routes`.
     index: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Tables whose routes changed since [`Held::take_changed`] (validation reads only
+    /// those again).
+    changed: BTreeSet<String>,
 }
 
 impl Held {
@@ -180,9 +183,16 @@ impl Held {
         let mut h = Held {
             doc,
             index: BTreeMap::new(),
+            changed: BTreeSet::new(),
         };
         h.reindex_all();
         h
+    }
+
+    /// The tables whose routes changed since the last call (or since [`Held::new`]: none;
+    /// a new document is validated whole anyway).
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed)
     }
 
     fn reindex_all(&mut self) {
@@ -218,6 +228,11 @@ impl Held {
                 ));
             }
         }
+        self.changed
+            .extend(d.routes.iter().map(|c| c.table.clone()));
+        self.changed
+            .extend(d.put.route_tables.iter().map(|t| t.id.clone()));
+        self.changed.extend(d.removed.route_tables.iter().cloned());
         let doc = &mut self.doc;
         if let Some(h) = &d.local_host {
             doc.local_host = h.clone();

@@ -3,7 +3,7 @@
 //! Pure: planned against an in-memory [`MapState`].
 
 use super::plan::{plan, AclPortKey, MapState, Op, RouteKey};
-use crate::desired::compile::{compile_over, IfindexResolver};
+use crate::desired::compile::{compile_reusing, IfindexResolver};
 use crate::desired::ids::Ids;
 use crate::desired::validate::Topology;
 use anyhow::Result;
@@ -90,12 +90,32 @@ pub fn plan_install(
     installed: &MapState,
     ifindex: &dyn IfindexResolver,
 ) -> Result<(MapState, Ids, Vec<Op>)> {
+    plan_install_reusing(topo, ids, installed, None, ifindex)
+}
+
+/// [`plan_install`] where `installed` was compiled from topology `before` (with `ids`): the
+/// route tables `topo` shares with `before` are taken as installed (see
+/// `compile_reusing`), so a change that touches no route costs nothing per route.
+pub fn plan_install_reusing(
+    topo: &Topology,
+    ids: &Ids,
+    installed: &MapState,
+    before: Option<&Topology>,
+    ifindex: &dyn IfindexResolver,
+) -> Result<(MapState, Ids, Vec<Op>)> {
     let tables = current_generations(installed);
     let acls = current_acl_generations(installed);
     let table_same = |t: u32| tables.get(&t).copied().unwrap_or(0);
     let acl_same = |a: u32| acls.get(&a).copied().unwrap_or(0);
-    let (in_place, in_place_ids) =
-        compile_over(topo, ids, ifindex, &table_same, &acl_same, installed)?;
+    let (in_place, in_place_ids) = compile_reusing(
+        topo,
+        ids,
+        ifindex,
+        &table_same,
+        &acl_same,
+        installed,
+        before,
+    )?;
     let flip_tables = tables_with_several_changes(&in_place, installed, &tables);
     // An ACL is a whole: any change to an installed one goes to its other generation.
     let flip_acls: BTreeSet<u32> = acls
@@ -120,7 +140,7 @@ pub fn plan_install(
                 acl_same(a)
             }
         };
-        compile_over(topo, ids, ifindex, &table_gen, &acl_gen, installed)?
+        compile_reusing(topo, ids, ifindex, &table_gen, &acl_gen, installed, before)?
     };
     let new_slots = new_ids.new_since(ids, NAME_PEERING);
     let ops = plan(&desired, installed, &new_slots);

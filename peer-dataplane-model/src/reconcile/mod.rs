@@ -5,7 +5,7 @@ pub mod generations;
 pub mod plan;
 pub mod routes;
 
-pub use generations::plan_install;
+pub use generations::{plan_install, plan_install_reusing};
 pub use plan::{
     apply, apply_all_or_nothing, plan, AclPortKey, ApplyError, DataplaneMaps, FailingMaps,
     MapState, Op, RouteKey,

@@ -7,7 +7,7 @@
 use super::install::Dataplane;
 use crate::desired::delta::Delta;
 use crate::desired::document::Document;
-use crate::desired::validate::route_change;
+use crate::desired::validate::{route_change, Target};
 use crate::reconcile::generations::route_write;
 use crate::reconcile::DataplaneMaps;
 use anyhow::Result;
@@ -44,11 +44,18 @@ pub fn try_route(dp: &mut Dataplane, d: &Delta) -> Result<Option<usize>> {
     };
     installed.maps.write(&op)?;
     installed.mirror.write(&op)?;
-    let routes = &mut topo
+    // Shared with nothing by now (the last install's topology is this one): an in-place
+    // change, not a copy of the table.
+    let table = topo
         .route_tables
         .get_mut(&c.table)
-        .expect("route_change found it")
-        .routes;
+        .expect("route_change found it");
+    if let Some(Target::Peering(p)) = &target {
+        if !table.via.contains(p) {
+            std::sync::Arc::make_mut(&mut table.via).insert(p.clone());
+        }
+    }
+    let routes = std::sync::Arc::make_mut(&mut table.routes);
     match target {
         Some(t) => routes.insert(dest, t),
         None => routes.remove(&dest),

@@ -8,7 +8,9 @@ use crate::bpf::links::Links;
 use crate::bpf::{pins, KernelIfindex, KernelMaps};
 use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
-use crate::reconcile::{apply_all_or_nothing, generations, plan_install, ApplyError, MapState};
+use crate::reconcile::{
+    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, MapState,
+};
 use anyhow::{anyhow, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;
@@ -61,10 +63,19 @@ impl Installed {
     /// A route table whose change touches more than one route is written whole into its
     /// other generation and switched over by the (atomic) port and endpoint writes; a
     /// single-route change is made in place, itself atomic.
-    pub fn install(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<usize> {
+    ///
+    /// `before`, when given, is the topology the installed maps were compiled from: the
+    /// route tables `topo` shares with it are not compiled or compared again.
+    pub fn install(
+        &mut self,
+        topo: &Topology,
+        before: Option<&Topology>,
+        ifindex: &dyn IfindexResolver,
+    ) -> Result<usize> {
         // Before the maps: an uplink the overlay cannot use refuses the state whole.
         self.underlay.prepare(topo, ifindex)?;
-        let (desired, ids, ops) = plan_install(topo, &self.ids, &self.mirror, ifindex)?;
+        let (desired, ids, ops) =
+            plan_install_reusing(topo, &self.ids, &self.mirror, before, ifindex)?;
         match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
             Ok(()) => {}
             // Undone: the mirror still describes the maps.
@@ -120,7 +131,9 @@ impl Dataplane {
     /// Installs `topo` and attaches to its ports (and, in a fleet, to the uplink, where
     /// the tunnels from other hosts arrive).
     pub fn apply(&mut self, topo: &Topology) -> Result<usize> {
-        let writes = self.installed.install(topo, &KernelIfindex)?;
+        let writes = self
+            .installed
+            .install(topo, self.topo.as_ref(), &KernelIfindex)?;
         let mut ifaces: Vec<String> = topo.ports.keys().cloned().collect();
         ifaces.extend(topo.local().and_then(|h| h.uplink.clone()));
         self.links.sync(program(&mut self.ebpf)?, &ifaces)?;

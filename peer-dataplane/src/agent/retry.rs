@@ -3,9 +3,11 @@
 
 use super::follow::{Change, Update};
 use super::in_place;
-use super::install::{load_topology, topology_of, Dataplane};
+use super::install::{load_topology, Dataplane};
 use crate::desired::delta::Held;
+use crate::desired::validate::validate_reusing;
 use crate::desired::Topology;
+use anyhow::Context;
 use log::warn;
 use log::{error, info};
 use std::path::Path;
@@ -157,6 +159,10 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             }
             match in_place::try_route(dp, &delta) {
                 Ok(Some(writes)) => {
+                    // The installed topology has the route too: nothing to read again.
+                    if let Some((_, held)) = &mut dp.desired {
+                        held.take_changed();
+                    }
                     dp.record(Some(u.revision), started, true);
                     info!(
                         "synced revision {} ({writes} map writes, one route in place; applied in {:.3} ms, {:.3} ms after the control plane answered)",
@@ -173,8 +179,13 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             }
         }
     }
-    let doc = &dp.desired.as_ref().expect("set above").1.doc;
-    let topo = match topology_of(doc, &what) {
+    let held = &mut dp.desired.as_mut().expect("set above").1;
+    // Tables whose routes did not change are carried over from the installed topology.
+    let changed = held.take_changed();
+    let topo = match validate_reusing(&held.doc, dp.topo.as_ref(), &changed)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("desired state from {what}"))
+    {
         Ok(t) => t,
         Err(e) => {
             dp.record(Some(u.revision), started, false);

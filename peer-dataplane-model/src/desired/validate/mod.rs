@@ -62,6 +62,19 @@ pub fn route_change(
 }
 
 pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
+    validate_reusing(doc, None, &BTreeSet::new())
+}
+
+/// [`validate`], given the topology `before` validated from an earlier version of `doc`
+/// and the route tables whose routes changed since (`changed`): every other table of
+/// `before` whose VPC keeps its CIDRs and whose peerings keep their two sides and their
+/// peer's CIDRs (all a route's check reads) is carried over as it is, shared, without
+/// reading its routes again. Everything else is checked as [`validate`] checks it.
+pub fn validate_reusing(
+    doc: &Document,
+    before: Option<&Topology>,
+    changed: &BTreeSet<String>,
+) -> Result<Topology, ValidationErrors> {
     let mut c = Checker::for_document(doc);
     let mut t = Topology::default();
     let router_mac = match &doc.router_mac {
@@ -102,7 +115,12 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     let mut seen = BTreeSet::new();
     for r in &doc.route_tables {
         if c.id("route table", &r.id, &mut seen) {
-            if let Some(x) = network::check_route_table(&mut c, &t, r) {
+            let unchanged = before
+                .filter(|_| !changed.contains(&r.id))
+                .and_then(|b| reusable_table(b, &t, &r.id, &r.vpc));
+            if let Some(x) = unchanged {
+                t.route_tables.insert(r.id.clone(), x);
+            } else if let Some(x) = network::check_route_table(&mut c, &t, r) {
                 t.route_tables.insert(r.id.clone(), x);
             }
         }
@@ -155,4 +173,27 @@ pub fn validate(doc: &Document) -> Result<Topology, ValidationErrors> {
     } else {
         Err(ValidationErrors(c.errors))
     }
+}
+
+/// `before`'s table `id` (of `vpc`), if nothing a check of its routes reads has changed in
+/// `now` (the topology validated so far: VPCs and peerings).
+fn reusable_table(before: &Topology, now: &Topology, id: &str, vpc: &str) -> Option<RouteTable> {
+    let old = before.route_tables.get(id)?;
+    let cidrs = |t: &Topology, v: &str| t.vpcs.get(v).map(|v| v.cidrs.clone());
+    let same_vpc = |v: &str| cidrs(before, v).is_some() && cidrs(before, v) == cidrs(now, v);
+    if old.vpc != vpc || !same_vpc(vpc) {
+        return None;
+    }
+    for p in old.via.iter() {
+        let (a, b) = (before.peerings.get(p), now.peerings.get(p));
+        match (a, b) {
+            (Some(a), Some(b))
+                if a.requester_vpc == b.requester_vpc
+                    && a.accepter_vpc == b.accepter_vpc
+                    && same_vpc(&b.requester_vpc)
+                    && same_vpc(&b.accepter_vpc) => {}
+            _ => return None,
+        }
+    }
+    Some(old.clone())
 }

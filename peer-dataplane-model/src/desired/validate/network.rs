@@ -81,10 +81,18 @@ pub fn check_route_table(
             )),
         }
     }
+    let via = routes
+        .values()
+        .filter_map(|t| match t {
+            Target::Peering(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
     Some(RouteTable {
         id: t.id.clone(),
         vpc: t.vpc.clone(),
-        routes,
+        routes: std::sync::Arc::new(routes),
+        via: std::sync::Arc::new(via),
     })
 }
 

@@ -92,7 +92,12 @@ pub struct RouteTable {
     pub id: String,
     pub vpc: String,
     /// Destination -> target, including the implicit `local` routes for the VPC's CIDRs.
-    pub routes: BTreeMap<IpNet, Target>,
+    /// Shared: a table whose routes did not change is carried into the next topology
+    /// as it is, not checked or copied again (see `validate_reusing`).
+    pub routes: std::sync::Arc<BTreeMap<IpNet, Target>>,
+    /// The peerings its routes lead to (or once led to: a superset), kept beside the
+    /// routes so that a reuse check need not read them.
+    pub via: std::sync::Arc<std::collections::BTreeSet<String>>,
 }
 
 /// Peering status (docs/datapath.md §1, §2): one type for the control plane's API and store, the state
