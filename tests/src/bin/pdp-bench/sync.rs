@@ -126,6 +126,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
         "100,000-route table",
     )?;
     let large_apply = apply_times(&agent.log_text(), changes);
+    let policy = policy_changes(&client, &mut agent, POLICY_CHANGES)?;
     // ... and a fresh agent (no pins) syncing everything from scratch.
     drop(agent); // stops it and removes pins and links
     let t0 = Instant::now();
@@ -148,6 +149,7 @@ pub fn bench(agent_bin: &Path, changes: usize) -> Result<()> {
         &small,
         &large,
         &large_apply,
+        &policy,
         &bulk,
         from_scratch,
         scratch_apply,
@@ -210,6 +212,34 @@ fn single_changes(
     lat.sort();
 
     Ok(lat)
+}
+
+const POLICY_CHANGES: usize = 100;
+
+/// A change that touches no route in the VPC of the 100,000-route table: a network ACL
+/// created, then deleted, `n` times in all. Each is waited for; returns the agent's own
+/// work for each (its "applied in"), sorted.
+fn policy_changes(client: &Client, agent: &mut Agent, n: usize) -> Result<Vec<Duration>> {
+    let acl = json!({"id": "acl-bench", "vpc_id": "vpc-a", "rules": [
+        {"number": 10, "direction": "ingress", "protocol": "tcp", "port_from": 22, "port_to": 22,
+         "cidr": "172.16.0.0/16", "action": "deny"}]});
+    for i in 0..n {
+        let (status, revision) = if i % 2 == 0 {
+            client.call("POST", "/v1/network-acls", Some(&acl))?
+        } else {
+            client.call("DELETE", "/v1/network-acls/acl-bench", None)?
+        };
+        if status / 100 != 2 {
+            bail!("network acl change {i}: HTTP {status}");
+        }
+        agent.wait_synced(revision, Duration::from_secs(10))?;
+        if i % 20 == 19 {
+            eprint!("\r  network acl changes: {}/{n}", i + 1);
+            std::io::stderr().flush().ok();
+        }
+    }
+    eprintln!();
+    Ok(apply_times(&agent.log_text(), n))
 }
 
 /// What replacing a table with 100,000 routes cost.
@@ -283,6 +313,7 @@ fn report(
     small: &[Duration],
     large: &[Duration],
     large_apply: &[Duration],
+    policy: &[Duration],
     bulk: &Bulk,
     from_scratch: Duration,
     scratch_apply: f64,
@@ -311,6 +342,15 @@ fn report(
         "ms",
     );
     line("  ... p99".into(), ms(percentile(large_apply, 0.99)), "ms");
+    line(
+        format!(
+            "agent's work per network ACL change in that VPC, p50 ({} changes)",
+            policy.len()
+        ),
+        ms(percentile(policy, 0.50)),
+        "ms",
+    );
+    line("  ... p99".into(), ms(percentile(policy, 0.99)), "ms");
     line(
         format!(
             "bulk replace of {} routes: API call (validate + commit)",
@@ -356,6 +396,7 @@ fn report(
             "route_change_seed_table": pct(small),
             "route_change_100k_table": pct(large),
             "agent_work_per_change_100k_table": pct(large_apply),
+            "agent_work_per_acl_change_100k_vpc": pct(policy),
             "bulk_routes": BULK + 2,
             "bulk_api_ms": ms(bulk.api_time),
             "bulk_to_running_agent_ms": ms(bulk.incremental),
