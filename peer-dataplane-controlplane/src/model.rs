@@ -188,4 +188,5 @@ error_codes! {
     inconsistent => 409, "inconsistent_state";
     payload_too_large => 413, "payload_too_large";
     rate_limited => 429, "rate_limited";
+    store_unreachable => 503, "store_unreachable";
 }

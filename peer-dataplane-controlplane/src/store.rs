@@ -25,16 +25,30 @@ pub trait ObjectStore: Send {
     fn tokens(&self) -> Result<BTreeMap<String, String>>;
     /// Registers `token` for `account` (replacing the account of an existing token).
     fn set_token(&mut self, account: &str, token: &str) -> Result<()>;
-    /// A store other writers share announces their commits here: the revision of each
-    /// commit, or [`RESYNC`] when what happened meanwhile is not known (read it all again).
-    /// `None`: this process is the only writer.
-    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<u64>> {
+    /// A store other writers share announces their commits here, and whether it can be
+    /// reached (see [`StoreEvent`]). `None`: this process is the only writer.
+    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<StoreEvent>> {
         None
+    }
+
+    /// Whether this replica is the one that expires pending peerings now (one replica at
+    /// a time does). The only writer always is.
+    fn lead_sweeps(&mut self) -> bool {
+        true
     }
 }
 
-/// See [`ObjectStore::changes`].
-pub const RESYNC: u64 = 0;
+/// What a shared store tells a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A commit (by any replica) at this revision.
+    Commit(u64),
+    /// What happened meanwhile is not known: read everything again. Also means the
+    /// store is reachable (again).
+    Resync,
+    /// The store cannot be reached: this replica's view may be stale.
+    Unreachable,
+}
 
 /// A commit refused because the store changed since this replica read it (another
 /// replica's write): nothing was written; read again and redo the change.

@@ -3,79 +3,15 @@
 //! second replica reads the same; two replicas never lose each other's updates.
 //! Needs the `etcd` binary (`cargo xtask setup` installs Debian's etcd-server).
 
+mod common;
+
+use common::etcd::Etcd;
 use peer_dataplane_controlplane::api::{Clock, Server};
 use peer_dataplane_controlplane::auth::RateLimit;
 use peer_dataplane_controlplane::model::World;
 use peer_dataplane_controlplane::store::etcd::EtcdStore;
 use peer_dataplane_controlplane::store::ObjectStore;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One etcd member on loopback.
-struct Etcd {
-    child: Child,
-    dir: PathBuf,
-    endpoint: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    fn start(tag: &str) -> Etcd {
-        let dir = std::env::temp_dir().join(format!("pdp-etcd-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "m0", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("m0={p}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start etcd ({e}): run the tests through `cargo xtask test`, whose setup installs etcd-server")
-            });
-        let e = Etcd {
-            child,
-            dir,
-            endpoint: format!("127.0.0.1:{client}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ready = |e: &Etcd| {
-            EtcdStore::connect(&[e.endpoint.clone()], "/probe").and_then(|mut s| s.load())
-        };
-        while ready(&e).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-
-    fn store(&self, prefix: &str) -> EtcdStore {
-        EtcdStore::connect(&[self.endpoint.clone()], prefix).unwrap()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn with_counter(w: &World, name: &str, n: u64) -> World {
     let mut w = w.clone();

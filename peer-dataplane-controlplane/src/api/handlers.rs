@@ -237,6 +237,7 @@ pub(super) async fn host_state(
     Query(q): Query<StateQuery>,
 ) -> ApiResult {
     host_caller(&s, &h, &host)?;
+    unsynced_store(&s)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
     match q.after {
         Some(after) if q.delta => host_delta(&s, &host, after, wait).await,
@@ -247,6 +248,17 @@ pub(super) async fn host_state(
         }
         None => whole_document(&s, &host),
     }
+}
+
+/// While the store cannot be reached, this replica's view may be stale: an agent is told
+/// so (and keeps forwarding with what it has) rather than served it.
+fn unsynced_store(s: &Shared) -> Result<(), ApiError> {
+    if s.store_reachable() {
+        return Ok(());
+    }
+    Err(ApiError::store_unreachable(
+        "this control-plane replica cannot reach its store; the state it holds may be stale",
+    ))
 }
 
 fn whole_document(s: &Shared, host: &str) -> ApiResult {
@@ -277,13 +289,20 @@ fn whole_document(s: &Shared, host: &str) -> ApiResult {
 async fn host_delta(s: &Shared, host: &str, after: u64, wait: Duration) -> ApiResult {
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = s.revision_tx.subscribe();
+    let mut store_ok = s.store_ok.subscribe();
     // A revision whose view of this host is the agent's (moves on past changes that do
     // not concern the host, so that it stays in the history).
     let mut base = after;
     loop {
-        let timed_out = tokio::time::timeout_at(deadline, rx.wait_for(|r| *r > base))
-            .await
-            .is_err();
+        let changed = async {
+            tokio::select! {
+                _ = rx.wait_for(|r| *r > base) => {}
+                // Parked polls learn at once that the store went away.
+                _ = store_ok.wait_for(|ok| !ok) => {}
+            }
+        };
+        let timed_out = tokio::time::timeout_at(deadline, changed).await.is_err();
+        unsynced_store(s)?;
         let Some(b) = s.delta_base(base) else {
             if s.revision() <= after {
                 // This replica is behind the agent (it came from another): nothing newer.

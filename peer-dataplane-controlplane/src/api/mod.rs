@@ -7,7 +7,7 @@ mod handlers;
 use crate::auth;
 use crate::model::*;
 use crate::ops::{self, Caller};
-use crate::store::{ObjectStore, StaleRead, RESYNC};
+use crate::store::{ObjectStore, StaleRead, StoreEvent};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -64,6 +64,10 @@ struct Inner {
 pub struct Server {
     inner: Mutex<Inner>,
     revision_tx: watch::Sender<u64>,
+    /// Whether the store can be reached (a shared store tells; the embedded one always
+    /// can). While it cannot, agents are told so instead of being served a view that may
+    /// be stale.
+    store_ok: watch::Sender<bool>,
     clock: Clock,
     /// host -> the token its agent presents to read that host's state (and no other's).
     host_tokens: BTreeMap<String, String>,
@@ -105,6 +109,7 @@ impl Server {
                 history,
             }),
             revision_tx,
+            store_ok: watch::channel(true).0,
             clock,
             host_tokens,
             limiter: auth::Limiter::new(limit),
@@ -115,10 +120,20 @@ impl Server {
             std::thread::Builder::new()
                 .name("store-changes".into())
                 .spawn(move || {
-                    for revision in rx {
-                        match weak.upgrade() {
-                            Some(s) => s.catch_up(revision),
-                            None => return,
+                    for event in rx {
+                        let Some(s) = weak.upgrade() else { return };
+                        match event {
+                            StoreEvent::Commit(revision) => s.catch_up(Some(revision)),
+                            StoreEvent::Resync => {
+                                s.catch_up(None);
+                                if !s.store_ok.send_replace(true) {
+                                    log::info!("the store is reachable again (revision {})", s.revision());
+                                }
+                            }
+                            StoreEvent::Unreachable => {
+                                log::warn!("the store cannot be reached: agents are told they are unsynced until it can");
+                                s.store_ok.send_replace(false);
+                            }
                         }
                     }
                 })?;
@@ -126,11 +141,12 @@ impl Server {
         Ok(server)
     }
 
-    /// Another replica committed `revision` (or the store asks for a [`RESYNC`]): read
-    /// the store again, unless this replica has already seen it (its own commits).
-    fn catch_up(&self, revision: u64) {
+    /// Another replica committed `revision` (`None`: something may have happened, see
+    /// [`StoreEvent::Resync`]): read the store again, unless this replica has already seen
+    /// it (its own commits).
+    fn catch_up(&self, revision: Option<u64>) {
         let mut inner = self.inner.lock().unwrap();
-        if revision != RESYNC && revision <= inner.revision {
+        if revision.is_some_and(|r| r <= inner.revision) {
             return;
         }
         match inner.store.load() {
@@ -143,6 +159,11 @@ impl Server {
             }
             Err(e) => log::warn!("reading the store after another replica's commit: {e:#}"),
         }
+    }
+
+    /// Whether the store can be reached (see [`StoreEvent::Unreachable`]).
+    pub fn store_reachable(&self) -> bool {
+        *self.store_ok.borrow()
     }
 
     pub fn revision(&self) -> u64 {
@@ -216,6 +237,9 @@ impl Server {
 
     /// Persists expiry of due peerings (a background sweep; requests also expire lazily).
     pub fn sweep(&self) {
+        if !self.inner.lock().unwrap().store.lead_sweeps() {
+            return; // another replica sweeps
+        }
         let _ = self.mutate(|w, now| match ops::expire(w, now) {
             Some(w2) => Ok((w2, ())),
             None => Err(ApiError::invalid_request("nothing to expire")),
@@ -328,7 +352,7 @@ fn resource(
 }
 
 pub fn router(server: Shared) -> Router {
-    let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
+    let mut r = Router::new().route("/healthz", get(healthz));
     r = resource(
         r,
         "/v1/vpcs",
@@ -391,6 +415,15 @@ pub fn router(server: Shared) -> Router {
     // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
     .with_state(server)
+}
+
+/// `ok`, or 503 naming the store while it cannot be reached.
+async fn healthz(State(s): State<Shared>) -> Response {
+    if s.store_reachable() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
+    }
 }
 
 /// Every answer carries the revision it reflects (at least), so that a caller can wait

@@ -9,10 +9,12 @@
 //! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
 //! from a thread that is already running one).
 
-use super::{assemble, rows, ObjectStore, StaleRead, RESYNC};
+use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent};
 use crate::model::*;
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -25,7 +27,29 @@ pub struct EtcdStore {
     /// etcd's revision of the guard key as this replica last saw it (0: never read, or
     /// never written).
     guard: i64,
+    /// This replica's claim to expire pending peerings: the lease the key
+    /// `PREFIX/sweeper` is held under, while it is held.
+    sweeper_lease: Option<i64>,
+    /// Who this replica is, in the sweeper key (host and process).
+    name: String,
+    /// Members given (a request that could not connect is tried on another).
+    members: usize,
 }
+
+/// An error of connecting to a member: the request was not sent.
+fn never_sent(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<etcd_client::Error>(),
+        Some(etcd_client::Error::GRpcStatus(s))
+            if s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+    )
+}
+
+/// Largest answer taken from etcd.
+const MAX_MESSAGE: usize = 512 << 20;
+
+/// How long a replica's claim to sweep outlives its last renewal (sweeps run every 10 s).
+pub const SWEEPER_TTL_SECS: i64 = 15;
 
 impl EtcdStore {
     /// Connects to `endpoints` (`host:port`, any member of the cluster) under `prefix`.
@@ -36,8 +60,16 @@ impl EtcdStore {
             .enable_all()
             .build()?;
         let eps = endpoints.to_vec();
-        let client = run(&rt, async move { Client::connect(eps, None).await })
-            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        // Fail fast on a member that is down (the client moves on to another), and notice
+        // a dead connection within seconds (keepalive pings), not at the next write.
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = run(
+            &rt,
+            async move { Client::connect(eps, Some(options)).await },
+        )
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
         // No read yet: the first `load` notes what this replica has seen (a commit
         // before any load is refused if anybody has written).
         Ok(EtcdStore {
@@ -45,6 +77,15 @@ impl EtcdStore {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
             guard: 0,
+            sweeper_lease: None,
+            members: endpoints.len(),
+            name: format!(
+                "{}/{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default(),
+                std::process::id()
+            ),
         })
     }
 
@@ -77,17 +118,43 @@ impl EtcdStore {
             .expect("the runtime lives as long as the store")
     }
 
+    /// A KV client that takes answers as large as a whole region (100,000 routes are
+    /// about 10 MB; gRPC's default limit is 4 MB).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Runs `op` on a KV client, again (once per member at most) when it could not connect
+    /// to the member it was sent to: such a request never left this process, so trying
+    /// another member is safe, even for a write. Any other failure is the caller's.
+    fn kv_call<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send,
+        F: Fn(etcd_client::KvClient) -> Fut + Send + Sync,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match run(self.rt(), op(self.kv())) {
+                Err(e) if attempt <= self.members && never_sent(&e) => continue,
+                r => return r,
+            }
+        }
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.prefix)
     }
 
     /// Every key under `PREFIX/rest` (key without the prefix, value), and etcd's revision.
     fn range(&self, rest: &str) -> Result<(Vec<(String, String)>, i64)> {
-        let mut c = self.client.clone();
         let start = self.key(rest);
-        let s = start.clone();
-        let resp = run(self.rt(), async move {
-            c.get(s, Some(GetOptions::new().with_prefix())).await
+        let resp = self.kv_call(|mut c| {
+            let s = start.clone();
+            async move { c.get(s, Some(GetOptions::new().with_prefix())).await }
         })?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut out = Vec::new();
@@ -103,10 +170,61 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Renews this replica's claim to sweep, or makes one if nobody holds it.
+    fn claim_sweeps(&mut self) -> Result<bool> {
+        if let Some(lease) = self.sweeper_lease {
+            let mut c = self.client.clone();
+            let ttl = run(self.rt(), async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
+            })?;
+            if ttl > 0 {
+                return Ok(true);
+            }
+            self.sweeper_lease = None; // ran out: claim again, like anyone
+        }
+        let key = self.key("sweeper");
+        let name = self.name.clone();
+        let mut c = self.client.clone();
+        let (held, lease) = run(self.rt(), async move {
+            let lease = c.lease_grant(SWEEPER_TTL_SECS, None).await?.id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    name,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let held = c.txn(txn).await?.succeeded();
+            if !held {
+                c.lease_revoke(lease).await?;
+            }
+            Ok::<_, etcd_client::Error>((held, lease))
+        })?;
+        if held {
+            self.sweeper_lease = Some(lease);
+            log::info!("this replica expires pending peerings now (etcd lease {lease:x})");
+        }
+        Ok(held)
+    }
+}
+
 /// A runtime may not be dropped (which waits for its threads) inside another runtime's
 /// task, where the API's server drops a store: let its threads go in the background.
 impl Drop for EtcdStore {
     fn drop(&mut self) {
+        // Let another replica sweep at once rather than after the lease runs out.
+        if let Some(lease) = self.sweeper_lease.take() {
+            let mut c = self.client.clone();
+            let _ = run(self.rt(), async move {
+                tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease))
+                    .await
+                    .map_err(|_| anyhow!("timed out"))?
+                    .map_err(anyhow::Error::from)
+            });
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -130,11 +248,10 @@ impl ObjectStore for EtcdStore {
         // One read of everything under the prefix: the objects and the guard at one
         // revision, so that what this replica compares its next commit with is exactly
         // what it read.
-        let mut c = self.client.clone();
         let prefix = format!("{}/", self.prefix);
-        let p = prefix.clone();
-        let resp = run(self.rt(), async move {
-            c.get(p, Some(GetOptions::new().with_prefix())).await
+        let resp = self.kv_call(|mut c| {
+            let p = prefix.clone();
+            async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
         })?;
         let mut guard = 0;
         let mut stored = Vec::new();
@@ -173,8 +290,10 @@ impl ObjectStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::mod_revision(guard, CompareOp::Equal, self.guard)])
             .and_then(ops);
-        let mut c = self.client.clone();
-        let resp = run(self.rt(), async move { c.txn(txn).await })?;
+        let resp = self.kv_call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
         if !resp.succeeded() {
             return Err(anyhow::Error::new(StaleRead).context(format!(
                 "commit on revision {}: nothing was written; re-read and retry",
@@ -193,12 +312,25 @@ impl ObjectStore for EtcdStore {
     /// A watch on the guard key: every replica's commits, from the one after what this
     /// replica read. `etcd-client` watches do not reconnect by themselves: when the watch
     /// ends (a member down, the history compacted), it is started again from the present
-    /// and then [`RESYNC`] is sent, so that nothing between the two is missed.
-    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<u64>> {
+    /// and then [`StoreEvent::Resync`] is sent, so that nothing between the two is missed.
+    fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<StoreEvent>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (client, key, from) = (self.client.clone(), self.key("revision"), self.guard + 1);
         self.rt().spawn(watch(client, key, from, tx));
         Some(rx)
+    }
+
+    /// One replica at a time holds `PREFIX/sweeper`, under a lease it renews at each
+    /// sweep; when it dies the lease runs out and the next replica to try takes it.
+    fn lead_sweeps(&mut self) -> bool {
+        match self.claim_sweeps() {
+            Ok(held) => held,
+            Err(e) => {
+                log::warn!("cannot tell whether this replica sweeps ({e:#}); not sweeping");
+                self.sweeper_lease = None;
+                false
+            }
+        }
     }
 
     fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
@@ -209,29 +341,45 @@ impl ObjectStore for EtcdStore {
     }
 }
 
-/// Sends the revision of every commit to `key` from revision `from` on (see `changes`).
-async fn watch(mut client: Client, key: String, from: i64, tx: Sender<u64>) {
+/// Sends every commit to `key` from revision `from` on (see `changes`), and whether etcd
+/// can be reached.
+async fn watch(mut client: Client, key: String, from: i64, tx: Sender<StoreEvent>) {
     // The first watch starts after what this replica read; later ones from the present.
     let mut opts = Some(WatchOptions::new().with_start_revision(from.max(0)));
     let mut missed = false;
+    let mut unreachable = false;
     loop {
-        if let Ok(mut stream) = client.watch(key.clone(), opts.take()).await {
-            if missed && tx.send(RESYNC).is_err() {
-                return;
-            }
-            while let Ok(Some(resp)) = stream.message().await {
-                for kv in resp.events().iter().filter_map(|e| e.kv()) {
-                    if tx.send(kv.mod_revision() as u64).is_err() {
-                        return; // the server is gone
+        match client.watch(key.clone(), opts.take()).await {
+            Ok(mut stream) => {
+                unreachable = false;
+                if missed && tx.send(StoreEvent::Resync).is_err() {
+                    return;
+                }
+                while let Ok(Some(resp)) = stream.message().await {
+                    for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                        if tx
+                            .send(StoreEvent::Commit(kv.mod_revision() as u64))
+                            .is_err()
+                        {
+                            return; // the server is gone
+                        }
+                    }
+                    if resp.canceled() {
+                        break;
                     }
                 }
-                if resp.canceled() {
-                    break;
+                // Watch again at once: with another member up, this is only a failover.
+            }
+            // No member answers: the replica's view may be stale from now on.
+            Err(_) => {
+                if !unreachable && tx.send(StoreEvent::Unreachable).is_err() {
+                    return;
                 }
+                unreachable = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        // Watch again from the present; what happened in between is read whole.
+        // What happened in between is read whole.
         missed = true;
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1,5 +1,8 @@
 //! What the in-process API tests share: a server with an in-memory store and no rate
-//! limit, and one call through its router.
+//! limit, one call through its router, and real etcd members.
+#![allow(dead_code)] // each test file uses its part
+
+pub mod etcd;
 
 use axum::body::Body;
 use axum::http::Request;
