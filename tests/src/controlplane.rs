@@ -53,6 +53,9 @@ pub struct ControlPlane {
     pub listen: std::net::IpAddr,
     /// `--rate-limit` (requests per second per account), when not the default.
     rate_limit: Option<f64>,
+    /// `--store URL` instead of `--db` (the database path then only names the log and
+    /// secret files).
+    store: Option<String>,
 }
 
 pub struct Reply {
@@ -100,6 +103,31 @@ impl ControlPlane {
         Self::start_inner(bin, host, db, [127, 0, 0, 1].into(), port, None, Some(1e6))
     }
 
+    /// [`Self::start`] keeping its objects in the store at `url` (`etcd://…`); `files` is
+    /// where its log and secrets go.
+    pub fn start_on_store(
+        bin: &Path,
+        host: &Netns,
+        files: &Path,
+        port: u16,
+        url: &str,
+    ) -> Result<ControlPlane> {
+        let mut cp = ControlPlane {
+            child: None,
+            tls: None,
+            bin: bin.to_path_buf(),
+            ns: host.path(),
+            db: files.to_path_buf(),
+            port,
+            log: files.with_extension("log"),
+            listen: [127, 0, 0, 1].into(),
+            rate_limit: None,
+            store: Some(url.to_string()),
+        };
+        cp.spawn()?;
+        Ok(cp)
+    }
+
     fn start_listening(
         bin: &Path,
         host: &Netns,
@@ -122,6 +150,7 @@ impl ControlPlane {
     ) -> Result<ControlPlane> {
         let mut cp = ControlPlane {
             rate_limit,
+            store: None,
             child: None,
             tls,
             bin: bin.to_path_buf(),
@@ -147,10 +176,12 @@ impl ControlPlane {
                 "controlplane",
                 "--listen",
                 &std::net::SocketAddr::new(self.listen, self.port).to_string(),
-                "--db",
-            ])
-            .arg(&self.db)
-            .arg("--account-tokens")
+            ]);
+        match &self.store {
+            Some(url) => c.args(["--store", url]),
+            None => c.arg("--db").arg(&self.db),
+        };
+        c.arg("--account-tokens")
             .arg(self.secrets("account-tokens", &ACCOUNTS)?)
             .arg("--host-tokens")
             .arg(self.secrets("host-tokens", &HOST_TOKENS)?);
@@ -177,7 +208,7 @@ impl ControlPlane {
         .map_err(|e| anyhow::anyhow!("{e:#}:\n{}", self.log_text()))
     }
 
-    fn get_health(&self) -> Result<()> {
+    pub fn get_health(&self) -> Result<()> {
         let r = self.call("GET", "/healthz", None, None)?;
         if r.status != 200 {
             bail!("healthz: {}", r.status);

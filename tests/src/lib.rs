@@ -3,6 +3,7 @@
 //! topology.
 
 pub mod controlplane;
+pub mod etcd;
 pub mod fleet;
 pub mod harness;
 pub mod netns;

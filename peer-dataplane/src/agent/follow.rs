@@ -126,7 +126,12 @@ fn fetch(
         .get(&url)
         .header("authorization", &format!("Bearer {}", cp.token))
         .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| match e {
+            ureq::Error::StatusCode(503) => {
+                format!("GET {url}: the control plane cannot reach its store (HTTP 503)")
+            }
+            e => format!("GET {url}: the control plane is unreachable ({e})"),
+        })?;
     resp.body_mut()
         .read_json::<StateResponse>()
         .map_err(|e| format!("GET {url}: reading the answer: {e}"))
@@ -159,7 +164,15 @@ fn register(agent: &ureq::Agent, cp: &ControlPlane, r: &Registration) -> Result<
 }
 
 /// Starts the sync thread; new revisions arrive on the returned channel.
-pub fn spawn(cp: ControlPlane, need_whole: NeedWhole) -> anyhow::Result<mpsc::Receiver<Update>> {
+///
+/// `stats.synced` says whether the control plane's last answer was a current view: it is
+/// off while the control plane cannot be reached, or cannot reach its store (the agent
+/// then keeps forwarding with what it installed last).
+pub fn spawn(
+    cp: ControlPlane,
+    need_whole: NeedWhole,
+    stats: super::metrics::SharedInstallStats,
+) -> anyhow::Result<mpsc::Receiver<Update>> {
     let agent = client(&cp)?;
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
@@ -199,9 +212,10 @@ pub fn spawn(cp: ControlPlane, need_whole: NeedWhole) -> anyhow::Result<mpsc::Re
                             );
                         }
                         if failing {
-                            info!("control plane reachable again at revision {}", r.revision);
+                            info!("synced again: the control plane answers at revision {}", r.revision);
                             failing = false;
                         }
+                        stats.lock().unwrap().synced = true;
                         backoff = BACKOFF_MIN;
                         let change = match (r.document, r.after, r.delta) {
                             (Some(doc), _, _) => Change::Whole(doc),
@@ -226,9 +240,11 @@ pub fn spawn(cp: ControlPlane, need_whole: NeedWhole) -> anyhow::Result<mpsc::Re
                     }
                     Err(e) => {
                         if !failing {
-                            warn!("control plane unreachable ({e}); forwarding continues with the last installed state");
+                            let held = stats.lock().unwrap().revision;
+                            warn!("unsynced: {e}; forwarding continues with the last installed state (revision {held})");
                             failing = true;
                         }
+                        stats.lock().unwrap().synced = false;
                         wait(&mut backoff);
                     }
                 }

@@ -23,6 +23,8 @@ pub struct InstallStats {
     pub last_apply_seconds: f64,
     /// Unix time of the last successful install.
     pub last_success_unix: f64,
+    /// Whether the control plane's last answer was a current view (see `follow::spawn`).
+    pub synced: bool,
 }
 
 pub type SharedInstallStats = Arc<Mutex<InstallStats>>;
@@ -211,6 +213,12 @@ fn install_metrics(r: &Registry, sync: &InstallStats) -> Result<()> {
     )?;
     when.set(sync.last_success_unix);
     r.register(Box::new(when))?;
+    let synced = IntGauge::new(
+        "pdp_sync_synced",
+        "1 while the control plane answers with a current view; 0 while it or its store cannot be reached (forwarding goes on with the last installed state).",
+    )?;
+    synced.set(i64::from(sync.synced));
+    r.register(Box::new(synced))?;
 
     Ok(())
 }

@@ -65,7 +65,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         (Source::ControlPlane(cp), _) => {
             info!("syncing from control plane {} as host {}", cp.url, cp.host);
-            updates = Some(follow::spawn(cp.clone(), dp.need_whole.clone())?);
+            updates = Some(follow::spawn(
+                cp.clone(),
+                dp.need_whole.clone(),
+                dp.stats.clone(),
+            )?);
         }
         _ => unreachable!(),
     }
