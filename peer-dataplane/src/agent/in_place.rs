@@ -4,7 +4,8 @@
 //! else (or a route this path cannot judge alone) goes the whole way: validate, compile,
 //! plan and apply.
 
-use super::install::Dataplane;
+use super::install::{Installed, Maps};
+use crate::desired::Topology;
 use crate::desired::delta::Delta;
 use crate::desired::document::Document;
 use crate::desired::validate::{route_change, Target};
@@ -14,7 +15,11 @@ use anyhow::Result;
 
 /// `Some(writes)` if the delta was the change of one route and is now installed; `None`
 /// if it needs the whole path. An error is a failed map write (nothing was changed).
-pub fn try_route(dp: &mut Dataplane, d: &Delta) -> Result<Option<usize>> {
+pub fn try_route<M: Maps>(
+    installed: &mut Installed<M>,
+    topo: &mut Option<Topology>,
+    d: &Delta,
+) -> Result<Option<usize>> {
     let only_one_route = d.routes.len() == 1
         && d.local_host.is_none()
         && d.put == Document::default()
@@ -22,7 +27,7 @@ pub fn try_route(dp: &mut Dataplane, d: &Delta) -> Result<Option<usize>> {
     if !only_one_route {
         return Ok(None);
     }
-    let Some(topo) = dp.topo.as_mut() else {
+    let Some(topo) = topo.as_mut() else {
         return Ok(None);
     };
     let c = &d.routes[0];
@@ -31,7 +36,6 @@ pub fn try_route(dp: &mut Dataplane, d: &Delta) -> Result<Option<usize>> {
     else {
         return Ok(None);
     };
-    let installed = &mut dp.installed;
     let Some(op) = route_write(
         &installed.ids,
         &installed.mirror,

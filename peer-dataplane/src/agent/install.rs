@@ -9,7 +9,8 @@ use crate::bpf::{pins, KernelIfindex, KernelMaps};
 use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
 use crate::reconcile::{
-    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, MapState,
+    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, DataplaneMaps,
+    MapState,
 };
 use anyhow::{anyhow, Context, Result};
 use aya::programs::Xdp;
@@ -18,16 +19,47 @@ use peer_dataplane_common::program_names;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-/// The installed state and what the agent knows about it.
-pub struct Installed {
-    pub maps: KernelMaps,
-    pub mirror: MapState,
-    pub ids: Ids,
-    /// The uplink and neighbours readied for the overlay so far.
-    pub underlay: Underlay,
+/// Maps an agent installs into: the kernel's, or memory (a simulated agent, `bench fleet`).
+pub trait Maps: DataplaneMaps {
+    /// What the maps hold now (after a failed undo, to diff against the truth).
+    fn read_back(&self) -> Result<MapState>;
 }
 
-impl Installed {
+impl Maps for KernelMaps {
+    fn read_back(&self) -> Result<MapState> {
+        self.read_state()
+    }
+}
+
+impl Maps for MapState {
+    fn read_back(&self) -> Result<MapState> {
+        Ok(self.clone())
+    }
+}
+
+/// The installed state and what the agent knows about it.
+pub struct Installed<M = KernelMaps> {
+    pub maps: M,
+    pub mirror: MapState,
+    pub ids: Ids,
+    /// The uplink and neighbours readied for the overlay so far; `None` where there is
+    /// no kernel to ready (a simulated agent).
+    pub underlay: Option<Underlay>,
+}
+
+impl Installed<MapState> {
+    /// An agent's state over in-memory maps, empty.
+    pub fn in_memory() -> Installed<MapState> {
+        Installed {
+            maps: MapState::default(),
+            mirror: MapState::default(),
+            ids: Ids::default(),
+            underlay: None,
+        }
+    }
+}
+
+impl<M> Installed<M> {
     /// The trie key (table id and generation) route table `name` is installed under.
     pub fn route_table_key(&self, name: &str) -> Option<u32> {
         generations::route_table_key_of(&self.ids, &self.mirror, name)
@@ -44,6 +76,9 @@ impl Installed {
         generations::acl_hit_slot(&self.ids, &self.mirror, topo, acl, egress, number)
     }
 
+}
+
+impl Installed<KernelMaps> {
     /// Opens the pinned maps and reads back what is installed (from a previous run too).
     pub fn open(pin_dir: &Path) -> Result<Installed> {
         let maps = KernelMaps::open(pin_dir)?;
@@ -53,10 +88,12 @@ impl Installed {
             maps,
             mirror,
             ids,
-            underlay: Underlay::default(),
+            underlay: Some(Underlay::default()),
         })
     }
+}
 
+impl<M: Maps> Installed<M> {
     /// Installs `topo`, writing only what differs from what is installed. Returns the
     /// number of single-entry writes.
     ///
@@ -73,7 +110,9 @@ impl Installed {
         ifindex: &dyn IfindexResolver,
     ) -> Result<usize> {
         // Before the maps: an uplink the overlay cannot use refuses the state whole.
-        self.underlay.prepare(topo, ifindex)?;
+        if let Some(u) = &mut self.underlay {
+            u.prepare(topo, ifindex)?;
+        }
         let (desired, ids, ops) =
             plan_install_reusing(topo, &self.ids, &self.mirror, before, ifindex)?;
         match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
@@ -82,7 +121,7 @@ impl Installed {
             Err(e @ ApplyError::RolledBack { .. }) => return Err(e.into()),
             Err(e @ ApplyError::Mixed { .. }) => {
                 // Part of the plan is in; re-read so the next attempt diffs against the truth.
-                self.mirror = self.maps.read_state().unwrap_or_default();
+                self.mirror = self.maps.read_back().unwrap_or_default();
                 self.ids = Ids::from_names(&self.mirror.names);
                 return Err(e.into());
             }

@@ -5,6 +5,7 @@
 //! data plane keeps its previous state; so does an unreachable control plane.
 
 pub mod follow;
+pub mod follower;
 pub mod in_place;
 pub mod install;
 pub mod metrics;

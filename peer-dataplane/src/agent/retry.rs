@@ -1,13 +1,10 @@
 //! Installs with retries: a valid desired state whose install failed (and was undone) is
 //! tried again with backoff until it goes in or a newer state replaces it.
 
-use super::follow::{Change, Update};
-use super::in_place;
+use super::follow::Update;
+use super::follower::{self, TakeError, Taken};
 use super::install::{load_topology, Dataplane};
-use crate::desired::delta::Held;
-use crate::desired::validate::validate_reusing;
 use crate::desired::Topology;
-use anyhow::Context;
 use log::warn;
 use log::{error, info};
 use std::path::Path;
@@ -133,67 +130,33 @@ pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry
 pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
     let what = format!("control plane revision {}", u.revision);
-    match u.change {
-        Change::Whole(doc) => dp.desired = Some((u.revision, Held::new(doc))),
-        Change::Delta { after, delta } => {
-            let fits = match &mut dp.desired {
-                Some((held_rev, held)) if *held_rev == after => match held.apply(&delta) {
-                    Ok(()) => {
-                        *held_rev = u.revision;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                Some((held_rev, _)) => Err(format!(
-                    "it is from revision {after}, this agent holds {held_rev}"
-                )),
-                None => Err("this agent holds no document yet".to_string()),
-            };
-            if let Err(e) = fits {
-                warn!(
-                    "the delta to revision {} does not fit ({e}); asking for the whole document",
-                    u.revision
-                );
-                dp.need_whole.store(true, Ordering::Relaxed);
-                return None;
-            }
-            match in_place::try_route(dp, &delta) {
-                Ok(Some(writes)) => {
-                    // The installed topology has the route too: nothing to read again.
-                    if let Some((_, held)) = &mut dp.desired {
-                        held.take_changed();
-                    }
-                    dp.record(Some(u.revision), started, true);
-                    info!(
-                        "synced revision {} ({writes} map writes, one route in place; applied in {:.3} ms, {:.3} ms after the control plane answered)",
-                        u.revision,
-                        started.elapsed().as_secs_f64() * 1e3,
-                        u.received.elapsed().as_secs_f64() * 1e3
-                    );
-                    return None;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    warn!("writing one route in place failed ({e:#}); installing the whole state")
-                }
-            }
-        }
-    }
-    let held = &mut dp.desired.as_mut().expect("set above").1;
-    // Tables whose routes did not change are carried over from the installed topology.
-    let changed = held.take_changed();
-    let topo = match validate_reusing(&held.doc, dp.topo.as_ref(), &changed)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("desired state from {what}"))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            dp.record(Some(u.revision), started, false);
-            dp.topo = None; // the installed state is not the desired one: no change in place
-            error!(
-                "revision {} refused, previous state kept: {e:#}",
-                u.revision
+    let taken = follower::take(
+        &mut dp.installed,
+        &mut dp.topo,
+        &mut dp.desired,
+        u.revision,
+        u.change,
+    );
+    let topo = match taken {
+        Ok(Taken::InPlace(writes)) => {
+            dp.record(Some(u.revision), started, true);
+            info!(
+                "synced revision {} ({writes} map writes, one route in place; applied in {:.3} ms, {:.3} ms after the control plane answered)",
+                u.revision,
+                started.elapsed().as_secs_f64() * 1e3,
+                u.received.elapsed().as_secs_f64() * 1e3
             );
+            return None;
+        }
+        Ok(Taken::Install(topo)) => topo,
+        Err(TakeError::DoesNotFit(e)) => {
+            warn!("the delta to revision {} does not fit ({e}); asking for the whole document", u.revision);
+            dp.need_whole.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Err(TakeError::Refused(e)) => {
+            dp.record(Some(u.revision), started, false);
+            error!("revision {} refused, previous state kept: desired state from {what}: {e:#}", u.revision);
             return None;
         }
     };
