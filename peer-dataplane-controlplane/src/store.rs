@@ -31,6 +31,10 @@ pub trait ObjectStore: Send {
         None
     }
 
+    /// This replica has applied another's commit at `revision` from [`StoreEvent::Commit`]'s
+    /// rows: its next commit applies on top of that.
+    fn seen(&mut self, _revision: u64) {}
+
     /// Whether this replica is the one that expires pending peerings now (one replica at
     /// a time does). The only writer always is.
     fn lead_sweeps(&mut self) -> bool {
@@ -39,10 +43,11 @@ pub trait ObjectStore: Send {
 }
 
 /// What a shared store tells a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
-    /// A commit (by any replica) at this revision.
-    Commit(u64),
+    /// A commit (by any replica) at this revision, with the rows it wrote (kind, id, JSON
+    /// body; `None`: deleted), when the store says (else: read everything again).
+    Commit(u64, Option<Vec<StoredRow>>),
     /// What happened meanwhile is not known: read everything again. Also means the
     /// store is reachable (again).
     Resync,
@@ -116,6 +121,9 @@ pub mod etcd;
 
 /// One stored row to write: kind, id, and the JSON body (`None`: delete the row).
 type Row = (&'static str, String, Option<String>);
+
+/// A row as read back: kind, id, JSON body (`None`: deleted).
+pub type StoredRow = (String, String, Option<String>);
 
 const ROUTE_TABLE: &str = "route_table";
 const ROUTE: &str = "route";
@@ -233,6 +241,71 @@ fn assemble(
             .insert(dest.to_string(), route);
     }
     Ok((w, embedded))
+}
+
+/// Applies rows another writer committed to `w` (what [`rows`] wrote, read back): each
+/// object replaced or removed, each route added or removed in its table.
+pub fn apply_rows(w: &mut World, rows: Vec<StoredRow>) -> Result<()> {
+    // Tables first: a route row may belong to a table made in the same commit.
+    let (tables, others): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(k, _, _)| k == ROUTE_TABLE);
+    for (_, id, body) in tables {
+        match body {
+            Some(body) => {
+                let t: RouteTable = serde_json::from_str(&body)
+                    .with_context(|| format!("stored route table {id} is not valid"))?;
+                let routes = w
+                    .route_tables
+                    .get(&id)
+                    .map(|old| old.routes.clone())
+                    .unwrap_or_default();
+                w.route_tables.insert(id, RouteTable { routes, ..t });
+            }
+            None => drop(w.route_tables.remove(&id)),
+        }
+    }
+    for (kind, id, body) in others {
+        macro_rules! one {
+            ($kind:literal, $field:ident) => {
+                if kind == $kind {
+                    match &body {
+                        Some(b) => drop(
+                            w.$field.insert(
+                                id.clone(),
+                                serde_json::from_str(b)
+                                    .with_context(|| format!("stored {kind} {id} is not valid"))?,
+                            ),
+                        ),
+                        None => drop(w.$field.remove(&id)),
+                    }
+                    continue;
+                }
+            };
+        }
+        for_each_kind!(one);
+        if kind == ROUTE {
+            let (table, dest) = id
+                .split_once('/')
+                .ok_or_else(|| anyhow::anyhow!("stored route {id:?} is not TABLE/DESTINATION"))?;
+            // A route of a table deleted in the same commit goes with it.
+            let Some(t) = w.route_tables.get_mut(table) else {
+                continue;
+            };
+            match &body {
+                Some(b) => drop(
+                    t.routes.insert(
+                        dest.to_string(),
+                        serde_json::from_str(b)
+                            .with_context(|| format!("stored route {id} is not valid"))?,
+                    ),
+                ),
+                None => drop(t.routes.remove(dest)),
+            }
+            continue;
+        }
+        anyhow::bail!("stored row of unknown kind {kind:?} ({id})");
+    }
+    Ok(())
 }
 
 fn parse_all<T: DeserializeOwned>(

@@ -1228,8 +1228,7 @@ async fn every_validation_rule_refuses_with_its_code_and_changes_nothing() {
             "store_unreachable",
         ]
         .contains(c)
-    })
-    {
+    }) {
         assert!(
             codes_seen.contains(code),
             "no row exercises error code {code}"

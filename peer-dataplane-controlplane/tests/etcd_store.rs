@@ -153,3 +153,92 @@ async fn two_api_replicas_both_take_calls_and_lose_nothing() {
     }
     assert_eq!(b.world(), world);
 }
+
+/// Replica B follows A's commits from the rows etcd's watch carries (objects and single
+/// routes, a table replaced whole, a VPC and its table deleted): its world ends equal to
+/// what the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_applies_anothers_commits_row_by_row() {
+    let etcd = Etcd::start("rows");
+    let token = "token-of-account-a-for-tests";
+    let limit = RateLimit {
+        per_second: 1e9,
+        burst: 1e9,
+    };
+    let replica = || {
+        let s = Server::new(etcd.store("/rows"), Clock::new(), Default::default(), limit).unwrap();
+        s.add_token("111111111111", token).unwrap();
+        (s.clone(), peer_dataplane_controlplane::api::router(s))
+    };
+    let (_a, ra) = replica();
+    let (b, _rb) = replica();
+    let vpc = |id: &str, cidr: &str| serde_json::json!({"id": id, "region": "eu-west-1", "cidrs": [cidr]});
+    let (_, va) = post(&ra, "/v1/vpcs", token, vpc("vpc-a", "10.1.0.0/16")).await;
+    post(&ra, "/v1/vpcs", token, vpc("vpc-b", "172.16.0.0/12")).await;
+    post(&ra, "/v1/vpcs", token, vpc("vpc-c", "10.3.0.0/16")).await;
+    let (_, p) = post(&ra, "/v1/vpc-peering", token, serde_json::json!({"requester_vpc_id": "vpc-a", "accepter_vpc_id": "vpc-b", "auto_accept": true})).await;
+    let pcx = p["id"].as_str().unwrap();
+    let rtb = va["main_route_table"].as_str().unwrap();
+    let routes: Vec<serde_json::Value> = (0..2000)
+        .map(|i| serde_json::json!({"destination_cidr": format!("172.16.{}.{}/32", i / 250, i % 250), "target": pcx}))
+        .collect();
+    let put = |body: serde_json::Value| {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method("PUT")
+            .uri(format!("/v1/route-tables/{rtb}/routes"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        ra.clone().oneshot(req)
+    };
+    assert_eq!(
+        put(serde_json::json!({"routes": routes}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (s, v) = post(
+        &ra,
+        &format!("/v1/route-tables/{rtb}/routes"),
+        token,
+        serde_json::json!({"destination_cidr": "172.20.0.0/16", "target": "blackhole"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        put(serde_json::json!({"routes": routes[..1500]}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method("DELETE")
+            .uri("/v1/vpcs/vpc-c")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(ra.clone().oneshot(req).await.unwrap().status(), 200);
+    }
+    let (world, revision) = etcd.store("/rows").load().unwrap();
+    assert_eq!(world.route_tables[rtb].routes.len(), 1500);
+    assert!(!world.vpcs.contains_key("vpc-c"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.revision() < revision {
+        assert!(
+            Instant::now() < deadline,
+            "replica B never reached revision {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.world(),
+        world,
+        "B's world, built from the rows of A's commits"
+    );
+}

@@ -123,7 +123,7 @@ impl Server {
                     for event in rx {
                         let Some(s) = weak.upgrade() else { return };
                         match event {
-                            StoreEvent::Commit(revision) => s.catch_up(Some(revision)),
+                            StoreEvent::Commit(revision, rows) => s.catch_up(Some((revision, rows))),
                             StoreEvent::Resync => {
                                 s.catch_up(None);
                                 if !s.store_ok.send_replace(true) {
@@ -141,12 +141,33 @@ impl Server {
         Ok(server)
     }
 
-    /// Another replica committed `revision` (`None`: something may have happened, see
-    /// [`StoreEvent::Resync`]): read the store again, unless this replica has already seen
-    /// it (its own commits).
-    fn catch_up(&self, revision: Option<u64>) {
+    /// Another replica committed `revision`, writing `rows` (`None`: unknown), or (`None`)
+    /// something may have happened, see [`StoreEvent::Resync`]: the rows are applied to
+    /// this replica's world, or the store is read again whole; nothing is done for a
+    /// revision this replica has already seen (its own commits).
+    fn catch_up(&self, commit: Option<(u64, Option<Vec<crate::store::StoredRow>>)>) {
         let mut inner = self.inner.lock().unwrap();
-        if revision.is_some_and(|r| r <= inner.revision) {
+        if let Some((revision, Some(rows))) = commit {
+            if revision <= inner.revision {
+                return;
+            }
+            let mut world = inner.world.clone();
+            match crate::store::apply_rows(&mut world, rows) {
+                Ok(()) => {
+                    inner.history.push(revision, &world);
+                    inner.world = world;
+                    inner.revision = revision;
+                    // This replica's next commit is guarded by what it has now seen.
+                    inner.store.seen(revision);
+                    drop(inner);
+                    self.revision_tx.send_replace(revision);
+                    return;
+                }
+                Err(e) => log::warn!(
+                    "applying another replica's commit {revision}: {e:#}; reading the store again"
+                ),
+            }
+        } else if commit.is_some_and(|(r, _)| r <= inner.revision) {
             return;
         }
         match inner.store.load() {

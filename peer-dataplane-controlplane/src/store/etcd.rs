@@ -9,11 +9,12 @@
 //! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
 //! from a thread that is already running one).
 
-use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent};
+use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent, StoredRow};
 use crate::model::*;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
@@ -315,9 +316,19 @@ impl ObjectStore for EtcdStore {
     /// and then [`StoreEvent::Resync`] is sent, so that nothing between the two is missed.
     fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<StoreEvent>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let (client, key, from) = (self.client.clone(), self.key("revision"), self.guard + 1);
-        self.rt().spawn(watch(client, key, from, tx));
+        let from = self.guard + 1;
+        self.rt().spawn(watch(
+            self.client.clone(),
+            format!("{}/", self.prefix),
+            from,
+            tx,
+        ));
         Some(rx)
+    }
+
+    fn seen(&mut self, revision: u64) {
+        // Every commit writes the guard key: its revision is the guard's.
+        self.guard = self.guard.max(revision as i64);
     }
 
     /// One replica at a time holds `PREFIX/sweeper`, under a lease it renews at each
@@ -341,28 +352,69 @@ impl ObjectStore for EtcdStore {
     }
 }
 
-/// Sends every commit to `key` from revision `from` on (see `changes`), and whether etcd
-/// can be reached.
-async fn watch(mut client: Client, key: String, from: i64, tx: Sender<StoreEvent>) {
+/// Sends every commit under `prefix` from revision `from` on, with the rows it wrote (see
+/// `changes`), and whether etcd can be reached.
+async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>) {
     // The first watch starts after what this replica read; later ones from the present.
-    let mut opts = Some(WatchOptions::new().with_start_revision(from.max(0)));
+    let mut opts = Some(
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from.max(0)),
+    );
     let mut missed = false;
     let mut unreachable = false;
+    let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+    let objects = format!("{prefix}objects/");
+    let guard = format!("{prefix}revision");
     loop {
-        match client.watch(key.clone(), opts.take()).await {
+        let o = opts
+            .take()
+            .unwrap_or_else(|| WatchOptions::new().with_prefix());
+        match watcher.watch(prefix.clone(), Some(o)).await {
             Ok(mut stream) => {
                 unreachable = false;
                 if missed && tx.send(StoreEvent::Resync).is_err() {
                     return;
                 }
+                // One commit's events share its revision; a response may hold several.
+                // Only a write of the guard key is a commit (tokens, the sweeper's key are not).
+                let mut pending: Option<(i64, bool, Vec<StoredRow>)> = None;
+                let send = |p: Option<(i64, bool, Vec<StoredRow>)>| match p {
+                    Some((r, true, rows)) => {
+                        tx.send(StoreEvent::Commit(r as u64, Some(rows))).is_ok()
+                    }
+                    _ => true,
+                };
                 while let Ok(Some(resp)) = stream.message().await {
-                    for kv in resp.events().iter().filter_map(|e| e.kv()) {
-                        if tx
-                            .send(StoreEvent::Commit(kv.mod_revision() as u64))
-                            .is_err()
+                    for e in resp.events() {
+                        let Some(kv) = e.kv() else { continue };
+                        let rev = kv.mod_revision();
+                        if pending.as_ref().is_some_and(|(r, _, _)| *r != rev)
+                            && !send(pending.take())
                         {
-                            return; // the server is gone
+                            return;
                         }
+                        let (_, commit, rows) =
+                            pending.get_or_insert_with(|| (rev, false, Vec::new()));
+                        let key = kv.key_str().unwrap_or_default();
+                        if key == guard {
+                            *commit = true;
+                        }
+                        if let Some((kind, id)) =
+                            key.strip_prefix(&objects).and_then(|k| k.split_once('/'))
+                        {
+                            let body = match e.event_type() {
+                                EventType::Put => {
+                                    Some(kv.value_str().unwrap_or_default().to_string())
+                                }
+                                EventType::Delete => None,
+                            };
+                            rows.push((kind.to_string(), id.to_string(), body));
+                        }
+                    }
+                    // A response ends with whole commits (etcd does not split a revision).
+                    if !send(pending.take()) {
+                        return; // the server is gone
                     }
                     if resp.canceled() {
                         break;

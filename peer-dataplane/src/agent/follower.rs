@@ -69,7 +69,9 @@ pub fn take<M: Maps>(
                     return Ok(Taken::InPlace(writes));
                 }
                 Ok(None) => {}
-                Err(e) => warn!("writing one route in place failed ({e:#}); installing the whole state"),
+                Err(e) => {
+                    warn!("writing one route in place failed ({e:#}); installing the whole state")
+                }
             }
         }
     }

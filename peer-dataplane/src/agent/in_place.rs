@@ -5,10 +5,10 @@
 //! plan and apply.
 
 use super::install::{Installed, Maps};
-use crate::desired::Topology;
 use crate::desired::delta::Delta;
 use crate::desired::document::Document;
 use crate::desired::validate::{route_change, Target};
+use crate::desired::Topology;
 use crate::reconcile::generations::route_write;
 use crate::reconcile::DataplaneMaps;
 use anyhow::Result;

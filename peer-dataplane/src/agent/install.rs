@@ -9,8 +9,7 @@ use crate::bpf::{pins, KernelIfindex, KernelMaps};
 use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
 use crate::reconcile::{
-    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, DataplaneMaps,
-    MapState,
+    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, DataplaneMaps, MapState,
 };
 use anyhow::{anyhow, Context, Result};
 use aya::programs::Xdp;
@@ -75,7 +74,6 @@ impl<M> Installed<M> {
     ) -> Option<u32> {
         generations::acl_hit_slot(&self.ids, &self.mirror, topo, acl, egress, number)
     }
-
 }
 
 impl Installed<KernelMaps> {

@@ -150,13 +150,19 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
         }
         Ok(Taken::Install(topo)) => topo,
         Err(TakeError::DoesNotFit(e)) => {
-            warn!("the delta to revision {} does not fit ({e}); asking for the whole document", u.revision);
+            warn!(
+                "the delta to revision {} does not fit ({e}); asking for the whole document",
+                u.revision
+            );
             dp.need_whole.store(true, Ordering::Relaxed);
             return None;
         }
         Err(TakeError::Refused(e)) => {
             dp.record(Some(u.revision), started, false);
-            error!("revision {} refused, previous state kept: desired state from {what}: {e:#}", u.revision);
+            error!(
+                "revision {} refused, previous state kept: desired state from {what}: {e:#}",
+                u.revision
+            );
             return None;
         }
     };
