@@ -31,6 +31,12 @@ pub trait ObjectStore: Send {
         None
     }
 
+    /// The store's latest revision, read now (a shared store; `None`: this process is
+    /// the only writer, so what it holds is the latest).
+    fn latest(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// This replica has applied another's commit at `revision` from [`StoreEvent::Commit`]'s
     /// rows: its next commit applies on top of that.
     fn seen(&mut self, _revision: u64) {}

@@ -87,6 +87,17 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         changes: u32,
     },
+    /// The control plane on a 3-member etcd cluster with 2 replicas and N simulated agents:
+    /// API -> applied latency, bytes and agent CPU per change, unnecessary deliveries, a
+    /// 100k-route full sync, API throughput.
+    Fleet {
+        /// Simulated agents (hosts).
+        #[arg(long, default_value_t = 200)]
+        agents: u32,
+        /// Changes of mixed kinds to time.
+        #[arg(long, default_value_t = 200)]
+        changes: u32,
+    },
 }
 
 fn root() -> PathBuf {
@@ -355,6 +366,24 @@ fn bench_sync(changes: u32) -> Result<()> {
         .current_dir(root()))
 }
 
+fn bench_fleet(agents: u32, changes: u32) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let agent = build_agent(&obj)?;
+    step("benchmark: the control plane on etcd with a fleet of simulated agents");
+    run(Command::new(root().join("target/release/pdp-bench"))
+        .args([
+            "fleet",
+            "--agents",
+            &agents.to_string(),
+            "--changes",
+            &changes.to_string(),
+            "--agent",
+        ])
+        .arg(&agent)
+        .current_dir(root()))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
@@ -388,6 +417,9 @@ fn main() -> Result<()> {
         Task::Bench {
             which: Bench::Sync { changes },
         } => bench_sync(changes),
+        Task::Bench {
+            which: Bench::Fleet { agents, changes },
+        } => bench_fleet(agents, changes),
         Task::Bench {
             which:
                 Bench::E2e {

@@ -76,6 +76,10 @@ pub struct Server {
 
 pub type Shared = Arc<Server>;
 
+/// How many times a call is redone on a newer view when other replicas keep committing
+/// first (each try costs a guarded transaction; contention on one store is brief).
+const MAX_ATTEMPTS: u32 = 20;
+
 impl Server {
     pub fn new(
         store: impl ObjectStore + 'static,
@@ -221,39 +225,80 @@ impl Server {
         &self,
         op: impl Fn(&World, Timestamp) -> Result<(World, T), ApiError>,
     ) -> Result<T, ApiError> {
-        let mut inner = self.inner.lock().unwrap();
         let mut attempts = 0;
-        let (revision, out) = loop {
+        loop {
             attempts += 1;
+            let mut inner = self.inner.lock().unwrap();
             let now = self.clock.now();
             let base = ops::expire(&inner.world, now);
             let base = base.as_ref().unwrap_or(&inner.world);
-            let (new, out) = op(base, now)?;
-            ops::check_change(base, &new)?;
+            let outcome = op(base, now).and_then(|(new, out)| {
+                ops::check_change(base, &new)?;
+                Ok((new, out))
+            });
+            let (new, out) = match outcome {
+                Ok(x) => x,
+                Err(e) => {
+                    // A refusal must hold against the store's latest state, not a view
+                    // that is behind another replica's commit.
+                    match inner.store.latest() {
+                        Ok(Some(latest)) if latest > inner.revision && attempts < MAX_ATTEMPTS => {
+                            drop(inner);
+                            self.catch_up_to(latest);
+                            continue;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            };
             let old = std::mem::take(&mut inner.world);
             let next = inner.revision + 1;
             match inner.store.commit(&old, &new, next) {
-                Ok(r) => {
+                Ok(revision) => {
                     inner.world = new;
-                    break (r, out);
+                    inner.revision = revision;
+                    let Inner { history, world, .. } = &mut *inner;
+                    history.push(revision, world);
+                    drop(inner);
+                    self.revision_tx.send_replace(revision);
+                    return Ok(out);
                 }
-                Err(e) if attempts < 5 && e.downcast_ref::<StaleRead>().is_some() => {
-                    let (w, r) = inner.store.load().map_err(storage_error)?;
-                    inner.world = w;
-                    inner.revision = r;
+                Err(e) if attempts < MAX_ATTEMPTS && e.downcast_ref::<StaleRead>().is_some() => {
+                    // Another replica committed since: catch up, then redo the call.
+                    inner.world = old;
+                    let latest = inner.store.latest().ok().flatten().unwrap_or(u64::MAX);
+                    drop(inner);
+                    self.catch_up_to(latest);
                 }
                 Err(e) => {
                     inner.world = old;
                     return Err(storage_error(e));
                 }
             }
-        };
-        inner.revision = revision;
-        let Inner { history, world, .. } = &mut *inner;
-        history.push(revision, world);
-        drop(inner);
-        self.revision_tx.send_replace(revision);
-        Ok(out)
+        }
+    }
+
+    /// Waits (briefly) until this replica holds revision `latest`, which the store's watch
+    /// brings as rows; reads the store whole if it does not come.
+    fn catch_up_to(&self, latest: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.revision() < latest && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if inner.revision >= latest {
+            return;
+        }
+        match inner.store.load() {
+            Ok((w, r)) => {
+                inner.history.push(r, &w);
+                inner.world = w;
+                inner.revision = r;
+                drop(inner);
+                self.revision_tx.send_replace(r);
+            }
+            Err(e) => log::warn!("reading the store to catch up: {e:#}"),
+        }
     }
 
     /// Persists expiry of due peerings (a background sweep; requests also expire lazily).

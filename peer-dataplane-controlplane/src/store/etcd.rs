@@ -326,6 +326,19 @@ impl ObjectStore for EtcdStore {
         Some(rx)
     }
 
+    fn latest(&mut self) -> Result<Option<u64>> {
+        let key = self.key("revision");
+        let resp = self.kv_call(|mut c| {
+            let k = key.clone();
+            async move { c.get(k, None).await }
+        })?;
+        Ok(Some(
+            resp.kvs()
+                .first()
+                .map_or(0, |kv| kv.mod_revision().max(0) as u64),
+        ))
+    }
+
     fn seen(&mut self, revision: u64) {
         // Every commit writes the guard key: its revision is the guard's.
         self.guard = self.guard.max(revision as i64);

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 mod e2e;
 mod e2e_fleet;
+mod fleet;
 mod overlay;
 mod report;
 mod sync;
@@ -36,6 +37,7 @@ struct Args {
     seconds: f64,
     rounds: usize,
     plot: PathBuf,
+    agents: usize,
 }
 
 fn args() -> Result<Args> {
@@ -50,11 +52,13 @@ fn args() -> Result<Args> {
         seconds: 2.0,
         rounds: 3,
         plot: PathBuf::from("target/bench-e2e.svg"),
+        agents: 200,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--repeat" => a.repeat = it.next().context("--repeat N")?.parse()?,
             "--changes" => a.changes = it.next().context("--changes N")?.parse()?,
+            "--agents" => a.agents = it.next().context("--agents N")?.parse()?,
             "--object" => a.object = it.next().map(PathBuf::from),
             "--agent" => a.agent = it.next().map(PathBuf::from),
             "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
@@ -273,6 +277,11 @@ fn main() -> Result<()> {
             &args.plot,
         ),
         "sync" => sync::bench(args.agent.as_deref().context("sync needs --agent PATH")?, args.changes),
+        "fleet" => fleet::bench(
+            args.agent.as_deref().context("fleet needs --agent PATH")?,
+            args.agents,
+            args.changes,
+        ),
         _ => bail!("usage: pdp-bench prog [--repeat N] --object PATH | pdp-bench e2e [--seconds S] [--rounds N] [--plot PATH] --object PATH | pdp-bench sync [--changes N] --agent PATH"),
     }
 }
