@@ -219,11 +219,6 @@ pub fn spawn(
                         backoff = BACKOFF_MIN;
                         let change = match (r.document, r.after, r.delta) {
                             (Some(doc), _, _) => Change::Whole(doc),
-                            // Nothing for this host: only the revision it is at moves on.
-                            (None, Some(_), Some(d)) if d.is_empty() => {
-                                after = Some(r.revision);
-                                continue;
-                            }
                             (None, Some(a), Some(delta)) => Change::Delta { after: a, delta },
                             _ => {
                                 warn!("the control plane's answer holds neither a document nor a delta; asking for the whole document");

@@ -15,6 +15,9 @@ use log::warn;
 
 /// What taking a change in left to do.
 pub enum Taken {
+    /// Nothing: the host's view did not change, only the revision it is at moved on (a
+    /// long poll that ended without a change for this host).
+    Nothing,
     /// Done: one route written in place (this many writes).
     InPlace(usize),
     /// This topology (valid) is to be installed whole.
@@ -45,6 +48,10 @@ pub fn take<M: Maps>(
         Change::Whole(doc) => *desired = Some((revision, Held::new(doc))),
         Change::Delta { after, delta } => {
             match desired {
+                Some((held_rev, _)) if *held_rev == after && delta.is_empty() => {
+                    *held_rev = revision;
+                    return Ok(Taken::Nothing);
+                }
                 Some((held_rev, held)) if *held_rev == after => {
                     held.apply(&delta).map_err(TakeError::DoesNotFit)?;
                     *held_rev = revision;
@@ -84,5 +91,54 @@ pub fn take<M: Maps>(
             *topo = None;
             Err(TakeError::Refused(anyhow!("{e}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::delta::{Delta, RouteChange};
+    use crate::desired::Document;
+    use crate::reconcile::MapState;
+
+    fn seed() -> Document {
+        Document::from_toml(include_str!("../../../examples/seed.toml")).unwrap()
+    }
+
+    /// A long poll that ends with nothing for the host moves the held revision on, so
+    /// that the next delta (computed from that revision) fits; a delta from elsewhere
+    /// does not, and changes nothing.
+    #[test]
+    fn an_empty_delta_moves_the_held_revision_on() {
+        let mut installed = Installed::<MapState>::in_memory();
+        let (mut topo, mut desired) = (None, None);
+        let mut take = |rev, change| take(&mut installed, &mut topo, &mut desired, rev, change);
+        assert!(matches!(
+            take(5, Change::Whole(seed())),
+            Ok(Taken::Install(_))
+        ));
+        let empty = Change::Delta {
+            after: 5,
+            delta: Delta::default(),
+        };
+        assert!(matches!(take(9, empty), Ok(Taken::Nothing)));
+        let route = Delta {
+            routes: vec![RouteChange {
+                table: "rtb-a".into(),
+                destination: "172.16.9.0/24".into(),
+                target: Some("blackhole".into()),
+            }],
+            ..Default::default()
+        };
+        let stale = Change::Delta {
+            after: 5,
+            delta: route.clone(),
+        };
+        assert!(matches!(take(12, stale), Err(TakeError::DoesNotFit(_))));
+        let fits = Change::Delta {
+            after: 9,
+            delta: route,
+        };
+        assert!(matches!(take(12, fits), Ok(Taken::Install(_))));
     }
 }

@@ -148,6 +148,7 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             );
             return None;
         }
+        Ok(Taken::Nothing) => return None,
         Ok(Taken::Install(topo)) => topo,
         Err(TakeError::DoesNotFit(e)) => {
             warn!(

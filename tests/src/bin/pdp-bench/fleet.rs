@@ -217,10 +217,6 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
             Change::Whole(serde_json::from_value(doc.clone())?)
         } else {
             let delta: Delta = serde_json::from_value(v["delta"].clone())?;
-            if delta.is_empty() {
-                after = Some(revision);
-                continue;
-            }
             Change::Delta {
                 after: v["after"].as_u64().context("after")?,
                 delta,
@@ -228,6 +224,11 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
         };
         let whole = matches!(change, Change::Whole(_));
         match follower::take(&mut installed, &mut topo, &mut desired, revision, change) {
+            // A long poll that ended with nothing for this host: not a delivery.
+            Ok(Taken::Nothing) => {
+                after = Some(revision);
+                continue;
+            }
             Ok(Taken::InPlace(_)) => {}
             Ok(Taken::Install(t)) => {
                 installed.install(&t, topo.as_ref(), &AnyIfindex)?;
