@@ -662,6 +662,7 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     let mut unnecessary = 0;
     let mut missing = 0;
     let mut wholes = 0;
+    let mut slowest = Vec::new();
     let mut small_cost = (Vec::new(), Vec::new());
     let mut big_cost = (Vec::new(), Vec::new());
     for (i, s) in sims.iter().enumerate() {
@@ -670,6 +671,9 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
             wholes += usize::from(d.whole);
             match by_revision.get(&d.revision) {
                 Some(o) if o.affected.contains(&i) => {
+                    if o.big {
+                        slowest.push((d.cpu, i, o.what));
+                    }
                     let c = if o.big {
                         &mut big_cost
                     } else {
@@ -841,6 +845,18 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     );
     line("  ... p99".into(), format!("{:.3} ms", pct(&mut bc, 0.99)));
     line("  ... max".into(), format!("{:.3} ms", pct(&mut bc, 1.0)));
+    slowest.sort();
+    for (cpu, agent, what) in slowest.iter().rev().take(3) {
+        let whose = if BIG_HOSTS.contains(agent) {
+            "holds the 100,000 routes"
+        } else {
+            "a peer's host"
+        };
+        line(
+            format!("  ... slowest: agent {agent} ({whose}), {what}"),
+            format!("{:.3} ms", cpu.as_secs_f64() * 1e3),
+        );
+    }
     line(
         "deliveries to agents the change did not concern".into(),
         unnecessary.to_string(),
