@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod checked;
 pub mod deltas;
 pub mod hoststate;
 pub mod model;

@@ -48,6 +48,7 @@ struct Agent {
 
 struct Fleet {
     r: Router,
+    server: std::sync::Arc<peer_dataplane_controlplane::api::Server>,
     agents: Vec<Agent>,
 }
 
@@ -99,6 +100,10 @@ impl Fleet {
             );
             out.push(d);
         }
+        // The server checked the change at the cost of what it touched; the world it
+        // committed passes the whole check too.
+        peer_dataplane_controlplane::ops::check(&self.server.world())
+            .unwrap_or_else(|e| panic!("{what}: the whole check refuses the committed world: {e}"));
         out
     }
 }
@@ -107,7 +112,7 @@ impl Fleet {
 async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_document() {
     let host_tokens: BTreeMap<String, String> =
         (0..HOSTS).map(|i| (host(i), host_token(i))).collect();
-    let r = common::router(ACCOUNT, TOKEN, host_tokens);
+    let (server, r) = common::server(ACCOUNT, TOKEN, host_tokens);
     for i in 0..HOSTS {
         let body = json!({"underlay_ipv4": format!("10.201.0.{}", i + 1), "uplink": "eth0"});
         call(
@@ -121,6 +126,7 @@ async fn every_kind_of_change_reaches_each_host_as_a_delta_that_rebuilds_its_doc
     }
     let mut fleet = Fleet {
         r: r.clone(),
+        server: server.clone(),
         agents: Vec::new(),
     };
     for h in 0..HOSTS {

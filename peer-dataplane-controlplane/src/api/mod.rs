@@ -59,6 +59,8 @@ struct Inner {
     tokens: Vec<(String, String)>,
     /// Recent worlds, for the hosts' deltas.
     history: crate::deltas::History,
+    /// What the last whole check validated (each change re-validates only what it alters).
+    checked: Option<crate::checked::Checked>,
 }
 
 pub struct Server {
@@ -111,6 +113,7 @@ impl Server {
                 store,
                 tokens,
                 history,
+                checked: None,
             }),
             revision_tx,
             store_ok: watch::channel(true).0,
@@ -233,10 +236,10 @@ impl Server {
             let base = ops::expire(&inner.world, now);
             let base = base.as_ref().unwrap_or(&inner.world);
             let outcome = op(base, now).and_then(|(new, out)| {
-                ops::check_change(base, &new)?;
-                Ok((new, out))
+                let checked = crate::checked::check(inner.checked.as_ref(), base, &new)?;
+                Ok((new, out, checked))
             });
-            let (new, out) = match outcome {
+            let (new, out, checked) = match outcome {
                 Ok(x) => x,
                 Err(e) => {
                     // A refusal must hold against the store's latest state, not a view
@@ -257,6 +260,9 @@ impl Server {
                 Ok(revision) => {
                     inner.world = new;
                     inner.revision = revision;
+                    if checked.is_some() {
+                        inner.checked = checked;
+                    }
                     let Inner { history, world, .. } = &mut *inner;
                     history.push(revision, world);
                     drop(inner);

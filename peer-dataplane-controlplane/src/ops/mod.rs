@@ -179,7 +179,7 @@ pub fn check_change(old: &World, new: &World) -> Result<()> {
 }
 
 /// Every object but the routes of the tables is the same (tables: same ids and VPCs).
-fn only_routes_differ(old: &World, new: &World) -> bool {
+pub fn only_routes_differ(old: &World, new: &World) -> bool {
     let tables = |w: &World| -> Vec<(String, String)> {
         w.route_tables
             .values()

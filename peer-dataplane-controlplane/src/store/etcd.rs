@@ -35,6 +35,8 @@ pub struct EtcdStore {
     name: String,
     /// Members given (a request that could not connect is tried on another).
     members: usize,
+    /// Commits this replica has made (names each in the guard key).
+    commits: u64,
 }
 
 /// An error of connecting to a member: the request was not sent.
@@ -43,6 +45,15 @@ fn never_sent(e: &anyhow::Error) -> bool {
         e.downcast_ref::<etcd_client::Error>(),
         Some(etcd_client::Error::GRpcStatus(s))
             if s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+    )
+}
+
+/// The cluster could not answer (a member down, no leader yet): whether the request was
+/// carried out is not known.
+fn unavailable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<etcd_client::Error>(),
+        Some(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::Unavailable
     )
 }
 
@@ -80,6 +91,7 @@ impl EtcdStore {
             guard: 0,
             sweeper_lease: None,
             members: endpoints.len(),
+            commits: 0,
             name: format!(
                 "{}/{}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -287,14 +299,53 @@ impl ObjectStore for EtcdStore {
             });
         }
         let guard = self.key("revision");
-        ops.push(TxnOp::put(guard.clone(), "", None));
+        // The guard names this commit: after an answer that was lost (a member or the
+        // leader gone mid-call), reading it back tells whether the commit went in.
+        self.commits += 1;
+        let commit_id = format!("{}/{}", self.name, self.commits);
+        ops.push(TxnOp::put(guard.clone(), commit_id.clone(), None));
         let txn = Txn::new()
-            .when([Compare::mod_revision(guard, CompareOp::Equal, self.guard)])
+            .when([Compare::mod_revision(
+                guard.clone(),
+                CompareOp::Equal,
+                self.guard,
+            )])
             .and_then(ops);
-        let resp = self.kv_call(|mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let resp = loop {
+            match self.kv_call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            }) {
+                Ok(r) => break r,
+                Err(e) if std::time::Instant::now() < deadline && unavailable(&e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    // In, out, or unknown (no member answers yet: ask again).
+                    let key = guard.clone();
+                    let Ok(g) = self.kv_call(|mut c| {
+                        let k = key.clone();
+                        async move { c.get(k, None).await }
+                    }) else {
+                        continue;
+                    };
+                    match g.kvs().first() {
+                        Some(kv) if kv.value_str().ok() == Some(commit_id.as_str()) => {
+                            self.guard = kv.mod_revision();
+                            return Ok(kv.mod_revision() as u64);
+                        }
+                        Some(kv) if kv.mod_revision() != self.guard => {
+                            return Err(anyhow::Error::new(StaleRead).context(format!(
+                                "commit on revision {}: another replica committed first",
+                                self.guard
+                            )))
+                        }
+                        // Not in, and nobody else's either: send it again.
+                        _ => continue,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if !resp.succeeded() {
             return Err(anyhow::Error::new(StaleRead).context(format!(
                 "commit on revision {}: nothing was written; re-read and retry",

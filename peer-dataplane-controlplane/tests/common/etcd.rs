@@ -111,6 +111,36 @@ impl Etcd {
         EtcdStore::connect(&self.endpoints(), prefix).unwrap()
     }
 
+    /// The member that leads the cluster now (the one whose loss forces an election).
+    pub fn leader(&self) -> usize {
+        let eps = self.endpoints();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A runtime made and dropped on this thread: the caller may run inside
+                // another.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for (i, ep) in eps.iter().enumerate() {
+                        let Ok(mut c) = etcd_client::Client::connect([ep.clone()], None).await
+                        else {
+                            continue;
+                        };
+                        let Ok(st) = c.status().await else { continue };
+                        if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+                            return i;
+                        }
+                    }
+                    panic!("no etcd member says it leads");
+                })
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
     /// Kills member `i` (SIGKILL).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

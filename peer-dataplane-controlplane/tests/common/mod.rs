@@ -17,6 +17,15 @@ use tower::ServiceExt;
 /// The API's router over a fresh in-memory store, `account` holding `token`, and each
 /// host's agent credential.
 pub fn router(account: &str, token: &str, host_tokens: BTreeMap<String, String>) -> Router {
+    server(account, token, host_tokens).1
+}
+
+/// [`router`] and the server behind it.
+pub fn server(
+    account: &str,
+    token: &str,
+    host_tokens: BTreeMap<String, String>,
+) -> (std::sync::Arc<Server>, Router) {
     let limit = RateLimit {
         per_second: 1e9,
         burst: 1e9,
@@ -29,7 +38,7 @@ pub fn router(account: &str, token: &str, host_tokens: BTreeMap<String, String>)
     )
     .unwrap();
     server.add_token(account, token).unwrap();
-    api::router(server)
+    (server.clone(), api::router(server))
 }
 
 /// One request; panics unless it succeeds. Returns the JSON answer.

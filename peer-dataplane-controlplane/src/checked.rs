@@ -1,0 +1,85 @@
+//! The final gate of a change, at the cost of what the change touches: the validated
+//! topology of the region and of each host's document are kept from the last check, and
+//! a change re-validates only the documents it alters, reusing every route table whose
+//! routes (and whatever a route's check reads) did not change. The verdict is the same as
+//! validating every document whole ([`crate::ops::check`]); a test holds the two equal.
+
+use crate::deltas::changed_routes;
+use crate::hoststate;
+use crate::model::{ApiError, World};
+use peer_dataplane_model::desired::validate::{validate_reusing, Topology};
+use peer_dataplane_model::desired::Document;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The world last checked whole, and the topologies its documents validated into (key:
+/// host id; "" for the region without ports).
+pub struct Checked {
+    world: World,
+    topos: BTreeMap<String, Topology>,
+}
+
+const REGION: &str = "";
+
+fn document(w: &World, key: &str) -> Document {
+    if key == REGION {
+        hoststate::region_document(w)
+    } else {
+        hoststate::document(w, key)
+    }
+}
+
+fn objects(w: &World, key: &str) -> Document {
+    if key == REGION {
+        let mut d = hoststate::region_document(w);
+        d.route_tables.iter_mut().for_each(|t| t.routes.clear());
+        d
+    } else {
+        hoststate::document_without_routes(w, key)
+    }
+}
+
+/// Checks `new` (made from `base`), given what was checked before. `Ok(None)`: a change
+/// of routes only, which needs nothing more (see `ops::check_change`); the previous
+/// [`Checked`] stays usable, whatever changed since is found by comparing worlds.
+pub fn check(
+    prev: Option<&Checked>,
+    base: &World,
+    new: &World,
+) -> Result<Option<Checked>, ApiError> {
+    if crate::ops::only_routes_differ(base, new) {
+        return Ok(None);
+    }
+    let keys: BTreeSet<String> = std::iter::once(REGION.to_string())
+        .chain(new.ports.values().map(|p| p.host().to_string()))
+        .collect();
+    let changed: BTreeSet<String> = match prev {
+        Some(p) => changed_routes(&p.world, new).into_keys().collect(),
+        None => BTreeSet::new(),
+    };
+    let mut topos = BTreeMap::new();
+    for key in keys {
+        let before = prev.and_then(|p| p.topos.get(&key).map(|t| (p, t)));
+        // A document the change does not alter keeps its verdict and its topology.
+        if let Some((p, t)) = before {
+            let same_objects = objects(&p.world, &key) == objects(new, &key);
+            let same_routes = t.route_tables.keys().all(|id| !changed.contains(id));
+            if same_objects && same_routes {
+                topos.insert(key, t.clone());
+                continue;
+            }
+        }
+        let doc = document(new, &key);
+        match validate_reusing(&doc, before.map(|(_, t)| t), &changed) {
+            Ok(t) => drop(topos.insert(key, t)),
+            Err(e) => {
+                return Err(ApiError::inconsistent(format!(
+                    "the change would leave an invalid state: {e}"
+                )))
+            }
+        }
+    }
+    Ok(Some(Checked {
+        world: new.clone(),
+        topos,
+    }))
+}
