@@ -39,7 +39,7 @@ fn objects(w: &World, key: &str) -> Document {
 }
 
 /// Checks `new` (made from `base`), given what was checked before. `Ok(None)`: a change
-/// of routes only, which needs nothing more (see `ops::check_change`); the previous
+/// of routes only, which needs nothing more (see `ops::only_routes_differ`); the previous
 /// [`Checked`] stays usable, whatever changed since is found by comparing worlds.
 pub fn check(
     prev: Option<&Checked>,
