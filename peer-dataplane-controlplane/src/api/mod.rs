@@ -177,6 +177,11 @@ impl Server {
         } else if commit.is_some_and(|(r, _)| r <= inner.revision) {
             return;
         }
+        self.read_whole(inner, "after another replica's commit");
+    }
+
+    /// Reads the whole store into this replica and publishes its revision.
+    fn read_whole(&self, mut inner: std::sync::MutexGuard<'_, Inner>, why: &str) {
         match inner.store.load() {
             Ok((world, r)) => {
                 inner.history.push(r, &world);
@@ -185,7 +190,7 @@ impl Server {
                 drop(inner);
                 self.revision_tx.send_replace(r);
             }
-            Err(e) => log::warn!("reading the store after another replica's commit: {e:#}"),
+            Err(e) => log::warn!("reading the store {why}: {e:#}"),
         }
     }
 
@@ -291,19 +296,9 @@ impl Server {
         while self.revision() < latest && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }
-        let mut inner = self.inner.lock().unwrap();
-        if inner.revision >= latest {
-            return;
-        }
-        match inner.store.load() {
-            Ok((w, r)) => {
-                inner.history.push(r, &w);
-                inner.world = w;
-                inner.revision = r;
-                drop(inner);
-                self.revision_tx.send_replace(r);
-            }
-            Err(e) => log::warn!("reading the store to catch up: {e:#}"),
+        let inner = self.inner.lock().unwrap();
+        if inner.revision < latest {
+            self.read_whole(inner, "to catch up");
         }
     }
 
