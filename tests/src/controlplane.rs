@@ -227,6 +227,44 @@ impl ControlPlane {
     }
 
     /// One request, made from inside the hypervisor namespace.
+    /// Waits until `agent` (of `host`) holds what this control plane has for its host at
+    /// `revision`: it installed that revision or a later one, or nothing changed for its
+    /// host since the revision it installed (its document is trimmed to what it uses, so
+    /// most changes never reach it; the control plane says so: an empty delta).
+    pub fn wait_current(
+        &self,
+        agent: &mut Agent,
+        host: &str,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let token = HOST_TOKENS
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map(|(_, t)| *t)
+            .context("a host with a test token")?;
+        crate::wait_until(
+            &format!("{host}'s agent current at revision {revision}"),
+            timeout,
+            || {
+                let held = agent.synced_revision();
+                if held.is_some_and(|r| r >= revision) {
+                    return Ok(true);
+                }
+                let Some(held) = held else { return Ok(false) };
+                let r = self.call(
+                    "GET",
+                    &format!("/v1/hosts/{host}/state?after={held}&delta=true&wait_ms=0"),
+                    Some(token),
+                    None,
+                )?;
+                Ok(r.status == 200
+                    && r.body["delta"] == serde_json::json!({})
+                    && r.body["revision"].as_u64().is_some_and(|at| at >= revision))
+            },
+        )
+    }
+
     pub fn call(
         &self,
         method: &str,

@@ -284,6 +284,15 @@ impl Agent {
         })
     }
 
+    /// The last revision the agent's log says it installed.
+    pub fn synced_revision(&self) -> Option<u64> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("synced revision ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+    }
+
     /// Waits until the agent reports a control-plane revision at or past `revision`
     /// installed ("synced revision N").
     pub fn wait_synced(&mut self, revision: u64, timeout: Duration) -> Result<()> {

@@ -237,10 +237,12 @@ impl Demo {
         Ok(demo)
     }
 
-    /// Waits until every agent has installed `revision`.
+    /// Waits until every agent holds what the control plane has for its host at
+    /// `revision` (a host the change does not concern is told nothing: it already does).
     fn synced(&mut self, revision: u64) -> Result<()> {
-        for a in &mut self.agents {
-            a.wait_synced(revision, SYNC)?;
+        for (i, a) in self.agents.iter_mut().enumerate() {
+            self.cp
+                .wait_current(a, &format!("host-{}", i + 1), revision, SYNC)?;
         }
         Ok(())
     }
