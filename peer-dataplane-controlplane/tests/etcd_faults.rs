@@ -123,7 +123,10 @@ async fn with_one_of_three_members_killed_the_api_keeps_working() {
     let (world, _) = etcd.store("/three").load().unwrap();
     assert_eq!(world.vpcs.len(), 21);
     wait_for("replica B follows", || b.world() == world).await;
-    assert!(a.store_reachable() && b.store_reachable());
+    wait_for("both replicas reach the store", || {
+        a.store_reachable() && b.store_reachable()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -427,6 +427,7 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
     );
     let mut missed = false;
     let mut unreachable = false;
+    let mut failures = 0;
     let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
     let objects = format!("{prefix}objects/");
     let guard = format!("{prefix}revision");
@@ -437,6 +438,7 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
         match watcher.watch(prefix.clone(), Some(o)).await {
             Ok(mut stream) => {
                 unreachable = false;
+                failures = 0;
                 if missed && tx.send(StoreEvent::Resync).is_err() {
                     return;
                 }
@@ -486,12 +488,16 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
                 }
                 // Watch again at once: with another member up, this is only a failover.
             }
-            // No member answers: the replica's view may be stale from now on.
+            // No member answers (for a second: one member down is only a failover to
+            // another): the replica's view may be stale from now on.
             Err(_) => {
-                if !unreachable && tx.send(StoreEvent::Unreachable).is_err() {
-                    return;
+                failures += 1;
+                if failures >= 5 && !unreachable {
+                    if tx.send(StoreEvent::Unreachable).is_err() {
+                        return;
+                    }
+                    unreachable = true;
                 }
-                unreachable = true;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
