@@ -392,6 +392,13 @@ async fn pending_peering_expires_after_seven_days() {
             .await["status"],
         "expired"
     );
+    // The sweep persisted it: the committed world (what agents and the store get) has
+    // it expired, not only the answer to a read.
+    assert_eq!(
+        api.server.world().peerings[&id].status,
+        peer_dataplane_controlplane::model::PeeringStatus::Expired,
+        "the sweep commits the expiry"
+    );
     let (status, v) = api
         .call(
             "POST",
