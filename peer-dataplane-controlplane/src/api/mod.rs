@@ -161,13 +161,9 @@ impl Server {
             let mut world = inner.world.clone();
             match crate::store::apply_rows(&mut world, rows) {
                 Ok(()) => {
-                    inner.history.push(revision, &world);
-                    inner.world = world;
-                    inner.revision = revision;
                     // This replica's next commit is guarded by what it has now seen.
                     inner.store.seen(revision);
-                    drop(inner);
-                    self.revision_tx.send_replace(revision);
+                    self.adopt(inner, world, revision);
                     return;
                 }
                 Err(e) => log::warn!(
@@ -183,15 +179,19 @@ impl Server {
     /// Reads the whole store into this replica and publishes its revision.
     fn read_whole(&self, mut inner: std::sync::MutexGuard<'_, Inner>, why: &str) {
         match inner.store.load() {
-            Ok((world, r)) => {
-                inner.history.push(r, &world);
-                inner.world = world;
-                inner.revision = r;
-                drop(inner);
-                self.revision_tx.send_replace(r);
-            }
+            Ok((world, r)) => self.adopt(inner, world, r),
             Err(e) => log::warn!("reading the store {why}: {e:#}"),
         }
+    }
+
+    /// Makes `world` at `revision` this replica's (and its history's), then wakes the
+    /// long polls waiting for it.
+    fn adopt(&self, mut inner: std::sync::MutexGuard<'_, Inner>, world: World, revision: u64) {
+        inner.history.push(revision, &world);
+        inner.world = world;
+        inner.revision = revision;
+        drop(inner);
+        self.revision_tx.send_replace(revision);
     }
 
     /// Whether the store can be reached (see [`StoreEvent::Unreachable`]).
@@ -263,15 +263,10 @@ impl Server {
             let next = inner.revision + 1;
             match inner.store.commit(&old, &new, next) {
                 Ok(revision) => {
-                    inner.world = new;
-                    inner.revision = revision;
                     if checked.is_some() {
                         inner.checked = checked;
                     }
-                    let Inner { history, world, .. } = &mut *inner;
-                    history.push(revision, world);
-                    drop(inner);
-                    self.revision_tx.send_replace(revision);
+                    self.adopt(inner, new, revision);
                     return Ok(out);
                 }
                 Err(e) if attempts < MAX_ATTEMPTS && e.downcast_ref::<StaleRead>().is_some() => {
