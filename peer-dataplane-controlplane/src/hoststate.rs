@@ -73,13 +73,23 @@ fn document_with(w: &World, host: &str, routes: bool) -> Document {
             here.contains(p.requester_vpc.as_str()) || here.contains(p.accepter_vpc.as_str())
         })
         .collect();
-    let mut vpcs = here.clone();
-    for p in &peerings {
-        vpcs.insert(&p.requester_vpc);
-        vpcs.insert(&p.accepter_vpc);
-    }
+    // The VPCs at the other end of those peerings (a local VPC too, if two local VPCs
+    // are peered).
+    let peers: BTreeSet<&str> = peerings
+        .iter()
+        .flat_map(|p| {
+            let a = here
+                .contains(p.requester_vpc.as_str())
+                .then_some(p.accepter_vpc.as_str());
+            let b = here
+                .contains(p.accepter_vpc.as_str())
+                .then_some(p.requester_vpc.as_str());
+            a.into_iter().chain(b)
+        })
+        .collect();
+    let vpcs: BTreeSet<&str> = here.union(&peers).copied().collect();
     let remote = if fleet {
-        remote_ports(w, host, &here)
+        remote_ports(w, host, &peers)
     } else {
         Vec::new()
     };
@@ -177,21 +187,8 @@ fn vpc_of<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
     w.subnets.get(&p.subnet).map(|s| s.vpc.as_str())
 }
 
-/// Ports of other registered hosts in VPCs peered with a VPC in `here`.
-fn remote_ports<'a>(w: &'a World, host: &str, here: &BTreeSet<&str>) -> Vec<&'a Port> {
-    let peers: BTreeSet<&str> = w
-        .peerings
-        .values()
-        .flat_map(|p| {
-            let a = here
-                .contains(p.requester_vpc.as_str())
-                .then_some(p.accepter_vpc.as_str());
-            let b = here
-                .contains(p.accepter_vpc.as_str())
-                .then_some(p.requester_vpc.as_str());
-            a.into_iter().chain(b)
-        })
-        .collect();
+/// Ports of other registered hosts in the VPCs `peers`.
+fn remote_ports<'a>(w: &'a World, host: &str, peers: &BTreeSet<&str>) -> Vec<&'a Port> {
     w.ports
         .values()
         .filter(|p| p.host() != host && w.hosts.contains_key(p.host()))
