@@ -30,9 +30,7 @@ fn document(w: &World, key: &str) -> Document {
 
 fn objects(w: &World, key: &str) -> Document {
     if key == REGION {
-        let mut d = hoststate::region_document(w);
-        d.route_tables.iter_mut().for_each(|t| t.routes.clear());
-        d
+        hoststate::region_document_without_routes(w)
     } else {
         hoststate::document_without_routes(w, key)
     }

@@ -47,6 +47,15 @@ fn table_doc(t: &crate::model::RouteTable, routes: bool) -> RouteTableDoc {
 /// Every VPC, subnet, route table, peering, network ACL and security group of the region,
 /// and no port.
 pub fn region_document(w: &World) -> Document {
+    region_document_with(w, true)
+}
+
+/// [`region_document`] with every route table empty (see [`document_without_routes`]).
+pub fn region_document_without_routes(w: &World) -> Document {
+    region_document_with(w, false)
+}
+
+fn region_document_with(w: &World, routes: bool) -> Document {
     Document {
         network_acls: w.network_acls.values().cloned().collect(),
         security_groups: w.security_groups.values().cloned().collect(),
@@ -55,7 +64,7 @@ pub fn region_document(w: &World) -> Document {
         route_tables: w
             .route_tables
             .values()
-            .map(|t| table_doc(t, true))
+            .map(|t| table_doc(t, routes))
             .collect(),
         peerings: w.peerings.values().map(|p| p.spec.clone()).collect(),
         ..Document::default()
