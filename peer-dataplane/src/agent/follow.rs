@@ -90,12 +90,24 @@ pub enum Change {
     },
 }
 
+/// The control plane's answer to `GET /v1/hosts/{host}/state`.
 #[derive(Deserialize)]
-struct StateResponse {
-    revision: u64,
+pub struct StateResponse {
+    pub revision: u64,
     document: Option<Document>,
     after: Option<u64>,
     delta: Option<crate::desired::delta::Delta>,
+}
+
+impl StateResponse {
+    /// What the answer changes; `None` when it holds neither a document nor a delta.
+    pub fn change(self) -> Option<Change> {
+        match (self.document, self.after, self.delta) {
+            (Some(doc), _, _) => Some(Change::Whole(doc)),
+            (None, Some(after), Some(delta)) => Some(Change::Delta { after, delta }),
+            _ => None,
+        }
+    }
 }
 
 /// Set by the agent when a delta did not fit what it holds: the next poll asks for the
@@ -217,18 +229,15 @@ pub fn spawn(
                         }
                         stats.lock().unwrap().synced = true;
                         backoff = BACKOFF_MIN;
-                        let change = match (r.document, r.after, r.delta) {
-                            (Some(doc), _, _) => Change::Whole(doc),
-                            (None, Some(a), Some(delta)) => Change::Delta { after: a, delta },
-                            _ => {
+                        let revision = r.revision;
+                        let Some(change) = r.change() else {
                                 warn!("the control plane's answer holds neither a document nor a delta; asking for the whole document");
                                 after = None;
                                 wait(&mut backoff);
                                 continue;
-                            }
                         };
-                        after = Some(r.revision);
-                        let u = Update { revision: r.revision, change, received: Instant::now() };
+                        after = Some(revision);
+                        let u = Update { revision, change, received: Instant::now() };
                         if tx.blocking_send(u).is_err() {
                             return; // the agent is stopping
                         }

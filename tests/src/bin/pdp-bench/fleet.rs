@@ -19,10 +19,10 @@
 //! At the end every agent's document must equal the whole document a replica serves.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane::agent::follow::Change;
+use peer_dataplane::agent::follow::{Change, StateResponse};
 use peer_dataplane::agent::follower::{self, Taken};
 use peer_dataplane::agent::install::Installed;
-use peer_dataplane::desired::delta::{Delta, Held};
+use peer_dataplane::desired::delta::Held;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::{IfindexResolver, Topology};
 use peer_dataplane::reconcile::MapState;
@@ -183,7 +183,8 @@ struct Delivery {
 struct SimAgent {
     deliveries: Mutex<Vec<Delivery>>,
     applied: AtomicU64,
-    held: Mutex<Option<Document>>,
+    /// The document the agent holds and its revision (read at the end).
+    desired: Mutex<Option<(u64, Held)>>,
 }
 
 fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
@@ -194,7 +195,6 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
         .into();
     let mut installed = Installed::<MapState>::in_memory();
     let mut topo: Option<Topology> = None;
-    let mut desired: Option<(u64, Held)> = None;
     let mut after: Option<u64> = None;
     loop {
         let mut url = format!("{base}/v1/hosts/{}/state", host(index));
@@ -211,18 +211,15 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
             bail!("agent {index}: HTTP {status}: {text}");
         }
         let started = thread_cpu();
-        let v: Value = serde_json::from_str(&text)?;
-        let revision = v["revision"].as_u64().context("revision")?;
-        let change = if let Some(doc) = v.get("document") {
-            Change::Whole(serde_json::from_value(doc.clone())?)
-        } else {
-            let delta: Delta = serde_json::from_value(v["delta"].clone())?;
-            Change::Delta {
-                after: v["after"].as_u64().context("after")?,
-                delta,
-            }
-        };
+        // Parsed as the agent parses it.
+        let answer: StateResponse = serde_json::from_str(&text)?;
+        let revision = answer.revision;
+        let change = answer
+            .change()
+            .with_context(|| format!("agent {index}: neither a document nor a delta"))?;
         let whole = matches!(change, Change::Whole(_));
+        // Uncontended: the bench reads it only once every agent is done.
+        let mut desired = me.desired.lock().unwrap();
         match follower::take(&mut installed, &mut topo, &mut desired, revision, change) {
             // A long poll that ended with nothing for this host: not a delivery.
             Ok(Taken::Nothing) => {
@@ -245,7 +242,7 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
             cpu,
             whole,
         });
-        *me.held.lock().unwrap() = desired.as_ref().map(|(_, h)| h.doc.clone());
+        drop(desired);
         me.applied.store(revision, Ordering::Release);
     }
 }
@@ -575,7 +572,7 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
             Arc::new(SimAgent {
                 deliveries: Mutex::new(Vec::new()),
                 applied: AtomicU64::new(0),
-                held: Mutex::new(None),
+                desired: Mutex::new(None),
             })
         })
         .collect();
@@ -705,8 +702,14 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
             (st, v)
         };
         let want: Document = serde_json::from_value(v["document"].clone())?;
-        let held = s.held.lock().unwrap().clone().context("no document")?;
-        if canonical(&held) != canonical(&want) {
+        if i == 0 || i == 7 {
+            if let Ok(dir) = std::env::var("PDP_DUMP") {
+                std::fs::write(format!("{dir}/host-{i}.json"), serde_json::to_vec(&want)?)?;
+            }
+        }
+        let held = s.desired.lock().unwrap();
+        let (_, held) = held.as_ref().context("no document")?;
+        if canonical(&held.doc) != canonical(&want) {
             bail!("agent {i}'s document differs from what the replicas serve");
         }
     }
@@ -716,7 +719,7 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     let scratch = Arc::new(SimAgent {
         deliveries: Mutex::new(Vec::new()),
         applied: AtomicU64::new(0),
-        held: Mutex::new(None),
+        desired: Mutex::new(None),
     });
     let t0 = Instant::now();
     {
