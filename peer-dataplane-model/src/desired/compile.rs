@@ -47,15 +47,27 @@ pub fn key_for(table: u32, net: &IpNet) -> RouteKey {
 }
 
 /// Names each object needs an id for.
-fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<String>> {
+fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<std::borrow::Cow<'_, str>>> {
+    fn names<'a, V>(
+        keys: std::collections::btree_map::Keys<'a, String, V>,
+    ) -> BTreeSet<std::borrow::Cow<'a, str>> {
+        keys.map(|k| std::borrow::Cow::Borrowed(k.as_str()))
+            .collect()
+    }
     BTreeMap::from([
-        (NAME_VPC, t.vpcs.keys().cloned().collect()),
-        (NAME_SUBNET, t.subnets.keys().cloned().collect()),
-        (NAME_ROUTE_TABLE, t.route_tables.keys().cloned().collect()),
-        (NAME_PEERING, t.peerings.keys().cloned().collect()),
-        (NAME_ACL, t.network_acls.keys().cloned().collect()),
-        (NAME_SG_SET, sg_combinations(t).into_keys().collect()),
-        (NAME_HOST, t.hosts.keys().cloned().collect()),
+        (NAME_VPC, names(t.vpcs.keys())),
+        (NAME_SUBNET, names(t.subnets.keys())),
+        (NAME_ROUTE_TABLE, names(t.route_tables.keys())),
+        (NAME_PEERING, names(t.peerings.keys())),
+        (NAME_ACL, names(t.network_acls.keys())),
+        (
+            NAME_SG_SET,
+            sg_combinations(t)
+                .into_keys()
+                .map(std::borrow::Cow::Owned)
+                .collect(),
+        ),
+        (NAME_HOST, names(t.hosts.keys())),
     ])
 }
 

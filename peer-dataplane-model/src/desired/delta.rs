@@ -239,13 +239,18 @@ impl Held {
         }
         macro_rules! kind {
             ($field:ident, $id:expr) => {
-                let id = $id;
-                let gone: BTreeSet<&String> = d.removed.$field.iter().collect();
-                let changed: BTreeMap<String, _> =
-                    d.put.$field.iter().map(|o| (id(o), o)).collect();
-                doc.$field
-                    .retain(|o| !gone.contains(&id(o)) && !changed.contains_key(&id(o)));
-                doc.$field.extend(changed.into_values().cloned());
+                // Most deltas touch one or two kinds: the others are not read.
+                if !d.removed.$field.is_empty() || !d.put.$field.is_empty() {
+                    let id = $id;
+                    let gone: BTreeSet<&String> = d.removed.$field.iter().collect();
+                    let changed: BTreeMap<String, _> =
+                        d.put.$field.iter().map(|o| (id(o), o)).collect();
+                    doc.$field.retain(|o| {
+                        let k = id(o);
+                        !gone.contains(&k) && !changed.contains_key(&k)
+                    });
+                    doc.$field.extend(changed.into_values().cloned());
+                }
             };
         }
         each_kind!(kind);

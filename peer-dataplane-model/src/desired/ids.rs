@@ -72,18 +72,25 @@ impl Ids {
     /// The ids for exactly `wanted` names of each kind: existing names keep theirs, new
     /// names get the lowest id not held by any name before this call (so an id freed now
     /// is never reused within the same change), names not wanted are released.
-    pub fn assign(&self, wanted: &BTreeMap<u32, BTreeSet<String>>) -> Result<Ids, IdsExhausted> {
+    pub fn assign<S: std::borrow::Borrow<str> + Ord>(
+        &self,
+        wanted: &BTreeMap<u32, BTreeSet<S>>,
+    ) -> Result<Ids, IdsExhausted> {
         let mut next = Ids::default();
+        let none = BTreeMap::new();
         for (kind, first, end) in KINDS {
-            let old = self.by_kind.get(&kind).cloned().unwrap_or_default();
-            let mut taken: BTreeSet<u32> = old.values().copied().collect();
+            let old = self.by_kind.get(&kind).unwrap_or(&none);
+            // Built only when a new name needs an id (most changes add none).
+            let mut taken: Option<BTreeSet<u32>> = None;
             let mut out = BTreeMap::new();
             let mut cursor = first;
             for name in wanted.get(&kind).into_iter().flatten() {
+                let name: &str = name.borrow();
                 if let Some(id) = old.get(name) {
-                    out.insert(name.clone(), *id);
+                    out.insert(name.to_string(), *id);
                     continue;
                 }
+                let taken = taken.get_or_insert_with(|| old.values().copied().collect());
                 while taken.contains(&cursor) {
                     cursor += 1;
                 }
@@ -94,7 +101,7 @@ impl Ids {
                     });
                 }
                 taken.insert(cursor);
-                out.insert(name.clone(), cursor);
+                out.insert(name.to_string(), cursor);
             }
             if !out.is_empty() {
                 next.by_kind.insert(kind, out);

@@ -8,42 +8,45 @@ use peer_dataplane_common::NAME_MAX_LEN;
 use std::collections::BTreeSet;
 
 /// Collects errors so that one pass reports everything wrong with a document.
-pub struct Checker {
+pub struct Checker<'d> {
     pub errors: Vec<String>,
-    /// `kind:id` of every object the document defines, valid or not.
-    pub defined: BTreeSet<String>,
+    /// The document checked: [`Checker::missing`] asks it whether a reference it cannot
+    /// resolve names an object that exists there but failed its own check.
+    doc: Option<&'d Document>,
 }
 
-impl Checker {
+impl<'d> Checker<'d> {
     /// A collector that knows every object `doc` defines (see [`Checker::missing`]).
-    pub fn for_document(doc: &Document) -> Checker {
-        let ids = |kind: &str, ids: Vec<&String>| -> Vec<String> {
-            ids.into_iter().map(|id| format!("{kind}:{id}")).collect()
-        };
-        let defined = [
-            ids("vpc", doc.vpcs.iter().map(|x| &x.id).collect()),
-            ids("subnet", doc.subnets.iter().map(|x| &x.id).collect()),
-            ids(
-                "route table",
-                doc.route_tables.iter().map(|x| &x.id).collect(),
-            ),
-            ids("peering", doc.peerings.iter().map(|x| &x.id).collect()),
-            ids(
-                "network acl",
-                doc.network_acls.iter().map(|x| &x.id).collect(),
-            ),
-            ids(
-                "security group",
-                doc.security_groups.iter().map(|x| &x.id).collect(),
-            ),
-            ids("host", doc.hosts.iter().map(|x| &x.id).collect()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+    pub fn for_document(doc: &'d Document) -> Checker<'d> {
         Checker {
             errors: Vec::new(),
-            defined,
+            doc: Some(doc),
+        }
+    }
+
+    /// A collector for checks outside a document (every missing reference is reported).
+    pub fn alone() -> Checker<'static> {
+        Checker {
+            errors: Vec::new(),
+            doc: None,
+        }
+    }
+
+    /// Whether the document defines an object of `kind` with id `id`, valid or not. Asked
+    /// only when a reference failed, so a search costs nothing on a valid document.
+    fn defines(&self, kind: &str, id: &str) -> bool {
+        let Some(doc) = self.doc else {
+            return false;
+        };
+        match kind {
+            "vpc" => doc.vpcs.iter().any(|x| x.id == id),
+            "subnet" => doc.subnets.iter().any(|x| x.id == id),
+            "route table" => doc.route_tables.iter().any(|x| x.id == id),
+            "peering" => doc.peerings.iter().any(|x| x.id == id),
+            "network acl" => doc.network_acls.iter().any(|x| x.id == id),
+            "security group" => doc.security_groups.iter().any(|x| x.id == id),
+            "host" => doc.hosts.iter().any(|x| x.id == id),
+            _ => false,
         }
     }
 
@@ -54,7 +57,7 @@ impl Checker {
     /// Reports a reference to an object that is not there, unless the document defines it
     /// and it failed validation itself: its own error is the one worth reading.
     pub fn missing(&mut self, kind: &str, id: &str, msg: String) {
-        if !self.defined.contains(&format!("{kind}:{id}")) {
+        if !self.defines(kind, id) {
             self.err(msg);
         }
     }
@@ -75,13 +78,13 @@ impl Checker {
     }
 
     /// An object of `kind` that belongs to `vpc`: a fresh id, and a VPC that exists.
-    pub fn vpc_object(
+    pub fn vpc_object<'i>(
         &mut self,
         kind: &str,
-        id: &str,
+        id: &'i str,
         vpc: &str,
         topo: &Topology,
-        seen: &mut BTreeSet<String>,
+        seen: &mut BTreeSet<&'i str>,
     ) -> bool {
         if !self.id(kind, id, seen) {
             return false;
@@ -93,7 +96,8 @@ impl Checker {
         true
     }
 
-    pub fn id(&mut self, kind: &str, id: &str, seen: &mut BTreeSet<String>) -> bool {
+    /// A valid id, not seen before among the ids `seen` of its kind.
+    pub fn id<'i>(&mut self, kind: &str, id: &'i str, seen: &mut BTreeSet<&'i str>) -> bool {
         if id.is_empty() {
             self.err(format!("{kind} with an empty id"));
             return false;
@@ -102,7 +106,7 @@ impl Checker {
             self.err(format!("{kind} {id}: id longer than {NAME_MAX_LEN} bytes"));
             return false;
         }
-        if !seen.insert(id.to_string()) {
+        if !seen.insert(id) {
             self.err(format!("{kind} {id}: defined more than once"));
             return false;
         }

@@ -16,6 +16,7 @@ pub use crate::desired::rules::{format_mac, overlaps, parse_mac, v4_mapped_range
 pub use peering::MAX_BANDWIDTH_MBPS;
 pub use topology::*;
 
+use crate::desired::delta::remote_port_key;
 use crate::desired::document::Document;
 use checker::Checker;
 use std::collections::BTreeSet;
@@ -31,10 +32,7 @@ pub fn route_change(
     destination: &str,
     target: Option<&str>,
 ) -> Result<(ipnet::IpNet, Option<Target>), ValidationErrors> {
-    let mut c = Checker {
-        errors: Vec::new(),
-        defined: Default::default(),
-    };
+    let mut c = Checker::alone();
     let fail = |c: Checker| Err(ValidationErrors(c.errors));
     let Some(t) = topo.route_tables.get(table) else {
         c.err(format!("route table {table} does not exist"));
@@ -159,12 +157,12 @@ pub fn validate_reusing(
             }
         }
     }
+    let keys: Vec<String> = doc.remote_ports.iter().map(remote_port_key).collect();
     let mut seen = BTreeSet::new();
-    for p in &doc.remote_ports {
-        let key = format!("{}/{}", p.host.as_deref().unwrap_or_default(), p.interface);
-        if c.id("remote port", &key, &mut seen) {
+    for (p, key) in doc.remote_ports.iter().zip(&keys) {
+        if c.id("remote port", key, &mut seen) {
             if let Some(x) = port::check_port(&mut c, &t, p, true, router_mac, &mut addresses) {
-                t.remote_ports.insert(key, x);
+                t.remote_ports.insert(key.clone(), x);
             }
         }
     }
