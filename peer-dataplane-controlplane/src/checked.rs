@@ -5,7 +5,7 @@
 //! validating every document whole ([`crate::ops::check`]); a test holds the two equal.
 
 use crate::deltas::changed_routes;
-use crate::hoststate;
+use crate::hoststate::{self, Index};
 use crate::model::{ApiError, World};
 use peer_dataplane_model::desired::validate::{validate_reusing, Topology};
 use peer_dataplane_model::desired::Document;
@@ -15,24 +15,25 @@ use std::collections::{BTreeMap, BTreeSet};
 /// host id; "" for the region without ports).
 pub struct Checked {
     world: World,
+    index: Index,
     topos: BTreeMap<String, Topology>,
 }
 
 const REGION: &str = "";
 
-fn document(w: &World, key: &str) -> Document {
+fn document(w: &World, ix: &Index, key: &str) -> Document {
     if key == REGION {
         hoststate::region_document(w)
     } else {
-        hoststate::document(w, key)
+        hoststate::document_in(w, ix, key, true)
     }
 }
 
-fn objects(w: &World, key: &str) -> Document {
+fn objects(w: &World, ix: &Index, key: &str) -> Document {
     if key == REGION {
         hoststate::region_document_without_routes(w)
     } else {
-        hoststate::document_without_routes(w, key)
+        hoststate::document_in(w, ix, key, false)
     }
 }
 
@@ -54,19 +55,20 @@ pub fn check(
         Some(p) => changed_routes(&p.world, new).into_keys().collect(),
         None => BTreeSet::new(),
     };
+    let index = Index::of(new);
     let mut topos = BTreeMap::new();
     for key in keys {
         let before = prev.and_then(|p| p.topos.get(&key).map(|t| (p, t)));
         // A document the change does not alter keeps its verdict and its topology.
         if let Some((p, t)) = before {
-            let same_objects = objects(&p.world, &key) == objects(new, &key);
+            let same_objects = objects(&p.world, &p.index, &key) == objects(new, &index, &key);
             let same_routes = t.route_tables.keys().all(|id| !changed.contains(id));
             if same_objects && same_routes {
                 topos.insert(key, t.clone());
                 continue;
             }
         }
-        let doc = document(new, &key);
+        let doc = document(new, &index, &key);
         match validate_reusing(&doc, before.map(|(_, t)| t), &changed) {
             Ok(t) => drop(topos.insert(key, t)),
             Err(e) => {
@@ -78,6 +80,7 @@ pub fn check(
     }
     Ok(Some(Checked {
         world: new.clone(),
+        index,
         topos,
     }))
 }

@@ -5,11 +5,12 @@
 //! changed in between in the tables it keeps. An agent whose R has left the ring (or that
 //! this replica never saw) gets its whole document instead.
 
-use crate::hoststate;
+use crate::hoststate::{self, Index};
 use crate::model::{Routes, World};
 use imbl::ordmap::DiffItem;
 use peer_dataplane_model::desired::delta::{Delta, RouteChange};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Revisions kept: an agent at most this many revisions behind gets a delta.
 pub const KEPT: usize = 256;
@@ -17,9 +18,16 @@ pub const KEPT: usize = 256;
 /// Destinations changed per route table.
 pub type RouteDests = BTreeMap<String, BTreeSet<String>>;
 
+/// A world as this replica held it at one revision, and its index (built once, read by
+/// every long poll that computes a delta from or to it).
+pub struct View {
+    pub world: World,
+    pub index: Index,
+}
+
 struct Snapshot {
     revision: u64,
-    world: World,
+    view: Arc<View>,
     /// Routes changed since the snapshot before this one.
     routes: RouteDests,
 }
@@ -31,8 +39,8 @@ pub struct History {
 
 /// What a host's delta is computed from, taken under the server's lock (cheap copies).
 pub struct Base {
-    from: World,
-    now: World,
+    from: Arc<View>,
+    now: Arc<View>,
     routes: RouteDests,
     pub revision: u64,
 }
@@ -41,7 +49,7 @@ impl History {
     /// Records `world` at `revision`, the world this replica holds from now on.
     pub fn push(&mut self, revision: u64, world: &World) {
         let routes = match self.ring.back() {
-            Some(prev) => changed_routes(&prev.world, world),
+            Some(prev) => changed_routes(&prev.view.world, world),
             None => RouteDests::new(),
         };
         if self.ring.len() == KEPT {
@@ -49,9 +57,17 @@ impl History {
         }
         self.ring.push_back(Snapshot {
             revision,
-            world: world.clone(),
+            view: Arc::new(View {
+                world: world.clone(),
+                index: Index::of(world),
+            }),
             routes,
         });
+    }
+
+    /// The latest world held, and its revision.
+    pub fn latest(&self) -> Option<(u64, Arc<View>)> {
+        self.ring.back().map(|s| (s.revision, s.view.clone()))
     }
 
     /// The worlds at `after` and now, and the routes changed in between; `None` if
@@ -69,8 +85,8 @@ impl History {
         }
         let now = self.ring.back()?;
         Some(Base {
-            from: self.ring[at].world.clone(),
-            now: now.world.clone(),
+            from: self.ring[at].view.clone(),
+            now: now.view.clone(),
             routes,
             revision: now.revision,
         })
@@ -107,16 +123,13 @@ pub fn changed_routes(old: &World, new: &World) -> RouteDests {
 
 /// Host `host`'s delta from `base.from` to `base.now`.
 pub fn delta(base: &Base, host: &str) -> Delta {
-    let old = hoststate::document_without_routes(&base.from, host);
-    let new = hoststate::document_without_routes(&base.now, host);
+    let (from, now) = (&base.from.world, &base.now.world);
+    let old = hoststate::document_in(from, &base.from.index, host, false);
+    let new = hoststate::document_in(now, &base.now.index, host, false);
     let mut d = Delta::objects_between(&old, &new);
     // A table new to the host travels whole.
     for t in &mut d.put.route_tables {
-        t.routes = base.now.route_tables[&t.id]
-            .routes
-            .values()
-            .cloned()
-            .collect();
+        t.routes = now.route_tables[&t.id].routes.values().cloned().collect();
     }
     let whole: BTreeSet<&str> = d.put.route_tables.iter().map(|t| t.id.as_str()).collect();
     let kept: BTreeSet<&str> = new
@@ -129,8 +142,8 @@ pub fn delta(base: &Base, host: &str) -> Delta {
         if !kept.contains(table.as_str()) {
             continue;
         }
-        let before = base.from.route_tables.get(table).map(|t| &t.routes);
-        let after = &base.now.route_tables[table].routes;
+        let before = from.route_tables.get(table).map(|t| &t.routes);
+        let after = &now.route_tables[table].routes;
         for dest in dests {
             let was = before.and_then(|r| r.get(dest));
             let is = after.get(dest);

@@ -22,14 +22,81 @@ use peer_dataplane_model::desired::document::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Which objects each host and VPC has, computed once per world: a host's document is
+/// then built from its own share of the region, not by scanning the region (a replica
+/// builds one per parked long poll and per host a change may concern).
+#[derive(Default)]
+pub struct Index {
+    /// Port ids by the host that carries them.
+    ports_of_host: BTreeMap<String, BTreeSet<String>>,
+    /// Port ids by VPC.
+    ports_of_vpc: BTreeMap<String, BTreeSet<String>>,
+    /// The hosts carrying ports of each VPC: a peering's cap in one direction is split
+    /// evenly among the hosts that can send in that direction.
+    senders: BTreeMap<String, BTreeSet<String>>,
+    subnets_of_vpc: BTreeMap<String, BTreeSet<String>>,
+    tables_of_vpc: BTreeMap<String, BTreeSet<String>>,
+    acls_of_vpc: BTreeMap<String, BTreeSet<String>>,
+    groups_of_vpc: BTreeMap<String, BTreeSet<String>>,
+    peerings_of_vpc: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Index {
+    pub fn of(w: &World) -> Index {
+        fn add(m: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
+            match m.get_mut(key) {
+                Some(ids) => drop(ids.insert(id.to_string())),
+                None => drop(m.insert(key.to_string(), BTreeSet::from([id.to_string()]))),
+            }
+        }
+        let mut ix = Index::default();
+        for (id, p) in &w.ports {
+            add(&mut ix.ports_of_host, p.host(), id);
+            if let Some(v) = vpc_of(w, p) {
+                add(&mut ix.ports_of_vpc, v, id);
+                add(&mut ix.senders, v, p.host());
+            }
+        }
+        for (id, s) in &w.subnets {
+            add(&mut ix.subnets_of_vpc, &s.vpc, id);
+        }
+        for (id, t) in &w.route_tables {
+            add(&mut ix.tables_of_vpc, &t.vpc, id);
+        }
+        for (id, a) in &w.network_acls {
+            add(&mut ix.acls_of_vpc, &a.vpc, id);
+        }
+        for (id, g) in &w.security_groups {
+            add(&mut ix.groups_of_vpc, &g.vpc, id);
+        }
+        for (id, p) in &w.peerings {
+            add(&mut ix.peerings_of_vpc, &p.requester_vpc, id);
+            add(&mut ix.peerings_of_vpc, &p.accepter_vpc, id);
+        }
+        ix
+    }
+
+    /// The ids `m` holds for any of `keys`, in id order.
+    fn of_any<'a>(
+        m: &'a BTreeMap<String, BTreeSet<String>>,
+        keys: &BTreeSet<&str>,
+    ) -> BTreeSet<&'a str> {
+        keys.iter()
+            .filter_map(|k| m.get(*k))
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 pub fn document(w: &World, host: &str) -> Document {
-    document_with(w, host, true)
+    document_in(w, &Index::of(w), host, true)
 }
 
 /// [`document`] with every route table empty: the objects, compared cheaply (deltas carry
 /// routes apart, see `crate::deltas`).
 pub fn document_without_routes(w: &World, host: &str) -> Document {
-    document_with(w, host, false)
+    document_in(w, &Index::of(w), host, false)
 }
 
 fn table_doc(t: &crate::model::RouteTable, routes: bool) -> RouteTableDoc {
@@ -71,16 +138,22 @@ fn region_document_with(w: &World, routes: bool) -> Document {
     }
 }
 
-fn document_with(w: &World, host: &str, routes: bool) -> Document {
-    let local: Vec<&Port> = w.ports.values().filter(|p| p.host() == host).collect();
+/// Host `host`'s document in world `w`, whose index is `ix` (routes left out unless
+/// `routes`).
+pub fn document_in(w: &World, ix: &Index, host: &str, routes: bool) -> Document {
+    let none = BTreeSet::new();
+    let local: Vec<&Port> = ix
+        .ports_of_host
+        .get(host)
+        .unwrap_or(&none)
+        .iter()
+        .map(|id| &w.ports[id])
+        .collect();
     let fleet = w.hosts.contains_key(host);
     let here: BTreeSet<&str> = local.iter().filter_map(|p| vpc_of(w, p)).collect();
-    let peerings: Vec<_> = w
-        .peerings
-        .values()
-        .filter(|p| {
-            here.contains(p.requester_vpc.as_str()) || here.contains(p.accepter_vpc.as_str())
-        })
+    let peerings: Vec<_> = Index::of_any(&ix.peerings_of_vpc, &here)
+        .into_iter()
+        .map(|id| &w.peerings[id])
         .collect();
     // The VPCs at the other end of those peerings (a local VPC too, if two local VPCs
     // are peered).
@@ -97,8 +170,13 @@ fn document_with(w: &World, host: &str, routes: bool) -> Document {
         })
         .collect();
     let vpcs: BTreeSet<&str> = here.union(&peers).copied().collect();
-    let remote = if fleet {
-        remote_ports(w, host, &peers)
+    // Ports of other registered hosts in the peer VPCs.
+    let remote: Vec<&Port> = if fleet {
+        Index::of_any(&ix.ports_of_vpc, &peers)
+            .into_iter()
+            .map(|id| &w.ports[id])
+            .filter(|p| p.host() != host && w.hosts.contains_key(p.host()))
+            .collect()
     } else {
         Vec::new()
     };
@@ -106,81 +184,73 @@ fn document_with(w: &World, host: &str, routes: bool) -> Document {
     if fleet {
         hosts.insert(host);
     }
-    // Only a fleet splits caps: a single host polices the whole of each.
-    let senders = if fleet {
-        sending_hosts(w)
-    } else {
-        BTreeMap::new()
-    };
     // A peer's subnets and groups, as far as its instances (and the local groups naming
     // them) need them.
     let foreign_subnets: BTreeSet<&str> = remote.iter().map(|p| p.subnet.as_str()).collect();
+    let local_groups = Index::of_any(&ix.groups_of_vpc, &here);
     let mut foreign_groups: BTreeSet<&str> = remote
         .iter()
         .flat_map(|p| p.security_groups.iter().flatten())
         .map(String::as_str)
         .collect();
-    for g in w
-        .security_groups
-        .values()
-        .filter(|g| here.contains(g.vpc.as_str()))
-    {
+    for g in &local_groups {
         foreign_groups.extend(
-            g.rules
+            w.security_groups[*g]
+                .rules
                 .iter()
                 .filter_map(|r| r.peer_security_group.as_deref()),
         );
     }
-    let subnets = w.subnets.values().filter_map(|s| {
-        if here.contains(s.vpc.as_str()) {
-            Some(s.clone())
-        } else if foreign_subnets.contains(s.id.as_str()) {
-            Some(SubnetDoc {
-                route_table: String::new(),
-                network_acl: None,
-                ..s.clone()
-            })
-        } else {
-            None
-        }
-    });
-    let groups = w.security_groups.values().filter_map(|g| {
-        if here.contains(g.vpc.as_str()) {
-            Some(g.clone())
-        } else if foreign_groups.contains(g.id.as_str()) {
-            Some(SecurityGroupDoc {
-                rules: Vec::new(),
-                ..g.clone()
-            })
-        } else {
-            None
-        }
-    });
+    let local_subnets = Index::of_any(&ix.subnets_of_vpc, &here);
+    let subnets = local_subnets
+        .union(&foreign_subnets)
+        .filter_map(|id| w.subnets.get(*id))
+        .map(|s| {
+            if here.contains(s.vpc.as_str()) {
+                s.clone()
+            } else {
+                SubnetDoc {
+                    route_table: String::new(),
+                    network_acl: None,
+                    ..s.clone()
+                }
+            }
+        });
+    let groups = local_groups
+        .union(&foreign_groups)
+        .filter_map(|id| w.security_groups.get(*id))
+        .map(|g| {
+            if here.contains(g.vpc.as_str()) {
+                g.clone()
+            } else {
+                SecurityGroupDoc {
+                    rules: Vec::new(),
+                    ..g.clone()
+                }
+            }
+        });
     Document {
         router_mac: None,
         local_host: fleet.then(|| host.to_string()),
         hosts: hosts.iter().map(|h| w.hosts[*h].clone()).collect(),
-        network_acls: w
-            .network_acls
-            .values()
-            .filter(|a| here.contains(a.vpc.as_str()))
-            .cloned()
+        network_acls: Index::of_any(&ix.acls_of_vpc, &here)
+            .into_iter()
+            .map(|id| w.network_acls[id].clone())
             .collect(),
         security_groups: groups.collect(),
         vpcs: vpcs.iter().map(|v| w.vpcs[*v].spec.clone()).collect(),
         subnets: subnets.collect(),
-        route_tables: w
-            .route_tables
-            .values()
-            .filter(|t| here.contains(t.vpc.as_str()))
-            .map(|t| table_doc(t, routes))
+        route_tables: Index::of_any(&ix.tables_of_vpc, &here)
+            .into_iter()
+            .map(|id| table_doc(&w.route_tables[id], routes))
             .collect(),
-        // Cross-region peerings without a cap get the default when validated.
+        // Cross-region peerings without a cap get the default when validated. Only a
+        // fleet splits caps: a single host polices the whole of each.
         peerings: peerings
             .iter()
             .map(|p| PeeringDoc {
                 cap_shares: fleet.then(|| {
-                    let n = |vpc: &str| senders.get(vpc).map_or(1, |h| h.len().max(1) as u32);
+                    let n = |vpc: &str| ix.senders.get(vpc).map_or(1, |h| h.len().max(1) as u32);
                     [n(&p.requester_vpc), n(&p.accepter_vpc)]
                 }),
                 ..p.spec.clone()
@@ -194,25 +264,4 @@ fn document_with(w: &World, host: &str, routes: bool) -> Document {
 /// The VPC of each port.
 fn vpc_of<'a>(w: &'a World, p: &Port) -> Option<&'a str> {
     w.subnets.get(&p.subnet).map(|s| s.vpc.as_str())
-}
-
-/// Ports of other registered hosts in the VPCs `peers`.
-fn remote_ports<'a>(w: &'a World, host: &str, peers: &BTreeSet<&str>) -> Vec<&'a Port> {
-    w.ports
-        .values()
-        .filter(|p| p.host() != host && w.hosts.contains_key(p.host()))
-        .filter(|p| vpc_of(w, p).is_some_and(|v| peers.contains(v)))
-        .collect()
-}
-
-/// The hosts carrying ports of each VPC: a peering's cap in one direction is split evenly
-/// among the hosts that can send in that direction.
-fn sending_hosts(w: &World) -> BTreeMap<&str, BTreeSet<&str>> {
-    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for p in w.ports.values() {
-        if let Some(v) = vpc_of(w, p) {
-            out.entry(v).or_default().insert(p.host());
-        }
-    }
-    out
 }

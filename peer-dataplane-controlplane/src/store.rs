@@ -7,7 +7,6 @@ use crate::model::*;
 use anyhow::{Context, Result};
 use imbl::ordmap::DiffItem;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -208,66 +207,52 @@ fn diff_into<T: PartialEq>(
     Ok(())
 }
 
-/// Builds the world from stored rows (kind, id, JSON body), in any order. Also names the
-/// route tables stored the old way, routes inside the table's row (see [`Store::load`]).
+/// Builds the world from every stored row (kind, id, JSON body), in any order. Also names
+/// the route tables stored the old way, routes inside the table's row (see [`Store::load`]).
 fn assemble(
     rows: impl IntoIterator<Item = (String, String, String)>,
 ) -> Result<(World, Vec<String>)> {
-    let mut by_kind: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (kind, id, body) in rows {
-        by_kind.entry(kind).or_default().insert(id, body);
-    }
     let mut w = World::default();
-    let mut take = |kind: &str| by_kind.remove(kind).unwrap_or_default();
-    macro_rules! load {
-        ($kind:literal, $field:ident) => {
-            w.$field = parse_all($kind, take($kind))?;
-        };
-    }
-    for_each_kind!(load);
-    w.route_tables = parse_all(ROUTE_TABLE, take(ROUTE_TABLE))?;
-    let embedded = w
-        .route_tables
-        .values()
-        .filter(|t| !t.routes.is_empty())
-        .map(|t| t.id.clone())
-        .collect();
-    for (key, body) in take(ROUTE) {
-        let (table, dest) = key
-            .split_once('/')
-            .ok_or_else(|| anyhow::anyhow!("stored route {key:?} is not TABLE/DESTINATION"))?;
-        let route: Route = serde_json::from_str(&body)
-            .with_context(|| format!("stored route {key} is not valid"))?;
-        w.route_tables
-            .get_mut(table)
-            .ok_or_else(|| {
-                anyhow::anyhow!("stored route {key}: route table {table} is not stored")
-            })?
-            .routes
-            .insert(dest.to_string(), route);
-    }
+    let embedded = apply_rows(
+        &mut w,
+        rows.into_iter()
+            .map(|(kind, id, body)| (kind, id, Some(body))),
+    )?;
     Ok((w, embedded))
 }
 
-/// Applies rows another writer committed to `w` (what [`rows`] wrote, read back): each
-/// object replaced or removed, each route added or removed in its table.
-pub fn apply_rows(w: &mut World, rows: Vec<StoredRow>) -> Result<()> {
-    // Tables first: a route row may belong to a table made in the same commit.
+/// Applies stored rows to `w`: each object replaced or removed, each route added or
+/// removed in its table. Used for a whole read (onto an empty world) and for what another
+/// writer committed (what [`rows`] wrote, read back). A route of a table that neither `w`
+/// nor the rows hold is an error (the rows do not belong to `w`), unless the same rows
+/// delete that table. Returns the tables whose own row still holds their routes (written
+/// before routes had rows of their own): those routes are kept.
+pub fn apply_rows(w: &mut World, rows: impl IntoIterator<Item = StoredRow>) -> Result<Vec<String>> {
+    // Tables first: a route row may belong to a table made by the same rows.
     let (tables, others): (Vec<_>, Vec<_>) =
         rows.into_iter().partition(|(k, _, _)| k == ROUTE_TABLE);
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut embedded = Vec::new();
     for (_, id, body) in tables {
         match body {
             Some(body) => {
                 let t: RouteTable = serde_json::from_str(&body)
                     .with_context(|| format!("stored route table {id} is not valid"))?;
-                let routes = w
-                    .route_tables
-                    .get(&id)
-                    .map(|old| old.routes.clone())
-                    .unwrap_or_default();
+                let routes = if !t.routes.is_empty() {
+                    embedded.push(id.clone());
+                    t.routes
+                } else {
+                    w.route_tables
+                        .get(&id)
+                        .map(|old| old.routes.clone())
+                        .unwrap_or_default()
+                };
                 w.route_tables.insert(id, RouteTable { routes, ..t });
             }
-            None => drop(w.route_tables.remove(&id)),
+            None => {
+                w.route_tables.remove(&id);
+                deleted.insert(id);
+            }
         }
     }
     for (kind, id, body) in others {
@@ -293,9 +278,12 @@ pub fn apply_rows(w: &mut World, rows: Vec<StoredRow>) -> Result<()> {
             let (table, dest) = id
                 .split_once('/')
                 .ok_or_else(|| anyhow::anyhow!("stored route {id:?} is not TABLE/DESTINATION"))?;
-            // A route of a table deleted in the same commit goes with it.
             let Some(t) = w.route_tables.get_mut(table) else {
-                continue;
+                // A route of a table deleted by the same rows goes with it.
+                if deleted.contains(table) {
+                    continue;
+                }
+                anyhow::bail!("stored route {id}: route table {table} is not stored");
             };
             match &body {
                 Some(b) => drop(
@@ -311,20 +299,7 @@ pub fn apply_rows(w: &mut World, rows: Vec<StoredRow>) -> Result<()> {
         }
         anyhow::bail!("stored row of unknown kind {kind:?} ({id})");
     }
-    Ok(())
-}
-
-fn parse_all<T: DeserializeOwned>(
-    kind: &str,
-    rows: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, T>> {
-    rows.into_iter()
-        .map(|(id, body)| {
-            let v = serde_json::from_str(&body)
-                .with_context(|| format!("stored {kind} {id} is not valid"))?;
-            Ok((id, v))
-        })
-        .collect()
+    Ok(embedded)
 }
 
 impl Store {
@@ -548,5 +523,46 @@ mod tests {
             .remove("172.16.0.1/32");
         s.commit(&w, &fewer, 2).unwrap();
         assert_eq!(s.load().unwrap().0, fewer);
+    }
+
+    /// Another writer's rows applied to a world equal the world that writer committed;
+    /// a route of a table that is neither held nor deleted by the same rows is refused
+    /// (the rows do not belong to this world), and nothing reads it as a silent skip.
+    #[test]
+    fn rows_applied_rebuild_the_committed_world_and_refuse_a_route_without_table() {
+        let old = table_with(5);
+        let mut new = old.clone();
+        let t = new.route_tables.get_mut("rtb-1").unwrap();
+        t.routes.remove("172.16.0.2/32");
+        t.routes.insert(
+            "10.9.0.0/16".into(),
+            Route::new("10.9.0.0/16".to_string(), "pcx-2"),
+        );
+        let stored = |rows: Vec<Row>| -> Vec<StoredRow> {
+            rows.into_iter()
+                .map(|(k, id, body)| (k.to_string(), id, body))
+                .collect()
+        };
+        let mut w = old.clone();
+        apply_rows(&mut w, stored(rows(&old, &new).unwrap())).unwrap();
+        assert_eq!(w, new);
+        // The table and its routes deleted by the same rows, in any order.
+        let mut gone = stored(rows(&new, &World::default()).unwrap());
+        gone.reverse();
+        apply_rows(&mut w, gone).unwrap();
+        assert_eq!(w, World::default());
+        // A route whose table is not there.
+        let stray = vec![(
+            ROUTE.to_string(),
+            "rtb-9/10.0.0.0/8".to_string(),
+            Some(serde_json::to_string(&Route::new("10.0.0.0/8".to_string(), "pcx-1")).unwrap()),
+        )];
+        let e = apply_rows(&mut World::default(), stray.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains("route table rtb-9 is not stored"),
+            "{e}"
+        );
+        let e = assemble(stray.into_iter().map(|(k, i, b)| (k, i, b.unwrap()))).unwrap_err();
+        assert!(e.to_string().contains("rtb-9"), "{e}");
     }
 }

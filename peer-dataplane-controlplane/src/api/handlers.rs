@@ -262,17 +262,14 @@ fn unsynced_store(s: &Shared) -> Result<(), ApiError> {
 }
 
 fn whole_document(s: &Shared, host: &str) -> ApiResult {
-    let (world, revision) = {
-        let inner = s.inner.lock().unwrap();
-        (inner.world.clone(), inner.revision)
-    };
+    let (revision, view) = s.latest_view();
     #[derive(Serialize)]
     struct Whole<'a> {
         host: &'a str,
         revision: u64,
         document: peer_dataplane_model::desired::document::Document,
     }
-    let document = hoststate::document(&world, host);
+    let document = hoststate::document_in(&view.world, &view.index, host, true);
     ok(
         StatusCode::OK,
         Whole {

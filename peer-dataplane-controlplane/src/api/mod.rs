@@ -160,7 +160,7 @@ impl Server {
             }
             let mut world = inner.world.clone();
             match crate::store::apply_rows(&mut world, rows) {
-                Ok(()) => {
+                Ok(_) => {
                     // This replica's next commit is guarded by what it has now seen.
                     inner.store.seen(revision);
                     self.adopt(inner, world, revision);
@@ -214,6 +214,15 @@ impl Server {
     /// Long polls parked waiting for the next revision.
     pub fn waiting_polls(&self) -> usize {
         self.revision_tx.receiver_count()
+    }
+
+    /// The world this replica holds, indexed, and its revision.
+    pub fn latest_view(&self) -> (u64, std::sync::Arc<crate::deltas::View>) {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .history
+            .latest()
+            .expect("the history holds the world from the start")
     }
 
     /// What host deltas from revision `after` are computed from (`None`: not held).

@@ -194,8 +194,12 @@ pub fn check(w: &World) -> Result<()> {
     let hosts: BTreeSet<&str> = w.ports.values().map(|p| p.host()).collect();
     // The region without ports checks what no host may carry (a VPC, table or peering
     // no port uses yet), then each host's own selection.
-    let docs = std::iter::once(hoststate::region_document(w))
-        .chain(hosts.into_iter().map(|h| hoststate::document(w, h)));
+    let ix = hoststate::Index::of(w);
+    let docs = std::iter::once(hoststate::region_document(w)).chain(
+        hosts
+            .into_iter()
+            .map(|h| hoststate::document_in(w, &ix, h, true)),
+    );
     for doc in docs {
         if let Err(e) = peer_dataplane_model::desired::validate::validate(&doc) {
             return Err(ApiError::inconsistent(format!(
