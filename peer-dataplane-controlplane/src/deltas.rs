@@ -53,7 +53,9 @@ impl History {
             None => RouteDests::new(),
         };
         if self.ring.len() == KEPT {
-            self.ring.pop_front();
+            if let Some(old) = self.ring.pop_front() {
+                drop_aside(old);
+            }
         }
         self.ring.push_back(Snapshot {
             revision,
@@ -91,6 +93,27 @@ impl History {
             revision: now.revision,
         })
     }
+}
+
+/// Frees a snapshot that left the ring. One that recorded a bulk change (100,000 route
+/// destinations, say) takes milliseconds to free: that is done on a thread of its own,
+/// not under the server's lock in the middle of an API call.
+fn drop_aside(old: Snapshot) {
+    const LARGE: usize = 10_000;
+    if old.routes.values().map(BTreeSet::len).sum::<usize>() < LARGE {
+        return;
+    }
+    static REAPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Snapshot>>> =
+        std::sync::OnceLock::new();
+    let tx = REAPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Snapshot>();
+        std::thread::Builder::new()
+            .name("history-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .expect("starting the history's reaper thread");
+        std::sync::Mutex::new(tx)
+    });
+    let _ = tx.lock().unwrap().send(old);
 }
 
 /// Route destinations that differ between two worlds, per table.

@@ -76,6 +76,56 @@ impl std::error::Error for StaleRead {}
 /// The embedded store: one SQLite file.
 pub struct Store {
     conn: Connection,
+    /// Checkpoints the write-ahead log in the background (a file store only).
+    _checkpoints: Option<Checkpointer>,
+}
+
+/// How often the log is folded into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Folds the write-ahead log into the database file from a thread of its own. SQLite
+/// would otherwise do it inside the commit that fills the log past 1,000 pages, and
+/// that commit (every few hundred API calls) would wait for the copy and its fsync: a
+/// passive checkpoint here never blocks a commit, which keeps appending to the log.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening database {} to checkpoint it", path.display()))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = r {
+                        log::warn!("checkpointing the database's log: {e}");
+                    }
+                }
+                // One last fold on the way out, so the file alone holds everything.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            })
+            .context("starting the checkpoint thread")?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ObjectStore for Store {
@@ -309,7 +359,11 @@ impl Store {
         // WAL: readers never block the writer; NORMAL sync is durable across process crashes.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::init(conn)
+        // Checkpoints happen off the commit path (see `Checkpointer`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let mut store = Self::init(conn)?;
+        store._checkpoints = Some(Checkpointer::start(path)?);
+        Ok(store)
     }
 
     pub fn in_memory() -> Result<Store> {
@@ -318,7 +372,10 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Store> {
         conn.execute_batch(SCHEMA).context("creating the schema")?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            _checkpoints: None,
+        })
     }
 
     /// The stored world and its revision.
