@@ -622,4 +622,35 @@ mod tests {
         let e = assemble(stray.into_iter().map(|(k, i, b)| (k, i, b.unwrap()))).unwrap_err();
         assert!(e.to_string().contains("rtb-9"), "{e}");
     }
+
+    /// Commits never fold the log into the database file themselves; the checkpoint
+    /// thread does, so the file grows while the store stays open (with neither, the log
+    /// would grow without end).
+    #[test]
+    fn the_log_is_folded_into_the_file_in_the_background() {
+        let dir = std::env::temp_dir().join(format!("pdp-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cp.db");
+        let mut s = Store::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let empty = size();
+        let mut old = World::default();
+        for i in 0..200 {
+            let new = table_with(i + 1);
+            s.commit(&old, &new, i as u64 + 1).unwrap();
+            old = new;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= empty {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file is still {empty} bytes: nothing was checkpointed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(s.load().unwrap(), (old, 200));
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
