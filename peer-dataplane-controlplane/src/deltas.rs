@@ -1,9 +1,10 @@
 //! What changed for one host since a revision it holds: the recent worlds this replica
 //! has held (a ring; a copy of the world shares its routes, so a snapshot costs the small
-//! objects only) and, for each, which routes changed since the one before. A host's delta
-//! from revision R is its document's objects at R compared with now, plus the routes that
-//! changed in between in the tables it keeps. An agent whose R has left the ring (or that
-//! this replica never saw) gets its whole document instead.
+//! objects only). A host's delta from revision R is its document's objects at R compared
+//! with now, plus the routes that differ between the two in the tables it keeps: route
+//! tables are persistent maps, and comparing two versions of one skips what they share,
+//! so it costs what changed. An agent whose R has left the ring (or that this replica
+//! never saw) gets its whole document instead.
 
 use crate::hoststate::{self, Index};
 use crate::model::{Routes, World};
@@ -28,8 +29,6 @@ pub struct View {
 struct Snapshot {
     revision: u64,
     view: Arc<View>,
-    /// Routes changed since the snapshot before this one.
-    routes: RouteDests,
 }
 
 #[derive(Default)]
@@ -41,17 +40,12 @@ pub struct History {
 pub struct Base {
     from: Arc<View>,
     now: Arc<View>,
-    routes: RouteDests,
     pub revision: u64,
 }
 
 impl History {
     /// Records `world` at `revision`, the world this replica holds from now on.
     pub fn push(&mut self, revision: u64, world: &World) {
-        let routes = match self.ring.back() {
-            Some(prev) => changed_routes(&prev.view.world, world),
-            None => RouteDests::new(),
-        };
         if self.ring.len() == KEPT {
             if let Some(old) = self.ring.pop_front() {
                 drop_aside(old);
@@ -63,7 +57,6 @@ impl History {
                 world: world.clone(),
                 index: Index::of(world),
             }),
-            routes,
         });
     }
 
@@ -72,37 +65,23 @@ impl History {
         self.ring.back().map(|s| (s.revision, s.view.clone()))
     }
 
-    /// The worlds at `after` and now, and the routes changed in between; `None` if
-    /// `after` is not a revision this replica still holds.
+    /// The worlds at `after` and now; `None` if `after` is not a revision this replica
+    /// still holds.
     pub fn base(&self, after: u64) -> Option<Base> {
         let at = self.ring.iter().position(|s| s.revision == after)?;
-        let mut routes = RouteDests::new();
-        for s in self.ring.iter().skip(at + 1) {
-            for (t, dests) in &s.routes {
-                routes
-                    .entry(t.clone())
-                    .or_default()
-                    .extend(dests.iter().cloned());
-            }
-        }
         let now = self.ring.back()?;
         Some(Base {
             from: self.ring[at].view.clone(),
             now: now.view.clone(),
-            routes,
             revision: now.revision,
         })
     }
 }
 
-/// Frees a snapshot that left the ring. One that recorded a bulk change (100,000 route
-/// destinations, say) takes milliseconds to free: that is done on a thread of its own,
-/// not under the server's lock in the middle of an API call.
+/// Frees a snapshot that left the ring on a thread of its own: the last world holding
+/// the routes a bulk change replaced (100,000, say) takes milliseconds to free, which
+/// is not to happen under the server's lock in the middle of an API call.
 fn drop_aside(old: Snapshot) {
-    const LARGE: usize = 10_000;
-    if old.routes.values().map(BTreeSet::len).sum::<usize>() < LARGE {
-        return;
-    }
     static REAPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Snapshot>>> =
         std::sync::OnceLock::new();
     let tx = REAPER.get_or_init(|| {
@@ -161,22 +140,22 @@ pub fn delta(base: &Base, host: &str) -> Delta {
         .map(|t| t.id.as_str())
         .filter(|t| !whole.contains(t))
         .collect();
-    for (table, dests) in &base.routes {
-        if !kept.contains(table.as_str()) {
-            continue;
-        }
-        let before = from.route_tables.get(table).map(|t| &t.routes);
+    let empty = Routes::new();
+    for table in kept {
+        let before = from.route_tables.get(table).map_or(&empty, |t| &t.routes);
         let after = &now.route_tables[table].routes;
-        for dest in dests {
-            let was = before.and_then(|r| r.get(dest));
-            let is = after.get(dest);
-            if was != is {
-                d.routes.push(RouteChange {
-                    table: table.clone(),
-                    destination: dest.clone(),
-                    target: is.map(|r| r.target.clone()),
-                });
-            }
+        for item in before.diff(after) {
+            let (dest, target) = match item {
+                DiffItem::Add(dest, r) | DiffItem::Update { new: (dest, r), .. } => {
+                    (dest, Some(r.target.clone()))
+                }
+                DiffItem::Remove(dest, _) => (dest, None),
+            };
+            d.routes.push(RouteChange {
+                table: table.to_string(),
+                destination: dest.clone(),
+                target,
+            });
         }
     }
     d
