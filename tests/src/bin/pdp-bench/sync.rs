@@ -213,12 +213,6 @@ fn single_changes(
         }
     }
     eprintln!();
-    if std::env::var("PDP_TAIL").is_ok() {
-        let slow: Vec<usize> = (0..lat.len())
-            .filter(|i| lat[*i] > Duration::from_micros(850))
-            .collect();
-        eprintln!("SLOW {what}: {} over 0.85 ms at {:?}", slow.len(), slow);
-    }
     lat.sort();
 
     Ok(lat)
