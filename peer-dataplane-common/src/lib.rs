@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod clock;
 pub mod conntrack;
 pub mod counters;
+pub mod flowcache;
 pub mod overlay;
 pub mod reason;
 pub mod registry;
@@ -360,6 +361,8 @@ mod pod {
     unsafe impl aya::Pod for super::acl::AclExactKey {}
     unsafe impl aya::Pod for super::conntrack::CtKey {}
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
+    unsafe impl aya::Pod for super::flowcache::FlowKey {}
+    unsafe impl aya::Pod for super::flowcache::FlowEntry {}
     unsafe impl aya::Pod for super::trace::TraceRecord {}
     unsafe impl aya::Pod for super::clock::Clock {}
     unsafe impl aya::Pod for super::overlay::OverlayConfig {}

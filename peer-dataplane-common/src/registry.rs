@@ -8,6 +8,7 @@ use crate::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HI
 use crate::clock::Clock;
 use crate::conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES};
 use crate::counters::{GlobalCounters, PeeringCounters};
+use crate::flowcache::{FlowEntry, FlowKey, MAX_FLOW_ENTRIES};
 use crate::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use crate::trace::TraceRecord;
 use crate::{
@@ -119,6 +120,10 @@ registry! {
     ACL_EXACT = "pdp_acl_exact": Hash<AclExactKey, AclBits>[MAX_ACL_ENTRIES] flags BPF_F_NO_PREALLOC;
     /// Security-group connection tracking.
     CONNTRACK = "pdp_conntrack": LruHash<CtKey, CtEntry>[MAX_CT_ENTRIES] flags 0;
+    /// Flow decisions (see [`crate::flowcache`]).
+    FLOW_CACHE = "pdp_flow_cache": LruHash<FlowKey, FlowEntry>[MAX_FLOW_ENTRIES] flags 0;
+    /// The epoch of the installed state: slot 0, moved on by the agent after each change.
+    EPOCH = "pdp_epoch": Array<u32, u64>[1] flags 0;
     /// Bandwidth-cap buckets (GCRA theoretical arrival time, ns) per peering and direction.
     CAP_STATE = "pdp_cap_state": Array<u32, u64>[MAX_PEERINGS * 2] flags 0;
     /// What `pdp_trace` saw of the last packet it ran on, per CPU.

@@ -39,10 +39,12 @@ pub fn check<const T: bool>(set: u32, addr: &[u8; 16], p: &Packet) -> u32 {
         return ACL_NO_RULE;
     }
     if !T && meta.hit_base != NO_HITS {
-        if let Some(hits) = ACL_HITS.get_ptr_mut(meta.hit_base + bit) {
+        let slot = meta.hit_base + bit;
+        if let Some(hits) = ACL_HITS.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot.
             unsafe { *hits += 1 };
         }
+        crate::flowcache::note_acl_hit(slot);
     }
     if bit_set(&meta.allow, bit) {
         bit | ACL_ALLOWS

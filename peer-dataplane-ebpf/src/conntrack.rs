@@ -39,6 +39,12 @@ pub enum How {
 }
 
 impl Tracked {
+    /// A packet without a live entry whose kind creates one when it is allowed.
+    #[inline(always)]
+    pub fn opens_flow(&self) -> bool {
+        self.how == How::New && self.opens
+    }
+
     pub const UNTRACKABLE: Tracked = Tracked {
         how: How::Untrackable,
         entry: core::ptr::null_mut(),

@@ -17,6 +17,7 @@ mod counters;
 mod decap;
 mod deliver;
 mod encap;
+mod flowcache;
 mod icmp;
 mod maps;
 mod parse;

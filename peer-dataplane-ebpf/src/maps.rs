@@ -12,6 +12,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
+    flowcache::{FlowEntry, FlowKey},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     registry,
     trace::TraceRecord,
@@ -75,6 +76,22 @@ pub static ACL_HITS: PerCpuArray<u64> = pinned!(PerCpuArray, ACL_HITS);
 /// Security-group connection tracking (see `peer_dataplane_common::conntrack`).
 #[map(name = "pdp_conntrack")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = pinned!(LruHashMap, CONNTRACK);
+
+/// Flow decisions (see `peer_dataplane_common::flowcache`).
+#[map(name = "pdp_flow_cache")]
+pub static FLOW_CACHE: LruHashMap<FlowKey, FlowEntry> = pinned!(LruHashMap, FLOW_CACHE);
+
+/// The installed state's epoch (slot 0): moved on by the agent after every change.
+#[map(name = "pdp_epoch")]
+pub static EPOCH: Array<u64> = pinned!(Array, EPOCH);
+
+/// Per-CPU slot for a packet's flow-cache key (kept off the 512-byte stack).
+#[map]
+pub static FLOW_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU slot a flow decision is built in before it is kept (off the stack too).
+#[map]
+pub static ENTRY_SCRATCH: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU slot for the parsed packet (see `parse::parse` for why not the stack).
 #[map]

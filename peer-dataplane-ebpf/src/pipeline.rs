@@ -11,7 +11,7 @@
 use crate::{
     acl, cap,
     counters::{Outcome, Seen},
-    decap, deliver, encap, icmp,
+    decap, deliver, encap, flowcache, icmp,
     maps::{DEVMAP, PKT_SCRATCH},
     parse::{self, Packet},
     peering, port, rewrite, route, sg, trace,
@@ -49,6 +49,10 @@ pub fn run<const T: bool>(ctx: &XdpContext) -> (Outcome, Seen) {
 #[inline(always)]
 fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
     let ifindex = ctx.ingress_ifindex() as u32;
+    // Before the first lookup of the state: see `flowcache::begin`.
+    if !T {
+        flowcache::begin();
+    }
     if let Some(port) = port::lookup(ifindex) {
         return from_port::<T>(ctx, seen, port);
     }
@@ -77,6 +81,13 @@ fn from_port<const T: bool>(
     let Some(p) = parse_frame::<T>(ctx, seen)? else {
         return Ok(Outcome::pass(PassReason::NotIp));
     };
+    // A flow decided in this epoch skips every lookup below (a trace never does).
+    if !T {
+        let decided = flowcache::forward(ctx, p);
+        if decided != 0 {
+            return Ok(flowcache::unpack(decided));
+        }
+    }
     let slot = match route_to_peering::<T>(port, p)? {
         Ok(slot) => slot,
         Err(decided) => return Ok(decided),
@@ -103,7 +114,13 @@ fn from_port<const T: bool>(
     if ep.flags & ENDPOINT_REMOTE != 0 {
         return to_host::<T>(ctx, p, port, ep, &x);
     }
-    forward::<T>(ctx, p, ep, &x, true)
+    let forwarded = forward::<T>(ctx, p, ep, &x, true)?;
+    // Kept unless the groups let it through on their rules alone: those are read
+    // again for every such packet.
+    if !T {
+        flowcache::keep(ctx.ingress_ifindex() as u32, p, &x, ep, port.vpc);
+    }
+    Ok(forwarded)
 }
 
 /// A frame on the uplink: Geneve from another host (checked, decapsulated, then the
@@ -226,7 +243,13 @@ fn receiver<const T: bool>(
             return Err(drop(DropReason::NoEndpoint));
         }
         trace::reached::<T>(STAGE_SECURITY_GROUPS);
-        sg::check::<T>(sender_sg, NO_ACL, src_vpc, x.peer_vpc, p).map_err(drop)?;
+        let groups = sg::check::<T>(sender_sg, NO_ACL, src_vpc, x.peer_vpc, p);
+        if groups == sg::DENIED {
+            return Err(drop(DropReason::SgDeny));
+        }
+        if !T {
+            flowcache::note_groups(groups);
+        }
         return Ok(ep);
     }
 
@@ -254,7 +277,13 @@ fn receiver<const T: bool>(
 
     // Security groups of both ports, stateful.
     trace::reached::<T>(STAGE_SECURITY_GROUPS);
-    sg::check::<T>(sender_sg, ep.sg, src_vpc, x.peer_vpc, p).map_err(drop)?;
+    let groups = sg::check::<T>(sender_sg, ep.sg, src_vpc, x.peer_vpc, p);
+    if groups == sg::DENIED {
+        return Err(drop(DropReason::SgDeny));
+    }
+    if !T {
+        flowcache::note_groups(groups);
+    }
 
     Ok(ep)
 }
@@ -283,7 +312,7 @@ fn forward<const T: bool>(
     }
     trace::reached::<T>(STAGE_REWRITE);
     rewrite::decrement_ttl(ctx, p).map_err(drop)?;
-    rewrite::macs_and_vlan(ctx, p, ep).map_err(drop)?;
+    rewrite::macs_and_vlan(ctx, p, &ep.mac, &ep.gw_mac).map_err(drop)?;
     Ok(Outcome::redirect(action, x.ctr))
 }
 

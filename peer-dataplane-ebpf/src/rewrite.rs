@@ -4,7 +4,7 @@
 
 use crate::parse::{ptr_at_mut, Packet, ETH_HLEN, VLAN_HLEN};
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use peer_dataplane_common::{checksum, DropReason, Endpoint};
+use peer_dataplane_common::{checksum, DropReason};
 
 #[inline(always)]
 pub fn decrement_ttl(ctx: &XdpContext, p: &Packet) -> Result<(), DropReason> {
@@ -33,14 +33,19 @@ pub fn decrement_ttl(ctx: &XdpContext, p: &Packet) -> Result<(), DropReason> {
 }
 
 #[inline(always)]
-pub fn macs_and_vlan(ctx: &XdpContext, p: &Packet, ep: &Endpoint) -> Result<(), DropReason> {
+pub fn macs_and_vlan(
+    ctx: &XdpContext,
+    p: &Packet,
+    mac: &[u8; 6],
+    gw_mac: &[u8; 6],
+) -> Result<(), DropReason> {
     let off = if p.vlan { VLAN_HLEN } else { 0 };
     let eth = ptr_at_mut::<[u8; 12]>(ctx, off)?;
     // SAFETY: bounds-checked by `ptr_at_mut`.
     unsafe {
         let e = &mut *eth;
-        e[..6].copy_from_slice(&ep.mac);
-        e[6..].copy_from_slice(&ep.gw_mac);
+        e[..6].copy_from_slice(mac);
+        e[6..].copy_from_slice(gw_mac);
     }
     if p.vlan {
         // The MACs now sit just before the inner ethertype; drop the 4 bytes in front.

@@ -16,9 +16,20 @@ use crate::{
 use peer_dataplane_common::{
     acl::NO_ACL,
     trace::{CT_NEW, CT_ORIGINAL, CT_REPLY, CT_UNTRACKABLE, SG_MATCH, SG_NO_GROUPS, SG_NO_MATCH},
-    DropReason,
 };
 
+/// How a packet passed the groups: no groups on either port, as a tracked flow (its
+/// entry found, or just opened), or by the rules alone with nothing tracked (a packet
+/// that cannot be tracked, or does not open a flow).
+pub const NO_GROUPS: u32 = 0;
+pub const TRACKED: u32 = 1;
+pub const RULES_ONLY: u32 = 2;
+/// Refused: the drop reason is `DropReason::SgDeny`.
+pub const DENIED: u32 = 3;
+
+/// Returns one of the four above (a plain number: a BPF-to-BPF call has five argument
+/// registers and no room to return a `Result` through memory).
+///
 /// Not inlined (a BPF-to-BPF call): the conntrack outcomes branch many ways, and across a
 /// call they meet again at the return instead of multiplying the verifier's paths through
 /// every later stage. When tracing (`T`), the conntrack table is only read.
@@ -29,13 +40,13 @@ pub fn check<const T: bool>(
     src_vpc: u32,
     dst_vpc: u32,
     p: &Packet,
-) -> Result<(), DropReason> {
+) -> u32 {
     if sender_sg == NO_ACL && receiver_sg == NO_ACL {
         trace::note::<T>(|r| {
             r.sg_egress = SG_NO_GROUPS;
             r.sg_ingress = SG_NO_GROUPS;
         });
-        return Ok(());
+        return NO_GROUPS;
     }
     let now = crate::clock::now();
     let t = conntrack::lookup(src_vpc, dst_vpc, p, now);
@@ -51,22 +62,26 @@ pub fn check<const T: bool>(
         if !T {
             conntrack::refresh(&t, p, now);
         }
-        return Ok(());
+        return TRACKED;
     }
     let egress_ok = sender_sg == NO_ACL || acl::any_match(sender_sg, &p.dst, p);
     trace::note::<T>(|r| r.sg_egress = rules(sender_sg, egress_ok));
     if !egress_ok {
-        return Err(DropReason::SgDeny);
+        return DENIED;
     }
     let ingress_ok = receiver_sg == NO_ACL || acl::any_match(receiver_sg, &p.src, p);
     trace::note::<T>(|r| r.sg_ingress = rules(receiver_sg, ingress_ok));
     if !ingress_ok {
-        return Err(DropReason::SgDeny);
+        return DENIED;
     }
     if !T {
         conntrack::open(&t, p, now);
     }
-    Ok(())
+    if t.opens_flow() {
+        TRACKED
+    } else {
+        RULES_ONLY
+    }
 }
 
 /// A trace's account of one port's groups.

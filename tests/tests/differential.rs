@@ -85,6 +85,9 @@ fn tamper(dp: &mut TestDataplane, topo: &Topo, ifindex: &BTreeMap<String, u32>) 
     for port in &t.no_redirect {
         dp.installed.maps.write(&Op::DelDevmap(ifindex[port]))?;
     }
+    // Written behind the agent's back: decisions kept before are stale, as after any
+    // change the agent writes.
+    dp.installed.maps.bump_epoch()?;
     Ok(())
 }
 

@@ -266,6 +266,8 @@ fn tamper(
                 dp.installed.maps.write(&Op::DelDevmap(ifindex[port]))?;
             }
         }
+        // Written behind the agent's back: decisions kept before are stale.
+        dp.installed.maps.bump_epoch()?;
     }
     Ok(())
 }

@@ -813,6 +813,7 @@ fn apply_setup(dp: &mut TestDataplane, c: &Case) -> Result<()> {
             for op in f(dp) {
                 peer_dataplane::reconcile::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
             }
+            dp.installed.maps.bump_epoch()?;
         }
     }
     Ok(())

@@ -610,6 +610,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
             for op in f(dp) {
                 peer_dataplane::reconcile::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
             }
+            dp.installed.maps.bump_epoch()?;
         }
     }
     let before = dp.counters(&[AB, BC])?;

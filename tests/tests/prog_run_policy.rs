@@ -732,6 +732,7 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
                 dp.installed.maps.write(&Op::PutPeering(s, p))?;
                 // A fresh (full) bucket, as for a newly installed peering.
                 dp.installed.maps.write(&Op::ResetPeeringCounters(s))?;
+                dp.installed.maps.bump_epoch()?;
                 dp.installed.mirror.peerings.insert(s, p);
             }
             Action::Debt(pcx, dir, n, len) => {

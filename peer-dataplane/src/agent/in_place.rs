@@ -48,6 +48,7 @@ pub fn try_route<M: Maps>(
     };
     installed.maps.write(&op)?;
     installed.mirror.write(&op)?;
+    installed.maps.invalidate_flows()?;
     // Shared with nothing by now (the last install's topology is this one): an in-place
     // change, not a copy of the table.
     let table = topo

@@ -22,17 +22,29 @@ use std::time::{Instant, SystemTime};
 pub trait Maps: DataplaneMaps {
     /// What the maps hold now (after a failed undo, to diff against the truth).
     fn read_back(&self) -> Result<MapState>;
+
+    /// Makes every flow decision taken so far stale (after writes to the maps).
+    fn invalidate_flows(&mut self) -> Result<()>;
 }
 
 impl Maps for KernelMaps {
     fn read_back(&self) -> Result<MapState> {
         self.read_state()
     }
+
+    fn invalidate_flows(&mut self) -> Result<()> {
+        self.bump_epoch().map(|_| ())
+    }
 }
 
 impl Maps for MapState {
     fn read_back(&self) -> Result<MapState> {
         Ok(self.clone())
+    }
+
+    /// Memory holds no program, so no decisions.
+    fn invalidate_flows(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -113,7 +125,12 @@ impl<M: Maps> Installed<M> {
         }
         let (desired, ids, ops) =
             plan_install_reusing(topo, &self.ids, &self.mirror, before, ifindex)?;
-        match apply_all_or_nothing(&ops, &mut self.maps, &self.mirror) {
+        let applied = apply_all_or_nothing(&ops, &mut self.maps, &self.mirror);
+        // Whatever was written, undone or not: packets decided meanwhile saw it.
+        if !ops.is_empty() {
+            self.maps.invalidate_flows()?;
+        }
+        match applied {
             Ok(()) => {}
             // Undone: the mirror still describes the maps.
             Err(e @ ApplyError::RolledBack { .. }) => return Err(e.into()),

@@ -14,6 +14,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
+    flowcache::{FlowEntry, FlowKey},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
@@ -55,6 +56,8 @@ pub struct KernelMaps {
     overlay: Array<MapData, OverlayConfig>,
     hosts: HashMap<MapData, HostKey, u32>,
     overlay_ids: HashMap<MapData, OverlayIdKey, u32>,
+    flow_cache: HashMap<MapData, FlowKey, FlowEntry>,
+    epoch: Array<MapData, u64>,
 }
 
 macro_rules! typed {
@@ -144,6 +147,8 @@ impl KernelMaps {
             overlay: typed!(pin_dir, OVERLAY),
             hosts: typed!(pin_dir, HOSTS),
             overlay_ids: typed!(pin_dir, OVERLAY_IDS),
+            flow_cache: typed!(pin_dir, FLOW_CACHE),
+            epoch: typed!(pin_dir, EPOCH),
         })
     }
 
@@ -344,6 +349,30 @@ impl KernelMaps {
     }
 
     /// The program's clock setting (`Clock::KERNEL` unless a test changed it).
+    /// The installed state's epoch (see `peer_dataplane_common::flowcache`).
+    pub fn epoch(&self) -> Result<u64> {
+        Ok(self.epoch.get(&0, 0)?)
+    }
+
+    /// Moves the epoch on: every flow decision made before is stale from now on. Called
+    /// after every change written to the maps (a change undone too: packets may have
+    /// been decided while it was half in).
+    pub fn bump_epoch(&mut self) -> Result<u64> {
+        let next = self.epoch()?.wrapping_add(1);
+        self.epoch
+            .set(0, next, 0)
+            .context("moving the flow-cache epoch on")?;
+        Ok(next)
+    }
+
+    /// The flow decisions kept now.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.flow_cache
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the flow cache")
+    }
+
     pub fn clock(&self) -> Result<Clock> {
         self.clock.get(&0, 0).context("reading pdp_clock")
     }

@@ -1,0 +1,66 @@
+//! The flow decision cache (docs/datapath.md §4.17): what the whole pipeline decided for
+//! one flow, kept so that the flow's next packets skip the route, ACL, group and endpoint
+//! lookups. Each decision carries the *epoch* it was made in; the agent moves the epoch
+//! on after every change it writes to the maps, and a decision of another epoch is never
+//! used: the packet runs the pipeline again and the decision is replaced.
+
+use crate::cap::CapConfig;
+use core::mem::size_of;
+
+/// Flows whose decisions are kept at once; the least recently used is evicted beyond.
+pub const MAX_FLOW_ENTRIES: u32 = 131_072;
+
+/// What decides a packet besides the installed state: where it came in, and its flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FlowKey {
+    /// Ingress interface.
+    pub ifindex: u32,
+    /// IPv4 in mapped form.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP ports; for ICMP echo the identifier in `sport` and type << 8 | code in
+    /// `dport`.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 1 when the frame came tagged (the tag is popped on delivery).
+    pub vlan: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 44);
+
+/// The decision relies on connection tracking: a packet of the flow is forwarded only
+/// while its conntrack entry lives (the security groups allowed it as a tracked flow).
+pub const FLOW_TRACKED: u32 = 1 << 0;
+
+/// A forwarding decision: everything the pipeline computed that the packet's delivery
+/// needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    /// The epoch the decision was made in (see the module's text).
+    pub epoch: u64,
+    /// Bandwidth cap of the peering in this direction.
+    pub cap: CapConfig,
+    /// Local port the packet is delivered to (its devmap key).
+    pub ifindex: u32,
+    /// Index of the peering and direction in the per-peering counters and caps.
+    pub ctr: u32,
+    /// The two VPCs, for the conntrack key of a tracked flow.
+    pub src_vpc: u32,
+    pub dst_vpc: u32,
+    /// `FLOW_*`.
+    pub flags: u32,
+    /// Destination MAC and source (gateway) MAC written on delivery.
+    pub mac: [u8; 6],
+    pub gw_mac: [u8; 6],
+    /// The network ACL rules that decided the packet (egress, then ingress), as slots
+    /// of the per-rule hit counters, counted again for each packet; [`NO_HIT`] where no
+    /// rule was counted.
+    pub acl_hits: [u32; 2],
+}
+
+/// An [`FlowEntry::acl_hits`] slot without a rule.
+pub const NO_HIT: u32 = u32::MAX;
+const _: () = assert!(size_of::<FlowEntry>() == 64);

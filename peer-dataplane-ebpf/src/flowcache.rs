@@ -1,0 +1,239 @@
+//! Flow decision cache (docs/datapath.md §4.17; the layout is
+//! `peer_dataplane_common::flowcache`). A packet from an instance whose flow has a
+//! decision of the current epoch goes straight to what the decision needs per packet:
+//! its conntrack entry (a tracked flow), the TTL, the redirect, the cap and the rewrite,
+//! in the pipeline's order. Anything else runs the whole pipeline, and a forwarded
+//! packet leaves its decision behind for the next.
+
+use crate::{
+    cap, clock,
+    conntrack::{self, How},
+    counters::{Outcome, Verdict},
+    maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH},
+    parse::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    peering::Crossing,
+    rewrite, sg,
+};
+use aya_ebpf::programs::XdpContext;
+use peer_dataplane_common::{
+    flowcache::{FlowEntry, FlowKey, FLOW_TRACKED, NO_HIT},
+    DropReason, Endpoint,
+};
+
+/// In this CPU's decision slot only while a packet runs: its decision is not to be kept.
+const NOT_KEPT: u32 = 1 << 31;
+
+/// Starts a packet: the installed state's epoch, read before any of the state a decision
+/// is made from (a change the agent finishes while the packet runs leaves its decision
+/// stale at once), goes into this CPU's decision slot. What a packet's decision needs is
+/// gathered there, in memory rather than in registers carried through the pipeline: the
+/// verifier would otherwise follow every combination of them through every stage.
+#[inline(always)]
+pub fn begin() {
+    let Some(slot) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by nothing else while this packet runs.
+    let e = unsafe { &mut *slot };
+    e.epoch = EPOCH.get(0).copied().unwrap_or(0);
+    e.flags = 0;
+    e.acl_hits = [NO_HIT; 2];
+}
+
+/// Records that the network ACL rule counted in hit slot `slot` decided the packet (the
+/// egress ACL's, then the ingress ACL's): a kept decision counts them again for each
+/// packet of the flow, as if its ACLs had been read.
+#[inline(always)]
+pub fn note_acl_hit(slot: u32) {
+    let Some(e) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: see `begin`.
+    let e = unsafe { &mut *e };
+    if e.acl_hits[0] == NO_HIT {
+        e.acl_hits[0] = slot;
+    } else {
+        e.acl_hits[1] = slot;
+    }
+}
+
+/// The epoch [`begin`] read for this packet.
+#[inline(always)]
+fn epoch() -> Option<u64> {
+    // SAFETY: see `begin`.
+    ENTRY_SCRATCH.get(0).map(|e| e.epoch)
+}
+
+/// Records how the packet passed the security groups (`sg::NO_GROUPS`, ...): a flow the
+/// groups let through on their rules alone, with nothing tracked, has its packets
+/// decided by the rules each time, so its decision is not kept.
+#[inline(always)]
+pub fn note_groups(groups: u32) {
+    let Some(slot) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: see `begin`.
+    let e = unsafe { &mut *slot };
+    e.flags = match groups {
+        sg::TRACKED => FLOW_TRACKED,
+        sg::NO_GROUPS => 0,
+        _ => NOT_KEPT,
+    };
+}
+
+/// The key of `p`'s flow from `ifindex`, in this CPU's scratch slot; `None` for a packet
+/// whose decision is not kept (no ports: a later fragment; ICMP other than echo).
+#[inline(always)]
+fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
+    if !p.ports_known {
+        return None;
+    }
+    match p.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let ty = (p.dport >> 8) as u8;
+            let echo = if p.proto == IPPROTO_ICMP {
+                ty == 8 || ty == 0
+            } else {
+                ty == 128 || ty == 129
+            };
+            if !echo {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    let slot = FLOW_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by nothing else while this packet runs.
+    let k = unsafe { &mut *slot };
+    k.ifindex = ifindex;
+    k.src = p.src;
+    k.dst = p.dst;
+    k.sport = p.sport;
+    k.dport = p.dport;
+    k.proto = p.proto;
+    k.vlan = p.vlan as u8;
+    k._pad = [0; 2];
+    Some(k)
+}
+
+/// Delivers `p` as its flow's decision of this packet's epoch says. Returns the outcome
+/// packed by [`pack`], or 0 when there is no such decision, or the decision relies on a
+/// conntrack entry that is gone: the pipeline decides then.
+///
+/// Not inlined (a BPF-to-BPF call): its branches then join at the return instead of
+/// doubling the verifier's paths through the rest of the pipeline; and a number, not a
+/// struct, comes back, so the caller's stack (the deepest chain of calls shares 512
+/// bytes) does not grow.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, p: &Packet) -> u64 {
+    let Some(epoch) = epoch() else {
+        return 0;
+    };
+    match decided(ctx, p, epoch) {
+        Some(o) => pack(&o),
+        None => 0,
+    }
+}
+
+/// An outcome as one non-zero number: verdict + 1, reason, action, peering counter.
+#[inline(always)]
+fn pack(o: &Outcome) -> u64 {
+    (o.verdict as u64 + 1)
+        | ((o.reason as u64 & 0xff) << 8)
+        | ((o.action as u64 & 0xffff) << 16)
+        | ((o.ctr as u64) << 32)
+}
+
+/// The outcome [`forward`] packed.
+#[inline(always)]
+pub fn unpack(v: u64) -> Outcome {
+    let verdict = match v & 0xff {
+        1 => Verdict::Pass,
+        2 => Verdict::Redirect,
+        _ => Verdict::Drop,
+    };
+    Outcome {
+        verdict,
+        reason: ((v >> 8) & 0xff) as u32,
+        action: ((v >> 16) & 0xffff) as u32,
+        ctr: (v >> 32) as u32,
+    }
+}
+
+#[inline(always)]
+fn decided(ctx: &XdpContext, p: &Packet, epoch: u64) -> Option<Outcome> {
+    let key = key(ctx.ingress_ifindex() as u32, p)?;
+    let e = FLOW_CACHE.get_ptr(key)?;
+    // SAFETY: a map value; an update replaces the element whole (the LRU hash is not
+    // changed in place), so the fields read here belong to one decision.
+    let e: &FlowEntry = unsafe { &*e };
+    if e.epoch != epoch {
+        return None;
+    }
+    let ctr = e.ctr;
+    if e.flags & FLOW_TRACKED != 0 {
+        // The security-group stage, as a tracked flow passes it (the pipeline runs
+        // instead, counting nothing here twice, when the flow is no longer tracked).
+        let now = clock::now();
+        let t = conntrack::lookup(e.src_vpc, e.dst_vpc, p, now);
+        if t.how != How::Original && t.how != How::Reply {
+            return None;
+        }
+        conntrack::refresh(&t, p, now);
+    }
+    for slot in e.acl_hits {
+        if slot != NO_HIT {
+            if let Some(hits) = ACL_HITS.get_ptr_mut(slot) {
+                // SAFETY: this CPU's slot.
+                unsafe { *hits += 1 };
+            }
+        }
+    }
+    Some(deliver(ctx, p, e, ctr).unwrap_or_else(|reason| Outcome::drop(reason, ctr)))
+}
+
+#[inline(always)]
+fn deliver(ctx: &XdpContext, p: &Packet, e: &FlowEntry, ctr: u32) -> Result<Outcome, DropReason> {
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let action = DEVMAP
+        .redirect(e.ifindex, 0)
+        .map_err(|_| DropReason::RedirectFailed)?;
+    if e.cap.is_capped() {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        cap::police(&e.cap, ctr, len)?;
+    }
+    rewrite::decrement_ttl(ctx, p)?;
+    rewrite::macs_and_vlan(ctx, p, &e.mac, &e.gw_mac)?;
+    Ok(Outcome::redirect(action, ctr))
+}
+
+/// Keeps the decision the pipeline made for the flow of `p` from `ifindex`, if its
+/// decisions are kept at all: delivered to local endpoint `ep` over crossing `x` from
+/// VPC `src_vpc`, in the epoch and with the groups' verdict the slot holds.
+#[inline(always)]
+pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32) {
+    let Some(slot) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: see `begin`.
+    let e = unsafe { &mut *slot };
+    if e.flags & NOT_KEPT != 0 {
+        return;
+    }
+    let Some(key) = key(ifindex, p) else {
+        return;
+    };
+    e.cap = x.cap;
+    e.ifindex = ep.ifindex;
+    e.ctr = x.ctr;
+    e.src_vpc = src_vpc;
+    e.dst_vpc = x.peer_vpc;
+    e.mac = ep.mac;
+    e.gw_mac = ep.gw_mac;
+    // A full cache evicts its least recently used decision; a failed insert only means
+    // the next packet runs the pipeline again.
+    let _ = FLOW_CACHE.insert(key, e, 0);
+}
