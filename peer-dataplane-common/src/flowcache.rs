@@ -7,8 +7,13 @@
 use crate::cap::CapConfig;
 use core::mem::size_of;
 
-/// Flows whose decisions are kept at once; the least recently used is evicted beyond.
-pub const MAX_FLOW_ENTRIES: u32 = 131_072;
+/// Decisions kept per CPU: a direct-mapped table of 2^`FLOW_SLOT_BITS` slots, each
+/// holding the last flow whose key hashed there. Per CPU, because a flow's packets stay
+/// on one receive queue; direct-mapped, because keeping a decision is then a plain write
+/// into the slot (no allocation, no lock) and a flood of new flows costs each of them
+/// the same, evicting what it collides with.
+pub const FLOW_SLOT_BITS: u32 = 14;
+pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOT_BITS;
 
 /// What decides a packet besides the installed state: where it came in, and its flow.
 #[repr(C)]
@@ -64,3 +69,45 @@ pub struct FlowEntry {
 /// An [`FlowEntry::acl_hits`] slot without a rule.
 pub const NO_HIT: u32 = u32::MAX;
 const _: () = assert!(size_of::<FlowEntry>() == 64);
+
+/// One slot of the table: the flow and its decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub entry: FlowEntry,
+}
+const _: () = assert!(size_of::<FlowSlot>() == 112);
+
+impl FlowKey {
+    /// The key as the eleven words it is made of.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 11] {
+        // SAFETY: #[repr(C)], 44 bytes of integers and byte arrays with no padding,
+        // aligned to 4: exactly eleven u32.
+        unsafe { &*(self as *const FlowKey as *const [u32; 11]) }
+    }
+
+    /// The slot this flow's decision lives in: a multiplicative hash of its words.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for w in self.words() {
+            h = (h ^ w).wrapping_mul(0x9e37_79b1);
+            h ^= h >> 15;
+        }
+        h >> (32 - FLOW_SLOT_BITS)
+    }
+
+    /// Equal keys, word by word.
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut diff = 0;
+        for i in 0..11 {
+            diff |= a[i] ^ b[i];
+        }
+        diff == 0
+    }
+}

@@ -363,6 +363,7 @@ mod pod {
     unsafe impl aya::Pod for super::conntrack::CtEntry {}
     unsafe impl aya::Pod for super::flowcache::FlowKey {}
     unsafe impl aya::Pod for super::flowcache::FlowEntry {}
+    unsafe impl aya::Pod for super::flowcache::FlowSlot {}
     unsafe impl aya::Pod for super::trace::TraceRecord {}
     unsafe impl aya::Pod for super::clock::Clock {}
     unsafe impl aya::Pod for super::overlay::OverlayConfig {}

@@ -8,7 +8,7 @@ use crate::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HI
 use crate::clock::Clock;
 use crate::conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES};
 use crate::counters::{GlobalCounters, PeeringCounters};
-use crate::flowcache::{FlowEntry, FlowKey, MAX_FLOW_ENTRIES};
+use crate::flowcache::{FlowSlot, FLOW_SLOTS};
 use crate::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use crate::trace::TraceRecord;
 use crate::{
@@ -121,7 +121,7 @@ registry! {
     /// Security-group connection tracking.
     CONNTRACK = "pdp_conntrack": LruHash<CtKey, CtEntry>[MAX_CT_ENTRIES] flags 0;
     /// Flow decisions (see [`crate::flowcache`]).
-    FLOW_CACHE = "pdp_flow_cache": LruHash<FlowKey, FlowEntry>[MAX_FLOW_ENTRIES] flags 0;
+    FLOW_CACHE = "pdp_flow_cache": PerCpuArray<u32, FlowSlot>[FLOW_SLOTS] flags 0;
     /// The epoch of the installed state: slot 0, moved on by the agent after each change.
     EPOCH = "pdp_epoch": Array<u32, u64>[1] flags 0;
     /// Bandwidth-cap buckets (GCRA theoretical arrival time, ns) per peering and direction.

@@ -16,7 +16,7 @@ use crate::{
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
-    flowcache::{FlowEntry, FlowKey, FLOW_TRACKED, NO_HIT},
+    flowcache::{FlowEntry, FlowKey, FlowSlot, FLOW_TRACKED, NO_HIT},
     DropReason, Endpoint,
 };
 
@@ -164,11 +164,11 @@ pub fn unpack(v: u64) -> Outcome {
 #[inline(always)]
 fn decided(ctx: &XdpContext, p: &Packet, epoch: u64) -> Option<Outcome> {
     let key = key(ctx.ingress_ifindex() as u32, p)?;
-    let e = FLOW_CACHE.get_ptr(key)?;
-    // SAFETY: a map value; an update replaces the element whole (the LRU hash is not
-    // changed in place), so the fields read here belong to one decision.
-    let e: &FlowEntry = unsafe { &*e };
-    if e.epoch != epoch {
+    let slot = FLOW_CACHE.get_ptr(key.slot())?;
+    // SAFETY: this CPU's slot: only this CPU writes it, and not while this packet runs.
+    let slot: &FlowSlot = unsafe { &*slot };
+    let e = &slot.entry;
+    if e.epoch != epoch || !slot.key.same(key) {
         return None;
     }
     let ctr = e.ctr;
@@ -226,14 +226,22 @@ pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32)
     let Some(key) = key(ifindex, p) else {
         return;
     };
-    e.cap = x.cap;
-    e.ifindex = ep.ifindex;
-    e.ctr = x.ctr;
-    e.src_vpc = src_vpc;
-    e.dst_vpc = x.peer_vpc;
-    e.mac = ep.mac;
-    e.gw_mac = ep.gw_mac;
-    // A full cache evicts its least recently used decision; a failed insert only means
-    // the next packet runs the pipeline again.
-    let _ = FLOW_CACHE.insert(key, e, 0);
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(key.slot()) else {
+        return;
+    };
+    // SAFETY: this CPU's slot (see `decided`).
+    let slot = unsafe { &mut *slot };
+    // Whatever flow held the slot gives it up: a direct-mapped table keeps the last.
+    slot.key = *key;
+    let d = &mut slot.entry;
+    d.epoch = e.epoch;
+    d.cap = x.cap;
+    d.ifindex = ep.ifindex;
+    d.ctr = x.ctr;
+    d.src_vpc = src_vpc;
+    d.dst_vpc = x.peer_vpc;
+    d.flags = e.flags;
+    d.mac = ep.mac;
+    d.gw_mac = ep.gw_mac;
+    d.acl_hits = e.acl_hits;
 }

@@ -12,7 +12,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
-    flowcache::{FlowEntry, FlowKey},
+    flowcache::{FlowEntry, FlowKey, FlowSlot},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     registry,
     trace::TraceRecord,
@@ -77,9 +77,9 @@ pub static ACL_HITS: PerCpuArray<u64> = pinned!(PerCpuArray, ACL_HITS);
 #[map(name = "pdp_conntrack")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = pinned!(LruHashMap, CONNTRACK);
 
-/// Flow decisions (see `peer_dataplane_common::flowcache`).
+/// Flow decisions, per CPU (see `peer_dataplane_common::flowcache`).
 #[map(name = "pdp_flow_cache")]
-pub static FLOW_CACHE: LruHashMap<FlowKey, FlowEntry> = pinned!(LruHashMap, FLOW_CACHE);
+pub static FLOW_CACHE: PerCpuArray<FlowSlot> = pinned!(PerCpuArray, FLOW_CACHE);
 
 /// The installed state's epoch (slot 0): moved on by the agent after every change.
 #[map(name = "pdp_epoch")]

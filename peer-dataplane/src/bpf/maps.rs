@@ -14,7 +14,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
-    flowcache::{FlowEntry, FlowKey},
+    flowcache::{FlowEntry, FlowKey, FlowSlot},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
@@ -56,7 +56,7 @@ pub struct KernelMaps {
     overlay: Array<MapData, OverlayConfig>,
     hosts: HashMap<MapData, HostKey, u32>,
     overlay_ids: HashMap<MapData, OverlayIdKey, u32>,
-    flow_cache: HashMap<MapData, FlowKey, FlowEntry>,
+    flow_cache: PerCpuArray<MapData, FlowSlot>,
     epoch: Array<MapData, u64>,
 }
 
@@ -365,12 +365,19 @@ impl KernelMaps {
         Ok(next)
     }
 
-    /// The flow decisions kept now.
-    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        self.flow_cache
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the flow cache")
+    /// The flow decisions of the current epoch, on every CPU (a slot's key and entry
+    /// are read while the program may rewrite them: for counting and showing only).
+    pub fn flow_decisions(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        let epoch = self.epoch()?;
+        let mut out = Vec::new();
+        for i in 0..registry::FLOW_CACHE.max_entries {
+            for slot in self.flow_cache.get(&i, 0)?.iter() {
+                if slot.entry.epoch == epoch && slot.key.ifindex != 0 {
+                    out.push((slot.key, slot.entry));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn clock(&self) -> Result<Clock> {
