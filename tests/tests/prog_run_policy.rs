@@ -56,6 +56,8 @@ enum Action {
     Cap(&'static str, u32, CapConfig),
     /// The bucket of `pcx`/`dir` holds exactly `n` packets of `len` bytes of debt.
     Debt(&'static str, u32, u64, u64),
+    /// The flow cache holds exactly this many decisions of the current epoch.
+    Kept(usize),
 }
 
 struct Scenario {
@@ -223,6 +225,167 @@ fn handshake(sport: u16) -> Vec<Action> {
     ]
 }
 
+// ---------------------------------------------------------------------------------------
+// flow cache: each kind of change makes a kept decision stale
+
+fn no_route_to_b(d: &mut Document) {
+    let t = d.route_tables.iter_mut().find(|t| t.id == "rtb-a").unwrap();
+    t.routes.retain(|r| !r.destination.starts_with("172.16."));
+}
+
+fn peering_pending(d: &mut Document) {
+    let p = d.peerings.iter_mut().find(|p| p.id == AB).unwrap();
+    p.status = peer_dataplane::desired::validate::PeeringStatus::PendingAcceptance;
+}
+
+fn acl_denies_udp_7000(d: &mut Document) {
+    d.network_acls
+        .push(peer_dataplane::desired::document::NetworkAclDoc {
+            id: "acl-a".into(),
+            vpc: "vpc-a".into(),
+            rules: vec![
+                acl_rule(10, "egress", "udp", Some((7000, 7000)), "deny"),
+                acl_rule(20, "egress", "-1", None, "allow"),
+                acl_rule(20, "ingress", "-1", None, "allow"),
+            ],
+        });
+    for s in d.subnets.iter_mut().filter(|s| s.vpc == "vpc-a") {
+        s.network_acl = Some("acl-a".into());
+    }
+}
+
+fn acl_rule(
+    number: u32,
+    direction: &str,
+    protocol: &str,
+    ports: Option<(u16, u16)>,
+    action: &str,
+) -> peer_dataplane::desired::document::AclRuleDoc {
+    peer_dataplane::desired::document::AclRuleDoc {
+        number,
+        direction: direction.into(),
+        protocol: protocol.into(),
+        port_from: ports.map(|p| p.0),
+        port_to: ports.map(|p| p.1),
+        cidr: "0.0.0.0/0".into(),
+        action: action.into(),
+    }
+}
+
+fn a_in_a_group_without_udp(d: &mut Document) {
+    group(
+        d,
+        "sg-a",
+        "vpc-a",
+        &[("egress", "tcp", Some((443, 443)), "0.0.0.0/0")],
+    );
+    attach(d, A, &["sg-a"]);
+}
+
+fn b_port_gone(d: &mut Document) {
+    d.ports.retain(|p| p.interface != B.port);
+}
+
+/// A flow forwarded twice (its decision kept, then used), a change of one kind, and the
+/// flow's next packets decided by the new state; the change leaves no decision of the
+/// current epoch behind.
+fn flow_cache_scenarios(slow: CapConfig, udp_len: u64) -> Vec<Scenario> {
+    let flow = || udp(A, B, 40000, 7000);
+    let kept = || {
+        vec![
+            send("first packet", A, flow(), Expect::Fwd(B, AB, RA)),
+            Action::Kept(1),
+            send(
+                "second packet (kept decision)",
+                A,
+                flow(),
+                Expect::Fwd(B, AB, RA),
+            ),
+            Action::Kept(1),
+        ]
+    };
+    let after = |change: Action, expect: Expect| {
+        let mut v = kept();
+        v.extend([
+            change,
+            Action::Kept(0),
+            send("after the change", A, flow(), expect),
+            send("and again", A, flow(), expect),
+        ]);
+        v
+    };
+    let dropped = |r: DropReason| Expect::Drop(r, AB, RA);
+    vec![
+        Scenario {
+            name: "flow cache: a route removed",
+            doc: |_| {},
+            actions: after(
+                Action::Install(no_route_to_b),
+                Expect::Drop(DropReason::NoRoute, "", RA),
+            ),
+        },
+        Scenario {
+            name: "flow cache: the peering no longer active",
+            doc: |_| {},
+            actions: after(
+                Action::Install(peering_pending),
+                dropped(DropReason::PeeringInactive),
+            ),
+        },
+        Scenario {
+            name: "flow cache: a network ACL that denies the flow",
+            doc: |_| {},
+            actions: after(
+                Action::Install(acl_denies_udp_7000),
+                dropped(DropReason::NaclDeny),
+            ),
+        },
+        Scenario {
+            name: "flow cache: a security group that does not allow the flow",
+            doc: |_| {},
+            actions: after(
+                Action::Install(a_in_a_group_without_udp),
+                dropped(DropReason::SgDeny),
+            ),
+        },
+        Scenario {
+            name: "flow cache: the receiver's port removed",
+            doc: |_| {},
+            actions: after(
+                Action::Install(b_port_gone),
+                dropped(DropReason::NoEndpoint),
+            ),
+        },
+        Scenario {
+            name: "flow cache: a cap set on the peering",
+            doc: |_| {},
+            actions: {
+                let mut v = kept();
+                v.extend([
+                    Action::Cap(
+                        AB,
+                        RA,
+                        CapConfig {
+                            burst_ns: slow.cost_ns(udp_len),
+                            ..slow
+                        },
+                    ),
+                    Action::Kept(0),
+                    send("the burst", A, flow(), Expect::Fwd(B, AB, RA)),
+                    Action::Kept(1),
+                    send(
+                        "past the cap (kept decision)",
+                        A,
+                        flow(),
+                        dropped(DropReason::RateLimited),
+                    ),
+                ]);
+                v
+            },
+        },
+    ]
+}
+
 fn scenarios() -> Vec<Scenario> {
     let slow = CapConfig {
         // 1 ms per byte: a ~60-byte frame costs ~60 ms of tokens.
@@ -230,7 +393,8 @@ fn scenarios() -> Vec<Scenario> {
         burst_ns: 0,
     };
     let udp_len = udp(A, B, 40000, 7000).len() as u64;
-    vec![
+    let mut all = flow_cache_scenarios(slow, udp_len);
+    all.extend(vec![
         Scenario {
             name: "sg: an allowed flow's replies pass without a rule",
             doc: web,
@@ -612,7 +776,8 @@ fn scenarios() -> Vec<Scenario> {
                 Action::Debt(AB, RA, 0, udp_len),
             ],
         },
-    ]
+    ]);
+    all
 }
 
 // ---------------------------------------------------------------------------------------
@@ -734,6 +899,15 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
                 dp.installed.maps.write(&Op::ResetPeeringCounters(s))?;
                 dp.installed.maps.bump_epoch()?;
                 dp.installed.mirror.peerings.insert(s, p);
+            }
+            Action::Kept(n) => {
+                let kept = dp.installed.maps.flow_decisions()?.len();
+                if kept != *n {
+                    return Err(step(
+                        anyhow!("{kept} flow decisions of the current epoch, expected {n}"),
+                        "flow cache",
+                    ));
+                }
             }
             Action::Debt(pcx, dir, n, len) => {
                 let cap = dp.installed.mirror.peerings[&slot(dp, pcx)].cap[*dir as usize];
