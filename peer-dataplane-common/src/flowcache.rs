@@ -1,4 +1,4 @@
-//! The flow decision cache (docs/datapath.md §4.17): what the whole pipeline decided for
+//! The flow decision cache (docs/datapath.md §4.19): what the whole pipeline decided for
 //! one flow, kept so that the flow's next packets skip the route, ACL, group and endpoint
 //! lookups. Each decision carries the *epoch* it was made in; the agent moves the epoch
 //! on after every change it writes to the maps, and a decision of another epoch is never

@@ -1,4 +1,4 @@
-//! Flow decision cache (docs/datapath.md §4.17; the layout is
+//! Flow decision cache (docs/datapath.md §4.19; the layout is
 //! `peer_dataplane_common::flowcache`). A packet from an instance whose flow has a
 //! decision of the current epoch goes straight to what the decision needs per packet:
 //! its conntrack entry (a tracked flow), the TTL, the redirect, the cap and the rewrite,

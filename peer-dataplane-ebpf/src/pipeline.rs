@@ -7,6 +7,9 @@
 //!   conntrack key names both VPCs) and every stateless check has passed.
 //! - The cap comes last, so that only packets about to be forwarded spend tokens: traffic
 //!   denied further down must not starve allowed traffic of the peering's bandwidth.
+//!
+//! A flow already decided in the current epoch skips from parse to its delivery (see
+//! `flowcache`, docs/datapath.md §4.19).
 
 use crate::{
     acl, cap,

@@ -307,6 +307,9 @@ fn bench_prog(args: &Args) -> Result<()> {
         v4.len(),
         v6.len()
     );
+    println!(
+        "each pipeline row repeats one flow: from its second run on, the flow's kept decision forwards it (docs/datapath.md §4.19)"
+    );
     let f = Frames {
         a_if,
         b_if,
