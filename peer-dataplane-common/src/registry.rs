@@ -122,8 +122,9 @@ registry! {
     CONNTRACK = "pdp_conntrack": LruHash<CtKey, CtEntry>[MAX_CT_ENTRIES] flags 0;
     /// Flow decisions (see [`crate::flowcache`]).
     FLOW_CACHE = "pdp_flow_cache": PerCpuArray<u32, FlowSlot>[FLOW_SLOTS] flags 0;
-    /// The epoch of the installed state: slot 0, moved on by the agent after each change.
-    EPOCH = "pdp_epoch": Array<u32, u64>[1] flags 0;
+    /// Slot 0: the epoch of the installed state, moved on by the agent after each change.
+    /// Slot 1: non-zero turns kept decisions off (every packet runs the whole pipeline).
+    EPOCH = "pdp_epoch": Array<u32, u64>[2] flags 0;
     /// Bandwidth-cap buckets (GCRA theoretical arrival time, ns) per peering and direction.
     CAP_STATE = "pdp_cap_state": Array<u32, u64>[MAX_PEERINGS * 2] flags 0;
     /// What `pdp_trace` saw of the last packet it ran on, per CPU.

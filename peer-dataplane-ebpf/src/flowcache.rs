@@ -22,6 +22,8 @@ use peer_dataplane_common::{
 
 /// In this CPU's decision slot only while a packet runs: its decision is not to be kept.
 const NOT_KEPT: u32 = 1 << 31;
+/// Likewise: kept decisions are turned off (`pdp_epoch` slot 1), none is used or kept.
+const OFF: u32 = 1 << 30;
 
 /// Starts a packet: the installed state's epoch, read before any of the state a decision
 /// is made from (a change the agent finishes while the packet runs leaves its decision
@@ -36,7 +38,11 @@ pub fn begin() {
     // SAFETY: this CPU's slot, used by nothing else while this packet runs.
     let e = unsafe { &mut *slot };
     e.epoch = EPOCH.get(0).copied().unwrap_or(0);
-    e.flags = 0;
+    e.flags = if EPOCH.get(1).copied().unwrap_or(0) != 0 {
+        OFF
+    } else {
+        0
+    };
     e.acl_hits = [NO_HIT; 2];
 }
 
@@ -57,11 +63,11 @@ pub fn note_acl_hit(slot: u32) {
     }
 }
 
-/// The epoch [`begin`] read for this packet.
+/// The epoch [`begin`] read for this packet; `None` while kept decisions are off.
 #[inline(always)]
 fn epoch() -> Option<u64> {
-    // SAFETY: see `begin`.
-    ENTRY_SCRATCH.get(0).map(|e| e.epoch)
+    let e = ENTRY_SCRATCH.get(0)?;
+    (e.flags & OFF == 0).then_some(e.epoch)
 }
 
 /// Records how the packet passed the security groups (`sg::NO_GROUPS`, ...): a flow the
@@ -74,11 +80,12 @@ pub fn note_groups(groups: u32) {
     };
     // SAFETY: see `begin`.
     let e = unsafe { &mut *slot };
-    e.flags = match groups {
-        sg::TRACKED => FLOW_TRACKED,
-        sg::NO_GROUPS => 0,
-        _ => NOT_KEPT,
-    };
+    e.flags = (e.flags & OFF)
+        | match groups {
+            sg::TRACKED => FLOW_TRACKED,
+            sg::NO_GROUPS => 0,
+            _ => NOT_KEPT,
+        };
 }
 
 /// The key of `p`'s flow from `ifindex`, in this CPU's scratch slot; `None` for a packet
@@ -220,7 +227,7 @@ pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32)
     };
     // SAFETY: see `begin`.
     let e = unsafe { &mut *slot };
-    if e.flags & NOT_KEPT != 0 {
+    if e.flags & (NOT_KEPT | OFF) != 0 {
         return;
     }
     let Some(key) = key(ifindex, p) else {

@@ -58,6 +58,8 @@ enum Action {
     Debt(&'static str, u32, u64, u64),
     /// The flow cache holds exactly this many decisions of the current epoch.
     Kept(usize),
+    /// Turns kept decisions on or off.
+    Cache(bool),
 }
 
 struct Scenario {
@@ -316,6 +318,24 @@ fn flow_cache_scenarios(slow: CapConfig, udp_len: u64) -> Vec<Scenario> {
     };
     let dropped = |r: DropReason| Expect::Drop(r, AB, RA);
     vec![
+        Scenario {
+            name: "flow cache: turned off, no decision is kept or used; on again, kept",
+            doc: |_| {},
+            actions: {
+                let mut v = kept();
+                v.extend([
+                    Action::Cache(false),
+                    Action::Kept(0),
+                    send("off", A, flow(), Expect::Fwd(B, AB, RA)),
+                    send("off, again", A, flow(), Expect::Fwd(B, AB, RA)),
+                    Action::Kept(0),
+                    Action::Cache(true),
+                    send("on", A, flow(), Expect::Fwd(B, AB, RA)),
+                    Action::Kept(1),
+                ]);
+                v
+            },
+        },
         Scenario {
             name: "flow cache: a route removed",
             doc: |_| {},
@@ -862,6 +882,8 @@ fn send_and_check(dp: &TestDataplane, from: Instance, packet: &[u8], expect: Exp
 
 fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
     dp.installed.maps.conntrack_flush(|_, _| true)?;
+    // Kept decisions on, whatever a scenario before left.
+    dp.installed.maps.set_flow_cache(true)?;
     // Every scenario starts at the same instant of a clock that moves only when it says.
     dp.freeze_clock(TEST_EPOCH_NS)?;
     let mut doc = seed::seed_doc();
@@ -900,6 +922,7 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
                 dp.installed.maps.bump_epoch()?;
                 dp.installed.mirror.peerings.insert(s, p);
             }
+            Action::Cache(on) => dp.installed.maps.set_flow_cache(*on)?,
             Action::Kept(n) => {
                 let kept = dp.installed.maps.flow_decisions()?.len();
                 if kept != *n {

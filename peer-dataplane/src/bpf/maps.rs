@@ -365,6 +365,16 @@ impl KernelMaps {
         Ok(next)
     }
 
+    /// Turns kept flow decisions on or off (off: every packet runs the whole pipeline;
+    /// for measuring it, and for an operator who suspects the cache). Either way the
+    /// decisions kept so far become stale.
+    pub fn set_flow_cache(&mut self, on: bool) -> Result<()> {
+        self.epoch
+            .set(1, u64::from(!on), 0)
+            .context("turning the flow cache on or off")?;
+        self.bump_epoch().map(|_| ())
+    }
+
     /// The flow decisions of the current epoch, on every CPU (a slot's key and entry
     /// are read while the program may rewrite them: for counting and showing only).
     pub fn flow_decisions(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {

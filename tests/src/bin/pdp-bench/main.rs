@@ -323,6 +323,7 @@ fn bench_prog(args: &Args) -> Result<()> {
     rows.extend(acl_rows(&mut dp, args, &f)?);
     let (hit, singles) = sg_rows(&mut dp, args, &f)?;
     rows.push(hit);
+    rows.extend(whole_pipeline_rows(&mut dp, args, &f)?);
     drop(dp);
     let runs = (args.repeat as usize / 50).max(20_000);
     let o = overlay::measure(object, runs)?;
@@ -495,6 +496,38 @@ fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, 
     ))
 }
 
+/// Rows (b), (c), (e') and (f) again with kept flow decisions turned off: every run goes
+/// through the whole pipeline, as a flow's first packet does (less keeping its decision).
+fn whole_pipeline_rows(
+    dp: &mut TestDataplane,
+    args: &Args,
+    f: &Frames,
+) -> Result<Vec<(String, f64)>> {
+    let mut docs: Vec<(&str, Document)> = Vec::new();
+    docs.push(("(b-) whole pipeline, 10 routes, IPv4", doc_with_routes(10)));
+    docs.push((
+        "(c-) whole pipeline, 100,000 routes, IPv4",
+        doc_with_routes(100_000),
+    ));
+    let mut acl = doc_with_routes(10);
+    add_egress_acl(&mut acl, 1000, true);
+    docs.push(("(e'-) whole pipeline, 1,000 /24 and range rules", acl));
+    let mut sg = doc_with_routes(10);
+    add_security_groups(&mut sg);
+    docs.push(("(f-) whole pipeline + security groups, tracked", sg));
+    dp.installed.maps.set_flow_cache(false)?;
+    let mut rows = Vec::new();
+    for (label, doc) in docs {
+        dp.install(&doc)?;
+        rows.push((
+            label.to_string(),
+            pipeline_median(dp, label, f.a_if, &f.v4, args.repeat)?,
+        ));
+    }
+    dp.installed.maps.set_flow_cache(true)?;
+    Ok(rows)
+}
+
 /// The table of figures and their ratios.
 fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
     let base = rows[0].1;
@@ -519,6 +552,15 @@ fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
         "f/b (security groups, tracked flow) = {:.2}",
         rows[8].1 / b4
     );
+    if rows.len() >= 13 {
+        println!(
+            "kept decision vs whole pipeline: b {:.2}   c {:.2}   e' {:.2}   f {:.2}",
+            b4 / rows[9].1,
+            c4 / rows[10].1,
+            e4p / rows[11].1,
+            rows[8].1 / rows[12].1
+        );
+    }
     println!(
         "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
         miss_single / hit_single
