@@ -106,6 +106,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConntrackAction,
     },
+    /// Kept flow decisions (docs/datapath.md §4.19).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// What the loaded program decides for a packet, stage by stage (BPF_PROG_RUN of the
     /// pinned trace program on the live maps; counts nothing, tracks nothing, spends no
     /// cap tokens). E.g. `trace --src 10.0.2.10 --dst 172.16.2.20 --protocol tcp --dport 443`.
@@ -186,6 +191,21 @@ pub enum PortAction {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// The epoch, whether the cache is on, and the decisions each CPU keeps.
+    Stats {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Make every kept decision stale (the next packet of each flow runs the pipeline).
+    Flush,
+    /// Keep decisions again.
+    On,
+    /// Keep no decisions: every packet runs the whole pipeline.
+    Off,
 }
 
 #[derive(Subcommand)]

@@ -4,7 +4,9 @@
 mod args;
 
 use anyhow::{Context, Result};
-use args::{AclAction, Cli, Command, ConntrackAction, PeeringAction, PortAction, RouteAction};
+use args::{
+    AclAction, CacheAction, Cli, Command, ConntrackAction, PeeringAction, PortAction, RouteAction,
+};
 use clap::Parser;
 use peer_dataplane::agent::{self, follow, install::load_topology};
 use peer_dataplane::bpf::pins;
@@ -134,6 +136,12 @@ fn run(cli: Cli) -> Result<()> {
                 output,
             } => commands::conntrack_list(pin, &filter.into(), all, output),
             ConntrackAction::Flush { filter } => commands::conntrack_flush(pin, &filter.into()),
+        },
+        Command::Cache { action } => match action {
+            CacheAction::Stats { output } => commands::cache_stats(pin, output),
+            CacheAction::Flush => commands::cache_flush(pin),
+            CacheAction::On => commands::cache_set(pin, true),
+            CacheAction::Off => commands::cache_set(pin, false),
         },
         Command::Completions { shell } => {
             use clap::CommandFactory;

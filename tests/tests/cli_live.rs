@@ -44,6 +44,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     route_and_port_verbs(&pin)?;
     acl_verbs(&pin)?;
     stats_verbs(&dp, &pin)?;
+    cache_verbs(&pin)?;
     let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
     assert!(table.starts_with("PORT"), "{table}");
     Ok(())
@@ -193,6 +194,39 @@ fn acl_verbs(pin: &std::path::Path) -> Result<()> {
     let flows = json(pin, &["conntrack", "list", "-o", "json"])?;
     assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
 
+    Ok(())
+}
+
+/// `cache stats|flush|off|on`: the epoch moves on with each, and no decision of the new
+/// epoch is left.
+fn cache_verbs(pin: &std::path::Path) -> Result<()> {
+    let stats = |pin| json(pin, &["cache", "stats", "-o", "json"]);
+    let kept = |s: &serde_json::Value| -> u64 {
+        s["kept_per_cpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    let before = stats(pin)?;
+    assert_eq!(before["on"], true, "{before}");
+    assert_eq!(
+        before["kept_per_cpu"].as_array().unwrap().len(),
+        aya::util::nr_cpus().unwrap()
+    );
+    let epoch = before["epoch"].as_u64().unwrap();
+    let out = cli(pin, &["cache", "flush"])?;
+    assert!(out.status.success());
+    let flushed = stats(pin)?;
+    assert_eq!(flushed["epoch"].as_u64().unwrap(), epoch + 1, "{flushed}");
+    assert_eq!(kept(&flushed), 0, "{flushed}");
+    assert!(cli(pin, &["cache", "off"])?.status.success());
+    let off = stats(pin)?;
+    assert_eq!(off["on"], false, "{off}");
+    assert_eq!(off["epoch"].as_u64().unwrap(), epoch + 2, "{off}");
+    assert!(cli(pin, &["cache", "on"])?.status.success());
+    assert_eq!(stats(pin)?["on"], true);
     Ok(())
 }
 

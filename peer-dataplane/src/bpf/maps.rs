@@ -95,6 +95,16 @@ fn sum_global(per_cpu: &[GlobalCounters]) -> GlobalCounters {
     sum
 }
 
+/// `peer-dataplane cache stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowCacheStats {
+    pub epoch: u64,
+    pub on: bool,
+    pub slots_per_cpu: u32,
+    /// Slots holding a decision of the current epoch, per CPU.
+    pub kept_per_cpu: Vec<usize>,
+}
+
 /// Everything installed and counted, read at one moment (see [`KernelMaps::snapshot`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -373,6 +383,31 @@ impl KernelMaps {
             .set(1, u64::from(!on), 0)
             .context("turning the flow cache on or off")?;
         self.bump_epoch().map(|_| ())
+    }
+
+    /// What the flow cache holds now: its epoch, whether it is on, and how many slots of
+    /// each CPU's table hold a decision of the current epoch.
+    pub fn flow_cache_stats(&self) -> Result<FlowCacheStats> {
+        let epoch = self.epoch()?;
+        let on = self.epoch.get(&1, 0)? == 0;
+        let mut kept: Vec<usize> = Vec::new();
+        for i in 0..registry::FLOW_CACHE.max_entries {
+            let per_cpu = self.flow_cache.get(&i, 0)?;
+            if kept.is_empty() {
+                kept = vec![0; per_cpu.len()];
+            }
+            for (cpu, slot) in per_cpu.iter().enumerate() {
+                if slot.entry.epoch == epoch && slot.key.ifindex != 0 {
+                    kept[cpu] += 1;
+                }
+            }
+        }
+        Ok(FlowCacheStats {
+            epoch,
+            on,
+            slots_per_cpu: registry::FLOW_CACHE.max_entries,
+            kept_per_cpu: kept,
+        })
     }
 
     /// The flow decisions of the current epoch, on every CPU (a slot's key and entry

@@ -91,6 +91,47 @@ pub fn conntrack_list(
     show(output, &flows, |f| conntrack::render_table(f))
 }
 
+/// `cache stats`.
+pub fn cache_stats(pin_dir: &Path, output: Output) -> Result<()> {
+    let maps = KernelMaps::open(pin_dir)?;
+    let s = maps.flow_cache_stats()?;
+    show(output, &s, |s| {
+        let mut out = format!(
+            "flow cache {} at epoch {}, {} slots per CPU\n",
+            if s.on { "on" } else { "off" },
+            s.epoch,
+            s.slots_per_cpu
+        );
+        for (cpu, n) in s.kept_per_cpu.iter().enumerate() {
+            out.push_str(&format!("  cpu {cpu}: {n} decisions kept\n"));
+        }
+        out
+    })
+}
+
+/// `cache flush`: every decision kept so far becomes stale.
+pub fn cache_flush(pin_dir: &Path) -> Result<()> {
+    let mut maps = KernelMaps::open(pin_dir)?;
+    let epoch = maps.bump_epoch()?;
+    println!("flow decisions dropped: the epoch is now {epoch}");
+    Ok(())
+}
+
+/// `cache on` / `cache off`.
+pub fn cache_set(pin_dir: &Path, on: bool) -> Result<()> {
+    let mut maps = KernelMaps::open(pin_dir)?;
+    maps.set_flow_cache(on)?;
+    println!(
+        "flow cache {}",
+        if on {
+            "on"
+        } else {
+            "off: every packet runs the whole pipeline"
+        }
+    );
+    Ok(())
+}
+
 /// `conntrack flush`.
 pub fn conntrack_flush(pin_dir: &Path, filter: &conntrack::Filter) -> Result<()> {
     let mut maps = KernelMaps::open(pin_dir)?;
