@@ -4,18 +4,19 @@
 //! routes (and whatever a route's check reads) did not change. The verdict is the same as
 //! validating every document whole ([`crate::ops::check`]); a test holds the two equal.
 
-use crate::deltas::changed_routes;
+use crate::deltas::{changed_tables, View};
 use crate::hoststate::{self, Index};
 use crate::model::{ApiError, World};
 use peer_dataplane_model::desired::validate::{validate_reusing, Topology};
 use peer_dataplane_model::desired::Document;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The world last checked whole, and the topologies its documents validated into (key:
 /// host id; "" for the region without ports).
 pub struct Checked {
-    world: World,
-    index: Index,
+    /// The world and its index (shared with the history once the change commits).
+    pub view: Arc<View>,
     topos: BTreeMap<String, Topology>,
 }
 
@@ -52,23 +53,25 @@ pub fn check(
         .chain(new.ports.values().map(|p| p.host().to_string()))
         .collect();
     let changed: BTreeSet<String> = match prev {
-        Some(p) => changed_routes(&p.world, new).into_keys().collect(),
+        Some(p) => changed_tables(&p.view.world, new),
         None => BTreeSet::new(),
     };
-    let index = Index::of(new);
+    let view = View::of(new);
+    let index = &view.index;
     let mut topos = BTreeMap::new();
     for key in keys {
         let before = prev.and_then(|p| p.topos.get(&key).map(|t| (p, t)));
         // A document the change does not alter keeps its verdict and its topology.
         if let Some((p, t)) = before {
-            let same_objects = objects(&p.world, &p.index, &key) == objects(new, &index, &key);
+            let same_objects =
+                objects(&p.view.world, &p.view.index, &key) == objects(new, index, &key);
             let same_routes = t.route_tables.keys().all(|id| !changed.contains(id));
             if same_objects && same_routes {
                 topos.insert(key, t.clone());
                 continue;
             }
         }
-        let doc = document(new, &index, &key);
+        let doc = document(new, index, &key);
         match validate_reusing(&doc, before.map(|(_, t)| t), &changed) {
             Ok(t) => drop(topos.insert(key, t)),
             Err(e) => {
@@ -78,9 +81,5 @@ pub fn check(
             }
         }
     }
-    Ok(Some(Checked {
-        world: new.clone(),
-        index,
-        topos,
-    }))
+    Ok(Some(Checked { view, topos }))
 }

@@ -10,20 +10,26 @@ use crate::hoststate::{self, Index};
 use crate::model::{Routes, World};
 use imbl::ordmap::DiffItem;
 use peer_dataplane_model::desired::delta::{Delta, RouteChange};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// Revisions kept: an agent at most this many revisions behind gets a delta.
 pub const KEPT: usize = 256;
-
-/// Destinations changed per route table.
-pub type RouteDests = BTreeMap<String, BTreeSet<String>>;
 
 /// A world as this replica held it at one revision, and its index (built once, read by
 /// every long poll that computes a delta from or to it).
 pub struct View {
     pub world: World,
     pub index: Index,
+}
+
+impl View {
+    pub fn of(world: &World) -> Arc<View> {
+        Arc::new(View {
+            world: world.clone(),
+            index: Index::of(world),
+        })
+    }
 }
 
 struct Snapshot {
@@ -44,20 +50,14 @@ pub struct Base {
 }
 
 impl History {
-    /// Records `world` at `revision`, the world this replica holds from now on.
-    pub fn push(&mut self, revision: u64, world: &World) {
+    /// Records `view` at `revision`, the world this replica holds from now on.
+    pub fn push(&mut self, revision: u64, view: Arc<View>) {
         if self.ring.len() == KEPT {
             if let Some(old) = self.ring.pop_front() {
                 drop_aside(old);
             }
         }
-        self.ring.push_back(Snapshot {
-            revision,
-            view: Arc::new(View {
-                world: world.clone(),
-                index: Index::of(world),
-            }),
-        });
+        self.ring.push_back(Snapshot { revision, view });
     }
 
     /// The latest world held, and its revision.
@@ -95,32 +95,24 @@ fn drop_aside(old: Snapshot) {
     let _ = tx.lock().unwrap().send(old);
 }
 
-/// Route destinations that differ between two worlds, per table.
-pub fn changed_routes(old: &World, new: &World) -> RouteDests {
+/// The route tables whose routes differ between two worlds (one absent from either
+/// counts as empty). The persistent maps' diff skips what the two share and stops at
+/// the first difference: it costs at most the change.
+pub fn changed_tables(old: &World, new: &World) -> BTreeSet<String> {
     let empty = Routes::new();
-    let mut out = RouteDests::new();
     let ids: BTreeSet<&String> = old
         .route_tables
         .keys()
         .chain(new.route_tables.keys())
         .collect();
-    for id in ids {
-        let a = old.route_tables.get(id).map_or(&empty, |t| &t.routes);
-        let b = new.route_tables.get(id).map_or(&empty, |t| &t.routes);
-        // The persistent maps' diff skips what the two share: it costs the change.
-        let dests: BTreeSet<String> = a
-            .diff(b)
-            .map(|item| match item {
-                DiffItem::Add(d, _)
-                | DiffItem::Remove(d, _)
-                | DiffItem::Update { new: (d, _), .. } => d.clone(),
-            })
-            .collect();
-        if !dests.is_empty() {
-            out.insert(id.clone(), dests);
-        }
-    }
-    out
+    ids.into_iter()
+        .filter(|id| {
+            let a = old.route_tables.get(*id).map_or(&empty, |t| &t.routes);
+            let b = new.route_tables.get(*id).map_or(&empty, |t| &t.routes);
+            a.diff(b).next().is_some()
+        })
+        .cloned()
+        .collect()
 }
 
 /// Host `host`'s delta from `base.from` to `base.now`.

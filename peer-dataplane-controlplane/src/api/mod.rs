@@ -105,7 +105,7 @@ impl Server {
         let (revision_tx, _) = watch::channel(revision);
         let changes = store.changes();
         let mut history = crate::deltas::History::default();
-        history.push(revision, &world);
+        history.push(revision, crate::deltas::View::of(&world));
         let server = Arc::new(Server {
             inner: Mutex::new(Inner {
                 world,
@@ -163,7 +163,7 @@ impl Server {
                 Ok(_) => {
                     // This replica's next commit is guarded by what it has now seen.
                     inner.store.seen(revision);
-                    self.adopt(inner, world, revision);
+                    self.adopt(inner, world, revision, None);
                     return;
                 }
                 Err(e) => log::warn!(
@@ -179,15 +179,23 @@ impl Server {
     /// Reads the whole store into this replica and publishes its revision.
     fn read_whole(&self, mut inner: std::sync::MutexGuard<'_, Inner>, why: &str) {
         match inner.store.load() {
-            Ok((world, r)) => self.adopt(inner, world, r),
+            Ok((world, r)) => self.adopt(inner, world, r, None),
             Err(e) => log::warn!("reading the store {why}: {e:#}"),
         }
     }
 
     /// Makes `world` at `revision` this replica's (and its history's), then wakes the
-    /// long polls waiting for it.
-    fn adopt(&self, mut inner: std::sync::MutexGuard<'_, Inner>, world: World, revision: u64) {
-        inner.history.push(revision, &world);
+    /// long polls waiting for it. `view`: the world's view if the final gate already
+    /// built it (else it is built here).
+    fn adopt(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        world: World,
+        revision: u64,
+        view: Option<std::sync::Arc<crate::deltas::View>>,
+    ) {
+        let view = view.unwrap_or_else(|| crate::deltas::View::of(&world));
+        inner.history.push(revision, view);
         inner.world = world;
         inner.revision = revision;
         drop(inner);
@@ -272,10 +280,11 @@ impl Server {
             let next = inner.revision + 1;
             match inner.store.commit(&old, &new, next) {
                 Ok(revision) => {
+                    let view = checked.as_ref().map(|c| c.view.clone());
                     if checked.is_some() {
                         inner.checked = checked;
                     }
-                    self.adopt(inner, new, revision);
+                    self.adopt(inner, new, revision, view);
                     return Ok(out);
                 }
                 Err(e) if attempts < MAX_ATTEMPTS && e.downcast_ref::<StaleRead>().is_some() => {
