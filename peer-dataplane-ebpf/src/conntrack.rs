@@ -5,7 +5,7 @@
 //! the first (no ports), are never tracked: the rules alone decide them.
 
 use crate::maps::{CONNTRACK, CT_SCRATCH};
-use crate::parse::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use crate::parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use peer_dataplane_common::conntrack::{expired, CtEntry, CtKey, CT_FIN, CT_REPLIED, CT_RST};
 
 const TCP_FIN: u8 = 0x01;
@@ -69,23 +69,13 @@ pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
     let (sport, dport, opens) = match p.proto {
         IPPROTO_TCP | IPPROTO_UDP if p.ports_known => (p.sport, p.dport, true),
         IPPROTO_TCP | IPPROTO_UDP => return Tracked::UNTRACKABLE,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports_known => {
-            // `dport` holds type << 8 | code; `sport` the echo identifier.
-            let ty = (p.dport >> 8) as u8;
-            let (request, reply) = if p.proto == IPPROTO_ICMP {
-                (8, 0)
-            } else {
-                (128, 129)
-            };
-            if ty == request {
-                (p.sport, 0, true)
-            } else if ty == reply {
-                // Keyed so that its reverse is the request's key; never opens a flow.
-                (0, p.sport, false)
-            } else {
-                return Tracked::UNTRACKABLE;
-            }
-        }
+        // `sport` holds the echo identifier.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports_known => match icmp_echo(p) {
+            Some(true) => (p.sport, 0, true),
+            // Keyed so that its reverse is the request's key; never opens a flow.
+            Some(false) => (0, p.sport, false),
+            None => return Tracked::UNTRACKABLE,
+        },
         IPPROTO_ICMP | IPPROTO_ICMPV6 => return Tracked::UNTRACKABLE,
         _ => (0, 0, true),
     };

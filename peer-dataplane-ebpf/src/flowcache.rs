@@ -10,7 +10,7 @@ use crate::{
     conntrack::{self, How},
     counters::{Outcome, Verdict},
     maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH},
-    parse::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
     rewrite, sg,
 };
@@ -98,15 +98,7 @@ fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
     match p.proto {
         IPPROTO_TCP | IPPROTO_UDP => {}
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let ty = (p.dport >> 8) as u8;
-            let echo = if p.proto == IPPROTO_ICMP {
-                ty == 8 || ty == 0
-            } else {
-                ty == 128 || ty == 129
-            };
-            if !echo {
-                return None;
-            }
+            icmp_echo(p)?;
         }
         _ => return None,
     }

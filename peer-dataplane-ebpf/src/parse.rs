@@ -52,6 +52,25 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
+/// ICMP or ICMPv6 echo (`ports_known`: `dport` holds type << 8 | code): `Some(true)` a
+/// request, `Some(false)` a reply, `None` anything else.
+#[inline(always)]
+pub fn icmp_echo(p: &Packet) -> Option<bool> {
+    let ty = (p.dport >> 8) as u8;
+    let (request, reply) = match p.proto {
+        IPPROTO_ICMP => (8, 0),
+        IPPROTO_ICMPV6 => (128, 129),
+        _ => return None,
+    };
+    if ty == request {
+        Some(true)
+    } else if ty == reply {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// End of the frame, read so that LLVM cannot reuse it across checks. Without this, LLVM
 /// proves a pointer bounds check redundant from an earlier scalar length check and drops
 /// it, and the verifier (which only trusts pointer comparisons) rejects the access.

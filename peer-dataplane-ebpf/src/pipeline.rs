@@ -250,9 +250,6 @@ fn receiver<const T: bool>(
         if groups == sg::DENIED {
             return Err(drop(DropReason::SgDeny));
         }
-        if !T {
-            flowcache::note_groups(groups);
-        }
         return Ok(ep);
     }
 
@@ -283,9 +280,6 @@ fn receiver<const T: bool>(
     let groups = sg::check::<T>(sender_sg, ep.sg, src_vpc, x.peer_vpc, p);
     if groups == sg::DENIED {
         return Err(drop(DropReason::SgDeny));
-    }
-    if !T {
-        flowcache::note_groups(groups);
     }
 
     Ok(ep)

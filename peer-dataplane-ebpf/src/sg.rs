@@ -32,9 +32,26 @@ pub const DENIED: u32 = 3;
 ///
 /// Not inlined (a BPF-to-BPF call): the conntrack outcomes branch many ways, and across a
 /// call they meet again at the return instead of multiplying the verifier's paths through
-/// every later stage. When tracing (`T`), the conntrack table is only read.
+/// every later stage. When tracing (`T`), the conntrack table is only read. Unless
+/// tracing, how an allowed packet passed is also noted for the flow cache (whether its
+/// decision may be kept, and relies on conntrack).
 #[inline(never)]
 pub fn check<const T: bool>(
+    sender_sg: u32,
+    receiver_sg: u32,
+    src_vpc: u32,
+    dst_vpc: u32,
+    p: &Packet,
+) -> u32 {
+    let groups = decide::<T>(sender_sg, receiver_sg, src_vpc, dst_vpc, p);
+    if !T && groups != DENIED {
+        crate::flowcache::note_groups(groups);
+    }
+    groups
+}
+
+#[inline(always)]
+fn decide<const T: bool>(
     sender_sg: u32,
     receiver_sg: u32,
     src_vpc: u32,
