@@ -80,6 +80,31 @@ pub struct FlowSlot {
 }
 const _: () = assert!(size_of::<FlowSlot>() == 112);
 
+/// What the cache did, per CPU (`pdp_flow_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCounters {
+    /// Packets a kept decision forwarded.
+    pub hits: u64,
+    /// Packets of a flow the cache could hold that found no decision of the current
+    /// epoch (none kept, another flow's, a stale one, or its conntrack entry gone).
+    pub misses: u64,
+    /// Decisions kept (each forwarded packet that ran the whole pipeline).
+    pub kept: u64,
+    /// Decisions of the current epoch a newer flow's decision replaced in their slot.
+    pub evictions: u64,
+}
+const _: () = assert!(size_of::<FlowCounters>() == 32);
+
+impl FlowCounters {
+    pub fn add(&mut self, o: &FlowCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.kept += o.kept;
+        self.evictions += o.evictions;
+    }
+}
+
 impl FlowKey {
     /// The key as the eleven words it is made of.
     #[inline(always)]

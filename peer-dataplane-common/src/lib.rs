@@ -364,6 +364,7 @@ mod pod {
     unsafe impl aya::Pod for super::flowcache::FlowKey {}
     unsafe impl aya::Pod for super::flowcache::FlowEntry {}
     unsafe impl aya::Pod for super::flowcache::FlowSlot {}
+    unsafe impl aya::Pod for super::flowcache::FlowCounters {}
     unsafe impl aya::Pod for super::trace::TraceRecord {}
     unsafe impl aya::Pod for super::clock::Clock {}
     unsafe impl aya::Pod for super::overlay::OverlayConfig {}

@@ -8,7 +8,7 @@ use crate::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HI
 use crate::clock::Clock;
 use crate::conntrack::{CtEntry, CtKey, MAX_CT_ENTRIES};
 use crate::counters::{GlobalCounters, PeeringCounters};
-use crate::flowcache::{FlowSlot, FLOW_SLOTS};
+use crate::flowcache::{FlowCounters, FlowSlot, FLOW_SLOTS};
 use crate::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use crate::trace::TraceRecord;
 use crate::{
@@ -125,6 +125,8 @@ registry! {
     /// Slot 0: the epoch of the installed state, moved on by the agent after each change.
     /// Slot 1: non-zero turns kept decisions off (every packet runs the whole pipeline).
     EPOCH = "pdp_epoch": Array<u32, u64>[2] flags 0;
+    /// What the flow cache did, per CPU: hits, misses, decisions kept, evictions.
+    FLOW_STATS = "pdp_flow_stats": PerCpuArray<u32, FlowCounters>[1] flags 0;
     /// Bandwidth-cap buckets (GCRA theoretical arrival time, ns) per peering and direction.
     CAP_STATE = "pdp_cap_state": Array<u32, u64>[MAX_PEERINGS * 2] flags 0;
     /// What `pdp_trace` saw of the last packet it ran on, per CPU.

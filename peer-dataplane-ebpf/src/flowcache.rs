@@ -9,14 +9,14 @@ use crate::{
     cap, clock,
     conntrack::{self, How},
     counters::{Outcome, Verdict},
-    maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH},
+    maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS},
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
     rewrite, sg,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
-    flowcache::{FlowEntry, FlowKey, FlowSlot, FLOW_TRACKED, NO_HIT},
+    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_TRACKED, NO_HIT},
     DropReason, Endpoint,
 };
 
@@ -129,9 +129,27 @@ pub fn forward(ctx: &XdpContext, p: &Packet) -> u64 {
     let Some(epoch) = epoch() else {
         return 0;
     };
-    match decided(ctx, p, epoch) {
-        Some(o) => pack(&o),
-        None => 0,
+    let Some(key) = key(ctx.ingress_ifindex() as u32, p) else {
+        return 0;
+    };
+    match decided(ctx, p, key, epoch) {
+        Some(o) => {
+            count(|c| c.hits += 1);
+            pack(&o)
+        }
+        None => {
+            count(|c| c.misses += 1);
+            0
+        }
+    }
+}
+
+/// Adds to this CPU's cache counters.
+#[inline(always)]
+fn count(f: impl FnOnce(&mut FlowCounters)) {
+    if let Some(c) = FLOW_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        f(unsafe { &mut *c });
     }
 }
 
@@ -161,8 +179,7 @@ pub fn unpack(v: u64) -> Outcome {
 }
 
 #[inline(always)]
-fn decided(ctx: &XdpContext, p: &Packet, epoch: u64) -> Option<Outcome> {
-    let key = key(ctx.ingress_ifindex() as u32, p)?;
+fn decided(ctx: &XdpContext, p: &Packet, key: &FlowKey, epoch: u64) -> Option<Outcome> {
     let slot = FLOW_CACHE.get_ptr(key.slot())?;
     // SAFETY: this CPU's slot: only this CPU writes it, and not while this packet runs.
     let slot: &FlowSlot = unsafe { &*slot };
@@ -231,6 +248,11 @@ pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32)
     // SAFETY: this CPU's slot (see `decided`).
     let slot = unsafe { &mut *slot };
     // Whatever flow held the slot gives it up: a direct-mapped table keeps the last.
+    let evicts = slot.entry.epoch == e.epoch && slot.key.ifindex != 0 && !slot.key.same(key);
+    count(|c| {
+        c.kept += 1;
+        c.evictions += evicts as u64;
+    });
     slot.key = *key;
     let d = &mut slot.entry;
     d.epoch = e.epoch;

@@ -12,7 +12,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
-    flowcache::{FlowEntry, FlowKey, FlowSlot},
+    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     registry,
     trace::TraceRecord,
@@ -84,6 +84,10 @@ pub static FLOW_CACHE: PerCpuArray<FlowSlot> = pinned!(PerCpuArray, FLOW_CACHE);
 /// The installed state's epoch (slot 0): moved on by the agent after every change.
 #[map(name = "pdp_epoch")]
 pub static EPOCH: Array<u64> = pinned!(Array, EPOCH);
+
+/// What the flow cache did, per CPU.
+#[map(name = "pdp_flow_stats")]
+pub static FLOW_STATS: PerCpuArray<FlowCounters> = pinned!(PerCpuArray, FLOW_STATS);
 
 /// Per-CPU slot for a packet's flow-cache key (kept off the 512-byte stack).
 #[map]

@@ -2,6 +2,7 @@
 //! a loader for the real XDP object with private pins, packet builders and the seed
 //! topology.
 
+pub mod changes;
 pub mod controlplane;
 pub mod etcd;
 pub mod fleet;
@@ -20,6 +21,25 @@ pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("this test needs root (BPF, network namespaces); run it through `cargo xtask test`");
+    }
+    Ok(())
+}
+
+/// Keeps the calling thread on the CPU it runs on now: its BPF_PROG_RUN calls then all
+/// meet the same per-CPU maps (a flow's kept decision is per CPU, as a flow's packets
+/// stay on one receive queue).
+pub fn stay_on_this_cpu() -> Result<()> {
+    // SAFETY: plain syscalls on this thread, with a zeroed set filled by CPU_SET.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            bail!("sched_getcpu: {}", std::io::Error::last_os_error());
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -422,6 +422,14 @@ pub struct State {
     buckets: BTreeMap<(String, u32), u64>,
 }
 
+impl State {
+    /// A peering whose counters and buckets start afresh (a new slot in the program):
+    /// its buckets are full again.
+    pub fn refill(&mut self, pcx: &str) {
+        self.buckets.retain(|(p, _), _| p != pcx);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // outcomes and counters
 

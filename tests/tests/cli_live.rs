@@ -44,7 +44,7 @@ fn cli_verbs_report_what_is_installed() -> Result<()> {
     route_and_port_verbs(&pin)?;
     acl_verbs(&pin)?;
     stats_verbs(&dp, &pin)?;
-    cache_verbs(&pin)?;
+    cache_verbs(&dp, &pin)?;
     let table = String::from_utf8(cli(&pin, &["port", "list"])?.stdout)?;
     assert!(table.starts_with("PORT"), "{table}");
     Ok(())
@@ -199,8 +199,42 @@ fn acl_verbs(pin: &std::path::Path) -> Result<()> {
 
 /// `cache stats|flush|off|on`: the epoch moves on with each, and no decision of the new
 /// epoch is left.
-fn cache_verbs(pin: &std::path::Path) -> Result<()> {
+fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     let stats = |pin| json(pin, &["cache", "stats", "-o", "json"]);
+    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
+    // Two runs of a new flow A -> B in one BPF_PROG_RUN (one CPU): the first runs the
+    // whole pipeline and keeps its decision, the second is forwarded by it.
+    let start = stats(pin)?;
+    let l2 = L2 {
+        src: A.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let p = packets::udp4(l2, A.ipv4, B.ipv4, 64, 5001, 6000, b"x");
+    let out = dp.run_on(
+        peer_dataplane_common::program_names::PIPELINE,
+        netns::ifindex(A.port),
+        &p,
+        2,
+    )?;
+    assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
+    let after = stats(pin)?;
+    for (name, delta) in [("misses", 1), ("kept", 1), ("hits", 1), ("evictions", 0)] {
+        assert_eq!(
+            counter(&after, name) - counter(&start, name),
+            delta,
+            "{name}: {start} -> {after}"
+        );
+    }
+    let per_cpu_hits: u64 = after["counters_per_cpu"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_cpu_hits, counter(&after, "hits"));
+    let text = String::from_utf8(cli(pin, &["cache", "stats"])?.stdout)?;
+    assert!(text.contains("hit ratio"), "{text}");
     let kept = |s: &serde_json::Value| -> u64 {
         s["kept_per_cpu"]
             .as_array()

@@ -14,13 +14,16 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
+use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::validate::{validate, Topology};
 use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane_common::counters::PeeringCounters;
+use peer_dataplane_common::flowcache::FlowCounters;
 use peer_dataplane_common::{
     DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
     MAX_PEERINGS, NAME_PEERING, ROUTE_PCX,
 };
+use peer_dataplane_tests::changes;
 use peer_dataplane_tests::harness::{
     action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
@@ -98,7 +101,12 @@ struct Totals {
     verdicts: BTreeMap<String, u64>,
     tampered: u64,
     acl_rules_max: usize,
+    /// Changes installed between two frames, by kind.
+    changes: BTreeMap<changes::Kind, u64>,
 }
+
+/// Per mille of frames before which the state changes (states without raw map changes).
+const CHANGE_PER_MILLE: u64 = 8;
 
 #[allow(clippy::too_many_arguments)]
 fn run_state(
@@ -112,7 +120,7 @@ fn run_state(
     tampered_before: &mut bool,
 ) -> Result<()> {
     let topo = random::topology(rng);
-    let checked: Topology = validate(&topo.doc).map_err(|e| {
+    validate(&topo.doc).map_err(|e| {
         anyhow!(
             "state {state_no}: the generator made an invalid document: {e}\n{}",
             topo.doc.to_toml()
@@ -125,9 +133,8 @@ fn run_state(
     dp.install(&topo.doc)
         .with_context(|| format!("state {state_no}: installing\n{}", topo.doc.to_toml()))?;
     dp.installed.maps.conntrack_flush(|_, _| true)?;
-    let doc_peerings: Vec<String> = topo.doc.peerings.iter().map(|p| p.id.clone()).collect();
-    for pcx in &doc_peerings {
-        let slot = dp.installed.ids.get(NAME_PEERING, pcx).unwrap();
+    for pcx in &topo.doc.peerings {
+        let slot = dp.installed.ids.get(NAME_PEERING, &pcx.id).unwrap();
         for dir in DIRS {
             dp.installed.maps.set_cap_state(slot, dir, 0)?;
         }
@@ -135,87 +142,154 @@ fn run_state(
     tamper(dp, &topo, ifindex)?;
     *tampered_before = !topo.tampering.routes.is_empty() || !topo.tampering.no_redirect.is_empty();
     totals.tampered += *tampered_before as u64;
-    let world = World::new(&topo.doc, ifindex, &topo.tampering);
-    let hit_slots = hit_slots(dp, &checked, totals)?;
-    let run = Run {
+    let mut run = Run {
         seed,
         state_no,
         topo: &topo,
-        world: &world,
         ifindex,
-        doc_peerings: &doc_peerings,
-        hit_slots: &hit_slots,
+        doc: topo.doc.clone(),
+        world: World::new(&topo.doc, ifindex, &topo.tampering),
+        hit_slots: BTreeMap::new(),
+        changes: Vec::new(),
     };
-    let expected = run.frames(dp, rng, packets, totals)?;
+    run.hit_slots = run.hit_slots(dp, totals)?;
+    run.frames(dp, rng, packets, totals)?;
     totals.frames += packets;
     totals.states += 1;
-    run.check_counters(dp, &expected)
+    Ok(())
 }
 
-/// Every installed ACL rule's hit counter slot, by (ACL, direction, rule number).
-fn hit_slots(
-    dp: &TestDataplane,
-    checked: &Topology,
-    totals: &mut Totals,
-) -> Result<BTreeMap<(String, bool, u32), u32>> {
-    let mut hit_slots = BTreeMap::new();
-    for (id, a) in &checked.network_acls {
-        totals.acl_rules_max = totals
-            .acl_rules_max
-            .max(a.ingress.len().max(a.egress.len()));
-        for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
-            for r in rules {
-                let s = dp
-                    .installed
-                    .acl_hit_slot(checked, id, egress, r.number)
-                    .ok_or_else(|| anyhow!("no hit slot for {id} rule {}", r.number))?;
-                hit_slots.insert((id.clone(), egress, r.number), s);
-            }
-        }
-    }
-
-    Ok(hit_slots)
-}
-
-/// One installed state under test.
+/// One installed state under test, as changed so far.
 struct Run<'a> {
     seed: u64,
     state_no: u64,
     topo: &'a random::Topo,
-    world: &'a World,
     ifindex: &'a BTreeMap<String, u32>,
-    doc_peerings: &'a [String],
-    hit_slots: &'a BTreeMap<(String, bool, u32), u32>,
+    /// The document installed now, and the model's world of it.
+    doc: Document,
+    world: World,
+    /// Every installed ACL rule's hit counter slot, by (ACL, direction, rule number).
+    hit_slots: BTreeMap<(String, bool, u32), u32>,
+    /// The changes made since the state was installed, in order.
+    changes: Vec<changes::Kind>,
 }
 
 impl Run<'_> {
-    /// Sends `packets` random frames through the program and the model, frame by frame
-    /// the same outcome; returns the counters the model expects afterwards.
-    fn frames(
+    fn hit_slots(
         &self,
+        dp: &TestDataplane,
+        totals: &mut Totals,
+    ) -> Result<BTreeMap<(String, bool, u32), u32>> {
+        let checked: Topology = validate(&self.doc).map_err(|e| anyhow!("{e}"))?;
+        let mut hit_slots = BTreeMap::new();
+        for (id, a) in &checked.network_acls {
+            totals.acl_rules_max = totals
+                .acl_rules_max
+                .max(a.ingress.len().max(a.egress.len()));
+            for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
+                for r in rules {
+                    let s = dp
+                        .installed
+                        .acl_hit_slot(&checked, id, egress, r.number)
+                        .ok_or_else(|| anyhow!("no hit slot for {id} rule {}", r.number))?;
+                    hit_slots.insert((id.clone(), egress, r.number), s);
+                }
+            }
+        }
+        Ok(hit_slots)
+    }
+
+    fn counters(&self, dp: &TestDataplane) -> Result<Counters> {
+        let peerings: Vec<String> = self.doc.peerings.iter().map(|p| p.id.clone()).collect();
+        read_counters(dp, &peerings, &self.hit_slots)
+    }
+
+    /// The installed peering slots, by peering.
+    fn slots(&self, dp: &TestDataplane) -> BTreeMap<String, Option<u32>> {
+        self.doc
+            .peerings
+            .iter()
+            .map(|p| (p.id.clone(), dp.installed.ids.get(NAME_PEERING, &p.id)))
+            .collect()
+    }
+
+    /// Installs a random change of the state (see `changes`), between two frames: the
+    /// program's kept decisions stay where they are, the model has none. Peerings that
+    /// got a new slot start with full buckets in both.
+    fn change(
+        &mut self,
+        dp: &mut TestDataplane,
+        rng: &mut Rng,
+        model: &mut State,
+        totals: &mut Totals,
+    ) -> Result<bool> {
+        let Some((doc, kind)) = changes::change(rng, &self.doc) else {
+            return Ok(false);
+        };
+        let before = self.slots(dp);
+        dp.install(&doc).with_context(|| {
+            format!(
+                "state {}: installing a {} change\n{}",
+                self.state_no,
+                kind.as_str(),
+                doc.to_toml()
+            )
+        })?;
+        self.doc = doc;
+        for (pcx, slot) in self.slots(dp) {
+            if before.get(&pcx) != Some(&slot) {
+                model.refill(&pcx);
+            }
+        }
+        self.world = World::new(&self.doc, self.ifindex, &self.topo.tampering);
+        self.hit_slots = self.hit_slots(dp, totals)?;
+        self.changes.push(kind);
+        *totals.changes.entry(kind).or_default() += 1;
+        Ok(true)
+    }
+
+    /// Sends `packets` random frames through the program and the model, frame by frame
+    /// the same outcome, changing the state now and then between two frames; the
+    /// counters must agree before each change and at the end.
+    fn frames(
+        &mut self,
         dp: &mut TestDataplane,
         rng: &mut Rng,
         packets: u64,
         totals: &mut Totals,
-    ) -> Result<Counters> {
-        let (seed, state_no, topo, world, ifindex) = (
-            self.seed,
-            self.state_no,
-            self.topo,
-            self.world,
-            self.ifindex,
-        );
+    ) -> Result<()> {
+        let (seed, state_no, topo, ifindex) = (self.seed, self.state_no, self.topo, self.ifindex);
         let mut model = State::default();
         // Time stands still unless the test moves it.
         let mut now = TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000;
         dp.freeze_clock(now)?;
-        let before = read_counters(dp, self.doc_peerings, self.hit_slots)?;
-        let mut expected = before.clone();
-        let mut last = before.global;
+        let mut expected = self.counters(dp)?;
+        let mut last = expected.global;
         let busy = rng.chance(50);
+        // Raw map changes stay as they are only until the agent installs again.
+        let changing = topo.tampering.routes.is_empty() && topo.tampering.no_redirect.is_empty();
         let mut frames = Frames::new(topo, !busy);
+        let mut again: Option<(String, Vec<u8>, u64)> = None;
         for n in 0..packets {
-            let (iface, frame, at) = frames.next(rng, now);
+            if changing && n > 0 && rng.below(1000) < CHANGE_PER_MILLE {
+                // The counters so far: a change may move ACL hit slots.
+                self.check_counters(dp, &expected)?;
+                if self.change(dp, rng, &mut model, totals)? {
+                    expected = self.counters(dp)?;
+                    last = expected.global;
+                }
+            }
+            // A forwarded frame is often sent again a few times in a row, as packets of
+            // one flow come: those meet its kept decision, unless a change came between.
+            let (iface, frame, at) = match again.take() {
+                Some((iface, frame, left)) => {
+                    if left > 1 {
+                        again = Some((iface.clone(), frame.clone(), left - 1));
+                    }
+                    (iface, frame, None)
+                }
+                None => frames.next(rng, now),
+            };
             let ingress = ifindex[&iface];
             let step = random::time_step(rng, busy);
             let then = at.unwrap_or(now + step);
@@ -223,7 +297,7 @@ impl Run<'_> {
                 now = then;
                 dp.freeze_clock(now)?;
             }
-            let want: Outcome = world.run(&mut model, ingress, &frame, now);
+            let want: Outcome = self.world.run(&mut model, ingress, &frame, now);
             let got = dp.run(ingress, &frame)?;
             let global = dp.global()?;
             let got_verdict = program_verdict(&last, &global);
@@ -240,7 +314,8 @@ impl Run<'_> {
             {
                 bail!(
                 "divergence (seed {seed}, state {state_no}, frame {n}) on {iface} (ifindex {ingress}) at {now} ns:\n  \
-                 model:   {} -> {:02x?}\n  program: {} ({}) -> {:02x?}\n  frame:   {:02x?}\n  tampering: {:?}\n  state:\n{}",
+                 model:   {} -> {:02x?}\n  program: {} ({}) -> {:02x?}\n  frame:   {:02x?}\n  tampering: {:?}\n  \
+                 changes since the state was installed: {:?}\n  state:\n{}",
                 describe(&want.verdict),
                 want.frame,
                 action_name(got.action),
@@ -248,8 +323,12 @@ impl Run<'_> {
                 got.data,
                 frame,
                 topo.tampering,
-                topo.doc.to_toml()
+                self.changes,
+                self.doc.to_toml()
             );
+            }
+            if matches!(want.verdict, Verdict::Redirect(_)) && again.is_none() && rng.chance(30) {
+                again = Some((iface.clone(), frame.clone(), 1 + rng.below(4)));
             }
             let key = match want.verdict {
                 Verdict::Redirect(_) => "forwarded".to_string(),
@@ -258,13 +337,13 @@ impl Run<'_> {
             *totals.verdicts.entry(key).or_default() += 1;
             expected.add(&want, frame.len() as u64);
         }
-        Ok(expected)
+        self.check_counters(dp, &expected)
     }
 
     /// The program's counters after the frames must be the model's.
     fn check_counters(&self, dp: &mut TestDataplane, expected: &Counters) -> Result<()> {
-        let (seed, state_no, topo) = (self.seed, self.state_no, self.topo);
-        let after = read_counters(dp, self.doc_peerings, self.hit_slots)?;
+        let (seed, state_no) = (self.seed, self.state_no);
+        let after = self.counters(dp)?;
         if after != *expected {
             let mut diffs = Vec::new();
             if after.global != expected.global {
@@ -290,13 +369,23 @@ impl Run<'_> {
                 }
             }
             bail!(
-                "counters diverge after state {state_no} (seed {seed}):\n  {}\n  state:\n{}",
+                "counters diverge in state {state_no} (seed {seed}), after the changes {:?}:\n  {}\n  state:\n{}",
+                self.changes,
                 diffs.join("\n  "),
-                topo.doc.to_toml()
+                self.doc.to_toml()
             );
         }
         Ok(())
     }
+}
+
+/// The flow cache's counters, summed over CPUs.
+fn cache_counters(dp: &TestDataplane) -> Result<FlowCounters> {
+    let mut sum = FlowCounters::default();
+    for c in dp.installed.maps.flow_counters_per_cpu()? {
+        sum.add(&c);
+    }
+    Ok(sum)
 }
 
 /// Interfaces for random states: `dp0`… each a veth whose peer stays in the namespace.
@@ -331,6 +420,9 @@ fn model_and_program_agree() -> Result<()> {
     let mut rng = Rng::new(seed);
     let mut totals = Totals::default();
     let mut tampered = false;
+    // A repeated flow meets its kept decision only on the CPU that kept it.
+    peer_dataplane_tests::stay_on_this_cpu()?;
+    let cache_before = cache_counters(&dp)?;
     let started = std::time::Instant::now();
     let mut next_report = std::time::Duration::from_secs(10);
     for state_no in 0..states {
@@ -362,6 +454,36 @@ fn model_and_program_agree() -> Result<()> {
         totals.acl_rules_max,
         totals.frames,
         started.elapsed().as_secs_f64()
+    );
+    let cache = cache_counters(&dp)?;
+    let hits = cache.hits - cache_before.hits;
+    let forwarded = totals.verdicts.get("forwarded").copied().unwrap_or(0);
+    eprintln!(
+        "  kept flow decisions: {hits} frames forwarded by one ({:.0} % of the {forwarded} forwarded), \
+         {} kept, {} misses",
+        100.0 * hits as f64 / forwarded.max(1) as f64,
+        cache.kept - cache_before.kept,
+        cache.misses - cache_before.misses
+    );
+    // Repeats of forwarded flows must have met their kept decisions, or the run says
+    // nothing about them.
+    assert!(
+        hits * 4 >= forwarded,
+        "only {hits} of {forwarded} forwarded frames used a kept decision"
+    );
+    // Changes between frames, by kind: each must have happened, or kept decisions were
+    // not put to the test against it.
+    let mut missing = Vec::new();
+    for kind in changes::Kind::ALL {
+        let n = totals.changes.get(&kind).copied().unwrap_or(0);
+        eprintln!("  changes between frames, {:<20} {n:>8}", kind.as_str());
+        if n == 0 {
+            missing.push(kind.as_str());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no change between frames of kinds {missing:?} (run more states)"
     );
     // The coverage table: every reason must be reached at least 100 times, except those
     // only a host of a fleet can reach (these random states are single hosts;

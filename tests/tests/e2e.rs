@@ -462,6 +462,16 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
         value("pdp_drops_total", &[("reason", "no-route")]).unwrap_or(0.0) >= 1.0,
         "{body}"
     );
+    // Each ping direction's first packet ran the whole pipeline and left its decision.
+    assert!(
+        value("pdp_flow_cache_kept_total", &[]).unwrap_or(0.0) >= 2.0,
+        "{body}"
+    );
+    assert!(value("pdp_flow_cache_misses_total", &[]).unwrap_or(0.0) >= 2.0);
+    assert!(value("pdp_flow_cache_hits_total", &[]).is_some());
+    assert!(value("pdp_flow_cache_evictions_total", &[]).is_some());
+    assert_eq!(value("pdp_flow_cache_enabled", &[]), Some(1.0));
+    assert!(value("pdp_flow_cache_epoch", &[]).unwrap_or(0.0) >= 1.0);
     assert_eq!(value("pdp_map_entries", &[("map", "ports")]), Some(3.0));
     assert_eq!(
         value("pdp_map_capacity", &[("map", "conntrack")]),

@@ -50,6 +50,7 @@ pub fn render(snap: &Snapshot, conntrack_entries: usize, sync: &InstallStats) ->
     global_metrics(&r, &stats)?;
     acl_metrics(&r, snap)?;
     map_metrics(&r, snap, conntrack_entries)?;
+    flow_cache_metrics(&r, snap)?;
     install_metrics(&r, sync)?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
@@ -178,6 +179,50 @@ fn map_metrics(r: &Registry, snap: &Snapshot, conntrack_entries: usize) -> Resul
     ct.set(flows as i64);
     r.register(Box::new(ct))?;
 
+    Ok(())
+}
+
+/// The flow decision cache: what it did, its epoch, and whether it is on.
+fn flow_cache_metrics(r: &Registry, snap: &Snapshot) -> Result<()> {
+    let f = &snap.flow_cache;
+    for (name, help, n) in [
+        (
+            "pdp_flow_cache_hits_total",
+            "Packets a kept flow decision forwarded.",
+            f.counters.hits,
+        ),
+        (
+            "pdp_flow_cache_misses_total",
+            "Packets of a cacheable flow that found no decision of the current epoch.",
+            f.counters.misses,
+        ),
+        (
+            "pdp_flow_cache_kept_total",
+            "Flow decisions kept by packets that ran the whole pipeline.",
+            f.counters.kept,
+        ),
+        (
+            "pdp_flow_cache_evictions_total",
+            "Current flow decisions replaced by another flow's in their slot.",
+            f.counters.evictions,
+        ),
+    ] {
+        counter(r, name, help, &[])?
+            .with_label_values(&[])
+            .inc_by(n);
+    }
+    let epoch = IntGauge::new(
+        "pdp_flow_cache_epoch",
+        "Epoch of the installed state: kept decisions of another epoch are not used.",
+    )?;
+    epoch.set(f.epoch as i64);
+    r.register(Box::new(epoch))?;
+    let on = IntGauge::new(
+        "pdp_flow_cache_enabled",
+        "1 while kept flow decisions are used, 0 while every packet runs the whole pipeline.",
+    )?;
+    on.set(f.on as i64);
+    r.register(Box::new(on))?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
-    flowcache::{FlowEntry, FlowKey, FlowSlot},
+    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
     RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
@@ -57,6 +57,7 @@ pub struct KernelMaps {
     hosts: HashMap<MapData, HostKey, u32>,
     overlay_ids: HashMap<MapData, OverlayIdKey, u32>,
     flow_cache: PerCpuArray<MapData, FlowSlot>,
+    flow_stats: PerCpuArray<MapData, FlowCounters>,
     epoch: Array<MapData, u64>,
 }
 
@@ -103,6 +104,39 @@ pub struct FlowCacheStats {
     pub slots_per_cpu: u32,
     /// Slots holding a decision of the current epoch, per CPU.
     pub kept_per_cpu: Vec<usize>,
+    /// Hits, misses, decisions kept and evictions since the maps were made, per CPU.
+    pub counters_per_cpu: Vec<CacheCounters>,
+    /// The same, summed.
+    pub counters: CacheCounters,
+}
+
+/// [`FlowCounters`] as the CLI and metrics show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub kept: u64,
+    pub evictions: u64,
+}
+
+impl From<FlowCounters> for CacheCounters {
+    fn from(c: FlowCounters) -> CacheCounters {
+        CacheCounters {
+            hits: c.hits,
+            misses: c.misses,
+            kept: c.kept,
+            evictions: c.evictions,
+        }
+    }
+}
+
+/// The flow cache's side of a snapshot: its setting and what it did.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCacheView {
+    pub epoch: u64,
+    pub on: bool,
+    /// Summed over CPUs.
+    pub counters: CacheCounters,
 }
 
 /// Everything installed and counted, read at one moment (see [`KernelMaps::snapshot`]).
@@ -115,6 +149,7 @@ pub struct Snapshot {
     pub peering_traffic: BTreeMap<u32, (PeeringCounters, PeeringCounters)>,
     /// Hit slot of every installed ACL rule -> hits, summed over CPUs.
     pub acl_hits: BTreeMap<u32, u64>,
+    pub flow_cache: FlowCacheView,
 }
 
 impl Snapshot {
@@ -158,6 +193,7 @@ impl KernelMaps {
             hosts: typed!(pin_dir, HOSTS),
             overlay_ids: typed!(pin_dir, OVERLAY_IDS),
             flow_cache: typed!(pin_dir, FLOW_CACHE),
+            flow_stats: typed!(pin_dir, FLOW_STATS),
             epoch: typed!(pin_dir, EPOCH),
         })
     }
@@ -240,10 +276,19 @@ impl KernelMaps {
                 acl_hits.insert(slot, self.acl_hits(slot)?);
             }
         }
+        let mut counters = FlowCounters::default();
+        for c in self.flow_counters_per_cpu()? {
+            counters.add(&c);
+        }
         Ok(Snapshot {
             global_per_cpu: self.global_counters_per_cpu()?,
             peering_traffic,
             acl_hits,
+            flow_cache: FlowCacheView {
+                epoch: self.epoch()?,
+                on: self.flow_cache_on()?,
+                counters: counters.into(),
+            },
             state,
         })
     }
@@ -358,7 +403,6 @@ impl KernelMaps {
             .context("writing pdp_cap_state")
     }
 
-    /// The program's clock setting (`Clock::KERNEL` unless a test changed it).
     /// The installed state's epoch (see `peer_dataplane_common::flowcache`).
     pub fn epoch(&self) -> Result<u64> {
         Ok(self.epoch.get(&0, 0)?)
@@ -385,11 +429,26 @@ impl KernelMaps {
         self.bump_epoch().map(|_| ())
     }
 
+    /// Whether kept decisions are used (`pdp_epoch` slot 1 is zero).
+    pub fn flow_cache_on(&self) -> Result<bool> {
+        Ok(self.epoch.get(&1, 0)? == 0)
+    }
+
+    /// The flow cache's counters of each CPU, in CPU order.
+    pub fn flow_counters_per_cpu(&self) -> Result<Vec<FlowCounters>> {
+        let per_cpu = self
+            .flow_stats
+            .get(&0, 0)
+            .context("reading pdp_flow_stats")?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
     /// What the flow cache holds now: its epoch, whether it is on, and how many slots of
     /// each CPU's table hold a decision of the current epoch.
     pub fn flow_cache_stats(&self) -> Result<FlowCacheStats> {
         let epoch = self.epoch()?;
-        let on = self.epoch.get(&1, 0)? == 0;
+        let on = self.flow_cache_on()?;
+        let per_cpu = self.flow_counters_per_cpu()?;
         let mut kept: Vec<usize> = Vec::new();
         for i in 0..registry::FLOW_CACHE.max_entries {
             let per_cpu = self.flow_cache.get(&i, 0)?;
@@ -407,6 +466,12 @@ impl KernelMaps {
             on,
             slots_per_cpu: registry::FLOW_CACHE.max_entries,
             kept_per_cpu: kept,
+            counters: {
+                let mut sum = FlowCounters::default();
+                per_cpu.iter().for_each(|c| sum.add(c));
+                sum.into()
+            },
+            counters_per_cpu: per_cpu.into_iter().map(CacheCounters::from).collect(),
         })
     }
 
@@ -425,6 +490,7 @@ impl KernelMaps {
         Ok(out)
     }
 
+    /// The program's clock setting (`Clock::KERNEL` unless a test changed it).
     pub fn clock(&self) -> Result<Clock> {
         self.clock.get(&0, 0).context("reading pdp_clock")
     }

@@ -102,8 +102,28 @@ pub fn cache_stats(pin_dir: &Path, output: Output) -> Result<()> {
             s.epoch,
             s.slots_per_cpu
         );
+        let c = &s.counters;
+        let ratio = |hits: u64, misses: u64| {
+            if hits + misses == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1} %", 100.0 * hits as f64 / (hits + misses) as f64)
+            }
+        };
+        out.push_str(&format!(
+            "hits {}  misses {}  hit ratio {}  kept {}  evictions {}\n",
+            c.hits,
+            c.misses,
+            ratio(c.hits, c.misses),
+            c.kept,
+            c.evictions
+        ));
         for (cpu, n) in s.kept_per_cpu.iter().enumerate() {
-            out.push_str(&format!("  cpu {cpu}: {n} decisions kept\n"));
+            let c = s.counters_per_cpu.get(cpu).copied().unwrap_or_default();
+            out.push_str(&format!(
+                "  cpu {cpu}: {n} decisions of this epoch; hits {} misses {} evictions {}\n",
+                c.hits, c.misses, c.evictions
+            ));
         }
         out
     })
