@@ -4,6 +4,7 @@
 //! [`TraceRecord`] per CPU, which the CLI reads back after its BPF_PROG_RUN.
 
 use crate::cap::CapConfig;
+use crate::flowcache::FlowKey;
 use core::mem::size_of;
 
 /// Stages, as bits of [`TraceRecord::reached`], in pipeline order.
@@ -143,9 +144,21 @@ pub struct TraceRecord {
     pub overlay_mtu: u32,
     /// `bpf_fib_lookup`'s result on the sender (`BPF_FIB_LKUP_RET_*`).
     pub overlay_fib: u32,
-    pub _pad: u32,
+    // Flow decision cache (a trace neither uses nor keeps decisions: the CLI looks the
+    // flow's slot up on every CPU).
+    /// The flow's slot in each CPU's table, or [`NO_FLOW_SLOT`] for a packet whose
+    /// decision is never kept.
+    pub flow_slot: u32,
+    /// The installed state's epoch when the trace ran.
+    pub epoch: u64,
+    /// 1 while kept decisions are used.
+    pub flow_cache_on: u32,
+    pub flow_key: FlowKey,
 }
-const _: () = assert!(size_of::<TraceRecord>() == 240);
+const _: () = assert!(size_of::<TraceRecord>() == 296);
+
+/// [`TraceRecord::flow_slot`] of a packet without a flow key.
+pub const NO_FLOW_SLOT: u32 = u32::MAX;
 
 impl TraceRecord {
     pub const ZERO: TraceRecord = TraceRecord {
@@ -197,7 +210,19 @@ impl TraceRecord {
         overlay_peer: [0; 16],
         overlay_mtu: 0,
         overlay_fib: 0,
-        _pad: 0,
+        flow_slot: 0,
+        epoch: 0,
+        flow_cache_on: 0,
+        flow_key: FlowKey {
+            ifindex: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            vlan: 0,
+            _pad: [0; 2],
+        },
     };
 }
 

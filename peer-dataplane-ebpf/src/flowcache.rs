@@ -12,11 +12,12 @@ use crate::{
     maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS},
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
-    rewrite, sg,
+    rewrite, sg, trace,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
     flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_TRACKED, NO_HIT},
+    trace::NO_FLOW_SLOT,
     DropReason, Endpoint,
 };
 
@@ -114,6 +115,27 @@ fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
     k.vlan = p.vlan as u8;
     k._pad = [0; 2];
     Some(k)
+}
+
+/// For a trace: the flow's key and slot, the epoch and the setting (the CLI reads the
+/// slot on every CPU; a trace itself neither uses nor keeps a decision).
+#[inline(always)]
+pub fn note_for_trace<const T: bool>(ifindex: u32, p: &Packet) {
+    if !T {
+        return;
+    }
+    let key = key(ifindex, p);
+    trace::note::<T>(|r| {
+        r.epoch = EPOCH.get(0).copied().unwrap_or(0);
+        r.flow_cache_on = (EPOCH.get(1).copied().unwrap_or(0) == 0) as u32;
+        match key {
+            Some(k) => {
+                r.flow_key = *k;
+                r.flow_slot = k.slot();
+            }
+            None => r.flow_slot = NO_FLOW_SLOT,
+        }
+    });
 }
 
 /// Delivers `p` as its flow's decision of this packet's epoch says. Returns the outcome

@@ -85,6 +85,7 @@ fn from_port<const T: bool>(
         return Ok(Outcome::pass(PassReason::NotIp));
     };
     // A flow decided in this epoch skips every lookup below (a trace never does).
+    flowcache::note_for_trace::<T>(ctx.ingress_ifindex() as u32, p);
     if !T {
         let decided = flowcache::forward(ctx, p);
         if decided != 0 {

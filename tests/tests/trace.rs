@@ -29,6 +29,10 @@ fn trace(pin_dir: &Path, args: &str) -> Result<Value> {
     );
     let text = String::from_utf8_lossy(&table.stdout).to_string();
     ensure!(text.contains("verdict: "), "no verdict line in:\n{text}");
+    ensure!(
+        text.contains("flow cache: "),
+        "no flow cache line in:\n{text}"
+    );
     println!("$ peer-dataplane trace {}\n{text}", args.join(" "));
     full.extend_from_slice(&["-o", "json"]);
     let out = cli(pin_dir, &full)?;
@@ -133,6 +137,15 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
         dp.installed.maps.conntrack_entries()?.is_empty(),
         "the trace opened a flow"
     );
+    assert!(
+        dp.installed.maps.flow_decisions()?.is_empty(),
+        "the trace kept a flow decision"
+    );
+    let forwarded = format!("--src {a} --dst {b} --protocol tcp --dport 443");
+    let f = &trace(&pin, &forwarded)?["flow_cache"];
+    assert_eq!(f["on"], true, "{f}");
+    assert_eq!(f["cacheable"], true, "{f}");
+    assert_eq!(f["kept"].as_array().unwrap().len(), 0, "{f}");
 
     // The same packet through the real pipeline is forwarded and does all of that.
     let frame = peer_dataplane::cli::frame::build_frame(
@@ -152,6 +165,18 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
     let out = dp.run(netns::ifindex(A.port), &frame)?;
     assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
     assert_eq!(dp.installed.maps.conntrack_entries()?.len(), 1);
+    // It kept its flow's decision, which a trace of the flow now shows; once the epoch
+    // moves on, as stale.
+    let epoch = dp.installed.maps.epoch()?;
+    let f = trace(&pin, &forwarded)?["flow_cache"].clone();
+    assert_eq!(f["epoch"], epoch, "{f}");
+    let kept = f["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{f}");
+    assert_eq!(kept[0]["current"], true, "{f}");
+    assert_eq!(kept[0]["epoch"], epoch, "{f}");
+    dp.installed.maps.bump_epoch()?;
+    let f = trace(&pin, &forwarded)?["flow_cache"].clone();
+    assert_eq!(f["kept"][0]["current"], false, "{f}");
 
     operator_mistakes(&pin, &a, &b)
 }

@@ -475,6 +475,15 @@ impl KernelMaps {
         })
     }
 
+    /// Slot `slot` of the flow-decision table on every CPU, in CPU order.
+    pub fn flow_slot(&self, slot: u32) -> Result<Vec<FlowSlot>> {
+        let per_cpu = self
+            .flow_cache
+            .get(&slot, 0)
+            .context("reading pdp_flow_cache")?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
     /// The flow decisions of the current epoch, on every CPU (a slot's key and entry
     /// are read while the program may rewrite them: for counting and showing only).
     pub fn flow_decisions(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {

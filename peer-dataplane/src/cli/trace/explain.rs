@@ -509,6 +509,8 @@ impl Explainer<'_> {
             reason: self.reason,
             action: progrun::action_name(self.r.action),
             egress_port,
+            // Filled by the caller, which reads the table on every CPU.
+            flow_cache: Default::default(),
         }
     }
 }

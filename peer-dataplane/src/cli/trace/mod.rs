@@ -17,7 +17,7 @@ use crate::bpf::{maps, pins, progrun, KernelMaps};
 use anyhow::{anyhow, ensure, Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions};
-use peer_dataplane_common::trace::TraceRecord;
+use peer_dataplane_common::trace::{TraceRecord, NO_FLOW_SLOT, STAGE_PARSE};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -35,6 +35,97 @@ pub struct Trace {
     pub action: &'static str,
     /// Where a forwarded packet leaves.
     pub egress_port: Option<String>,
+    /// Whether this flow has a kept decision (a trace neither uses nor keeps one).
+    pub flow_cache: FlowCacheTrace,
+}
+
+/// The flow decision cache as the traced packet's flow finds it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct FlowCacheTrace {
+    /// Kept decisions are used.
+    pub on: bool,
+    /// The installed state's epoch.
+    pub epoch: u64,
+    /// The packet's decisions can be kept (TCP, UDP with ports; ICMP echo).
+    pub cacheable: bool,
+    /// The flow's slot in each CPU's table.
+    pub slot: Option<u32>,
+    /// CPUs holding a decision for this flow: (CPU, the epoch it was made in).
+    pub kept: Vec<KeptOn>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptOn {
+    pub cpu: usize,
+    pub epoch: u64,
+    /// Made in the current epoch: the flow's next packet on that CPU uses it.
+    pub current: bool,
+}
+
+/// What the trace record and the table's slot on every CPU say of the packet's flow.
+fn flow_cache(maps: &KernelMaps, r: &TraceRecord) -> Result<FlowCacheTrace> {
+    let mut t = FlowCacheTrace {
+        on: r.flow_cache_on != 0,
+        epoch: r.epoch,
+        cacheable: r.flow_slot != NO_FLOW_SLOT && r.reached & STAGE_PARSE != 0,
+        ..FlowCacheTrace::default()
+    };
+    if !t.cacheable {
+        return Ok(t);
+    }
+    t.slot = Some(r.flow_slot);
+    for (cpu, slot) in maps.flow_slot(r.flow_slot)?.iter().enumerate() {
+        if slot.key.ifindex != 0 && slot.key.same(&r.flow_key) {
+            t.kept.push(KeptOn {
+                cpu,
+                epoch: slot.entry.epoch,
+                current: slot.entry.epoch == r.epoch,
+            });
+        }
+    }
+    Ok(t)
+}
+
+/// One line on the flow cache, for people.
+fn render_flow_cache(f: &FlowCacheTrace) -> String {
+    if !f.on {
+        return format!(
+            "flow cache: off (epoch {}): every packet runs the whole pipeline\n",
+            f.epoch
+        );
+    }
+    if !f.cacheable {
+        return format!(
+            "flow cache: epoch {}; this packet's decision is never kept (no ports, or ICMP other than echo)\n",
+            f.epoch
+        );
+    }
+    let current: Vec<String> = f
+        .kept
+        .iter()
+        .filter(|k| k.current)
+        .map(|k| k.cpu.to_string())
+        .collect();
+    let stale: Vec<String> = f
+        .kept
+        .iter()
+        .filter(|k| !k.current)
+        .map(|k| format!("CPU {} (epoch {})", k.cpu, k.epoch))
+        .collect();
+    let mut s = format!("flow cache: epoch {}; ", f.epoch);
+    if current.is_empty() {
+        s.push_str("no decision of this epoch is kept for this flow: its next packet runs the whole pipeline");
+    } else {
+        s.push_str(&format!(
+            "a decision of this epoch is kept on CPU {}: the flow's next packets there skip to delivery",
+            current.join(", ")
+        ));
+    }
+    if !stale.is_empty() {
+        s.push_str(&format!("; stale, unused: {}", stale.join(", ")));
+    }
+    s.push('\n');
+    s
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +192,9 @@ pub fn trace(pin_dir: &Path, req: &Request) -> Result<Trace> {
         record.action,
         run.return_value
     );
-    Ok(explain(&record, &state, req, &frame, &out))
+    let mut t = explain(&record, &state, req, &frame, &out);
+    t.flow_cache = flow_cache(&maps, &record)?;
+    Ok(t)
 }
 
 /// The trace for people: one line per stage, then the verdict.
@@ -133,5 +226,6 @@ pub fn render(t: &Trace) -> String {
         (v, Some(r), _) => format!("verdict: {v}, {r} ({})\n", t.action),
         (v, _, _) => format!("verdict: {v} ({})\n", t.action),
     });
+    s.push_str(&render_flow_cache(&t.flow_cache));
     s
 }
