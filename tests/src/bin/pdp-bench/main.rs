@@ -253,7 +253,12 @@ fn doc_with_routes(n: usize) -> Document {
         .unwrap();
     let extra = n.saturating_sub(4);
     for i in 0..extra {
-        let destination = if i % 2 == 0 {
+        // Past the first 100,000 (which fill much of VPC B's IPv4 /16): IPv6 /80s in
+        // /64s the first ones leave alone.
+        let destination = if i >= 100_000 {
+            let j = i - 100_000;
+            format!("fd00:b:0:{:x}:{:x}::/80", 0xd000 + (j >> 16), j & 0xffff)
+        } else if i % 2 == 0 {
             let k = i / 2 + 1;
             format!("172.16.{}.{}/32", (k >> 8) & 0xff, k & 0xff)
         } else {
@@ -324,6 +329,7 @@ fn bench_prog(args: &Args) -> Result<()> {
     let (hit, singles) = sg_rows(&mut dp, args, &f)?;
     rows.push(hit);
     rows.extend(whole_pipeline_rows(&mut dp, args, &f)?);
+    rows.extend(job_rows(&mut dp, args, &f)?);
     drop(dp);
     let runs = (args.repeat as usize / 50).max(20_000);
     let o = overlay::measure(object, runs)?;
@@ -496,6 +502,57 @@ fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, 
     ))
 }
 
+/// A cap on pcx-ab that the benchmark's packets never reach: the cap stage runs and
+/// spends tokens on every packet, and every packet conforms.
+fn add_unreached_cap(doc: &mut Document) {
+    let p = doc.peerings.iter_mut().find(|p| p.id == "pcx-ab").unwrap();
+    p.bandwidth_mbps = Some(400_000);
+}
+
+/// The whole job on one flow, kept decision and whole pipeline: (t) 100,000 routes, a
+/// 40-rule egress NACL on /24s and port ranges, security groups on both ports (a tracked
+/// flow), a cap; then growth: (u) 10 routes and a 10-rule NACL, (v) 1,000,000 routes and
+/// a 1,000-rule NACL, the rest as (t).
+fn job_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(String, f64)>> {
+    let job = |routes: usize, rules: usize| {
+        let mut doc = doc_with_routes(routes);
+        add_egress_acl(&mut doc, rules, true);
+        add_security_groups(&mut doc);
+        add_unreached_cap(&mut doc);
+        doc
+    };
+    let mut rows = Vec::new();
+    for (tag, label, routes, rules) in [
+        ("t", "100,000 routes, 40 NACL rules, groups, cap", 100_000, 40),
+        ("u", "10 routes, 10 NACL rules, groups, cap", 10, 10),
+        ("v", "1,000,000 routes, 1,000 NACL rules, groups, cap", 1_000_000, 1000),
+    ] {
+        eprint!("installing ({tag}) {label} ... ");
+        let t = std::time::Instant::now();
+        let writes = dp.install(&job(routes, rules))?;
+        eprintln!("{writes} map writes in {:.2} s", t.elapsed().as_secs_f64());
+        dp.installed.maps.conntrack_flush(|_, _| true)?;
+        let kept = pipeline_median(dp, &format!("({tag})"), f.a_if, &f.v4, args.repeat)?;
+        dp.installed.maps.set_flow_cache(false)?;
+        let whole = pipeline_median(dp, &format!("({tag}-)"), f.a_if, &f.v4, args.repeat);
+        dp.installed.maps.set_flow_cache(true)?;
+        rows.push((format!("({tag}) {label}"), kept));
+        rows.push((format!("({tag}-) same, whole pipeline"), whole?));
+    }
+    // Plain 1,000,000-route rows, as (c) and (c-).
+    eprint!("installing 1,000,000 routes ... ");
+    let t = std::time::Instant::now();
+    let writes = dp.install(&doc_with_routes(1_000_000))?;
+    eprintln!("{writes} map writes in {:.2} s", t.elapsed().as_secs_f64());
+    let kept = pipeline_median(dp, "(w)", f.a_if, &f.v4, args.repeat)?;
+    dp.installed.maps.set_flow_cache(false)?;
+    let whole = pipeline_median(dp, "(w-)", f.a_if, &f.v4, args.repeat);
+    dp.installed.maps.set_flow_cache(true)?;
+    rows.push(("(w) pipeline, 1,000,000 routes, IPv4".into(), kept));
+    rows.push(("(w-) same, whole pipeline".into(), whole?));
+    Ok(rows)
+}
+
 /// Rows (b), (c), (e') and (f) again with kept flow decisions turned off: every run goes
 /// through the whole pipeline, as a flow's first packet does (less keeping its decision).
 fn whole_pipeline_rows(
@@ -561,6 +618,24 @@ fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
             rows[8].1 / rows[12].1
         );
     }
+    let row = |tag: &str| {
+        rows.iter()
+            .find(|(name, _)| name.starts_with(tag))
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "the whole job, kept decision: t/a = {:.2}   (whole pipeline: t-/a = {:.2})",
+        row("(t) ") / base,
+        row("(t-)") / base
+    );
+    println!(
+        "growth, kept decision: v/u (1M routes + 1,000 rules vs 10 + 10) = {:.2}   w/b (1M vs 10 routes) = {:.2}   whole pipeline: v-/u- = {:.2}   w-/b- = {:.2}",
+        row("(v) ") / row("(u) "),
+        row("(w) ") / b4,
+        row("(v-)") / row("(u-)"),
+        row("(w-)") / row("(b-)")
+    );
     println!(
         "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
         miss_single / hit_single
