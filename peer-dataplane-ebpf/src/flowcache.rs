@@ -25,6 +25,11 @@ use peer_dataplane_common::{
 const NOT_KEPT: u32 = 1 << 31;
 /// Likewise: kept decisions are turned off (`pdp_epoch` slot 1), none is used or kept.
 const OFF: u32 = 1 << 30;
+/// Likewise: [`forward`] found the flow's key and slot (in `FLOW_SCRATCH` and
+/// `KEY_SLOT`), so [`keep`] need not make them again.
+const KEYED: u32 = 1 << 29;
+/// The scratch flags that only live while a packet runs.
+const PACKET_ONLY: u32 = NOT_KEPT | OFF | KEYED;
 
 /// Starts a packet: the installed state's epoch, read before any of the state a decision
 /// is made from (a change the agent finishes while the packet runs leaves its decision
@@ -81,7 +86,7 @@ pub fn note_groups(groups: u32) {
     };
     // SAFETY: see `begin`.
     let e = unsafe { &mut *slot };
-    e.flags = (e.flags & OFF)
+    e.flags = (e.flags & (OFF | KEYED))
         | match groups {
             sg::TRACKED => FLOW_TRACKED,
             sg::NO_GROUPS => 0,
@@ -154,7 +159,15 @@ pub fn forward(ctx: &XdpContext, p: &Packet) -> u64 {
     let Some(key) = key(ctx.ingress_ifindex() as u32, p) else {
         return 0;
     };
-    match decided(ctx, p, key, epoch) {
+    let index = key.slot();
+    if let Some(e) = ENTRY_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: see `begin`.
+        let e = unsafe { &mut *e };
+        e.flags |= KEYED;
+        // The entry's `ifindex` is not set before `keep` copies the decision out.
+        e.ifindex = index;
+    }
+    match decided(ctx, p, key, index, epoch) {
         Some(o) => {
             count(|c| c.hits += 1);
             pack(&o)
@@ -201,8 +214,14 @@ pub fn unpack(v: u64) -> Outcome {
 }
 
 #[inline(always)]
-fn decided(ctx: &XdpContext, p: &Packet, key: &FlowKey, epoch: u64) -> Option<Outcome> {
-    let slot = FLOW_CACHE.get_ptr(key.slot())?;
+fn decided(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &FlowKey,
+    index: u32,
+    epoch: u64,
+) -> Option<Outcome> {
+    let slot = FLOW_CACHE.get_ptr(index)?;
     // SAFETY: this CPU's slot: only this CPU writes it, and not while this packet runs.
     let slot: &FlowSlot = unsafe { &*slot };
     let e = &slot.entry;
@@ -248,23 +267,24 @@ fn deliver(ctx: &XdpContext, p: &Packet, e: &FlowEntry, ctr: u32) -> Result<Outc
     Ok(Outcome::redirect(action, ctr))
 }
 
-/// Keeps the decision the pipeline made for the flow of `p` from `ifindex`, if its
-/// decisions are kept at all: delivered to local endpoint `ep` over crossing `x` from
+/// Keeps the decision the pipeline made for this packet's flow (keyed by [`forward`]),
+/// if its decisions are kept at all: delivered to local endpoint `ep` over crossing `x` from
 /// VPC `src_vpc`, in the epoch and with the groups' verdict the slot holds.
 #[inline(always)]
-pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32) {
+pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     let Some(slot) = ENTRY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: see `begin`.
     let e = unsafe { &mut *slot };
-    if e.flags & (NOT_KEPT | OFF) != 0 {
+    // Keyed by `forward` for this packet, or not cacheable (or kept decisions are off).
+    if e.flags & (NOT_KEPT | OFF | KEYED) != KEYED {
         return;
     }
-    let Some(key) = key(ifindex, p) else {
+    let Some(key) = FLOW_SCRATCH.get(0) else {
         return;
     };
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(key.slot()) else {
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(e.ifindex) else {
         return;
     };
     // SAFETY: this CPU's slot (see `decided`).
@@ -283,7 +303,7 @@ pub fn keep(ifindex: u32, p: &Packet, x: &Crossing, ep: &Endpoint, src_vpc: u32)
     d.ctr = x.ctr;
     d.src_vpc = src_vpc;
     d.dst_vpc = x.peer_vpc;
-    d.flags = e.flags;
+    d.flags = e.flags & !PACKET_ONLY;
     d.mac = ep.mac;
     d.gw_mac = ep.gw_mac;
     d.acl_hits = e.acl_hits;

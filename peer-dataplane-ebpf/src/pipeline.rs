@@ -122,7 +122,7 @@ fn from_port<const T: bool>(
     // Kept unless the groups let it through on their rules alone: those are read
     // again for every such packet.
     if !T {
-        flowcache::keep(ctx.ingress_ifindex() as u32, p, &x, ep, port.vpc);
+        flowcache::keep(&x, ep, port.vpc);
     }
     Ok(forwarded)
 }
