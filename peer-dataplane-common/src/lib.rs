@@ -41,6 +41,8 @@ pub mod program_names {
     pub const PINNED: [&str; 2] = [PIPELINE, TRACE];
     /// Benchmarks: hands every frame to the kernel's stack (`bench e2e`'s Linux run).
     pub const PASS: &str = "pdp_pass";
+    /// Benchmarks: a flow of its own for each live frame, then the pipeline or the kernel.
+    pub const LOADGEN: &str = "pdp_loadgen";
     /// Benchmarks: counts and drops every frame, behind the destination port.
     pub const SINK: &str = "pdp_sink";
     pub const PIN_SUBDIR: &str = "programs";

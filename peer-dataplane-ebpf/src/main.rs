@@ -19,6 +19,7 @@ mod deliver;
 mod encap;
 mod flowcache;
 mod icmp;
+mod loadgen;
 mod maps;
 mod parse;
 mod peering;
@@ -73,6 +74,13 @@ pub fn pdp_redirect_only(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn pdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmarks: gives each live frame its own flow, then hands it to the pipeline or to
+/// the kernel (see `loadgen`).
+#[xdp]
+pub fn pdp_loadgen(ctx: XdpContext) -> u32 {
+    loadgen::next(&ctx)
 }
 
 /// Benchmark and test sink, attached behind the destination port: counts and drops every

@@ -5,7 +5,7 @@
 use crate::{encap::NextHop, parse::Packet};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use peer_dataplane_common::{
     acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey},
@@ -115,13 +115,27 @@ pub static CAP_STATE: Array<u64> = pinned!(Array, CAP_STATE);
 pub static TRACE: PerCpuArray<TraceRecord> = pinned!(PerCpuArray, TRACE);
 
 /// Frames `pdp_sink` received, per CPU: slot 0 those matching `pdp_sink_match`, slot 1 the
-/// rest (benchmarks and tests only; not pinned).
+/// rest, slot 2 the bytes of slot 0's (benchmarks and tests only; not pinned).
 #[map(name = "pdp_sink_count")]
-pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
-/// The UDP destination port `pdp_sink` counts as the sender's frames (0: every frame).
+/// The UDP destination ports `pdp_sink` counts as the sender's frames: slot 0 the first,
+/// slot 1 the last (0 in slot 0: every frame).
 #[map(name = "pdp_sink_match")]
-pub static SINK_MATCH: Array<u32> = Array::with_max_entries(1, 0);
+pub static SINK_MATCH: Array<u32> = Array::with_max_entries(2, 0);
+
+/// `pdp_loadgen` (benchmarks only; not pinned): flows, whether frames go on to the
+/// pipeline, the first source and destination ports.
+#[map(name = "pdp_loadgen_cfg")]
+pub static LOADGEN_CFG: Array<u32> = Array::with_max_entries(4, 0);
+
+/// `pdp_loadgen`'s per-CPU sequence: the next frame's flow.
+#[map(name = "pdp_loadgen_seq")]
+pub static LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `pdp_loadgen`'s next program (slot 0): the pipeline.
+#[map(name = "pdp_loadgen_next")]
+pub static LOADGEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The program's clock setting (see `peer_dataplane_common::clock`); zero in production.
 #[map(name = "pdp_clock")]

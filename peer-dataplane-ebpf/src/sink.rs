@@ -1,8 +1,8 @@
 //! Benchmark and test sink (`pdp_sink`), attached behind a destination port: drops every
-//! frame and counts it. Slot 0 counts the frames a test or benchmark sent — UDP to the port
-//! in `pdp_sink_match` (every frame when that is 0) — and slot 1 everything else that
-//! arrives (IPv6 neighbour discovery and MLD from a fresh interface, say), so that a count
-//! never includes frames its reader did not send.
+//! frame and counts it. Slot 0 counts the frames a test or benchmark sent — UDP to the ports
+//! in `pdp_sink_match` (every frame when that is 0), slot 2 their bytes — and slot 1
+//! everything else that arrives (IPv6 neighbour discovery and MLD from a fresh interface,
+//! say), so that a count never includes frames its reader did not send.
 
 use crate::maps::{SINK_COUNT, SINK_MATCH};
 use crate::parse::{read, ETH_HLEN, IPPROTO_UDP};
@@ -10,18 +10,26 @@ use aya_ebpf::programs::XdpContext;
 
 const SLOT_MATCHED: u32 = 0;
 const SLOT_OTHER: u32 = 1;
+const SLOT_MATCHED_BYTES: u32 = 2;
 
 #[inline(always)]
 pub fn count(ctx: &XdpContext) {
-    let want = SINK_MATCH.get(0).copied().unwrap_or(0);
-    let slot = if want == 0 || udp_dport(ctx) == Some(want as u16) {
-        SLOT_MATCHED
-    } else {
-        SLOT_OTHER
-    };
-    if let Some(n) = SINK_COUNT.get_ptr_mut(slot) {
+    let first = SINK_MATCH.get(0).copied().unwrap_or(0);
+    let last = SINK_MATCH.get(1).copied().unwrap_or(0).max(first);
+    let matched = first == 0
+        || matches!(udp_dport(ctx), Some(p) if (first..=last).contains(&(p as u32)));
+    let slot = if matched { SLOT_MATCHED } else { SLOT_OTHER };
+    add(slot, 1);
+    if matched {
+        add(SLOT_MATCHED_BYTES, (ctx.data_end() - ctx.data()) as u64);
+    }
+}
+
+#[inline(always)]
+fn add(slot: u32, n: u64) {
+    if let Some(c) = SINK_COUNT.get_ptr_mut(slot) {
         // SAFETY: this CPU's slot.
-        unsafe { *n += 1 };
+        unsafe { *c += n };
     }
 }
 

@@ -67,6 +67,7 @@ impl TestDataplane {
             program_names::TRACE,
             program_names::PASS,
             program_names::SINK,
+            program_names::LOADGEN,
         ] {
             kernel::xdp_program(&mut ebpf, name)?
                 .load()
@@ -137,24 +138,77 @@ impl TestDataplane {
 
     /// Makes `pdp_sink` count, as the sender's, only UDP frames to `dport` (0: all).
     pub fn sink_match_udp_dport(&mut self, dport: u16) -> Result<()> {
+        self.sink_match_udp_dports(dport, dport)
+    }
+
+    /// Makes `pdp_sink` count, as the sender's, only UDP frames to ports `first..=last`
+    /// (`first` 0: all).
+    pub fn sink_match_udp_dports(&mut self, first: u16, last: u16) -> Result<()> {
         let map = self
             .ebpf
             .map_mut("pdp_sink_match")
             .ok_or_else(|| anyhow!("no map pdp_sink_match"))?;
         let mut m: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
-        m.set(0, dport as u32, 0)?;
+        m.set(0, first as u32, 0)?;
+        m.set(1, last as u32, 0)?;
         Ok(())
     }
 
     /// Frames `pdp_sink` has counted as the sender's (summed over CPUs): compare deltas.
     /// (Slot 1 of `pdp_sink_count` holds the frames that were not.)
     pub fn sink_count(&self) -> Result<u64> {
+        self.sink_slot(0)
+    }
+
+    /// Bytes of the frames [`Self::sink_count`] counts (summed over CPUs).
+    pub fn sink_bytes(&self) -> Result<u64> {
+        self.sink_slot(2)
+    }
+
+    fn sink_slot(&self, slot: u32) -> Result<u64> {
         let map = self
             .ebpf
             .map("pdp_sink_count")
             .ok_or_else(|| anyhow!("no map pdp_sink_count"))?;
         let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
-        Ok(counts.get(&0, 0)?.iter().sum())
+        Ok(counts.get(&slot, 0)?.iter().sum())
+    }
+
+    /// Points `pdp_loadgen` (benchmarks) at its frames' next stop: `flows` flows per
+    /// frame from source port `sport` and destination port `dport` on, then the pipeline
+    /// (`to_pipeline`) or the kernel's stack.
+    pub fn loadgen_config(
+        &mut self,
+        flows: u32,
+        to_pipeline: bool,
+        sport: u16,
+        dport: u16,
+    ) -> Result<()> {
+        {
+            let map = self
+                .ebpf
+                .map_mut("pdp_loadgen_cfg")
+                .ok_or_else(|| anyhow!("no map pdp_loadgen_cfg"))?;
+            let mut m: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
+            for (slot, v) in [flows, to_pipeline as u32, sport as u32, dport as u32]
+                .into_iter()
+                .enumerate()
+            {
+                m.set(slot as u32, v, 0)?;
+            }
+        }
+        if to_pipeline {
+            let fd = kernel::xdp_program(&mut self.ebpf, program_names::PIPELINE)?
+                .fd()?
+                .try_clone()?;
+            let map = self
+                .ebpf
+                .map_mut("pdp_loadgen_next")
+                .ok_or_else(|| anyhow!("no map pdp_loadgen_next"))?;
+            let mut next: aya::maps::ProgramArray<_> = aya::maps::ProgramArray::try_from(map)?;
+            next.set(0, &fd, 0)?;
+        }
+        Ok(())
     }
 
     /// Stops the program's clock at `at_ns` (see `peer_dataplane_common::clock`): from now

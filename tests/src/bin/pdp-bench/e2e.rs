@@ -2,18 +2,22 @@
 //! with the same generator, topology and frames, in one run.
 //!
 //! Topology: the seed's ports in one namespace. Frames enter on port A (10.0.2.10 -> B,
-//! UDP, 256 flows) and leave on port B, whose veth peer runs `pdp_sink` (count and drop),
-//! where both data planes are measured.
+//! UDP) and leave on port B, whose veth peer runs `pdp_sink` (count frames and bytes, and
+//! drop), where both data planes are measured.
 //! - This data plane: `pdp_xdp` with the installed state.
-//! - Linux: the same frames handed to the kernel's stack on port A (`pdp_pass`), routed by
-//!   `ip route` (connected subnets, a permanent neighbour for B, the same extra routes),
-//!   filtered by an nftables forward chain holding the ACL's rules in order, and policed
-//!   by `tc police` on port B for the cap.
+//! - Linux, doing what the data plane does: strict reverse-path filtering (the return
+//!   route check), `ip route` (connected subnets, a permanent neighbour for B, the same
+//!   extra routes), nftables holding the egress NACL's rules in order (prefixes and port
+//!   ranges) and, for security groups, `ct state established,related accept` before both
+//!   ports' group rules; the cap by `tc police`, or nftables `limit` where the kernel has
+//!   no act_police.
 //!
-//! The generator is `peer-dataplane loadgen`'s: BPF_PROG_RUN live frames, one thread. It
-//! runs the program, the forwarding and the sink's NAPI poll on the one CPU, so a figure
-//! is the whole per-packet cost of a path on a core. Each figure is the median of rounds
-//! that alternate between the two data planes.
+//! The generator is `peer-dataplane loadgen`'s: BPF_PROG_RUN live frames, one thread, in
+//! front of `pdp_loadgen`, which gives every frame its flow (source port, and past
+//! 50,000 flows the destination port) before handing it to the pipeline or to the
+//! kernel. It runs the program, the forwarding and the sink's NAPI poll on the one CPU, so
+//! a figure is the whole per-packet cost of a path on a core. Each figure is the median of
+//! rounds that alternate between the two data planes.
 
 use anyhow::{bail, ensure, Context, Result};
 use peer_dataplane::cli::frame::Protocol;
@@ -29,70 +33,55 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const FRAME_BYTES: usize = 64;
+/// Frame templates of the cross-host row and the trafgen cross-check.
 pub const FLOWS: u32 = 256;
+/// Flows per frame of a row unless it says otherwise.
+const ROW_FLOWS: u32 = 256;
+/// Source port of flow 0 (`pdp_loadgen`).
+const FIRST_SPORT: u16 = 1024;
 
 /// One point of the comparison.
 struct Config {
     label: String,
     routes: usize,
+    /// An egress NACL on A's subnet with this many rules: denies on /24s and port ranges
+    /// that do not match, then allow-all.
     rules: usize,
-    /// Linux gets the rules as one nftables set lookup instead of a chain in order (they
-    /// are all denies before a final allow, so order does not matter here).
-    rules_as_set: bool,
+    /// Security groups on both ports, the flows tracked.
+    groups: bool,
     cap_mbps: Option<u64>,
+    /// Flows, each frame its own (`pdp_loadgen`).
+    flows: u32,
 }
 
 struct Row {
     config: Config,
-    pdp_pps: f64,
-    linux_pps: f64,
-    /// Offered by the generator during the runs of each, for reference.
-    pdp_offered: f64,
-    linux_offered: f64,
+    /// Medians over the rounds.
+    pdp: Received,
+    linux: Received,
 }
 
 fn configs() -> Vec<Config> {
-    let mut v = Vec::new();
-    for routes in [10usize, 1_000, 10_000, 100_000] {
-        v.push(Config {
-            label: format!("{routes} routes"),
-            routes,
-            rules: 0,
-            rules_as_set: false,
-            cap_mbps: None,
-        });
-    }
-    for rules in [10usize, 100, 1_000] {
-        v.push(Config {
-            label: format!("10 routes, {rules} ACL rules"),
-            routes: 10,
-            rules,
-            rules_as_set: false,
-            cap_mbps: None,
-        });
-    }
-    v.push(Config {
-        label: "10 routes, 1000 ACL rules; Linux: nft set".into(),
-        routes: 10,
-        rules: 1000,
-        rules_as_set: true,
-        cap_mbps: None,
-    });
-    v.push(Config {
-        label: "10 routes, cap 10 Gbit/s (not reached)".into(),
-        routes: 10,
-        rules: 0,
-        rules_as_set: false,
-        cap_mbps: Some(10_000),
-    });
-    v.push(Config {
-        label: "10 routes, cap 100 Mbit/s".into(),
-        routes: 10,
-        rules: 0,
-        rules_as_set: false,
-        cap_mbps: Some(100),
-    });
-    v
+    let row = |label: &str, routes, rules, groups, cap_mbps, flows| Config {
+        label: label.to_string(),
+        routes,
+        rules,
+        groups,
+        cap_mbps,
+        flows,
+    };
+    vec![
+        row("10 routes", 10, 0, false, None, ROW_FLOWS),
+        row("100,000 routes", 100_000, 0, false, None, ROW_FLOWS),
+        row("1,000,000 routes", 1_000_000, 0, false, None, ROW_FLOWS),
+        row("10 routes, groups + 40-rule NACL", 10, 40, true, None, ROW_FLOWS),
+        row("1,000,000 routes, groups + 40-rule NACL", 1_000_000, 40, true, None, ROW_FLOWS),
+        row("10 routes, groups + NACL, 1 flow", 10, 40, true, None, 1),
+        row("10 routes, groups + NACL, 100,000 flows", 10, 40, true, None, 100_000),
+        row("10 routes, 1,000-rule NACL", 10, 1000, false, None, ROW_FLOWS),
+        row("10 routes, cap 10 Gbit/s (not reached)", 10, 0, false, Some(10_000), ROW_FLOWS),
+        row("10 routes, cap 100 Mbit/s", 10, 0, false, Some(100), ROW_FLOWS),
+    ]
 }
 
 fn ns_cmd(program: &str, args: &[&str]) -> Result<String> {
@@ -129,14 +118,16 @@ fn linux_base() -> Result<()> {
     for kv in [
         "net.ipv4.ip_forward=1",
         "net.ipv6.conf.all.forwarding=1",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.ipv4.conf.default.rp_filter=0",
+        // Strict: a frame must come in on the interface its source is routed out of, as
+        // the data plane checks a route back to the source.
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.default.rp_filter=1",
     ] {
         line(&format!("sysctl -q -w {kv}"))?;
     }
     let router = mac_str(&ROUTER_MAC);
     for port in [A.port, B.port] {
-        line(&format!("sysctl -q -w net.ipv4.conf.{port}.rp_filter=0"))?;
+        line(&format!("sysctl -q -w net.ipv4.conf.{port}.rp_filter=1"))?;
         // Frames arrive addressed to the router's MAC, as instances send them.
         line(&format!("ip link set {port} address {router}"))?;
     }
@@ -154,67 +145,25 @@ fn linux_base() -> Result<()> {
     Ok(())
 }
 
-/// The Linux side of `c`: the extra routes of `doc_with_routes`, the ACL as nftables
-/// rules in order, the cap as a policer.
-fn linux_apply(c: &Config) -> Result<Policer> {
+/// The Linux side of `c`: the routes `doc` gives port A's table toward B, the NACL and
+/// the groups in nftables, the cap as a policer.
+fn linux_apply(c: &Config, doc: &Document) -> Result<Policer> {
     ns_cmd("ip", &["route", "flush", "proto", "static"])?;
     ns_cmd("ip", &["-6", "route", "flush", "proto", "static"])?;
     let mut script = String::new();
-    for i in 0..c.routes.saturating_sub(4) {
-        if i % 2 == 0 {
-            let k = i / 2 + 1;
-            script.push_str(&format!(
-                "route add 172.16.{}.{}/32 dev {} proto static\n",
-                (k >> 8) & 0xff,
-                k & 0xff,
-                B.port
-            ));
-        } else {
-            script.push_str(&format!(
-                "route add fd00:b:0:{:x}::/64 dev {} proto static\n",
-                i / 2 + 16,
-                B.port
-            ));
-        }
+    let rtb = doc.route_tables.iter().find(|t| t.id == "rtb-a").unwrap();
+    for r in rtb.routes.iter().filter(|r| r.target == "pcx-ab") {
+        script.push_str(&format!(
+            "route add {} dev {} proto static\n",
+            r.destination, B.port
+        ));
     }
     if !script.is_empty() {
         batch("ip", &["-batch", "-"], &script)?;
     }
-
     let _ = ns_cmd("nft", &["delete", "table", "inet", "pdp_bench"]);
-    if c.rules > 0 {
-        let deny = |i: usize| (format!("172.16.{}.{}", i / 250, i % 250 + 1), 8000 + i);
-        let mut nft = String::from("table inet pdp_bench {\n");
-        if c.rules_as_set {
-            let elements: Vec<String> = (1..c.rules)
-                .map(|i| {
-                    let (a, p) = deny(i);
-                    format!("{a} . {p}")
-                })
-                .collect();
-            nft.push_str(&format!(
-                "  set deny {{\n    type ipv4_addr . inet_service\n    elements = {{ {} }}\n  }}\n",
-                elements.join(", ")
-            ));
-        }
-        nft.push_str(
-            "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
-        );
-        nft.push_str(&format!(
-            "    iifname \"{}\" jump acl_egress\n  }}\n",
-            A.port
-        ));
-        nft.push_str("  chain acl_egress {\n");
-        if c.rules_as_set {
-            nft.push_str("    ip daddr . udp dport @deny drop\n");
-        } else {
-            for i in 1..c.rules {
-                let (a, p) = deny(i);
-                nft.push_str(&format!("    ip daddr {a} udp dport {p} drop\n"));
-            }
-        }
-        nft.push_str("    accept\n  }\n}\n");
-        batch("nft", &["-f", "-"], &nft)?;
+    if c.rules > 0 || c.groups {
+        batch("nft", &["-f", "-"], &nft_ruleset(c, doc))?;
     }
 
     let _ = ns_cmd("tc", &["qdisc", "del", "dev", B.port, "clsact"]);
@@ -270,6 +219,66 @@ fn linux_apply(c: &Config) -> Result<Policer> {
     Ok(Policer::None)
 }
 
+/// The forward chain: the egress NACL's rules in order, then (groups) tracked flows
+/// accepted and new ones checked against A's egress group, then B's ingress group.
+fn nft_ruleset(c: &Config, doc: &Document) -> String {
+    let mut nft = String::from("table inet pdp_bench {\n");
+    nft.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    nft.push_str(&format!("    iifname \"{}\" jump from_a\n  }}\n", A.port));
+    nft.push_str("  chain from_a {\n");
+    if c.rules > 0 {
+        nft.push_str("    jump nacl_a_egress\n");
+    }
+    if c.groups {
+        // A flow the groups allowed is tracked from its first packet on, replied or not
+        // (as the data plane's conntrack does): its mark says so. `ct state established`
+        // alone would send every packet of a flow not yet answered through the rules.
+        nft.push_str(
+            "    ct state established,related accept\n    ct mark 0x1 accept\n    jump sg_a_egress\n",
+        );
+    }
+    nft.push_str("  }\n");
+    if let Some(acl) = doc.network_acls.iter().find(|a| a.id == "acl-bench") {
+        nft.push_str("  chain nacl_a_egress {\n");
+        let mut rules: Vec<_> = acl.rules.iter().filter(|r| r.direction == "egress").collect();
+        rules.sort_by_key(|r| r.number);
+        for r in rules {
+            let verdict = if r.action == "allow" { "return" } else { "drop" };
+            let net = if r.cidr == "0.0.0.0/0" {
+                String::new()
+            } else {
+                format!("ip daddr {} ", r.cidr)
+            };
+            let ports = match (r.protocol.as_str(), r.port_from, r.port_to) {
+                ("udp" | "tcp", Some(lo), Some(hi)) => format!("{} dport {lo}-{hi} ", r.protocol),
+                _ => String::new(),
+            };
+            nft.push_str(&format!("    {net}{ports}{verdict}\n"));
+        }
+        nft.push_str("    drop\n  }\n");
+    }
+    if c.groups {
+        for (chain, group, field, next) in [
+            ("sg_a_egress", "sg-a", "daddr", "goto sg_b_ingress"),
+            ("sg_b_ingress", "sg-b", "saddr", "ct mark set 0x1 accept"),
+        ] {
+            let g = doc.security_groups.iter().find(|g| g.id == group).unwrap();
+            nft.push_str(&format!("  chain {chain} {{\n"));
+            for r in &g.rules {
+                let (lo, hi) = (r.port_from.unwrap(), r.port_to.unwrap());
+                nft.push_str(&format!(
+                    "    ip {field} {} {} dport {lo}-{hi} {next}\n",
+                    r.cidr.as_deref().unwrap(),
+                    r.protocol
+                ));
+            }
+            nft.push_str("    drop\n  }\n");
+        }
+    }
+    nft.push_str("}\n");
+    nft
+}
+
 /// What polices the cap on the Linux side.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Policer {
@@ -282,7 +291,10 @@ enum Policer {
 fn pdp_doc(c: &Config) -> Document {
     let mut doc = super::doc_with_routes(c.routes);
     if c.rules > 0 {
-        super::add_egress_acl(&mut doc, c.rules, false);
+        super::add_egress_acl(&mut doc, c.rules, true);
+    }
+    if c.groups {
+        super::add_security_groups(&mut doc);
     }
     if let Some(mbps) = c.cap_mbps {
         doc.peerings[0].bandwidth_mbps = Some(mbps);
@@ -290,15 +302,48 @@ fn pdp_doc(c: &Config) -> Document {
     doc
 }
 
-/// Frames per second that reached the sink while `program` ran for `seconds`, and the
-/// generator's own rate.
+/// What one run of a row gave: frames and bits per second received behind port B (bytes
+/// as the sink counted them), and frames per second the generator offered.
+#[derive(Clone, Copy, Default)]
+struct Received {
+    pps: f64,
+    bps: f64,
+    offered_pps: f64,
+}
+
+/// One run of `seconds` through `pdp_loadgen`, `flows` flows, on to this data plane or
+/// (`linux`) to the kernel.
 fn measure(
-    dp: &TestDataplane,
-    program: &str,
+    dp: &mut TestDataplane,
     frames: &[Vec<u8>],
     seconds: f64,
-) -> Result<(f64, f64)> {
-    measure_at(dp, program, frames, seconds, A.port)
+    flows: u32,
+    linux: bool,
+) -> Result<Received> {
+    dp.loadgen_config(flows, !linux, FIRST_SPORT, BENCH_DPORT)?;
+    let prog: &aya::programs::Xdp = dp
+        .ebpf
+        .program(program_names::LOADGEN)
+        .context("program")?
+        .try_into()?;
+    let load = Load {
+        ingress_ifindex: netns::ifindex(A.port),
+        packets: None,
+        duration: Duration::from_secs_f64(seconds),
+        threads: 1,
+        batch: 256,
+    };
+    let (frames_before, bytes_before) = (dp.sink_count()?, dp.sink_bytes()?);
+    let sent = loadgen::run(prog, frames, &load, &mut |_, _| {})?;
+    // Let the last batch drain through the sink's NAPI poll.
+    std::thread::sleep(Duration::from_millis(50));
+    let received = dp.sink_count()? - frames_before;
+    let bytes = dp.sink_bytes()? - bytes_before;
+    Ok(Received {
+        pps: received as f64 / sent.seconds,
+        bps: bytes as f64 * 8.0 / sent.seconds,
+        offered_pps: sent.pps,
+    })
 }
 
 /// [`measure`] with the frames received on `port`.
@@ -325,7 +370,8 @@ pub fn measure_at(
     Ok((received as f64 / sent.seconds, sent.pps))
 }
 
-/// The UDP port of every benchmark frame (what the sink counts).
+/// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows
+/// `pdp_loadgen` uses the next one too.
 pub const BENCH_DPORT: u16 = 7000;
 
 pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<()> {
@@ -345,7 +391,7 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     // Programs run with BPF_PROG_RUN stay in the kernel's XDP dispatcher when attached
     // somewhere (see `keep_in_dispatcher`); the sink counts behind port B.
     dp.keep_in_dispatcher(program_names::PIPELINE, "pdp-c")?;
-    dp.keep_in_dispatcher(program_names::PASS, "pdp-c-peer")?;
+    dp.keep_in_dispatcher(program_names::LOADGEN, "pdp-c-peer")?;
     dp.keep_in_dispatcher(program_names::SINK, &format!("{}-peer", B.port))?;
 
     let traffic = Traffic {
@@ -358,7 +404,7 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         length: FRAME_BYTES,
     };
     // The sink counts the generator's frames only, not what the kernel sends on its own.
-    dp.sink_match_udp_dport(BENCH_DPORT)?;
+    dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
     dp.install(&seed::seed_doc())?;
     let port_a = dp
         .installed
@@ -368,19 +414,21 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         .copied();
     let frames = loadgen::frames(&traffic, port_a.as_ref())?;
     println!(
-        "same generator (BPF_PROG_RUN live frames, 1 thread), same {FRAME_BYTES}-byte UDP frames over {FLOWS} flows, \
-         port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; pps received behind port B"
+        "same generator (BPF_PROG_RUN live frames, 1 thread, each frame its own flow through pdp_loadgen), same {FRAME_BYTES}-byte UDP frames, \
+         port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; frames and bytes counted by the same sink behind port B"
     );
 
-    let (rows, policers) = measure_configs(&mut dp, &frames, seconds, rounds)?;
+    let (rows, policers) = measure_configs(&mut dp, &frames[..1], seconds, rounds)?;
     // Leave Linux's path bare for the trafgen cross-check.
-    linux_apply(&Config {
+    let bare = Config {
         label: String::new(),
         routes: 10,
         rules: 0,
-        rules_as_set: false,
+        groups: false,
         cap_mbps: None,
-    })?;
+        flows: 1,
+    };
+    linux_apply(&bare, &pdp_doc(&bare))?;
     dp.install(&seed::seed_doc())?;
 
     trafgen_cross_check(&mut dp, &frames)?;
@@ -404,16 +452,23 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     let json = serde_json::json!({
         "environment": env,
         "frame_bytes": FRAME_BYTES,
-        "flows": FLOWS,
         "seconds": seconds,
         "rounds": rounds,
+        "linux_cap": policers.first(),
         "rows": rows.iter().map(|r| serde_json::json!({
             "configuration": r.config.label,
-            "pdp_pps": r.pdp_pps,
-            "linux_pps": r.linux_pps,
-            "ratio": r.pdp_pps / r.linux_pps,
-            "pdp_offered_pps": r.pdp_offered,
-            "linux_offered_pps": r.linux_offered,
+            "routes": r.config.routes,
+            "nacl_rules": r.config.rules,
+            "security_groups": r.config.groups,
+            "cap_mbps": r.config.cap_mbps,
+            "flows": r.config.flows,
+            "pdp_pps": r.pdp.pps,
+            "linux_pps": r.linux.pps,
+            "ratio": r.pdp.pps / r.linux.pps,
+            "pdp_received_bits_per_second": r.pdp.bps,
+            "linux_received_bits_per_second": r.linux.bps,
+            "pdp_offered_pps": r.pdp.offered_pps,
+            "linux_offered_pps": r.linux.offered_pps,
         })).collect::<Vec<_>>(),
         "across_hosts_sender": {
             "linux_tunnel": tunnel,
@@ -441,8 +496,9 @@ fn measure_configs(
     for (n, config) in all.into_iter().enumerate() {
         eprint!("[{}/{total}] {}: installing ... ", n + 1, config.label);
         let t = Instant::now();
-        dp.install(&pdp_doc(&config))?;
-        match linux_apply(&config)? {
+        let doc = pdp_doc(&config);
+        dp.install(&doc)?;
+        match linux_apply(&config, &doc)? {
             Policer::Nftables => {
                 policers.push("nftables `limit rate over` on port B's egress hook (this kernel has no act_police)")
             }
@@ -450,23 +506,32 @@ fn measure_configs(
             Policer::None => {}
         }
         eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
-        let [pdp_pps, linux_pps, pdp_offered, linux_offered] = alternating(rounds, |linux| {
-            let program = if linux {
-                program_names::PASS
-            } else {
-                program_names::PIPELINE
-            };
-            measure(dp, program, frames, seconds)
-        })?;
+        let (mut pdp, mut linux) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            eprint!("round {}/{rounds} ", r + 1);
+            std::io::stderr().flush().ok();
+            // Alternating, so that drift on a shared machine hits both alike.
+            pdp.push(measure(dp, frames, seconds, config.flows, false)?);
+            linux.push(measure(dp, frames, seconds, config.flows, true)?);
+        }
+        eprintln!();
         rows.push(Row {
             config,
-            pdp_pps,
-            linux_pps,
-            pdp_offered,
-            linux_offered,
+            pdp: medians(&pdp),
+            linux: medians(&linux),
         });
     }
     Ok((rows, policers))
+}
+
+/// Each figure's median over the rounds.
+fn medians(runs: &[Received]) -> Received {
+    let m = |f: fn(&Received) -> f64| super::median(runs.iter().map(f).collect());
+    Received {
+        pps: m(|r| r.pps),
+        bps: m(|r| r.bps),
+        offered_pps: m(|r| r.offered_pps),
+    }
 }
 
 /// `rounds` rounds alternating this data plane's run (`measure(false)`) and Linux's
@@ -496,49 +561,40 @@ pub fn alternating(
     ])
 }
 
-/// The table of both paths per configuration, and the headline ratio.
+/// The table of both paths per configuration, and the headline ratios.
 fn e2e_report(rows: &[Row], policers: &[&str]) {
     println!(
-        "{:<46} {:>9} {:>10} {:>7}   {:>10} {:>12}   {:>13}",
-        "CONFIGURATION",
-        "PDP KPPS",
-        "LINUX KPPS",
-        "RATIO",
-        "PDP Mbit/s",
-        "LINUX Mbit/s",
-        "OF OFFERED %"
+        "{:<46} {:>9} {:>10} {:>7}   {:>10} {:>12}   {:>17}",
+        "CONFIGURATION", "PDP KPPS", "LINUX KPPS", "RATIO", "PDP Mbit/s", "LINUX Mbit/s", "OFFERED KPPS"
     );
-    let mbit = |pps: f64| pps * FRAME_BYTES as f64 * 8.0 / 1e6;
     for r in rows {
         println!(
-            "{:<46} {:>9.1} {:>10.1} {:>6.2}x   {:>10.1} {:>12.1}   {:>5.1} / {:>5.1}",
+            "{:<46} {:>9.1} {:>10.1} {:>6.2}x   {:>10.1} {:>12.1}   {:>8.0} / {:>6.0}",
             r.config.label,
-            r.pdp_pps / 1e3,
-            r.linux_pps / 1e3,
-            r.pdp_pps / r.linux_pps,
-            mbit(r.pdp_pps),
-            mbit(r.linux_pps),
-            100.0 * r.pdp_pps / r.pdp_offered,
-            100.0 * r.linux_pps / r.linux_offered,
+            r.pdp.pps / 1e3,
+            r.linux.pps / 1e3,
+            r.pdp.pps / r.linux.pps,
+            r.pdp.bps / 1e6,
+            r.linux.bps / 1e6,
+            r.pdp.offered_pps / 1e3,
+            r.linux.offered_pps / 1e3,
         );
     }
-    println!(
-        "generator offered (median): this data plane {:.0}-{:.0} kpps, Linux {:.0}-{:.0} kpps",
-        rows.iter().map(|r| r.pdp_offered).fold(f64::MAX, f64::min) / 1e3,
-        rows.iter().map(|r| r.pdp_offered).fold(0.0, f64::max) / 1e3,
-        rows.iter()
-            .map(|r| r.linux_offered)
-            .fold(f64::MAX, f64::min)
-            / 1e3,
-        rows.iter().map(|r| r.linux_offered).fold(0.0, f64::max) / 1e3,
-    );
-    let base = &rows[0];
-    println!(
-        "ratio at 10 routes, no ACL, no cap: {:.2}x ({:.0} vs {:.0} kpps)",
-        base.pdp_pps / base.linux_pps,
-        base.pdp_pps / 1e3,
-        base.linux_pps / 1e3
-    );
+    let find = |label: &str| rows.iter().find(|r| r.config.label == label);
+    for label in [
+        "10 routes",
+        "10 routes, groups + 40-rule NACL",
+        "1,000,000 routes, groups + 40-rule NACL",
+    ] {
+        if let Some(r) = find(label) {
+            println!(
+                "ratio, {label}: {:.2}x ({:.0} vs {:.0} kpps)",
+                r.pdp.pps / r.linux.pps,
+                r.pdp.pps / 1e3,
+                r.linux.pps / 1e3
+            );
+        }
+    }
     if let Some(p) = policers.first() {
         println!("Linux cap: {p}");
     }
@@ -586,19 +642,17 @@ fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<()>
 
 /// Two panels: throughput vs routes, and vs ACL rules; one line per data plane.
 fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
+    let plain = |r: &&Row| !r.config.groups && r.config.cap_mbps.is_none();
     let routes: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.config.rules == 0 && r.config.cap_mbps.is_none())
+        .filter(|r| plain(r) && r.config.rules == 0)
         .collect();
     let mut rules: Vec<&Row> = vec![routes[0]];
-    rules.extend(
-        rows.iter()
-            .filter(|r| r.config.rules > 0 && !r.config.rules_as_set),
-    );
+    rules.extend(rows.iter().filter(|r| plain(r) && r.config.rules > 0));
     // The top of the y axis: the highest figure plus room for the legend, in 500s of kpps.
     let top = rows
         .iter()
-        .flat_map(|r| [r.pdp_pps, r.linux_pps])
+        .flat_map(|r| [r.pdp.pps, r.linux.pps])
         .fold(0.0, f64::max)
         * 1.15
         / 1e3;
@@ -609,15 +663,15 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
     );
     let rp: Vec<(f64, f64, f64)> = routes
         .iter()
-        .map(|r| (r.config.routes as f64, r.pdp_pps / 1e3, r.linux_pps / 1e3))
+        .map(|r| (r.config.routes as f64, r.pdp.pps / 1e3, r.linux.pps / 1e3))
         .collect();
     let ap: Vec<(f64, f64, f64)> = rules
         .iter()
         .map(|r| {
             (
                 r.config.rules.max(1) as f64,
-                r.pdp_pps / 1e3,
-                r.linux_pps / 1e3,
+                r.pdp.pps / 1e3,
+                r.linux.pps / 1e3,
             )
         })
         .collect();
@@ -633,8 +687,8 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
         &mut svg,
         ymax,
         480.0,
-        "Throughput vs ACL rules (10 routes)",
-        "egress ACL rules (1 = none)",
+        "Throughput vs NACL rules (10 routes)",
+        "egress NACL rules on /24s and port ranges (1 = none)",
         &ap,
     );
     svg.push_str("</svg>\n");

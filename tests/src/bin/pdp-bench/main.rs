@@ -174,8 +174,8 @@ fn add_egress_acl(doc: &mut Document, rules: usize, prefixes: bool) {
         .network_acl = Some("acl-bench".into());
 }
 
-/// Security groups on A (egress UDP 7000 to VPC B) and B (ingress UDP 7000 from VPC A),
-/// each after 20 rules that do not match the benchmark packet.
+/// Security groups on A (egress UDP 7000-7001 to VPC B) and B (ingress UDP 7000-7001 from
+/// VPC A), each after 20 rules that do not match the benchmark packet.
 fn add_security_groups(doc: &mut Document) {
     use peer_dataplane::desired::document::{SecurityGroupDoc, SgRuleDoc};
     let rules = |direction: &str, cidr: &str| -> Vec<SgRuleDoc> {
@@ -193,7 +193,7 @@ fn add_security_groups(doc: &mut Document) {
             direction: direction.into(),
             protocol: "udp".into(),
             port_from: Some(7000),
-            port_to: Some(7000),
+            port_to: Some(7001),
             cidr: Some(cidr.into()),
             peer_security_group: None,
         });
@@ -243,7 +243,7 @@ fn single_runs(
 
 /// The seed document with rtb-a holding `n` routes in all (the two local routes, the two
 /// peering routes, and more-specific peering routes inside VPC B's CIDRs: IPv4 /32s and
-/// IPv6 /64s, alternating).
+/// IPv6 /64s, alternating, for the first 100,000; IPv4 /32s after them).
 fn doc_with_routes(n: usize) -> Document {
     let mut doc = seed::seed_doc();
     let rtb = doc
@@ -253,11 +253,12 @@ fn doc_with_routes(n: usize) -> Document {
         .unwrap();
     let extra = n.saturating_sub(4);
     for i in 0..extra {
-        // Past the first 100,000 (which fill much of VPC B's IPv4 /16): IPv6 /80s in
-        // /64s the first ones leave alone.
+        // Past the first 100,000 (which fill much of VPC B's IPv4 /16): IPv4 /32s from
+        // 172.17.0.0 on, VPC B growing to 172.16.0.0/12 (so that Linux, whose IPv4 and
+        // IPv6 tables are apart, holds as many IPv4 routes in `bench e2e`).
         let destination = if i >= 100_000 {
-            let j = i - 100_000;
-            format!("fd00:b:0:{:x}:{:x}::/80", 0xd000 + (j >> 16), j & 0xffff)
+            let a = u32::from(std::net::Ipv4Addr::new(172, 17, 0, 0)) + (i - 100_000) as u32;
+            format!("{}/32", std::net::Ipv4Addr::from(a))
         } else if i % 2 == 0 {
             let k = i / 2 + 1;
             format!("172.16.{}.{}/32", (k >> 8) & 0xff, k & 0xff)
@@ -265,6 +266,10 @@ fn doc_with_routes(n: usize) -> Document {
             format!("fd00:b:0:{:x}::/64", i / 2 + 16)
         };
         rtb.routes.push(RouteDoc::new(destination, "pcx-ab"));
+    }
+    if extra > 100_000 {
+        let b = doc.vpcs.iter_mut().find(|v| v.id == "vpc-b").unwrap();
+        b.cidrs = vec!["172.16.0.0/12".into()];
     }
     doc
 }
