@@ -214,13 +214,7 @@ pub fn unpack(v: u64) -> Outcome {
 }
 
 #[inline(always)]
-fn decided(
-    ctx: &XdpContext,
-    p: &Packet,
-    key: &FlowKey,
-    index: u32,
-    epoch: u64,
-) -> Option<Outcome> {
+fn decided(ctx: &XdpContext, p: &Packet, key: &FlowKey, index: u32, epoch: u64) -> Option<Outcome> {
     let slot = FLOW_CACHE.get_ptr(index)?;
     // SAFETY: this CPU's slot: only this CPU writes it, and not while this packet runs.
     let slot: &FlowSlot = unsafe { &*slot };

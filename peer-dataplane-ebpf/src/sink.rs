@@ -16,8 +16,8 @@ const SLOT_MATCHED_BYTES: u32 = 2;
 pub fn count(ctx: &XdpContext) {
     let first = SINK_MATCH.get(0).copied().unwrap_or(0);
     let last = SINK_MATCH.get(1).copied().unwrap_or(0).max(first);
-    let matched = first == 0
-        || matches!(udp_dport(ctx), Some(p) if (first..=last).contains(&(p as u32)));
+    let matched =
+        first == 0 || matches!(udp_dport(ctx), Some(p) if (first..=last).contains(&(p as u32)));
     let slot = if matched { SLOT_MATCHED } else { SLOT_OTHER };
     add(slot, 1);
     if matched {

@@ -175,15 +175,16 @@ impl TestDataplane {
     }
 
     /// Points `pdp_loadgen` (benchmarks) at its frames' next stop: `flows` flows per
-    /// frame from source port `sport` and destination port `dport` on, then the pipeline
-    /// (`to_pipeline`) or the kernel's stack.
+    /// frame from source port `sport` and destination port `dport` on, then program
+    /// `next` (the pipeline, say) or, with none, the kernel's stack.
     pub fn loadgen_config(
         &mut self,
         flows: u32,
-        to_pipeline: bool,
+        next: Option<&str>,
         sport: u16,
         dport: u16,
     ) -> Result<()> {
+        let to_pipeline = next.is_some();
         {
             let map = self
                 .ebpf
@@ -197,8 +198,8 @@ impl TestDataplane {
                 m.set(slot as u32, v, 0)?;
             }
         }
-        if to_pipeline {
-            let fd = kernel::xdp_program(&mut self.ebpf, program_names::PIPELINE)?
+        if let Some(next) = next {
+            let fd = kernel::xdp_program(&mut self.ebpf, next)?
                 .fd()?
                 .try_clone()?;
             let map = self

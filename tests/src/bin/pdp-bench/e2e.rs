@@ -83,15 +83,57 @@ fn configs() -> Vec<Config> {
         row("10 routes", 10, 0, false, None, ROW_FLOWS),
         row("100,000 routes", 100_000, 0, false, None, ROW_FLOWS),
         row("1,000,000 routes", 1_000_000, 0, false, None, ROW_FLOWS),
-        row("10 routes, groups + 40-rule NACL", 10, 40, true, None, ROW_FLOWS),
-        row("1,000,000 routes, groups + 40-rule NACL", 1_000_000, 40, true, None, ROW_FLOWS),
+        row(
+            "10 routes, groups + 40-rule NACL",
+            10,
+            40,
+            true,
+            None,
+            ROW_FLOWS,
+        ),
+        row(
+            "1,000,000 routes, groups + 40-rule NACL",
+            1_000_000,
+            40,
+            true,
+            None,
+            ROW_FLOWS,
+        ),
         row("10 routes, groups + NACL, 1 flow", 10, 40, true, None, 1),
-        row("10 routes, groups + NACL, 100,000 flows", 10, 40, true, None, 100_000),
+        row(
+            "10 routes, groups + NACL, 100,000 flows",
+            10,
+            40,
+            true,
+            None,
+            100_000,
+        ),
         as_set("10 routes, groups + NACL; Linux: nft set", 10),
         as_set("1,000,000 routes, groups + NACL; Linux: nft set", 1_000_000),
-        row("10 routes, 1,000-rule NACL", 10, 1000, false, None, ROW_FLOWS),
-        row("10 routes, cap 10 Gbit/s (not reached)", 10, 0, false, Some(10_000), ROW_FLOWS),
-        row("10 routes, cap 100 Mbit/s", 10, 0, false, Some(100), ROW_FLOWS),
+        row(
+            "10 routes, 1,000-rule NACL",
+            10,
+            1000,
+            false,
+            None,
+            ROW_FLOWS,
+        ),
+        row(
+            "10 routes, cap 10 Gbit/s (not reached)",
+            10,
+            0,
+            false,
+            Some(10_000),
+            ROW_FLOWS,
+        ),
+        row(
+            "10 routes, cap 100 Mbit/s",
+            10,
+            0,
+            false,
+            Some(100),
+            ROW_FLOWS,
+        ),
     ]
 }
 
@@ -234,7 +276,9 @@ fn linux_apply(c: &Config, doc: &Document) -> Result<Policer> {
 /// accepted and new ones checked against A's egress group, then B's ingress group.
 fn nft_ruleset(c: &Config, doc: &Document) -> String {
     let mut nft = String::from("table inet pdp_bench {\n");
-    nft.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    nft.push_str(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
     nft.push_str(&format!("    iifname \"{}\" jump from_a\n  }}\n", A.port));
     nft.push_str("  chain from_a {\n");
     if c.rules > 0 {
@@ -250,13 +294,24 @@ fn nft_ruleset(c: &Config, doc: &Document) -> String {
     }
     nft.push_str("  }\n");
     if let Some(acl) = doc.network_acls.iter().find(|a| a.id == "acl-bench") {
-        let mut rules: Vec<_> = acl.rules.iter().filter(|r| r.direction == "egress").collect();
+        let mut rules: Vec<_> = acl
+            .rules
+            .iter()
+            .filter(|r| r.direction == "egress")
+            .collect();
         rules.sort_by_key(|r| r.number);
         if c.linux_set {
             let elements: Vec<String> = rules
                 .iter()
                 .filter(|r| r.action == "deny")
-                .map(|r| format!("{} . {}-{}", r.cidr, r.port_from.unwrap(), r.port_to.unwrap()))
+                .map(|r| {
+                    format!(
+                        "{} . {}-{}",
+                        r.cidr,
+                        r.port_from.unwrap(),
+                        r.port_to.unwrap()
+                    )
+                })
                 .collect();
             nft.push_str(&format!(
                 "  set nacl_deny {{\n    type ipv4_addr . inet_service\n    flags interval\n    elements = {{ {} }}\n  }}\n",
@@ -269,7 +324,11 @@ fn nft_ruleset(c: &Config, doc: &Document) -> String {
             nft.push_str("    ip daddr . udp dport @nacl_deny drop\n");
         }
         for r in rules {
-            let verdict = if r.action == "allow" { "return" } else { "drop" };
+            let verdict = if r.action == "allow" {
+                "return"
+            } else {
+                "drop"
+            };
             let net = if r.cidr == "0.0.0.0/0" {
                 String::new()
             } else {
@@ -331,10 +390,10 @@ fn pdp_doc(c: &Config) -> Document {
 /// What one run of a row gave: frames and bits per second received behind port B (bytes
 /// as the sink counted them), and frames per second the generator offered.
 #[derive(Clone, Copy, Default)]
-struct Received {
-    pps: f64,
-    bps: f64,
-    offered_pps: f64,
+pub struct Received {
+    pub pps: f64,
+    pub bps: f64,
+    pub offered_pps: f64,
 }
 
 /// One run of `seconds` through `pdp_loadgen`, `flows` flows, on to this data plane or
@@ -346,14 +405,28 @@ fn measure(
     flows: u32,
     linux: bool,
 ) -> Result<Received> {
-    dp.loadgen_config(flows, !linux, FIRST_SPORT, BENCH_DPORT)?;
+    let next = (!linux).then_some(program_names::PIPELINE);
+    live_run(dp, frames, seconds, flows, next, A.port)
+}
+
+/// One run of `seconds` of live frames received on `port` through `pdp_loadgen`,
+/// `flows` flows, on to program `next` (none: the kernel's stack), counted behind port B.
+pub fn live_run(
+    dp: &mut TestDataplane,
+    frames: &[Vec<u8>],
+    seconds: f64,
+    flows: u32,
+    next: Option<&str>,
+    port: &str,
+) -> Result<Received> {
+    dp.loadgen_config(flows, next, FIRST_SPORT, BENCH_DPORT)?;
     let prog: &aya::programs::Xdp = dp
         .ebpf
         .program(program_names::LOADGEN)
         .context("program")?
         .try_into()?;
     let load = Load {
-        ingress_ifindex: netns::ifindex(A.port),
+        ingress_ifindex: netns::ifindex(port),
         packets: None,
         duration: Duration::from_secs_f64(seconds),
         threads: 1,
@@ -592,7 +665,13 @@ pub fn alternating(
 fn e2e_report(rows: &[Row], policers: &[&str]) {
     println!(
         "{:<46} {:>9} {:>10} {:>7}   {:>10} {:>12}   {:>17}",
-        "CONFIGURATION", "PDP KPPS", "LINUX KPPS", "RATIO", "PDP Mbit/s", "LINUX Mbit/s", "OFFERED KPPS"
+        "CONFIGURATION",
+        "PDP KPPS",
+        "LINUX KPPS",
+        "RATIO",
+        "PDP Mbit/s",
+        "LINUX Mbit/s",
+        "OFFERED KPPS"
     );
     for r in rows {
         println!(

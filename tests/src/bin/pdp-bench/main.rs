@@ -21,6 +21,7 @@ use std::path::PathBuf;
 mod e2e;
 mod e2e_fleet;
 mod fleet;
+mod live;
 mod overlay;
 mod report;
 mod sync;
@@ -309,8 +310,11 @@ fn bench_prog(args: &Args) -> Result<()> {
     let v6 = packets::udp6(l2, A.ipv6, B.ipv6, 255, 40000, 7000, &[0u8; 18]);
     let baseline_frame = packets::forwarded(&v4, B.mac, ROUTER_MAC);
 
-    dp.keep_in_dispatcher(program_names::PIPELINE, "pdp-b-peer")?;
+    dp.keep_in_dispatcher(program_names::PIPELINE, "pdp-c")?;
     dp.keep_in_dispatcher(program_names::REDIRECT_ONLY, "pdp-c-peer")?;
+    // Live frames (see `live`): the generator in front, the sink behind port B.
+    dp.keep_in_dispatcher(program_names::LOADGEN, "pdp-a-peer")?;
+    dp.keep_in_dispatcher(program_names::SINK, "pdp-b-peer")?;
     println!(
         "BPF_PROG_RUN, {} runs per figure in batches of {BATCH}, median of {ROUNDS} rounds; {}-byte IPv4 / {}-byte IPv6 UDP frames",
         args.repeat,
@@ -335,10 +339,12 @@ fn bench_prog(args: &Args) -> Result<()> {
     rows.push(hit);
     rows.extend(whole_pipeline_rows(&mut dp, args, &f)?);
     rows.extend(job_rows(&mut dp, args, &f)?);
+    let live = live::measure(&mut dp, &job_doc(100_000, 40))?;
     drop(dp);
     let runs = (args.repeat as usize / 50).max(20_000);
     let o = overlay::measure(object, runs)?;
     prog_report(&rows, singles);
+    live::report(&live);
     overlay_report(&o, runs);
     let path = report::write(
         "prog",
@@ -348,7 +354,8 @@ fn bench_prog(args: &Args) -> Result<()> {
             "rows": rows.iter().map(|(name, ns)| serde_json::json!({
                 "name": name, "ns_per_packet": ns, "ratio_to_baseline": ns / rows[0].1,
             })).collect::<Vec<_>>(),
-            "conntrack_single_runs_ns": {"hit": singles.0, "miss": singles.1},
+            "conntrack_single_runs_ns": {"hit": singles.0, "miss": singles.1, "miss_without_kept_decisions": singles.2},
+            "live_frames": live.json(),
             "overlay_single_runs": {
                 "runs": runs,
                 "redirect_only_ns": o.baseline,
@@ -477,7 +484,11 @@ fn acl_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(Stri
 /// as single runs: the hits on one flow, each miss the first packet of a flow of its own
 /// (another source port). Not a flush before each miss: emptying a 262,144-bucket table
 /// from userspace evicts the CPU's caches, and the run after it measured that (1.4 us).
-fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, f64), (f64, f64))> {
+fn sg_rows(
+    dp: &mut TestDataplane,
+    args: &Args,
+    f: &Frames,
+) -> Result<((String, f64), (f64, f64, f64))> {
     let (a_if, v4) = (f.a_if, &f.v4);
     let mut doc = doc_with_routes(10);
     add_security_groups(&mut doc);
@@ -500,10 +511,19 @@ fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, 
     if tracked < singles {
         bail!("{singles} new flows left {tracked} conntrack entries: not every run was a miss");
     }
+    // The same without kept decisions: what looking a flow up and keeping its decision
+    // adds to its first packet.
+    dp.installed.maps.set_flow_cache(false)?;
+    let miss_uncached = single_runs(dp, a_if, singles, |i| {
+        packets::udp4(l2, A.ipv4, B.ipv4, 255, 1024 + i as u16, 7000, &[0u8; 18])
+    });
+    dp.installed.maps.set_flow_cache(true)?;
+    let miss_uncached = miss_uncached?;
+    dp.installed.maps.conntrack_flush(|_, _| true)?;
 
     Ok((
         ("(f) pipeline + security groups, conntrack hit".into(), hit),
-        (hit_single, miss_single),
+        (hit_single, miss_single, miss_uncached),
     ))
 }
 
@@ -514,23 +534,37 @@ fn add_unreached_cap(doc: &mut Document) {
     p.bandwidth_mbps = Some(400_000);
 }
 
+/// The whole job: `routes` routes, an egress NACL of `rules` rules on /24s and port
+/// ranges, security groups on both ports, a cap the packets never reach.
+pub fn job_doc(routes: usize, rules: usize) -> Document {
+    let mut doc = doc_with_routes(routes);
+    add_egress_acl(&mut doc, rules, true);
+    add_security_groups(&mut doc);
+    add_unreached_cap(&mut doc);
+    doc
+}
+
 /// The whole job on one flow, kept decision and whole pipeline: (t) 100,000 routes, a
 /// 40-rule egress NACL on /24s and port ranges, security groups on both ports (a tracked
 /// flow), a cap; then growth: (u) 10 routes and a 10-rule NACL, (v) 1,000,000 routes and
 /// a 1,000-rule NACL, the rest as (t).
 fn job_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(String, f64)>> {
-    let job = |routes: usize, rules: usize| {
-        let mut doc = doc_with_routes(routes);
-        add_egress_acl(&mut doc, rules, true);
-        add_security_groups(&mut doc);
-        add_unreached_cap(&mut doc);
-        doc
-    };
+    let job = job_doc;
     let mut rows = Vec::new();
     for (tag, label, routes, rules) in [
-        ("t", "100,000 routes, 40 NACL rules, groups, cap", 100_000, 40),
+        (
+            "t",
+            "100,000 routes, 40 NACL rules, groups, cap",
+            100_000,
+            40,
+        ),
         ("u", "10 routes, 10 NACL rules, groups, cap", 10, 10),
-        ("v", "1,000,000 routes, 1,000 NACL rules, groups, cap", 1_000_000, 1000),
+        (
+            "v",
+            "1,000,000 routes, 1,000 NACL rules, groups, cap",
+            1_000_000,
+            1000,
+        ),
     ] {
         eprint!("installing ({tag}) {label} ... ");
         let t = std::time::Instant::now();
@@ -591,7 +625,7 @@ fn whole_pipeline_rows(
 }
 
 /// The table of figures and their ratios.
-fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
+fn prog_report(rows: &[(String, f64)], (hit_single, miss_single, miss_uncached): (f64, f64, f64)) {
     let base = rows[0].1;
     println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
     for (name, ns) in rows {
@@ -642,7 +676,9 @@ fn prog_report(rows: &[(String, f64)], (hit_single, miss_single): (f64, f64)) {
         row("(w-)") / row("(b-)")
     );
     println!(
-        "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}",
-        miss_single / hit_single
+        "single runs: conntrack hit {hit_single:.0} ns, miss {miss_single:.0} ns: miss/hit = {:.2}; \
+         miss without kept decisions {miss_uncached:.0} ns (looking the flow up and keeping its decision: {:+.0} ns)",
+        miss_single / hit_single,
+        miss_single - miss_uncached
     );
 }

@@ -1,0 +1,125 @@
+//! `bench prog`, live frames: the cost of a frame that is really forwarded. Batched
+//! BPF_PROG_RUN (the rows above) times the program alone: its redirect only records the
+//! target, and nothing is transmitted, so "redirect only" there is a near-empty program
+//! (6 ns). Here both programs run under BPF_PROG_RUN live frames behind `pdp_loadgen`, and
+//! each frame is transmitted on port B's veth and counted by the sink behind it, as in
+//! `bench e2e`: redirect-only (frames received on B, sent back out of B) against the whole
+//! job of row (t) on one flow, with its kept decision and without. A figure is the time
+//! per frame on one CPU, 1 / (frames counted per second).
+
+use super::e2e::{live_run, Received, BENCH_DPORT, FRAME_BYTES};
+use anyhow::Result;
+use peer_dataplane::cli::frame::Protocol;
+use peer_dataplane::cli::loadgen::{self, Traffic};
+use peer_dataplane::desired::document::Document;
+use peer_dataplane_common::program_names;
+use peer_dataplane_tests::harness::TestDataplane;
+use peer_dataplane_tests::netns;
+use peer_dataplane_tests::seed::{A, B};
+
+const SECONDS: f64 = 1.0;
+const ROUNDS: usize = 5;
+
+pub struct Figures {
+    pub redirect_ns: f64,
+    pub kept_ns: f64,
+    pub whole_ns: f64,
+}
+
+impl Figures {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seconds": SECONDS,
+            "rounds": ROUNDS,
+            "frame_bytes": FRAME_BYTES,
+            "redirect_only_ns": self.redirect_ns,
+            "job_kept_ns": self.kept_ns,
+            "job_whole_pipeline_ns": self.whole_ns,
+            "job_kept_over_redirect_only": self.kept_ns / self.redirect_ns,
+            "job_whole_over_redirect_only": self.whole_ns / self.redirect_ns,
+        })
+    }
+}
+
+/// Medians over alternating rounds, with `job` installed.
+pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
+    dp.install(job)?;
+    dp.installed.maps.conntrack_flush(|_, _| true)?;
+    dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
+    let port_a = dp
+        .installed
+        .mirror
+        .ports
+        .get(&netns::ifindex(A.port))
+        .copied();
+    let frames = loadgen::frames(
+        &Traffic {
+            src: std::net::IpAddr::V4(A.ipv4.into()),
+            dst_first: std::net::IpAddr::V4(B.ipv4.into()),
+            dst_last: std::net::IpAddr::V4(B.ipv4.into()),
+            protocol: Protocol::Udp,
+            dport: Some(BENCH_DPORT),
+            flows: 1,
+            length: FRAME_BYTES,
+        },
+        port_a.as_ref(),
+    )?;
+    let ns = |r: Received| 1e9 / r.pps;
+    let (mut redirect, mut kept, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprint!("\r  live frames, round {}/{ROUNDS}", round + 1);
+        let r = live_run(
+            dp,
+            &frames,
+            SECONDS,
+            1,
+            Some(program_names::REDIRECT_ONLY),
+            B.port,
+        )?;
+        redirect.push(ns(r));
+        let r = live_run(
+            dp,
+            &frames,
+            SECONDS,
+            1,
+            Some(program_names::PIPELINE),
+            A.port,
+        )?;
+        kept.push(ns(r));
+        dp.installed.maps.set_flow_cache(false)?;
+        let r = live_run(
+            dp,
+            &frames,
+            SECONDS,
+            1,
+            Some(program_names::PIPELINE),
+            A.port,
+        );
+        dp.installed.maps.set_flow_cache(true)?;
+        whole.push(ns(r?));
+    }
+    eprintln!();
+    Ok(Figures {
+        redirect_ns: super::median(redirect),
+        kept_ns: super::median(kept),
+        whole_ns: super::median(whole),
+    })
+}
+
+pub fn report(f: &Figures) {
+    println!(
+        "\nlive frames (BPF_PROG_RUN live mode behind pdp_loadgen, each frame transmitted on port B and counted behind it; median of {ROUNDS} rounds of {SECONDS} s)"
+    );
+    println!("{:<48} {:>10} {:>8}", "PATH", "NS/FRAME", "RATIO");
+    for (name, ns) in [
+        ("(a\") redirect only, transmitted", f.redirect_ns),
+        ("(t\") the job of (t), kept decision", f.kept_ns),
+        ("(t\"-) the job of (t), whole pipeline", f.whole_ns),
+    ] {
+        println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / f.redirect_ns);
+    }
+    println!(
+        "t\"/a\" (the whole job on an established flow vs a redirect that transmits) = {:.2}",
+        f.kept_ns / f.redirect_ns
+    );
+}
