@@ -1,11 +1,38 @@
-//! The one reading of time for conntrack and caps (see `peer_dataplane_common::clock`):
-//! the kernel's monotonic clock as `pdp_clock` adjusts it (not at all in production).
+//! The one reading of time for conntrack, caps and the overlay's next-hop cache (see
+//! `peer_dataplane_common::clock`): the kernel's monotonic clock as `pdp_clock` adjusts
+//! it (not at all in production), read at most once per packet. Every stage of a packet
+//! sees the same instant, and a packet that both refreshes a flow and pays a cap reads
+//! the clock once.
 
-use crate::maps::CLOCK;
+use crate::maps::{CLOCK, NOW_SCRATCH};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
+/// Starts a packet: its first [`now`] reads the clock.
+#[inline(always)]
+pub fn start_packet() {
+    if let Some(s) = NOW_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by nothing else while this packet runs.
+        unsafe { *s = 0 };
+    }
+}
+
+/// This packet's instant.
 #[inline(always)]
 pub fn now() -> u64 {
+    let Some(s) = NOW_SCRATCH.get_ptr_mut(0) else {
+        return read();
+    };
+    // SAFETY: see `start_packet`.
+    unsafe {
+        if *s == 0 {
+            *s = read();
+        }
+        *s
+    }
+}
+
+#[inline(always)]
+fn read() -> u64 {
     // SAFETY: helper without arguments.
     let kernel = unsafe { bpf_ktime_get_ns() };
     match CLOCK.get(0) {

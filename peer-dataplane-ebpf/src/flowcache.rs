@@ -69,6 +69,12 @@ pub fn note_acl_hit(slot: u32) {
     }
 }
 
+/// Whether kept decisions are used (as [`begin`] read it for this packet).
+#[inline(always)]
+pub fn on() -> bool {
+    matches!(ENTRY_SCRATCH.get(0), Some(e) if e.flags & OFF == 0)
+}
+
 /// The epoch [`begin`] read for this packet; `None` while kept decisions are off.
 #[inline(always)]
 fn epoch() -> Option<u64> {
@@ -172,9 +178,18 @@ pub fn forward(ctx: &XdpContext, p: &Packet) -> u64 {
             count(|c| c.hits += 1);
             pack(&o)
         }
-        None => {
+        None => 0,
+    }
+}
+
+/// Counts a miss for a frame from a port whose flow [`forward`] looked up and found no
+/// decision to use (frames of other interfaces are looked up too, before the port
+/// lookup, but are no misses: nothing is ever kept for them).
+#[inline(always)]
+pub fn count_miss() {
+    if let Some(e) = ENTRY_SCRATCH.get(0) {
+        if e.flags & KEYED != 0 {
             count(|c| c.misses += 1);
-            0
         }
     }
 }

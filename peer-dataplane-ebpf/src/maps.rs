@@ -137,6 +137,10 @@ pub static LOADGEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "pdp_loadgen_next")]
 pub static LOADGEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Per-CPU slot holding the current packet's instant once read (`clock::now`).
+#[map]
+pub static NOW_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The program's clock setting (see `peer_dataplane_common::clock`); zero in production.
 #[map(name = "pdp_clock")]
 pub static CLOCK: Array<Clock> = pinned!(Array, CLOCK);

@@ -8,11 +8,11 @@
 //! - The cap comes last, so that only packets about to be forwarded spend tokens: traffic
 //!   denied further down must not starve allowed traffic of the peering's bandwidth.
 //!
-//! A flow already decided in the current epoch skips from parse to its delivery (see
-//! `flowcache`, docs/datapath.md §4.19).
+//! A flow already decided in the current epoch goes from parse straight to its delivery,
+//! before even the port lookup (see `flowcache`, docs/datapath.md §4.19).
 
 use crate::{
-    acl, cap,
+    acl, cap, clock,
     counters::{Outcome, Seen},
     decap, deliver, encap, flowcache, icmp,
     maps::{DEVMAP, PKT_SCRATCH},
@@ -52,12 +52,18 @@ pub fn run<const T: bool>(ctx: &XdpContext) -> (Outcome, Seen) {
 #[inline(always)]
 fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, Outcome> {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // Before the first lookup of the state: see `flowcache::begin`.
+    clock::start_packet();
+    let mut parsed = false;
     if !T {
+        // Before the first lookup of the state: see `flowcache::begin`.
         flowcache::begin();
+        match kept_decision(ctx, seen, ifindex) {
+            Ok(decided) => return Ok(decided),
+            Err(ip) => parsed = ip,
+        }
     }
     if let Some(port) = port::lookup(ifindex) {
-        return from_port::<T>(ctx, seen, port);
+        return from_port::<T>(ctx, seen, port, parsed);
     }
     match encap::config() {
         Some(cfg) if cfg.uplink == ifindex => from_uplink::<T>(ctx, seen, cfg),
@@ -66,13 +72,44 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
     }
 }
 
+/// Before any other lookup: a frame whose flow holds a decision of this epoch goes
+/// straight to its delivery (`flowcache`). Decisions are kept for frames from ports only,
+/// and any change to the ports moves the epoch on, so the port lookup would only say again
+/// what the decision says. `Err(true)`: no decision, and the frame is IP, parsed into this
+/// CPU's scratch slot; `Err(false)`: no decision, not parsed (or not IP, or malformed:
+/// the stages in order decide what that means).
+#[inline(always)]
+fn kept_decision(ctx: &XdpContext, seen: &mut Seen, ifindex: u32) -> Result<Outcome, bool> {
+    // The uplink's frames are tunnels to open: never kept.
+    if !flowcache::on() || matches!(encap::config(), Some(cfg) if cfg.uplink == ifindex) {
+        return Err(false);
+    }
+    let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
+        return Err(false);
+    };
+    // SAFETY: this CPU's slot, used by nothing else while this packet runs.
+    let p = unsafe { &mut *scratch };
+    if !matches!(parse::parse(ctx, p), Ok(true)) {
+        return Err(false);
+    }
+    let decided = flowcache::forward(ctx, p);
+    if decided == 0 {
+        return Err(true);
+    }
+    seen.fragment = p.fragment;
+    seen.ipv4_options = p.ipv4_options;
+    Ok(flowcache::unpack(decided))
+}
+
 /// A frame from an instance: the sender's checks, then the receiver's (same host) or
-/// the encapsulation toward the receiver's host.
+/// the encapsulation toward the receiver's host. `parsed`: the frame is IP and already
+/// parsed into this CPU's scratch slot (by `kept_decision`).
 #[inline(always)]
 fn from_port<const T: bool>(
     ctx: &XdpContext,
     seen: &mut Seen,
     port: &'static Port,
+    parsed: bool,
 ) -> Result<Outcome, Outcome> {
     trace::note::<T>(|r| {
         r.reached |= STAGE_PORT;
@@ -81,17 +118,16 @@ fn from_port<const T: bool>(
         r.port_acl = port.acl;
         r.port_sg = port.sg;
     });
-    let Some(p) = parse_frame::<T>(ctx, seen)? else {
-        return Ok(Outcome::pass(PassReason::NotIp));
+    let p = if parsed {
+        flowcache::count_miss();
+        parsed_frame(seen)?
+    } else {
+        let Some(p) = parse_frame::<T>(ctx, seen)? else {
+            return Ok(Outcome::pass(PassReason::NotIp));
+        };
+        p
     };
-    // A flow decided in this epoch skips every lookup below (a trace never does).
     flowcache::note_for_trace::<T>(ctx.ingress_ifindex() as u32, p);
-    if !T {
-        let decided = flowcache::forward(ctx, p);
-        if decided != 0 {
-            return Ok(flowcache::unpack(decided));
-        }
-    }
     let slot = match route_to_peering::<T>(port, p)? {
         Ok(slot) => slot,
         Err(decided) => return Ok(decided),
@@ -185,6 +221,19 @@ fn parse_frame<'a, const T: bool>(
     seen.fragment = p.fragment;
     seen.ipv4_options = p.ipv4_options;
     Ok(Some(p))
+}
+
+/// The frame `kept_decision` parsed (never traced).
+#[inline(always)]
+fn parsed_frame<'a>(seen: &mut Seen) -> Result<&'a Packet, Outcome> {
+    let Some(scratch) = PKT_SCRATCH.get_ptr(0) else {
+        return Err(DropReason::ParseError.into());
+    };
+    // SAFETY: this CPU's slot, filled for this packet.
+    let p: &Packet = unsafe { &*scratch };
+    seen.fragment = p.fragment;
+    seen.ipv4_options = p.ipv4_options;
+    Ok(p)
 }
 
 /// Route stage: the peering slot the frame wants to cross, or (inner `Err`) a decision
