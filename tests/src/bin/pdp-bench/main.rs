@@ -373,7 +373,9 @@ fn bench_prog(args: &Args) -> Result<()> {
 
 /// The overlay's rows: each path against the same-host pipeline.
 fn overlay_report(o: &overlay::Figures, runs: usize) {
-    println!("\noverlay, host 1 of the fleet seed: single runs, median of {runs} each");
+    println!(
+        "\noverlay, host 1 of the fleet seed: whole pipeline on each path (kept decisions off), single runs, median of {runs} each"
+    );
     println!("{:<48} {:>10} {:>8}", "PATH", "NS/PACKET", "VS (g)");
     for (name, ns) in [
         ("(a') redirect only (single runs)", o.baseline),
