@@ -420,11 +420,19 @@ pub fn live_run(
     port: &str,
 ) -> Result<Received> {
     dp.loadgen_config(flows, next, FIRST_SPORT, BENCH_DPORT)?;
-    let prog: &aya::programs::Xdp = dp
-        .ebpf
-        .program(program_names::LOADGEN)
-        .context("program")?
-        .try_into()?;
+    counted_run(dp, program_names::LOADGEN, frames, seconds, port)
+}
+
+/// One run of `seconds` of live frames of `program` received on `port`, counted by the
+/// sink.
+fn counted_run(
+    dp: &TestDataplane,
+    program: &str,
+    frames: &[Vec<u8>],
+    seconds: f64,
+    port: &str,
+) -> Result<Received> {
+    let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
     let load = Load {
         ingress_ifindex: netns::ifindex(port),
         packets: None,
@@ -445,7 +453,28 @@ pub fn live_run(
     })
 }
 
-/// [`measure`] with the frames received on `port`.
+/// UDP frames A -> B to port `BENCH_DPORT` over `flows` templates, with A's MACs.
+pub fn a_to_b_frames(dp: &TestDataplane, flows: u32) -> Result<Vec<Vec<u8>>> {
+    let port_a = dp
+        .installed
+        .mirror
+        .ports
+        .get(&netns::ifindex(A.port))
+        .copied();
+    let traffic = Traffic {
+        src: std::net::IpAddr::V4(A.ipv4.into()),
+        dst_first: std::net::IpAddr::V4(B.ipv4.into()),
+        dst_last: std::net::IpAddr::V4(B.ipv4.into()),
+        protocol: Protocol::Udp,
+        dport: Some(BENCH_DPORT),
+        flows,
+        length: FRAME_BYTES,
+    };
+    loadgen::frames(&traffic, port_a.as_ref())
+}
+
+/// Frames per second of `program`'s live frames received on `port` that reached the
+/// sink, and the generator's own rate.
 pub fn measure_at(
     dp: &TestDataplane,
     program: &str,
@@ -453,20 +482,7 @@ pub fn measure_at(
     seconds: f64,
     port: &str,
 ) -> Result<(f64, f64)> {
-    let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
-    let load = Load {
-        ingress_ifindex: netns::ifindex(port),
-        packets: None,
-        duration: Duration::from_secs_f64(seconds),
-        threads: 1,
-        batch: 256,
-    };
-    let before = dp.sink_count()?;
-    let sent = loadgen::run(prog, frames, &load, &mut |_, _| {})?;
-    // Let the last batch drain through the sink's NAPI poll.
-    std::thread::sleep(Duration::from_millis(50));
-    let received = dp.sink_count()? - before;
-    Ok((received as f64 / sent.seconds, sent.pps))
+    counted_run(dp, program, frames, seconds, port).map(|r| (r.pps, r.offered_pps))
 }
 
 /// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows
@@ -493,25 +509,10 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     dp.keep_in_dispatcher(program_names::LOADGEN, "pdp-c-peer")?;
     dp.keep_in_dispatcher(program_names::SINK, &format!("{}-peer", B.port))?;
 
-    let traffic = Traffic {
-        src: std::net::IpAddr::V4(A.ipv4.into()),
-        dst_first: std::net::IpAddr::V4(B.ipv4.into()),
-        dst_last: std::net::IpAddr::V4(B.ipv4.into()),
-        protocol: Protocol::Udp,
-        dport: Some(BENCH_DPORT),
-        flows: FLOWS,
-        length: FRAME_BYTES,
-    };
     // The sink counts the generator's frames only, not what the kernel sends on its own.
     dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
     dp.install(&seed::seed_doc())?;
-    let port_a = dp
-        .installed
-        .mirror
-        .ports
-        .get(&netns::ifindex(A.port))
-        .copied();
-    let frames = loadgen::frames(&traffic, port_a.as_ref())?;
+    let frames = a_to_b_frames(&dp, FLOWS)?;
     println!(
         "same generator (BPF_PROG_RUN live frames, 1 thread, each frame its own flow through pdp_loadgen), same {FRAME_BYTES}-byte UDP frames, \
          port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; frames and bytes counted by the same sink behind port B"

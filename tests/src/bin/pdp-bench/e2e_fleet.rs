@@ -10,10 +10,8 @@
 //!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
-use super::e2e::{alternating, line, measure_at, BENCH_DPORT, FLOWS, FRAME_BYTES};
+use super::e2e::{alternating, line, measure_at, FLOWS};
 use anyhow::Result;
-use peer_dataplane::cli::frame::Protocol;
-use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
 use peer_dataplane_tests::fleet::{self, B2};
 use peer_dataplane_tests::harness::TestDataplane;
@@ -81,24 +79,7 @@ pub fn measure(object: &Path, seconds: f64, rounds: usize) -> Result<([f64; 4], 
     dp.keep_in_dispatcher(program_names::PIPELINE, &format!("{}-peer", B2.port))?;
     dp.keep_in_dispatcher(program_names::PASS, B2.port)?;
     dp.keep_in_dispatcher(program_names::SINK, "up0-peer")?;
-    let port_a = dp
-        .installed
-        .mirror
-        .ports
-        .get(&netns::ifindex(A.port))
-        .copied();
-    let frames = loadgen::frames(
-        &Traffic {
-            src: std::net::IpAddr::V4(A.ipv4.into()),
-            dst_first: std::net::IpAddr::V4(B.ipv4.into()),
-            dst_last: std::net::IpAddr::V4(B.ipv4.into()),
-            protocol: Protocol::Udp,
-            dport: Some(BENCH_DPORT),
-            flows: FLOWS,
-            length: FRAME_BYTES,
-        },
-        port_a.as_ref(),
-    )?;
+    let frames = super::e2e::a_to_b_frames(&dp, FLOWS)?;
     eprint!("across hosts (sender): ");
     // Each side's tunnel packets are the sink's to count: ours to 6081, Linux's to its port.
     let figures = alternating(rounds, |linux| {

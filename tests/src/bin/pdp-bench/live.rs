@@ -7,14 +7,11 @@
 //! job of row (t) on one flow, with its kept decision and without. A figure is the time
 //! per frame on one CPU, 1 / (frames counted per second).
 
-use super::e2e::{live_run, Received, BENCH_DPORT, FRAME_BYTES};
+use super::e2e::{a_to_b_frames, live_run, Received, BENCH_DPORT, FRAME_BYTES};
 use anyhow::Result;
-use peer_dataplane::cli::frame::Protocol;
-use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane::desired::document::Document;
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
-use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed::{A, B};
 
 const SECONDS: f64 = 1.0;
@@ -46,57 +43,21 @@ pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
     dp.install(job)?;
     dp.installed.maps.conntrack_flush(|_, _| true)?;
     dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
-    let port_a = dp
-        .installed
-        .mirror
-        .ports
-        .get(&netns::ifindex(A.port))
-        .copied();
-    let frames = loadgen::frames(
-        &Traffic {
-            src: std::net::IpAddr::V4(A.ipv4.into()),
-            dst_first: std::net::IpAddr::V4(B.ipv4.into()),
-            dst_last: std::net::IpAddr::V4(B.ipv4.into()),
-            protocol: Protocol::Udp,
-            dport: Some(BENCH_DPORT),
-            flows: 1,
-            length: FRAME_BYTES,
-        },
-        port_a.as_ref(),
-    )?;
-    let ns = |r: Received| 1e9 / r.pps;
+    let frames = a_to_b_frames(dp, 1)?;
+    // ns per frame of `next` with frames received on `port`.
+    let run = |dp: &mut TestDataplane, next: &str, port: &str| -> Result<f64> {
+        let r: Received = live_run(dp, &frames, SECONDS, 1, Some(next), port)?;
+        Ok(1e9 / r.pps)
+    };
     let (mut redirect, mut kept, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         eprint!("\r  live frames, round {}/{ROUNDS}", round + 1);
-        let r = live_run(
-            dp,
-            &frames,
-            SECONDS,
-            1,
-            Some(program_names::REDIRECT_ONLY),
-            B.port,
-        )?;
-        redirect.push(ns(r));
-        let r = live_run(
-            dp,
-            &frames,
-            SECONDS,
-            1,
-            Some(program_names::PIPELINE),
-            A.port,
-        )?;
-        kept.push(ns(r));
+        redirect.push(run(dp, program_names::REDIRECT_ONLY, B.port)?);
+        kept.push(run(dp, program_names::PIPELINE, A.port)?);
         dp.installed.maps.set_flow_cache(false)?;
-        let r = live_run(
-            dp,
-            &frames,
-            SECONDS,
-            1,
-            Some(program_names::PIPELINE),
-            A.port,
-        );
+        let r = run(dp, program_names::PIPELINE, A.port);
         dp.installed.maps.set_flow_cache(true)?;
-        whole.push(ns(r?));
+        whole.push(r?);
     }
     eprintln!();
     Ok(Figures {

@@ -354,7 +354,7 @@ fn bench_prog(args: &Args) -> Result<()> {
             "rows": rows.iter().map(|(name, ns)| serde_json::json!({
                 "name": name, "ns_per_packet": ns, "ratio_to_baseline": ns / rows[0].1,
             })).collect::<Vec<_>>(),
-            "conntrack_single_runs_ns": {"hit": singles.0, "miss": singles.1, "miss_without_kept_decisions": singles.2},
+            "conntrack_single_runs_ns": {"hit": singles.hit, "miss": singles.miss, "miss_without_kept_decisions": singles.miss_uncached},
             "live_frames": live.json(),
             "overlay_single_runs": {
                 "runs": runs,
@@ -486,11 +486,7 @@ fn acl_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(Stri
 /// as single runs: the hits on one flow, each miss the first packet of a flow of its own
 /// (another source port). Not a flush before each miss: emptying a 262,144-bucket table
 /// from userspace evicts the CPU's caches, and the run after it measured that (1.4 us).
-fn sg_rows(
-    dp: &mut TestDataplane,
-    args: &Args,
-    f: &Frames,
-) -> Result<((String, f64), (f64, f64, f64))> {
+fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, f64), Singles)> {
     let (a_if, v4) = (f.a_if, &f.v4);
     let mut doc = doc_with_routes(10);
     add_security_groups(&mut doc);
@@ -525,8 +521,20 @@ fn sg_rows(
 
     Ok((
         ("(f) pipeline + security groups, conntrack hit".into(), hit),
-        (hit_single, miss_single, miss_uncached),
+        Singles {
+            hit: hit_single,
+            miss: miss_single,
+            miss_uncached,
+        },
     ))
+}
+
+/// Conntrack hit and miss timed as single runs, ns; the miss also without kept decisions.
+#[derive(Clone, Copy)]
+struct Singles {
+    hit: f64,
+    miss: f64,
+    miss_uncached: f64,
 }
 
 /// A cap on pcx-ab that the benchmark's packets never reach: the cap stage runs and
@@ -627,7 +635,12 @@ fn whole_pipeline_rows(
 }
 
 /// The table of figures and their ratios.
-fn prog_report(rows: &[(String, f64)], (hit_single, miss_single, miss_uncached): (f64, f64, f64)) {
+fn prog_report(rows: &[(String, f64)], singles: Singles) {
+    let Singles {
+        hit: hit_single,
+        miss: miss_single,
+        miss_uncached,
+    } = singles;
     let base = rows[0].1;
     println!("{:<48} {:>10} {:>8}", "PROGRAM", "NS/PACKET", "RATIO");
     for (name, ns) in rows {
