@@ -336,7 +336,7 @@ fn bench_prog(args: &Args) -> Result<()> {
     let mut rows = route_rows(&mut dp, args, &f)?;
     rows.extend(acl_rows(&mut dp, args, &f)?);
     let (hit, singles) = sg_rows(&mut dp, args, &f)?;
-    rows.push(hit);
+    rows.extend(hit);
     rows.extend(whole_pipeline_rows(&mut dp, args, &f)?);
     rows.extend(job_rows(&mut dp, args, &f)?);
     let live = live::measure(&mut dp, &job_doc(100_000, 40))?;
@@ -486,12 +486,24 @@ fn acl_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<Vec<(Stri
 /// as single runs: the hits on one flow, each miss the first packet of a flow of its own
 /// (another source port). Not a flush before each miss: emptying a 262,144-bucket table
 /// from userspace evicts the CPU's caches, and the run after it measured that (1.4 us).
-fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, f64), Singles)> {
+fn sg_rows(
+    dp: &mut TestDataplane,
+    args: &Args,
+    f: &Frames,
+) -> Result<(Vec<(String, f64)>, Singles)> {
     let (a_if, v4) = (f.a_if, &f.v4);
     let mut doc = doc_with_routes(10);
     add_security_groups(&mut doc);
     dp.install(&doc)?;
     let hit = pipeline_median(dp, "security groups, conntrack hit", a_if, v4, args.repeat)?;
+    // The same flow's replies: found under the reversed key.
+    let from_b = L2 {
+        src: B.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let reply = packets::udp4(from_b, B.ipv4, A.ipv4, 255, 7000, 40000, &[0u8; 18]);
+    let replies = pipeline_median(dp, "security groups, replies", f.b_if, &reply, args.repeat)?;
     let singles = (args.repeat as usize / 50).max(1000);
     eprintln!("  {singles} single runs each: conntrack hit, then miss (a new flow each)");
     let hit_single = single_runs(dp, a_if, singles, |_| v4.clone())?;
@@ -520,7 +532,10 @@ fn sg_rows(dp: &mut TestDataplane, args: &Args, f: &Frames) -> Result<((String, 
     dp.installed.maps.conntrack_flush(|_, _| true)?;
 
     Ok((
-        ("(f) pipeline + security groups, conntrack hit".into(), hit),
+        vec![
+            ("(f) pipeline + security groups, conntrack hit".into(), hit),
+            ("(f') same, the flow's replies (B -> A)".into(), replies),
+        ],
         Singles {
             hit: hit_single,
             miss: miss_single,
@@ -646,7 +661,21 @@ fn prog_report(rows: &[(String, f64)], singles: Singles) {
     for (name, ns) in rows {
         println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / base);
     }
-    let (b4, c4, d4, e4, e4p) = (rows[1].1, rows[3].1, rows[5].1, rows[6].1, rows[7].1);
+    // Each row by its tag (the IPv4 one where there are two).
+    let row = |tag: &str| {
+        rows.iter()
+            .find(|(name, _)| name.starts_with(tag))
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN)
+    };
+    let (b4, c4, d4, e4, e4p, f) = (
+        row("(b) "),
+        row("(c) "),
+        row("(d) "),
+        row("(e) "),
+        row("(e') "),
+        row("(f) "),
+    );
     println!(
         "e/d (1,000 vs 10 ACL rules) = {:.2}   e'/d = {:.2}   d/b (cost of a 10-rule ACL) = {:.2}",
         e4 / d4,
@@ -660,24 +689,17 @@ fn prog_report(rows: &[(String, f64)], singles: Singles) {
         c4 / b4
     );
     println!(
-        "f/b (security groups, tracked flow) = {:.2}",
-        rows[8].1 / b4
+        "f/b (security groups, tracked flow) = {:.2}   f'/f (its replies) = {:.2}",
+        f / b4,
+        row("(f') ") / f
     );
-    if rows.len() >= 13 {
-        println!(
-            "kept decision vs whole pipeline: b {:.2}   c {:.2}   e' {:.2}   f {:.2}",
-            b4 / rows[9].1,
-            c4 / rows[10].1,
-            e4p / rows[11].1,
-            rows[8].1 / rows[12].1
-        );
-    }
-    let row = |tag: &str| {
-        rows.iter()
-            .find(|(name, _)| name.starts_with(tag))
-            .map(|r| r.1)
-            .unwrap_or(f64::NAN)
-    };
+    println!(
+        "kept decision vs whole pipeline: b {:.2}   c {:.2}   e' {:.2}   f {:.2}",
+        b4 / row("(b-)"),
+        c4 / row("(c-)"),
+        e4p / row("(e'-)"),
+        f / row("(f-)")
+    );
     println!(
         "the whole job, kept decision: t/a = {:.2}   (whole pipeline: t-/a = {:.2})",
         row("(t) ") / base,
