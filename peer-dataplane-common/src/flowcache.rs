@@ -38,6 +38,9 @@ const _: () = assert!(size_of::<FlowKey>() == 44);
 /// The decision relies on connection tracking: a packet of the flow is forwarded only
 /// while its conntrack entry lives (the security groups allowed it as a tracked flow).
 pub const FLOW_TRACKED: u32 = 1 << 0;
+/// With [`FLOW_TRACKED`]: the flow's packets are replies of the tracked flow, so its entry
+/// is found under the reversed key (one lookup instead of the original key first).
+pub const FLOW_REPLY: u32 = 1 << 1;
 
 /// A forwarding decision: everything the pipeline computed that the packet's delivery
 /// needs.

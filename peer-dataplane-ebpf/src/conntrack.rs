@@ -63,21 +63,30 @@ impl Tracked {
     }
 }
 
-/// Finds the flow `p` (from VPC `src_vpc` to VPC `dst_vpc`) belongs to at `now`.
+/// The ports `p`'s flow is tracked by, and whether an allowed packet of its kind opens a
+/// flow; `None` when it is not trackable.
 #[inline(always)]
-pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
-    let (sport, dport, opens) = match p.proto {
+fn tracked_ports(p: &Packet) -> Option<(u16, u16, bool)> {
+    Some(match p.proto {
         IPPROTO_TCP | IPPROTO_UDP if p.ports_known => (p.sport, p.dport, true),
-        IPPROTO_TCP | IPPROTO_UDP => return Tracked::UNTRACKABLE,
+        IPPROTO_TCP | IPPROTO_UDP => return None,
         // `sport` holds the echo identifier.
         IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports_known => match icmp_echo(p) {
             Some(true) => (p.sport, 0, true),
             // Keyed so that its reverse is the request's key; never opens a flow.
             Some(false) => (0, p.sport, false),
-            None => return Tracked::UNTRACKABLE,
+            None => return None,
         },
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => return Tracked::UNTRACKABLE,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => return None,
         _ => (0, 0, true),
+    })
+}
+
+/// Finds the flow `p` (from VPC `src_vpc` to VPC `dst_vpc`) belongs to at `now`.
+#[inline(always)]
+pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
+    let Some((sport, dport, opens)) = tracked_ports(p) else {
+        return Tracked::UNTRACKABLE;
     };
     let (Some(key), Some(rev)) = (CT_SCRATCH.get_ptr_mut(0), CT_SCRATCH.get_ptr_mut(1)) else {
         return Tracked::UNTRACKABLE;
@@ -107,6 +116,40 @@ pub fn lookup(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64) -> Tracked {
         entry: core::ptr::null_mut(),
         key,
         opens,
+    }
+}
+
+/// The live entry of `p`'s flow when the direction is known (a kept decision says
+/// which): one lookup, under `p`'s own key or (`reply`) the reversed one. Nothing live
+/// there comes back as `How::New` with nothing to open, and the caller runs the whole
+/// stage, which then finds what [`lookup`] finds: the flow may live under the other key
+/// by now, opened by another frame of it (one with a VLAN tag, say, whose decision is
+/// kept apart) after the entry this decision relied on expired.
+#[inline(always)]
+pub fn lookup_as(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64, reply: bool) -> Tracked {
+    let Some((sport, dport, _)) = tracked_ports(p) else {
+        return Tracked::UNTRACKABLE;
+    };
+    let Some(key) = CT_SCRATCH.get_ptr_mut(0) else {
+        return Tracked::UNTRACKABLE;
+    };
+    // SAFETY: this CPU's scratch slot, used by nothing else during this packet.
+    let k = unsafe { &mut *key };
+    let (this, other) = ((src_vpc, &p.src, sport), (dst_vpc, &p.dst, dport));
+    let (how, from, to) = if reply {
+        (How::Reply, other, this)
+    } else {
+        (How::Original, this, other)
+    };
+    fill(k, from, to, p.proto);
+    match live(k, now) {
+        Some(e) => Tracked::found(how, e),
+        None => Tracked {
+            how: How::New,
+            entry: core::ptr::null_mut(),
+            key: core::ptr::null_mut(),
+            opens: false,
+        },
     }
 }
 

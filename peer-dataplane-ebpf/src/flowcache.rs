@@ -16,7 +16,7 @@ use crate::{
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
-    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_TRACKED, NO_HIT},
+    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_REPLY, FLOW_TRACKED, NO_HIT},
     trace::NO_FLOW_SLOT,
     DropReason, Endpoint,
 };
@@ -95,6 +95,7 @@ pub fn note_groups(groups: u32) {
     e.flags = (e.flags & (OFF | KEYED))
         | match groups {
             sg::TRACKED => FLOW_TRACKED,
+            sg::TRACKED_REPLY => FLOW_TRACKED | FLOW_REPLY,
             sg::NO_GROUPS => 0,
             _ => NOT_KEPT,
         };
@@ -242,7 +243,8 @@ fn decided(ctx: &XdpContext, p: &Packet, key: &FlowKey, index: u32, epoch: u64) 
         // The security-group stage, as a tracked flow passes it (the pipeline runs
         // instead, counting nothing here twice, when the flow is no longer tracked).
         let now = clock::now();
-        let t = conntrack::lookup(e.src_vpc, e.dst_vpc, p, now);
+        let reply = e.flags & FLOW_REPLY != 0;
+        let t = conntrack::lookup_as(e.src_vpc, e.dst_vpc, p, now, reply);
         if t.how != How::Original && t.how != How::Reply {
             return None;
         }

@@ -26,8 +26,10 @@ pub const TRACKED: u32 = 1;
 pub const RULES_ONLY: u32 = 2;
 /// Refused: the drop reason is `DropReason::SgDeny`.
 pub const DENIED: u32 = 3;
+/// As `TRACKED`, the packet a reply of the tracked flow.
+pub const TRACKED_REPLY: u32 = 4;
 
-/// Returns one of the four above (a plain number: a BPF-to-BPF call has five argument
+/// Returns one of the five above (a plain number: a BPF-to-BPF call has five argument
 /// registers and no room to return a `Result` through memory).
 ///
 /// Not inlined (a BPF-to-BPF call): the conntrack outcomes branch many ways, and across a
@@ -79,7 +81,11 @@ fn decide<const T: bool>(
         if !T {
             conntrack::refresh(&t, p, now);
         }
-        return TRACKED;
+        return if t.how == How::Reply {
+            TRACKED_REPLY
+        } else {
+            TRACKED
+        };
     }
     let egress_ok = sender_sg == NO_ACL || acl::any_match(sender_sg, &p.dst, p);
     trace::note::<T>(|r| r.sg_egress = rules(sender_sg, egress_ok));
