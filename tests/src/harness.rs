@@ -184,14 +184,13 @@ impl TestDataplane {
         sport: u16,
         dport: u16,
     ) -> Result<()> {
-        let to_pipeline = next.is_some();
         {
             let map = self
                 .ebpf
                 .map_mut("pdp_loadgen_cfg")
                 .ok_or_else(|| anyhow!("no map pdp_loadgen_cfg"))?;
             let mut m: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
-            for (slot, v) in [flows, to_pipeline as u32, sport as u32, dport as u32]
+            for (slot, v) in [flows, next.is_some() as u32, sport as u32, dport as u32]
                 .into_iter()
                 .enumerate()
             {

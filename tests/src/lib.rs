@@ -25,25 +25,6 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// Keeps the calling thread on the CPU it runs on now: its BPF_PROG_RUN calls then all
-/// meet the same per-CPU maps (a flow's kept decision is per CPU, as a flow's packets
-/// stay on one receive queue).
-pub fn stay_on_this_cpu() -> Result<()> {
-    // SAFETY: plain syscalls on this thread, with a zeroed set filled by CPU_SET.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        if cpu < 0 {
-            bail!("sched_getcpu: {}", std::io::Error::last_os_error());
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// The XDP object the tests load (set by `cargo xtask test`).
 pub fn object_path() -> Result<std::path::PathBuf> {
     match std::env::var_os("PDP_EBPF_OBJECT") {

@@ -421,7 +421,7 @@ fn model_and_program_agree() -> Result<()> {
     let mut totals = Totals::default();
     let mut tampered = false;
     // A repeated flow meets its kept decision only on the CPU that kept it.
-    peer_dataplane_tests::stay_on_this_cpu()?;
+    peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
     let cache_before = cache_counters(&dp)?;
     let started = std::time::Instant::now();
     let mut next_report = std::time::Duration::from_secs(10);
