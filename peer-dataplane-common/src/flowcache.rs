@@ -108,7 +108,28 @@ impl FlowCounters {
     }
 }
 
+impl FlowSlot {
+    /// Holds a decision of epoch `epoch` (a slot never written has ifindex 0: no port
+    /// has it).
+    #[inline(always)]
+    pub fn holds_current(&self, epoch: u64) -> bool {
+        self.entry.epoch == epoch && self.key.ifindex != 0
+    }
+}
+
 impl FlowKey {
+    /// No flow (an empty slot's key).
+    pub const ZERO: FlowKey = FlowKey {
+        ifindex: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        vlan: 0,
+        _pad: [0; 2],
+    };
+
     /// The key as the eleven words it is made of.
     #[inline(always)]
     pub fn words(&self) -> &[u32; 11] {

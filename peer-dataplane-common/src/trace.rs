@@ -70,7 +70,8 @@ pub const SG_NO_GROUPS: u32 = 1;
 pub const SG_MATCH: u32 = 2;
 pub const SG_NO_MATCH: u32 = 3;
 
-/// What the stages saw. Fields of stages not in `reached` are zero.
+/// What the stages saw. Fields of stages not in `reached` are zero (`flow_slot`:
+/// [`NO_FLOW_SLOT`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceRecord {
@@ -210,19 +211,11 @@ impl TraceRecord {
         overlay_peer: [0; 16],
         overlay_mtu: 0,
         overlay_fib: 0,
-        flow_slot: 0,
+        // Not a flow whose decision can be kept, unless the parse stage says so.
+        flow_slot: NO_FLOW_SLOT,
         epoch: 0,
         flow_cache_on: 0,
-        flow_key: FlowKey {
-            ifindex: 0,
-            src: [0; 16],
-            dst: [0; 16],
-            sport: 0,
-            dport: 0,
-            proto: 0,
-            vlan: 0,
-            _pad: [0; 2],
-        },
+        flow_key: FlowKey::ZERO,
     };
 }
 

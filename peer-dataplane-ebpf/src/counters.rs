@@ -100,6 +100,15 @@ pub struct Seen {
     pub ipv4_options: bool,
 }
 
+impl Seen {
+    /// What the parsed packet `p` shows of itself.
+    #[inline(always)]
+    pub fn note(&mut self, p: &crate::parse::Packet) {
+        self.fragment = p.fragment;
+        self.ipv4_options = p.ipv4_options;
+    }
+}
+
 #[inline(always)]
 pub fn record(len: u64, outcome: &Outcome, seen: &Seen) -> u32 {
     let Some(g) = GLOBAL_COUNTERS.get_ptr_mut(0) else {

@@ -25,8 +25,9 @@ use peer_dataplane_common::{
 const NOT_KEPT: u32 = 1 << 31;
 /// Likewise: kept decisions are turned off (`pdp_epoch` slot 1), none is used or kept.
 const OFF: u32 = 1 << 30;
-/// Likewise: [`forward`] found the flow's key and slot (in `FLOW_SCRATCH` and
-/// `KEY_SLOT`), so [`keep`] need not make them again.
+/// Likewise: [`forward`] made the flow's key (in `FLOW_SCRATCH`) and its slot index (in
+/// the entry's `ifindex`, unused until [`keep`] fills the decision), so [`keep`] need not
+/// make them again.
 const KEYED: u32 = 1 << 29;
 /// The scratch flags that only live while a packet runs.
 const PACKET_ONLY: u32 = NOT_KEPT | OFF | KEYED;
@@ -69,15 +70,9 @@ pub fn note_acl_hit(slot: u32) {
     }
 }
 
-/// Whether kept decisions are used (as [`begin`] read it for this packet).
-#[inline(always)]
-pub fn on() -> bool {
-    matches!(ENTRY_SCRATCH.get(0), Some(e) if e.flags & OFF == 0)
-}
-
 /// The epoch [`begin`] read for this packet; `None` while kept decisions are off.
 #[inline(always)]
-fn epoch() -> Option<u64> {
+pub fn epoch() -> Option<u64> {
     let e = ENTRY_SCRATCH.get(0)?;
     (e.flags & OFF == 0).then_some(e.epoch)
 }
@@ -150,7 +145,8 @@ pub fn note_for_trace<const T: bool>(ifindex: u32, p: &Packet) {
     });
 }
 
-/// Delivers `p` as its flow's decision of this packet's epoch says. Returns the outcome
+/// Delivers `p` as its flow's decision of `epoch` (this packet's, see [`epoch`]) says.
+/// Returns the outcome
 /// packed by [`pack`], or 0 when there is no such decision, or the decision relies on a
 /// conntrack entry that is gone: the pipeline decides then.
 ///
@@ -159,10 +155,7 @@ pub fn note_for_trace<const T: bool>(ifindex: u32, p: &Packet) {
 /// struct, comes back, so the caller's stack (the deepest chain of calls shares 512
 /// bytes) does not grow.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, p: &Packet) -> u64 {
-    let Some(epoch) = epoch() else {
-        return 0;
-    };
+pub fn forward(ctx: &XdpContext, p: &Packet, epoch: u64) -> u64 {
     let Some(key) = key(ctx.ingress_ifindex() as u32, p) else {
         return 0;
     };
@@ -301,7 +294,7 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     // SAFETY: this CPU's slot (see `decided`).
     let slot = unsafe { &mut *slot };
     // Whatever flow held the slot gives it up: a direct-mapped table keeps the last.
-    let evicts = slot.entry.epoch == e.epoch && slot.key.ifindex != 0 && !slot.key.same(key);
+    let evicts = slot.holds_current(e.epoch) && !slot.key.same(key);
     count(|c| {
         c.kept += 1;
         c.evictions += evicts as u64;

@@ -80,8 +80,11 @@ fn try_run<const T: bool>(ctx: &XdpContext, seen: &mut Seen) -> Result<Outcome, 
 /// the stages in order decide what that means).
 #[inline(always)]
 fn kept_decision(ctx: &XdpContext, seen: &mut Seen, ifindex: u32) -> Result<Outcome, bool> {
-    // The uplink's frames are tunnels to open: never kept.
-    if !flowcache::on() || matches!(encap::config(), Some(cfg) if cfg.uplink == ifindex) {
+    // Kept decisions off, or the uplink's frames (tunnels to open: never kept).
+    let Some(epoch) = flowcache::epoch() else {
+        return Err(false);
+    };
+    if matches!(encap::config(), Some(cfg) if cfg.uplink == ifindex) {
         return Err(false);
     }
     let Some(scratch) = PKT_SCRATCH.get_ptr_mut(0) else {
@@ -92,12 +95,11 @@ fn kept_decision(ctx: &XdpContext, seen: &mut Seen, ifindex: u32) -> Result<Outc
     if !matches!(parse::parse(ctx, p), Ok(true)) {
         return Err(false);
     }
-    let decided = flowcache::forward(ctx, p);
+    let decided = flowcache::forward(ctx, p, epoch);
     if decided == 0 {
         return Err(true);
     }
-    seen.fragment = p.fragment;
-    seen.ipv4_options = p.ipv4_options;
+    seen.note(p);
     Ok(flowcache::unpack(decided))
 }
 
@@ -218,12 +220,13 @@ fn parse_frame<'a, const T: bool>(
         r.src = p.src;
         r.dst = p.dst;
     });
-    seen.fragment = p.fragment;
-    seen.ipv4_options = p.ipv4_options;
+    seen.note(p);
     Ok(Some(p))
 }
 
-/// The frame `kept_decision` parsed (never traced).
+/// The frame `kept_decision` parsed (never traced), noted in `seen` here rather than
+/// before the lookup: values set before that call and carried through every stage cost
+/// the verifier more paths than it allows.
 #[inline(always)]
 fn parsed_frame<'a>(seen: &mut Seen) -> Result<&'a Packet, Outcome> {
     let Some(scratch) = PKT_SCRATCH.get_ptr(0) else {
@@ -231,8 +234,7 @@ fn parsed_frame<'a>(seen: &mut Seen) -> Result<&'a Packet, Outcome> {
     };
     // SAFETY: this CPU's slot, filled for this packet.
     let p: &Packet = unsafe { &*scratch };
-    seen.fragment = p.fragment;
-    seen.ipv4_options = p.ipv4_options;
+    seen.note(p);
     Ok(p)
 }
 

@@ -130,6 +130,13 @@ impl From<FlowCounters> for CacheCounters {
     }
 }
 
+/// The flow cache's counters of every CPU, summed.
+fn sum_flow_counters(per_cpu: &[FlowCounters]) -> CacheCounters {
+    let mut sum = FlowCounters::default();
+    per_cpu.iter().for_each(|c| sum.add(c));
+    sum.into()
+}
+
 /// The flow cache's side of a snapshot: its setting and what it did.
 #[derive(Debug, Clone, Default)]
 pub struct FlowCacheView {
@@ -276,10 +283,6 @@ impl KernelMaps {
                 acl_hits.insert(slot, self.acl_hits(slot)?);
             }
         }
-        let mut counters = FlowCounters::default();
-        for c in self.flow_counters_per_cpu()? {
-            counters.add(&c);
-        }
         Ok(Snapshot {
             global_per_cpu: self.global_counters_per_cpu()?,
             peering_traffic,
@@ -287,7 +290,7 @@ impl KernelMaps {
             flow_cache: FlowCacheView {
                 epoch: self.epoch()?,
                 on: self.flow_cache_on()?,
-                counters: counters.into(),
+                counters: sum_flow_counters(&self.flow_counters_per_cpu()?),
             },
             state,
         })
@@ -456,7 +459,7 @@ impl KernelMaps {
                 kept = vec![0; per_cpu.len()];
             }
             for (cpu, slot) in per_cpu.iter().enumerate() {
-                if slot.entry.epoch == epoch && slot.key.ifindex != 0 {
+                if slot.holds_current(epoch) {
                     kept[cpu] += 1;
                 }
             }
@@ -466,11 +469,7 @@ impl KernelMaps {
             on,
             slots_per_cpu: registry::FLOW_CACHE.max_entries,
             kept_per_cpu: kept,
-            counters: {
-                let mut sum = FlowCounters::default();
-                per_cpu.iter().for_each(|c| sum.add(c));
-                sum.into()
-            },
+            counters: sum_flow_counters(&per_cpu),
             counters_per_cpu: per_cpu.into_iter().map(CacheCounters::from).collect(),
         })
     }
@@ -491,7 +490,7 @@ impl KernelMaps {
         let mut out = Vec::new();
         for i in 0..registry::FLOW_CACHE.max_entries {
             for slot in self.flow_cache.get(&i, 0)?.iter() {
-                if slot.entry.epoch == epoch && slot.key.ifindex != 0 {
+                if slot.holds_current(epoch) {
                     out.push((slot.key, slot.entry));
                 }
             }

@@ -17,7 +17,7 @@ use crate::bpf::{maps, pins, progrun, KernelMaps};
 use anyhow::{anyhow, ensure, Context, Result};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{TestRun, TestRunOptions};
-use peer_dataplane_common::trace::{TraceRecord, NO_FLOW_SLOT, STAGE_PARSE};
+use peer_dataplane_common::trace::{TraceRecord, NO_FLOW_SLOT};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -67,7 +67,7 @@ fn flow_cache(maps: &KernelMaps, r: &TraceRecord) -> Result<FlowCacheTrace> {
     let mut t = FlowCacheTrace {
         on: r.flow_cache_on != 0,
         epoch: r.epoch,
-        cacheable: r.flow_slot != NO_FLOW_SLOT && r.reached & STAGE_PARSE != 0,
+        cacheable: r.flow_slot != NO_FLOW_SLOT,
         ..FlowCacheTrace::default()
     };
     if !t.cacheable {
@@ -75,7 +75,8 @@ fn flow_cache(maps: &KernelMaps, r: &TraceRecord) -> Result<FlowCacheTrace> {
     }
     t.slot = Some(r.flow_slot);
     for (cpu, slot) in maps.flow_slot(r.flow_slot)?.iter().enumerate() {
-        if slot.key.ifindex != 0 && slot.key.same(&r.flow_key) {
+        // The traced key names a real port, so an equal key is no empty slot.
+        if slot.key.same(&r.flow_key) {
             t.kept.push(KeptOn {
                 cpu,
                 epoch: slot.entry.epoch,
