@@ -157,11 +157,13 @@ impl AclExactKey {
 
     #[inline(always)]
     pub fn port(set: u32, port: u16) -> AclExactKey {
-        let p = port.to_be_bytes();
+        // The big-endian port, then zeros: as one 128-bit number, which the XDP
+        // program's compiler stores as words (zeroing bytes one by one calls a loop).
+        let value = (u16::from_ne_bytes(port.to_be_bytes()) as u128).to_ne_bytes();
         AclExactKey {
             kind: EXACT_PORT,
             table: set,
-            value: [p[0], p[1], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            value,
         }
     }
 }

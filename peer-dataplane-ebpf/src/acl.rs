@@ -6,6 +6,7 @@
 
 use crate::maps::{ACL_ADDR, ACL_EXACT, ACL_HITS, ACL_META, ACL_PORT, ACL_PROTO};
 use crate::parse::{Packet, IPPROTO_TCP, IPPROTO_UDP};
+use crate::words;
 use aya_ebpf::maps::lpm_trie::Key;
 use peer_dataplane_common::{
     acl::{
@@ -87,14 +88,14 @@ fn bitmaps(
     // IPv4 and IPv6 rules live under different tables, so neither covers the other.
     let table = acl_addr_table(set, !p.is_v4);
     // SAFETY: map values are only ever replaced whole (not preallocated).
-    let addr_bits = match unsafe { ACL_EXACT.get(&AclExactKey::host(table, *addr)) } {
+    let addr_bits = match unsafe { ACL_EXACT.get(&AclExactKey::host(table, words::copy(addr))) } {
         Some(b) => b,
         None => {
             let addr_key = Key::new(
                 ROUTE_TABLE_BITS + 128,
                 RouteData {
                     table_be: table.to_be_bytes(),
-                    addr: *addr,
+                    addr: words::copy(addr),
                 },
             );
             ACL_ADDR.get(&addr_key)?

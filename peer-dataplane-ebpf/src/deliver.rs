@@ -14,7 +14,10 @@ pub fn redirect(ep: &Endpoint) -> Result<u32, DropReason> {
 /// Where the instance with `addr` in `vpc` lives.
 #[inline(always)]
 pub fn endpoint(vpc: u32, addr: &[u8; 16]) -> Option<&'static Endpoint> {
-    let key = EndpointKey { vpc, addr: *addr };
+    let key = EndpointKey {
+        vpc,
+        addr: crate::words::copy(addr),
+    };
     // SAFETY: not preallocated: the entry stays whole while we read it (see `port`).
     unsafe { ENDPOINTS.get(&key) }
 }

@@ -12,7 +12,7 @@ use crate::{
     maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS},
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
-    rewrite, sg, trace,
+    rewrite, sg, trace, words,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
@@ -114,8 +114,8 @@ fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
     // SAFETY: this CPU's slot, used by nothing else while this packet runs.
     let k = unsafe { &mut *slot };
     k.ifindex = ifindex;
-    k.src = p.src;
-    k.dst = p.dst;
+    k.src = words::copy(&p.src);
+    k.dst = words::copy(&p.dst);
     k.sport = p.sport;
     k.dport = p.dport;
     k.proto = p.proto;
@@ -299,7 +299,15 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
         c.kept += 1;
         c.evictions += evicts as u64;
     });
-    slot.key = *key;
+    let k = &mut slot.key;
+    k.ifindex = key.ifindex;
+    k.src = words::copy(&key.src);
+    k.dst = words::copy(&key.dst);
+    k.sport = key.sport;
+    k.dport = key.dport;
+    k.proto = key.proto;
+    k.vlan = key.vlan;
+    k._pad = [0; 2];
     let d = &mut slot.entry;
     d.epoch = e.epoch;
     d.cap = x.cap;
@@ -308,7 +316,7 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     d.src_vpc = src_vpc;
     d.dst_vpc = x.peer_vpc;
     d.flags = e.flags & !PACKET_ONLY;
-    d.mac = ep.mac;
-    d.gw_mac = ep.gw_mac;
+    d.mac = words::mac(&ep.mac);
+    d.gw_mac = words::mac(&ep.gw_mac);
     d.acl_hits = e.acl_hits;
 }

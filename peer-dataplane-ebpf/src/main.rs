@@ -30,6 +30,7 @@ mod route;
 mod sg;
 mod sink;
 mod trace;
+mod words;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

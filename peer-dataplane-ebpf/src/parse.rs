@@ -10,6 +10,7 @@
 //! - Fragments: routed on the IP header alone. Only the first fragment carries ports;
 //!   later fragments have none (`ports_known == false`), which policy stages must respect.
 
+use crate::words;
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use peer_dataplane_common::{addr, DropReason};
@@ -29,15 +30,17 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV6_HLEN: usize = 40;
 const MAX_IPV6_EXT: usize = 4;
 
-/// What the later stages need to know about a frame.
+/// What the later stages need to know about a frame. `repr(C)`, addresses first: they
+/// are copied word by word into lookup keys (`words`).
+#[repr(C)]
 pub struct Packet {
+    /// Addresses in the 16-byte map encoding (IPv4 mapped).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     /// Offset of the IP header (14, or 18 behind a VLAN tag).
     pub l3_off: usize,
     pub vlan: bool,
     pub is_v4: bool,
-    /// Addresses in the 16-byte map encoding (IPv4 mapped).
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     pub proto: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
@@ -165,8 +168,8 @@ fn parse_ipv4(
         l3_off,
         vlan,
         is_v4: true,
-        src: addr::from_v4([h[12], h[13], h[14], h[15]]),
-        dst: addr::from_v4([h[16], h[17], h[18], h[19]]),
+        src: words::ipv4_mapped([h[12], h[13], h[14], h[15]]),
+        dst: words::ipv4_mapped([h[16], h[17], h[18], h[19]]),
         proto: h[9],
         ttl: h[8],
         fragment: more_fragments || frag_offset != 0,

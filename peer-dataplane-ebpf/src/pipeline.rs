@@ -249,7 +249,7 @@ fn route_to_peering<const T: bool>(
         return Ok(Err(Outcome::pass(PassReason::NotRoutable)));
     }
     // Route lookup in the sender subnet's table.
-    let route = route::lookup(port.route_table, &p.dst);
+    let route = route::lookup(port.route_table, &p.dst).copied();
     trace::note::<T>(|r| {
         r.reached |= STAGE_ROUTE;
         (r.route_kind, r.route_target) = kind_and_target(route);
@@ -306,7 +306,7 @@ fn receiver<const T: bool>(
     }
 
     // Receiver side: a route back to the source through the same peering.
-    let back = route::lookup(ep.route_table, &p.src);
+    let back = route::lookup(ep.route_table, &p.src).copied();
     trace::note::<T>(|r| {
         r.reached |= STAGE_RETURN_ROUTE;
         (r.return_kind, r.return_target) = kind_and_target(back);
