@@ -30,7 +30,9 @@ pub const UNCAPPED: CapConfig = CapConfig {
 pub const CROSS_REGION_DEFAULT_BPS: u64 = 1_000_000_000;
 
 /// Default bucket depth: 10 ms at the rate, and never less than 64 KiB, so that a burst
-/// of full-size frames from one flow is not clipped at low rates.
+/// of full-size frames from one flow is not clipped at low rates. At least one timer
+/// tick at 100 Hz, the slowest: the data plane's clock moves a tick at a time (`clock`),
+/// and a bucket that holds a tick's worth still passes the full rate.
 pub const fn default_burst_bytes(bits_per_second: u64) -> u64 {
     let ten_ms = bits_per_second / 8 / 100;
     if ten_ms > 65536 {

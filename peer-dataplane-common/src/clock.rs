@@ -1,7 +1,8 @@
 //! The program's clock, for connection-tracking expiry and bandwidth caps.
 //!
 //! Every reading of time in the data plane goes through one helper that combines the
-//! kernel's monotonic clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) with the one-entry map
+//! kernel's coarse monotonic clock (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE:
+//! the last timer tick, 1 to 10 ms old) with the one-entry map
 //! `pdp_clock`. In production the entry is all zeroes and the clock is the kernel's. Tests
 //! use it to control time: `offset_ns` moves the clock forward without waiting, and
 //! `FROZEN` stops it at `offset_ns` exactly, so that a scenario or the differential test

@@ -55,7 +55,8 @@ pub const CT_RST: u32 = 1 << 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at creation and at the last packet.
+    /// The data plane's clock (`clock`: CLOCK_MONOTONIC_COARSE) at creation and at the
+    /// last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
     /// Packets in the original and the reply direction. Plain adds from several CPUs:

@@ -7,7 +7,6 @@
 use crate::maps::{CONNTRACK, CT_SCRATCH};
 use crate::parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use crate::words;
-use core::mem::offset_of;
 use peer_dataplane_common::conntrack::{expired, CtEntry, CtKey, CT_FIN, CT_REPLIED, CT_RST};
 
 const TCP_FIN: u8 = 0x01;
@@ -160,19 +159,14 @@ pub fn lookup_as(src_vpc: u32, dst_vpc: u32, p: &Packet, now: u64, reply: bool) 
 #[inline(always)]
 fn fill(k: &mut CtKey, src: (u32, &[u8; 16], u16), dst: (u32, &[u8; 16], u16), proto: u8) {
     k.src_vpc = src.0;
-    k.src = words::copy(src.1);
-    k.sport = src.2;
     k.dst_vpc = dst.0;
+    k.src = words::copy(src.1);
     k.dst = words::copy(dst.1);
-    k.dport = dst.2;
-    // The protocol and the three zero bytes after it as one word: zeroing three bytes
-    // alone is a call to a byte loop (see `words`).
-    const _: () = assert!(
-        offset_of!(CtKey, proto) % 4 == 0
-            && offset_of!(CtKey, _pad) == offset_of!(CtKey, proto) + 1
-    );
-    // SAFETY: `proto` and `_pad` are 4 bytes at a 4-aligned offset (asserted above).
-    unsafe { (core::ptr::addr_of_mut!(k.proto) as *mut u32).write(proto as u32) };
+    // SAFETY: the fields `words` asserts for these writes.
+    unsafe {
+        words::ports(core::ptr::addr_of_mut!(k.sport), src.2, dst.2);
+        words::bytes(core::ptr::addr_of_mut!(k.proto), [proto, 0, 0, 0]);
+    }
 }
 
 #[inline(always)]

@@ -116,11 +116,14 @@ fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
     k.ifindex = ifindex;
     k.src = words::copy(&p.src);
     k.dst = words::copy(&p.dst);
-    k.sport = p.sport;
-    k.dport = p.dport;
-    k.proto = p.proto;
-    k.vlan = p.vlan as u8;
-    k._pad = [0; 2];
+    // SAFETY: the fields `words` asserts for these writes.
+    unsafe {
+        words::ports(core::ptr::addr_of_mut!(k.sport), p.sport, p.dport);
+        words::bytes(
+            core::ptr::addr_of_mut!(k.proto),
+            [p.proto, p.vlan as u8, 0, 0],
+        );
+    }
     Some(k)
 }
 

@@ -510,7 +510,7 @@ impl KernelMaps {
 
     /// Now on the program's clock: what conntrack and caps compare their stamps with.
     pub fn now_ns(&self) -> Result<u64> {
-        Ok(self.clock()?.now(monotonic_ns()))
+        Ok(self.clock()?.now(monotonic_coarse_ns()))
     }
 
     /// The cap bucket (`tat`, ns) of a peering and direction.
@@ -521,14 +521,24 @@ impl KernelMaps {
     }
 }
 
-/// The kernel's monotonic clock (what `bpf_ktime_get_ns` reads).
+/// The kernel's monotonic clock (what `bpf_ktime_get_ns` reads: trace stamps).
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// The kernel's coarse monotonic clock (what `bpf_ktime_get_coarse_ns` reads: the data
+/// plane's clock, see `peer_dataplane_common::clock`).
+pub fn monotonic_coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
