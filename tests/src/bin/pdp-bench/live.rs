@@ -4,8 +4,12 @@
 //! (6 ns). Here both programs run under BPF_PROG_RUN live frames behind `pdp_loadgen`, and
 //! each frame is transmitted on port B's veth and counted by the sink behind it, as in
 //! `bench e2e`: redirect-only (frames received on B, sent back out of B) against the whole
-//! job of row (t) on one flow, with its kept decision and without. A figure is the time
-//! per frame on one CPU, 1 / (frames counted per second).
+//! job of row (t) on one flow, with its kept decision and without. Then the same job over
+//! 100,000 flows, each frame the next flow: 100,000 flows do not fit the 16,384-slot
+//! decision table, so nearly every frame misses, looks its slot up and keeps its
+//! decision for nothing (a flood of new flows), against the same frames with kept
+//! decisions off. A figure is the time per frame on one CPU, 1 / (frames counted per
+//! second).
 
 use super::e2e::{a_to_b_frames, live_run, Received, BENCH_DPORT, FRAME_BYTES};
 use anyhow::Result;
@@ -16,11 +20,17 @@ use peer_dataplane_tests::seed::{A, B};
 
 const SECONDS: f64 = 1.0;
 const ROUNDS: usize = 5;
+/// Flows of the rows where nearly every frame misses (more than the table's slots).
+const MANY_FLOWS: u32 = 100_000;
 
 pub struct Figures {
     pub redirect_ns: f64,
     pub kept_ns: f64,
     pub whole_ns: f64,
+    /// 100,000 flows, kept decisions on: nearly every frame misses.
+    pub missing_ns: f64,
+    /// 100,000 flows, kept decisions off.
+    pub missing_off_ns: f64,
 }
 
 impl Figures {
@@ -34,6 +44,10 @@ impl Figures {
             "job_whole_pipeline_ns": self.whole_ns,
             "job_kept_over_redirect_only": self.kept_ns / self.redirect_ns,
             "job_whole_over_redirect_only": self.whole_ns / self.redirect_ns,
+            "many_flows": MANY_FLOWS,
+            "job_many_flows_kept_decisions_on_ns": self.missing_ns,
+            "job_many_flows_kept_decisions_off_ns": self.missing_off_ns,
+            "job_many_flows_on_over_off": self.missing_ns / self.missing_off_ns,
         })
     }
 }
@@ -45,25 +59,35 @@ pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
     dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
     let frames = a_to_b_frames(dp, 1)?;
     // ns per frame of `next` with frames received on `port`.
-    let run = |dp: &mut TestDataplane, next: &str, port: &str| -> Result<f64> {
-        let r: Received = live_run(dp, &frames, SECONDS, 1, Some(next), port)?;
+    let run_flows = |dp: &mut TestDataplane, next: &str, port: &str, flows| -> Result<f64> {
+        let r: Received = live_run(dp, &frames, SECONDS, flows, Some(next), port)?;
         Ok(1e9 / r.pps)
     };
+    let run = |dp: &mut TestDataplane, next: &str, port: &str| run_flows(dp, next, port, 1);
     let (mut redirect, mut kept, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut missing, mut missing_off) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         eprint!("\r  live frames, round {}/{ROUNDS}", round + 1);
         redirect.push(run(dp, program_names::REDIRECT_ONLY, B.port)?);
         kept.push(run(dp, program_names::PIPELINE, A.port)?);
         dp.installed.maps.set_flow_cache(false)?;
         let r = run(dp, program_names::PIPELINE, A.port);
+        let r_many = r.and_then(|r| {
+            run_flows(dp, program_names::PIPELINE, A.port, MANY_FLOWS).map(|m| (r, m))
+        });
         dp.installed.maps.set_flow_cache(true)?;
-        whole.push(r?);
+        let (r, m) = r_many?;
+        whole.push(r);
+        missing_off.push(m);
+        missing.push(run_flows(dp, program_names::PIPELINE, A.port, MANY_FLOWS)?);
     }
     eprintln!();
     Ok(Figures {
         redirect_ns: super::median(redirect),
         kept_ns: super::median(kept),
         whole_ns: super::median(whole),
+        missing_ns: super::median(missing),
+        missing_off_ns: super::median(missing_off),
     })
 }
 
@@ -76,11 +100,20 @@ pub fn report(f: &Figures) {
         ("(a\") redirect only, transmitted", f.redirect_ns),
         ("(t\") the job of (t), kept decision", f.kept_ns),
         ("(t\"-) the job of (t), whole pipeline", f.whole_ns),
+        (
+            "(m\") the job, 100,000 flows, kept decisions on",
+            f.missing_ns,
+        ),
+        ("(m\"-) the same, kept decisions off", f.missing_off_ns),
     ] {
         println!("{name:<48} {ns:>10.1} {:>7.2}x", ns / f.redirect_ns);
     }
     println!(
         "t\"/a\" (the whole job on an established flow vs a redirect that transmits) = {:.2}",
         f.kept_ns / f.redirect_ns
+    );
+    println!(
+        "m\"/m\"- (a flood of new flows: nearly every frame misses, with kept decisions on vs off) = {:.2}",
+        f.missing_ns / f.missing_off_ns
     );
 }
