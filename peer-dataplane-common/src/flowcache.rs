@@ -35,6 +35,38 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 44);
 
+/// The slot of a key whose [`FlowKey::hash`] is `hash`.
+#[inline(always)]
+pub const fn slot_of(hash: u32) -> u32 {
+    hash >> (32 - FLOW_SLOT_BITS)
+}
+
+/// A slot's tag: the low byte of the epoch its decision was kept in, then 8 bits of the
+/// hash of its key (bits the slot index does not use). Each CPU keeps its slots' tags in
+/// one 32 KiB array ([`FlowTags`]) that stays in the CPU's caches, so that a miss is
+/// known without reading the slot (usually a cold line of a 1.75 MiB table): a packet
+/// whose tag differs from its slot's has no decision there. Equal tags prove nothing;
+/// the slot is then compared whole (key and 64-bit epoch).
+#[inline(always)]
+pub const fn tag(hash: u32, epoch: u64) -> u16 {
+    ((epoch as u16) << 8) | (hash & 0xff) as u16
+}
+
+/// Whether tag `t` was (probably) written in epoch `epoch`: a decision of this epoch may
+/// be in the slot. Probably: the tag keeps only the epoch's low byte.
+#[inline(always)]
+pub const fn tag_in_epoch(t: u16, epoch: u64) -> bool {
+    (t >> 8) as u8 == epoch as u8
+}
+
+/// The tags of one CPU's slots (see [`tag`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowTags {
+    pub tags: [u16; FLOW_SLOTS as usize],
+}
+const _: () = assert!(size_of::<FlowTags>() == 32 * 1024);
+
 /// The decision relies on connection tracking: a packet of the flow is forwarded only
 /// while its conntrack entry lives (the security groups allowed it as a tracked flow).
 pub const FLOW_TRACKED: u32 = 1 << 0;
@@ -92,12 +124,22 @@ pub struct FlowCounters {
     /// Packets of a flow the cache could hold that found no decision of the current
     /// epoch (none kept, another flow's, a stale one, or its conntrack entry gone).
     pub misses: u64,
-    /// Decisions kept (each forwarded packet that ran the whole pipeline).
+    /// Decisions kept (forwarded packets that ran the whole pipeline and took their slot).
     pub kept: u64,
     /// Decisions of the current epoch a newer flow's decision replaced in their slot.
     pub evictions: u64,
+    /// Decisions not kept because the slot held another flow's decision of this epoch
+    /// and it was not this miss's turn to replace it ([`REPLACE_EVERY`]).
+    pub declined: u64,
 }
-const _: () = assert!(size_of::<FlowCounters>() == 32);
+const _: () = assert!(size_of::<FlowCounters>() == 40);
+
+/// A slot holding another flow's decision of the current epoch is given to a new flow on
+/// every this-many-th miss of the CPU only (the others leave it alone). A flood of new
+/// flows then writes one slot in this many instead of one per packet, and the decisions
+/// it would evict mostly survive it; a flow that meets a taken slot is kept after this
+/// many misses on average. Empty and stale slots are always taken.
+pub const REPLACE_EVERY: u64 = 8;
 
 impl FlowCounters {
     pub fn add(&mut self, o: &FlowCounters) {
@@ -105,6 +147,7 @@ impl FlowCounters {
         self.misses += o.misses;
         self.kept += o.kept;
         self.evictions += o.evictions;
+        self.declined += o.declined;
     }
 }
 
@@ -138,11 +181,17 @@ impl FlowKey {
         unsafe { &*(self as *const FlowKey as *const [u32; 11]) }
     }
 
-    /// The slot this flow's decision lives in: each word times its own odd constant,
-    /// summed, then mixed. The products do not wait on each other (a chain of eleven
-    /// multiplications would), and a direct-mapped cache needs spread, not strength.
+    /// The slot this flow's decision lives in: the top bits of [`FlowKey::hash`].
     #[inline(always)]
     pub fn slot(&self) -> u32 {
+        slot_of(self.hash())
+    }
+
+    /// The key's hash: each word times its own odd constant, summed, then mixed. The
+    /// products do not wait on each other (a chain of eleven multiplications would), and
+    /// a direct-mapped cache needs spread, not strength.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
         const K: [u32; 11] = [
             0x9e37_79b1,
             0x85eb_ca77,
@@ -162,8 +211,7 @@ impl FlowKey {
             h = h.wrapping_add(w[i].wrapping_mul(K[i]));
         }
         h ^= h >> 16;
-        h = h.wrapping_mul(0x9e37_79b1);
-        h >> (32 - FLOW_SLOT_BITS)
+        h.wrapping_mul(0x9e37_79b1)
     }
 
     /// Equal keys, word by word.

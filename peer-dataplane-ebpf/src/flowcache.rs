@@ -9,14 +9,19 @@ use crate::{
     cap, clock,
     conntrack::{self, How},
     counters::{Outcome, Verdict},
-    maps::{ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS},
+    maps::{
+        ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS, FLOW_TAGS,
+    },
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
     rewrite, sg, trace, words,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
-    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_REPLY, FLOW_TRACKED, NO_HIT},
+    flowcache::{
+        slot_of, tag, tag_in_epoch, FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_REPLY,
+        FLOW_SLOTS, FLOW_TRACKED, NO_HIT, REPLACE_EVERY,
+    },
     trace::NO_FLOW_SLOT,
     DropReason, Endpoint,
 };
@@ -25,8 +30,8 @@ use peer_dataplane_common::{
 const NOT_KEPT: u32 = 1 << 31;
 /// Likewise: kept decisions are turned off (`pdp_epoch` slot 1), none is used or kept.
 const OFF: u32 = 1 << 30;
-/// Likewise: [`forward`] made the flow's key (in `FLOW_SCRATCH`) and its slot index (in
-/// the entry's `ifindex`, unused until [`keep`] fills the decision), so [`keep`] need not
+/// Likewise: [`forward`] made the flow's key (in `FLOW_SCRATCH`) and its hash (in the
+/// entry's `ifindex`, unused until [`keep`] fills the decision), so [`keep`] need not
 /// make them again.
 const KEYED: u32 = 1 << 29;
 /// The scratch flags that only live while a packet runs.
@@ -162,13 +167,19 @@ pub fn forward(ctx: &XdpContext, p: &Packet, epoch: u64) -> u64 {
     let Some(key) = key(ctx.ingress_ifindex() as u32, p) else {
         return 0;
     };
-    let index = key.slot();
+    let hash = key.hash();
+    let index = slot_of(hash);
     if let Some(e) = ENTRY_SCRATCH.get_ptr_mut(0) {
         // SAFETY: see `begin`.
         let e = unsafe { &mut *e };
         e.flags |= KEYED;
         // The entry's `ifindex` is not set before `keep` copies the decision out.
-        e.ifindex = index;
+        e.ifindex = hash;
+    }
+    // A tag that differs: no decision of this flow and epoch in the slot, known
+    // without reading it.
+    if slot_tag(index).map(|t| *t) != Some(tag(hash, epoch)) {
+        return 0;
     }
     match decided(ctx, p, key, index, epoch) {
         Some(o) => {
@@ -177,6 +188,15 @@ pub fn forward(ctx: &XdpContext, p: &Packet, epoch: u64) -> u64 {
         }
         None => 0,
     }
+}
+
+/// This CPU's tag of slot `index`.
+#[inline(always)]
+fn slot_tag(index: u32) -> Option<&'static mut u16> {
+    let tags = FLOW_TAGS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's tags, written only by this CPU between packets' lookups.
+    let tags = unsafe { &mut (*tags).tags };
+    tags.get_mut((index & (FLOW_SLOTS - 1)) as usize)
 }
 
 /// Counts a miss for a frame from a port whose flow [`forward`] looked up and found no
@@ -291,7 +311,22 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     let Some(key) = FLOW_SCRATCH.get(0) else {
         return;
     };
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(e.ifindex) else {
+    let hash = e.ifindex;
+    let index = slot_of(hash);
+    let Some(t) = slot_tag(index) else {
+        return;
+    };
+    // The slot holds (by its tag, probably) another flow's decision of this epoch: it
+    // is taken on every REPLACE_EVERY-th miss of this CPU only. The others return
+    // before touching the slot, a cold line under a flood of new flows.
+    if tag_in_epoch(*t, e.epoch) {
+        let misses = FLOW_STATS.get(0).map(|c| c.misses).unwrap_or(0);
+        if misses % REPLACE_EVERY != 0 {
+            count(|c| c.declined += 1);
+            return;
+        }
+    }
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: this CPU's slot (see `decided`).
@@ -322,4 +357,5 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     d.mac = words::mac(&ep.mac);
     d.gw_mac = words::mac(&ep.gw_mac);
     d.acl_hits = e.acl_hits;
+    *t = tag(hash, e.epoch);
 }

@@ -12,7 +12,7 @@ use peer_dataplane_common::{
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
-    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot},
+    flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot, FlowTags},
     overlay::{HostKey, OverlayConfig, OverlayIdKey},
     registry,
     trace::TraceRecord,
@@ -88,6 +88,12 @@ pub static EPOCH: Array<u64> = pinned!(Array, EPOCH);
 /// What the flow cache did, per CPU.
 #[map(name = "pdp_flow_stats")]
 pub static FLOW_STATS: PerCpuArray<FlowCounters> = pinned!(PerCpuArray, FLOW_STATS);
+
+/// Per-CPU tags of the flow-decision slots (`peer_dataplane_common::flowcache::tag`).
+/// Not pinned: a program loaded anew starts with no tag matching, so its first packet
+/// of each flow reads and keeps the slot again.
+#[map]
+pub static FLOW_TAGS: PerCpuArray<FlowTags> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU slot for a packet's flow-cache key (kept off the 512-byte stack).
 #[map]

@@ -219,7 +219,13 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     )?;
     assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
     let after = stats(pin)?;
-    for (name, delta) in [("misses", 1), ("kept", 1), ("hits", 1), ("evictions", 0)] {
+    for (name, delta) in [
+        ("misses", 1),
+        ("kept", 1),
+        ("hits", 1),
+        ("evictions", 0),
+        ("declined", 0),
+    ] {
         assert_eq!(
             counter(&after, name) - counter(&start, name),
             delta,
@@ -235,6 +241,7 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     assert_eq!(per_cpu_hits, counter(&after, "hits"));
     let text = String::from_utf8(cli(pin, &["cache", "stats"])?.stdout)?;
     assert!(text.contains("hit ratio"), "{text}");
+    a_taken_slot_is_replaced_in_turn(dp, pin)?;
     let kept = |s: &serde_json::Value| -> u64 {
         s["kept_per_cpu"]
             .as_array()
@@ -261,6 +268,88 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     assert_eq!(off["epoch"].as_u64().unwrap(), epoch + 2, "{off}");
     assert!(cli(pin, &["cache", "on"])?.status.success());
     assert_eq!(stats(pin)?["on"], true);
+    Ok(())
+}
+
+/// A flow whose slot holds another flow's decision of this epoch takes it on this CPU's
+/// next miss that is a multiple of REPLACE_EVERY, every earlier miss declined; then its
+/// own packets hit.
+fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
+    use peer_dataplane_common::flowcache::{FlowKey, REPLACE_EVERY};
+    // The slots are per CPU: every run below on this one.
+    let cpu = peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
+    let ifindex = netns::ifindex(A.port);
+    let key = |sport: u16| FlowKey {
+        ifindex,
+        src: peer_dataplane_common::addr::from_v4(A.ipv4),
+        dst: peer_dataplane_common::addr::from_v4(B.ipv4),
+        sport,
+        dport: 6000,
+        proto: 17,
+        ..FlowKey::ZERO
+    };
+    // Another source port whose decision goes in the same slot as 5001's.
+    let other = (5002..u16::MAX)
+        .find(|&s| key(s).slot() == key(5001).slot())
+        .context("no source port shares 5001's slot")?;
+    let l2 = L2 {
+        src: A.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let run = |sport: u16| -> Result<()> {
+        let p = packets::udp4(l2, A.ipv4, B.ipv4, 64, sport, 6000, b"x");
+        let out = dp.run_on(
+            peer_dataplane_common::program_names::PIPELINE,
+            ifindex,
+            &p,
+            1,
+        )?;
+        ensure!(out.action == peer_dataplane_tests::harness::XDP_REDIRECT);
+        Ok(())
+    };
+    let stats = || json(pin, &["cache", "stats", "-o", "json"]);
+    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
+    let cpu_misses = |s: &Value| s["counters_per_cpu"][cpu]["misses"].as_u64().unwrap();
+    // 5001's decision in this CPU's slot (kept now, or already there).
+    run(5001)?;
+    // New flows elsewhere until the next miss is not one that replaces, so that at
+    // least one is declined.
+    let mut fresh = other + 1;
+    while (cpu_misses(&stats()?) + 1) % REPLACE_EVERY == 0 {
+        if key(fresh).slot() != key(5001).slot() {
+            run(fresh)?;
+        }
+        fresh += 1;
+    }
+    let start = stats()?;
+    let to_turn = REPLACE_EVERY - cpu_misses(&start) % REPLACE_EVERY;
+    let mut runs = 0;
+    while counter(&stats()?, "kept") == counter(&start, "kept") {
+        ensure!(runs < to_turn, "port {other} not kept after {runs} misses");
+        run(other)?;
+        runs += 1;
+    }
+    assert_eq!(
+        runs, to_turn,
+        "kept on miss {runs}, expected on miss {to_turn}"
+    );
+    assert!(runs >= 2);
+    let taken = stats()?;
+    for (name, delta) in [
+        ("misses", runs),
+        ("declined", runs - 1),
+        ("evictions", 1),
+        ("hits", 0),
+    ] {
+        assert_eq!(
+            counter(&taken, name) - counter(&start, name),
+            delta,
+            "{name}: {start} -> {taken}"
+        );
+    }
+    run(other)?;
+    assert_eq!(counter(&stats()?, "hits"), counter(&taken, "hits") + 1);
     Ok(())
 }
 

@@ -470,6 +470,7 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
     assert!(value("pdp_flow_cache_misses_total", &[]).unwrap_or(0.0) >= 2.0);
     assert!(value("pdp_flow_cache_hits_total", &[]).is_some());
     assert!(value("pdp_flow_cache_evictions_total", &[]).is_some());
+    assert!(value("pdp_flow_cache_declined_total", &[]).is_some());
     assert_eq!(value("pdp_flow_cache_enabled", &[]), Some(1.0));
     assert!(value("pdp_flow_cache_epoch", &[]).unwrap_or(0.0) >= 1.0);
     assert_eq!(value("pdp_map_entries", &[("map", "ports")]), Some(3.0));

@@ -206,6 +206,11 @@ fn flow_cache_metrics(r: &Registry, snap: &Snapshot) -> Result<()> {
             "Current flow decisions replaced by another flow's in their slot.",
             f.counters.evictions,
         ),
+        (
+            "pdp_flow_cache_declined_total",
+            "Flow decisions not kept: their slot held another flow's current decision, not due for replacement.",
+            f.counters.declined,
+        ),
     ] {
         counter(r, name, help, &[])?
             .with_label_values(&[])

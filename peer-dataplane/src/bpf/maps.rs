@@ -104,7 +104,8 @@ pub struct FlowCacheStats {
     pub slots_per_cpu: u32,
     /// Slots holding a decision of the current epoch, per CPU.
     pub kept_per_cpu: Vec<usize>,
-    /// Hits, misses, decisions kept and evictions since the maps were made, per CPU.
+    /// Hits, misses, decisions kept, evictions and declined since the maps were made, per
+    /// CPU.
     pub counters_per_cpu: Vec<CacheCounters>,
     /// The same, summed.
     pub counters: CacheCounters,
@@ -117,6 +118,7 @@ pub struct CacheCounters {
     pub misses: u64,
     pub kept: u64,
     pub evictions: u64,
+    pub declined: u64,
 }
 
 impl From<FlowCounters> for CacheCounters {
@@ -126,6 +128,7 @@ impl From<FlowCounters> for CacheCounters {
             misses: c.misses,
             kept: c.kept,
             evictions: c.evictions,
+            declined: c.declined,
         }
     }
 }
