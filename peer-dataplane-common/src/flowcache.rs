@@ -273,4 +273,33 @@ mod tests {
         assert!(!key(1, 2).same(&key(1, 3)));
         assert!(!key(1, 2).same(&key(2, 2)));
     }
+
+    /// A tag moves with the epoch (a decision kept before any change never passes the
+    /// filter of the 255 epochs after it), says which epoch's low byte it was kept in,
+    /// and the flows that share a slot mostly have different tags.
+    #[test]
+    fn tags_follow_the_epoch_and_tell_flows_apart() {
+        let h = key(5001, 20).hash();
+        for epoch in [0u64, 7, 255, 256, 1 << 40] {
+            assert!(tag_in_epoch(tag(h, epoch), epoch));
+            for later in 1..256 {
+                assert_ne!(tag(h, epoch), tag(h, epoch + later), "{epoch} +{later}");
+                assert!(!tag_in_epoch(tag(h, epoch), epoch + later));
+            }
+        }
+        let slot = key(5001, 20).slot();
+        let sharing: Vec<u32> = (0..=u16::MAX)
+            .map(|p| key(p, 20))
+            .filter(|k| k.slot() == slot)
+            .map(|k| k.hash())
+            .collect();
+        assert!(sharing.len() >= 2, "{} keys share the slot", sharing.len());
+        let same_tag = sharing.iter().filter(|&&o| tag(o, 1) == tag(h, 1)).count();
+        // The key itself, and by chance about one in 256 of the others.
+        assert!(
+            same_tag <= 1 + sharing.len() / 64,
+            "{same_tag} of {}",
+            sharing.len()
+        );
+    }
 }
