@@ -8,10 +8,11 @@
 use crate::{
     maps::{ENDPOINTS, HOSTS, OVERLAY_IDS},
     parse::{read, ETH_HLEN},
-    trace, words,
+    trace,
 };
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use peer_dataplane_common::{
+    addr,
     overlay::{
         HostKey, OverlayConfig, OverlayIdKey, GENEVE_FLAG_OAM, GENEVE_LEN, GENEVE_PORT,
         GENEVE_PROTO_ETHERNET, OPTION_CLASS, OPTION_CRITICAL, OPTION_TYPE_PEERING, UDP_LEN,
@@ -65,7 +66,7 @@ pub fn strip<const T: bool>(
     }
 
     // Ours from here on: every way out is a verdict.
-    let src = words::ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
+    let src = addr::from_v4([ip[12], ip[13], ip[14], ip[15]]);
     trace::note::<T>(|r| {
         r.reached |= STAGE_DECAP;
         r.overlay_peer = src;

@@ -118,18 +118,32 @@ fn key(ifindex: u32, p: &Packet) -> Option<&'static FlowKey> {
     let slot = FLOW_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, used by nothing else while this packet runs.
     let k = unsafe { &mut *slot };
+    let ports = (p.sport, p.dport);
+    put_key(k, ifindex, &p.src, &p.dst, ports, p.proto, p.vlan as u8);
+    Some(k)
+}
+
+/// Writes flow key `k` in place: addresses, ports, and protocol with the tag byte and
+/// padding, each moved as whole words (see `words`: the key is hashed right away, and a
+/// plain copy of it would be a call to a byte loop).
+#[inline(always)]
+fn put_key(
+    k: &mut FlowKey,
+    ifindex: u32,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    (sport, dport): (u16, u16),
+    proto: u8,
+    vlan: u8,
+) {
     k.ifindex = ifindex;
-    k.src = words::copy(&p.src);
-    k.dst = words::copy(&p.dst);
+    k.src = words::copy(src);
+    k.dst = words::copy(dst);
     // SAFETY: the fields `words` asserts for these writes.
     unsafe {
-        words::ports(core::ptr::addr_of_mut!(k.sport), p.sport, p.dport);
-        words::bytes(
-            core::ptr::addr_of_mut!(k.proto),
-            [p.proto, p.vlan as u8, 0, 0],
-        );
+        words::ports(core::ptr::addr_of_mut!(k.sport), sport, dport);
+        words::bytes(core::ptr::addr_of_mut!(k.proto), [proto, vlan, 0, 0]);
     }
-    Some(k)
 }
 
 /// For a trace: the flow's key and slot, the epoch and the setting (the CLI reads the
@@ -337,15 +351,16 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
         c.kept += 1;
         c.evictions += evicts as u64;
     });
-    let k = &mut slot.key;
-    k.ifindex = key.ifindex;
-    k.src = words::copy(&key.src);
-    k.dst = words::copy(&key.dst);
-    k.sport = key.sport;
-    k.dport = key.dport;
-    k.proto = key.proto;
-    k.vlan = key.vlan;
-    k._pad = [0; 2];
+    let ports = (key.sport, key.dport);
+    put_key(
+        &mut slot.key,
+        key.ifindex,
+        &key.src,
+        &key.dst,
+        ports,
+        key.proto,
+        key.vlan,
+    );
     let d = &mut slot.entry;
     d.epoch = e.epoch;
     d.cap = x.cap;

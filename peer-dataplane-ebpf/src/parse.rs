@@ -10,7 +10,6 @@
 //! - Fragments: routed on the IP header alone. Only the first fragment carries ports;
 //!   later fragments have none (`ports_known == false`), which policy stages must respect.
 
-use crate::words;
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use peer_dataplane_common::{addr, DropReason};
@@ -168,8 +167,8 @@ fn parse_ipv4(
         l3_off,
         vlan,
         is_v4: true,
-        src: words::ipv4_mapped([h[12], h[13], h[14], h[15]]),
-        dst: words::ipv4_mapped([h[16], h[17], h[18], h[19]]),
+        src: addr::from_v4([h[12], h[13], h[14], h[15]]),
+        dst: addr::from_v4([h[16], h[17], h[18], h[19]]),
         proto: h[9],
         ttl: h[8],
         fragment: more_fragments || frag_offset != 0,

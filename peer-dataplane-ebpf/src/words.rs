@@ -96,17 +96,6 @@ pub fn copy(a: &[u8; 16]) -> [u8; 16] {
     addr(load(a))
 }
 
-/// IPv4 address `v4` in the map encoding (`::ffff:a.b.c.d`), built as words.
-#[inline(always)]
-pub fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    addr([
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-        u32::from_ne_bytes(v4),
-    ])
-}
-
 /// A copy of MAC `m` (2-byte aligned), moved as three 16-bit words.
 #[inline(always)]
 pub fn mac(m: &[u8; 6]) -> [u8; 6] {
