@@ -41,22 +41,46 @@ pub const fn slot_of(hash: u32) -> u32 {
     hash >> (32 - FLOW_SLOT_BITS)
 }
 
-/// A slot's tag: the low byte of the epoch its decision was kept in, then 8 bits of the
-/// hash of its key (bits the slot index does not use). Each CPU keeps its slots' tags in
-/// one 32 KiB array ([`FlowTags`]) that stays in the CPU's caches, so that a miss is
-/// known without reading the slot (usually a cold line of a 1.75 MiB table): a packet
-/// whose tag differs from its slot's has no decision there. Equal tags prove nothing;
-/// the slot is then compared whole (key and 64-bit epoch).
+/// A slot's tag: the low byte of the epoch it was written in, a *seen* bit, then 7 bits
+/// of the hash of the flow it was written for (bits the slot index does not use). Each
+/// CPU keeps its slots' tags in one 32 KiB array ([`FlowTags`]) that stays in the CPU's
+/// caches, so that a miss is known without reading the slot (usually a cold line of a
+/// 1.75 MiB table): a packet whose [`tag`] differs from its slot's has no decision there.
+/// Equal tags prove nothing; the slot is then compared whole (key and 64-bit epoch).
 #[inline(always)]
 pub const fn tag(hash: u32, epoch: u64) -> u16 {
-    ((epoch as u16) << 8) | (hash & 0xff) as u16
+    ((epoch as u16) << 8) | (hash & TAG_HASH as u32) as u16
 }
 
-/// Whether tag `t` was (probably) written in epoch `epoch`: a decision of this epoch may
-/// be in the slot. Probably: the tag keeps only the epoch's low byte.
+/// The hash bits of a tag.
+pub const TAG_HASH: u16 = 0x7f;
+
+/// Set in the tag of a slot where a flow missed for the first time and nothing was kept:
+/// the flow's decision is kept from its next miss on ([`seen`]).
+pub const TAG_SEEN: u16 = 0x80;
+
+/// The tag a flow's first miss leaves in its slot instead of its decision. A flow of one
+/// packet (a scan, a flood of new flows, a DNS query) then never writes a slot, a cold
+/// line; a flow whose next miss finds its hash bits in the slot's tag (seen, or kept in
+/// an earlier epoch) has its decision kept then.
+#[inline(always)]
+pub const fn seen(hash: u32, epoch: u64) -> u16 {
+    tag(hash, epoch) | TAG_SEEN
+}
+
+/// Whether tag `t` was (probably) written in epoch `epoch`: a decision of this epoch, or
+/// a first miss ([`TAG_SEEN`]), may be in the slot. Probably: the tag keeps only the
+/// epoch's low byte.
 #[inline(always)]
 pub const fn tag_in_epoch(t: u16, epoch: u64) -> bool {
     (t >> 8) as u8 == epoch as u8
+}
+
+/// Whether tag `t` was (probably) written for the flow whose hash is `hash`, seen or
+/// kept, in any epoch.
+#[inline(always)]
+pub const fn tag_is_of(t: u16, hash: u32) -> bool {
+    t & TAG_HASH == (hash & TAG_HASH as u32) as u16
 }
 
 /// The tags of one CPU's slots (see [`tag`]).
@@ -131,14 +155,19 @@ pub struct FlowCounters {
     /// Decisions not kept because the slot held another flow's decision of this epoch
     /// and it was not this miss's turn to replace it ([`REPLACE_EVERY`]).
     pub declined: u64,
+    /// Decisions not kept because the miss was the flow's first (its slot's tag showed
+    /// neither it nor another flow's decision of this epoch): only the tag is written
+    /// ([`seen`]), and the decision is kept on the flow's next miss.
+    pub deferred: u64,
 }
-const _: () = assert!(size_of::<FlowCounters>() == 40);
+const _: () = assert!(size_of::<FlowCounters>() == 48);
 
 /// A slot holding another flow's decision of the current epoch is given to a new flow on
 /// every this-many-th miss of the CPU only (the others leave it alone). A flood of new
 /// flows then writes one slot in this many instead of one per packet, and the decisions
 /// it would evict mostly survive it; a flow that meets a taken slot is kept after this
-/// many misses on average. Empty and stale slots are always taken.
+/// many misses on average. Any other slot (empty, stale, or marked by a first miss) is
+/// taken on the flow's second miss ([`seen`]).
 pub const REPLACE_EVERY: u64 = 8;
 
 impl FlowCounters {
@@ -148,6 +177,7 @@ impl FlowCounters {
         self.kept += o.kept;
         self.evictions += o.evictions;
         self.declined += o.declined;
+        self.deferred += o.deferred;
     }
 }
 
@@ -275,16 +305,23 @@ mod tests {
     }
 
     /// A tag moves with the epoch (a decision kept before any change never passes the
-    /// filter of the 255 epochs after it), says which epoch's low byte it was kept in,
-    /// and the flows that share a slot mostly have different tags.
+    /// filter of the 255 epochs after it), says whether a decision of the epoch was kept
+    /// or only its flow seen, and for which flow: the flows that share a slot mostly have
+    /// different tags.
     #[test]
     fn tags_follow_the_epoch_and_tell_flows_apart() {
         let h = key(5001, 20).hash();
         for epoch in [0u64, 7, 255, 256, 1 << 40] {
-            assert!(tag_in_epoch(tag(h, epoch), epoch));
+            assert!(tag_in_epoch(tag(h, epoch), epoch) && tag_in_epoch(seen(h, epoch), epoch));
+            assert_eq!(tag(h, epoch) & TAG_SEEN, 0);
+            assert_ne!(seen(h, epoch), tag(h, epoch));
+            assert!(tag_is_of(tag(h, epoch), h) && tag_is_of(seen(h, epoch), h));
             for later in 1..256 {
                 assert_ne!(tag(h, epoch), tag(h, epoch + later), "{epoch} +{later}");
                 assert!(!tag_in_epoch(tag(h, epoch), epoch + later));
+                assert!(!tag_in_epoch(seen(h, epoch), epoch + later));
+                // A flow seen or kept in an earlier epoch is still known as itself.
+                assert!(tag_is_of(tag(h, epoch), h) && tag_is_of(seen(h, epoch + later), h));
             }
         }
         let slot = key(5001, 20).slot();
@@ -295,11 +332,13 @@ mod tests {
             .collect();
         assert!(sharing.len() >= 2, "{} keys share the slot", sharing.len());
         let same_tag = sharing.iter().filter(|&&o| tag(o, 1) == tag(h, 1)).count();
-        // The key itself, and by chance about one in 256 of the others.
-        assert!(
-            same_tag <= 1 + sharing.len() / 64,
-            "{same_tag} of {}",
-            sharing.len()
-        );
+        let known = sharing
+            .iter()
+            .filter(|&&o| tag_is_of(seen(h, 1), o))
+            .count();
+        // The key itself, and by chance about one in 128 of the others.
+        for n in [same_tag, known] {
+            assert!(n <= 1 + sharing.len() / 32, "{n} of {}", sharing.len());
+        }
     }
 }

@@ -125,7 +125,8 @@ registry! {
     /// Slot 0: the epoch of the installed state, moved on by the agent after each change.
     /// Slot 1: non-zero turns kept decisions off (every packet runs the whole pipeline).
     EPOCH = "pdp_epoch": Array<u32, u64>[2] flags 0;
-    /// What the flow cache did, per CPU: hits, misses, decisions kept, evictions, declined.
+    /// What the flow cache did, per CPU: hits, misses, decisions kept, evictions, declined,
+    /// deferred.
     FLOW_STATS = "pdp_flow_stats": PerCpuArray<u32, FlowCounters>[1] flags 0;
     /// Bandwidth-cap buckets (GCRA theoretical arrival time, ns) per peering and direction.
     CAP_STATE = "pdp_cap_state": Array<u32, u64>[MAX_PEERINGS * 2] flags 0;

@@ -3,7 +3,8 @@
 //! decision of the current epoch goes straight to what the decision needs per packet:
 //! its conntrack entry (a tracked flow), the TTL, the redirect, the cap and the rewrite,
 //! in the pipeline's order. Anything else runs the whole pipeline, and a forwarded
-//! packet leaves its decision behind for the next.
+//! packet leaves its decision behind for the next, from the flow's second miss on (the
+//! first only marks the flow seen: see [`keep`]).
 
 use crate::{
     cap, clock,
@@ -19,8 +20,8 @@ use crate::{
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
     flowcache::{
-        slot_of, tag, tag_in_epoch, FlowCounters, FlowEntry, FlowKey, FlowSlot, FLOW_REPLY,
-        FLOW_SLOTS, FLOW_TRACKED, NO_HIT, REPLACE_EVERY,
+        seen, slot_of, tag, tag_in_epoch, tag_is_of, FlowCounters, FlowEntry, FlowKey, FlowSlot,
+        FLOW_REPLY, FLOW_SLOTS, FLOW_TRACKED, NO_HIT, REPLACE_EVERY, TAG_SEEN,
     },
     trace::NO_FLOW_SLOT,
     DropReason, Endpoint,
@@ -309,7 +310,8 @@ fn deliver(ctx: &XdpContext, p: &Packet, e: &FlowEntry, ctr: u32) -> Result<Outc
 }
 
 /// Keeps the decision the pipeline made for this packet's flow (keyed by [`forward`]),
-/// if its decisions are kept at all: delivered to local endpoint `ep` over crossing `x` from
+/// if its decisions are kept at all and this is not the flow's first miss (then its
+/// slot's tag only marks it seen; `peer_dataplane_common::flowcache::seen`): delivered to local endpoint `ep` over crossing `x` from
 /// VPC `src_vpc`, in the epoch and with the groups' verdict the slot holds.
 #[inline(always)]
 pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
@@ -322,24 +324,41 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     if e.flags & (NOT_KEPT | OFF | KEYED) != KEYED {
         return;
     }
-    let Some(key) = FLOW_SCRATCH.get(0) else {
-        return;
-    };
     let hash = e.ifindex;
     let index = slot_of(hash);
     let Some(t) = slot_tag(index) else {
         return;
     };
-    // The slot holds (by its tag, probably) another flow's decision of this epoch: it
-    // is taken on every REPLACE_EVERY-th miss of this CPU only. The others return
-    // before touching the slot, a cold line under a flood of new flows.
-    if tag_in_epoch(*t, e.epoch) {
+    let was = *t;
+    let mine = tag_is_of(was, hash);
+    let seen_only = was & TAG_SEEN != 0;
+    if tag_in_epoch(was, e.epoch) && !(mine && seen_only) {
+        // The slot holds (by its tag, probably) another flow's decision or first miss of
+        // this epoch: it is taken on every REPLACE_EVERY-th miss of this CPU only. The
+        // others return before touching it, so a flood of new flows leaves the decisions
+        // it meets in place.
         let misses = FLOW_STATS.get(0).map(|c| c.misses).unwrap_or(0);
         if misses % REPLACE_EVERY != 0 {
             count(|c| c.declined += 1);
             return;
         }
+        if seen_only {
+            // Another flow's first miss: this one's replaces it.
+            *t = seen(hash, e.epoch);
+            count(|c| c.deferred += 1);
+            return;
+        }
+    } else if !mine {
+        // The flow's first miss, as far as the slot knows (empty, or another flow's in
+        // an earlier epoch): its tag says so, and the decision is kept on its next miss.
+        // A flow of one packet never writes a slot, a cold line.
+        *t = seen(hash, e.epoch);
+        count(|c| c.deferred += 1);
+        return;
     }
+    let Some(key) = FLOW_SCRATCH.get(0) else {
+        return;
+    };
     let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         return;
     };

@@ -162,7 +162,14 @@ fn trace_explains_each_outcome_and_changes_nothing() -> Result<()> {
         },
         dp.installed.mirror.ports.get(&netns::ifindex(A.port)),
     )?;
-    let out = dp.run(netns::ifindex(A.port), &frame)?;
+    // Twice, in one BPF_PROG_RUN (one CPU): the first packet marks the flow seen, the
+    // second keeps its decision.
+    let out = dp.run_on(
+        peer_dataplane_common::program_names::PIPELINE,
+        netns::ifindex(A.port),
+        &frame,
+        2,
+    )?;
     assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
     assert_eq!(dp.installed.maps.conntrack_entries()?.len(), 1);
     // It kept its flow's decision, which a trace of the flow now shows; once the epoch

@@ -208,8 +208,13 @@ fn flow_cache_metrics(r: &Registry, snap: &Snapshot) -> Result<()> {
         ),
         (
             "pdp_flow_cache_declined_total",
-            "Flow decisions not kept: their slot held another flow's current decision, not due for replacement.",
+            "Flow decisions not kept: their slot held another flow's current decision or first miss, not due for replacement.",
             f.counters.declined,
+        ),
+        (
+            "pdp_flow_cache_deferred_total",
+            "Flow decisions not kept because the miss was the flow's first: kept on its next miss.",
+            f.counters.deferred,
         ),
     ] {
         counter(r, name, help, &[])?

@@ -104,8 +104,8 @@ pub struct FlowCacheStats {
     pub slots_per_cpu: u32,
     /// Slots holding a decision of the current epoch, per CPU.
     pub kept_per_cpu: Vec<usize>,
-    /// Hits, misses, decisions kept, evictions and declined since the maps were made, per
-    /// CPU.
+    /// Hits, misses, decisions kept, evictions, declined and deferred since the maps were
+    /// made, per CPU.
     pub counters_per_cpu: Vec<CacheCounters>,
     /// The same, summed.
     pub counters: CacheCounters,
@@ -119,6 +119,7 @@ pub struct CacheCounters {
     pub kept: u64,
     pub evictions: u64,
     pub declined: u64,
+    pub deferred: u64,
 }
 
 impl From<FlowCounters> for CacheCounters {
@@ -129,6 +130,7 @@ impl From<FlowCounters> for CacheCounters {
             kept: c.kept,
             evictions: c.evictions,
             declined: c.declined,
+            deferred: c.deferred,
         }
     }
 }

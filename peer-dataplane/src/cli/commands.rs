@@ -111,19 +111,20 @@ pub fn cache_stats(pin_dir: &Path, output: Output) -> Result<()> {
             }
         };
         out.push_str(&format!(
-            "hits {}  misses {}  hit ratio {}  kept {}  evictions {}  declined {}\n",
+            "hits {}  misses {}  hit ratio {}  kept {}  evictions {}  declined {}  deferred {}\n",
             c.hits,
             c.misses,
             ratio(c.hits, c.misses),
             c.kept,
             c.evictions,
-            c.declined
+            c.declined,
+            c.deferred
         ));
         for (cpu, n) in s.kept_per_cpu.iter().enumerate() {
             let c = s.counters_per_cpu.get(cpu).copied().unwrap_or_default();
             out.push_str(&format!(
-                "  cpu {cpu}: {n} decisions of this epoch; hits {} misses {} evictions {} declined {}\n",
-                c.hits, c.misses, c.evictions, c.declined
+                "  cpu {cpu}: {n} decisions of this epoch; hits {} misses {} evictions {} declined {} deferred {}\n",
+                c.hits, c.misses, c.evictions, c.declined, c.deferred
             ));
         }
         out
