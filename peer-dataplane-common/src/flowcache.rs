@@ -150,7 +150,9 @@ pub struct FlowCounters {
     pub misses: u64,
     /// Decisions kept (forwarded packets that ran the whole pipeline and took their slot).
     pub kept: u64,
-    /// Decisions of the current epoch a newer flow's decision replaced in their slot.
+    /// Decisions of the current epoch a newer flow's decision replaced in their slot, as
+    /// the slot's tag tells (its epoch's low byte, another flow's hash bits: the slot
+    /// itself is not read for it).
     pub evictions: u64,
     /// Decisions not kept because the slot held another flow's decision of this epoch
     /// and it was not this miss's turn to replace it ([`REPLACE_EVERY`]).

@@ -364,8 +364,11 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     };
     // SAFETY: this CPU's slot (see `decided`).
     let slot = unsafe { &mut *slot };
-    // Whatever flow held the slot gives it up: a direct-mapped table keeps the last.
-    let evicts = slot.holds_current(e.epoch) && !slot.key.same(key);
+    // Whatever flow held the slot gives it up: a direct-mapped table keeps the last. An
+    // eviction is told by the tag (a decision of this epoch, another flow's hash bits),
+    // not by reading the slot: a load that misses the CPU's caches stalls the packet,
+    // where the stores below do not.
+    let evicts = tag_in_epoch(was, e.epoch) && !seen_only && !mine;
     count(|c| {
         c.kept += 1;
         c.evictions += evicts as u64;

@@ -277,7 +277,7 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
 /// next miss that is a multiple of REPLACE_EVERY, every earlier miss declined; then its
 /// own packets hit.
 fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
-    use peer_dataplane_common::flowcache::{FlowKey, REPLACE_EVERY};
+    use peer_dataplane_common::flowcache::{tag, tag_is_of, FlowKey, REPLACE_EVERY};
     // The slots are per CPU: every run below on this one.
     let cpu = peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
     let ifindex = netns::ifindex(A.port);
@@ -290,9 +290,12 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
         proto: 17,
         ..FlowKey::ZERO
     };
-    // Another source port whose decision goes in the same slot as 5001's.
+    // Another source port whose decision goes in the same slot as 5001's, and whose tag
+    // tells it apart (an eviction is counted by the tags).
     let other = (5002..u16::MAX)
-        .find(|&s| key(s).slot() == key(5001).slot())
+        .find(|&s| {
+            key(s).slot() == key(5001).slot() && !tag_is_of(tag(key(5001).hash(), 0), key(s).hash())
+        })
         .context("no source port shares 5001's slot")?;
     let l2 = L2 {
         src: A.mac,
