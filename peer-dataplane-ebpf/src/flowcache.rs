@@ -311,8 +311,9 @@ fn deliver(ctx: &XdpContext, p: &Packet, e: &FlowEntry, ctr: u32) -> Result<Outc
 
 /// Keeps the decision the pipeline made for this packet's flow (keyed by [`forward`]),
 /// if its decisions are kept at all and this is not the flow's first miss (then its
-/// slot's tag only marks it seen; `peer_dataplane_common::flowcache::seen`): delivered to local endpoint `ep` over crossing `x` from
-/// VPC `src_vpc`, in the epoch and with the groups' verdict the slot holds.
+/// slot's tag only marks it seen: `peer_dataplane_common::flowcache::seen`): delivered
+/// to local endpoint `ep` over crossing `x` from VPC `src_vpc`, in the epoch and with the
+/// groups' verdict the slot holds.
 #[inline(always)]
 pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     let Some(slot) = ENTRY_SCRATCH.get_ptr_mut(0) else {
