@@ -243,7 +243,7 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     assert_eq!(per_cpu_hits, counter(&after, "hits"));
     let text = String::from_utf8(cli(pin, &["cache", "stats"])?.stdout)?;
     assert!(text.contains("hit ratio"), "{text}");
-    a_taken_slot_is_replaced_in_turn(dp, pin)?;
+    let used = a_taken_slot_is_replaced_in_turn(dp, pin)?;
     let kept = |s: &serde_json::Value| -> u64 {
         s["kept_per_cpu"]
             .as_array()
@@ -270,26 +270,49 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     assert_eq!(off["epoch"].as_u64().unwrap(), epoch + 2, "{off}");
     assert!(cli(pin, &["cache", "on"])?.status.success());
     assert_eq!(stats(pin)?["on"], true);
+    one_packet_flows_keep_nothing(dp, pin, &used)
+}
+
+/// The key of the UDP flow from A to B's port 6000 from source port `sport`.
+fn a_to_b_key(sport: u16) -> peer_dataplane_common::flowcache::FlowKey {
+    peer_dataplane_common::flowcache::FlowKey {
+        ifindex: netns::ifindex(A.port),
+        src: peer_dataplane_common::addr::from_v4(A.ipv4),
+        dst: peer_dataplane_common::addr::from_v4(B.ipv4),
+        sport,
+        dport: 6000,
+        proto: 17,
+        ..peer_dataplane_common::flowcache::FlowKey::ZERO
+    }
+}
+
+/// One packet of that flow through the pipeline (one run, on this CPU), forwarded.
+fn run_a_to_b(dp: &TestDataplane, sport: u16) -> Result<()> {
+    let l2 = L2 {
+        src: A.mac,
+        dst: ROUTER_MAC,
+        vlan: None,
+    };
+    let p = packets::udp4(l2, A.ipv4, B.ipv4, 64, sport, 6000, b"x");
+    let out = dp.run_on(
+        peer_dataplane_common::program_names::PIPELINE,
+        netns::ifindex(A.port),
+        &p,
+        1,
+    )?;
+    ensure!(out.action == peer_dataplane_tests::harness::XDP_REDIRECT);
     Ok(())
 }
 
 /// A flow whose slot holds another flow's decision of this epoch takes it on this CPU's
 /// next miss that is a multiple of REPLACE_EVERY, every earlier miss declined; then its
 /// own packets hit.
-fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
-    use peer_dataplane_common::flowcache::{tag, tag_is_of, FlowKey, REPLACE_EVERY};
+/// Returns the source ports it ran.
+fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -> Result<Vec<u16>> {
+    use peer_dataplane_common::flowcache::{tag, tag_is_of, REPLACE_EVERY};
     // The slots are per CPU: every run below on this one.
     let cpu = peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
-    let ifindex = netns::ifindex(A.port);
-    let key = |sport: u16| FlowKey {
-        ifindex,
-        src: peer_dataplane_common::addr::from_v4(A.ipv4),
-        dst: peer_dataplane_common::addr::from_v4(B.ipv4),
-        sport,
-        dport: 6000,
-        proto: 17,
-        ..FlowKey::ZERO
-    };
+    let key = a_to_b_key;
     // Another source port whose decision goes in the same slot as 5001's, and whose tag
     // tells it apart (an eviction is counted by the tags).
     let other = (5002..u16::MAX)
@@ -297,22 +320,7 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
             key(s).slot() == key(5001).slot() && !tag_is_of(tag(key(5001).hash(), 0), key(s).hash())
         })
         .context("no source port shares 5001's slot")?;
-    let l2 = L2 {
-        src: A.mac,
-        dst: ROUTER_MAC,
-        vlan: None,
-    };
-    let run = |sport: u16| -> Result<()> {
-        let p = packets::udp4(l2, A.ipv4, B.ipv4, 64, sport, 6000, b"x");
-        let out = dp.run_on(
-            peer_dataplane_common::program_names::PIPELINE,
-            ifindex,
-            &p,
-            1,
-        )?;
-        ensure!(out.action == peer_dataplane_tests::harness::XDP_REDIRECT);
-        Ok(())
-    };
+    let run = |sport: u16| run_a_to_b(dp, sport);
     let stats = || json(pin, &["cache", "stats", "-o", "json"]);
     let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
     let cpu_misses = |s: &Value| s["counters_per_cpu"][cpu]["misses"].as_u64().unwrap();
@@ -367,6 +375,66 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
     }
     run(other)?;
     assert_eq!(counter(&stats()?, "hits"), counter(&taken, "hits") + 1);
+    let mut used = vec![5000, 5001, other];
+    used.extend(other + 1..fresh);
+    Ok(used)
+}
+
+/// Flows of one packet each, in slots no earlier flow of this test used: every miss is
+/// deferred (its tag marked seen), no decision is kept, no slot written.
+fn one_packet_flows_keep_nothing(
+    dp: &TestDataplane,
+    pin: &std::path::Path,
+    used: &[u16],
+) -> Result<()> {
+    use peer_dataplane_common::flowcache::{tag_is_of, FLOW_SLOTS};
+    let stats = || json(pin, &["cache", "stats", "-o", "json"]);
+    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
+    let cpu = peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
+    // An untouched slot's tag is 0: the epoch's low byte 0 (never current while the
+    // epoch's is not) and hash bits 0 (flows with those are left out).
+    if stats()?["epoch"].as_u64().unwrap() % 256 == 0 {
+        ensure!(cli(pin, &["cache", "flush"])?.status.success());
+    }
+    let mut taken: std::collections::HashSet<u32> =
+        used.iter().map(|&s| a_to_b_key(s).slot()).collect();
+    let ports: Vec<u16> = (30_000..u16::MAX)
+        .filter(|&s| {
+            let k = a_to_b_key(s);
+            !tag_is_of(0, k.hash()) && taken.insert(k.slot())
+        })
+        .take(64)
+        .collect();
+    ensure!(ports.len() == 64 && taken.len() < FLOW_SLOTS as usize);
+    let start = stats()?;
+    for &s in &ports {
+        run_a_to_b(dp, s)?;
+    }
+    let end = stats()?;
+    let n = ports.len() as u64;
+    for (name, delta) in [
+        ("misses", n),
+        ("deferred", n),
+        ("kept", 0),
+        ("declined", 0),
+        ("hits", 0),
+    ] {
+        assert_eq!(
+            counter(&end, name) - counter(&start, name),
+            delta,
+            "{name}: {start} -> {end}"
+        );
+    }
+    assert_eq!(
+        end["counters_per_cpu"][cpu]["deferred"].as_u64().unwrap()
+            - start["counters_per_cpu"][cpu]["deferred"].as_u64().unwrap(),
+        n
+    );
+    // Each flow's second packet keeps its decision.
+    for &s in &ports[..8] {
+        run_a_to_b(dp, s)?;
+    }
+    assert_eq!(counter(&stats()?, "kept") - counter(&end, "kept"), 8);
     Ok(())
 }
 
