@@ -154,8 +154,8 @@ pub struct FlowCounters {
     /// the slot's tag tells (its epoch's low byte, another flow's hash bits: the slot
     /// itself is not read for it).
     pub evictions: u64,
-    /// Decisions not kept because the slot held another flow's decision of this epoch
-    /// and it was not this miss's turn to replace it ([`REPLACE_EVERY`]).
+    /// Decisions not kept because the slot held another flow's decision or first miss of
+    /// this epoch and it was not this miss's turn to replace it ([`REPLACE_EVERY`]).
     pub declined: u64,
     /// Decisions not kept because the miss was the flow's first (its slot's tag showed
     /// neither it nor another flow's decision of this epoch): only the tag is written

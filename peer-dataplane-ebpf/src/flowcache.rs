@@ -331,9 +331,10 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
         return;
     };
     let was = *t;
+    let current = tag_in_epoch(was, e.epoch);
     let mine = tag_is_of(was, hash);
     let seen_only = was & TAG_SEEN != 0;
-    if tag_in_epoch(was, e.epoch) && !(mine && seen_only) {
+    if current && !(mine && seen_only) {
         // The slot holds (by its tag, probably) another flow's decision or first miss of
         // this epoch: it is taken on every REPLACE_EVERY-th miss of this CPU only. The
         // others return before touching it, so a flood of new flows leaves the decisions
@@ -369,7 +370,7 @@ pub fn keep(x: &Crossing, ep: &Endpoint, src_vpc: u32) {
     // eviction is told by the tag (a decision of this epoch, another flow's hash bits),
     // not by reading the slot: a load that misses the CPU's caches stalls the packet,
     // where the stores below do not.
-    let evicts = tag_in_epoch(was, e.epoch) && !seen_only && !mine;
+    let evicts = current && !seen_only && !mine;
     count(|c| {
         c.kept += 1;
         c.evictions += evicts as u64;

@@ -90,8 +90,8 @@ pub static EPOCH: Array<u64> = pinned!(Array, EPOCH);
 pub static FLOW_STATS: PerCpuArray<FlowCounters> = pinned!(PerCpuArray, FLOW_STATS);
 
 /// Per-CPU tags of the flow-decision slots (`peer_dataplane_common::flowcache::tag`).
-/// Not pinned: a program loaded anew starts with no tag matching, so its first packet
-/// of each flow reads and keeps the slot again.
+/// Not pinned: a program loaded anew starts with no tag matching, so each flow misses
+/// and has its decision kept again (on its second miss, as a new flow).
 #[map]
 pub static FLOW_TAGS: PerCpuArray<FlowTags> = PerCpuArray::with_max_entries(1, 0);
 

@@ -200,47 +200,31 @@ fn acl_verbs(pin: &std::path::Path) -> Result<()> {
 /// `cache stats|flush|off|on`: the epoch moves on with each, and no decision of the new
 /// epoch is left.
 fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
-    let stats = |pin| json(pin, &["cache", "stats", "-o", "json"]);
-    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
     // Three runs of a new flow A -> B in one BPF_PROG_RUN (one CPU): the first runs the
     // whole pipeline and only marks the flow seen, the second runs it again and keeps
     // its decision, the third is forwarded by it.
-    let start = stats(pin)?;
-    let l2 = L2 {
-        src: A.mac,
-        dst: ROUTER_MAC,
-        vlan: None,
-    };
-    let p = packets::udp4(l2, A.ipv4, B.ipv4, 64, 5001, 6000, b"x");
-    let out = dp.run_on(
-        peer_dataplane_common::program_names::PIPELINE,
-        netns::ifindex(A.port),
-        &p,
-        3,
-    )?;
-    assert_eq!(out.action, peer_dataplane_tests::harness::XDP_REDIRECT);
-    let after = stats(pin)?;
-    for (name, delta) in [
-        ("misses", 2),
-        ("deferred", 1),
-        ("kept", 1),
-        ("hits", 1),
-        ("evictions", 0),
-        ("declined", 0),
-    ] {
-        assert_eq!(
-            counter(&after, name) - counter(&start, name),
-            delta,
-            "{name}: {start} -> {after}"
-        );
-    }
+    let start = cache_stats(pin)?;
+    run_a_to_b(dp, 5001, 3)?;
+    let after = cache_stats(pin)?;
+    assert_cache_deltas(
+        &start,
+        &after,
+        &[
+            ("misses", 2),
+            ("deferred", 1),
+            ("kept", 1),
+            ("hits", 1),
+            ("evictions", 0),
+            ("declined", 0),
+        ],
+    );
     let per_cpu_hits: u64 = after["counters_per_cpu"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["hits"].as_u64().unwrap())
         .sum();
-    assert_eq!(per_cpu_hits, counter(&after, "hits"));
+    assert_eq!(per_cpu_hits, cache_counter(&after, "hits"));
     let text = String::from_utf8(cli(pin, &["cache", "stats"])?.stdout)?;
     assert!(text.contains("hit ratio"), "{text}");
     let used = a_taken_slot_is_replaced_in_turn(dp, pin)?;
@@ -252,7 +236,7 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
             .map(|n| n.as_u64().unwrap())
             .sum()
     };
-    let before = stats(pin)?;
+    let before = cache_stats(pin)?;
     assert_eq!(before["on"], true, "{before}");
     assert_eq!(
         before["kept_per_cpu"].as_array().unwrap().len(),
@@ -261,15 +245,15 @@ fn cache_verbs(dp: &TestDataplane, pin: &std::path::Path) -> Result<()> {
     let epoch = before["epoch"].as_u64().unwrap();
     let out = cli(pin, &["cache", "flush"])?;
     assert!(out.status.success());
-    let flushed = stats(pin)?;
+    let flushed = cache_stats(pin)?;
     assert_eq!(flushed["epoch"].as_u64().unwrap(), epoch + 1, "{flushed}");
     assert_eq!(kept(&flushed), 0, "{flushed}");
     assert!(cli(pin, &["cache", "off"])?.status.success());
-    let off = stats(pin)?;
+    let off = cache_stats(pin)?;
     assert_eq!(off["on"], false, "{off}");
     assert_eq!(off["epoch"].as_u64().unwrap(), epoch + 2, "{off}");
     assert!(cli(pin, &["cache", "on"])?.status.success());
-    assert_eq!(stats(pin)?["on"], true);
+    assert_eq!(cache_stats(pin)?["on"], true);
     one_packet_flows_keep_nothing(dp, pin, &used)
 }
 
@@ -286,8 +270,9 @@ fn a_to_b_key(sport: u16) -> peer_dataplane_common::flowcache::FlowKey {
     }
 }
 
-/// One packet of that flow through the pipeline (one run, on this CPU), forwarded.
-fn run_a_to_b(dp: &TestDataplane, sport: u16) -> Result<()> {
+/// `runs` packets of that flow through the pipeline in one BPF_PROG_RUN (on this CPU),
+/// forwarded.
+fn run_a_to_b(dp: &TestDataplane, sport: u16, runs: u32) -> Result<()> {
     let l2 = L2 {
         src: A.mac,
         dst: ROUTER_MAC,
@@ -298,16 +283,36 @@ fn run_a_to_b(dp: &TestDataplane, sport: u16) -> Result<()> {
         peer_dataplane_common::program_names::PIPELINE,
         netns::ifindex(A.port),
         &p,
-        1,
+        runs,
     )?;
     ensure!(out.action == peer_dataplane_tests::harness::XDP_REDIRECT);
     Ok(())
 }
 
+/// `cache stats -o json`.
+fn cache_stats(pin: &Path) -> Result<Value> {
+    json(pin, &["cache", "stats", "-o", "json"])
+}
+
+/// A counter of `cache stats -o json`, summed over the CPUs.
+fn cache_counter(s: &Value, name: &str) -> u64 {
+    s["counters"][name].as_u64().unwrap()
+}
+
+/// Asserts how far each named counter moved from `start` to `end`.
+fn assert_cache_deltas(start: &Value, end: &Value, deltas: &[(&str, u64)]) {
+    for &(name, delta) in deltas {
+        assert_eq!(
+            cache_counter(end, name) - cache_counter(start, name),
+            delta,
+            "{name}: {start} -> {end}"
+        );
+    }
+}
+
 /// A flow whose slot holds another flow's decision of this epoch takes it on this CPU's
 /// next miss that is a multiple of REPLACE_EVERY, every earlier miss declined; then its
-/// own packets hit.
-/// Returns the source ports it ran.
+/// own packets hit. Returns the source ports it ran.
 fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -> Result<Vec<u16>> {
     use peer_dataplane_common::flowcache::{tag, tag_is_of, REPLACE_EVERY};
     // The slots are per CPU: every run below on this one.
@@ -320,9 +325,8 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
             key(s).slot() == key(5001).slot() && !tag_is_of(tag(key(5001).hash(), 0), key(s).hash())
         })
         .context("no source port shares 5001's slot")?;
-    let run = |sport: u16| run_a_to_b(dp, sport);
-    let stats = || json(pin, &["cache", "stats", "-o", "json"]);
-    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
+    let run = |sport: u16| run_a_to_b(dp, sport, 1);
+    let stats = || cache_stats(pin);
     let cpu_misses = |s: &Value| s["counters_per_cpu"][cpu]["misses"].as_u64().unwrap();
     // 5001's decision in this CPU's slot: kept on its first or second miss here (or
     // already there), shown by a hit.
@@ -349,7 +353,7 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
     let start = stats()?;
     let to_turn = REPLACE_EVERY - cpu_misses(&start) % REPLACE_EVERY;
     let mut runs = 0;
-    while counter(&stats()?, "kept") == counter(&start, "kept") {
+    while cache_counter(&stats()?, "kept") == cache_counter(&start, "kept") {
         ensure!(runs < to_turn, "port {other} not kept after {runs} misses");
         run(other)?;
         runs += 1;
@@ -360,21 +364,22 @@ fn a_taken_slot_is_replaced_in_turn(dp: &TestDataplane, pin: &std::path::Path) -
     );
     assert!(runs >= 2);
     let taken = stats()?;
-    for (name, delta) in [
-        ("misses", runs),
-        ("declined", runs - 1),
-        ("deferred", 0),
-        ("evictions", 1),
-        ("hits", 0),
-    ] {
-        assert_eq!(
-            counter(&taken, name) - counter(&start, name),
-            delta,
-            "{name}: {start} -> {taken}"
-        );
-    }
+    assert_cache_deltas(
+        &start,
+        &taken,
+        &[
+            ("misses", runs),
+            ("declined", runs - 1),
+            ("deferred", 0),
+            ("evictions", 1),
+            ("hits", 0),
+        ],
+    );
     run(other)?;
-    assert_eq!(counter(&stats()?, "hits"), counter(&taken, "hits") + 1);
+    assert_eq!(
+        cache_counter(&stats()?, "hits"),
+        cache_counter(&taken, "hits") + 1
+    );
     let mut used = vec![5000, 5001, other];
     used.extend(other + 1..fresh);
     Ok(used)
@@ -388,8 +393,7 @@ fn one_packet_flows_keep_nothing(
     used: &[u16],
 ) -> Result<()> {
     use peer_dataplane_common::flowcache::{tag_is_of, FLOW_SLOTS};
-    let stats = || json(pin, &["cache", "stats", "-o", "json"]);
-    let counter = |s: &Value, name: &str| s["counters"][name].as_u64().unwrap();
+    let stats = || cache_stats(pin);
     let cpu = peer_dataplane::bpf::progrun::stay_on_this_cpu()?;
     // An untouched slot's tag is 0: the epoch's low byte 0 (never current while the
     // epoch's is not) and hash bits 0 (flows with those are left out).
@@ -408,23 +412,21 @@ fn one_packet_flows_keep_nothing(
     ensure!(ports.len() == 64 && taken.len() < FLOW_SLOTS as usize);
     let start = stats()?;
     for &s in &ports {
-        run_a_to_b(dp, s)?;
+        run_a_to_b(dp, s, 1)?;
     }
     let end = stats()?;
     let n = ports.len() as u64;
-    for (name, delta) in [
-        ("misses", n),
-        ("deferred", n),
-        ("kept", 0),
-        ("declined", 0),
-        ("hits", 0),
-    ] {
-        assert_eq!(
-            counter(&end, name) - counter(&start, name),
-            delta,
-            "{name}: {start} -> {end}"
-        );
-    }
+    assert_cache_deltas(
+        &start,
+        &end,
+        &[
+            ("misses", n),
+            ("deferred", n),
+            ("kept", 0),
+            ("declined", 0),
+            ("hits", 0),
+        ],
+    );
     assert_eq!(
         end["counters_per_cpu"][cpu]["deferred"].as_u64().unwrap()
             - start["counters_per_cpu"][cpu]["deferred"].as_u64().unwrap(),
@@ -432,9 +434,12 @@ fn one_packet_flows_keep_nothing(
     );
     // Each flow's second packet keeps its decision.
     for &s in &ports[..8] {
-        run_a_to_b(dp, s)?;
+        run_a_to_b(dp, s, 1)?;
     }
-    assert_eq!(counter(&stats()?, "kept") - counter(&end, "kept"), 8);
+    assert_eq!(
+        cache_counter(&stats()?, "kept") - cache_counter(&end, "kept"),
+        8
+    );
     Ok(())
 }
 

@@ -528,8 +528,8 @@ fn sg_rows(
     if tracked < singles {
         bail!("{singles} new flows left {tracked} conntrack entries: not every run was a miss");
     }
-    // The same without kept decisions: what looking a flow up and keeping its decision
-    // adds to its first packet.
+    // The same without kept decisions: what looking a flow up and marking it seen adds
+    // to its first packet.
     dp.installed.maps.set_flow_cache(false)?;
     let miss_uncached = single_runs(dp, a_if, singles, false, |i| {
         packets::udp4(l2, A.ipv4, B.ipv4, 255, 1024 + i as u16, 7000, &[0u8; 18])
