@@ -465,17 +465,24 @@ fn metrics_endpoint_is_valid_prometheus_text() -> Result<()> {
         value("pdp_drops_total", &[("reason", "no-route")]).unwrap_or(0.0) >= 1.0,
         "{body}"
     );
-    // Each ping direction's second packet on a CPU ran the whole pipeline again and left
-    // its decision; the first only marked the flow seen.
+    // Each ping direction left its decision on a CPU that saw two of its packets: kept
+    // on the second miss, or on the first when the slot's tag already carried the flow's
+    // hash bits (ping's random echo id makes that 1 in 128, so how many first misses
+    // were deferred is not fixed; cli_live counts those on flows it chooses).
     assert!(
         value("pdp_flow_cache_kept_total", &[]).unwrap_or(0.0) >= 2.0,
         "{body}"
     );
-    assert!(value("pdp_flow_cache_misses_total", &[]).unwrap_or(0.0) >= 4.0);
-    assert!(value("pdp_flow_cache_deferred_total", &[]).unwrap_or(0.0) >= 2.0);
+    let misses = value("pdp_flow_cache_misses_total", &[]).unwrap_or(0.0);
+    assert!(misses >= 2.0, "{body}");
+    // A miss keeps, defers or declines a decision at most once.
+    let outcomes: f64 = ["kept", "deferred", "declined"]
+        .iter()
+        .map(|c| value(&format!("pdp_flow_cache_{c}_total"), &[]).unwrap_or(f64::NAN))
+        .sum();
+    assert!(outcomes <= misses, "{body}");
     assert!(value("pdp_flow_cache_hits_total", &[]).is_some());
     assert!(value("pdp_flow_cache_evictions_total", &[]).is_some());
-    assert!(value("pdp_flow_cache_declined_total", &[]).is_some());
     assert_eq!(value("pdp_flow_cache_enabled", &[]), Some(1.0));
     assert!(value("pdp_flow_cache_epoch", &[]).unwrap_or(0.0) >= 1.0);
     assert_eq!(value("pdp_map_entries", &[("map", "ports")]), Some(3.0));
