@@ -127,8 +127,39 @@ pub fn veth(
     b: &str,
     mac_b: Option<&str>,
 ) -> Result<()> {
+    veth_queues(ns_a, a, mac_a, ns_b, b, mac_b, 1)
+}
+
+/// [`veth`] with `queues` TX and RX queues on both ends (one generator thread each).
+pub fn veth_queues(
+    ns_a: &Netns,
+    a: &str,
+    mac_a: Option<&str>,
+    ns_b: &Netns,
+    b: &str,
+    mac_b: Option<&str>,
+    queues: u32,
+) -> Result<()> {
+    let q = queues.to_string();
     ns_a.ip(&[
-        "link", "add", a, "type", "veth", "peer", "name", b, "netns", &ns_b.name,
+        "link",
+        "add",
+        a,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        &ns_b.name,
     ])?;
     if let Some(m) = mac_a {
         ns_a.ip(&["link", "set", a, "address", m])?;

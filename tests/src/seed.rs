@@ -89,15 +89,21 @@ pub fn v6_str(a: &[u8; 16]) -> String {
 /// One namespace holding the seed's port interfaces (each a veth whose peer stays in the
 /// same namespace): enough for BPF_PROG_RUN, which needs real ifindexes.
 pub fn ports_only(ns_name: &str) -> Result<Netns> {
+    ports_only_queues(ns_name, 1)
+}
+
+/// [`ports_only`] with `queues` queues on every veth (multi-threaded generators).
+pub fn ports_only_queues(ns_name: &str, queues: u32) -> Result<Netns> {
     let ns = Netns::create(ns_name)?;
     for i in INSTANCES {
-        veth(
+        crate::netns::veth_queues(
             &ns,
             i.port,
             None,
             &ns,
             &format!("{}-peer", i.port),
             Some(&mac_str(&i.mac)),
+            queues,
         )?;
     }
     Ok(ns)

@@ -5,6 +5,7 @@ pub mod ifindex;
 pub mod links;
 pub mod maps;
 pub mod pins;
+pub mod probe;
 pub mod progrun;
 
 pub use ifindex::KernelIfindex;

@@ -237,17 +237,31 @@ pub struct LoadgenArgs {
     /// Seconds to run (an upper bound with --packets).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Generator threads, one per CPU.
+    /// How frames get in: live-frames (BPF_PROG_RUN of the pinned pipeline as if received
+    /// on the port), af-xdp or af-packet (real frames sent into the port from its far end);
+    /// auto takes the first of these the kernel allows and says why.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub generator: crate::loadgen::GeneratorArg,
+    /// Generator threads, one per CPU (AF_XDP: one socket per queue of the far end).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Frames per kernel batch (1 to 256).
+    /// af-xdp, af-packet: the interface to send from (default: the port's veth peer).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// af-xdp, af-packet: the namespace of --from, a name under /run/netns or a path
+    /// (default: found from the port's veth peer).
+    #[arg(long)]
+    pub from_netns: Option<String>,
+    /// live-frames: frames per kernel batch (1 to 256).
     #[arg(long, default_value_t = 256)]
     pub batch: u32,
 }
 
 /// `loadgen`.
 pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
+    use crate::loadgen::{self as gen, Generator, Source};
     ensure!(a.duration > 0.0, "--duration must be above 0 seconds");
+    ensure!(a.threads >= 1, "--threads must be at least 1");
     let protocol = Protocol::parse(&a.protocol)?;
     let (dst_first, dst_last) = loadgen::parse_range(&a.dst)?;
     let maps = KernelMaps::open(pin_dir)?;
@@ -255,7 +269,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
     let ifindex = ingress_port(
         &state,
         &Request {
-            port: a.port,
+            port: a.port.clone(),
             src: a.src,
             dst: dst_first,
             protocol,
@@ -266,6 +280,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
             from_host: None,
         },
     )?;
+    let port = interface_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
     let traffic = loadgen::Traffic {
         src: a.src,
         dst_first,
@@ -277,18 +292,65 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
     };
     let frames = loadgen::frames(&traffic, state.ports.get(&ifindex))?;
     let prog = pins::pinned_program(pin_dir, peer_dataplane_common::program_names::PIPELINE)?;
-    let load = loadgen::Load {
-        ingress_ifindex: ifindex,
+
+    // The far end is looked up only if a socket generator may run.
+    let mut far: Option<Result<gen::FarEnd, String>> = None;
+    let mut far_end = || {
+        far.get_or_insert_with(|| {
+            gen::far_end::resolve(&port, ifindex, a.from.as_deref(), a.from_netns.as_deref())
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+    };
+    let choice = gen::choose(
+        a.generator,
+        || crate::bpf::probe::live_frames(ifindex).map_err(|r| r.to_string()),
+        || {
+            let f = far_end()?;
+            gen::probe_af_xdp(&f).map_err(|e| format!("{e:#}"))
+        },
+    )?;
+    let source = match choice.generator {
+        Generator::LiveFrames => Source::LiveFrames {
+            prog: &prog,
+            ingress_ifindex: ifindex,
+            batch: a.batch,
+        },
+        Generator::AfXdp => Source::AfXdp(far_end().map_err(anyhow::Error::msg)?),
+        Generator::AfPacket => Source::AfPacket(far_end().map_err(anyhow::Error::msg)?),
+    };
+    let opened = gen::open(&source, &frames, a.threads)?;
+    let how = loadgen::HowSent {
+        generator: choice.generator,
+        reason: choice.why,
+        mode: opened.mode.clone(),
+        path: source.describe(),
+        port,
+        threads: opened.threads(),
+    };
+    eprintln!("loadgen: {}", loadgen::render_how(&how));
+    let load = gen::Load {
         packets: a.packets,
         duration: Duration::from_secs_f64(a.duration),
-        threads: a.threads,
-        batch: a.batch,
     };
     let before = maps.global_counters()?;
-    let mut progress = loadgen::progress_printer(a.packets, load.duration);
-    let sent = loadgen::run(&prog, &frames, &load, &mut progress)?;
+    let mut progress = gen::progress_printer(a.packets, load.duration);
+    let sent = gen::run(&source, opened, a.length, &load, &mut progress)?;
     eprintln!();
     let after = maps.global_counters()?;
-    let r = loadgen::report(sent, a.length, a.flows, &before, &after);
+    let r = loadgen::report(how, sent, a.length, a.flows, &before, &after);
     show(output, &r, loadgen::render_report)
+}
+
+/// The kernel's name of `ifindex` in this namespace.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }

@@ -1,22 +1,13 @@
 //! `peer-dataplane loadgen`: a packet generator that needs no NIC, no kernel module and no
-//! peer host. It runs an XDP program with BPF_PROG_RUN in live-frames mode
-//! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel builds real frames from a template, runs the
-//! program on them as if received on the port, and carries out its verdict: a redirect is
-//! transmitted on the target interface, a pass enters the kernel's stack, a drop is
-//! dropped. Run on the agent's pinned `pdp_xdp`, that is the data plane under load, end
-//! to end; `cargo xtask bench e2e` also runs it on a pass-only program to load the Linux
-//! kernel's own forwarding with the same frames.
-//!
-//! Frames vary over `flows` templates (destinations across a range, source ports), each
-//! run for a chunk of frames per BPF_PROG_RUN call, one thread per CPU asked for.
+//! peer host. This module builds the frames (`flows` templates: destinations across a
+//! range, source ports) and reports what the pipeline did with them; the generators that
+//! send them (live frames, AF_XDP, AF_PACKET) are [`crate::loadgen`]'s.
 
 use crate::cli::frame::{build_frame, Protocol, Request};
-use anyhow::{anyhow, ensure, Context, Result};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use crate::loadgen::{Generator, Sent};
+use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -31,36 +22,6 @@ pub struct Traffic {
     pub flows: u32,
     /// Frame length in bytes.
     pub length: usize,
-}
-
-/// How long and how hard.
-#[derive(Debug, Clone)]
-pub struct Load {
-    pub ingress_ifindex: u32,
-    /// Frames in all (`None`: until `duration` is up).
-    pub packets: Option<u64>,
-    pub duration: Duration,
-    pub threads: usize,
-    /// Frames per kernel batch (at most 256); also the size of the call's page pool.
-    pub batch: u32,
-}
-
-/// Uses of each page of a call's pool: each BPF_PROG_RUN call gets a fresh pool of
-/// `batch` pages, written from the template once. The kernel resets only a recycled
-/// frame's pointers, not its bytes, so a page keeps the previous run's rewrite: the
-/// data plane's TTL decrement (or the kernel's, for traffic passed to its stack). Calls
-/// of `batch * PAGE_REUSES` frames keep a TTL-64 template above 1 on every page.
-pub const PAGE_REUSES: u32 = 60;
-pub const MAX_BATCH: u32 = 256;
-
-/// What a run did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Sent {
-    pub packets: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub pps: f64,
-    pub bits_per_second: f64,
 }
 
 /// The frame templates: destination `i mod span` above `dst_first`, source port
@@ -108,138 +69,6 @@ fn from_u128(v: u128, v4: bool) -> IpAddr {
         IpAddr::V4((v as u32).into())
     } else {
         IpAddr::V6(v.into())
-    }
-}
-
-/// Runs `prog` on `frames` under `load`; `progress` is called about once a second with
-/// the frames sent so far and the time since the start.
-pub fn run(
-    prog: &Xdp,
-    frames: &[Vec<u8>],
-    load: &Load,
-    progress: &mut dyn FnMut(u64, Duration),
-) -> Result<Sent> {
-    ensure!(load.threads >= 1, "--threads must be at least 1");
-    ensure!(
-        (1..=MAX_BATCH).contains(&load.batch),
-        "--batch must be 1 to {MAX_BATCH} (the kernel's limit)"
-    );
-    let chunk = load.batch * PAGE_REUSES;
-    let sent = AtomicU64::new(0);
-    let claimed = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let started = Instant::now();
-    let deadline = started + load.duration;
-    // The run ends when the last worker's last call returns (not when it is noticed).
-    let ended: Result<Instant> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..load.threads)
-            .map(|w| {
-                let (sent, claimed, bytes, stop) = (&sent, &claimed, &bytes, &stop);
-                s.spawn(move || -> Result<Instant> {
-                    // Failing to pin only costs evenness.
-                    let _ = crate::bpf::progrun::pin_thread_to_cpu(w % cpus);
-                    let mut i = w;
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = match load.packets {
-                            Some(total) => {
-                                // Claim a chunk of the total, or stop.
-                                let c = claimed.fetch_add(chunk as u64, Ordering::Relaxed);
-                                if c >= total {
-                                    break;
-                                }
-                                (total - c).min(chunk as u64) as u32
-                            }
-                            None => chunk,
-                        };
-                        let frame = &frames[i % frames.len()];
-                        i += load.threads;
-                        let len = frame.len() as u32;
-                        let ctx = crate::bpf::progrun::xdp_md(frame.len(), load.ingress_ifindex);
-                        prog.test_run(TestRunOptions {
-                            data_in: Some(frame),
-                            ctx_in: Some(&ctx),
-                            repeat: n,
-                            attrs: TestRunAttrs::new().xdp_live_frames(load.batch),
-                            ..Default::default()
-                        })
-                        .map_err(|e| {
-                            anyhow!(
-                                "BPF_PROG_RUN (live frames) on ifindex {}: {e}",
-                                load.ingress_ifindex
-                            )
-                        })?;
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
-                        bytes.fetch_add(n as u64 * len as u64, Ordering::Relaxed);
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                    }
-                    Ok(Instant::now())
-                })
-            })
-            .collect();
-        loop {
-            std::thread::sleep(Duration::from_millis(200).min(load.duration));
-            let done = workers.iter().all(|w| w.is_finished());
-            progress(sent.load(Ordering::Relaxed), started.elapsed());
-            if done {
-                break;
-            }
-            if Instant::now() >= deadline + Duration::from_secs(5) {
-                stop.store(true, Ordering::Relaxed);
-            }
-        }
-        let mut last = started;
-        for w in workers {
-            let end = w
-                .join()
-                .map_err(|_| anyhow!("a generator thread panicked"))??;
-            last = last.max(end);
-        }
-        Ok(last)
-    });
-    let seconds = (ended? - started).as_secs_f64();
-    let (packets, bytes) = (sent.into_inner(), bytes.into_inner());
-    Ok(Sent {
-        packets,
-        bytes,
-        seconds,
-        pps: packets as f64 / seconds,
-        bits_per_second: bytes as f64 * 8.0 / seconds,
-    })
-}
-
-/// A throttled progress line on stderr (carriage return on a terminal).
-pub fn progress_printer(total: Option<u64>, duration: Duration) -> impl FnMut(u64, Duration) {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stderr().is_terminal();
-    let mut last = (0u64, Duration::ZERO);
-    let mut printed = Duration::ZERO;
-    move |sent, elapsed| {
-        if elapsed - printed < Duration::from_secs(1) {
-            return;
-        }
-        let rate = (sent - last.0) as f64 / (elapsed - last.1).as_secs_f64().max(1e-9);
-        last = (sent, elapsed);
-        printed = elapsed;
-        let of = match total {
-            Some(t) => format!("{sent}/{t} frames"),
-            None => format!(
-                "{sent} frames, {:.0}/{:.0} s",
-                elapsed.as_secs_f64(),
-                duration.as_secs_f64()
-            ),
-        };
-        let line = format!("loadgen: {of}, {:.3} Mpps", rate / 1e6);
-        let mut e = std::io::stderr();
-        if tty {
-            let _ = write!(e, "\r{line}   ");
-        } else {
-            let _ = writeln!(e, "{line}");
-        }
-        let _ = e.flush();
     }
 }
 
@@ -322,13 +151,33 @@ mod tests {
     }
 }
 
+/// How a run's frames were generated.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HowSent {
+    pub generator: Generator,
+    /// Why this generator (`asked for`, or what `auto` found).
+    pub reason: String,
+    /// AF_XDP's zero-copy or copy mode, AF_PACKET's send path.
+    pub mode: Option<String>,
+    /// Where frames start (`from pdp-a-peer`, `as if received on ifindex 3`).
+    pub path: String,
+    /// The port the frames enter.
+    pub port: String,
+    pub threads: usize,
+}
+
 /// A loadgen run against the data plane: what was sent and what the pipeline did with it
 /// (from the global counters, before and after).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    #[serde(flatten)]
+    pub how: HowSent,
     pub sent: Sent,
     pub frame_bytes: usize,
     pub flows: u32,
+    /// Frames the pipeline received on its ports during the run (its own, and anything
+    /// else that arrived then, such as neighbour discovery).
+    pub received: u64,
     pub forwarded: u64,
     pub passed: u64,
     pub dropped: u64,
@@ -338,6 +187,7 @@ pub struct Report {
 }
 
 pub fn report(
+    how: HowSent,
     sent: Sent,
     frame_bytes: usize,
     flows: u32,
@@ -357,15 +207,34 @@ pub fn report(
             .collect()
     };
     Report {
+        how,
         sent,
         frame_bytes,
         flows,
+        received: after.rx_packets.saturating_sub(before.rx_packets),
         forwarded: a.redirected_packets.saturating_sub(b.redirected_packets),
         passed: a.passed_packets.saturating_sub(b.passed_packets),
         dropped: a.dropped_packets.saturating_sub(b.dropped_packets),
         drops_by_reason: grown(&a.dropped, &b.dropped),
         passes_by_reason: grown(&a.passed, &b.passed),
     }
+}
+
+/// `generator: af-xdp (copy mode ...), 1 thread, from pdp-a-peer into port pdp-a (why)`.
+pub fn render_how(h: &HowSent) -> String {
+    format!(
+        "generator: {}{}, {} thread{}, {} into port {} ({})",
+        h.generator.name(),
+        h.mode
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default(),
+        h.threads,
+        if h.threads == 1 { "" } else { "s" },
+        h.path,
+        h.port,
+        h.reason
+    )
 }
 
 pub fn render_report(r: &Report) -> String {
@@ -379,19 +248,38 @@ pub fn render_report(r: &Report) -> String {
                 .join(" ")
         }
     };
-    format!(
-        "sent {} frames of {} bytes over {} flows in {:.2} s: {:.3} Mpps, {:.1} Mbit/s\n\
-         forwarded {}, passed {} ({}), dropped {} ({})\n",
+    let mut out = format!(
+        "{}\n\
+         sent {} frames of {} bytes over {} flows in {:.2} s: {:.3} Mpps, {:.1} Mbit/s\n\
+         the data plane received {}: forwarded {}, passed {} ({}), dropped {} ({})\n",
+        render_how(&r.how),
         r.sent.packets,
         r.frame_bytes,
         r.flows,
         r.sent.seconds,
         r.sent.pps / 1e6,
         r.sent.bits_per_second / 1e6,
+        r.received,
         r.forwarded,
         r.passed,
         by(&r.passes_by_reason),
         r.dropped,
         by(&r.drops_by_reason),
-    )
+    );
+    if r.sent.per_thread.len() > 1 {
+        let each: Vec<String> = r.sent.per_thread.iter().map(|n| n.to_string()).collect();
+        out.push_str(&format!("per thread (CPU): {}\n", each.join(" ")));
+    }
+    if r.sent.packets > 0 && r.received == 0 {
+        out.push_str(&format!(
+            "the data plane saw none of them: is the agent running with port {} attached?\n",
+            r.how.port
+        ));
+    } else if r.received < r.sent.packets {
+        out.push_str(&format!(
+            "{} frames sent never reached the data plane (dropped on the way into the port)\n",
+            r.sent.packets - r.received
+        ));
+    }
+    out
 }

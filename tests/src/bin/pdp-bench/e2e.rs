@@ -21,8 +21,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use peer_dataplane::cli::frame::Protocol;
-use peer_dataplane::cli::loadgen::{self, Load, Traffic};
+use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane::desired::document::Document;
+use peer_dataplane::loadgen::{self as gen, Load, Source};
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns::{self, sh};
@@ -434,14 +435,17 @@ fn counted_run(
 ) -> Result<Received> {
     let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
     let load = Load {
-        ingress_ifindex: netns::ifindex(port),
         packets: None,
         duration: Duration::from_secs_f64(seconds),
-        threads: 1,
+    };
+    let source = Source::LiveFrames {
+        prog,
+        ingress_ifindex: netns::ifindex(port),
         batch: 256,
     };
+    let opened = gen::open(&source, frames, 1)?;
     let (frames_before, bytes_before) = (dp.sink_count()?, dp.sink_bytes()?);
-    let sent = loadgen::run(prog, frames, &load, &mut |_, _| {})?;
+    let sent = gen::run(&source, opened, frames[0].len(), &load, &mut |_, _| {})?;
     // Let the last batch drain through the sink's NAPI poll.
     std::thread::sleep(Duration::from_millis(50));
     let received = dp.sink_count()? - frames_before;
