@@ -136,6 +136,19 @@ impl TestDataplane {
         Ok(())
     }
 
+    /// Attaches `program` to `iface` in native mode until [`Self::detach`].
+    pub fn attach(&mut self, program: &str, iface: &str) -> Result<aya::programs::xdp::XdpLinkId> {
+        kernel::xdp_program(&mut self.ebpf, program)?
+            .attach(iface, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching {program} to {iface}"))
+    }
+
+    pub fn detach(&mut self, program: &str, link: aya::programs::xdp::XdpLinkId) -> Result<()> {
+        kernel::xdp_program(&mut self.ebpf, program)?
+            .detach(link)
+            .with_context(|| format!("detaching {program}"))
+    }
+
     /// Makes `pdp_sink` count, as the sender's, only UDP frames to `dport` (0: all).
     pub fn sink_match_udp_dport(&mut self, dport: u16) -> Result<()> {
         self.sink_match_udp_dports(dport, dport)
@@ -163,6 +176,16 @@ impl TestDataplane {
     /// Bytes of the frames [`Self::sink_count`] counts (summed over CPUs).
     pub fn sink_bytes(&self) -> Result<u64> {
         self.sink_slot(2)
+    }
+
+    /// [`Self::sink_count`] per CPU.
+    pub fn sink_count_per_cpu(&self) -> Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map("pdp_sink_count")
+            .ok_or_else(|| anyhow!("no map pdp_sink_count"))?;
+        let counts: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        Ok(counts.get(&0, 0)?.iter().copied().collect())
     }
 
     fn sink_slot(&self, slot: u32) -> Result<u64> {

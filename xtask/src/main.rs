@@ -66,6 +66,10 @@ enum Bench {
         /// BPF_PROG_RUN repeat count per measurement.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+        /// Generator of the rows whose frames are really forwarded: auto, live-frames,
+        /// af-xdp or af-packet (as `peer-dataplane loadgen --generator`).
+        #[arg(long, default_value = "auto")]
+        generator: String,
     },
     /// This data plane vs the Linux kernel (ip route, nftables, tc police): same generator,
     /// topology and frames; prints the table and writes a plot (SVG).
@@ -79,6 +83,14 @@ enum Bench {
         /// Where to write the plot.
         #[arg(long, default_value = "target/bench-e2e.svg")]
         plot: PathBuf,
+        /// The generator of both data planes: auto, live-frames, af-xdp or af-packet (as
+        /// `peer-dataplane loadgen --generator`).
+        #[arg(long, default_value = "auto")]
+        generator: String,
+        /// Generator threads, each on its own CPU: the main table runs the first count;
+        /// several (e.g. 1,2) add a scaling table.
+        #[arg(long, default_value = "1")]
+        threads: String,
     },
     /// Control plane -> data plane: one route change p50/p99, a 100k-route full sync,
     /// kernel memory per route.
@@ -319,18 +331,25 @@ fn demo(single_host: bool) -> Result<()> {
     run(demo.arg("--agent").arg(&agent).current_dir(root()))
 }
 
-fn bench_prog(repeat: u32) -> Result<()> {
+fn bench_prog(repeat: u32, generator: &str) -> Result<()> {
     setup()?;
     let obj = build_ebpf()?;
     build_agent(&obj)?;
     step("benchmark: BPF_PROG_RUN ns/packet");
     run(Command::new(root().join("target/release/pdp-bench"))
-        .args(["prog", "--repeat", &repeat.to_string(), "--object"])
+        .args([
+            "prog",
+            "--repeat",
+            &repeat.to_string(),
+            "--generator",
+            generator,
+        ])
+        .arg("--object")
         .arg(&obj)
         .current_dir(root()))
 }
 
-fn bench_e2e(seconds: f64, rounds: u32, plot: &Path) -> Result<()> {
+fn bench_e2e(seconds: f64, rounds: u32, plot: &Path, generator: &str, threads: &str) -> Result<()> {
     setup()?;
     // The Linux side of the comparison, and trafgen for the cross-check.
     apt_install(
@@ -347,6 +366,10 @@ fn bench_e2e(seconds: f64, rounds: u32, plot: &Path) -> Result<()> {
             &seconds.to_string(),
             "--rounds",
             &rounds.to_string(),
+            "--generator",
+            generator,
+            "--threads",
+            threads,
         ])
         .arg("--plot")
         .arg(root().join(plot))
@@ -412,8 +435,8 @@ fn main() -> Result<()> {
             )
         }
         Task::Bench {
-            which: Bench::Prog { repeat },
-        } => bench_prog(repeat),
+            which: Bench::Prog { repeat, generator },
+        } => bench_prog(repeat, &generator),
         Task::Bench {
             which: Bench::Sync { changes },
         } => bench_sync(changes),
@@ -426,7 +449,9 @@ fn main() -> Result<()> {
                     seconds,
                     rounds,
                     plot,
+                    generator,
+                    threads,
                 },
-        } => bench_e2e(seconds, rounds, &plot),
+        } => bench_e2e(seconds, rounds, &plot, &generator, &threads),
     }
 }

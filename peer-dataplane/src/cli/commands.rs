@@ -319,7 +319,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
         Generator::AfXdp => Source::AfXdp(far_end().map_err(anyhow::Error::msg)?),
         Generator::AfPacket => Source::AfPacket(far_end().map_err(anyhow::Error::msg)?),
     };
-    let opened = gen::open(&source, &frames, a.threads)?;
+    let mut opened = gen::open(&source, &frames, a.threads)?;
     let how = loadgen::HowSent {
         generator: choice.generator,
         reason: choice.why,
@@ -335,7 +335,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
     };
     let before = maps.global_counters()?;
     let mut progress = gen::progress_printer(a.packets, load.duration);
-    let sent = gen::run(&source, opened, a.length, &load, &mut progress)?;
+    let sent = gen::run(&source, &mut opened, a.length, &load, &mut progress)?;
     eprintln!();
     let after = maps.global_counters()?;
     let r = loadgen::report(how, sent, a.length, a.flows, &before, &after);

@@ -15,6 +15,20 @@ pub enum GeneratorArg {
     AfPacket,
 }
 
+impl std::str::FromStr for GeneratorArg {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<GeneratorArg> {
+        Ok(match s {
+            "auto" => GeneratorArg::Auto,
+            "live-frames" => GeneratorArg::LiveFrames,
+            "af-xdp" => GeneratorArg::AfXdp,
+            "af-packet" => GeneratorArg::AfPacket,
+            _ => bail!("unknown generator {s:?}: auto, live-frames, af-xdp or af-packet"),
+        })
+    }
+}
+
 /// A generator that runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

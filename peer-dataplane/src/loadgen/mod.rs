@@ -217,12 +217,12 @@ pub struct Sent {
     pub per_thread: Vec<u64>,
 }
 
-/// Drives `opened` (thread `w` pinned to CPU `w`) under `load`: frames are claimed
+/// Drives `opened` (thread `w` pinned to CPU `w`; the senders can run again) under `load`: frames are claimed
 /// `source.chunk()` at a time. `bytes_per_frame` is the frames' length (one length per
 /// run); `progress` is called about every 200 ms with the frames sent so far.
 pub fn run(
     source: &Source,
-    opened: Opened,
+    opened: &mut Opened,
     bytes_per_frame: usize,
     load: &Load,
     progress: &mut dyn FnMut(u64, Duration),
@@ -239,11 +239,12 @@ pub fn run(
     let ended: Result<Instant> = std::thread::scope(|s| {
         let workers: Vec<_> = opened
             .senders
-            .into_iter()
+            .iter_mut()
             .enumerate()
-            .map(|(w, mut sender)| {
+            .map(|(w, sender)| {
                 let (sent, claimed, stop) = (&sent[w], &claimed, &stop);
                 s.spawn(move || -> Result<Instant> {
+                    let sender = sender.as_mut();
                     // Failing to pin only costs evenness.
                     let _ = crate::bpf::progrun::pin_thread_to_cpu(w % cpus);
                     while !stop.load(Ordering::Relaxed) {

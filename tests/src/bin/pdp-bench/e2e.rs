@@ -19,11 +19,12 @@
 //! a figure is the whole per-packet cost of a path on a core. Each figure is the median of
 //! rounds that alternate between the two data planes.
 
+use super::gen::{flow_frames, spread, BenchGen, Next, Run};
 use anyhow::{bail, ensure, Context, Result};
 use peer_dataplane::cli::frame::Protocol;
 use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane::desired::document::Document;
-use peer_dataplane::loadgen::{self as gen, Load, Source};
+use peer_dataplane::loadgen::GeneratorArg;
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns::{self, sh};
@@ -38,8 +39,8 @@ pub const FRAME_BYTES: usize = 64;
 pub const FLOWS: u32 = 256;
 /// Flows per frame of a row unless it says otherwise.
 const ROW_FLOWS: u32 = 256;
-/// Source port of flow 0 (`pdp_loadgen`).
-const FIRST_SPORT: u16 = 1024;
+/// Source port of flow 0 (`pdp_loadgen`, `gen::flow_frames`).
+pub const FIRST_SPORT: u16 = 1024;
 
 /// One point of the comparison.
 struct Config {
@@ -61,9 +62,8 @@ struct Config {
 
 struct Row {
     config: Config,
-    /// Medians over the rounds.
-    pdp: Received,
-    linux: Received,
+    /// Medians over the rounds (this data plane, Linux), or why the row did not run.
+    result: std::result::Result<(Received, Received), String>,
 }
 
 fn configs() -> Vec<Config> {
@@ -389,76 +389,50 @@ fn pdp_doc(c: &Config) -> Document {
 }
 
 /// What one run of a row gave: frames and bits per second received behind port B (bytes
-/// as the sink counted them), and frames per second the generator offered.
-#[derive(Clone, Copy, Default)]
+/// as the sink counted them), frames per second the generator offered, and the sink's
+/// frames per CPU.
+#[derive(Clone, Default)]
 pub struct Received {
     pub pps: f64,
     pub bps: f64,
     pub offered_pps: f64,
+    pub per_cpu: Vec<u64>,
 }
 
-/// One run of `seconds` through `pdp_loadgen`, `flows` flows, on to this data plane or
-/// (`linux`) to the kernel.
+impl Received {
+    pub fn of(r: &Run) -> Received {
+        Received {
+            pps: r.received as f64 / r.sent.seconds,
+            bps: r.bytes as f64 * 8.0 / r.sent.seconds,
+            offered_pps: r.sent.pps,
+            per_cpu: r.per_cpu.clone(),
+        }
+    }
+}
+
+/// One run of `seconds` into port A, `flows` flows from `threads` threads, on to this
+/// data plane or (`linux`) to the kernel.
 fn measure(
     dp: &mut TestDataplane,
-    frames: &[Vec<u8>],
+    gen: &mut BenchGen,
+    template: &[u8],
     seconds: f64,
     flows: u32,
+    threads: usize,
     linux: bool,
 ) -> Result<Received> {
-    let next = (!linux).then_some(program_names::PIPELINE);
-    live_run(dp, frames, seconds, flows, next, A.port)
-}
-
-/// One run of `seconds` of live frames received on `port` through `pdp_loadgen`,
-/// `flows` flows, on to program `next` (none: the kernel's stack), counted behind port B.
-pub fn live_run(
-    dp: &mut TestDataplane,
-    frames: &[Vec<u8>],
-    seconds: f64,
-    flows: u32,
-    next: Option<&str>,
-    port: &str,
-) -> Result<Received> {
-    dp.loadgen_config(flows, next, FIRST_SPORT, BENCH_DPORT)?;
-    counted_run(dp, program_names::LOADGEN, frames, seconds, port)
-}
-
-/// One run of `seconds` of live frames of `program` received on `port`, counted by the
-/// sink.
-fn counted_run(
-    dp: &TestDataplane,
-    program: &str,
-    frames: &[Vec<u8>],
-    seconds: f64,
-    port: &str,
-) -> Result<Received> {
-    let prog: &aya::programs::Xdp = dp.ebpf.program(program).context("program")?.try_into()?;
-    let load = Load {
-        packets: None,
-        duration: Duration::from_secs_f64(seconds),
+    let next = if linux {
+        Next::Kernel
+    } else {
+        Next::Program(program_names::PIPELINE)
     };
-    let source = Source::LiveFrames {
-        prog,
-        ingress_ifindex: netns::ifindex(port),
-        batch: 256,
-    };
-    let opened = gen::open(&source, frames, 1)?;
-    let (frames_before, bytes_before) = (dp.sink_count()?, dp.sink_bytes()?);
-    let sent = gen::run(&source, opened, frames[0].len(), &load, &mut |_, _| {})?;
-    // Let the last batch drain through the sink's NAPI poll.
-    std::thread::sleep(Duration::from_millis(50));
-    let received = dp.sink_count()? - frames_before;
-    let bytes = dp.sink_bytes()? - bytes_before;
-    Ok(Received {
-        pps: received as f64 / sent.seconds,
-        bps: bytes as f64 * 8.0 / sent.seconds,
-        offered_pps: sent.pps,
-    })
+    let r = gen.run(dp, template, A.port, next, flows, threads, seconds)?;
+    Ok(Received::of(&r))
 }
 
-/// UDP frames A -> B to port `BENCH_DPORT` over `flows` templates, with A's MACs.
-pub fn a_to_b_frames(dp: &TestDataplane, flows: u32) -> Result<Vec<Vec<u8>>> {
+/// A UDP frame A -> B to port `BENCH_DPORT`, with A's MACs (the template of every
+/// benchmark frame).
+pub fn a_to_b_frame(dp: &TestDataplane) -> Result<Vec<u8>> {
     let port_a = dp
         .installed
         .mirror
@@ -471,41 +445,45 @@ pub fn a_to_b_frames(dp: &TestDataplane, flows: u32) -> Result<Vec<Vec<u8>>> {
         dst_last: std::net::IpAddr::V4(B.ipv4.into()),
         protocol: Protocol::Udp,
         dport: Some(BENCH_DPORT),
-        flows,
+        flows: 1,
         length: FRAME_BYTES,
     };
-    loadgen::frames(&traffic, port_a.as_ref())
+    Ok(loadgen::frames(&traffic, port_a.as_ref())?.remove(0))
 }
 
-/// Frames per second of `program`'s live frames received on `port` that reached the
-/// sink, and the generator's own rate.
-pub fn measure_at(
-    dp: &TestDataplane,
-    program: &str,
-    frames: &[Vec<u8>],
-    seconds: f64,
-    port: &str,
-) -> Result<(f64, f64)> {
-    counted_run(dp, program, frames, seconds, port).map(|r| (r.pps, r.offered_pps))
-}
-
-/// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows
-/// `pdp_loadgen` uses the next one too.
+/// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows the
+/// next one is used too.
 pub const BENCH_DPORT: u16 = 7000;
 
-pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<()> {
+pub struct Options<'a> {
+    pub object: &'a Path,
+    pub seconds: f64,
+    pub rounds: usize,
+    pub plot: &'a Path,
+    pub generator: GeneratorArg,
+    /// Thread counts of the scaling table (the main table runs the first).
+    pub threads: Vec<usize>,
+}
+
+pub fn bench(o: &Options) -> Result<()> {
+    let (seconds, rounds) = (o.seconds, o.rounds);
     ensure!(
         rounds >= 1 && seconds > 0.0,
         "need at least one round of some time"
+    );
+    ensure!(
+        !o.threads.is_empty() && o.threads.iter().all(|t| *t >= 1),
+        "--threads takes thread counts of at least 1, e.g. 1,2"
     );
     for tool in ["nft", "tc", "trafgen"] {
         if sh(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
             bail!("{tool} is missing (cargo xtask bench e2e installs nftables, iproute2 and netsniff-ng)");
         }
     }
-    let ns = seed::ports_only("pdp-e2e")?;
+    let queues = *o.threads.iter().max().unwrap() as u32;
+    let ns = seed::ports_only_queues("pdp-e2e", queues)?;
     netns::enter(&ns.path())?;
-    let mut dp = TestDataplane::load_from(object)?;
+    let mut dp = TestDataplane::load_from(o.object)?;
     linux_base()?;
     // Programs run with BPF_PROG_RUN stay in the kernel's XDP dispatcher when attached
     // somewhere (see `keep_in_dispatcher`); the sink counts behind port B.
@@ -516,13 +494,19 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
     // The sink counts the generator's frames only, not what the kernel sends on its own.
     dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
     dp.install(&seed::seed_doc())?;
-    let frames = a_to_b_frames(&dp, FLOWS)?;
-    println!(
-        "same generator (BPF_PROG_RUN live frames, 1 thread, each frame its own flow through pdp_loadgen), same {FRAME_BYTES}-byte UDP frames, \
-         port A -> port B; {rounds} rounds of {seconds} s each, alternating, median; frames and bytes counted by the same sink behind port B"
-    );
+    let template = a_to_b_frame(&dp)?;
+    let mut gen = BenchGen::choose(o.generator, A.port)?;
+    eprintln!("generator: {}", gen.label());
 
-    let (rows, policers) = measure_configs(&mut dp, &frames[..1], seconds, rounds)?;
+    let (rows, policers) =
+        measure_configs(&mut dp, &mut gen, &template, seconds, rounds, o.threads[0])?;
+    let scaling = if o.threads.len() > 1 {
+        Some(measure_scaling(
+            &mut dp, &mut gen, &template, seconds, rounds, &o.threads,
+        ))
+    } else {
+        None
+    };
     // Leave Linux's path bare for the trafgen cross-check.
     let bare = Config {
         label: String::new(),
@@ -533,52 +517,89 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
         flows: 1,
         linux_set: false,
     };
-    linux_apply(&bare, &pdp_doc(&bare))?;
-    dp.install(&seed::seed_doc())?;
-
-    trafgen_cross_check(&mut dp, &frames)?;
+    let trafgen = linux_apply(&bare, &pdp_doc(&bare))
+        .and_then(|_| dp.install(&seed::seed_doc()))
+        .and_then(|_| trafgen_cross_check(&mut dp, &flow_frames(&template, FLOWS)));
     drop(dp);
-    let (cross, tunnel) = super::e2e_fleet::measure(object, seconds, rounds)?;
+    drop(ns);
+    let cross = super::e2e_fleet::measure(o.object, o.generator, seconds, rounds);
 
     let env = super::report::environment();
     super::report::print_environment(&env);
-    e2e_report(&rows, &policers);
     println!(
-        "across hosts, the sending host (encapsulation toward host 2 vs a Linux {tunnel} device): \
-         {:.1} vs {:.1} kpps = {:.2}x (offered {:.0} / {:.0} kpps)",
-        cross[0] / 1e3,
-        cross[1] / 1e3,
-        cross[0] / cross[1],
-        cross[2] / 1e3,
-        cross[3] / 1e3
+        "generator: {}, {} thread{} (each on its own CPU); {FRAME_BYTES}-byte UDP frames port A -> port B, \
+         each frame its own flow; {rounds} rounds of {seconds} s each, alternating, median; frames and bytes \
+         counted by the same sink behind port B",
+        gen.label(),
+        o.threads[0],
+        if o.threads[0] == 1 { "" } else { "s" },
     );
-    write_svg(plot, &rows)?;
-    println!("plot: {}", plot.display());
+    e2e_report(&rows, &policers);
+    if let Some(s) = &scaling {
+        scaling_report(s);
+    }
+    match &trafgen {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("trafgen cross-check: not run: {e:#}"),
+    }
+    match &cross {
+        Ok((c, tunnel)) => println!(
+            "across hosts, the sending host (encapsulation toward host 2 vs a Linux {tunnel} device): \
+             {:.1} vs {:.1} kpps = {:.2}x (offered {:.0} / {:.0} kpps)",
+            c[0] / 1e3,
+            c[1] / 1e3,
+            c[0] / c[1],
+            c[2] / 1e3,
+            c[3] / 1e3
+        ),
+        Err(e) => println!("across hosts: not run: {e:#}"),
+    }
+    if let Err(e) = write_svg(o.plot, &rows) {
+        println!("plot: not written: {e:#}");
+    } else {
+        println!("plot: {}", o.plot.display());
+    }
     let json = serde_json::json!({
         "environment": env,
+        "generator": gen.json(),
+        "threads": o.threads[0],
         "frame_bytes": FRAME_BYTES,
         "seconds": seconds,
         "rounds": rounds,
         "linux_cap": policers.first(),
-        "rows": rows.iter().map(|r| serde_json::json!({
-            "configuration": r.config.label,
-            "routes": r.config.routes,
-            "nacl_rules": r.config.rules,
-            "security_groups": r.config.groups,
-            "cap_mbps": r.config.cap_mbps,
-            "flows": r.config.flows,
-            "pdp_pps": r.pdp.pps,
-            "linux_pps": r.linux.pps,
-            "ratio": r.pdp.pps / r.linux.pps,
-            "pdp_received_bits_per_second": r.pdp.bps,
-            "linux_received_bits_per_second": r.linux.bps,
-            "pdp_offered_pps": r.pdp.offered_pps,
-            "linux_offered_pps": r.linux.offered_pps,
-        })).collect::<Vec<_>>(),
-        "across_hosts_sender": {
-            "linux_tunnel": tunnel,
-            "pdp_pps": cross[0], "linux_pps": cross[1], "ratio": cross[0] / cross[1],
-            "pdp_offered_pps": cross[2], "linux_offered_pps": cross[3],
+        "rows": rows.iter().map(|r| {
+            let mut j = serde_json::json!({
+                "configuration": r.config.label,
+                "routes": r.config.routes,
+                "nacl_rules": r.config.rules,
+                "security_groups": r.config.groups,
+                "cap_mbps": r.config.cap_mbps,
+                "flows": r.config.flows,
+            });
+            match &r.result {
+                Ok((pdp, linux)) => {
+                    let m = j.as_object_mut().unwrap();
+                    for (k, v) in [
+                        ("pdp_pps", pdp.pps), ("linux_pps", linux.pps), ("ratio", pdp.pps / linux.pps),
+                        ("pdp_received_bits_per_second", pdp.bps), ("linux_received_bits_per_second", linux.bps),
+                        ("pdp_offered_pps", pdp.offered_pps), ("linux_offered_pps", linux.offered_pps),
+                    ] {
+                        m.insert(k.into(), v.into());
+                    }
+                }
+                Err(e) => { j["not_run"] = e.clone().into(); }
+            }
+            j
+        }).collect::<Vec<_>>(),
+        "scaling": scaling.as_ref().map(scaling_json),
+        "trafgen": match &trafgen { Ok(l) => serde_json::json!(l), Err(e) => serde_json::json!({"not_run": format!("{e:#}")}) },
+        "across_hosts_sender": match &cross {
+            Ok((c, tunnel)) => serde_json::json!({
+                "linux_tunnel": tunnel,
+                "pdp_pps": c[0], "linux_pps": c[1], "ratio": c[0] / c[1],
+                "pdp_offered_pps": c[2], "linux_offered_pps": c[3],
+            }),
+            Err(e) => serde_json::json!({"not_run": format!("{e:#}")}),
         },
     });
     let path = super::report::write("e2e", &json)?;
@@ -587,12 +608,14 @@ pub fn bench(object: &Path, seconds: f64, rounds: usize, plot: &Path) -> Result<
 }
 
 /// Every configuration, both paths, `rounds` alternating rounds each; and how Linux's
-/// cap was enforced.
+/// cap was enforced. A configuration that fails is reported as such; the others go on.
 fn measure_configs(
     dp: &mut TestDataplane,
-    frames: &[Vec<u8>],
+    gen: &mut BenchGen,
+    template: &[u8],
     seconds: f64,
     rounds: usize,
+    threads: usize,
 ) -> Result<(Vec<Row>, Vec<&'static str>)> {
     let mut rows = Vec::new();
     let mut policers: Vec<&str> = Vec::new();
@@ -601,42 +624,190 @@ fn measure_configs(
     for (n, config) in all.into_iter().enumerate() {
         eprint!("[{}/{total}] {}: installing ... ", n + 1, config.label);
         let t = Instant::now();
-        let doc = pdp_doc(&config);
-        dp.install(&doc)?;
-        match linux_apply(&config, &doc)? {
-            Policer::Nftables => {
-                policers.push("nftables `limit rate over` on port B's egress hook (this kernel has no act_police)")
+        let result = (|| -> Result<(Received, Received)> {
+            let doc = pdp_doc(&config);
+            dp.install(&doc)?;
+            match linux_apply(&config, &doc)? {
+                Policer::Nftables => {
+                    policers.push("nftables `limit rate over` on port B's egress hook (this kernel has no act_police)")
+                }
+                Policer::Tc => policers.push("tc police"),
+                Policer::None => {}
             }
-            Policer::Tc => policers.push("tc police"),
-            Policer::None => {}
+            eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
+            let (mut pdp, mut linux) = (Vec::new(), Vec::new());
+            for r in 0..rounds {
+                eprint!("round {}/{rounds} ", r + 1);
+                std::io::stderr().flush().ok();
+                // Alternating, so that drift on a shared machine hits both alike.
+                pdp.push(measure(
+                    dp,
+                    gen,
+                    template,
+                    seconds,
+                    config.flows,
+                    threads,
+                    false,
+                )?);
+                linux.push(measure(
+                    dp,
+                    gen,
+                    template,
+                    seconds,
+                    config.flows,
+                    threads,
+                    true,
+                )?);
+            }
+            Ok((medians(&pdp), medians(&linux)))
+        })();
+        match &result {
+            Ok(_) => eprintln!(),
+            Err(e) => eprintln!("not run: {e:#}"),
         }
-        eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
-        let (mut pdp, mut linux) = (Vec::new(), Vec::new());
-        for r in 0..rounds {
-            eprint!("round {}/{rounds} ", r + 1);
-            std::io::stderr().flush().ok();
-            // Alternating, so that drift on a shared machine hits both alike.
-            pdp.push(measure(dp, frames, seconds, config.flows, false)?);
-            linux.push(measure(dp, frames, seconds, config.flows, true)?);
-        }
-        eprintln!();
         rows.push(Row {
             config,
-            pdp: medians(&pdp),
-            linux: medians(&linux),
+            result: result.map_err(|e| format!("{e:#}")),
         });
     }
     Ok((rows, policers))
 }
 
-/// Each figure's median over the rounds.
+/// Each figure's median over the rounds (the per-CPU split of the median round).
 fn medians(runs: &[Received]) -> Received {
     let m = |f: fn(&Received) -> f64| super::median(runs.iter().map(f).collect());
+    let pps = m(|r| r.pps);
+    let per_cpu = runs
+        .iter()
+        .find(|r| r.pps == pps)
+        .map(|r| r.per_cpu.clone())
+        .unwrap_or_default();
     Received {
-        pps: m(|r| r.pps),
+        pps,
         bps: m(|r| r.bps),
         offered_pps: m(|r| r.offered_pps),
+        per_cpu,
     }
+}
+
+/// The rows of the scaling table: a configuration at one thread count, both paths.
+pub struct ScalingRow {
+    label: &'static str,
+    threads: usize,
+    result: std::result::Result<(Received, Received), String>,
+}
+
+/// Two configurations at each thread count of `threads`, both paths, alternating rounds.
+fn measure_scaling(
+    dp: &mut TestDataplane,
+    gen: &mut BenchGen,
+    template: &[u8],
+    seconds: f64,
+    rounds: usize,
+    threads: &[usize],
+) -> Vec<ScalingRow> {
+    let mut out = Vec::new();
+    for (label, rules, groups) in [
+        ("10 routes", 0, false),
+        ("10 routes, groups + 40-rule NACL", 40, true),
+    ] {
+        let config = Config {
+            label: label.to_string(),
+            routes: 10,
+            rules,
+            groups,
+            cap_mbps: None,
+            flows: ROW_FLOWS,
+            linux_set: false,
+        };
+        let doc = pdp_doc(&config);
+        let applied = dp
+            .install(&doc)
+            .map(|_| ())
+            .and_then(|_| linux_apply(&config, &doc).map(|_| ()));
+        for &t in threads {
+            eprint!("scaling, {label}, {t} thread(s): ");
+            let result = match &applied {
+                Err(e) => Err(format!("{e:#}")),
+                Ok(()) => (|| -> Result<(Received, Received)> {
+                    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
+                    for r in 0..rounds {
+                        eprint!("round {}/{rounds} ", r + 1);
+                        std::io::stderr().flush().ok();
+                        pdp.push(measure(dp, gen, template, seconds, ROW_FLOWS, t, false)?);
+                        linux.push(measure(dp, gen, template, seconds, ROW_FLOWS, t, true)?);
+                    }
+                    Ok((medians(&pdp), medians(&linux)))
+                })()
+                .map_err(|e| format!("{e:#}")),
+            };
+            eprintln!();
+            out.push(ScalingRow {
+                label,
+                threads: t,
+                result,
+            });
+        }
+    }
+    out
+}
+
+/// pps at each thread count, the scaling against the first, and the sink's split over
+/// CPUs.
+fn scaling_report(rows: &[ScalingRow]) {
+    println!(
+        "\nscaling: generator threads, each on its own CPU and TX queue of port A's peer; per-CPU split of the frames counted at the sink"
+    );
+    println!(
+        "{:<34} {:>7} {:>9} {:>10} {:>7} {:>8} {:>8} {:>11} {:>11}",
+        "CONFIGURATION",
+        "THREADS",
+        "PDP KPPS",
+        "LINUX KPPS",
+        "RATIO",
+        "PDP xN",
+        "LINUX xN",
+        "PDP CPUS %",
+        "LINUX CPUS %"
+    );
+    for r in rows {
+        let base = rows
+            .iter()
+            .find(|b| b.label == r.label)
+            .and_then(|b| b.result.as_ref().ok());
+        match (&r.result, base) {
+            (Ok((p, l)), Some((bp, bl))) => println!(
+                "{:<34} {:>7} {:>9.1} {:>10.1} {:>6.2}x {:>7.2}x {:>7.2}x {:>11} {:>11}",
+                r.label,
+                r.threads,
+                p.pps / 1e3,
+                l.pps / 1e3,
+                p.pps / l.pps,
+                p.pps / bp.pps,
+                l.pps / bl.pps,
+                spread(&p.per_cpu),
+                spread(&l.per_cpu)
+            ),
+            (Err(e), _) => println!("{:<34} {:>7} not run: {e}", r.label, r.threads),
+            _ => println!("{:<34} {:>7} (no baseline)", r.label, r.threads),
+        }
+    }
+}
+
+fn scaling_json(rows: &Vec<ScalingRow>) -> serde_json::Value {
+    serde_json::json!(rows
+        .iter()
+        .map(|r| match &r.result {
+            Ok((p, l)) => serde_json::json!({
+                "configuration": r.label, "threads": r.threads,
+                "pdp_pps": p.pps, "linux_pps": l.pps, "ratio": p.pps / l.pps,
+                "pdp_sink_frames_per_cpu": p.per_cpu, "linux_sink_frames_per_cpu": l.per_cpu,
+                "pdp_offered_pps": p.offered_pps, "linux_offered_pps": l.offered_pps,
+            }),
+            Err(e) =>
+                serde_json::json!({"configuration": r.label, "threads": r.threads, "not_run": e}),
+        })
+        .collect::<Vec<_>>())
 }
 
 /// `rounds` rounds alternating this data plane's run (`measure(false)`) and Linux's
@@ -679,30 +850,42 @@ fn e2e_report(rows: &[Row], policers: &[&str]) {
         "OFFERED KPPS"
     );
     for r in rows {
+        let Ok((pdp, linux)) = &r.result else {
+            println!(
+                "{:<46} not run: {}",
+                r.config.label,
+                r.result.as_ref().err().unwrap()
+            );
+            continue;
+        };
         println!(
             "{:<46} {:>9.1} {:>10.1} {:>6.2}x   {:>10.1} {:>12.1}   {:>8.0} / {:>6.0}",
             r.config.label,
-            r.pdp.pps / 1e3,
-            r.linux.pps / 1e3,
-            r.pdp.pps / r.linux.pps,
-            r.pdp.bps / 1e6,
-            r.linux.bps / 1e6,
-            r.pdp.offered_pps / 1e3,
-            r.linux.offered_pps / 1e3,
+            pdp.pps / 1e3,
+            linux.pps / 1e3,
+            pdp.pps / linux.pps,
+            pdp.bps / 1e6,
+            linux.bps / 1e6,
+            pdp.offered_pps / 1e3,
+            linux.offered_pps / 1e3,
         );
     }
-    let find = |label: &str| rows.iter().find(|r| r.config.label == label);
+    let find = |label: &str| {
+        rows.iter()
+            .find(|r| r.config.label == label)
+            .and_then(|r| r.result.as_ref().ok())
+    };
     for label in [
         "10 routes",
         "10 routes, groups + 40-rule NACL",
         "1,000,000 routes, groups + 40-rule NACL",
     ] {
-        if let Some(r) = find(label) {
+        if let Some((p, l)) = find(label) {
             println!(
                 "ratio, {label}: {:.2}x ({:.0} vs {:.0} kpps)",
-                r.pdp.pps / r.linux.pps,
-                r.pdp.pps / 1e3,
-                r.linux.pps / 1e3
+                p.pps / l.pps,
+                p.pps / 1e3,
+                l.pps / 1e3
             );
         }
     }
@@ -710,24 +893,25 @@ fn e2e_report(rows: &[Row], policers: &[&str]) {
         println!("Linux cap: {p}");
     }
     for r in rows {
-        if let Some(mbps) = r.config.cap_mbps {
-            let over = |bps: f64| 100.0 * (bps / (mbps as f64 * 1e6) - 1.0);
-            if r.linux.bps < mbps as f64 * 1e6 * 0.9 {
-                continue; // not reached
-            }
-            println!(
-                "cap {mbps} Mbit/s: this data plane delivered {:+.1} %, Linux {:+.1} % against it",
-                over(r.pdp.bps),
-                over(r.linux.bps)
-            );
+        let (Some(mbps), Ok((pdp, linux))) = (r.config.cap_mbps, &r.result) else {
+            continue;
+        };
+        let over = |bps: f64| 100.0 * (bps / (mbps as f64 * 1e6) - 1.0);
+        if linux.bps < mbps as f64 * 1e6 * 0.9 {
+            continue; // not reached
         }
+        println!(
+            "cap {mbps} Mbit/s: this data plane delivered {:+.1} %, Linux {:+.1} % against it",
+            over(pdp.bps),
+            over(linux.bps)
+        );
     }
 }
 
 /// The base configuration once more, with netsniff-ng's trafgen as the generator: frames
 /// sent from an AF_PACKET socket on port A's veth peer, as an instance would, through the
 /// XDP program attached to port A (native mode), or through Linux when it is not.
-fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<()> {
+fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<String> {
     let cfg = std::env::temp_dir().join("pdp-bench-trafgen.cfg");
     let mut text = String::new();
     for f in frames {
@@ -752,7 +936,7 @@ fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<()>
     let (linux_tx, linux_rx) = run(dp)?;
     dp.keep_in_dispatcher(program_names::PIPELINE, A.port)?;
     let (pdp_tx, pdp_rx) = run(dp)?;
-    println!(
+    Ok(format!(
         "trafgen (AF_PACKET, 1 CPU, {} frames): this data plane received {:.1} kpps of {:.1} sent; Linux {:.1} kpps of {:.1} sent; ratio {:.2}x",
         count,
         pdp_rx / 1e3,
@@ -760,23 +944,25 @@ fn trafgen_cross_check(dp: &mut TestDataplane, frames: &[Vec<u8>]) -> Result<()>
         linux_rx / 1e3,
         linux_tx / 1e3,
         pdp_rx / linux_rx
-    );
-    Ok(())
+    ))
 }
 
 /// Two panels: throughput vs routes, and vs ACL rules; one line per data plane.
 fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
-    let plain = |r: &&Row| !r.config.groups && r.config.cap_mbps.is_none();
+    let plain = |r: &&Row| !r.config.groups && r.config.cap_mbps.is_none() && r.result.is_ok();
     let routes: Vec<&Row> = rows
         .iter()
         .filter(|r| plain(r) && r.config.rules == 0)
         .collect();
+    anyhow::ensure!(!routes.is_empty(), "no route row ran");
+    let fig = |r: &Row| r.result.clone().unwrap();
     let mut rules: Vec<&Row> = vec![routes[0]];
     rules.extend(rows.iter().filter(|r| plain(r) && r.config.rules > 0));
     // The top of the y axis: the highest figure plus room for the legend, in 500s of kpps.
     let top = rows
         .iter()
-        .flat_map(|r| [r.pdp.pps, r.linux.pps])
+        .filter_map(|r| r.result.as_ref().ok())
+        .flat_map(|(p, l)| [p.pps, l.pps])
         .fold(0.0, f64::max)
         * 1.15
         / 1e3;
@@ -787,16 +973,16 @@ fn write_svg(path: &Path, rows: &[Row]) -> Result<()> {
     );
     let rp: Vec<(f64, f64, f64)> = routes
         .iter()
-        .map(|r| (r.config.routes as f64, r.pdp.pps / 1e3, r.linux.pps / 1e3))
+        .map(|r| {
+            let (p, l) = fig(r);
+            (r.config.routes as f64, p.pps / 1e3, l.pps / 1e3)
+        })
         .collect();
     let ap: Vec<(f64, f64, f64)> = rules
         .iter()
         .map(|r| {
-            (
-                r.config.rules.max(1) as f64,
-                r.pdp.pps / 1e3,
-                r.linux.pps / 1e3,
-            )
+            let (p, l) = fig(r);
+            (r.config.rules.max(1) as f64, p.pps / 1e3, l.pps / 1e3)
         })
         .collect();
     svg_panel(

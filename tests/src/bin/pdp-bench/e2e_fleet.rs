@@ -10,8 +10,10 @@
 //!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
-use super::e2e::{alternating, line, measure_at, FLOWS};
+use super::e2e::{alternating, line, FLOWS};
+use super::gen::{BenchGen, Next};
 use anyhow::Result;
+use peer_dataplane::loadgen::GeneratorArg;
 use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
 use peer_dataplane_tests::fleet::{self, B2};
 use peer_dataplane_tests::harness::TestDataplane;
@@ -63,8 +65,13 @@ fn linux_sender() -> Result<&'static str> {
 const VXLAN_PORT: u16 = 4789;
 
 /// (this data plane's pps, Linux's pps, their offered rates), medians of `rounds`, and
-/// Linux's tunnel.
-pub fn measure(object: &Path, seconds: f64, rounds: usize) -> Result<([f64; 4], &'static str)> {
+/// Linux's tunnel; with the generator `arg` chooses here.
+pub fn measure(
+    object: &Path,
+    arg: GeneratorArg,
+    seconds: f64,
+    rounds: usize,
+) -> Result<([f64; 4], &'static str)> {
     let ns = fleet::host1_alone("pdp-e2e-fleet", 1600)?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load_from(object)?;
@@ -77,19 +84,20 @@ pub fn measure(object: &Path, seconds: f64, rounds: usize) -> Result<([f64; 4], 
     };
     // Keep the programs in the dispatcher (see `keep_in_dispatcher`); count on the uplink.
     dp.keep_in_dispatcher(program_names::PIPELINE, &format!("{}-peer", B2.port))?;
-    dp.keep_in_dispatcher(program_names::PASS, B2.port)?;
     dp.keep_in_dispatcher(program_names::SINK, "up0-peer")?;
-    let frames = super::e2e::a_to_b_frames(&dp, FLOWS)?;
+    let template = super::e2e::a_to_b_frame(&dp)?;
+    let mut gen = BenchGen::choose(arg, A.port)?;
     eprint!("across hosts (sender): ");
     // Each side's tunnel packets are the sink's to count: ours to 6081, Linux's to its port.
     let figures = alternating(rounds, |linux| {
-        let (program, port) = if linux {
-            (program_names::PASS, linux_port)
+        let (next, port) = if linux {
+            (Next::Kernel, linux_port)
         } else {
-            (program_names::PIPELINE, GENEVE_PORT)
+            (Next::Program(program_names::PIPELINE), GENEVE_PORT)
         };
         dp.sink_match_udp_dport(port)?;
-        measure_at(&dp, program, &frames, seconds, A.port)
+        let r = gen.run(&mut dp, &template, A.port, next, FLOWS, 1, seconds)?;
+        Ok((r.received as f64 / r.sent.seconds, r.sent.pps))
     })?;
     Ok((figures, kind))
 }

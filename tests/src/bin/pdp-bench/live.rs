@@ -1,17 +1,19 @@
-//! `bench prog`, live frames: the cost of a frame that is really forwarded. Batched
+//! `bench prog`, frames really forwarded: the cost of a frame that is transmitted. Batched
 //! BPF_PROG_RUN (the rows above) times the program alone: its redirect only records the
 //! target, and nothing is transmitted, so "redirect only" there is a near-empty program
-//! (6 ns). Here both programs run under BPF_PROG_RUN live frames behind `pdp_loadgen`, and
-//! each frame is transmitted on port B's veth and counted by the sink behind it, as in
-//! `bench e2e`: redirect-only (frames received on B, sent back out of B) against the whole
+//! (6 ns). Here frames come from `bench e2e`'s generator (live frames behind
+//! `pdp_loadgen` where the kernel runs them, else AF_XDP or AF_PACKET from the port's
+//! veth peer, see `gen`), and each frame is transmitted on port B's veth and counted by
+//! the sink behind it: redirect-only (frames received on B, sent back out of B) against the whole
 //! job of row (t) on one flow, with its kept decision and without. Then the same job over
 //! 100,000 flows, each frame the next flow: 100,000 flows do not fit the 16,384-slot
 //! decision table, so nearly every frame misses, looks its slot up and keeps its
 //! decision for nothing (a flood of new flows), against the same frames with kept
 //! decisions off. A figure is the time per frame on one CPU, 1 / (frames counted per
-//! second).
+//! second), the generator's own cost included (the same in every row).
 
-use super::e2e::{a_to_b_frames, live_run, Received, BENCH_DPORT, FRAME_BYTES};
+use super::e2e::{a_to_b_frame, BENCH_DPORT, FRAME_BYTES};
+use super::gen::{BenchGen, Next};
 use anyhow::Result;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane_common::program_names;
@@ -24,6 +26,8 @@ const ROUNDS: usize = 5;
 const MANY_FLOWS: u32 = 100_000;
 
 pub struct Figures {
+    /// The generator, as `gen` names it.
+    pub generator: String,
     pub redirect_ns: f64,
     pub kept_ns: f64,
     pub whole_ns: f64,
@@ -36,6 +40,7 @@ pub struct Figures {
 impl Figures {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
+            "generator": self.generator,
             "seconds": SECONDS,
             "rounds": ROUNDS,
             "frame_bytes": FRAME_BYTES,
@@ -53,25 +58,25 @@ impl Figures {
 }
 
 /// Medians over alternating rounds, with `job` installed.
-pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
+pub fn measure(dp: &mut TestDataplane, job: &Document, gen: &mut BenchGen) -> Result<Figures> {
     dp.install(job)?;
     dp.installed.maps.conntrack_flush(|_, _| true)?;
     dp.sink_match_udp_dports(BENCH_DPORT, BENCH_DPORT + 1)?;
-    let frames = a_to_b_frames(dp, 1)?;
+    let template = a_to_b_frame(dp)?;
     // ns per frame of `next` with frames received on `port`.
-    let run_flows = |dp: &mut TestDataplane, next: &str, port: &str, flows| -> Result<f64> {
-        let r: Received = live_run(dp, &frames, SECONDS, flows, Some(next), port)?;
-        Ok(1e9 / r.pps)
+    let mut run_flows = |dp: &mut TestDataplane, next: &str, port: &str, flows| -> Result<f64> {
+        let r = gen.run(dp, &template, port, Next::Program(next), flows, 1, SECONDS)?;
+        anyhow::ensure!(r.received > 0, "no frame reached the sink behind port B");
+        Ok(1e9 * r.sent.seconds / r.received as f64)
     };
-    let run = |dp: &mut TestDataplane, next: &str, port: &str| run_flows(dp, next, port, 1);
     let (mut redirect, mut kept, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     let (mut missing, mut missing_off) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        eprint!("\r  live frames, round {}/{ROUNDS}", round + 1);
-        redirect.push(run(dp, program_names::REDIRECT_ONLY, B.port)?);
-        kept.push(run(dp, program_names::PIPELINE, A.port)?);
+        eprint!("\r  frames really forwarded, round {}/{ROUNDS}", round + 1);
+        redirect.push(run_flows(dp, program_names::REDIRECT_ONLY, B.port, 1)?);
+        kept.push(run_flows(dp, program_names::PIPELINE, A.port, 1)?);
         dp.installed.maps.set_flow_cache(false)?;
-        let r = run(dp, program_names::PIPELINE, A.port);
+        let r = run_flows(dp, program_names::PIPELINE, A.port, 1);
         let r_many = r.and_then(|r| {
             run_flows(dp, program_names::PIPELINE, A.port, MANY_FLOWS).map(|m| (r, m))
         });
@@ -83,6 +88,7 @@ pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
     }
     eprintln!();
     Ok(Figures {
+        generator: gen.label(),
         redirect_ns: super::median(redirect),
         kept_ns: super::median(kept),
         whole_ns: super::median(whole),
@@ -93,7 +99,8 @@ pub fn measure(dp: &mut TestDataplane, job: &Document) -> Result<Figures> {
 
 pub fn report(f: &Figures) {
     println!(
-        "\nlive frames (BPF_PROG_RUN live mode behind pdp_loadgen, each frame transmitted on port B and counted behind it; median of {ROUNDS} rounds of {SECONDS} s)"
+        "\nframes really forwarded (generator: {}; each frame transmitted on port B and counted behind it; one CPU; median of {ROUNDS} rounds of {SECONDS} s)",
+        f.generator
     );
     println!("{:<48} {:>10} {:>8}", "PATH", "NS/FRAME", "RATIO");
     for (name, ns) in [
