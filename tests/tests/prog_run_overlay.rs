@@ -879,8 +879,8 @@ fn overlay_prog_run_table() -> Result<()> {
     Ok(())
 }
 
-/// Different flows leave with different outer source ports (underlay ECMP entropy);
-/// one flow always with the same.
+/// Different flows leave with different outer source ports (underlay ECMP entropy, and
+/// the receiving NIC's RSS); one flow always with the same.
 #[test]
 fn outer_source_ports_follow_the_flow() -> Result<()> {
     peer_dataplane_tests::require_root()?;
@@ -903,6 +903,20 @@ fn outer_source_ports_follow_the_flow() -> Result<()> {
         distinct.len() >= 56,
         "64 flows used only {} outer ports",
         distinct.len()
+    );
+    // The destination port is part of the flow too (a receiving NIC's RSS hashes the
+    // outer ports, so tunnel traffic spreads over its queues as the inner flows do).
+    let mut by_dport = std::collections::BTreeSet::new();
+    for dport in 7000..7064 {
+        let frame = packets::udp4(from(A), A.ipv4, B.ipv4, 64, 40000, dport, b"across hosts");
+        let out = dp.run(netns::ifindex(A.port), &frame)?;
+        anyhow::ensure!(out.action == XDP_REDIRECT, "not forwarded");
+        by_dport.insert(be16(&out.data[34..]));
+    }
+    assert!(
+        by_dport.len() >= 56,
+        "64 destination ports used only {} outer ports",
+        by_dport.len()
     );
     Ok(())
 }
