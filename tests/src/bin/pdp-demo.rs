@@ -339,8 +339,19 @@ impl Demo {
         let (a4, b4) = (v4_str(&A.ipv4), v4_str(&B.ipv4));
         let packets = FRAMES.to_string();
         let args = [
-            "loadgen", "--src", &a4, "--dst", &b4, "--dport", "7002", "--flows", "64",
-            "--packets", &packets, "--duration", "30",
+            "loadgen",
+            "--src",
+            &a4,
+            "--dst",
+            &b4,
+            "--dport",
+            "7002",
+            "--flows",
+            "64",
+            "--packets",
+            &packets,
+            "--duration",
+            "30",
         ];
         println!(
             "\n    [host-{}] $ peer-dataplane {}",

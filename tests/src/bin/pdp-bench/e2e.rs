@@ -19,7 +19,7 @@
 //! a figure is the whole per-packet cost of a path on a core. Each figure is the median of
 //! rounds that alternate between the two data planes.
 
-use super::gen::{flow_frames, spread, BenchGen, Next, Run};
+use super::gen::{flow_frames, spread, BenchGen, Next, Run, Shape};
 use anyhow::{bail, ensure, Context, Result};
 use peer_dataplane::cli::frame::Protocol;
 use peer_dataplane::cli::loadgen::{self, Traffic};
@@ -426,7 +426,17 @@ fn measure(
     } else {
         Next::Program(program_names::PIPELINE)
     };
-    let r = gen.run(dp, template, A.port, next, flows, threads, seconds)?;
+    let r = gen.run(
+        dp,
+        template,
+        A.port,
+        next,
+        Shape {
+            flows,
+            threads,
+            seconds,
+        },
+    )?;
     Ok(Received::of(&r))
 }
 
@@ -591,7 +601,7 @@ pub fn bench(o: &Options) -> Result<()> {
             }
             j
         }).collect::<Vec<_>>(),
-        "scaling": scaling.as_ref().map(scaling_json),
+        "scaling": scaling.as_deref().map(scaling_json),
         "trafgen": match &trafgen { Ok(l) => serde_json::json!(l), Err(e) => serde_json::json!({"not_run": format!("{e:#}")}) },
         "across_hosts_sender": match &cross {
             Ok((c, tunnel)) => serde_json::json!({
@@ -794,7 +804,7 @@ fn scaling_report(rows: &[ScalingRow]) {
     }
 }
 
-fn scaling_json(rows: &Vec<ScalingRow>) -> serde_json::Value {
+fn scaling_json(rows: &[ScalingRow]) -> serde_json::Value {
     serde_json::json!(rows
         .iter()
         .map(|r| match &r.result {

@@ -11,7 +11,7 @@
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
 use super::e2e::{alternating, line, FLOWS};
-use super::gen::{BenchGen, Next};
+use super::gen::{BenchGen, Next, Shape};
 use anyhow::Result;
 use peer_dataplane::loadgen::GeneratorArg;
 use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
@@ -96,7 +96,12 @@ pub fn measure(
             (Next::Program(program_names::PIPELINE), GENEVE_PORT)
         };
         dp.sink_match_udp_dport(port)?;
-        let r = gen.run(&mut dp, &template, A.port, next, FLOWS, 1, seconds)?;
+        let shape = Shape {
+            flows: FLOWS,
+            threads: 1,
+            seconds,
+        };
+        let r = gen.run(&mut dp, &template, A.port, next, shape)?;
         Ok((r.received as f64 / r.sent.seconds, r.sent.pps))
     })?;
     Ok((figures, kind))

@@ -34,6 +34,15 @@ pub enum Next<'a> {
     Kernel,
 }
 
+/// How much a run sends: each frame the next of `flows` flows, from `threads` threads,
+/// for `seconds`.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub flows: u32,
+    pub threads: usize,
+    pub seconds: f64,
+}
+
 /// One counted run.
 pub struct Run {
     pub sent: Sent,
@@ -94,19 +103,21 @@ impl BenchGen {
         })
     }
 
-    /// Frames enter `port` for `seconds` from `threads` threads, each frame the next of
-    /// `flows` flows (A -> B UDP, `template`'s addresses); `next` handles them; the sink
-    /// (already told what to count) counts what comes out.
+    /// Frames enter `port` as `shape` says (A -> B UDP, `template`'s addresses); `next`
+    /// handles them; the sink (already told what to count) counts what comes out.
     pub fn run(
         &mut self,
         dp: &mut TestDataplane,
         template: &[u8],
         port: &str,
         next: Next,
-        flows: u32,
-        threads: usize,
-        seconds: f64,
+        shape: Shape,
     ) -> Result<Run> {
+        let Shape {
+            flows,
+            threads,
+            seconds,
+        } = shape;
         let load = Load {
             packets: None,
             duration: Duration::from_secs_f64(seconds),

@@ -13,7 +13,7 @@
 //! second), the generator's own cost included (the same in every row).
 
 use super::e2e::{a_to_b_frame, BENCH_DPORT, FRAME_BYTES};
-use super::gen::{BenchGen, Next};
+use super::gen::{BenchGen, Next, Shape};
 use anyhow::Result;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane_common::program_names;
@@ -65,7 +65,12 @@ pub fn measure(dp: &mut TestDataplane, job: &Document, gen: &mut BenchGen) -> Re
     let template = a_to_b_frame(dp)?;
     // ns per frame of `next` with frames received on `port`.
     let mut run_flows = |dp: &mut TestDataplane, next: &str, port: &str, flows| -> Result<f64> {
-        let r = gen.run(dp, &template, port, Next::Program(next), flows, 1, SECONDS)?;
+        let shape = Shape {
+            flows,
+            threads: 1,
+            seconds: SECONDS,
+        };
+        let r = gen.run(dp, &template, port, Next::Program(next), shape)?;
         anyhow::ensure!(r.received > 0, "no frame reached the sink behind port B");
         Ok(1e9 * r.sent.seconds / r.received as f64)
     };
