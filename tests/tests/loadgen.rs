@@ -51,6 +51,23 @@ fn loadgen(dp: &TestDataplane, packets: u64, extra: &[&str]) -> Result<std::proc
     peer_dataplane_tests::cli(&dp.pin_dir, &args)
 }
 
+/// A refused run: it failed, its error says each of `says`, and no counter moved since
+/// `before`.
+fn refused(
+    dp: &TestDataplane,
+    before: &GlobalCounters,
+    out: &std::process::Output,
+    says: &[&str],
+) -> Result<()> {
+    let e = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "not refused: {e}");
+    for s in says {
+        ensure!(e.contains(s), "the error does not say {s:?}: {e}");
+    }
+    ensure!(dp.global()? == *before, "a refused run moved counters");
+    Ok(())
+}
+
 /// Runs `loadgen` and checks that report, counters and sink agree on every frame.
 fn sends_and_reports(dp: &TestDataplane, packets: u64, extra: &[&str]) -> Result<Value> {
     let sink_before = dp.sink_count()?;
@@ -134,15 +151,15 @@ fn af_xdp_sends_into_the_port_from_its_veth_peer() -> Result<()> {
     // More threads than queues is refused before anything is sent, saying what to do.
     let before = dp.global()?;
     let out = loadgen(&dp, 1000, &["--generator", "af-xdp", "--threads", "3"])?;
-    assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        e.contains("--threads 3 needs 3 queues on pdp-a-peer, which has 2")
-            && e.contains("ethtool -L"),
-        "{e}"
-    );
-    assert_eq!(dp.global()?, before);
-    Ok(())
+    refused(
+        &dp,
+        &before,
+        &out,
+        &[
+            "--threads 3 needs 3 queues on pdp-a-peer, which has 2",
+            "ethtool -L",
+        ],
+    )
 }
 
 #[test]
@@ -171,19 +188,20 @@ fn live_frames_work_or_are_refused_with_the_errno_and_the_way_out() -> Result<()
         }
         Err(refusal) => {
             println!("this kernel refuses live frames ({refusal}): checking the refusal");
-            let before: GlobalCounters = dp.global()?;
+            let before = dp.global()?;
             let out = loadgen(&dp, 1000, &["--generator", "live-frames"])?;
-            assert!(!out.status.success());
-            let e = String::from_utf8_lossy(&out.stderr);
-            // The errno by name (EPERM on this project's machines), and the way out.
-            assert!(e.contains(&refusal), "{e}");
-            assert!(
-                e.contains("BPF_PROG_RUN with live frames: E"),
-                "no errno named: {e}"
-            );
-            assert!(e.contains("--generator af-xdp"), "{e}");
-            // Refused before anything was sent: no counter moved.
-            assert_eq!(dp.global()?, before);
+            // The errno by name (EPERM on this project's machines), and the way out;
+            // refused before anything was sent.
+            refused(
+                &dp,
+                &before,
+                &out,
+                &[
+                    &refusal,
+                    "BPF_PROG_RUN with live frames: E",
+                    "--generator af-xdp",
+                ],
+            )?;
         }
     }
     Ok(())
@@ -274,17 +292,15 @@ fn the_far_end_is_found_in_the_instance_namespace() -> Result<()> {
             "10",
         ],
     )?;
-    assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        e.contains(&format!(
+    refused(
+        &dp,
+        &before,
+        &out,
+        &[&format!(
             "--from: no interface nope0 in netns {}",
             net.ns(A).name
-        )),
-        "{e}"
-    );
-    assert_eq!(dp.global()?, before);
-    Ok(())
+        )],
+    )
 }
 
 #[test]
@@ -296,9 +312,10 @@ fn a_bad_request_changes_nothing_and_says_what_is_wrong() -> Result<()> {
         &dp.pin_dir,
         &["loadgen", "--src", "10.9.9.9", "--dst", "172.16.2.20"],
     )?;
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr)
-        .contains("no port has the address 10.9.9.9; name the ingress port with --port"));
-    assert_eq!(dp.global()?, before);
-    Ok(())
+    refused(
+        &dp,
+        &before,
+        &bad,
+        &["no port has the address 10.9.9.9; name the ingress port with --port"],
+    )
 }

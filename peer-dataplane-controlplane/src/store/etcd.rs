@@ -48,13 +48,25 @@ fn never_sent(e: &anyhow::Error) -> bool {
     )
 }
 
-/// The cluster could not answer (a member down, no leader yet): whether the request was
-/// carried out is not known.
+/// The cluster could not answer (a member down, no leader yet, a proposal that timed out
+/// while a new leader was elected): whether the request was carried out is not known.
+/// etcd reports the last as `Unknown` with the server's timeout in the message.
 fn unavailable(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<etcd_client::Error>(),
-        Some(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::Unavailable
-    )
+    let Some(etcd_client::Error::GRpcStatus(s)) = e.downcast_ref::<etcd_client::Error>() else {
+        return false;
+    };
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Unknown => [
+            "context deadline exceeded",
+            "request timed out",
+            "leader changed",
+            "no leader",
+        ]
+        .iter()
+        .any(|m| s.message().contains(m)),
+        _ => false,
+    }
 }
 
 /// Largest answer taken from etcd.

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// One interface of the calling thread's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,19 +89,8 @@ pub fn netnsid_of(ns_fd: &impl AsRawFd) -> Result<Option<i32>> {
 }
 
 fn open() -> Result<OwnedFd> {
-    // SAFETY: plain socket creation; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening an rtnetlink socket");
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    super::sock::open(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)
+        .context("opening an rtnetlink socket")
 }
 
 fn header(kind: u16, flags: u16, body_hint: usize) -> Vec<u8> {

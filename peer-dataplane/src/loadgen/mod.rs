@@ -18,6 +18,7 @@ pub mod far_end;
 pub mod links;
 mod live;
 mod packet;
+mod sock;
 pub mod xsk;
 
 pub use choose::{choose, Choice, Generator, GeneratorArg};

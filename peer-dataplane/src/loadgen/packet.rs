@@ -4,10 +4,10 @@
 //! kernel picks the TX queue from the sending CPU, so threads pinned to different CPUs
 //! use different queues.
 
-use super::Sender;
+use super::{sock, Sender};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Frames per `sendmmsg`.
@@ -27,27 +27,15 @@ impl PacketTx {
     /// A socket bound to `ifindex` in the calling thread's namespace.
     pub fn open(ifindex: u32, frames: &[Vec<u8>]) -> Result<PacketTx> {
         // Protocol 0: this socket receives nothing.
-        // SAFETY: plain socket creation; owned right away.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("AF_PACKET: opening a socket");
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: an int option of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_QDISC_BYPASS,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context("AF_PACKET: PACKET_QDISC_BYPASS");
-        }
+        let fd = sock::open(libc::AF_PACKET, libc::SOCK_RAW, 0)
+            .context("AF_PACKET: opening a socket")?;
+        sock::set(
+            &fd,
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            &(1 as libc::c_int),
+        )
+        .context("AF_PACKET: PACKET_QDISC_BYPASS")?;
         // SAFETY: zeroed plain struct, then filled.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;

@@ -14,10 +14,10 @@
 //! would bring a C build the rest of the project avoids, and the pure-Rust one is under a
 //! copyleft licence.
 
-use super::Sender;
+use super::{sock, Sender};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -170,20 +170,7 @@ pub struct XskTx {
 unsafe impl Send for XskTx {}
 
 fn sockopt<T>(fd: &OwnedFd, name: i32, value: &T, what: &str) -> Result<()> {
-    // SAFETY: `value` is a plain struct of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("AF_XDP: {what}"));
-    }
-    Ok(())
+    sock::set(fd, libc::SOL_XDP, name, value).with_context(|| format!("AF_XDP: {what}"))
 }
 
 impl XskTx {
@@ -241,15 +228,8 @@ impl XskTx {
                 MAX_UMEM >> 20
             )));
         }
-        // SAFETY: plain socket creation; owned right away.
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(BindError::Other(
-                anyhow!(io::Error::last_os_error()).context("AF_XDP: opening a socket"),
-            ));
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = sock::open(libc::AF_XDP, libc::SOCK_RAW, 0)
+            .map_err(|e| BindError::Other(anyhow!(e).context("AF_XDP: opening a socket")))?;
         let umem = Mapping::anonymous(size)
             .map_err(|e| BindError::Other(anyhow!(e).context("AF_XDP: mapping the UMEM")))?;
         let mut templates = Vec::with_capacity(frames.len());
@@ -279,24 +259,8 @@ impl XskTx {
         ] {
             sockopt(&fd, opt, &RING, what).map_err(other)?;
         }
-        // SAFETY: zeroed plain struct, filled by the kernel.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: `off` is writable for `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(other(
-                anyhow!(io::Error::last_os_error()).context("AF_XDP: reading ring offsets"),
-            ));
-        }
+        let off: libc::xdp_mmap_offsets = sock::get(&fd, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS)
+            .map_err(|e| other(anyhow!(e).context("AF_XDP: reading ring offsets")))?;
         let tx = Ring::map(&fd, &off.tx, libc::XDP_PGOFF_TX_RING as u64)
             .map_err(|e| other(anyhow!(e).context("AF_XDP: mapping the TX ring")))?;
         let completion = Ring::map(&fd, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING)
@@ -320,19 +284,8 @@ impl XskTx {
         if rc != 0 {
             return Err(BindError::Bind(io::Error::last_os_error()));
         }
-        let mut opts = libc::xdp_options { flags: 0 };
-        let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
-        // SAFETY: `opts` is writable for `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_OPTIONS,
-                (&mut opts as *mut libc::xdp_options).cast(),
-                &mut len,
-            )
-        };
-        let mode = if rc == 0 && opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
+        let opts = sock::get::<libc::xdp_options>(&fd, libc::SOL_XDP, libc::XDP_OPTIONS);
+        let mode = if opts.is_ok_and(|o| o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0) {
             Mode::ZeroCopy
         } else {
             Mode::Copy
@@ -441,13 +394,16 @@ enum BindError {
     Other(anyhow::Error),
 }
 
-impl Sender for XskTx {
-    fn send(&mut self, n: u64) -> Result<u64> {
+impl XskTx {
+    /// Queues `n` more frames and, with `drain`, waits until none is in flight; returns
+    /// how many frames the kernel finished meanwhile.
+    fn pump(&mut self, n: u64, drain: bool) -> Result<u64> {
         let (mut queued, mut done) = (0u64, 0u64);
         let mut progress = Instant::now();
-        while queued < n {
-            let want = (n - queued).min(BATCH as u64) as u32;
-            queued += self.submit(want) as u64;
+        while queued < n || (drain && self.in_flight > 0) {
+            if queued < n {
+                queued += self.submit((n - queued).min(BATCH as u64) as u32) as u64;
+            }
             self.kick()?;
             let d = self.reap();
             if d > 0 {
@@ -463,38 +419,21 @@ impl Sender for XskTx {
         }
         Ok(done)
     }
+}
+
+impl Sender for XskTx {
+    fn send(&mut self, n: u64) -> Result<u64> {
+        self.pump(n, false)
+    }
 
     fn finish(&mut self) -> Result<u64> {
-        let mut done = 0u64;
-        let mut progress = Instant::now();
-        while self.in_flight > 0 {
-            self.kick()?;
-            let d = self.reap();
-            if d > 0 {
-                done += d as u64;
-                progress = Instant::now();
-            } else if progress.elapsed() > STALL {
-                bail!(
-                    "AF_XDP: {} frames never completed (no completion for {} s)",
-                    self.in_flight,
-                    STALL.as_secs()
-                );
-            }
-        }
-        Ok(done)
+        self.pump(0, true)
     }
 }
 
 /// Whether this kernel has AF_XDP sockets at all (CONFIG_XDP_SOCKETS).
 pub fn available() -> io::Result<()> {
-    // SAFETY: plain socket creation, closed right away.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
-    Ok(())
+    sock::open(libc::AF_XDP, libc::SOCK_RAW, 0).map(drop)
 }
 
 /// Checks that `queues` exist for one socket per thread.

@@ -645,31 +645,7 @@ fn measure_configs(
                 Policer::None => {}
             }
             eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
-            let (mut pdp, mut linux) = (Vec::new(), Vec::new());
-            for r in 0..rounds {
-                eprint!("round {}/{rounds} ", r + 1);
-                std::io::stderr().flush().ok();
-                // Alternating, so that drift on a shared machine hits both alike.
-                pdp.push(measure(
-                    dp,
-                    gen,
-                    template,
-                    seconds,
-                    config.flows,
-                    threads,
-                    false,
-                )?);
-                linux.push(measure(
-                    dp,
-                    gen,
-                    template,
-                    seconds,
-                    config.flows,
-                    threads,
-                    true,
-                )?);
-            }
-            Ok((medians(&pdp), medians(&linux)))
+            both_paths(dp, gen, template, seconds, rounds, config.flows, threads)
         })();
         match &result {
             Ok(_) => eprintln!(),
@@ -681,6 +657,27 @@ fn measure_configs(
         });
     }
     Ok((rows, policers))
+}
+
+/// Both paths of the installed configuration, `rounds` rounds each, alternating so that
+/// drift on a shared machine hits both alike: the medians of (this data plane, Linux).
+fn both_paths(
+    dp: &mut TestDataplane,
+    gen: &mut BenchGen,
+    template: &[u8],
+    seconds: f64,
+    rounds: usize,
+    flows: u32,
+    threads: usize,
+) -> Result<(Received, Received)> {
+    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        eprint!("round {}/{rounds} ", r + 1);
+        std::io::stderr().flush().ok();
+        pdp.push(measure(dp, gen, template, seconds, flows, threads, false)?);
+        linux.push(measure(dp, gen, template, seconds, flows, threads, true)?);
+    }
+    Ok((medians(&pdp), medians(&linux)))
 }
 
 /// Each figure's median over the rounds (the per-CPU split of the median round).
@@ -739,17 +736,8 @@ fn measure_scaling(
             eprint!("scaling, {label}, {t} thread(s): ");
             let result = match &applied {
                 Err(e) => Err(format!("{e:#}")),
-                Ok(()) => (|| -> Result<(Received, Received)> {
-                    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
-                    for r in 0..rounds {
-                        eprint!("round {}/{rounds} ", r + 1);
-                        std::io::stderr().flush().ok();
-                        pdp.push(measure(dp, gen, template, seconds, ROW_FLOWS, t, false)?);
-                        linux.push(measure(dp, gen, template, seconds, ROW_FLOWS, t, true)?);
-                    }
-                    Ok((medians(&pdp), medians(&linux)))
-                })()
-                .map_err(|e| format!("{e:#}")),
+                Ok(()) => both_paths(dp, gen, template, seconds, rounds, ROW_FLOWS, t)
+                    .map_err(|e| format!("{e:#}")),
             };
             eprintln!();
             out.push(ScalingRow {
