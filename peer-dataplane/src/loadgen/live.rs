@@ -25,7 +25,7 @@ pub struct LiveTx<'a> {
     next: usize,
 }
 
-// SAFETY-free: `&Xdp` is shared read-only; BPF_PROG_RUN calls from several threads are fine.
+// Threads share `&Xdp` read-only: BPF_PROG_RUN calls on one program may run at once.
 impl<'a> LiveTx<'a> {
     pub fn new(
         prog: &'a Xdp,

@@ -63,7 +63,7 @@ impl Source<'_> {
         }
     }
 
-    /// Where frames start: `into ifindex 3` or `from pdp-a-peer`.
+    /// Where frames start: `as if received on ifindex 3`, `from eth0 (netns a)`.
     pub fn describe(&self) -> String {
         match self {
             Source::LiveFrames {
