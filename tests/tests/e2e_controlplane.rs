@@ -329,3 +329,92 @@ fn the_agent_follows_the_control_plane_over_tls() -> Result<()> {
     ensure!(got.is_err(), "plain http got an answer: {got:?}");
     Ok(())
 }
+
+/// Silent and slow clients cost the others nothing: with five connections that never send
+/// a byte and five that send their first bytes one a second (a TLS ClientHello, or an
+/// HTTP request line), a valid request is answered at once, over https and over http.
+#[test]
+fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    for tls in [true, false] {
+        let tag = if tls { "cp-slow-tls" } else { "cp-slow" };
+        let dir = std::env::temp_dir().join(peer_dataplane_tests::unique(tag));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique(tag))?;
+        let port = ns.run(free_port)?;
+        let certs = if tls {
+            Some(peer_dataplane_tests::controlplane::make_tls(&dir)?)
+        } else {
+            None
+        };
+        let cp = ControlPlane::start_with(&bin, &ns, &dir.join("cp.db"), port, certs)?;
+        let (stop, connected) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        // A TLS record header and the start of a ClientHello; an HTTP request line.
+        let first_bytes: &'static [u8] = if tls {
+            &[
+                0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+            ]
+        } else {
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        };
+        let hostile: Vec<_> = (0..10)
+            .map(|i| {
+                let (stop, connected, path) = (stop.clone(), connected.clone(), ns.path());
+                std::thread::spawn(move || -> Result<()> {
+                    peer_dataplane_tests::netns::enter(&path)?;
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                    connected.fetch_add(1, Ordering::SeqCst);
+                    let mut sent = 0;
+                    let mut ticks = 0u32;
+                    while !stop.load(Ordering::SeqCst) {
+                        // The trickling half: one byte a second.
+                        if i >= 5 && ticks % 10 == 0 && sent < first_bytes.len() {
+                            let _ = s.write_all(&first_bytes[sent..sent + 1]);
+                            sent += 1;
+                        }
+                        ticks += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        peer_dataplane_tests::wait_until(
+            "ten hostile connections established",
+            Duration::from_secs(10),
+            || Ok(connected.load(Ordering::SeqCst) == 10),
+        )?;
+        let started = std::time::Instant::now();
+        let r = cp.call("GET", "/healthz", None, None);
+        let took = started.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        for h in hostile {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a hostile client panicked"))??;
+        }
+        let scheme = if tls { "https" } else { "http" };
+        let r = r.map_err(|e| {
+            anyhow::anyhow!(
+                "{scheme}: a valid request got no answer in {took:?} behind silent and slow clients: {e}"
+            )
+        })?;
+        drop(cp);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(r.status, 200, "{}", r.body);
+        // Before handshakes left the accept loop, the TLS case waited 10 s per silent
+        // client (and the request timed out); 2 s leaves room for a loaded machine.
+        assert!(
+            took < Duration::from_secs(2),
+            "{scheme}: a valid request took {took:?} behind silent and slow clients"
+        );
+    }
+    Ok(())
+}
