@@ -44,6 +44,10 @@ pub enum Command {
         /// PEM certificate(s) the control plane's TLS certificate must chain to (https).
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// Allow a plain http:// control plane that is not on loopback (the host's token
+        /// then crosses the network unencrypted: a lab or test network only).
+        #[arg(long, requires = "control_plane")]
+        insecure_http: bool,
         /// Join the fleet: register this host with the control plane at this underlay
         /// IPv4 address (the source of its tunnels), before following it.
         #[arg(long, requires_all = ["control_plane", "uplink"])]

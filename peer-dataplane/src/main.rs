@@ -52,6 +52,7 @@ fn run(cli: Cli) -> Result<()> {
             host,
             token_file,
             ca,
+            insecure_http,
             underlay_ipv4,
             uplink,
             xdp_mode,
@@ -61,7 +62,10 @@ fn run(cli: Cli) -> Result<()> {
             let source = match (config, control_plane) {
                 (Some(path), _) => agent::Source::File(path),
                 (None, Some(url)) => agent::Source::ControlPlane(follow::ControlPlane {
-                    url,
+                    url: {
+                        follow::check_transport(&url, ca.is_some(), insecure_http)?;
+                        url
+                    },
                     host: host.context("--host is required with --control-plane")?,
                     token: agent_token(token_file.as_deref())?,
                     ca: ca

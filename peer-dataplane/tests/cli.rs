@@ -135,3 +135,39 @@ fn completions_cover_the_nouns() {
         assert!(script.contains(noun), "no {noun} in the bash completions");
     }
 }
+
+/// The host's token never goes out in clear by accident: plain http to a control plane
+/// that is not on loopback needs `--insecure-http`, and `--ca` with http is an error;
+/// both are refused before anything is loaded or sent.
+#[test]
+fn run_refuses_to_send_the_token_over_plain_http_unless_told() {
+    let refused = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "--pin-dir",
+                "/nonexistent/pdp-cli-pins",
+                "run",
+                "--host",
+                "hv-1",
+            ])
+            .args(extra)
+            .env("PDP_AGENT_TOKEN", "0123456789abcdef0123")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(&["--control-plane", "http://192.0.2.1:8470"]);
+    assert!(
+        e.contains("refusing to send this host's token over plain http to 192.0.2.1")
+            && e.contains("--insecure-http"),
+        "{e}"
+    );
+    let e = refused(&[
+        "--control-plane",
+        "http://127.0.0.1:8470",
+        "--ca",
+        "/etc/peer-dataplane/cp-ca.pem",
+    ]);
+    assert!(e.contains("--ca applies to https only"), "{e}");
+}

@@ -410,6 +410,9 @@ impl ControlPlane {
         }
         if let Some(t) = &self.tls {
             args.extend(["--ca".to_string(), t.ca.display().to_string()]);
+        } else if !url.starts_with("http://127.") {
+            // Plain http across the test's own underlay (namespaces on this machine).
+            args.push("--insecure-http".to_string());
         }
         Ok(args)
     }

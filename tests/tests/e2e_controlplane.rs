@@ -418,3 +418,45 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// The agent trusts `--ca` only: a control plane whose certificate another CA signed is
+/// never sent a request (so never the host's token), and the agent says why.
+#[test]
+fn an_agent_refuses_a_control_plane_its_ca_did_not_sign() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique("cp-ca"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("other"))?;
+    let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique("cp-ca"))?;
+    let port = ns.run(free_port)?;
+    let tls = peer_dataplane_tests::controlplane::make_tls(&dir)?;
+    let wrong = peer_dataplane_tests::controlplane::make_tls(&dir.join("other"))?;
+    let cp = ControlPlane::start_with(&bin, &ns, &dir.join("cp.db"), port, Some(tls))?;
+    let mut args = cp.agent_args()?;
+    let at = args.iter().position(|a| a == "--ca").expect("--ca") + 1;
+    args[at] = wrong.ca.display().to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(peer_dataplane_tests::unique("cp-ca"));
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
+    let mut agent = Agent::start_with(&bin, &ns, &dir.join("agent.toml"), &pin_dir, &args, "ca")?;
+    agent.wait_log("unsynced:", Duration::from_secs(15))?;
+    let log = agent.log_text();
+    let why = log
+        .lines()
+        .find(|l| l.contains("unsynced:"))
+        .unwrap_or_default()
+        .to_string();
+    drop(agent);
+    let _ = peer_dataplane::bpf::pins::remove_pins(&pin_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        why.to_lowercase().contains("certificate") || why.contains("UnknownIssuer"),
+        "the agent does not say the certificate is not trusted: {why}"
+    );
+    ensure!(
+        !log.contains("synced revision"),
+        "the agent synced from a control plane it should not trust:\n{log}"
+    );
+    Ok(())
+}

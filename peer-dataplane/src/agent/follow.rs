@@ -43,6 +43,45 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+/// Refuses a control-plane URL that would expose this host's token, before anything is
+/// sent: plain `http://` to anything but loopback unless `insecure_http` (a lab, a test
+/// network) says so, and `--ca` with an `http://` URL, which it could not protect.
+pub fn check_transport(url: &str, ca: bool, insecure_http: bool) -> anyhow::Result<()> {
+    use anyhow::bail;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        anyhow::anyhow!("--control-plane {url}: give a URL such as https://cp:8470")
+    })?;
+    // host[:port][/path], the host possibly in [brackets] (IPv6).
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    match scheme {
+        "https" => Ok(()),
+        "http" if ca => bail!(
+            "--ca applies to https only, and --control-plane {url} is plain http: use https:// \
+             (the control plane's --tls-cert), or leave --ca out"
+        ),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+            if loopback || insecure_http {
+                Ok(())
+            } else {
+                bail!(
+                    "refusing to send this host's token over plain http to {host}: use https:// \
+                     with --ca (the control plane's --tls-cert), or --insecure-http on a \
+                     network you trust (a lab, a test)"
+                )
+            }
+        }
+        other => bail!("--control-plane {url}: scheme {other} is neither https nor http"),
+    }
+}
+
 /// The HTTP client the agent talks to the control plane with: long polls, and with `ca`,
 /// TLS verified against those roots only.
 pub fn client(cp: &ControlPlane) -> anyhow::Result<ureq::Agent> {
@@ -256,4 +295,36 @@ pub fn spawn(
         })
         .expect("spawning the control-plane sync thread");
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_or_when_told() {
+        for ok in [
+            ("https://cp:8470", true, false),
+            ("https://192.0.2.1:8470", false, false),
+            ("http://127.0.0.1:8470", false, false),
+            ("http://localhost:8470/", false, false),
+            ("http://[::1]:8470", false, false),
+            ("http://192.0.2.1:8470", false, true),
+        ] {
+            assert!(check_transport(ok.0, ok.1, ok.2).is_ok(), "{ok:?}");
+        }
+        let e = check_transport("http://192.0.2.1:8470", false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plain http to 192.0.2.1") && e.contains("--insecure-http"),
+            "{e}"
+        );
+        let e = check_transport("http://127.0.0.1:8470", true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ca applies to https only"), "{e}");
+        assert!(check_transport("ftp://cp", false, true).is_err());
+        assert!(check_transport("cp:8470", false, true).is_err());
+    }
 }
