@@ -130,10 +130,7 @@ impl TestDataplane {
     /// the kernel's XDP dispatcher already, so BPF_PROG_RUN with `repeat > 1` no longer
     /// installs and removes it around every call (an image rebuild costing ~18 ms here).
     pub fn keep_in_dispatcher(&mut self, program: &str, spare_iface: &str) -> Result<()> {
-        kernel::xdp_program(&mut self.ebpf, program)?
-            .attach(spare_iface, aya::programs::XdpMode::Driver)
-            .with_context(|| format!("attaching {program} to {spare_iface}"))?;
-        Ok(())
+        self.attach(program, spare_iface).map(drop)
     }
 
     /// Attaches `program` to `iface` in native mode until [`Self::detach`].

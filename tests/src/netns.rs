@@ -94,7 +94,6 @@ impl Drop for Netns {
     }
 }
 
-/// Moves the calling thread into the namespace at `path`.
 /// The ifindex of interface `name` in the calling thread's namespace (0 if there is none,
 /// which BPF_PROG_RUN then refuses).
 pub fn ifindex(name: &str) -> u32 {
@@ -104,18 +103,9 @@ pub fn ifindex(name: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Moves the calling thread into the namespace at `path`.
 pub fn enter(path: &std::path::Path) -> Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: valid fd of a netns file; affects only the calling thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns({}): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    peer_dataplane::loadgen::far_end::enter(path)
 }
 
 /// A veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up, with the given MACs.

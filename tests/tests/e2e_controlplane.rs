@@ -376,7 +376,7 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
                     let mut ticks = 0u32;
                     while !stop.load(Ordering::SeqCst) {
                         // The trickling half: one byte a second.
-                        if i >= 5 && ticks % 10 == 0 && sent < first_bytes.len() {
+                        if i >= 5 && ticks.is_multiple_of(10) && sent < first_bytes.len() {
                             let _ = s.write_all(&first_bytes[sent..sent + 1]);
                             sent += 1;
                         }

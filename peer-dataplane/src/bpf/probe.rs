@@ -22,14 +22,6 @@ pub enum Refusal {
     Run(io::Error),
 }
 
-impl Refusal {
-    pub fn error(&self) -> &io::Error {
-        match self {
-            Refusal::Load(e) | Refusal::Run(e) => e,
-        }
-    }
-}
-
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1,7 +1,7 @@
 //! The operator's commands, one function each: open the pins, take what they need, name it
 //! (`crate::views`) and print it (`super::render`).
 
-use super::frame::{ingress_port, Protocol, Request};
+use super::frame::{ingress_port, port_name, Protocol, Request};
 use super::render::{show, Output};
 use super::{conntrack, inspect, loadgen, stats, trace};
 use crate::bpf::{pins, KernelMaps};
@@ -280,7 +280,7 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
             from_host: None,
         },
     )?;
-    let port = interface_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+    let port = port_name(&state, ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
     let traffic = loadgen::Traffic {
         src: a.src,
         dst_first,
@@ -340,17 +340,4 @@ pub fn loadgen(pin_dir: &Path, a: LoadgenArgs, output: Output) -> Result<()> {
     let after = maps.global_counters()?;
     let r = loadgen::report(how, sent, a.length, a.flows, &before, &after);
     show(output, &r, loadgen::render_report)
-}
-
-/// The kernel's name of `ifindex` in this namespace.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }

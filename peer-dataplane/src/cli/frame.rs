@@ -87,17 +87,20 @@ fn tcp_flags_name(f: TcpFlags) -> &'static str {
     }
 }
 
+/// The installed name of the port at `ifindex` (its interface's name).
+pub fn port_name(state: &MapState, ifindex: u32) -> Option<String> {
+    state
+        .names
+        .get(&NameKey {
+            kind: NAME_PORT,
+            id: ifindex,
+        })
+        .map(|n| n.as_str().to_string())
+}
+
 /// The ingress ifindex: the named port, or the port whose instance address is `src`.
 pub fn ingress_port(state: &MapState, req: &Request) -> Result<u32> {
-    let name_of = |ifindex: u32| {
-        state
-            .names
-            .get(&NameKey {
-                kind: NAME_PORT,
-                id: ifindex,
-            })
-            .map(|n| n.as_str().to_string())
-    };
+    let name_of = |ifindex: u32| port_name(state, ifindex);
     match &req.port {
         Some(p) => {
             if let Some((ifindex, _)) = state

@@ -28,12 +28,15 @@ impl FarEnd {
         }
     }
 
-    /// Moves the calling thread into the far end's namespace (sockets created after
-    /// this live there).
-    pub fn enter(&self) -> Result<()> {
+    /// Runs `f` in the far end's namespace (sockets it creates live there): on a thread
+    /// of its own there, or right here when the far end is in this namespace.
+    pub fn in_namespace<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         match &self.netns {
-            None => Ok(()),
-            Some(p) => enter(p),
+            None => f(),
+            Some(p) => in_netns(p, f),
         }
     }
 }
@@ -176,12 +179,15 @@ pub fn enter(path: &Path) -> Result<()> {
 }
 
 /// Runs `f` on a thread of its own inside the namespace at `path`.
-fn in_netns<T: Send + 'static>(path: &Path, f: fn() -> Result<T>) -> Result<T> {
-    let path = path.to_path_buf();
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let inside = path.to_path_buf();
     std::thread::spawn(move || {
-        enter(&path)?;
+        enter(&inside)?;
         f()
     })
     .join()
-    .map_err(|_| anyhow!("a thread listing interfaces panicked"))?
+    .map_err(|_| anyhow!("a thread in netns {} panicked", netns_label(path)))?
 }

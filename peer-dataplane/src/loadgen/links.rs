@@ -1,4 +1,4 @@
-//! The interfaces of a network namespace, as rtnetlink reports them: name, index, MAC,
+//! The interfaces of a network namespace, as rtnetlink reports them: name, index,
 //! queues, and for a veth its peer (index, and the peer's namespace id when the peer lives
 //! in another namespace). sysfs cannot be trusted for this: a CLI entered into a namespace
 //! with `nsenter --net` still sees the sysfs of the namespace that mounted it.
@@ -12,7 +12,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 pub struct Link {
     pub index: u32,
     pub name: String,
-    pub mac: Option<[u8; 6]>,
     /// `IFLA_LINK`: a veth's peer index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: the peer's namespace as this namespace numbers it; absent
@@ -32,7 +31,6 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
-const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
@@ -194,7 +192,6 @@ fn parse_link(body: &[u8]) -> Link {
     let mut l = Link {
         index,
         name: String::new(),
-        mac: None,
         peer_index: None,
         peer_netnsid: None,
         kind: None,
@@ -208,7 +205,6 @@ fn parse_link(body: &[u8]) -> Link {
                 l.name =
                     String::from_utf8_lossy(v.split(|c| *c == 0).next().unwrap_or(&[])).into_owned()
             }
-            IFLA_ADDRESS if v.len() == 6 => l.mac = Some(v.try_into().unwrap()),
             IFLA_LINK => l.peer_index = u32_of(v),
             IFLA_LINK_NETNSID => l.peer_netnsid = u32_of(v).map(|n| n as i32),
             IFLA_NUM_TX_QUEUES => l.tx_queues = u32_of(v).unwrap_or(1),

@@ -55,14 +55,6 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
-    pub fn generator(&self) -> Generator {
-        match self {
-            Source::LiveFrames { .. } => Generator::LiveFrames,
-            Source::AfXdp(_) => Generator::AfXdp,
-            Source::AfPacket(_) => Generator::AfPacket,
-        }
-    }
-
     /// Where frames start: `as if received on ifindex 3`, `from eth0 (netns a)`.
     pub fn describe(&self) -> String {
         match self {
@@ -120,7 +112,7 @@ pub fn open<'a>(source: &Source<'a>, frames: &[Vec<u8>], threads: usize) -> Resu
             xsk::check_queues(&far.ifname, far.tx_queues, far.rx_queues, threads)?;
             // Sockets belong to the namespace they are created in: open them there.
             let (ifindex, frames) = (far.ifindex, frames.to_vec());
-            let socks = in_far_namespace(far, move || {
+            let socks = far.in_namespace(move || {
                 (0..threads)
                     .map(|w| {
                         let mut x = xsk::XskTx::open(ifindex, w as u32, &frames)?;
@@ -143,7 +135,7 @@ pub fn open<'a>(source: &Source<'a>, frames: &[Vec<u8>], threads: usize) -> Resu
         }
         Source::AfPacket(far) => {
             let (ifindex, frames) = (far.ifindex, frames.to_vec());
-            let socks = in_far_namespace(far, move || {
+            let socks = far.in_namespace(move || {
                 (0..threads)
                     .map(|w| {
                         let mut p = packet::PacketTx::open(ifindex, &frames)?;
@@ -166,23 +158,7 @@ pub fn open<'a>(source: &Source<'a>, frames: &[Vec<u8>], threads: usize) -> Resu
 /// Whether an AF_XDP socket binds at `far` (queue 0, one small template): `auto`'s probe.
 pub fn probe_af_xdp(far: &FarEnd) -> Result<()> {
     let ifindex = far.ifindex;
-    in_far_namespace(far, move || {
-        xsk::XskTx::open(ifindex, 0, &[vec![0u8; 64]]).map(|_| ())
-    })
-}
-
-/// Runs `f` on a thread inside the far end's namespace.
-fn in_far_namespace<T: Send + 'static>(
-    far: &FarEnd,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let far = far.clone();
-    std::thread::spawn(move || {
-        far.enter()?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("a thread opening generator sockets panicked"))?
+    far.in_namespace(move || xsk::XskTx::open(ifindex, 0, &[vec![0u8; 64]]).map(|_| ()))
 }
 
 /// One sender per thread, ready to run.

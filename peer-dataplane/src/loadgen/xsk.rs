@@ -39,16 +39,7 @@ pub enum Mode {
     Copy,
 }
 
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::ZeroCopy => "zero-copy",
-            Mode::Copy => "copy",
-        }
-    }
-}
-
-/// An anonymous shared mapping, unmapped on drop.
+/// A memory mapping (the UMEM, or a ring the kernel shares), unmapped on drop.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -429,11 +420,6 @@ impl Sender for XskTx {
     fn finish(&mut self) -> Result<u64> {
         self.pump(0, true)
     }
-}
-
-/// Whether this kernel has AF_XDP sockets at all (CONFIG_XDP_SOCKETS).
-pub fn available() -> io::Result<()> {
-    sock::open(libc::AF_XDP, libc::SOCK_RAW, 0).map(drop)
 }
 
 /// Checks that `queues` exist for one socket per thread.

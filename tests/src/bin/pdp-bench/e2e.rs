@@ -553,14 +553,14 @@ pub fn bench(o: &Options) -> Result<()> {
         Err(e) => println!("trafgen cross-check: not run: {e:#}"),
     }
     match &cross {
-        Ok((c, tunnel)) => println!(
+        Ok(((p, l), tunnel)) => println!(
             "across hosts, the sending host (encapsulation toward host 2 vs a Linux {tunnel} device): \
              {:.1} vs {:.1} kpps = {:.2}x (offered {:.0} / {:.0} kpps)",
-            c[0] / 1e3,
-            c[1] / 1e3,
-            c[0] / c[1],
-            c[2] / 1e3,
-            c[3] / 1e3
+            p.pps / 1e3,
+            l.pps / 1e3,
+            p.pps / l.pps,
+            p.offered_pps / 1e3,
+            l.offered_pps / 1e3
         ),
         Err(e) => println!("across hosts: not run: {e:#}"),
     }
@@ -604,10 +604,10 @@ pub fn bench(o: &Options) -> Result<()> {
         "scaling": scaling.as_deref().map(scaling_json),
         "trafgen": match &trafgen { Ok(l) => serde_json::json!(l), Err(e) => serde_json::json!({"not_run": format!("{e:#}")}) },
         "across_hosts_sender": match &cross {
-            Ok((c, tunnel)) => serde_json::json!({
+            Ok(((p, l), tunnel)) => serde_json::json!({
                 "linux_tunnel": tunnel,
-                "pdp_pps": c[0], "linux_pps": c[1], "ratio": c[0] / c[1],
-                "pdp_offered_pps": c[2], "linux_offered_pps": c[3],
+                "pdp_pps": p.pps, "linux_pps": l.pps, "ratio": p.pps / l.pps,
+                "pdp_offered_pps": p.offered_pps, "linux_offered_pps": l.offered_pps,
             }),
             Err(e) => serde_json::json!({"not_run": format!("{e:#}")}),
         },
@@ -645,7 +645,9 @@ fn measure_configs(
                 Policer::None => {}
             }
             eprint!("{:.1} s; ", t.elapsed().as_secs_f64());
-            both_paths(dp, gen, template, seconds, rounds, config.flows, threads)
+            alternating(rounds, |linux| {
+                measure(dp, gen, template, seconds, config.flows, threads, linux)
+            })
         })();
         match &result {
             Ok(_) => eprintln!(),
@@ -657,27 +659,6 @@ fn measure_configs(
         });
     }
     Ok((rows, policers))
-}
-
-/// Both paths of the installed configuration, `rounds` rounds each, alternating so that
-/// drift on a shared machine hits both alike: the medians of (this data plane, Linux).
-fn both_paths(
-    dp: &mut TestDataplane,
-    gen: &mut BenchGen,
-    template: &[u8],
-    seconds: f64,
-    rounds: usize,
-    flows: u32,
-    threads: usize,
-) -> Result<(Received, Received)> {
-    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        eprint!("round {}/{rounds} ", r + 1);
-        std::io::stderr().flush().ok();
-        pdp.push(measure(dp, gen, template, seconds, flows, threads, false)?);
-        linux.push(measure(dp, gen, template, seconds, flows, threads, true)?);
-    }
-    Ok((medians(&pdp), medians(&linux)))
 }
 
 /// Each figure's median over the rounds (the per-CPU split of the median round).
@@ -736,8 +717,10 @@ fn measure_scaling(
             eprint!("scaling, {label}, {t} thread(s): ");
             let result = match &applied {
                 Err(e) => Err(format!("{e:#}")),
-                Ok(()) => both_paths(dp, gen, template, seconds, rounds, ROW_FLOWS, t)
-                    .map_err(|e| format!("{e:#}")),
+                Ok(()) => alternating(rounds, |linux| {
+                    measure(dp, gen, template, seconds, ROW_FLOWS, t, linux)
+                })
+                .map_err(|e| format!("{e:#}")),
             };
             eprintln!();
             out.push(ScalingRow {
@@ -809,30 +792,20 @@ fn scaling_json(rows: &[ScalingRow]) -> serde_json::Value {
 }
 
 /// `rounds` rounds alternating this data plane's run (`measure(false)`) and Linux's
-/// (`measure(true)`), so that drift on a shared machine hits both alike; the medians of
-/// (this data plane's pps, Linux's pps, and what the generator offered each).
+/// (`measure(true)`), so that drift on a shared machine hits both alike: the medians of
+/// (this data plane, Linux).
 pub fn alternating(
     rounds: usize,
-    mut measure: impl FnMut(bool) -> Result<(f64, f64)>,
-) -> Result<[f64; 4]> {
-    let (mut p, mut l, mut po, mut lo) = (vec![], vec![], vec![], vec![]);
+    mut measure: impl FnMut(bool) -> Result<Received>,
+) -> Result<(Received, Received)> {
+    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         eprint!("round {}/{rounds} ", r + 1);
         std::io::stderr().flush().ok();
-        let (rx, offered) = measure(false)?;
-        p.push(rx);
-        po.push(offered);
-        let (rx, offered) = measure(true)?;
-        l.push(rx);
-        lo.push(offered);
+        pdp.push(measure(false)?);
+        linux.push(measure(true)?);
     }
-    eprintln!();
-    Ok([
-        super::median(p),
-        super::median(l),
-        super::median(po),
-        super::median(lo),
-    ])
+    Ok((medians(&pdp), medians(&linux)))
 }
 
 /// The table of both paths per configuration, and the headline ratios.

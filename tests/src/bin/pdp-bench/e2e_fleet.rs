@@ -10,7 +10,7 @@
 //!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
-use super::e2e::{alternating, line, FLOWS};
+use super::e2e::{alternating, line, Received, FLOWS};
 use super::gen::{BenchGen, Next, Shape};
 use anyhow::Result;
 use peer_dataplane::loadgen::GeneratorArg;
@@ -64,14 +64,14 @@ fn linux_sender() -> Result<&'static str> {
 
 const VXLAN_PORT: u16 = 4789;
 
-/// (this data plane's pps, Linux's pps, their offered rates), medians of `rounds`, and
-/// Linux's tunnel; with the generator `arg` chooses here.
+/// (this data plane, Linux), medians of `rounds`, and Linux's tunnel; with the generator
+/// `arg` chooses here.
 pub fn measure(
     object: &Path,
     arg: GeneratorArg,
     seconds: f64,
     rounds: usize,
-) -> Result<([f64; 4], &'static str)> {
+) -> Result<((Received, Received), &'static str)> {
     let ns = fleet::host1_alone("pdp-e2e-fleet", 1600)?;
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load_from(object)?;
@@ -102,7 +102,8 @@ pub fn measure(
             seconds,
         };
         let r = gen.run(&mut dp, &template, A.port, next, shape)?;
-        Ok((r.received as f64 / r.sent.seconds, r.sent.pps))
+        Ok(Received::of(&r))
     })?;
+    eprintln!();
     Ok((figures, kind))
 }

@@ -59,8 +59,8 @@ pub struct BenchGen {
     /// AF_XDP's copy or zero-copy mode, once a socket was opened.
     pub mode: Option<String>,
     /// The socket senders of the last run (an AF_XDP queue takes one socket at a time):
-    /// (port, flows, threads) and the senders.
-    sockets: Option<((String, u32, usize), Opened<'static>)>,
+    /// (port, flows, threads), where they send from, and the senders.
+    sockets: Option<((String, u32, usize), Source<'static>, Opened<'static>)>,
 }
 
 impl BenchGen {
@@ -192,20 +192,20 @@ impl BenchGen {
         load: &Load,
     ) -> Result<Sent> {
         let key = (port.to_string(), flows, threads);
-        let far = far_end::resolve(port, netns::ifindex(port), None, None)?;
-        let source = match self.generator {
-            Generator::AfXdp => Source::AfXdp(far),
-            _ => Source::AfPacket(far),
-        };
-        if self.sockets.as_ref().map(|(k, _)| k) != Some(&key) {
+        if self.sockets.as_ref().map(|(k, _, _)| k) != Some(&key) {
             // Close the old sockets first: their queues are the new ones'.
             self.sockets = None;
+            let far = far_end::resolve(port, netns::ifindex(port), None, None)?;
+            let source = match self.generator {
+                Generator::AfXdp => Source::AfXdp(far),
+                _ => Source::AfPacket(far),
+            };
             let opened = loadgen::open(&source, &flow_frames(template, flows), threads)?;
             self.mode = opened.mode.clone();
-            self.sockets = Some((key, opened));
+            self.sockets = Some((key, source, opened));
         }
-        let opened = &mut self.sockets.as_mut().unwrap().1;
-        loadgen::run(&source, opened, template.len(), load, &mut |_, _| {})
+        let (_, source, opened) = self.sockets.as_mut().unwrap();
+        loadgen::run(source, opened, template.len(), load, &mut |_, _| {})
     }
 }
 
