@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Parser;
+use peer_dataplane_controlplane::listener::Limits;
 use peer_dataplane_controlplane::{auth::RateLimit, serve, ServeOptions};
 use std::path::PathBuf;
 
@@ -20,18 +21,33 @@ struct Args {
     /// prefix /pdp). Several control-plane replicas may serve one etcd cluster.
     #[arg(long)]
     store: Option<String>,
-    /// File of ACCOUNT:TOKEN lines: API tokens to register (kept in the database).
-    /// Tokens are never given on the command line, where `ps` would show them.
+    /// File of ACCOUNT:TOKEN lines: the API's account tokens. The file is the truth: at
+    /// start and on SIGHUP the accepted set becomes exactly its lines (a removed line is
+    /// a revoked token); the store keeps their hashes only, for every replica. Without
+    /// it, the set already stored stays. Tokens are never given on the command line,
+    /// where `ps` would show them.
     #[arg(long, env = "PDP_ACCOUNT_TOKENS_FILE")]
     account_tokens: Option<PathBuf>,
     /// File of HOST:TOKEN lines: each host's agent credential, which reads that host's
-    /// desired state and no other's.
+    /// desired state and no other's (read again on SIGHUP).
     #[arg(long, env = "PDP_HOST_TOKENS_FILE")]
     host_tokens: Option<PathBuf>,
     /// Requests per second each account or host may make (a burst of twice that);
     /// past it the API answers 429.
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
+    /// Failed authentications per second one source address may make (a burst of 20
+    /// times that); past it every request from that address is answered 429 until the
+    /// budget refills.
+    #[arg(long, default_value_t = 1.0)]
+    auth_failure_limit: f64,
+    /// Seconds a client has for its TLS handshake and for each request's headers; an
+    /// idle kept-alive connection is closed after it too.
+    #[arg(long, default_value_t = 10.0)]
+    client_deadline: f64,
+    /// Connections one source address may hold open; more are closed at once.
+    #[arg(long, default_value_t = Limits::default().connections_per_source)]
+    max_connections_per_source: usize,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -52,11 +68,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    if !a.rate_limit.is_finite() || a.rate_limit <= 0.0 {
-        anyhow::bail!(
-            "--rate-limit must be above 0 (requests per second), not {}",
-            a.rate_limit
-        );
+    for (flag, v, unit) in [
+        ("--rate-limit", a.rate_limit, "requests per second"),
+        ("--auth-failure-limit", a.auth_failure_limit, "failures per second"),
+        ("--client-deadline", a.client_deadline, "seconds"),
+    ] {
+        if !v.is_finite() || v <= 0.0 {
+            anyhow::bail!("{flag} must be above 0 ({unit}), not {v}");
+        }
+    }
+    if a.max_connections_per_source == 0 {
+        anyhow::bail!("--max-connections-per-source must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +97,15 @@ fn run(a: Args) -> Result<()> {
             per_second: a.rate_limit,
             burst: 2.0 * a.rate_limit,
         },
+        auth_failure_limit: RateLimit {
+            per_second: a.auth_failure_limit,
+            burst: 20.0 * a.auth_failure_limit,
+        },
         tls: a.tls_cert.zip(a.tls_key),
+        limits: Limits {
+            client_deadline: std::time::Duration::from_secs_f64(a.client_deadline),
+            connections_per_source: a.max_connections_per_source,
+            ..Limits::default()
+        },
     }))
 }

@@ -1,8 +1,9 @@
 //! Where the control plane keeps its objects: [`ObjectStore`], and the embedded one,
 //! SQLite ([`Store`]): one row per object (its JSON), a revision counter and the account
-//! tokens. A commit writes exactly the objects that differ between the old and the new
+//! tokens' hashes ([`crate::auth::TokenHashes`]; never a token). A commit writes exactly the objects that differ between the old and the new
 //! world, in one transaction: a failed write leaves the database as it was.
 
+use crate::auth::TokenHashes;
 use crate::model::*;
 use anyhow::{Context, Result};
 use imbl::ordmap::DiffItem;
@@ -20,10 +21,10 @@ pub trait ObjectStore: Send {
     /// Writes what changed from `old` (the world the change was made on) to `new`, as the
     /// revision after `old`'s, `next`; returns the revision the store gave it.
     fn commit(&mut self, old: &World, new: &World, next: u64) -> Result<u64>;
-    /// Account tokens: token -> account.
-    fn tokens(&self) -> Result<BTreeMap<String, String>>;
-    /// Registers `token` for `account` (replacing the account of an existing token).
-    fn set_token(&mut self, account: &str, token: &str) -> Result<()>;
+    /// The account tokens' hashes (`None`: none were ever stored).
+    fn token_hashes(&mut self) -> Result<Option<TokenHashes>>;
+    /// Replaces the stored account tokens' hashes with `hashes`, whole.
+    fn put_token_hashes(&mut self, hashes: &TokenHashes) -> Result<()>;
     /// A store other writers share announces their commits here, and whether it can be
     /// reached (see [`StoreEvent`]). `None`: this process is the only writer.
     fn changes(&mut self) -> Option<std::sync::mpsc::Receiver<StoreEvent>> {
@@ -58,6 +59,8 @@ pub enum StoreEvent {
     Resync,
     /// The store cannot be reached: this replica's view may be stale.
     Unreachable,
+    /// The account tokens' hashes were replaced (by any replica).
+    Tokens(TokenHashes),
 }
 
 /// A commit refused because the store changed since this replica read it (another
@@ -137,12 +140,12 @@ impl ObjectStore for Store {
         Store::commit(self, old, new, next).map(|()| next)
     }
 
-    fn tokens(&self) -> Result<BTreeMap<String, String>> {
-        Store::tokens(self)
+    fn token_hashes(&mut self) -> Result<Option<TokenHashes>> {
+        Store::token_hashes(self)
     }
 
-    fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
-        Store::set_token(self, account, token)
+    fn put_token_hashes(&mut self, hashes: &TokenHashes) -> Result<()> {
+        Store::put_token_hashes(self, hashes)
     }
 }
 
@@ -154,8 +157,10 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (kind, id)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, account TEXT NOT NULL);
 ";
+
+/// The `meta` key of the account tokens' hashes (JSON of [`TokenHashes`]).
+const TOKEN_HASHES: &str = "account_token_hashes";
 
 /// Calls `$m!(kind name, field)` for every object collection of [`World`] but the route
 /// tables, which are stored apart (see [`rows`]).
@@ -371,11 +376,50 @@ impl Store {
     }
 
     fn init(conn: Connection) -> Result<Store> {
+        // Deleted rows are overwritten, not just unlinked: a revoked token's hash, or a
+        // token of the old plain table, leaves nothing behind in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
-        Ok(Store {
+        let mut store = Store {
             conn,
             _checkpoints: None,
-        })
+        };
+        store.hash_plain_tokens()?;
+        Ok(store)
+    }
+
+    /// A database from before tokens were hashed kept them in plain text in a table of
+    /// their own: they are hashed into the stored set and the table is dropped, once.
+    fn hash_plain_tokens(&mut self) -> Result<()> {
+        let exists: bool = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tokens'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !exists {
+            return Ok(());
+        }
+        let plain: Vec<(String, String)> = {
+            let mut stmt = self.conn.prepare("SELECT token, account FROM tokens")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut hashes = match self.token_hashes()? {
+            Some(h) => h,
+            None => TokenHashes::new()?,
+        };
+        for (token, account) in &plain {
+            hashes.insert(account, token)?;
+        }
+        let tx = self.conn.transaction()?;
+        put_token_hashes(&tx, &hashes)?;
+        tx.execute_batch("DROP TABLE tokens")?;
+        tx.commit().context("hashing the stored tokens")?;
+        log::info!(
+            "hashed the {} account tokens the database kept in plain text",
+            plain.len()
+        );
+        Ok(())
     }
 
     /// The stored world and its revision.
@@ -461,21 +505,32 @@ impl Store {
             .context("committing to the control-plane database")
     }
 
-    pub fn tokens(&self) -> Result<BTreeMap<String, String>> {
-        let mut stmt = self.conn.prepare("SELECT token, account FROM tokens")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(Into::into)
+    pub fn token_hashes(&self) -> Result<Option<TokenHashes>> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![TOKEN_HASHES],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| serde_json::from_str(&j).context("the stored account token hashes"))
+            .transpose()
     }
 
-    /// Registers `token` for `account` (replacing the account of an existing token).
-    pub fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO tokens (token, account) VALUES (?1, ?2)
-             ON CONFLICT (token) DO UPDATE SET account = excluded.account",
-            params![token, account],
-        )?;
-        Ok(())
+    pub fn put_token_hashes(&mut self, hashes: &TokenHashes) -> Result<()> {
+        put_token_hashes(&self.conn, hashes)
     }
+}
+
+fn put_token_hashes(conn: &Connection, hashes: &TokenHashes) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![TOKEN_HASHES, serde_json::to_string(hashes)?],
+    )
+    .context("storing the account token hashes")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -506,14 +561,46 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             s.commit(&World::default(), &w, 1).unwrap();
-            s.set_token("111", "secret").unwrap();
+            let mut h = TokenHashes::new().unwrap();
+            h.insert("111", "secret-of-sixteen-chars").unwrap();
+            s.put_token_hashes(&h).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.load().unwrap(), (w.clone(), 1));
-        assert_eq!(s.tokens().unwrap()["secret"], "111");
+        let h = s.token_hashes().unwrap().unwrap();
+        assert_eq!(h.account_of("secret-of-sixteen-chars").unwrap(), "111");
         let mut s = s;
         s.commit(&w, &World::default(), 2).unwrap();
         assert_eq!(s.load().unwrap(), (World::default(), 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn plain_tokens_of_an_older_database_are_hashed_and_gone() {
+        let dir = std::env::temp_dir().join(format!("pdp-store-plain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cp.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE tokens (token TEXT PRIMARY KEY, account TEXT NOT NULL);
+                 INSERT INTO tokens VALUES ('plain-token-of-account-1', '111');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let h = s.token_hashes().unwrap().expect("the plain tokens, hashed");
+        assert_eq!(h.account_of("plain-token-of-account-1").unwrap(), "111");
+        drop(s);
+        let bytes = std::fs::read(&path).unwrap();
+        let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+        for (what, b) in [("database", &bytes), ("write-ahead log", &wal)] {
+            assert!(
+                !b.windows(24).any(|w| w == b"plain-token-of-account-1"),
+                "the token is still in the {what} file"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

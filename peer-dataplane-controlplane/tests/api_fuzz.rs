@@ -81,7 +81,6 @@ impl Fixture {
         for q in [
             "SELECT 'objects', kind || '/' || id, body FROM objects ORDER BY kind, id",
             "SELECT 'meta', key, value FROM meta ORDER BY key",
-            "SELECT 'tokens', token, account FROM tokens ORDER BY token",
         ] {
             let mut stmt = conn.prepare(q).unwrap();
             let found = stmt

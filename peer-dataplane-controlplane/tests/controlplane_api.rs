@@ -34,6 +34,8 @@ const UNLIMITED: RateLimit = RateLimit {
 struct Api {
     server: Shared,
     router: Router,
+    /// Seconds the server's clock runs ahead of the wall clock.
+    ahead: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Api {
@@ -42,12 +44,29 @@ impl Api {
     }
 
     fn with_store_and_limit(store: Store, limit: RateLimit) -> Api {
-        let server = Server::new(store, Clock::new(), host_tokens(), limit).unwrap();
+        let ahead = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let wall = Clock::new();
+        let clock = {
+            let ahead = ahead.clone();
+            Clock::from_fn(move || wall.now() + ahead.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let server = Server::new(store, clock, host_tokens(), limit).unwrap();
         server.add_token("111111111111", A).unwrap();
         server.add_token("222222222222", B).unwrap();
         server.add_token("333333333333", C).unwrap();
         let router = api::router(server.clone());
-        Api { server, router }
+        Api {
+            server,
+            router,
+            ahead,
+        }
+    }
+
+    /// Moves the server's clock forward and runs its expiry sweep at once.
+    fn advance_clock(&self, seconds: u64) {
+        self.ahead
+            .fetch_add(seconds, std::sync::atomic::Ordering::Relaxed);
+        self.server.sweep();
     }
 
     fn new() -> Api {
@@ -380,13 +399,13 @@ async fn pending_peering_expires_after_seven_days() {
         )
         .await;
     let id = p["id"].as_str().unwrap().to_string();
-    api.server.advance_clock(7 * 24 * 3600 - 60);
+    api.advance_clock(7 * 24 * 3600 - 60);
     assert_eq!(
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],
         "pending-acceptance"
     );
-    api.server.advance_clock(120);
+    api.advance_clock(120);
     assert_eq!(
         api.ok("GET", &format!("/v1/vpc-peering/{id}"), A, None, 200)
             .await["status"],

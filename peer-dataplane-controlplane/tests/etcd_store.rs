@@ -48,10 +48,113 @@ fn state_survives_a_restart_and_a_second_replica_reads_the_same() {
     let again = Server::new(etcd.store("/t1"), Clock::new(), Default::default(), limit).unwrap();
     assert_eq!(again.world(), w1);
     assert_eq!(again.revision(), r1);
-    let tokens = etcd.store("/t1").tokens().unwrap();
-    assert_eq!(tokens["token-of-account-a-for-tests"], "111111111111");
+    let tokens = etcd.store("/t1").token_hashes().unwrap().unwrap();
+    assert_eq!(
+        tokens.account_of("token-of-account-a-for-tests").unwrap(),
+        "111111111111"
+    );
     // Another prefix is another control plane.
     assert_eq!(etcd.store("/t2").load().unwrap().0, World::default());
+}
+
+/// Every key and value under `prefix`, as text.
+fn everything_under(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn tokens_are_hashed_at_rest_and_a_revocation_reaches_every_replica() {
+    let etcd = Etcd::start("tokens");
+    let limit = RateLimit::default();
+    let (a, b) = (
+        Server::new(etcd.store("/tk"), Clock::new(), Default::default(), limit).unwrap(),
+        Server::new(etcd.store("/tk"), Clock::new(), Default::default(), limit).unwrap(),
+    );
+    let keep = ("111111111111", "token-of-account-a-kept-1");
+    let revoke = ("222222222222", "token-of-account-b-revoked");
+    let both: std::collections::BTreeMap<String, String> = [keep, revoke]
+        .iter()
+        .map(|(a, t)| (a.to_string(), t.to_string()))
+        .collect();
+    assert!(a.set_account_tokens(&both).unwrap());
+    assert!(!a.set_account_tokens(&both).unwrap(), "the same set again changes nothing");
+    let accepts = |s: &Server, token: &str| s.account_of(token).is_some();
+    wait(Duration::from_secs(5), "replica B to accept both tokens", || {
+        accepts(&b, keep.1) && accepts(&b, revoke.1)
+    });
+    for (k, v) in everything_under(&etcd, "/tk/") {
+        for (_, token) in [keep, revoke] {
+            assert!(!k.contains(token) && !v.contains(token), "a token in etcd: {k} = {v}");
+        }
+    }
+    // A's file loses a line: A writes the new set, and B follows its watch within 1 s.
+    let fewer = [keep]
+        .iter()
+        .map(|(a, t)| (a.to_string(), t.to_string()))
+        .collect();
+    assert!(a.set_account_tokens(&fewer).unwrap());
+    assert!(!accepts(&a, revoke.1) && accepts(&a, keep.1));
+    wait(Duration::from_secs(1), "replica B to refuse the revoked token", || {
+        !accepts(&b, revoke.1)
+    });
+    assert!(accepts(&b, keep.1));
+}
+
+#[test]
+fn plain_tokens_an_older_version_stored_are_hashed_and_deleted() {
+    let etcd = Etcd::start("plain-tokens");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        c.put("/old/tokens/plain-token-of-account-1", "111111111111", None)
+            .await
+            .unwrap();
+    });
+    let s = Server::new(etcd.store("/old"), Clock::new(), Default::default(), RateLimit::default())
+        .unwrap();
+    assert_eq!(
+        s.account_of("plain-token-of-account-1").as_deref(),
+        Some("111111111111")
+    );
+    let all = everything_under(&etcd, "/old/");
+    assert!(
+        all.iter().all(|(k, v)| !k.contains("plain-token") && !v.contains("plain-token")),
+        "{all:?}"
+    );
+}
+
+fn wait(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited {timeout:?} for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

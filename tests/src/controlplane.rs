@@ -56,6 +56,8 @@ pub struct ControlPlane {
     /// `--store URL` instead of `--db` (the database path then only names the log and
     /// secret files).
     store: Option<String>,
+    /// More flags for the control plane.
+    flags: Vec<String>,
 }
 
 pub struct Reply {
@@ -123,6 +125,7 @@ impl ControlPlane {
             listen: [127, 0, 0, 1].into(),
             rate_limit: None,
             store: Some(url.to_string()),
+            flags: Vec::new(),
         };
         cp.spawn()?;
         Ok(cp)
@@ -148,7 +151,34 @@ impl ControlPlane {
         tls: Option<Tls>,
         rate_limit: Option<f64>,
     ) -> Result<ControlPlane> {
+        Self::start_flagged(bin, host, db, listen, port, tls, rate_limit, &[])
+    }
+
+    /// [`Self::start_with`] with more flags (`--client-deadline 3`, …).
+    pub fn start_with_flags(
+        bin: &Path,
+        host: &Netns,
+        db: &Path,
+        port: u16,
+        tls: Option<Tls>,
+        flags: &[&str],
+    ) -> Result<ControlPlane> {
+        Self::start_flagged(bin, host, db, [127, 0, 0, 1].into(), port, tls, None, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_flagged(
+        bin: &Path,
+        host: &Netns,
+        db: &Path,
+        listen: std::net::IpAddr,
+        port: u16,
+        tls: Option<Tls>,
+        rate_limit: Option<f64>,
+        flags: &[&str],
+    ) -> Result<ControlPlane> {
         let mut cp = ControlPlane {
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             rate_limit,
             store: None,
             child: None,
@@ -188,6 +218,7 @@ impl ControlPlane {
         if let Some(r) = self.rate_limit {
             c.arg("--rate-limit").arg(r.to_string());
         }
+        c.args(&self.flags);
         if let Some(t) = &self.tls {
             c.arg("--tls-cert")
                 .arg(&t.cert)
@@ -440,6 +471,70 @@ impl ControlPlane {
         Agent::start_with(bin, host, &dir.join("agent.toml"), pin_dir, &args, tag)
     }
 
+    /// Rewrites the account tokens file with `pairs` (account, token); the control plane
+    /// reads it at its next start or [`Self::hangup`].
+    pub fn write_account_tokens(&self, pairs: &[(&str, &str)]) -> Result<PathBuf> {
+        self.secrets("account-tokens", pairs)
+    }
+
+    /// SIGHUP: the control plane reads its tokens files again.
+    pub fn hangup(&self) -> Result<()> {
+        let pid = self.pid().context("the control plane is not running")?;
+        // SAFETY: kill(2) with a pid this test started and a valid signal.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP to {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The value of the metric line that starts with `series` (`name` or
+    /// `name{label="v"}`) on `GET /metrics`; 0 if absent (a counter never moved).
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let r = self.call("GET", "/metrics", None, None)?;
+        let text = r.body.as_str().context("/metrics is text")?.to_string();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')) {
+                return v.trim().parse().with_context(|| format!("metric line {line}"));
+            }
+        }
+        Ok(0.0)
+    }
+
+    /// Plain-http requests (raw request text, each on a connection of its own, which the
+    /// request should close) from `source`, an address of the namespace's loopback
+    /// (127.0.0.0/8 is all local), so that a test can be two clients. Returns each
+    /// answer's status and head (status line and headers).
+    pub fn raw_http(
+        &self,
+        source: std::net::Ipv4Addr,
+        requests: Vec<String>,
+    ) -> Result<Vec<(u16, String)>> {
+        let (ns, port) = (self.ns.clone(), self.port);
+        std::thread::spawn(move || -> Result<Vec<(u16, String)>> {
+            use std::io::{Read, Write};
+            crate::netns::enter(&ns)?;
+            let mut out = Vec::with_capacity(requests.len());
+            for req in requests {
+                let mut s = connect_from(source, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(req.as_bytes())?;
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer)?;
+                let text = String::from_utf8_lossy(&answer).to_string();
+                let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .with_context(|| format!("not an HTTP answer: {text:?}"))?;
+                out.push((status, head));
+            }
+            Ok(out)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("request thread panicked"))?
+    }
+
     /// SIGKILL (the database stays).
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -479,6 +574,40 @@ pub fn free_port() -> u16 {
 }
 
 /// Writes a secret file with mode 0600.
+/// A TCP connection to `to` from the local address `from` (bound before connecting).
+pub fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+) -> Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket; the addresses are valid sockaddr_in of `len` bytes; the fd
+    // is owned by the TcpStream from then on (closed on error paths here).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let (a, b) = (sin(std::net::SocketAddrV4::new(from, 0)), sin(to));
+        if libc::bind(fd, &a as *const _ as *const libc::sockaddr, len) != 0 {
+            bail!("bind {from}: {}", std::io::Error::last_os_error());
+        }
+        if libc::connect(fd, &b as *const _ as *const libc::sockaddr, len) != 0 {
+            bail!("connect {to} from {from}: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
 pub fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

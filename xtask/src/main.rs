@@ -150,7 +150,7 @@ fn clean_cargo(cargo: &str) -> Command {
 // ---------------------------------------------------------------------------------------
 // setup
 
-const APT_BASE: [&str; 12] = [
+const APT_BASE: [&str; 13] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
@@ -163,6 +163,7 @@ const APT_BASE: [&str; 12] = [
     "openssl",           // certificates for the control plane's TLS test
     "protobuf-compiler", // protoc, for the etcd client's build
     "etcd-server",       // the distributed store's tests run real etcd members
+    "sqlite3",           // a test reads the control plane's database as an operator would
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -316,8 +317,21 @@ fn build_agent(obj: &Path) -> Result<PathBuf> {
         "peer-dataplane-tests",
         "--bins",
     ]))?;
-    Ok(root().join("target/release/peer-dataplane"))
+    // What this build produced, by checksum: the test suite runs exactly these.
+    let release = root().join("target/release");
+    let sums = output(
+        Command::new("sha256sum")
+            .args(PRODUCT_BINS)
+            .current_dir(&release),
+    )?;
+    std::fs::write(release.join(BUILD_SUMS), sums)?;
+    Ok(release.join("peer-dataplane"))
 }
+
+/// The binaries users get from `cargo xtask build`.
+pub const PRODUCT_BINS: [&str; 2] = ["peer-dataplane", "peer-dataplane-controlplane"];
+/// Their checksums (`sha256sum` format), beside them.
+pub const BUILD_SUMS: &str = "SHA256SUMS";
 
 fn demo(single_host: bool) -> Result<()> {
     setup()?;

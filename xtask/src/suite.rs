@@ -11,7 +11,7 @@ pub fn test(args: &[String], repeat: u32) -> Result<()> {
     }
     setup()?;
     let obj = build_ebpf()?;
-    let agent = build_agent(&obj)?;
+    let agent = under_test(&build_agent(&obj)?)?;
     let mut runs = Vec::new();
     for round in 1..=repeat {
         step(&format!(
@@ -25,6 +25,24 @@ pub fn test(args: &[String], repeat: u32) -> Result<()> {
         runs.push(test_once(&obj, &agent, args)?);
     }
     report(&runs)
+}
+
+/// Copies the product's binaries and their checksums from `agent`'s directory to
+/// `target/under-test/`, and returns the agent there. `cargo test` rebuilds binaries in
+/// `target/release/` with the features its test targets need; the copies stay exactly
+/// what `cargo xtask build` produced (a test compares them with the checksums).
+fn under_test(agent: &Path) -> Result<std::path::PathBuf> {
+    let from = agent.parent().context("the agent's directory")?;
+    let to = super::root().join("target/under-test");
+    std::fs::create_dir_all(&to)?;
+    for f in super::PRODUCT_BINS.iter().chain([&super::BUILD_SUMS]) {
+        // Replaced, not written over: a test binary may still be running the old one.
+        let tmp = to.join(format!(".{f}.new"));
+        std::fs::copy(from.join(f), &tmp)
+            .with_context(|| format!("copying {f} to {}", to.display()))?;
+        std::fs::rename(&tmp, to.join(f))?;
+    }
+    Ok(to.join("peer-dataplane"))
 }
 
 /// What one `cargo test` run of the whole suite said.

@@ -326,8 +326,8 @@ async fn host_delta(s: &Shared, host: &str, after: u64, wait: Duration) -> ApiRe
 /// state and registration, and nothing else.
 fn host_caller(s: &Shared, h: &HeaderMap, host: &str) -> Result<(), ApiError> {
     let token = bearer(h)?;
-    match auth::find(&s.host_tokens, token) {
-        Some(owner) if *owner == host => {}
+    match s.host_of(token) {
+        Some(owner) if owner == host => {}
         Some(owner) => {
             return Err(ApiError::forbidden(format!(
                 "the token of host {owner} cannot act for host {host}"

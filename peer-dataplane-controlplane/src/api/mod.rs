@@ -18,30 +18,33 @@ use handlers::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
-/// Wall clock, optionally moved forward by tests (`--test-clock`).
-pub struct Clock {
-    /// Seconds added to the real time (tests only, see `Server::advance_clock`).
-    offset: AtomicU64,
-}
+/// Where the control plane reads the time (seconds since the epoch): the wall clock, or
+/// one the caller supplies (the in-process tests move theirs; no binary has a way to).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
 
 impl Clock {
+    /// The wall clock.
     pub fn new() -> Clock {
-        Clock {
-            offset: AtomicU64::new(0),
-        }
+        Clock::from_fn(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> Timestamp + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
     }
 
     pub fn now(&self) -> Timestamp {
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        real + self.offset.load(Ordering::Relaxed)
+        (self.0)()
     }
 }
 
@@ -55,8 +58,8 @@ struct Inner {
     world: World,
     revision: u64,
     store: Box<dyn ObjectStore>,
-    /// (account, token): an account may hold several tokens.
-    tokens: Vec<(String, String)>,
+    /// The account tokens' hashes, as stored.
+    tokens: auth::TokenHashes,
     /// Recent worlds, for the hosts' deltas.
     history: crate::deltas::History,
     /// What the last whole check validated (each change re-validates only what it alters).
@@ -72,8 +75,12 @@ pub struct Server {
     store_ok: watch::Sender<bool>,
     clock: Clock,
     /// host -> the token its agent presents to read that host's state (and no other's).
-    host_tokens: BTreeMap<String, String>,
+    host_tokens: Mutex<BTreeMap<String, String>>,
+    /// Requests per credential.
     limiter: auth::Limiter,
+    /// Failed authentications per source address.
+    auth_failures: auth::Limiter,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub type Shared = Arc<Server>;
@@ -97,11 +104,10 @@ impl Server {
             revision = store.commit(&before, &world, revision + 1)?;
             log::info!("gave the stored VPCs and peerings their VNIs and tunnel keys (revision {revision})");
         }
-        let tokens = store
-            .tokens()?
-            .into_iter()
-            .map(|(token, account)| (account, token))
-            .collect();
+        let tokens = match store.token_hashes()? {
+            Some(t) => t,
+            None => auth::TokenHashes::new()?,
+        };
         let (revision_tx, _) = watch::channel(revision);
         let changes = store.changes();
         let mut history = crate::deltas::History::default();
@@ -118,9 +124,12 @@ impl Server {
             revision_tx,
             store_ok: watch::channel(true).0,
             clock,
-            host_tokens,
+            host_tokens: Mutex::new(host_tokens),
             limiter: auth::Limiter::new(limit),
+            auth_failures: auth::Limiter::new(auth::RateLimit::AUTH_FAILURES),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
+        server.metrics.set_account_tokens(server.account_tokens());
         // Other replicas' commits: read the store again when they happen.
         if let Some(rx) = changes {
             let weak = Arc::downgrade(&server);
@@ -131,8 +140,10 @@ impl Server {
                         let Some(s) = weak.upgrade() else { return };
                         match event {
                             StoreEvent::Commit(revision, rows) => s.catch_up(Some((revision, rows))),
+                            StoreEvent::Tokens(t) => s.adopt_tokens(t),
                             StoreEvent::Resync => {
                                 s.catch_up(None);
+                                s.reread_tokens();
                                 if !s.store_ok.send_replace(true) {
                                     log::info!("the store is reachable again (revision {})", s.revision());
                                 }
@@ -209,14 +220,6 @@ impl Server {
 
     pub fn revision(&self) -> u64 {
         self.inner.lock().unwrap().revision
-    }
-
-    /// Moves the control plane's clock forward and runs expiry at once. Only in builds
-    /// with the `test-hooks` feature (the in-process API tests): no binary can reach it.
-    #[cfg(feature = "test-hooks")]
-    pub fn advance_clock(&self, seconds: u64) {
-        self.clock.offset.fetch_add(seconds, Ordering::Relaxed);
-        self.sweep();
     }
 
     /// Long polls parked waiting for the next revision.
@@ -319,6 +322,7 @@ impl Server {
     /// `mutate` expires due peerings before it runs an operation, so committing the world
     /// it hands over as it is commits the expiry; only done when something is due.
     pub fn sweep(&self) {
+        self.prune_limits();
         {
             let mut inner = self.inner.lock().unwrap();
             if !inner.store.lead_sweeps() {
@@ -335,14 +339,21 @@ impl Server {
 
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = bearer(headers)?;
-        let account = {
-            let inner = self.inner.lock().unwrap();
-            auth::find(inner.tokens.iter().map(|(a, t)| (a, t)), token)
-                .cloned()
-                .ok_or_else(|| ApiError::unauthorized("the bearer token is not known"))?
-        };
+        let account = self
+            .account_of(token)
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not known"))?;
         self.spend(&format!("account {account}"))?;
         Ok(Caller { account })
+    }
+
+    /// The account `token` belongs to, if it is accepted now.
+    pub fn account_of(&self, token: &str) -> Option<String> {
+        self.inner.lock().unwrap().tokens.account_of(token).cloned()
+    }
+
+    /// The host whose agent holds `token`, compared in constant time with every host's.
+    fn host_of(&self, token: &str) -> Option<String> {
+        auth::find(self.host_tokens.lock().unwrap().iter(), token).cloned()
     }
 
     /// One request of credential `who`'s rate; `429` once it is spent.
@@ -350,20 +361,144 @@ impl Server {
         self.limiter
             .spend(who, std::time::Instant::now())
             .map_err(|retry_after| {
+                self.metrics.rate_limited();
                 ApiError::rate_limited(format!(
                     "too many requests for {who}: retry in {retry_after} s"
                 ))
             })
     }
 
-    /// Registers (or replaces) `account`'s token, kept in the store.
+    /// The control plane's counters.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// From now on, `limit` failed authentications per source address.
+    pub fn limit_auth_failures(&self, limit: auth::RateLimit) {
+        self.auth_failures.set_limit(limit);
+    }
+
+    /// How many account tokens this replica accepts.
+    pub fn account_tokens(&self) -> usize {
+        self.inner.lock().unwrap().tokens.accounts.len()
+    }
+
+    /// Makes `tokens` (account -> token) exactly the accepted account tokens, in the
+    /// store (hashed) and here; a shared store's other replicas follow within its watch.
+    /// Returns whether anything changed.
+    pub fn set_account_tokens(&self, tokens: &BTreeMap<String, String>) -> anyhow::Result<bool> {
+        let mut inner = self.inner.lock().unwrap();
+        // Under the key already stored (another replica may have written since).
+        let base = inner.store.token_hashes()?.unwrap_or_else(|| inner.tokens.clone());
+        let new = base.replaced_by(tokens)?;
+        if new == base && new == inner.tokens {
+            return Ok(false);
+        }
+        if new != base {
+            inner.store.put_token_hashes(&new)?;
+        }
+        inner.tokens = new;
+        self.metrics.set_account_tokens(inner.tokens.accounts.len());
+        Ok(true)
+    }
+
+    /// Registers (or moves) one account token beside the others (the in-process tests'
+    /// way; a control plane's set comes whole from its file, see `set_account_tokens`).
     pub fn add_token(&self, account: &str, token: &str) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        inner.store.set_token(account, token)?;
-        inner.tokens.retain(|(_, t)| t != token);
-        inner.tokens.push((account.to_string(), token.to_string()));
+        let mut t = inner.store.token_hashes()?.unwrap_or_else(|| inner.tokens.clone());
+        t.insert(account, token)?;
+        inner.store.put_token_hashes(&t)?;
+        inner.tokens = t;
+        self.metrics.set_account_tokens(inner.tokens.accounts.len());
         Ok(())
     }
+
+    /// Makes `tokens` (host -> token) exactly the accepted host tokens.
+    pub fn set_host_tokens(&self, tokens: BTreeMap<String, String>) {
+        *self.host_tokens.lock().unwrap() = tokens;
+    }
+
+    /// Another replica replaced the account tokens.
+    fn adopt_tokens(&self, tokens: auth::TokenHashes) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.tokens != tokens {
+            log::info!(
+                "the account tokens changed in the store: {} accepted",
+                tokens.accounts.len()
+            );
+        }
+        inner.tokens = tokens;
+        self.metrics.set_account_tokens(inner.tokens.accounts.len());
+    }
+
+    /// Reads the account tokens from the store again (after a watch that missed events).
+    fn reread_tokens(&self) {
+        let got = self.inner.lock().unwrap().store.token_hashes();
+        match got {
+            Ok(Some(t)) => self.adopt_tokens(t),
+            Ok(None) => {}
+            Err(e) => log::warn!("reading the account tokens again: {e:#}"),
+        }
+    }
+
+    /// A source address's failed authentications: `Err(seconds)` while it may make no
+    /// more; spends nothing.
+    fn auth_failures_left(&self, source: &str) -> Result<(), u64> {
+        self.auth_failures.check(source, std::time::Instant::now())
+    }
+
+    /// Counts one failed authentication of `source`'s.
+    fn auth_failed(&self, source: &str) {
+        self.metrics.auth_failed();
+        if self
+            .auth_failures
+            .spend(source, std::time::Instant::now())
+            .is_ok()
+            && self.auth_failures_left(source).is_err()
+        {
+            log::warn!("{source}: too many failed authentications; its requests are answered 429 for a while");
+        }
+    }
+
+    /// Forgets the request and failure buckets that have refilled (sweeps call this).
+    fn prune_limits(&self) {
+        let now = std::time::Instant::now();
+        self.limiter.prune(now);
+        self.auth_failures.prune(now);
+    }
+}
+
+/// Refuses, with `429`, every request from a source address that has failed to
+/// authenticate too often (before its token is even looked at, so that a guesser learns
+/// nothing while refused), and counts each `401` against its source.
+async fn guard_auth_failures(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Requests come through [`crate::listener`], which names their source; the in-process
+    // tests' requests have none and share one bucket.
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "an unknown address".to_string(), |c| c.0.ip().to_string());
+    if let Err(retry) = s.auth_failures_left(&source) {
+        s.metrics.auth_throttled();
+        let e = ApiError::rate_limited(format!(
+            "too many failed authentications from {source}: retry in {retry} s"
+        ));
+        let mut resp = e.into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, retry.into());
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        log::debug!("{source}: authentication failed");
+        s.auth_failed(&source);
+    }
+    resp
 }
 
 fn storage_error(e: anyhow::Error) -> ApiError {
@@ -439,7 +574,9 @@ fn resource(
 }
 
 pub fn router(server: Shared) -> Router {
-    let mut r = Router::new().route("/healthz", get(healthz));
+    let mut r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
     r = resource(
         r,
         "/v1/vpcs",
@@ -499,6 +636,10 @@ pub fn router(server: Shared) -> Router {
         server.clone(),
         add_revision,
     ))
+    .layer(axum::middleware::from_fn_with_state(
+        server.clone(),
+        guard_auth_failures,
+    ))
     // Bulk route replacement carries large tables (100k routes is about 6 MB of JSON).
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
     .with_state(server)
@@ -511,6 +652,18 @@ async fn healthz(State(s): State<Shared>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
     }
+}
+
+/// The control plane's counters, Prometheus text (they name no credential).
+async fn metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Every answer carries the revision it reflects (at least), so that a caller can wait

@@ -1,5 +1,6 @@
 //! The distributed store: etcd v3. Each object is one key, `PREFIX/objects/KIND/ID`, holding
-//! its JSON; account tokens are `PREFIX/tokens/TOKEN`. A commit is one etcd transaction
+//! its JSON; the account tokens' hashes are one key, `PREFIX/account-token-hashes` (JSON
+//! of [`TokenHashes`]: no token is ever a key or a value). A commit is one etcd transaction
 //! that writes exactly the objects that changed, guarded by the key `PREFIX/revision`: it
 //! applies only if nobody committed since this replica last read or wrote, so two replicas
 //! never lose each other's updates (the second is refused and must re-read). The revision
@@ -10,13 +11,13 @@
 //! from a thread that is already running one).
 
 use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent, StoredRow};
+use crate::auth::TokenHashes;
 use crate::model::*;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ fn unavailable(e: &anyhow::Error) -> bool {
         _ => false,
     }
 }
+
+/// The key (under the prefix) of the account tokens' hashes.
+const TOKEN_HASHES: &str = "account-token-hashes";
+/// Where older versions kept account tokens in plain text, one key each.
+const PLAIN_TOKENS: &str = "tokens/";
 
 /// Largest answer taken from etcd.
 const MAX_MESSAGE: usize = 512 << 20;
@@ -369,8 +375,48 @@ impl ObjectStore for EtcdStore {
         Ok(revision as u64)
     }
 
-    fn tokens(&self) -> Result<BTreeMap<String, String>> {
-        Ok(self.range("tokens/")?.0.into_iter().collect())
+    /// Also hashes, once, the plain tokens older versions kept (one key each), and
+    /// deletes them, in one transaction with the hashes' write.
+    fn token_hashes(&mut self) -> Result<Option<TokenHashes>> {
+        let key = self.key(TOKEN_HASHES);
+        let resp = self.kv_call(|mut c| {
+            let k = key.clone();
+            async move { c.get(k, None).await }
+        })?;
+        let stored: Option<TokenHashes> = match resp.kvs().first() {
+            Some(kv) => Some(
+                serde_json::from_str(kv.value_str()?).context("the stored account token hashes")?,
+            ),
+            None => None,
+        };
+        let (plain, _) = self.range(PLAIN_TOKENS)?;
+        if plain.is_empty() {
+            return Ok(stored);
+        }
+        let mut hashes = match stored {
+            Some(h) => h,
+            None => TokenHashes::new()?,
+        };
+        for (token, account) in &plain {
+            hashes.insert(account, token)?;
+        }
+        let txn = Txn::new().and_then([
+            TxnOp::put(key, serde_json::to_string(&hashes)?, None),
+            TxnOp::delete(
+                self.key(PLAIN_TOKENS),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        ]);
+        self.kv_call(|mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+        .context("hashing the plain account tokens")?;
+        log::info!(
+            "hashed the {} account tokens etcd kept in plain text",
+            plain.len()
+        );
+        Ok(Some(hashes))
     }
 
     /// A watch on the guard key: every replica's commits, from the one after what this
@@ -420,10 +466,13 @@ impl ObjectStore for EtcdStore {
         }
     }
 
-    fn set_token(&mut self, account: &str, token: &str) -> Result<()> {
-        let mut c = self.client.clone();
-        let (key, account) = (self.key(&format!("tokens/{token}")), account.to_string());
-        run(self.rt(), async move { c.put(key, account, None).await })?;
+    fn put_token_hashes(&mut self, hashes: &TokenHashes) -> Result<()> {
+        let (key, body) = (self.key(TOKEN_HASHES), serde_json::to_string(hashes)?);
+        self.kv_call(|mut c| {
+            let (k, b) = (key.clone(), body.clone());
+            async move { c.put(k, b, None).await }
+        })
+        .context("storing the account token hashes")?;
         Ok(())
     }
 }
@@ -443,6 +492,7 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
     let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
     let objects = format!("{prefix}objects/");
     let guard = format!("{prefix}revision");
+    let token_hashes = format!("{prefix}{TOKEN_HASHES}");
     loop {
         let o = opts
             .take()
@@ -477,6 +527,16 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
                         let key = kv.key_str().unwrap_or_default();
                         if key == guard {
                             *commit = true;
+                        }
+                        if key == token_hashes && e.event_type() == EventType::Put {
+                            match serde_json::from_str(kv.value_str().unwrap_or_default()) {
+                                Ok(h) => {
+                                    if tx.send(StoreEvent::Tokens(h)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) => log::warn!("the stored account token hashes: {e}"),
+                            }
                         }
                         if let Some((kind, id)) =
                             key.strip_prefix(&objects).and_then(|k| k.split_once('/'))
