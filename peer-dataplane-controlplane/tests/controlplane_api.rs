@@ -1597,3 +1597,51 @@ async fn a_store_from_before_the_overlay_is_numbered_and_hosts_survive_a_restart
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A port may not sit on its host's uplink or on the loopback, and a host may not
+/// register an uplink that already carries one of its ports: each refused with the
+/// interface and the host named, nothing written.
+#[tokio::test]
+async fn no_port_on_a_hosts_uplink_or_loopback() {
+    let api = Api::new();
+    api.seed().await;
+    api.ok(
+        "PUT",
+        "/v1/hosts/host-2",
+        AGENT_2,
+        Some(json!({"underlay_ipv4": "192.0.2.2", "uplink": "eth0"})),
+        200,
+    )
+    .await;
+    let rev = api.server.revision();
+    for (iface, says) in [
+        ("eth0", "interface eth0 is host host-2's uplink"),
+        ("lo", "interface lo is the host's loopback"),
+    ] {
+        let (status, v) = api
+            .call(
+                "POST",
+                "/v1/ports",
+                Some(B),
+                Some(json!({"host": "host-2", "interface": iface, "subnet_id": "subnet-b2", "mac": "02:00:ac:10:02:15", "ipv4": "172.16.2.21"})),
+            )
+            .await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    // host-1 carries pdp-a: it cannot become host-1's uplink.
+    let (status, v) = api
+        .call(
+            "PUT",
+            "/v1/hosts/host-1",
+            Some(AGENT),
+            Some(json!({"underlay_ipv4": "192.0.2.1", "uplink": "pdp-a"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("interface pdp-a carries port"),
+        "{v}"
+    );
+    assert_eq!(api.server.revision(), rev, "a refused call wrote something");
+}

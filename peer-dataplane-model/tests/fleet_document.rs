@@ -95,6 +95,37 @@ fn a_fleet_document_compiles_into_the_overlay_maps() {
     assert_eq!(s.ports.len(), 2, "remote ports get no port entry");
 }
 
+/// A port on another name of the uplink (an altname) passes validation but not the
+/// compile, which compares interfaces by index; nor does a port the resolver refuses.
+#[test]
+fn a_port_on_the_uplink_by_another_name_or_a_refused_interface_does_not_compile() {
+    let mut doc = fleet();
+    doc.ports[0].interface = "up0-alt".into();
+    let topo = validate(&doc).unwrap();
+    let e = compile(&topo, &Ids::default(), &FakeIfindex, &|_| 0, &|_| 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("port up0-alt: interface up0-alt is this host's uplink (up0)"),
+        "{e}"
+    );
+
+    struct NoBridges;
+    impl peer_dataplane_model::desired::IfindexResolver for NoBridges {
+        fn ifindex(&self, name: &str) -> Option<u32> {
+            FakeIfindex.ifindex(name)
+        }
+        fn refuse_port(&self, name: &str) -> Option<String> {
+            (name == "pdp-c").then(|| "interface pdp-c is a bridge".to_string())
+        }
+    }
+    let topo = validate(&fleet()).unwrap();
+    let e = compile(&topo, &Ids::default(), &NoBridges, &|_| 0, &|_| 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("port pdp-c: interface pdp-c is a bridge"), "{e}");
+}
+
 #[test]
 fn a_single_host_document_has_no_overlay() {
     let topo = validate(&seed()).unwrap();
@@ -149,6 +180,16 @@ fn fleet_mistakes_are_refused_by_name() {
         }),
         ("cap_shares [0, 1] must be 1 or more", |d| {
             d.peerings[0].cap_shares = Some([0, 1])
+        }),
+        ("port up0: interface up0 is host host-1's uplink", |d| {
+            d.ports[0].interface = "up0".into()
+        }),
+        ("remote port host-2/eth9: interface eth9 is host host-2's uplink", |d| {
+            d.hosts[1].uplink = Some("eth9".into());
+            d.remote_ports[0].interface = "eth9".into();
+        }),
+        ("port lo: interface lo is the host's loopback", |d| {
+            d.ports[0].interface = "lo".into()
         }),
     ];
     for (want, change) in cases {

@@ -57,6 +57,11 @@ pub enum Command {
         uplink: Option<String>,
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: links::XdpModeArg,
+        /// Kinds of interface a port may be on, as `ip -d link` names them (`device`: a
+        /// driver's own interface, such as a NIC or an SR-IOV function). Anything else
+        /// named as a port (the host's NIC, a bridge, the loopback) is refused.
+        #[arg(long, value_delimiter = ',', default_value = "veth,tun,macvtap,netkit")]
+        port_kinds: Vec<String>,
         /// XDP object to load instead of the one embedded in this binary.
         #[arg(long)]
         bpf_object: Option<PathBuf>,

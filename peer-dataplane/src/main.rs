@@ -58,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             bpf_object,
             metrics,
+            port_kinds,
         } => {
             let source = match (config, control_plane) {
                 (Some(path), _) => agent::Source::File(path),
@@ -91,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
                 source,
                 pin_dir: cli.pin_dir,
                 xdp_mode,
+                port_kinds,
                 object,
                 metrics,
             }))

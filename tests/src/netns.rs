@@ -98,7 +98,7 @@ impl Drop for Netns {
 /// which BPF_PROG_RUN then refuses).
 pub fn ifindex(name: &str) -> u32 {
     use peer_dataplane::desired::IfindexResolver;
-    peer_dataplane::bpf::KernelIfindex
+    peer_dataplane::bpf::KernelIfindex::default()
         .ifindex(name)
         .unwrap_or(0)
 }

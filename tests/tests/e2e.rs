@@ -146,6 +146,10 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
 
     // Malformed documents are refused as a whole and forwarding goes on. Each also carries
     // a blackhole route for b's subnet that would cut a -> b if anything were applied.
+    // Two name a port on an interface that is not an instance's (the host's bridge, the
+    // loopback): the agent never attaches there.
+    env.net.host.ip(&["link", "add", "pdp-br", "type", "bridge"])?;
+    env.net.host.ip(&["link", "set", "pdp-br", "up"])?;
     for (bad, expect) in bad_documents() {
         let refusals = env
             .agent
@@ -167,6 +171,8 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
             "a refused document ({expect}) changed forwarding"
         );
     }
+    let bridge = env.net.host.ip(&["-d", "link", "show", "pdp-br"])?;
+    ensure!(!bridge.contains("xdp"), "XDP attached to the bridge:\n{bridge}");
 
     let mut deleted = seed::seed_doc();
     deleted
@@ -234,6 +240,14 @@ fn bad_documents() -> Vec<(Document, &'static str)> {
             "route table rtb-a route 192.168.0.0/16: destination is outside peer vpc vpc-b",
         ),
         (with(&|d| add_route(d, "172.16.300.0/24", "pcx-ab")), "\"172.16.300.0/24\" is not a CIDR"),
+        (
+            with(&|d| d.ports[0].interface = "pdp-br".into()),
+            "port pdp-br: interface pdp-br is a bridge; this agent expects ports on veth, tun, macvtap, netkit interfaces (--port-kinds)",
+        ),
+        (
+            with(&|d| d.ports[0].interface = "lo".into()),
+            "port lo: interface lo is the host's loopback",
+        ),
     ]
 }
 

@@ -1087,7 +1087,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
         &topo,
         &dp.installed.ids,
         &dp.installed.mirror,
-        &peer_dataplane::bpf::KernelIfindex,
+        &peer_dataplane::bpf::KernelIfindex::default(),
     )?;
     let touching_b: Vec<String> = ops
         .iter()

@@ -26,6 +26,12 @@ pub fn put_host(w: &World, id: &str, r: HostDoc) -> Result<(World, Host)> {
         )));
     };
     rules::interface(&format!("{what} uplink"), uplink)?;
+    if let Some(p) = w.ports.values().find(|p| p.host() == id && p.interface == *uplink) {
+        return Err(ApiError::address_in_use(format!(
+            "{what} uplink: interface {uplink} carries port {} of this host; the uplink must be another interface",
+            p.id
+        )));
+    }
     for other in w.hosts.values().filter(|h| h.id != id) {
         let taken = other.underlay_ipv4.parse().ok() == Some(v4)
             || (v6.is_some() && other.underlay_ipv6.as_ref().and_then(|s| s.parse().ok()) == v6);

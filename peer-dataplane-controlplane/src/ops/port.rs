@@ -13,7 +13,10 @@ pub fn create_port(w: &World, c: &Caller, r: CreatePort) -> Result<(World, Port)
     if r.host.is_empty() || r.host.len() > 64 {
         return Err(ApiError::invalid_request("host: must be 1 to 64 bytes"));
     }
-    rules::interface("interface", &r.interface)?;
+    rules::port_interface("interface", &r.interface)?;
+    if let Some(h) = w.hosts.get(&r.host) {
+        rules::port_not_on_uplink("interface", &r.interface, &h.id, h.uplink.as_deref())?;
+    }
     if r.interface.contains('/') {
         return Err(ApiError::invalid_request(format!(
             "interface: \"{}\" is not a valid interface name",

@@ -27,6 +27,12 @@ pub trait IfindexResolver {
     fn mtu(&self, _name: &str) -> Option<u32> {
         None
     }
+
+    /// Why interface `name` must not carry an instance's port here (the loopback, a kind
+    /// of interface the agent does not expect ports on); `None`: it may.
+    fn refuse_port(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 pub fn net_addr(net: &IpNet) -> ([u8; 16], u32, bool) {
@@ -506,15 +512,31 @@ impl Compiler<'_> {
     }
 
     /// Ports, their endpoints (one per address) and redirect entries.
-    fn ports(&mut self, ifindex: &dyn IfindexResolver) -> Result<()> {
+    fn ports(&mut self, resolver: &dyn IfindexResolver) -> Result<()> {
+        // The uplink by index: a second name of it (an altname) is the uplink too.
+        let uplink = self
+            .t
+            .local()
+            .and_then(|h| h.uplink.as_deref())
+            .and_then(|u| Some((u, resolver.ifindex(u)?)));
         for port in self.t.ports.values() {
-            let ifindex = ifindex.ifindex(&port.interface).ok_or_else(|| {
+            let ifindex = resolver.ifindex(&port.interface).ok_or_else(|| {
                 anyhow!(
                     "port {}: interface {} does not exist on this host",
                     port.interface,
                     port.interface
                 )
             })?;
+            if let Some((name, _)) = uplink.filter(|(_, i)| *i == ifindex) {
+                return Err(anyhow!(
+                    "port {}: interface {} is this host's uplink ({name}); a port cannot be on it",
+                    port.interface,
+                    port.interface
+                ));
+            }
+            if let Some(why) = resolver.refuse_port(&port.interface) {
+                return Err(anyhow!("port {}: {why}", port.interface));
+            }
             let subnet = &self.t.subnets[&port.subnet];
             let vpc = self.id(NAME_VPC, &subnet.vpc);
             let subnet_id = self.id(NAME_SUBNET, &subnet.id);

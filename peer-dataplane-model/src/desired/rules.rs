@@ -246,6 +246,33 @@ pub fn interface(what: &str, name: &str) -> Check<()> {
     )
 }
 
+/// An interface an instance's port may be on: a valid name, and not the loopback (an
+/// XDP program there would see the host's own local traffic).
+pub fn port_interface(what: &str, name: &str) -> Check<()> {
+    interface(what, name)?;
+    if name == "lo" {
+        return invalid(
+            Fault::Request,
+            what,
+            "interface lo is the host's loopback; a port is an instance's interface",
+        );
+    }
+    Ok(())
+}
+
+/// A port of host `host` may not be on that host's uplink (the overlay's interface): the
+/// data plane would take over the host's underlay traffic.
+pub fn port_not_on_uplink(what: &str, interface: &str, host: &str, uplink: Option<&str>) -> Check<()> {
+    if uplink == Some(interface) {
+        return invalid(
+            Fault::Request,
+            what,
+            format!("interface {interface} is host {host}'s uplink; a port cannot be on it"),
+        );
+    }
+    Ok(())
+}
+
 pub fn parse_mac(s: &str) -> Option<Mac> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {

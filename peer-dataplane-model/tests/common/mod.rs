@@ -18,8 +18,8 @@ impl IfindexResolver for FakeIfindex {
             "pdp-a" => Some(11),
             "pdp-b" => Some(12),
             "pdp-c" => Some(13),
-            // The uplink of a fleet document.
-            "up0" => Some(2),
+            // The uplink of a fleet document, and a second name of it.
+            "up0" | "up0-alt" => Some(2),
             _ => None,
         }
     }

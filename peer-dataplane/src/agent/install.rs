@@ -171,6 +171,8 @@ pub struct Dataplane {
     pub ebpf: Ebpf,
     pub installed: Installed,
     pub links: Links,
+    /// Link kinds a port may be on (`--port-kinds`).
+    pub port_kinds: Vec<String>,
     pub stats: SharedInstallStats,
     /// The topology last installed whole or changed in place (the single-route path
     /// checks against it).
@@ -187,11 +189,32 @@ impl Dataplane {
     pub fn apply(&mut self, topo: &Topology) -> Result<usize> {
         let writes = self
             .installed
-            .install(topo, self.topo.as_ref(), &KernelIfindex)?;
+            .install(
+                topo,
+                self.topo.as_ref(),
+                &KernelIfindex::new(&self.port_kinds),
+            )?;
         let mut ifaces: Vec<String> = topo.ports.keys().cloned().collect();
         ifaces.extend(topo.local().and_then(|h| h.uplink.clone()));
         self.links.sync(program(&mut self.ebpf)?, &ifaces)?;
         Ok(writes)
+    }
+
+    /// Refuses a state whose ports name interfaces that are not an instance's here (the
+    /// loopback, a kind not in `--port-kinds`): waiting would not change them, so the
+    /// state is refused like an invalid one, not retried. (A port whose interface does
+    /// not exist yet is retried: the instance may be starting.)
+    pub fn check_ports(&self, topo: &Topology) -> Result<()> {
+        let kernel = KernelIfindex::new(&self.port_kinds);
+        let refused: Vec<String> = topo
+            .ports
+            .keys()
+            .filter_map(|i| kernel.refuse_port(i).map(|why| format!("port {i}: {why}")))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(anyhow!("{}", refused.join("; ")))
     }
 
     /// Records an install (or a refusal) for the metrics endpoint.

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub source: Source,
     pub pin_dir: PathBuf,
     pub xdp_mode: XdpModeArg,
+    /// Link kinds a port may be on (`--port-kinds`).
+    pub port_kinds: Vec<String>,
     pub object: Vec<u8>,
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
@@ -101,6 +103,7 @@ async fn start(opts: &RunOptions) -> Result<Dataplane> {
         ebpf,
         installed,
         links,
+        port_kinds: opts.port_kinds.clone(),
         stats: Default::default(),
         topo: None,
         desired: None,

@@ -100,7 +100,7 @@ fn install(
 
 pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
-    let topo = match load_topology(config) {
+    let topo = match load_topology(config).and_then(|t| dp.check_ports(&t).map(|()| t)) {
         Ok(t) => t,
         Err(e) => {
             dp.record(None, started, false);
@@ -149,7 +149,17 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             return None;
         }
         Ok(Taken::Nothing) => return None,
-        Ok(Taken::Install(topo)) => topo,
+        Ok(Taken::Install(topo)) => match dp.check_ports(&topo) {
+            Ok(()) => topo,
+            Err(e) => {
+                dp.record(Some(u.revision), started, false);
+                error!(
+                    "revision {} refused, previous state kept: desired state from {what}: {e:#}",
+                    u.revision
+                );
+                return None;
+            }
+        },
         Err(TakeError::DoesNotFit(e)) => {
             warn!(
                 "the delta to revision {} does not fit ({e}); asking for the whole document",

@@ -2,6 +2,7 @@
 //! the plan writer), loading and pinning the program, XDP links and BPF_PROG_RUN.
 
 pub mod ifindex;
+pub mod interfaces;
 pub mod links;
 pub mod maps;
 pub mod pins;

@@ -4,7 +4,7 @@
 //! namespace or in the named namespace (`/run/netns`) that holds it; for anything else
 //! (a NIC port) the operator names the interface cabled to it.
 
-use super::links::{self, Link};
+use crate::bpf::interfaces::{self, Link};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -75,8 +75,8 @@ pub fn resolve(
     }
     let listed = |ns: &Option<PathBuf>| -> Result<Vec<Link>> {
         match ns {
-            None => links::list(),
-            Some(p) => in_netns(p, links::list),
+            None => interfaces::list(),
+            Some(p) => in_netns(p, interfaces::list),
         }
     };
     if let Some(name) = from {
@@ -98,7 +98,7 @@ pub fn resolve(
     }
     if let Some(p) = netns {
         // The port's peer in the given namespace.
-        let l = in_netns(&p, links::list)?
+        let l = in_netns(&p, interfaces::list)?
             .into_iter()
             .find(|l| l.peer_index == Some(port_ifindex) && l.peer_netnsid.is_some())
             .ok_or_else(|| {
@@ -109,7 +109,7 @@ pub fn resolve(
             })?;
         return Ok(far_end(Some(p), l));
     }
-    let here = links::list()?;
+    let here = interfaces::list()?;
     let me = here
         .iter()
         .find(|l| l.index == port_ifindex)
@@ -137,8 +137,8 @@ pub fn resolve(
         let Ok(f) = std::fs::File::open(&path) else {
             continue;
         };
-        if links::netnsid_of(&f)? == Some(id) {
-            let l = in_netns(&path, links::list)?
+        if interfaces::netnsid_of(&f)? == Some(id) {
+            let l = in_netns(&path, interfaces::list)?
                 .into_iter()
                 .find(|l| l.index == peer)
                 .ok_or_else(|| {

@@ -15,7 +15,6 @@
 
 pub mod choose;
 pub mod far_end;
-pub mod links;
 mod live;
 mod packet;
 mod sock;

@@ -23,8 +23,18 @@ pub fn check_port(
         (Some(h), true) => format!("remote port {h}/{}", p.interface),
         _ => format!("port {}", p.interface),
     };
-    c.check(rules::interface(&what, &p.interface));
+    c.check(rules::port_interface(&what, &p.interface));
     let host = check_host(c, topo, p, remote, &what)?;
+    // The host that carries it: named for a remote port, this host for a local one.
+    let carrier = host.as_ref().or(topo.local_host.as_ref());
+    if let Some(h) = carrier.and_then(|h| topo.hosts.get(h)) {
+        c.check(rules::port_not_on_uplink(
+            &what,
+            &p.interface,
+            &h.id,
+            h.uplink.as_deref(),
+        ));
+    }
     let Some(subnet) = topo.subnets.get(&p.subnet) else {
         c.missing(
             "subnet",

@@ -1,5 +1,5 @@
-//! The interfaces of a network namespace, as rtnetlink reports them: name, index,
-//! queues, and for a veth its peer (index, and the peer's namespace id when the peer lives
+//! The interfaces of a network namespace, as rtnetlink reports them: name, index, flags,
+//! kind, queues, and for a veth its peer (index, and the peer's namespace id when the peer lives
 //! in another namespace). sysfs cannot be trusted for this: a CLI entered into a namespace
 //! with `nsenter --net` still sees the sysfs of the namespace that mounted it.
 
@@ -17,7 +17,11 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the peer's namespace as this namespace numbers it; absent
     /// when the peer is in this namespace.
     pub peer_netnsid: Option<i32>,
+    /// `IFLA_INFO_KIND` (`veth`, `tun`, `bridge`, …); `None` for a device driver's own
+    /// interface (a NIC) and the loopback.
     pub kind: Option<String>,
+    /// `IFF_*` flags (`IFF_LOOPBACK`, `IFF_UP`, …).
+    pub flags: u32,
     pub tx_queues: u32,
     pub rx_queues: u32,
 }
@@ -87,8 +91,20 @@ pub fn netnsid_of(ns_fd: &impl AsRawFd) -> Result<Option<i32>> {
 }
 
 fn open() -> Result<OwnedFd> {
-    super::sock::open(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)
-        .context("opening an rtnetlink socket")
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the fd is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening an rtnetlink socket");
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn header(kind: u16, flags: u16, body_hint: usize) -> Vec<u8> {
@@ -191,6 +207,7 @@ fn parse_link(body: &[u8]) -> Link {
     let index = u32::from_ne_bytes(body[4..8].try_into().unwrap());
     let mut l = Link {
         index,
+        flags: u32::from_ne_bytes(body[8..12].try_into().unwrap()),
         name: String::new(),
         peer_index: None,
         peer_netnsid: None,
@@ -234,6 +251,7 @@ mod tests {
         let lo = links.iter().find(|l| l.name == "lo").expect("lo");
         assert_eq!(lo.index, 1);
         assert!(lo.peer_netnsid.is_none());
+        assert!(lo.flags & libc::IFF_LOOPBACK as u32 != 0 && lo.kind.is_none());
     }
 
     #[test]
