@@ -24,8 +24,8 @@ use std::time::Duration;
 pub enum StoreChoice {
     /// The embedded store: one SQLite file.
     Sqlite(PathBuf),
-    /// etcd, by URL (`etcd://h1:2379,h2:2379[/prefix]`).
-    Etcd(String),
+    /// etcd, by URL (`etcd://h1:2379,h2:2379[/prefix]`), and how to reach it.
+    Etcd(String, store::etcd::EtcdAccess),
 }
 
 pub struct ServeOptions {
@@ -87,12 +87,21 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             )?,
             format!("database {}", db.display()),
         ),
-        StoreChoice::Etcd(url) => {
+        StoreChoice::Etcd(url, access) => {
             let (endpoints, prefix) = store::etcd::EtcdStore::parse_url(url)?;
-            let s = store::etcd::EtcdStore::connect(&endpoints, &prefix)?;
+            let s = store::etcd::EtcdStore::connect_with(&endpoints, &prefix, access)?;
+            let how = match (&access.ca, &access.identity, &access.user) {
+                (None, _, None) => String::new(),
+                (ca, cert, user) => format!(
+                    " over {}{}{}",
+                    if ca.is_some() { "TLS" } else { "plain http" },
+                    if cert.is_some() { " with a client certificate" } else { "" },
+                    user.as_ref().map(|(u, _)| format!(" as user {u}")).unwrap_or_default()
+                ),
+            };
             (
                 api::Server::new(s, api::Clock::new(), Default::default(), opts.rate_limit)?,
-                format!("etcd {} under {prefix}", endpoints.join(",")),
+                format!("etcd {} under {prefix}{how}", endpoints.join(",")),
             )
         }
     };

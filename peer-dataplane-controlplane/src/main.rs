@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::Parser;
 use peer_dataplane_controlplane::listener::Limits;
+use peer_dataplane_controlplane::store::etcd::EtcdAccess;
 use peer_dataplane_controlplane::{auth::RateLimit, serve, ServeOptions};
 use std::path::PathBuf;
 
@@ -21,6 +22,24 @@ struct Args {
     /// prefix /pdp). Several control-plane replicas may serve one etcd cluster.
     #[arg(long)]
     store: Option<String>,
+    /// With --store: PEM of the CA the etcd members' certificates chain to (speaks TLS
+    /// to etcd; the endpoints are then https).
+    #[arg(long, requires = "store")]
+    etcd_ca: Option<PathBuf>,
+    /// With --store: the client certificate (PEM) to present to etcd (its
+    /// --client-cert-auth); needs --etcd-key and --etcd-ca.
+    #[arg(long, requires_all = ["store", "etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// With --store: the etcd user to authenticate as; the password comes from
+    /// --etcd-password-file, never the command line.
+    #[arg(long, requires_all = ["store", "etcd_password_file"])]
+    etcd_user: Option<String>,
+    /// File holding --etcd-user's password (one line).
+    #[arg(long, requires = "etcd_user", env = "PDP_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// File of ACCOUNT:TOKEN lines: the API's account tokens. The file is the truth: at
     /// start and on SIGHUP the accepted set becomes exactly its lines (a removed line is
     /// a revoked token); the store keeps their hashes only, for every replica. Without
@@ -88,7 +107,16 @@ fn run(a: Args) -> Result<()> {
         listen: a.listen,
         store: match (a.db, a.store) {
             (Some(db), _) => peer_dataplane_controlplane::StoreChoice::Sqlite(db),
-            (None, Some(url)) => peer_dataplane_controlplane::StoreChoice::Etcd(url),
+            (None, Some(url)) => peer_dataplane_controlplane::StoreChoice::Etcd(
+                url,
+                EtcdAccess::from_files(
+                    a.etcd_ca.as_deref(),
+                    a.etcd_cert.as_deref(),
+                    a.etcd_key.as_deref(),
+                    a.etcd_user.as_deref(),
+                    a.etcd_password_file.as_deref(),
+                )?,
+            ),
             (None, None) => anyhow::bail!("give --db FILE or --store etcd://…"),
         },
         account_tokens: a.account_tokens,

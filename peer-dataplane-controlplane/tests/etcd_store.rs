@@ -345,3 +345,58 @@ async fn a_replica_applies_anothers_commits_row_by_row() {
         "B's world, built from the rows of A's commits"
     );
 }
+
+/// etcd serving TLS only, with client certificates required and authentication on: a
+/// replica with the CA, its certificate and a password login (or its certificate's
+/// user) stores, watches and follows another replica; without a client certificate,
+/// with a wrong password, or without TLS, it is refused with an error that says so.
+#[test]
+fn a_replica_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
+    use peer_dataplane_controlplane::store::etcd::EtcdAccess;
+    let etcd = Etcd::secure("tls-auth");
+    let files = etcd.secure_files();
+    let eps = etcd.endpoints();
+    let limit = RateLimit::default();
+    let a = Server::new(etcd.store("/sec"), Clock::new(), Default::default(), limit).unwrap();
+    let by_cert = EtcdStore::connect_with(&eps, "/sec", &files.access(false)).unwrap();
+    let b = Server::new(by_cert, Clock::new(), Default::default(), limit).unwrap();
+    a.add_token("111111111111", "token-of-account-a-over-tls").unwrap();
+    wait(Duration::from_secs(5), "replica B (certificate user) to follow A", || {
+        b.account_of("token-of-account-a-over-tls").is_some()
+    });
+    let mut store = etcd.store("/sec");
+    let (w0, r0) = store.load().unwrap();
+    let w1 = with_counter(&w0, "vpc", 3);
+    store.commit(&w0, &w1, r0 + 1).unwrap();
+    wait(Duration::from_secs(5), "both replicas to see the commit", || {
+        a.world() == w1 && b.world() == w1
+    });
+
+    let refused = |access: &EtcdAccess| {
+        match EtcdStore::connect_with(&eps, "/sec", access).and_then(|mut s| s.load()) {
+            Ok(_) => panic!("etcd served a replica it should have refused"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let mut wrong_password = files.access(true);
+    wrong_password.user = Some(("pdp".into(), "not-the-password".into()));
+    let e = refused(&wrong_password);
+    assert!(e.contains("authentication failed"), "{e}");
+    let mut no_certificate = files.access(true);
+    no_certificate.identity = None;
+    let e = refused(&no_certificate);
+    assert!(e.contains("connecting to etcd"), "{e}");
+    let e = refused(&EtcdAccess::default());
+    assert!(e.contains("connecting to etcd"), "{e}");
+    // The flags' files: each missing companion named.
+    let e = EtcdAccess::from_files(None, Some(&files.client_cert), None, None, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--etcd-cert and --etcd-key go together"), "{e}");
+    let e = EtcdAccess::from_files(None, None, None, Some("pdp"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--etcd-user needs --etcd-password-file"), "{e}");
+}

@@ -81,9 +81,94 @@ const MAX_MESSAGE: usize = 512 << 20;
 /// How long a replica's claim to sweep outlives its last renewal (sweeps run every 10 s).
 pub const SWEEPER_TTL_SECS: i64 = 15;
 
+/// How a replica proves itself to etcd and checks etcd's identity: TLS (the CA that signed
+/// the members' certificates, and this replica's client certificate when etcd asks for
+/// one: `--client-cert-auth`), and etcd's user authentication. Without TLS the client
+/// speaks plain http (a lab, or etcd on loopback).
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// PEM of the CA the members' certificates chain to.
+    pub ca: Option<Vec<u8>>,
+    /// PEM certificate and key this replica presents.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User name and password for etcd's authentication.
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdAccess {
+    /// Reads the files the flags name; says which flag is missing or unreadable.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        user: Option<&str>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<EtcdAccess> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {flag} {}", p.display()))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("--etcd-cert", c)?, read("--etcd-key", k)?)),
+            (None, None) => None,
+            _ => bail!("--etcd-cert and --etcd-key go together"),
+        };
+        let ca = ca.map(|p| read("--etcd-ca", p)).transpose()?;
+        if identity.is_some() && ca.is_none() {
+            bail!("--etcd-cert needs --etcd-ca (the client certificate is for TLS)");
+        }
+        let user = match (user, password_file) {
+            (Some(u), Some(p)) => {
+                let pw = String::from_utf8(read("--etcd-password-file", p)?)
+                    .context("--etcd-password-file is not UTF-8")?;
+                let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+                if pw.is_empty() {
+                    bail!("--etcd-password-file {} is empty", p.display());
+                }
+                Some((u.to_string(), pw))
+            }
+            (None, None) => None,
+            (Some(_), None) => bail!("--etcd-user needs --etcd-password-file (never a password on the command line)"),
+            (None, Some(_)) => bail!("--etcd-password-file needs --etcd-user"),
+        };
+        Ok(EtcdAccess { ca, identity, user })
+    }
+
+    fn options(&self) -> ConnectOptions {
+        let mut o = ConnectOptions::new();
+        if let Some(ca) = &self.ca {
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            o = o.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            o = o.with_user(user.clone(), password.clone());
+        }
+        o
+    }
+}
+
+/// etcd no longer knows this replica's auth token (a member restarted, or the token's
+/// time to live ran out): authenticate again.
+fn token_expired(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<etcd_client::Error>(),
+        Some(etcd_client::Error::GRpcStatus(s))
+            if s.code() == tonic::Code::Unauthenticated
+                || s.message().contains("invalid auth token")
+    )
+}
+
 impl EtcdStore {
     /// Connects to `endpoints` (`host:port`, any member of the cluster) under `prefix`.
     pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
+        Self::connect_with(endpoints, prefix, &EtcdAccess::default())
+    }
+
+    /// [`Self::connect`] with TLS and/or etcd's authentication.
+    pub fn connect_with(endpoints: &[String], prefix: &str, access: &EtcdAccess) -> Result<EtcdStore> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-client")
@@ -92,14 +177,50 @@ impl EtcdStore {
         let eps = endpoints.to_vec();
         // Fail fast on a member that is down (the client moves on to another), and notice
         // a dead connection within seconds (keepalive pings), not at the next write.
-        let options = ConnectOptions::new()
+        let options = access
+            .options()
             .with_connect_timeout(Duration::from_secs(1))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = run(
-            &rt,
-            async move { Client::connect(eps, Some(options)).await },
-        )
-        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        // One read at once: a wrong scheme, CA, certificate or password shows here, at
+        // start, not at the first call.
+        let probe = format!("{}/revision", prefix.trim_end_matches('/'));
+        let members = eps.len();
+        let connected = run(&rt, async move {
+            let mut c = Client::connect(eps, Some(options)).await?;
+            // A member that is down is skipped, as `kv_call` does.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match c.get(probe.clone(), None).await {
+                    Ok(_) => return Ok::<_, anyhow::Error>(c),
+                    Err(e) => {
+                        let e = anyhow::Error::new(e);
+                        if attempt > members || !never_sent(&e) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        });
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // The caller may be inside another runtime, where this one cannot be
+                // dropped in place.
+                rt.shutdown_background();
+                return Err(e).with_context(|| {
+                    format!(
+                        "connecting to etcd at {}{}",
+                        endpoints.join(","),
+                        if access.ca.is_some() {
+                            " over TLS"
+                        } else {
+                            " over plain http (no --etcd-ca)"
+                        }
+                    )
+                });
+            }
+        };
         // No read yet: the first `load` notes what this replica has seen (a commit
         // before any load is refused if anybody has written).
         Ok(EtcdStore {
@@ -167,10 +288,18 @@ impl EtcdStore {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send,
     {
         let mut attempt = 0;
+        let mut authenticated_again = false;
         loop {
             attempt += 1;
             match run(self.rt(), op(self.kv())) {
                 Err(e) if attempt <= self.members && never_sent(&e) => continue,
+                // Refused before it was carried out: safe to send again, once.
+                Err(e) if !authenticated_again && token_expired(&e) => {
+                    authenticated_again = true;
+                    let c = self.client.clone();
+                    run(self.rt(), async move { c.refresh_token().await })
+                        .context("authenticating to etcd again")?;
+                }
                 r => return r,
             }
         }
@@ -562,7 +691,10 @@ async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>
             }
             // No member answers (for a second: one member down is only a failover to
             // another): the replica's view may be stale from now on.
-            Err(_) => {
+            Err(e) => {
+                if token_expired(&anyhow::Error::new(e)) {
+                    let _ = client.refresh_token().await;
+                }
                 failures += 1;
                 if failures >= 5 && !unreachable {
                     if tx.send(StoreEvent::Unreachable).is_err() {
