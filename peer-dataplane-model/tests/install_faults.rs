@@ -174,3 +174,95 @@ fn the_error_says_which_write_failed_and_that_it_was_undone() {
         "{e}"
     );
 }
+
+/// A backend whose writes numbered in `fail` fail (counting from 1, the undo's writes
+/// after the plan's).
+struct FailingWrites {
+    state: MapState,
+    fail: Vec<usize>,
+    writes: usize,
+}
+
+impl peer_dataplane_model::reconcile::DataplaneMaps for FailingWrites {
+    fn write(&mut self, op: &peer_dataplane_model::reconcile::Op) -> anyhow::Result<()> {
+        self.writes += 1;
+        if self.fail.contains(&self.writes) {
+            anyhow::bail!("injected failure of write {}", self.writes);
+        }
+        self.state.write(op)
+    }
+}
+
+/// A write fails and so does one of the writes undoing it (the first, one in the middle,
+/// the last), for every write of the plan: the error says both, and the next attempt,
+/// planned from what the maps really hold (as the agent reads them back), reaches the
+/// new state exactly, or the previous one.
+#[test]
+fn a_failed_undo_is_reported_and_the_next_attempt_converges() {
+    use peer_dataplane_model::reconcile::{plan, DataplaneMaps};
+    let t0 = validate(&before()).unwrap();
+    let (s0, ids0, _) =
+        plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+    let t1 = validate(&after()).unwrap();
+    let (s1, _, ops) = plan_install(&t1, &ids0, &s0, &FakeIfindex).unwrap();
+    let (mut cases, mut elsewhere) = (0, 0);
+    for n in 2..=ops.len() {
+        // Where the maps are when write n fails, and what undoing costs from there.
+        let mut now = s0.clone();
+        for op in &ops[..n - 1] {
+            now.write(op).unwrap();
+        }
+        let undo = plan(&s0, &now, &[]).len();
+        if undo == 0 {
+            continue;
+        }
+        let mut at = vec![1, undo.div_ceil(2), undo];
+        at.dedup();
+        for k in at {
+            let mut maps = FailingWrites {
+                state: s0.clone(),
+                fail: vec![n, n + k],
+                writes: 0,
+            };
+            let e = match apply_all_or_nothing(&ops, &mut maps, &s0) {
+                Err(e @ ApplyError::Mixed { .. }) => e,
+                other => panic!("write {n}, undo write {k} of {undo}: {other:?}"),
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("map write {n} of {} failed", ops.len()))
+                    && text.contains(&format!("injected failure of write {}", n + k))
+                    && text.contains("undoing it failed too"),
+                "{text}"
+            );
+            assert_ne!(maps.state, s0, "a failed undo left the previous state whole?");
+            // The next attempt: from what is there (names read back give the ids).
+            let mixed = maps.state.clone();
+            let ids = Ids::from_names(&mixed.names);
+            for (topo, want, what) in
+                [(&t1, &s1, "the new state"), (&t0, &s0, "the previous state")]
+            {
+                let (planned, ids_then, again) =
+                    plan_install(topo, &ids, &mixed, &FakeIfindex).unwrap();
+                let mut m = mixed.clone();
+                apply(&again, &mut m).unwrap();
+                assert!(
+                    m == planned,
+                    "write {n} and undo write {k} failed: the next attempt's writes do not give what it planned for {what}"
+                );
+                // A fixpoint: the state planned is that topology's (planning again writes
+                // nothing). From a mixed state it may differ from a clean install's in
+                // which generation a table or ACL lives and which slots it got.
+                let (_, _, more) = plan_install(topo, &ids_then, &planned, &FakeIfindex).unwrap();
+                assert!(more.is_empty(), "{what}: not a fixpoint: {more:?}");
+                if planned != *want {
+                    elsewhere += 1;
+                }
+            }
+            cases += 1;
+        }
+    }
+    assert!(cases > 100, "only {cases} failed undos injected");
+    println!("{cases} failed undos; {elsewhere} next attempts put a table, an ACL or a slot elsewhere than a clean install");
+}
+
