@@ -2,7 +2,12 @@
 //! in process (its real router and a real SQLite file): bad JSON, wrong types, unknown
 //! fields, huge bodies, random paths and methods, other accounts' objects, bad tokens.
 //! Never a 5xx; every refused request leaves the store byte-identical (database and WAL
-//! files, the world and the revision); every error is JSON with a known code.
+//! files, the world and the revision); every error is JSON with a known code. Both rate
+//! limits are on (per credential, and failed authentications per source address, each
+//! credential and the guessers coming from addresses of their own), and every 2xx is
+//! checked against who may do what: nothing without a token, a host's token for its
+//! host only, and an account's only on objects it owns (a peering: either party), for
+//! what it read and for everything the request changed.
 //!
 //! Size: `PDP_FUZZ_REQUESTS` (default 12,000) from seed `PDP_FUZZ_SEED`.
 
@@ -11,7 +16,7 @@ use axum::http::Request;
 use axum::Router;
 use peer_dataplane_controlplane::api::{self, Clock, Server, Shared};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::model::ERROR_CODES;
+use peer_dataplane_controlplane::model::{World, ERROR_CODES};
 use peer_dataplane_controlplane::store::Store;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -56,9 +61,10 @@ impl Fixture {
         let db = dir.join("cp.db");
         let hosts: BTreeMap<String, String> =
             [("host-1".to_string(), HOST_TOKEN.to_string())].into();
+        // Low enough that the fuzz meets it (it sends thousands a second).
         let limit = RateLimit {
-            per_second: 1e9,
-            burst: 1e9,
+            per_second: 2000.0,
+            burst: 300.0,
         };
         let server = Server::new(Store::open(&db).unwrap(), Clock::new(), hosts, limit).unwrap();
         for (account, token) in TOKENS {
@@ -102,6 +108,17 @@ impl Fixture {
         json: bool,
     ) -> (u16, Vec<u8>) {
         let mut req = Request::builder().method(method).uri(path);
+        // The listener names each request's source; here each credential has its own
+        // address and everything else comes from a guesser's.
+        let source: std::net::SocketAddr = match token {
+            Some(t) if t == HOST_TOKEN => ([10, 0, 2, 1], 40000).into(),
+            Some(t) => match TOKENS.iter().position(|(_, k)| *k == t) {
+                Some(i) => ([10, 0, 1, i as u8], 40000).into(),
+                None => ([10, 0, 9, 9], 40000).into(),
+            },
+            None => ([10, 0, 9, 9], 40000).into(),
+        };
+        req = req.extension(axum::extract::ConnectInfo(source));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -341,6 +358,174 @@ fn path(rng: &mut Rng) -> String {
     }
 }
 
+/// A well-formed request that may succeed or not depending on who sends it: on objects
+/// that exist now, so that successes that change things are many and owners and
+/// non-owners both try.
+fn plausible(rng: &mut Rng, w: &World) -> (&'static str, String, Value) {
+    fn any<'a, T>(rng: &mut Rng, m: &'a BTreeMap<String, T>) -> Option<&'a String> {
+        let n = m.len() as u64;
+        (n > 0).then(|| m.keys().nth(rng.below(n) as usize).unwrap())
+    }
+    let vpc = any(rng, &w.vpcs).cloned().unwrap_or_else(|| "vpc-a".into());
+    let octet = rng.below(250);
+    match rng.below(7) {
+        0 => (
+            "POST",
+            "/v1/vpcs".into(),
+            json!({"region": "eu-west-1", "cidrs": [format!("10.{}.0.0/16", 100 + octet % 100)]}),
+        ),
+        1 => {
+            let cidr = w.vpcs.get(&vpc).and_then(|v| v.cidrs.first().cloned()).unwrap_or_default();
+            let base: Vec<&str> = cidr.split('.').collect();
+            let sub = if base.len() == 4 {
+                format!("{}.{}.{octet}.0/24", base[0], base[1])
+            } else {
+                "10.0.9.0/24".into()
+            };
+            ("POST", "/v1/subnets".into(), json!({"vpc_id": vpc, "cidr": sub}))
+        }
+        2 => {
+            let (kind, id) = match rng.below(4) {
+                0 => ("vpcs", any(rng, &w.vpcs)),
+                1 => ("subnets", any(rng, &w.subnets)),
+                2 => ("vpc-peering", any(rng, &w.peerings)),
+                _ => ("ports", any(rng, &w.ports)),
+            };
+            ("DELETE", format!("/v1/{kind}/{}", id.cloned().unwrap_or_default()), Value::Null)
+        }
+        3 => {
+            let rtb = any(rng, &w.route_tables).cloned().unwrap_or_default();
+            let target = any(rng, &w.peerings).cloned().unwrap_or_else(|| "pcx-ab".into());
+            (
+                "POST",
+                format!("/v1/route-tables/{rtb}/routes"),
+                json!({"destination_cidr": format!("172.16.{octet}.0/24"), "target": target}),
+            )
+        }
+        4 => {
+            let other = any(rng, &w.vpcs).cloned().unwrap_or_default();
+            (
+                "POST",
+                "/v1/vpc-peering".into(),
+                json!({"requester_vpc_id": vpc, "accepter_vpc_id": other}),
+            )
+        }
+        5 => {
+            let pcx = any(rng, &w.peerings).cloned().unwrap_or_default();
+            let action = *rng.pick(&["accept", "reject"]);
+            ("POST", format!("/v1/vpc-peering/{pcx}/{action}"), Value::Null)
+        }
+        _ => {
+            let pcx = any(rng, &w.peerings).cloned().unwrap_or_default();
+            (
+                "PATCH",
+                format!("/v1/vpc-peering/{pcx}"),
+                json!({"bandwidth_mbps": 10 * (1 + octet)}),
+            )
+        }
+    }
+}
+
+/// The accounts that own object `id` (a peering: both parties); empty if none has it.
+fn owners(w: &World, id: &str) -> Vec<String> {
+    let of_vpc = |vpc: &str| w.vpcs.get(vpc).map(|v| v.account.clone());
+    let of_subnet = |s: &str| w.subnets.get(s).and_then(|s| of_vpc(&s.vpc));
+    let one = |a: Option<String>| a.into_iter().collect::<Vec<_>>();
+    if let Some(v) = w.vpcs.get(id) {
+        return vec![v.account.clone()];
+    }
+    if let Some(p) = w.peerings.get(id) {
+        return vec![p.requester_account.clone(), p.accepter_account.clone()];
+    }
+    if let Some(s) = w.subnets.get(id) {
+        return one(of_vpc(&s.vpc));
+    }
+    if let Some(t) = w.route_tables.get(id) {
+        return one(of_vpc(&t.vpc));
+    }
+    if let Some(p) = w.ports.get(id) {
+        return one(of_subnet(&p.subnet));
+    }
+    if let Some(a) = w.network_acls.get(id) {
+        return one(of_vpc(&a.vpc));
+    }
+    if let Some(g) = w.security_groups.get(id) {
+        return one(of_vpc(&g.vpc));
+    }
+    vec![]
+}
+
+/// Ids of the objects that differ between two worlds (added, removed or changed).
+fn changed(a: &World, b: &World) -> Vec<String> {
+    fn diff<T: PartialEq>(
+        out: &mut Vec<String>,
+        x: &BTreeMap<String, T>,
+        y: &BTreeMap<String, T>,
+    ) {
+        for k in x.keys().chain(y.keys()) {
+            if x.get(k) != y.get(k) && !out.contains(k) {
+                out.push(k.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    diff(&mut out, &a.vpcs, &b.vpcs);
+    diff(&mut out, &a.subnets, &b.subnets);
+    diff(&mut out, &a.route_tables, &b.route_tables);
+    diff(&mut out, &a.peerings, &b.peerings);
+    diff(&mut out, &a.ports, &b.ports);
+    diff(&mut out, &a.network_acls, &b.network_acls);
+    diff(&mut out, &a.security_groups, &b.security_groups);
+    diff(&mut out, &a.hosts, &b.hosts);
+    out
+}
+
+/// Why a successful answer should not have been given, if it should not: `token` called
+/// `method path` on `before`, which became `after`, and got `body`.
+fn unauthorised(
+    token: Option<&str>,
+    path: &str,
+    before: &World,
+    after: &World,
+    body: &[u8],
+) -> Option<String> {
+    let account = token.and_then(|t| TOKENS.iter().find(|(_, k)| *k == t).map(|(a, _)| *a));
+    let host_path = path.starts_with("/v1/hosts/host-1/") || path == "/v1/hosts/host-1";
+    if token == Some(HOST_TOKEN) {
+        return (!host_path).then(|| "a host's token succeeded outside its host".into());
+    }
+    let Some(account) = account else {
+        return Some("succeeded without a known token".into());
+    };
+    if path.starts_with("/v1/hosts") {
+        // Hosts are the fleet's, listed to any account, changed by their own agents only.
+        return (changed(before, after).iter().any(|id| before.hosts.contains_key(id) || after.hosts.contains_key(id)))
+            .then(|| "an account's token changed a host".into());
+    }
+    for id in changed(before, after) {
+        let mut who = owners(before, &id);
+        who.extend(owners(after, &id));
+        if !who.iter().any(|a| a == account) {
+            return Some(format!("changed {id}, owned by {who:?}, as account {account}"));
+        }
+    }
+    // What it read: the object, or every item of a list.
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let items: Vec<&Value> = match &v {
+        Value::Array(a) => a.iter().collect(),
+        o => vec![o],
+    };
+    for item in items {
+        let Some(id) = item["id"].as_str() else { continue };
+        let mut who = owners(before, id);
+        who.extend(owners(after, id));
+        if !who.is_empty() && !who.iter().any(|a| a == account) {
+            return Some(format!("answered with {id}, owned by {who:?}, to account {account}"));
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way() {
     let n: u64 = std::env::var("PDP_FUZZ_REQUESTS")
@@ -359,6 +544,8 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
     let mut rng = Rng(seed | 1);
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut authorised: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut throttled: BTreeMap<&str, u64> = BTreeMap::new();
 
     // Two bodies past the 64 MiB limit: refused whole, nothing written.
     let huge = vec![b'['; api::MAX_BODY + 1];
@@ -373,6 +560,33 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
     );
 
     for i in 0..n {
+        if rng.chance(15) {
+            // A well-formed call by one of the accounts, owner or not.
+            let (method, p, body) = plausible(&mut rng, &f.server.world());
+            let token = rng.pick(&TOKENS).1;
+            let before = (f.store_contents(), f.server.world(), f.server.revision());
+            let raw = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+            let (status, bytes) = f.send(method, &p, Some(token), raw, true).await;
+            *by_status.entry(status).or_default() += 1;
+            let what = format!(
+                "request {i}: {method} {p} as {token} {body} -> {status} {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            );
+            assert!(status < 500, "server error: {what}");
+            let after = f.server.world();
+            if status < 300 {
+                if let Some(why) = unauthorised(Some(token), &p, &before.1, &after, &bytes) {
+                    panic!("an unauthorised success ({why}): {what}");
+                }
+                *authorised.entry(if before.1 == after { "read" } else { "changed" }).or_default() += 1;
+            } else {
+                assert!(
+                    (f.store_contents(), after, f.server.revision()) == before,
+                    "a refused request changed the store: {what}"
+                );
+            }
+            continue;
+        }
         let p = path(&mut rng);
         // Mostly a method the path has, so that requests get past routing.
         let method = if rng.chance(70) {
@@ -406,6 +620,24 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
             )
         };
         assert!(status < 500, "server error: {}", what());
+        if status < 300 {
+            let after = f.server.world();
+            if let Some(why) = unauthorised(token.as_deref(), &p, &before.1, &after, &bytes) {
+                panic!("an unauthorised success ({why}): {}", what());
+            }
+            *authorised.entry(if before.1 == after { "read" } else { "changed" }).or_default() += 1;
+        }
+        if status == 429 {
+            let text = String::from_utf8_lossy(&bytes);
+            let guessing = text.contains("failed authentications");
+            *throttled.entry(if guessing { "source" } else { "credential" }).or_default() += 1;
+            let known = token.as_deref().is_some_and(|t| t == HOST_TOKEN || TOKENS.iter().any(|(_, k)| *k == t));
+            assert!(
+                !(guessing && known),
+                "a credential's own address was throttled for others' failed authentications: {}",
+                what()
+            );
+        }
         if status >= 400 {
             let after = (f.store_contents(), f.server.world(), f.server.revision());
             assert!(
@@ -432,6 +664,14 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
     }
     eprintln!("{n} requests (seed {seed:#x}); by status: {by_status:?}");
     eprintln!("error codes: {codes:?}");
+    eprintln!("successes checked against who may: {authorised:?}; 429s by limit: {throttled:?}");
+    assert!(
+        authorised.get("changed").copied().unwrap_or(0) >= 100,
+        "too few successful changes to check: {authorised:?}"
+    );
+    for limit in ["source", "credential"] {
+        assert!(throttled.contains_key(limit), "the {limit} rate limit never bit: {throttled:?}");
+    }
     // The mix reached deep: refusals of many kinds, and successes that changed things.
     assert!(
         by_status.keys().any(|s| *s < 300),

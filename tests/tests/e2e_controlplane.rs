@@ -333,7 +333,7 @@ fn the_control_plane_is_safe_to_expose() -> Result<()> {
     let account = env
         .cp
         .call("GET", "/v1/hosts/host-1/state", Some(ACCOUNTS[0].1), None)?;
-    assert_eq!(account.status, 401, "{}", account.body);
+    assert_eq!(account.status, 403, "{}", account.body);
     Ok(())
 }
 

@@ -333,6 +333,11 @@ fn host_caller(s: &Shared, h: &HeaderMap, host: &str) -> Result<(), ApiError> {
                 "the token of host {owner} cannot act for host {host}"
             )))
         }
+        None if s.account_of(token).is_some() => {
+            return Err(ApiError::forbidden(format!(
+                "an account's token cannot act for host {host}; this needs that host's token"
+            )))
+        }
         None => {
             return Err(ApiError::unauthorized(
                 "this needs the token of that host (--host-tokens on the control plane)",

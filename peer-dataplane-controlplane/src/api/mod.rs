@@ -339,9 +339,17 @@ impl Server {
 
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = bearer(headers)?;
-        let account = self
-            .account_of(token)
-            .ok_or_else(|| ApiError::unauthorized("the bearer token is not known"))?;
+        // A known credential on the wrong door is forbidden, not unknown: it is no guess,
+        // and does not count against its address's failed authentications.
+        let account = match self.account_of(token) {
+            Some(a) => a,
+            None if self.host_of(token).is_some() => {
+                return Err(ApiError::forbidden(
+                    "a host's token opens only that host's state and registration",
+                ))
+            }
+            None => return Err(ApiError::unauthorized("the bearer token is not known")),
+        };
         self.spend(&format!("account {account}"))?;
         Ok(Caller { account })
     }
