@@ -122,6 +122,9 @@ async fn with_one_of_three_members_killed_the_api_keeps_working() {
     }
     let (world, _) = etcd.store("/three").load().unwrap();
     assert_eq!(world.vpcs.len(), 21);
+    // The fault was the intended one: the cluster lost its leader and elected another.
+    let now = etcd.leader();
+    assert_ne!(now, leader, "member {leader} still leads: the kill did not land");
     wait_for("replica B follows", || b.world() == world).await;
     wait_for("both replicas reach the store", || {
         a.store_reachable() && b.store_reachable()
@@ -143,7 +146,7 @@ async fn with_the_store_unreachable_agents_are_told_and_catch_up_when_it_returns
         let path = format!("{state}?after={held}&delta=true&wait_ms=30000");
         tokio::spawn(async move { call(&r, "GET", &path, HOST_TOKEN, None).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("the long poll to be parked", || server.waiting_polls() > 0).await;
     etcd.kill(0);
     let (s, v) = tokio::time::timeout(Duration::from_secs(20), parked)
         .await
@@ -320,9 +323,11 @@ fn a_replica_killed_in_the_middle_of_a_request_leaves_the_change_whole_or_absent
             .collect();
         json!({"routes": routes}).to_string()
     };
-    let mut outcomes = Vec::new();
-    let mut n = 20_000;
-    for delay_ms in [0u64, 30, 100, 140, 170, 200, 250, 1000] {
+    // One round: the replica started on the table of `n` routes, the replacement by `n + 1`
+    // sent whole, the replica killed `delay` after the last byte left (never before: the
+    // request is in the replica's hands), unless `delay` is `None`. Returns whether an
+    // answer came (200) and whether the change is in; anything but whole or absent fails.
+    let round = |n: usize, delay: Option<Duration>| -> (bool, bool, Duration) {
         let cp = Process::start(&url, &dir);
         let (s, b) = http(
             cp.port,
@@ -332,26 +337,77 @@ fn a_replica_killed_in_the_middle_of_a_request_leaves_the_change_whole_or_absent
         )
         .unwrap();
         assert_eq!(s, 200, "{b}");
-        let body = table(n + 1);
-        let port = cp.port;
-        let path = format!("/v1/route-tables/{rtb}/routes");
-        let sender = std::thread::spawn(move || http(port, "PUT", &path, Some(&body)));
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        cp.kill();
-        let answered = sender.join().unwrap().map(|(s, _)| s).unwrap_or(0);
+        let (sent_tx, sent) = std::sync::mpsc::channel();
+        let (port, path, body) = (cp.port, format!("/v1/route-tables/{rtb}/routes"), table(n + 1));
+        let sender = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "PUT {path} HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let written = Instant::now();
+            sent_tx.send(written).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            (out.starts_with("HTTP/1.1 200"), written.elapsed())
+        });
+        let written = sent.recv().unwrap();
+        if let Some(d) = delay {
+            std::thread::sleep(d.saturating_sub(written.elapsed()));
+            cp.kill();
+        }
+        let (answered, took) = sender.join().unwrap();
         let (world, _) = etcd.store("/killed").load().unwrap();
         let got = world.route_tables[&rtb].routes.len();
         assert!(
             got == n || got == n + 1,
-            "killed after {delay_ms} ms: {got} routes stored, not {n} (before) or {} (after)",
+            "killed {delay:?} after the request: {got} routes stored, not {n} (before) or {} (after)",
             n + 1
         );
-        if answered == 200 {
+        if answered {
             assert_eq!(got, n + 1, "answered 200, so the change is in");
         }
-        outcomes.push((delay_ms, answered, if got == n { "out" } else { "in" }));
+        (answered, got == n + 1, took)
+    };
+    // How long the call takes unharmed, then kills searched for inside it: one that lands
+    // before the commit (absent) and one that lands after etcd took the commit but before
+    // the answer (whole, unanswered). A kill after the answer is not this fault, and a
+    // search that finds neither fails: the fault did not land where intended.
+    let mut n = 20_000;
+    let (answered, _, whole) = round(n, None);
+    assert!(answered, "the unharmed call was not answered");
+    n += 2;
+    let mut outcomes = Vec::new();
+    let (mut lo, mut hi) = (Duration::ZERO, whole);
+    let (mut absent, mut unanswered_in) = (false, false);
+    let mut delay = Duration::ZERO;
+    for _ in 0..14 {
+        let (answered, is_in, _) = round(n, Some(delay));
         n += 2;
+        outcomes.push((delay.as_millis(), answered, if is_in { "in" } else { "out" }));
+        match (answered, is_in) {
+            (true, _) => hi = delay,
+            (false, false) => {
+                absent = true;
+                lo = delay;
+            }
+            (false, true) => {
+                unanswered_in = true;
+                hi = delay;
+            }
+        }
+        if absent && unanswered_in {
+            break;
+        }
+        delay = (lo + hi) / 2;
     }
-    println!("kill delay (ms), answer, change: {outcomes:?}");
+    println!("unharmed call {whole:?}; kill delay (ms), answered, change: {outcomes:?}");
+    assert!(
+        absent && unanswered_in,
+        "no kill landed both before and during the commit (unharmed call {whole:?}): {outcomes:?}"
+    );
+
     let _ = std::fs::remove_dir_all(&dir);
 }
