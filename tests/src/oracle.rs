@@ -463,6 +463,42 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The counters once `new` is installed over `old` (docs/datapath.md §4.17): the
+    /// global ones go on; a peering's go on while it stays installed, and a peering
+    /// installed anew starts from zero; a network ACL's rule hits go on while its rules
+    /// stay the same, and every rule of it starts from zero when they change.
+    pub fn across(&self, old: &Document, new: &Document) -> Counters {
+        let mut out = Counters {
+            global: self.global,
+            peerings: BTreeMap::new(),
+            acl_hits: BTreeMap::new(),
+        };
+        for p in &new.peerings {
+            let kept = old.peerings.iter().any(|o| o.id == p.id);
+            for dir in [DIR_REQUESTER_TO_ACCEPTER, DIR_ACCEPTER_TO_REQUESTER] {
+                let key = (p.id.clone(), dir);
+                let v = match self.peerings.get(&key) {
+                    Some(v) if kept => *v,
+                    _ => PeeringCounters::ZERO,
+                };
+                out.peerings.insert(key, v);
+            }
+        }
+        for acl in &new.network_acls {
+            let same = old.network_acls.iter().any(|o| o == acl);
+            for r in &acl.rules {
+                let key = (acl.id.clone(), r.direction == "egress", r.number);
+                let v = if same {
+                    self.acl_hits.get(&key).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                out.acl_hits.insert(key, v);
+            }
+        }
+        out
+    }
+
     /// Adds what `o` counts for a frame of `len` bytes.
     pub fn add(&mut self, o: &Outcome, len: u64) {
         let g = &mut self.global;
