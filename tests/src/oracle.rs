@@ -139,6 +139,16 @@ fn ports(from: Option<u16>, to: Option<u16>) -> Option<(u16, u16)> {
 }
 
 impl World {
+    /// Whether port `ifindex` has lost its redirect entry (`true`) or has it again: a test
+    /// that deletes one in the program says so here.
+    pub fn set_no_redirect(&mut self, ifindex: u32, missing: bool) {
+        if missing {
+            self.no_redirect.insert(ifindex);
+        } else {
+            self.no_redirect.remove(&ifindex);
+        }
+    }
+
     /// The world a (valid) document describes, with ports at the interfaces' ifindexes.
     pub fn new(doc: &Document, ifindex: &BTreeMap<String, u32>, t: &Tampering) -> World {
         let (vpc_cidrs, region) = vpcs(doc);

@@ -105,6 +105,8 @@ struct Totals {
     acl_rules_max: usize,
     /// Changes installed between two frames, by kind.
     changes: BTreeMap<changes::Kind, u64>,
+    /// Forwarded frames sent again without their target's redirect entry.
+    targets_probed: u64,
 }
 
 /// Per mille of frames before which the state changes (states without raw map changes).
@@ -333,6 +335,16 @@ impl Run<'_> {
                 self.doc.to_toml()
             );
             }
+            // The redirect target itself (BPF_PROG_RUN does not say where a frame would
+            // go): now and then the model's target loses its redirect entry and the same
+            // frame must then be dropped as redirect-failed; a program that redirected it
+            // elsewhere would still redirect it.
+            if let Verdict::Redirect(target) = want.verdict {
+                if rng.chance(10) {
+                    last = self.probe_target(dp, &mut model, (ingress, &frame, now), target, &mut expected)?;
+                    totals.targets_probed += 1;
+                }
+            }
             if matches!(want.verdict, Verdict::Redirect(_)) && again.is_none() && rng.chance(30) {
                 again = Some((iface.clone(), frame.clone(), 1 + rng.below(4)));
             }
@@ -344,6 +356,46 @@ impl Run<'_> {
             expected.add(&want, frame.len() as u64);
         }
         self.check_counters(dp, &expected)
+    }
+
+    /// Sends `frame` again with the redirect entry of `target` (where the model forwarded
+    /// it) deleted from the program's devmap and the model's ports: both must drop it as
+    /// redirect-failed. The entry comes back after. Returns the global counters after.
+    fn probe_target(
+        &mut self,
+        dp: &mut TestDataplane,
+        model: &mut State,
+        (ingress, frame, now): (u32, &[u8], u64),
+        target: u32,
+        expected: &mut Counters,
+    ) -> Result<peer_dataplane_common::counters::GlobalCounters> {
+        let before = dp.global()?;
+        dp.installed.maps.write(&Op::DelDevmap(target))?;
+        self.world.set_no_redirect(target, true);
+        let want = self.world.run(model, ingress, frame, now);
+        let got = dp.run(ingress, frame)?;
+        dp.installed.maps.write(&Op::PutDevmap(target, target))?;
+        self.world.set_no_redirect(target, false);
+        let after = dp.global()?;
+        let verdict = program_verdict(&before, &after);
+        let failed = format!("drop {}", DropReason::RedirectFailed.as_str());
+        if describe(&want.verdict) != failed
+            || got.action != XDP_DROP
+            || verdict.as_deref() != Some(failed.as_str())
+        {
+            bail!(
+                "redirect target (seed {}, state {}): the model forwards {frame:02x?} to ifindex {target}; \
+                 with that port's redirect entry gone the model says {} and the program {} ({})\n  state:\n{}",
+                self.seed,
+                self.state_no,
+                describe(&want.verdict),
+                action_name(got.action),
+                verdict.unwrap_or_else(|| "nothing counted".into()),
+                self.doc.to_toml()
+            );
+        }
+        expected.add(&want, frame.len() as u64);
+        Ok(after)
     }
 
     /// The program's counters after the frames must be the model's.
@@ -470,6 +522,15 @@ fn model_and_program_agree() -> Result<()> {
         100.0 * hits as f64 / forwarded.max(1) as f64,
         cache.kept - cache_before.kept,
         cache.misses - cache_before.misses
+    );
+    eprintln!(
+        "  redirect targets probed (the frame again without its target's entry): {}",
+        totals.targets_probed
+    );
+    assert!(
+        totals.targets_probed * 20 >= forwarded,
+        "only {} of {forwarded} forwarded frames had their target probed",
+        totals.targets_probed
     );
     // Repeats of forwarded flows must have met their kept decisions, or the run says
     // nothing about them.
