@@ -8,8 +8,11 @@
 //! frame is altered on the way (another outer source, a malformed or unknown-critical
 //! Geneve header, a foreign source VNI, an unknown tunnel key or VNI, a port that is not
 //! Geneve's) and must be dropped (or passed) for exactly that reason; now and then a host's
-//! underlay neighbour is missing (`underlay-unreachable`). At the end every overlay reason
-//! must have been reached at least 100 times.
+//! underlay neighbour is missing (`underlay-unreachable`). The XDP action of the host that
+//! decided must be the model's too. Now and then the state changes between two frames
+//! (`changes`: a route, a peering's status or cap, an ACL rule, a port removed), installed
+//! on both hosts while their kept decisions stay. At the end every overlay reason must
+//! have been reached at least 100 times.
 //!
 //! Size: `PDP_DIFF_FLEET_STATES` (default 200) states of `PDP_DIFF_FLEET_PACKETS` (default
 //! 400) frames, from seed `PDP_DIFF_SEED`. Needs root and BPF.
@@ -20,7 +23,10 @@ use peer_dataplane::desired::document::{Document, HostDoc, PortDoc};
 use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane_common::{DropReason, PassReason, RouteValue, NAME_PEERING, ROUTE_PCX};
 use peer_dataplane_tests::fleet::uplink_mac;
-use peer_dataplane_tests::harness::{action_name, TestDataplane, TEST_EPOCH_NS, XDP_REDIRECT};
+use peer_dataplane_tests::changes;
+use peer_dataplane_tests::harness::{
+    action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 use peer_dataplane_tests::netns::{self, Netns};
 use peer_dataplane_tests::oracle::{describe, program_verdict, Fleet, State, Verdict, World};
 use peer_dataplane_tests::random::{self, Frames, Rng, IFACES};
@@ -281,7 +287,12 @@ struct Totals {
     tunnels: u64,
     altered: u64,
     verdicts: BTreeMap<String, u64>,
+    /// Changes installed between two frames, by kind.
+    changes: BTreeMap<changes::Kind, u64>,
 }
+
+/// Per mille of frames before which the state changes (states without raw map changes).
+const CHANGE_PER_MILLE: u64 = 8;
 
 #[test]
 fn two_hosts_agree_with_the_model() -> Result<()> {
@@ -328,6 +339,15 @@ fn two_hosts_agree_with_the_model() -> Result<()> {
         totals.altered,
         started.elapsed().as_secs_f64()
     );
+    for (kind, n) in &totals.changes {
+        eprintln!("  changes between frames, {:<24} {n:>6}", kind.as_str());
+    }
+    let unchanged: Vec<&str> = changes::Kind::ALL
+        .iter()
+        .filter(|k| **k != changes::Kind::SecurityGroup && !totals.changes.contains_key(k))
+        .map(|k| k.as_str())
+        .collect();
+    assert!(unchanged.is_empty(), "no change between frames of kinds {unchanged:?}");
     let mut wanted: Vec<String> = [
         DropReason::UnderlayUnreachable,
         DropReason::GeneveMalformed,
@@ -401,6 +421,17 @@ fn run_state(
         .map(|p| (p.interface.clone(), vpc_host[subnet_vpc[p.subnet.as_str()]]))
         .collect();
     let reachable = [!rng.chance(10), !rng.chance(10)];
+    let placed = |doc: &Document| -> BTreeMap<u32, usize> {
+        let subnet_vpc: BTreeMap<&str, &str> = doc
+            .subnets
+            .iter()
+            .map(|s| (s.id.as_str(), s.vpc.as_str()))
+            .collect();
+        doc.ports
+            .iter()
+            .map(|p| (ifindex[&p.interface], vpc_host[subnet_vpc[p.subnet.as_str()]]))
+            .collect()
+    };
     let now0 = (TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000)
         .max(totals.last_now + 3600 * 1_000_000_000);
     for (h, host) in hosts.iter_mut().enumerate() {
@@ -430,15 +461,53 @@ fn run_state(
     *tampered_before = !topo.tampering.routes.is_empty() || !topo.tampering.no_redirect.is_empty();
     let mut world = World::new(&topo.doc, ifindex, &topo.tampering);
     world.fleet = Some(Fleet {
-        host_of: port_host.iter().map(|(i, h)| (ifindex[i], *h)).collect(),
+        host_of: placed(&topo.doc),
         reachable,
     });
+    // Raw map changes stay only until the next install: no changes in such a state.
+    let changing = topo.tampering.routes.is_empty() && topo.tampering.no_redirect.is_empty();
+    let mut doc = topo.doc.clone();
     let uplink = ifindex[UPLINK];
     let mut model = State::default();
     let mut now = now0;
     let busy = rng.chance(50);
     let mut frames = Frames::new(&topo, !busy);
     for n in 0..packets {
+        if changing && n > 0 && rng.below(1000) < CHANGE_PER_MILLE {
+            if let Some((next, kind)) = changes::change(rng, &doc) {
+                let slots = |hosts: &[Host; 2]| -> Vec<Option<u32>> {
+                    hosts
+                        .iter()
+                        .flat_map(|h| next.peerings.iter().map(|p| h.dp.installed.ids.get(NAME_PEERING, &p.id)))
+                        .collect()
+                };
+                let before = slots(hosts);
+                for (h, host) in hosts.iter_mut().enumerate() {
+                    host.enter()?;
+                    let d = host_document(&next, &vpc_host, h);
+                    host.dp.install(&d).with_context(|| {
+                        format!(
+                            "state {state_no}: installing a {} change on host {}\n{}",
+                            kind.as_str(),
+                            h + 1,
+                            d.to_toml()
+                        )
+                    })?;
+                }
+                if slots(hosts) != before {
+                    for p in &next.peerings {
+                        model.refill(&p.id);
+                    }
+                }
+                world = World::new(&next, ifindex, &topo.tampering);
+                world.fleet = Some(Fleet {
+                    host_of: placed(&next),
+                    reachable,
+                });
+                doc = next;
+                *totals.changes.entry(kind).or_default() += 1;
+            }
+        }
         let (iface, frame, at) = frames.next(rng, now);
         let ingress = ifindex[&iface];
         let then = at.unwrap_or(now + random::time_step(rng, busy));
@@ -474,20 +543,28 @@ fn run_state(
             Verdict::Redirect(_) if altered.is_none() => got.2 == want.frame,
             _ => true,
         };
-        if got.1.as_deref() != Some(want_verdict.as_str()) || !same_bytes {
+        let want_action = if want_verdict.starts_with("drop") {
+            XDP_DROP
+        } else if want_verdict.starts_with("pass") {
+            XDP_PASS
+        } else {
+            XDP_REDIRECT
+        };
+        if got.1.as_deref() != Some(want_verdict.as_str()) || !same_bytes || got.0 != want_action {
             bail!(
                 "divergence (seed {seed:#x}, state {state_no}, frame {n}) on {iface} (host {}) at {now} ns{}:\n  \
-                 model:   {want_verdict} -> {:02x?}\n  program: {} ({}, {decided_by}) -> {:02x?}\n  frame:   {:02x?}\n  \
+                 model:   {want_verdict} ({}) -> {:02x?}\n  program: {} ({}, {decided_by}) -> {:02x?}\n  frame:   {:02x?}\n  \
                  underlay reachable from host 1, host 2: {reachable:?}\n  vpc hosts: {vpc_host:?}\n  tampering: {:?}\n  state:\n{}",
                 sender + 1,
                 altered.map(|m| format!(", tunnel altered: {m:?}")).unwrap_or_default(),
+                action_name(want_action),
                 want.frame,
                 action_name(got.0),
                 got.1.clone().unwrap_or_else(|| "nothing counted".into()),
                 got.2,
                 frame,
                 topo.tampering,
-                topo.doc.to_toml()
+                doc.to_toml()
             );
         }
         let key = match (want.verdict, altered) {
