@@ -17,6 +17,7 @@ use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
 use peer_dataplane_common::{
     DropReason, PassReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
 };
+use peer_dataplane_common::overlay::UNDERLAY_OVERHEAD;
 use peer_dataplane_model::desired::document::Document;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -96,6 +97,8 @@ pub struct Tampering {
 pub struct Fleet {
     pub host_of: BTreeMap<u32, usize>,
     pub reachable: [bool; 2],
+    /// Each host's uplink MTU (the encapsulated frame's limit, §7.4).
+    pub mtu: [u32; 2],
 }
 
 pub struct World {
@@ -462,6 +465,9 @@ pub struct Outcome {
     pub acl_hits: Vec<(String, bool, u32)>,
     pub fragment: bool,
     pub ipv4_options: bool,
+    /// A dropped packet answered instead (ICMP too big, §7.4): the port the answer
+    /// leaves by; `frame` is then the answer.
+    pub answered: Option<u32>,
 }
 
 /// Every counter the program keeps, as the model expects them.
@@ -562,6 +568,7 @@ impl World {
             acl_hits: Vec::new(),
             fragment: false,
             ipv4_options: false,
+            answered: None,
         };
         out.verdict = self.decide(state, ingress, frame, now, &mut out);
         out
@@ -639,7 +646,7 @@ impl World {
                     frame,
                     now,
                     out,
-                    f.reachable[1 - to],
+                    (ingress, f.reachable[1 - to], f.mtu[1 - to]),
                 );
             }
         }
@@ -685,13 +692,26 @@ impl World {
         frame: &[u8],
         now: u64,
         out: &mut Outcome,
-        underlay_resolves: bool,
+        (ingress, underlay_resolves, mtu): (u32, bool, u32),
     ) -> Verdict {
         use DropReason::*;
         assert!(
             port.groups.is_none() && receiver.groups.is_none(),
             "two-host states carry no security groups"
         );
+        // Too big once encapsulated: answered with ICMP (if there is enough to quote),
+        // back out of the port it came by.
+        if frame.len() - p.l3 + UNDERLAY_OVERHEAD > mtu as usize {
+            if frame.len() < p.l3 + ICMP_QUOTE {
+                return Verdict::Drop(MtuExceeded);
+            }
+            if self.no_redirect.contains(&ingress) {
+                return Verdict::Drop(RedirectFailed);
+            }
+            out.frame = too_big_answer(frame, p, mtu);
+            out.answered = Some(ingress);
+            return Verdict::Drop(MtuExceeded);
+        }
         if !underlay_resolves {
             return Verdict::Drop(UnderlayUnreachable);
         }
@@ -1142,4 +1162,78 @@ pub fn program_verdict(before: &GlobalCounters, after: &GlobalCounters) -> Optio
         }
     }
     (after.redirected_packets > before.redirected_packets).then(|| "redirect".to_string())
+}
+
+/// Bytes of the original packet an ICMP too-big answer quotes, from its IP header on.
+pub const ICMP_QUOTE: usize = 128;
+
+/// The answer to `frame`, too big for an underlay of `underlay_mtu` once encapsulated
+/// (docs/datapath.md §7.4): the MACs swapped (a VLAN tag kept), an IP header from the
+/// original destination back to its source, ICMP "fragmentation needed" (IPv4) or ICMPv6
+/// "packet too big" naming the largest inner packet the underlay carries (IPv6: at least
+/// 1280), and the first 128 bytes of the original IP packet.
+fn too_big_answer(frame: &[u8], p: &Parsed, underlay_mtu: u32) -> Vec<u8> {
+    let inner_mtu = underlay_mtu.saturating_sub(UNDERLAY_OVERHEAD as u32);
+    let mut out = frame[..p.l3].to_vec();
+    out[..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[..6]);
+    let quote = &frame[p.l3..p.l3 + ICMP_QUOTE];
+    match (p.src, p.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((28 + ICMP_QUOTE) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&dst.octets());
+            ip.extend_from_slice(&src.octets());
+            let c = peer_dataplane_common::checksum::ipv4_header(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut icmp = vec![3, 4, 0, 0, 0, 0];
+            icmp.extend_from_slice(&(inner_mtu as u16).to_be_bytes());
+            icmp.extend_from_slice(quote);
+            let c = internet_checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            out.extend(ip);
+            out.extend(icmp);
+        }
+        (src, dst) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            let (src, dst) = (v6(src), v6(dst));
+            let payload = (8 + ICMP_QUOTE) as u16;
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&payload.to_be_bytes());
+            ip.extend_from_slice(&[58, 64]);
+            ip.extend_from_slice(&dst);
+            ip.extend_from_slice(&src);
+            let mut icmp = vec![2, 0, 0, 0];
+            icmp.extend_from_slice(&inner_mtu.max(1280).to_be_bytes());
+            icmp.extend_from_slice(quote);
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&dst);
+            pseudo.extend_from_slice(&src);
+            pseudo.extend_from_slice(&(payload as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(&icmp);
+            let c = internet_checksum(&pseudo);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            out.extend(ip);
+            out.extend(icmp);
+        }
+    }
+    out
+}
+
+/// The ones'-complement sum of `b` as 16-bit big-endian words, complemented.
+fn internet_checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in b.chunks(2) {
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        sum += w as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -8,7 +8,10 @@
 //! frame is altered on the way (another outer source, a malformed or unknown-critical
 //! Geneve header, a foreign source VNI, an unknown tunnel key or VNI, a port that is not
 //! Geneve's) and must be dropped (or passed) for exactly that reason; now and then a host's
-//! underlay neighbour is missing (`underlay-unreachable`). The XDP action of the host that
+//! underlay neighbour is missing (`underlay-unreachable`); each state has its own uplink
+//! MTU, often one that near-full frames exceed once encapsulated: those are answered with
+//! ICMP "too big" out of the port they came by (`mtu-exceeded`; the answer's bytes must be
+//! the model's), or dropped when too short to quote. The XDP action of the host that
 //! decided must be the model's too. Now and then the state changes between two frames
 //! (`changes`: a route, a peering's status or cap, an ACL rule, a port removed), installed
 //! on both hosts while their kept decisions stay. At the end every overlay reason must
@@ -34,8 +37,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const HOSTS: [&str; 2] = ["host-1", "host-2"];
 const UPLINK: &str = "ul0";
-/// Tunnel frames are well under this: the model does not write ICMP answers.
+/// The uplinks' MTU when a state does not choose a smaller one.
 const UPLINK_MTU: u32 = 9000;
+
+/// A state's uplink MTU: mostly roomy, often what a real underlay has (frames near a
+/// full one are answered "too big"), now and then so small that short packets exceed it
+/// with too little to quote (dropped without an answer).
+fn state_mtu(rng: &mut Rng) -> u32 {
+    match rng.below(100) {
+        0..=39 => UPLINK_MTU,
+        40..=84 => 600 + rng.below(900) as u32,
+        _ => 68 + rng.below(130) as u32,
+    }
+}
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -357,12 +371,14 @@ fn two_hosts_agree_with_the_model() -> Result<()> {
         DropReason::VniMismatch,
         DropReason::NoReturnRoute,
         DropReason::TtlExceeded,
+        DropReason::MtuExceeded,
     ]
     .iter()
     .map(|r| format!("drop {}", r.as_str()))
     .collect();
     wanted.push(format!("pass {}", PassReason::Underlay.as_str()));
     wanted.push("forwarded across hosts".into());
+    wanted.push("answered too big (ICMP)".into());
     eprintln!("{:<32} {:>8}", "OUTCOME", "FRAMES");
     for (k, n) in &totals.verdicts {
         eprintln!(
@@ -421,6 +437,7 @@ fn run_state(
         .map(|p| (p.interface.clone(), vpc_host[subnet_vpc[p.subnet.as_str()]]))
         .collect();
     let reachable = [!rng.chance(10), !rng.chance(10)];
+    let mtu = state_mtu(rng);
     let placed = |doc: &Document| -> BTreeMap<u32, usize> {
         let subnet_vpc: BTreeMap<&str, &str> = doc
             .subnets
@@ -437,6 +454,8 @@ fn run_state(
     for (h, host) in hosts.iter_mut().enumerate() {
         host.enter()?;
         set_reachable(&host.ns, h, reachable[h])?;
+        // Read by the install (the overlay's MTU is the uplink's).
+        host.ns.ip(&["link", "set", UPLINK, "mtu", &mtu.to_string()])?;
         if *tampered_before {
             host.dp.installed.mirror = host.dp.installed.maps.read_state()?;
         }
@@ -463,6 +482,7 @@ fn run_state(
     world.fleet = Some(Fleet {
         host_of: placed(&topo.doc),
         reachable,
+        mtu: [mtu; 2],
     });
     // Raw map changes stay only until the next install: no changes in such a state.
     let changing = topo.tampering.routes.is_empty() && topo.tampering.no_redirect.is_empty();
@@ -503,6 +523,7 @@ fn run_state(
                 world.fleet = Some(Fleet {
                     host_of: placed(&next),
                     reachable,
+                    mtu: [mtu; 2],
                 });
                 doc = next;
                 *totals.changes.entry(kind).or_default() += 1;
@@ -541,9 +562,13 @@ fn run_state(
         }
         let same_bytes = match want.verdict {
             Verdict::Redirect(_) if altered.is_none() => got.2 == want.frame,
+            _ if want.answered.is_some() => got.2 == want.frame,
             _ => true,
         };
-        let want_action = if want_verdict.starts_with("drop") {
+        let want_action = if want.answered.is_some() {
+            // The answer goes back out of the port the packet came by.
+            XDP_REDIRECT
+        } else if want_verdict.starts_with("drop") {
             XDP_DROP
         } else if want_verdict.starts_with("pass") {
             XDP_PASS
@@ -566,6 +591,9 @@ fn run_state(
                 topo.tampering,
                 doc.to_toml()
             );
+        }
+        if want.answered.is_some() {
+            *totals.verdicts.entry("answered too big (ICMP)".into()).or_default() += 1;
         }
         let key = match (want.verdict, altered) {
             (Verdict::Redirect(_), None)
