@@ -41,7 +41,7 @@ enum Task {
         single_host: bool,
     },
     /// The differential test (reference model vs the program) at any size; CI runs 500
-    /// states of 1,000 frames.
+    /// states of 1,000 frames (`--fleet`: the two-host one, 200 states of 400 frames).
     Difftest {
         #[arg(long, default_value_t = 1000)]
         states: u64,
@@ -51,6 +51,9 @@ enum Task {
         /// Seed of the random states and frames (a divergence report names it).
         #[arg(long, default_value_t = 0x5eed_2026)]
         seed: u64,
+        /// The two-host differential (tests/tests/differential_fleet.rs) instead.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Benchmarks.
     Bench {
@@ -435,18 +438,18 @@ fn main() -> Result<()> {
             states,
             packets,
             seed,
+            fleet,
         } => {
-            // Read by tests/tests/differential.rs.
-            std::env::set_var("PDP_DIFF_STATES", states.to_string());
-            std::env::set_var("PDP_DIFF_PACKETS", packets.to_string());
+            // Read by tests/tests/differential.rs and differential_fleet.rs.
+            let (prefix, test) = if fleet {
+                ("PDP_DIFF_FLEET", "two_hosts_agree_with_the_model")
+            } else {
+                ("PDP_DIFF", "model_and_program_agree")
+            };
+            std::env::set_var(format!("{prefix}_STATES"), states.to_string());
+            std::env::set_var(format!("{prefix}_PACKETS"), packets.to_string());
             std::env::set_var("PDP_DIFF_SEED", seed.to_string());
-            suite::test(
-                &[
-                    "model_and_program_agree".to_string(),
-                    "--nocapture".to_string(),
-                ],
-                1,
-            )
+            suite::test(&[test.to_string(), "--nocapture".to_string()], 1)
         }
         Task::Bench {
             which: Bench::Prog { repeat, generator },
