@@ -11,7 +11,7 @@
 //! underlay neighbour is missing (`underlay-unreachable`); each state has its own uplink
 //! MTU, often one that near-full frames exceed once encapsulated: those are answered with
 //! ICMP "too big" out of the port they came by (`mtu-exceeded`; the answer's bytes must be
-//! the model's), or dropped when too short to quote. The XDP action of the host that
+//! the model's). The XDP action of the host that
 //! decided must be the model's too. Now and then the state changes between two frames
 //! (`changes`: a route, a peering's status or cap, an ACL rule, a port removed), installed
 //! on both hosts while their kept decisions stay. At the end every overlay reason must
@@ -31,7 +31,11 @@ use peer_dataplane_tests::harness::{
     action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns::{self, Netns};
-use peer_dataplane_tests::oracle::{describe, program_verdict, Fleet, State, Verdict, World};
+use peer_dataplane::desired::validate::validate;
+use peer_dataplane_common::{DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER};
+use peer_dataplane_tests::oracle::{
+    describe, program_verdict, Counters, Fleet, Outcome, State, Verdict, World,
+};
 use peer_dataplane_tests::random::{self, Frames, Rng, IFACES};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,14 +44,14 @@ const UPLINK: &str = "ul0";
 /// The uplinks' MTU when a state does not choose a smaller one.
 const UPLINK_MTU: u32 = 9000;
 
-/// A state's uplink MTU: mostly roomy, often what a real underlay has (frames near a
-/// full one are answered "too big"), now and then so small that short packets exceed it
-/// with too little to quote (dropped without an answer).
+/// A state's uplink MTU: roomy, or (more often) at or just over the least the overlay
+/// accepts (1,342: a 1,280-byte IPv6 packet encapsulated), so that the larger frames are
+/// answered "too big".
 fn state_mtu(rng: &mut Rng) -> u32 {
-    match rng.below(100) {
-        0..=39 => UPLINK_MTU,
-        40..=84 => 600 + rng.below(900) as u32,
-        _ => 68 + rng.below(130) as u32,
+    if rng.chance(20) {
+        UPLINK_MTU
+    } else {
+        1342 + rng.below(40) as u32
     }
 }
 
@@ -215,6 +219,29 @@ impl Mutation {
             Mutation::TunnelKey => f[58..62].copy_from_slice(&0x00ff_ffffu32.to_be_bytes()),
             Mutation::Vni => f[46..49].copy_from_slice(&[0xff, 0xff, 0xf0]),
         }
+    }
+
+    /// How the receiver counts the altered frame: its verdict, whether it parsed the
+    /// inner header, whether it resolved the peering.
+    fn outcome(self) -> (Verdict, bool, bool) {
+        use DropReason::*;
+        match self {
+            Mutation::NotGeneve => (Verdict::Pass(PassReason::Underlay), false, false),
+            Mutation::OuterSource => (Verdict::Drop(UnknownHost), false, false),
+            Mutation::Version | Mutation::Oam | Mutation::Protocol => {
+                (Verdict::Drop(GeneveMalformed), false, false)
+            }
+            Mutation::CriticalOption => (Verdict::Drop(GeneveUnknownOption), false, false),
+            Mutation::SourceVni => (Verdict::Drop(SpoofedSource), true, false),
+            // An unknown tunnel key: no peering to count under.
+            Mutation::TunnelKey => (Verdict::Drop(PeeringInactive), true, false),
+            Mutation::Vni => (Verdict::Drop(VniMismatch), true, true),
+        }
+    }
+
+    /// Checked after the inner source (a spoofed source is dropped as that first).
+    fn after_source(self) -> bool {
+        matches!(self, Mutation::TunnelKey | Mutation::Vni)
     }
 
     /// The verdict of the altered frame, given the unaltered one's.
@@ -451,6 +478,10 @@ fn run_state(
     };
     let now0 = (TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000)
         .max(totals.last_now + 3600 * 1_000_000_000);
+    let mut host_docs = [
+        host_document(&topo.doc, &vpc_host, 0),
+        host_document(&topo.doc, &vpc_host, 1),
+    ];
     for (h, host) in hosts.iter_mut().enumerate() {
         host.enter()?;
         set_reachable(&host.ns, h, reachable[h])?;
@@ -459,8 +490,8 @@ fn run_state(
         if *tampered_before {
             host.dp.installed.mirror = host.dp.installed.maps.read_state()?;
         }
-        let doc = host_document(&topo.doc, &vpc_host, h);
-        host.dp.install(&doc).with_context(|| {
+        let doc = &host_docs[h];
+        host.dp.install(doc).with_context(|| {
             format!(
                 "state {state_no}: installing host {}\n{}",
                 h + 1,
@@ -487,6 +518,11 @@ fn run_state(
     // Raw map changes stay only until the next install: no changes in such a state.
     let changing = topo.tampering.routes.is_empty() && topo.tampering.no_redirect.is_empty();
     let mut doc = topo.doc.clone();
+    // Each host's counters from here on are the model's (read once, at the state's start).
+    let mut expected = [
+        host_counters(&hosts[0], &host_docs[0])?,
+        host_counters(&hosts[1], &host_docs[1])?,
+    ];
     let uplink = ifindex[UPLINK];
     let mut model = State::default();
     let mut now = now0;
@@ -502,10 +538,15 @@ fn run_state(
                         .collect()
                 };
                 let before = slots(hosts);
+                check_counters(hosts, &host_docs, &expected, &format!("in state {state_no} before a change"))?;
+                let next_docs = [
+                    host_document(&next, &vpc_host, 0),
+                    host_document(&next, &vpc_host, 1),
+                ];
                 for (h, host) in hosts.iter_mut().enumerate() {
                     host.enter()?;
-                    let d = host_document(&next, &vpc_host, h);
-                    host.dp.install(&d).with_context(|| {
+                    let d = &next_docs[h];
+                    host.dp.install(d).with_context(|| {
                         format!(
                             "state {state_no}: installing a {} change on host {}\n{}",
                             kind.as_str(),
@@ -526,6 +567,16 @@ fn run_state(
                     mtu: [mtu; 2],
                 });
                 doc = next;
+                for h in 0..2 {
+                    expected[h] = expected[h].across(&host_docs[h], &next_docs[h]);
+                }
+                host_docs = next_docs;
+                check_counters(
+                    hosts,
+                    &host_docs,
+                    &expected,
+                    &format!("in state {state_no} right after a {} change", kind.as_str()),
+                )?;
                 *totals.changes.entry(kind).or_default() += 1;
             }
         }
@@ -602,6 +653,12 @@ fn run_state(
         if want.answered.is_some() {
             *totals.verdicts.entry("answered too big (ICMP)".into()).or_default() += 1;
         }
+        let tunnel = decided_by
+            .contains("on host")
+            .then(|| (decided_on.len() as u64, altered));
+        for (h, o, len) in counted(&want, sender, frame.len() as u64, tunnel) {
+            expected[h].add(&o, len);
+        }
         let key = match (want.verdict, altered) {
             (Verdict::Redirect(_), None)
                 if got.0 == XDP_REDIRECT && decided_by.contains("on host") =>
@@ -613,8 +670,116 @@ fn run_state(
         };
         *totals.verdicts.entry(key).or_default() += 1;
     }
+    check_counters(hosts, &host_docs, &expected, &format!("at the end of state {state_no} (seed {seed:#x})"))?;
     totals.frames += packets;
     totals.last_now = now;
+    Ok(())
+}
+
+/// Host `host`'s counters for the objects of its document `doc`: global, each peering's
+/// both directions, each network ACL rule's hits.
+fn host_counters(host: &Host, doc: &Document) -> Result<Counters> {
+    host.enter()?;
+    let dp = &host.dp;
+    let checked = validate(doc).map_err(|e| anyhow!("{e}"))?;
+    let mut peerings = BTreeMap::new();
+    for p in &doc.peerings {
+        let slot = dp
+            .installed
+            .ids
+            .get(NAME_PEERING, &p.id)
+            .ok_or_else(|| anyhow!("peering {} is not installed", p.id))?;
+        let (ra, ar) = dp.peering(slot)?;
+        peerings.insert((p.id.clone(), DIR_REQUESTER_TO_ACCEPTER), ra);
+        peerings.insert((p.id.clone(), DIR_ACCEPTER_TO_REQUESTER), ar);
+    }
+    let mut acl_hits = BTreeMap::new();
+    for (id, a) in &checked.network_acls {
+        for (egress, rules) in [(false, &a.ingress), (true, &a.egress)] {
+            for r in rules {
+                let slot = dp
+                    .installed
+                    .acl_hit_slot(&checked, id, egress, r.number)
+                    .ok_or_else(|| anyhow!("no hit slot for {id} rule {}", r.number))?;
+                acl_hits.insert((id.clone(), egress, r.number), dp.installed.maps.acl_hits(slot)?);
+            }
+        }
+    }
+    Ok(Counters {
+        global: dp.global()?,
+        peerings,
+        acl_hits,
+    })
+}
+
+/// What each host counts for one frame (docs/datapath.md §7): a frame that stays on its
+/// sender's host is counted there as the model's outcome; a tunnelled one is counted by
+/// the sender as forwarded under its peering (its length as it came, its egress ACL hits)
+/// and by the receiver as the final outcome of the tunnel frame (its length): under the
+/// peering once the receiver has resolved it, with its ingress ACL hits, and as a packet
+/// seen (fragment, options) once it has parsed the inner header.
+fn counted(
+    want: &Outcome,
+    sender: usize,
+    frame_len: u64,
+    tunnel: Option<(u64, Option<Mutation>)>,
+) -> Vec<(usize, Outcome, u64)> {
+    let Some((tunnel_len, altered)) = tunnel else {
+        return vec![(sender, want.clone(), frame_len)];
+    };
+    let (egress, ingress): (Vec<_>, Vec<_>) = want.acl_hits.iter().cloned().partition(|h| h.1);
+    let sent = Outcome {
+        verdict: Verdict::Redirect(0),
+        acl_hits: egress,
+        answered: None,
+        ..want.clone()
+    };
+    let spoofed = matches!(want.verdict, Verdict::Drop(DropReason::SpoofedSource));
+    let (verdict, parsed, resolved) = match altered {
+        None => (want.verdict, true, !spoofed),
+        Some(m) => match m.outcome() {
+            _ if spoofed && m.after_source() => (want.verdict, true, false),
+            (v, parsed, resolved) => (v, parsed, resolved),
+        },
+    };
+    let received = Outcome {
+        verdict,
+        peering: if resolved { want.peering.clone() } else { None },
+        acl_hits: if altered.is_none() { ingress } else { Vec::new() },
+        fragment: parsed && want.fragment,
+        ipv4_options: parsed && want.ipv4_options,
+        answered: None,
+        frame: Vec::new(),
+    };
+    vec![(sender, sent, frame_len), (1 - sender, received, tunnel_len)]
+}
+
+/// The counters of both hosts against the model's, naming every one that differs.
+fn check_counters(hosts: &[Host; 2], docs: &[Document; 2], expected: &[Counters; 2], when: &str) -> Result<()> {
+    for h in 0..2 {
+        let got = host_counters(&hosts[h], &docs[h])?;
+        if got == expected[h] {
+            continue;
+        }
+        let mut diffs = Vec::new();
+        if got.global != expected[h].global {
+            diffs.push(format!(
+                "global: program {:?}\n          model   {:?}",
+                got.global, expected[h].global
+            ));
+        }
+        for (k, v) in &expected[h].peerings {
+            if got.peerings.get(k) != Some(v) {
+                diffs.push(format!("{k:?}: program {:?}\n          model   {v:?}", got.peerings.get(k)));
+            }
+        }
+        for (k, v) in &expected[h].acl_hits {
+            if got.acl_hits.get(k) != Some(v) {
+                diffs.push(format!("acl hits {k:?}: program {:?}, model {v}", got.acl_hits.get(k)));
+            }
+        }
+        bail!("host {}'s counters diverge {when}:\n  {}", h + 1, diffs.join("\n  "));
+    }
     Ok(())
 }
 

@@ -879,6 +879,28 @@ fn overlay_prog_run_table() -> Result<()> {
     Ok(())
 }
 
+/// An uplink MTU lowered below what the overlay needs after the first install refuses
+/// the next install (the state stays as it was), with the fix in the error; raised again,
+/// installs go in.
+#[test]
+fn an_uplink_mtu_lowered_below_the_overlays_minimum_refuses_the_next_install() -> Result<()> {
+    peer_dataplane_tests::require_root()?;
+    let ns = fleet::host1_alone(&peer_dataplane_tests::unique("ovl"), UPLINK_MTU as u32)?;
+    netns::enter(&ns.path())?;
+    let mut dp = TestDataplane::load()?;
+    install_host1(&mut dp, None)?;
+    ns.ip(&["link", "set", fleet::UPLINK, "mtu", "1000"])?;
+    let e = format!("{:#}", install_host1(&mut dp, None).unwrap_err());
+    assert!(
+        e.contains("uplink up0 has MTU 1000; the overlay needs at least 1342")
+            && e.contains("ip link set up0 mtu 1562"),
+        "{e}"
+    );
+    ns.ip(&["link", "set", fleet::UPLINK, "mtu", "1342"])?;
+    install_host1(&mut dp, None)?;
+    Ok(())
+}
+
 /// Different flows leave with different outer source ports (underlay ECMP entropy, and
 /// the receiving NIC's RSS); one flow always with the same.
 #[test]

@@ -32,7 +32,8 @@ pub struct Underlay {
 }
 
 impl Underlay {
-    /// Readies the uplink of `topo`'s host (once per uplink) and the neighbours of hosts
+    /// Checks the uplink's MTU (at every install: it may have been lowered since),
+    /// readies the uplink of `topo`'s host (once per uplink) and the neighbours of hosts
     /// not seen before. Without a fleet (no local host) there is nothing to do.
     pub fn prepare(&mut self, topo: &Topology, ifindex: &dyn IfindexResolver) -> Result<()> {
         let Some(local) = topo.local() else {
@@ -42,8 +43,8 @@ impl Underlay {
             .uplink
             .as_deref()
             .ok_or_else(|| anyhow!("host {} has no uplink", local.id))?;
+        check_mtu(uplink, ifindex.mtu(uplink))?;
         if self.uplink.as_deref() != Some(uplink) {
-            check_mtu(uplink, ifindex.mtu(uplink))?;
             enable_forwarding(uplink)?;
             self.uplink = Some(uplink.to_string());
             self.neighbours.clear();
