@@ -431,6 +431,9 @@ impl Flow {
 #[derive(Debug, Clone, Default)]
 pub struct State {
     flows: BTreeMap<FlowKey, Flow>,
+    /// In a fleet, each host's connection tracking (a host tracks what its own ports'
+    /// groups let through, §7).
+    host_flows: [BTreeMap<FlowKey, Flow>; 2],
     /// (peering, direction) -> the time at which the bucket is full again, ns.
     buckets: BTreeMap<(String, u32), u64>,
 }
@@ -647,6 +650,7 @@ impl World {
                     now,
                     out,
                     (ingress, f.reachable[1 - to], f.mtu[1 - to]),
+                    (1 - to, to),
                 );
             }
         }
@@ -657,7 +661,8 @@ impl World {
         if !self.nacl(receiver.acl.as_deref(), false, p.src, &p, out) {
             return Verdict::Drop(NaclDeny);
         }
-        if !self.security_groups(state, port, receiver, peer_vpc, &p, now) {
+        let groups = (port.groups.as_deref(), receiver.groups.as_deref());
+        if !self.security_groups(&mut state.flows, port, groups, peer_vpc, &p, now) {
             return Verdict::Drop(SgDeny);
         }
         if p.ttl <= 1 {
@@ -677,10 +682,9 @@ impl World {
     }
 
     /// The rest of the pipeline when the receiver is on the other host (§7.2, §7.3): the
-    /// sending host's underlay and cap, then the receiving host: the source must be an
-    /// instance of the sender's VPC (§7.3 step 4), then the receiver's checks. Security
-    /// groups are not modelled across hosts (each host tracks its own ports' flows): the
-    /// two-host states have none.
+    /// sender's security groups on its host (tracked there), the sending host's underlay
+    /// and cap, then the receiving host: the source must be an instance of the sender's
+    /// VPC (§7.3 step 4), then the receiver's checks, its groups tracked on its host.
     #[allow(clippy::too_many_arguments)]
     fn across_hosts(
         &self,
@@ -693,12 +697,15 @@ impl World {
         now: u64,
         out: &mut Outcome,
         (ingress, underlay_resolves, mtu): (u32, bool, u32),
+        (from, to): (usize, usize),
     ) -> Verdict {
         use DropReason::*;
-        assert!(
-            port.groups.is_none() && receiver.groups.is_none(),
-            "two-host states carry no security groups"
-        );
+        // The sender's groups, on the sender's host (the receiver's are its host's).
+        let peer_vpc = receiver.vpc.as_str();
+        let mine = (port.groups.as_deref(), None);
+        if !self.security_groups(&mut state.host_flows[from], port, mine, peer_vpc, p, now) {
+            return Verdict::Drop(SgDeny);
+        }
         // Too big once encapsulated: answered with ICMP (if there is enough to quote),
         // back out of the port it came by.
         if frame.len() - p.l3 + UNDERLAY_OVERHEAD > mtu as usize {
@@ -731,6 +738,10 @@ impl World {
         }
         if !self.nacl(receiver.acl.as_deref(), false, p.src, p, out) {
             return Verdict::Drop(NaclDeny);
+        }
+        let theirs = (None, receiver.groups.as_deref());
+        if !self.security_groups(&mut state.host_flows[to], port, theirs, peer_vpc, p, now) {
+            return Verdict::Drop(SgDeny);
         }
         if p.ttl <= 1 {
             return Verdict::Drop(TtlExceeded);
@@ -802,16 +813,18 @@ impl World {
     }
 
     /// Security groups of both ports, stateful (docs/datapath.md §4.12).
+    /// `groups`: the sender's and the receiver's, as far as the host checking them has
+    /// them (across hosts, each host checks its own port's); `flows`: that host's tracking.
     fn security_groups(
         &self,
-        state: &mut State,
+        flows: &mut BTreeMap<FlowKey, Flow>,
         sender: &Port,
-        receiver: &Port,
+        (sender_groups, receiver_groups): (Option<&[String]>, Option<&[String]>),
         peer_vpc: &str,
         p: &Parsed,
         now: u64,
     ) -> bool {
-        if sender.groups.is_none() && receiver.groups.is_none() {
+        if sender_groups.is_none() && receiver_groups.is_none() {
             return true;
         }
         // What identifies the packet's flow, and whether it may open one.
@@ -851,7 +864,7 @@ impl World {
             is_tcp && p.tcp_flags & 0x04 != 0,
         );
         if let Some((key, _)) = &key {
-            if let Some(f) = state.flows.get_mut(key).filter(|f| f.alive(p.proto, now)) {
+            if let Some(f) = flows.get_mut(key).filter(|f| f.alive(p.proto, now)) {
                 f.last_seen = now;
                 // A fresh SYN on a closed connection's tuple starts it over.
                 if is_tcp && p.tcp_flags & 0x12 == 0x02 && (f.fin || f.rst) {
@@ -863,8 +876,7 @@ impl World {
                 f.rst |= rst;
                 return true;
             }
-            if let Some(f) = state
-                .flows
+            if let Some(f) = flows
                 .get_mut(&key.reversed())
                 .filter(|f| f.alive(p.proto, now))
             {
@@ -875,8 +887,8 @@ impl World {
                 return true;
             }
         }
-        let allowed = self.groups_allow(sender.groups.as_deref(), true, p.dst, p)
-            && self.groups_allow(receiver.groups.as_deref(), false, p.src, p);
+        let allowed = self.groups_allow(sender_groups, true, p.dst, p)
+            && self.groups_allow(receiver_groups, false, p.src, p);
         if !allowed {
             return false;
         }
@@ -887,7 +899,7 @@ impl World {
                 fin,
                 rst,
             };
-            state.flows.insert(key, flow);
+            flows.insert(key, flow);
         }
         true
     }

@@ -1,5 +1,5 @@
 //! Differential test across two hosts: random states (`random::topology`, without security
-//! groups) whose VPCs are placed on host 1 or host 2, each host a network namespace with
+//! groups for now; the model checks and tracks each host's own ports' groups) whose VPCs are placed on host 1 or host 2, each host a network namespace with
 //! its own loaded program, pins, ports and uplink. Every random frame goes through the
 //! program of the host whose port received it; a frame it encapsulates goes on through the
 //! other host's program, on its uplink. The final verdict, reason and (when forwarded)
@@ -440,7 +440,10 @@ fn run_state(
     tampered_before: &mut bool,
 ) -> Result<()> {
     let mut topo = random::topology(rng);
-    // Security groups are tracked per host across hosts: not this model's (see oracle).
+    // Not yet: with security groups on both hosts the model and the program part on a
+    // reply whose flow the receiving host should have tracked (seed 0x5ee23ec1, state 64,
+    // frame 67: a TCP RST delivered across hosts opened its flow on the sender's host but
+    // not on the receiver's). Until that is understood, the states carry none.
     topo.doc.security_groups.clear();
     for p in &mut topo.doc.ports {
         p.security_groups = None;
