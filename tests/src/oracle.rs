@@ -99,6 +99,10 @@ pub struct Fleet {
     pub reachable: [bool; 2],
     /// Each host's uplink MTU (the encapsulated frame's limit, §7.4).
     pub mtu: [u32; 2],
+    /// The tunnel frame will not arrive whole (a test alters it on the way): the model
+    /// runs the sending host's stages only, so that the receiving host's tracking is
+    /// not updated for a frame it never gets.
+    pub cut: bool,
 }
 
 pub struct World {
@@ -728,6 +732,10 @@ impl World {
             if !police(bps, burst, tat, frame.len() as u64, now) {
                 return Verdict::Drop(RateLimited);
             }
+        }
+        if self.fleet.as_ref().is_some_and(|f| f.cut) {
+            // Sent; what the other host makes of it is the caller's to say.
+            return Verdict::Redirect(receiver.ifindex);
         }
         if self.endpoint(&port.vpc, p.src).is_none() {
             return Verdict::Drop(SpoofedSource);
