@@ -716,10 +716,11 @@ impl World {
             if frame.len() < p.l3 + ICMP_QUOTE {
                 return Verdict::Drop(MtuExceeded);
             }
+            // Written into the frame before the way back is looked up.
+            out.frame = too_big_answer(frame, p, mtu);
             if self.no_redirect.contains(&ingress) {
                 return Verdict::Drop(RedirectFailed);
             }
-            out.frame = too_big_answer(frame, p, mtu);
             out.answered = Some(ingress);
             return Verdict::Drop(MtuExceeded);
         }

@@ -263,6 +263,23 @@ impl Mutation {
     }
 }
 
+/// What a receiving host leaves of a tunnel frame it drops with `verdict`: the frame as
+/// it came when the outer headers were refused, else the inner frame they carried.
+fn dropped_by_receiver(tunnel: &[u8], verdict: &str) -> Vec<u8> {
+    let refused_outside = [
+        DropReason::UnknownHost,
+        DropReason::GeneveMalformed,
+        DropReason::GeneveUnknownOption,
+    ]
+    .iter()
+    .any(|r| verdict == format!("drop {}", r.as_str()));
+    if refused_outside {
+        tunnel.to_vec()
+    } else {
+        tunnel[peer_dataplane_common::overlay::UNDERLAY_OVERHEAD..].to_vec()
+    }
+}
+
 /// A frame the sender encapsulated toward the other host (outer IPv4, UDP to 6081).
 fn is_tunnel(f: &[u8]) -> bool {
     f.len() >= 62 && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[36..38] == 6081u16.to_be_bytes()
@@ -623,10 +640,14 @@ fn run_state(
             Verdict::Redirect(_) if altered.is_none() => got.2 == want.frame,
             _ if want.answered.is_some() => got.2 == want.frame,
             // Passed to the kernel (which reads it, an altered tunnel frame included):
-            // untouched. A dropped frame's buffer never leaves (a receiver may have begun
-            // decapsulating it, a sender writing an answer): not compared.
+            // untouched.
             _ if got.0 == XDP_PASS || want_verdict.starts_with("pass") => got.2 == decided_on,
-            _ => true,
+            // Dropped by the sender: as the model left it (untouched, or the answer it
+            // could not send back).
+            _ if !decided_by.contains("on host") => got.2 == want.frame,
+            // Dropped by the receiver: the tunnel frame as it came, or, once its outer
+            // headers were taken off (a known host's well-formed Geneve), the inner frame.
+            _ => got.2 == dropped_by_receiver(&decided_on, &want_verdict),
         };
         let want_action = if want.answered.is_some() {
             // The answer goes back out of the port the packet came by.
