@@ -57,13 +57,18 @@ fn state_survives_a_restart_and_a_second_replica_reads_the_same() {
     assert_eq!(etcd.store("/t2").load().unwrap().0, World::default());
 }
 
-/// Every key and value under `prefix`, as text.
-fn everything_under(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` on a runtime of its own (these tests are synchronous).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+/// Every key and value under `prefix`, as text.
+fn everything_under(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
+    block_on(async {
         let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
             .await
             .unwrap();
@@ -124,11 +129,7 @@ fn tokens_are_hashed_at_rest_and_a_revocation_reaches_every_replica() {
 #[test]
 fn plain_tokens_an_older_version_stored_are_hashed_and_deleted() {
     let etcd = Etcd::start("plain-tokens");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut c = etcd_client::Client::connect(etcd.endpoints(), None)
             .await
             .unwrap();

@@ -102,7 +102,7 @@ impl ControlPlane {
     /// [`Self::start`] without the per-account rate limit's bite (benchmarks make
     /// thousands of calls a second from one account).
     pub fn start_for_bench(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
-        Self::start_inner(bin, host, db, [127, 0, 0, 1].into(), port, None, Some(1e6))
+        Self::start_flagged(bin, host, db, [127, 0, 0, 1].into(), port, None, Some(1e6), &[])
     }
 
     /// [`Self::start`] keeping its objects in the store at `url` (`etcd://…`); `files` is
@@ -139,19 +139,7 @@ impl ControlPlane {
         port: u16,
         tls: Option<Tls>,
     ) -> Result<ControlPlane> {
-        Self::start_inner(bin, host, db, listen, port, tls, None)
-    }
-
-    fn start_inner(
-        bin: &Path,
-        host: &Netns,
-        db: &Path,
-        listen: std::net::IpAddr,
-        port: u16,
-        tls: Option<Tls>,
-        rate_limit: Option<f64>,
-    ) -> Result<ControlPlane> {
-        Self::start_flagged(bin, host, db, listen, port, tls, rate_limit, &[])
+        Self::start_flagged(bin, host, db, listen, port, tls, None, &[])
     }
 
     /// [`Self::start_with`] with more flags (`--client-deadline 3`, …).

@@ -67,6 +67,19 @@ fn start_with(tag: &str, hold_back: &[&str], tls: bool) -> Result<(Env, u64)> {
     ))
 }
 
+/// A control plane's bare surroundings for a test of the API alone: the binary, a fresh
+/// directory and namespace named after `tag`, and a free port there.
+fn bare(tag: &str) -> Result<(PathBuf, PathBuf, peer_dataplane_tests::netns::Netns, u16)> {
+    peer_dataplane_tests::require_root()?;
+    let bin = peer_dataplane_tests::agent_path()?;
+    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique(tag));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique(tag))?;
+    let port = ns.run(free_port)?;
+    Ok((bin, dir, ns, port))
+}
+
 impl Env {
     /// pcx-ab is pending: nothing crosses, every echo counted as peering-inactive.
     fn nothing_crosses_while_pending(&self) -> Result<()> {
@@ -368,15 +381,9 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    peer_dataplane_tests::require_root()?;
-    let bin = peer_dataplane_tests::agent_path()?;
     for tls in [true, false] {
         let tag = if tls { "cp-slow-tls" } else { "cp-slow" };
-        let dir = std::env::temp_dir().join(peer_dataplane_tests::unique(tag));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique(tag))?;
-        let port = ns.run(free_port)?;
+        let (bin, dir, ns, port) = bare(tag)?;
         let certs = if tls {
             Some(peer_dataplane_tests::controlplane::make_tls(&dir)?)
         } else {
@@ -489,13 +496,7 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
 #[test]
 fn a_source_address_holds_only_its_share_of_connections() -> Result<()> {
     use std::io::Read;
-    peer_dataplane_tests::require_root()?;
-    let bin = peer_dataplane_tests::agent_path()?;
-    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique("cp-share"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique("cp-share"))?;
-    let port = ns.run(free_port)?;
+    let (bin, dir, ns, port) = bare("cp-share")?;
     let cp = ControlPlane::start_with_flags(
         &bin,
         &ns,
@@ -543,13 +544,7 @@ fn a_source_address_holds_only_its_share_of_connections() -> Result<()> {
 /// database (`sqlite3 .dump`) holds no token, revoked or not.
 #[test]
 fn a_token_removed_from_its_file_is_revoked_on_sighup() -> Result<()> {
-    peer_dataplane_tests::require_root()?;
-    let bin = peer_dataplane_tests::agent_path()?;
-    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique("cp-revoke"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique("cp-revoke"))?;
-    let port = ns.run(free_port)?;
+    let (bin, dir, ns, port) = bare("cp-revoke")?;
     let db = dir.join("cp.db");
     let cp = ControlPlane::start(&bin, &ns, &db, port)?;
     let outcome = (|| -> Result<()> {
@@ -603,13 +598,7 @@ fn a_token_removed_from_its_file_is_revoked_on_sighup() -> Result<()> {
 /// is served throughout. The log names the address, never a token.
 #[test]
 fn an_address_that_guesses_tokens_meets_429s_and_others_are_served() -> Result<()> {
-    peer_dataplane_tests::require_root()?;
-    let bin = peer_dataplane_tests::agent_path()?;
-    let dir = std::env::temp_dir().join(peer_dataplane_tests::unique("cp-guess"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let ns = peer_dataplane_tests::netns::Netns::create(&peer_dataplane_tests::unique("cp-guess"))?;
-    let port = ns.run(free_port)?;
+    let (bin, dir, ns, port) = bare("cp-guess")?;
     let cp = ControlPlane::start(&bin, &ns, &dir.join("cp.db"), port)?;
     let get = |token: &str| {
         format!("GET /v1/vpcs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
