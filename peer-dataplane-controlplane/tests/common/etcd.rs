@@ -230,7 +230,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
-            // A 100,000-route table replaced in one transaction (README, "Stores").
+            // A 100,000-route table replaced in one transaction (docs/controlplane.md, "Stores").
             .args(["--max-txn-ops", "1000000", "--max-request-bytes", "67108864"])
             .stdout(Stdio::null())
             .stderr(log)
