@@ -1,4 +1,4 @@
-//! Decapsulation on the uplink (docs/datapath.md §5.3). Only Geneve to this host's
+//! Decapsulation on the uplink (docs/datapath.md §7.3). Only Geneve to this host's
 //! underlay address and port is ours; everything else on the uplink goes to the kernel
 //! untouched. Of ours, the outer source must be a host of the fleet and the Geneve header
 //! must be what peers send; then the outer headers come off and the inner frame is checked

@@ -1,4 +1,4 @@
-//! Encapsulation toward another host (docs/datapath.md §5): once every sender-side check
+//! Encapsulation toward another host (docs/datapath.md §7.1, §7.2): once every sender-side check
 //! has passed, a frame whose destination lives on another host leaves as Geneve over
 //! the underlay. Outer MACs and the egress interface come from the kernel's FIB; the
 //! inner frame loses its VLAN tag and carries the destination's MACs.

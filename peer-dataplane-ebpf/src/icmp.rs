@@ -1,4 +1,4 @@
-//! Path-MTU answers (docs/datapath.md §5.4): a packet for another host that would not fit
+//! Path-MTU answers (docs/datapath.md §7.4): a packet for another host that would not fit
 //! the underlay once encapsulated is turned, in place, into ICMP "fragmentation needed"
 //! (IPv4) or ICMPv6 "packet too big" and sent back out of the port it came in by. The answer comes from the original destination, quotes the head of the
 //! original packet and names the largest inner packet the underlay carries.

@@ -1,4 +1,4 @@
-//! The host's side of the overlay outside the BPF maps (docs/datapath.md §5): the uplink's
+//! The host's side of the overlay outside the BPF maps (docs/datapath.md §7.5): the uplink's
 //! MTU, its IPv4 forwarding switch, and neighbour entries toward the other hosts.
 //!
 //! - The encapsulation asks the kernel's FIB (`bpf_fib_lookup`) for the outer MACs, and the
