@@ -50,23 +50,7 @@ pub struct Plan {
 /// never kept: a host becomes reachable as soon as the FIB says so.
 pub const NEXT_HOP_LIFETIME_NS: u64 = 50_000_000;
 
-/// Host slots whose next hop is cached (slots are numbered from 1 in the order a host
-/// meets them; a host beyond these asks the FIB for every packet).
-pub const CACHED_HOSTS: u32 = 1024;
-
-/// A FIB answer toward a host's underlay address.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct NextHop {
-    /// The host's underlay address the answer is for (a host may move).
-    pub underlay: [u8; 16],
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub ifindex: u32,
-    /// The route's MTU, if below the uplink's (0: the uplink's).
-    pub route_mtu: u32,
-    pub expires_ns: u64,
-}
+use crate::maps::NextHop;
 
 /// [`plan`]'s verdict: `FITS`, `UNREACHABLE`, or else the underlay IP MTU exceeded.
 pub const FITS: u32 = 0;

@@ -15,7 +15,7 @@ use crate::{
     },
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
-    rewrite, sg, trace, words,
+    groups, rewrite, trace, words,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{
@@ -83,7 +83,7 @@ pub fn epoch() -> Option<u64> {
     (e.flags & OFF == 0).then_some(e.epoch)
 }
 
-/// Records how the packet passed the security groups (`sg::NO_GROUPS`, ...): a flow the
+/// Records how the packet passed the security groups (`groups::NO_GROUPS`, ...): a flow the
 /// groups let through on their rules alone, with nothing tracked, has its packets
 /// decided by the rules each time, so its decision is not kept.
 #[inline(always)]
@@ -95,9 +95,9 @@ pub fn note_groups(groups: u32) {
     let e = unsafe { &mut *slot };
     e.flags = (e.flags & (OFF | KEYED))
         | match groups {
-            sg::TRACKED => FLOW_TRACKED,
-            sg::TRACKED_REPLY => FLOW_TRACKED | FLOW_REPLY,
-            sg::NO_GROUPS => 0,
+            groups::TRACKED => FLOW_TRACKED,
+            groups::TRACKED_REPLY => FLOW_TRACKED | FLOW_REPLY,
+            groups::NO_GROUPS => 0,
             _ => NOT_KEPT,
         };
 }

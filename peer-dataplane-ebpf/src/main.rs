@@ -18,6 +18,7 @@ mod decap;
 mod deliver;
 mod encap;
 mod flowcache;
+mod groups;
 mod icmp;
 mod loadgen;
 mod maps;

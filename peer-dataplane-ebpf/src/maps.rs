@@ -2,7 +2,7 @@
 //! `peer_dataplane_common::registry`; all are pinned by name so the agent, the CLI and a
 //! restarted agent find the same objects.
 
-use crate::{encap::NextHop, parse::Packet};
+use crate::parse::Packet;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
@@ -164,10 +164,28 @@ pub static HOSTS: HashMap<HostKey, u32> = pinned!(HashMap, HOSTS);
 #[map(name = "pdp_overlay_ids")]
 pub static OVERLAY_IDS: HashMap<OverlayIdKey, u32> = pinned!(HashMap, OVERLAY_IDS);
 
-/// Next hops toward other hosts by host slot (the first `encap::CACHED_HOSTS`), per CPU:
+/// Host slots whose next hop is cached (slots are numbered from 1 in the order a host
+/// meets them; a host beyond these asks the FIB for every packet).
+pub const CACHED_HOSTS: u32 = 1024;
+
+/// A FIB answer toward a host's underlay address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The host's underlay address the answer is for (a host may move).
+    pub underlay: [u8; 16],
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub ifindex: u32,
+    /// The route's MTU, if below the uplink's (0: the uplink's).
+    pub route_mtu: u32,
+    pub expires_ns: u64,
+}
+
+/// Next hops toward other hosts by host slot (the first [`CACHED_HOSTS`]), per CPU:
 /// what `bpf_fib_lookup` answered, for a short while (see `encap::NEXT_HOP_LIFETIME_NS`).
 /// A cache, not state: not pinned, empty after a restart. An array, not a hash: the
 /// lookup is an index, on the path of every encapsulated packet.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> =
-    PerCpuArray::with_max_entries(crate::encap::CACHED_HOSTS, 0);
+    PerCpuArray::with_max_entries(CACHED_HOSTS, 0);

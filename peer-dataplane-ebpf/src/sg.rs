@@ -18,16 +18,7 @@ use peer_dataplane_common::{
     trace::{CT_NEW, CT_ORIGINAL, CT_REPLY, CT_UNTRACKABLE, SG_MATCH, SG_NO_GROUPS, SG_NO_MATCH},
 };
 
-/// How a packet passed the groups: no groups on either port, as a tracked flow (its
-/// entry found, or just opened), or by the rules alone with nothing tracked (a packet
-/// that cannot be tracked, or does not open a flow).
-pub const NO_GROUPS: u32 = 0;
-pub const TRACKED: u32 = 1;
-pub const RULES_ONLY: u32 = 2;
-/// Refused: the drop reason is `DropReason::SgDeny`.
-pub const DENIED: u32 = 3;
-/// As `TRACKED`, the packet a reply of the tracked flow.
-pub const TRACKED_REPLY: u32 = 4;
+pub use crate::groups::{DENIED, NO_GROUPS, RULES_ONLY, TRACKED, TRACKED_REPLY};
 
 /// Returns one of the five above (a plain number: a BPF-to-BPF call has five argument
 /// registers and no room to return a `Result` through memory).

@@ -65,10 +65,7 @@ pub struct RouteChange {
     pub target: Option<String>,
 }
 
-/// The key a remote port is known by in a document.
-pub fn remote_port_key(p: &PortDoc) -> String {
-    format!("{}/{}", p.host.as_deref().unwrap_or_default(), p.interface)
-}
+pub use super::document::remote_port_key;
 
 /// Calls `$m!(field, id expression)` for every object list of a [`Document`] but the route
 /// tables, which have their own rules.

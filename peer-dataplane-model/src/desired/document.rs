@@ -5,7 +5,7 @@
 //! per-host document is made of them.
 //! This module only reads the text; [`super::validate`] decides whether it makes sense.
 
-use super::validate::PeeringStatus;
+use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -238,4 +238,81 @@ impl Document {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Document always serializes")
     }
+}
+
+/// Peering status (docs/datapath.md §1, §2): one type for the control plane's API and store,
+/// the state document and the data plane's code.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeeringStatus {
+    #[default]
+    PendingAcceptance,
+    Active,
+    Rejected,
+    Expired,
+    Failed,
+    Deleted,
+}
+
+impl PeeringStatus {
+    pub const ALL: [PeeringStatus; 6] = [
+        PeeringStatus::PendingAcceptance,
+        PeeringStatus::Active,
+        PeeringStatus::Rejected,
+        PeeringStatus::Expired,
+        PeeringStatus::Failed,
+        PeeringStatus::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeeringStatus::PendingAcceptance => "pending-acceptance",
+            PeeringStatus::Active => "active",
+            PeeringStatus::Rejected => "rejected",
+            PeeringStatus::Expired => "expired",
+            PeeringStatus::Failed => "failed",
+            PeeringStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PeeringStatus> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// The ABI value (`PCX_*`).
+    pub fn code(self) -> u32 {
+        match self {
+            PeeringStatus::PendingAcceptance => PCX_PENDING_ACCEPTANCE,
+            PeeringStatus::Active => PCX_ACTIVE,
+            PeeringStatus::Rejected => peer_dataplane_common::PCX_REJECTED,
+            PeeringStatus::Expired => peer_dataplane_common::PCX_EXPIRED,
+            PeeringStatus::Failed => peer_dataplane_common::PCX_FAILED,
+            PeeringStatus::Deleted => peer_dataplane_common::PCX_DELETED,
+        }
+    }
+
+    /// A peering in these statuses holds its CIDRs: no overlapping peer may join either
+    /// VPC (docs/datapath.md §3.4).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            PeeringStatus::PendingAcceptance | PeeringStatus::Active
+        )
+    }
+}
+
+/// The key a remote port is known by in a document.
+pub fn remote_port_key(p: &PortDoc) -> String {
+    format!("{}/{}", p.host.as_deref().unwrap_or_default(), p.interface)
 }

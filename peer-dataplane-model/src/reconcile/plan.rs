@@ -7,20 +7,16 @@
 //! object is written before anything that refers to it, and removed only after everything
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
+pub use super::routes::RouteKey;
 use super::routes::RouteEntries;
 use anyhow::Result;
 use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
 use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey};
 use peer_dataplane_common::{
-    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteData, RouteValue,
+    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue,
 };
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteKey {
-    pub prefix_len: u32,
-    pub data: RouteData,
-}
 
 /// LPM key of the ACL port trie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -349,6 +345,7 @@ impl DataplaneMaps for MapState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peer_dataplane_common::RouteData;
     use peer_dataplane_common::{PCX_ACTIVE, PCX_DELETED, ROUTE_PCX};
 
     fn route(table: u8, plen: u32) -> RouteKey {

@@ -3,12 +3,18 @@
 //! states compare and diff a shared table by pointer: a change that touches no route costs
 //! nothing per route, however many there are.
 
-use super::plan::RouteKey;
-use peer_dataplane_common::RouteValue;
+use peer_dataplane_common::{RouteData, RouteValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One trie table's entries.
+/// A key of the routes trie (an LPM key: prefix length, then table bits and address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub prefix_len: u32,
+    pub data: RouteData,
+}
+
 pub type TableEntries = BTreeMap<RouteKey, RouteValue>;
 
 #[derive(Clone, Default, PartialEq, Eq)]

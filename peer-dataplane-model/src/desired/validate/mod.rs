@@ -16,7 +16,7 @@ pub use crate::desired::rules::{format_mac, overlaps, parse_mac, v4_mapped_range
 pub use peering::MAX_BANDWIDTH_MBPS;
 pub use topology::*;
 
-use crate::desired::delta::remote_port_key;
+use crate::desired::document::remote_port_key;
 use crate::desired::document::Document;
 use checker::Checker;
 use std::collections::BTreeSet;

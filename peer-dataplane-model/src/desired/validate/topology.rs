@@ -5,7 +5,6 @@ use crate::desired::acl;
 use crate::desired::objects::Objects;
 use crate::desired::rules::Mac;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -100,77 +99,7 @@ pub struct RouteTable {
     pub via: std::sync::Arc<std::collections::BTreeSet<String>>,
 }
 
-/// Peering status (docs/datapath.md §1, §2): one type for the control plane's API and store, the state
-/// document and the data plane's code.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum PeeringStatus {
-    #[default]
-    PendingAcceptance,
-    Active,
-    Rejected,
-    Expired,
-    Failed,
-    Deleted,
-}
-
-impl PeeringStatus {
-    pub const ALL: [PeeringStatus; 6] = [
-        PeeringStatus::PendingAcceptance,
-        PeeringStatus::Active,
-        PeeringStatus::Rejected,
-        PeeringStatus::Expired,
-        PeeringStatus::Failed,
-        PeeringStatus::Deleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeeringStatus::PendingAcceptance => "pending-acceptance",
-            PeeringStatus::Active => "active",
-            PeeringStatus::Rejected => "rejected",
-            PeeringStatus::Expired => "expired",
-            PeeringStatus::Failed => "failed",
-            PeeringStatus::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PeeringStatus> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// The ABI value (`PCX_*`).
-    pub fn code(self) -> u32 {
-        match self {
-            PeeringStatus::PendingAcceptance => PCX_PENDING_ACCEPTANCE,
-            PeeringStatus::Active => PCX_ACTIVE,
-            PeeringStatus::Rejected => peer_dataplane_common::PCX_REJECTED,
-            PeeringStatus::Expired => peer_dataplane_common::PCX_EXPIRED,
-            PeeringStatus::Failed => peer_dataplane_common::PCX_FAILED,
-            PeeringStatus::Deleted => peer_dataplane_common::PCX_DELETED,
-        }
-    }
-
-    /// A peering in these statuses holds its CIDRs: no overlapping peer may join either
-    /// VPC (docs/datapath.md §3.4).
-    pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            PeeringStatus::PendingAcceptance | PeeringStatus::Active
-        )
-    }
-}
+pub use crate::desired::document::PeeringStatus;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peering {

@@ -32,7 +32,7 @@ pub fn explain(
         _ => ("drop", DropReason::from_u32(r.reason).map(|d| d.as_str())),
     };
     // The stage that decided: the last one reached (none when forwarded).
-    let deciding = super::overlay::deciding(r, verdict, reason);
+    let deciding = deciding(r, verdict, reason);
     let mut e = Explainer {
         r,
         state,
@@ -512,5 +512,37 @@ impl Explainer<'_> {
             // Filled by the caller, which reads the table on every CPU.
             flow_cache: Default::default(),
         }
+    }
+}
+
+/// Reasons only the tunnel's own checks give (the decap stage decides them).
+const DECAP_REASONS: [&str; 5] = [
+    "geneve-malformed",
+    "geneve-unknown-option",
+    "unknown-host",
+    "spoofed-source",
+    "vni-mismatch",
+];
+
+/// The stage that decided a packet that was not forwarded: the last one reached, where
+/// the overlay's stages count only for the reasons they give (they are noted out of
+/// pipeline order: the decap before the inner frame's stages, the encap before the cap).
+pub fn deciding(r: &TraceRecord, verdict: &str, reason: Option<&str>) -> u32 {
+    if verdict == "forward" {
+        return 0;
+    }
+    let mut reached = r.reached;
+    let decap_decided = reason.is_some_and(|x| DECAP_REASONS.contains(&x))
+        || (reason == Some("peering-inactive") && reached & STAGE_PEERING == 0);
+    if !decap_decided {
+        reached &= !STAGE_DECAP;
+    }
+    if !matches!(reason, Some("mtu-exceeded" | "underlay-unreachable")) {
+        reached &= !STAGE_ENCAP;
+    }
+    if reached == 0 {
+        STAGE_PORT
+    } else {
+        1 << (31 - reached.leading_zeros())
     }
 }

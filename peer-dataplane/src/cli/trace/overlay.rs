@@ -10,38 +10,6 @@ use peer_dataplane_common::{
 };
 use serde_json::json;
 
-/// Reasons only the tunnel's own checks give (the decap stage decides them).
-const DECAP_REASONS: [&str; 5] = [
-    "geneve-malformed",
-    "geneve-unknown-option",
-    "unknown-host",
-    "spoofed-source",
-    "vni-mismatch",
-];
-
-/// The stage that decided a packet that was not forwarded: the last one reached, where
-/// the overlay's stages count only for the reasons they give (they are noted out of
-/// pipeline order: the decap before the inner frame's stages, the encap before the cap).
-pub fn deciding(r: &TraceRecord, verdict: &str, reason: Option<&str>) -> u32 {
-    if verdict == "forward" {
-        return 0;
-    }
-    let mut reached = r.reached;
-    let decap_decided = reason.is_some_and(|x| DECAP_REASONS.contains(&x))
-        || (reason == Some("peering-inactive") && reached & STAGE_PEERING == 0);
-    if !decap_decided {
-        reached &= !STAGE_DECAP;
-    }
-    if !matches!(reason, Some("mtu-exceeded" | "underlay-unreachable")) {
-        reached &= !STAGE_ENCAP;
-    }
-    if reached == 0 {
-        STAGE_PORT
-    } else {
-        1 << (31 - reached.leading_zeros())
-    }
-}
-
 impl Explainer<'_> {
     /// This host's uplink, if it is in a fleet.
     pub(super) fn uplink(&self) -> Option<u32> {
