@@ -16,7 +16,7 @@
 //! [`region_document`] is the whole region without ports: the control plane validates it
 //! besides every host's document.
 
-use crate::model::{Port, World};
+use crate::world::{Port, World};
 use peer_dataplane_model::desired::document::{
     Document, PeeringDoc, RouteTableDoc, SecurityGroupDoc, SubnetDoc,
 };
@@ -94,12 +94,12 @@ pub fn document(w: &World, host: &str) -> Document {
 }
 
 /// [`document`] with every route table empty: the objects, compared cheaply (deltas carry
-/// routes apart, see `crate::deltas`).
+/// routes apart, see `crate::history`).
 pub fn document_without_routes(w: &World, host: &str) -> Document {
     document_in(w, &Index::of(w), host, false)
 }
 
-fn table_doc(t: &crate::model::RouteTable, routes: bool) -> RouteTableDoc {
+fn table_doc(t: &crate::world::RouteTable, routes: bool) -> RouteTableDoc {
     RouteTableDoc {
         id: t.id.clone(),
         vpc: t.vpc.clone(),

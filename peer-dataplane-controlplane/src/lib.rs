@@ -3,16 +3,16 @@
 
 pub mod api;
 pub mod auth;
-pub mod checked;
-pub mod deltas;
+pub mod gate;
+pub mod history;
 pub mod hoststate;
 pub mod listener;
 pub mod metrics;
-pub mod model;
 pub mod ops;
 pub mod requests;
 pub mod store;
 pub mod tls;
+pub mod world;
 
 use anyhow::{Context, Result};
 use log::{info, warn};

@@ -37,7 +37,7 @@ pub struct CreateRouteTable {
 }
 
 /// A route to add: exactly a stored route.
-pub type CreateRoute = crate::model::Route;
+pub type CreateRoute = crate::world::Route;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,10 +81,10 @@ pub struct CreatePort {
 }
 
 /// A network ACL to create: exactly the stored object (an empty id: assigned).
-pub type CreateNetworkAcl = crate::model::NetworkAcl;
+pub type CreateNetworkAcl = crate::world::NetworkAcl;
 
 /// A security group to create: exactly the stored object (an empty id: assigned).
-pub type CreateSecurityGroup = crate::model::SecurityGroup;
+pub type CreateSecurityGroup = crate::world::SecurityGroup;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

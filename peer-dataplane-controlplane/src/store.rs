@@ -4,7 +4,7 @@
 //! world, in one transaction: a failed write leaves the database as it was.
 
 use crate::auth::TokenHashes;
-use crate::model::*;
+use crate::world::*;
 use anyhow::{Context, Result};
 use imbl::ordmap::DiffItem;
 use rusqlite::{params, Connection, OptionalExtension};

@@ -16,7 +16,7 @@ use axum::http::Request;
 use axum::Router;
 use peer_dataplane_controlplane::api::{self, Clock, Server, Shared};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::model::{World, ERROR_CODES};
+use peer_dataplane_controlplane::world::{World, ERROR_CODES};
 use peer_dataplane_controlplane::store::Store;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

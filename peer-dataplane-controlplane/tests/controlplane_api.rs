@@ -7,7 +7,7 @@ use axum::http::Request;
 use axum::Router;
 use peer_dataplane_controlplane::api::{self, Clock, Server, Shared};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::model::ERROR_CODES;
+use peer_dataplane_controlplane::world::ERROR_CODES;
 use peer_dataplane_controlplane::store::Store;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -415,7 +415,7 @@ async fn pending_peering_expires_after_seven_days() {
     // it expired, not only the answer to a read.
     assert_eq!(
         api.server.world().peerings[&id].status,
-        peer_dataplane_controlplane::model::PeeringStatus::Expired,
+        peer_dataplane_controlplane::world::PeeringStatus::Expired,
         "the sweep commits the expiry"
     );
     let (status, v) = api

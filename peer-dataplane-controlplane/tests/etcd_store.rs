@@ -8,7 +8,7 @@ mod common;
 use common::etcd::Etcd;
 use peer_dataplane_controlplane::api::{Clock, Server};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::model::World;
+use peer_dataplane_controlplane::world::World;
 use peer_dataplane_controlplane::store::etcd::EtcdStore;
 use peer_dataplane_controlplane::store::ObjectStore;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! One handler per route: the caller, the operation, the answer.
 
 use super::*;
-use crate::{deltas, hoststate};
+use crate::{history, hoststate};
 use peer_dataplane_model::desired::document::HostDoc;
 
 /// The account that owns an object (through its VPC).
@@ -310,7 +310,7 @@ async fn host_delta(s: &Shared, host: &str, after: u64, wait: Duration) -> ApiRe
             }
             return whole_document(s, host);
         };
-        let d = deltas::delta(&b, host);
+        let d = history::delta(&b, host);
         if d.is_empty() && !timed_out {
             base = b.revision;
             continue;

@@ -5,7 +5,7 @@
 mod handlers;
 
 use crate::auth;
-use crate::model::*;
+use crate::world::*;
 use crate::ops::{self, Caller};
 use crate::store::{ObjectStore, StaleRead, StoreEvent};
 use axum::extract::rejection::JsonRejection;
@@ -61,9 +61,9 @@ struct Inner {
     /// The account tokens' hashes, as stored.
     tokens: auth::TokenHashes,
     /// Recent worlds, for the hosts' deltas.
-    history: crate::deltas::History,
+    history: crate::history::History,
     /// What the last whole check validated (each change re-validates only what it alters).
-    checked: Option<crate::checked::Checked>,
+    checked: Option<crate::gate::Checked>,
 }
 
 pub struct Server {
@@ -110,8 +110,8 @@ impl Server {
         };
         let (revision_tx, _) = watch::channel(revision);
         let changes = store.changes();
-        let mut history = crate::deltas::History::default();
-        history.push(revision, crate::deltas::View::of(&world));
+        let mut history = crate::history::History::default();
+        history.push(revision, crate::history::View::of(&world));
         let server = Arc::new(Server {
             inner: Mutex::new(Inner {
                 world,
@@ -203,9 +203,9 @@ impl Server {
         mut inner: std::sync::MutexGuard<'_, Inner>,
         world: World,
         revision: u64,
-        view: Option<std::sync::Arc<crate::deltas::View>>,
+        view: Option<std::sync::Arc<crate::history::View>>,
     ) {
-        let view = view.unwrap_or_else(|| crate::deltas::View::of(&world));
+        let view = view.unwrap_or_else(|| crate::history::View::of(&world));
         inner.history.push(revision, view);
         inner.world = world;
         inner.revision = revision;
@@ -228,7 +228,7 @@ impl Server {
     }
 
     /// The world this replica holds, indexed, and its revision.
-    pub fn latest_view(&self) -> (u64, std::sync::Arc<crate::deltas::View>) {
+    pub fn latest_view(&self) -> (u64, std::sync::Arc<crate::history::View>) {
         let inner = self.inner.lock().unwrap();
         inner
             .history
@@ -237,7 +237,7 @@ impl Server {
     }
 
     /// What host deltas from revision `after` are computed from (`None`: not held).
-    pub fn delta_base(&self, after: u64) -> Option<crate::deltas::Base> {
+    pub fn delta_base(&self, after: u64) -> Option<crate::history::Base> {
         self.inner.lock().unwrap().history.base(after)
     }
 
@@ -261,7 +261,7 @@ impl Server {
             let base = ops::expire(&inner.world, now);
             let base = base.as_ref().unwrap_or(&inner.world);
             let outcome = op(base, now).and_then(|(new, out)| {
-                let checked = crate::checked::check(inner.checked.as_ref(), base, &new)?;
+                let checked = crate::gate::check(inner.checked.as_ref(), base, &new)?;
                 Ok((new, out, checked))
             });
             let (new, out, checked) = match outcome {

@@ -20,7 +20,7 @@ pub use port::*;
 pub use routes::*;
 
 use crate::hoststate;
-use crate::model::*;
+use crate::world::*;
 use ipnet::IpNet;
 use peer_dataplane_model::desired::document::{PeeringDoc, PortDoc, VpcDoc};
 use peer_dataplane_model::desired::objects::Objects;

@@ -12,7 +12,7 @@
 
 use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent, StoredRow};
 use crate::auth::TokenHashes;
-use crate::model::*;
+use crate::world::*;
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,

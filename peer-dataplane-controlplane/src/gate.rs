@@ -4,9 +4,9 @@
 //! routes (and whatever a route's check reads) did not change. The verdict is the same as
 //! validating every document whole ([`crate::ops::check`]); a test holds the two equal.
 
-use crate::deltas::{changed_tables, View};
+use crate::history::{changed_tables, View};
 use crate::hoststate::{self, Index};
-use crate::model::{ApiError, World};
+use crate::world::{ApiError, World};
 use peer_dataplane_model::desired::validate::{validate_reusing, Topology};
 use peer_dataplane_model::desired::Document;
 use std::collections::{BTreeMap, BTreeSet};

@@ -7,7 +7,7 @@
 //! never saw) gets its whole document instead.
 
 use crate::hoststate::{self, Index};
-use crate::model::{Routes, World};
+use crate::world::{Routes, World};
 use imbl::ordmap::DiffItem;
 use peer_dataplane_model::desired::delta::{Delta, RouteChange};
 use std::collections::{BTreeSet, VecDeque};
