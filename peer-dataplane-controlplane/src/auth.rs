@@ -265,10 +265,16 @@ mod tests {
         tokens.insert("222".to_string(), "fedcba9876543210".to_string());
         let empty = TokenHashes::new().unwrap();
         let h = empty.replaced_by(&tokens).unwrap();
-        assert_eq!(h.account_of("fedcba9876543210").map(String::as_str), Some("222"));
+        assert_eq!(
+            h.account_of("fedcba9876543210").map(String::as_str),
+            Some("222")
+        );
         assert_eq!(h.account_of("fedcba987654321"), None);
         let stored = serde_json::to_string(&h).unwrap();
-        assert!(!stored.contains("0123456789abcdef") && !stored.contains("fedcba"), "{stored}");
+        assert!(
+            !stored.contains("0123456789abcdef") && !stored.contains("fedcba"),
+            "{stored}"
+        );
         // Another store's key: other hashes for the same tokens.
         let other = TokenHashes::new().unwrap().replaced_by(&tokens).unwrap();
         assert!(other.accounts.keys().all(|k| !h.accounts.contains_key(k)));
@@ -293,7 +299,11 @@ mod tests {
         l.prune(t0);
         assert_eq!(l.check("10.0.0.1", t0), Err(1), "a spent bucket is kept");
         l.prune(t0 + Duration::from_secs(3));
-        assert_eq!(l.inner.lock().unwrap().1.len(), 0, "full buckets are forgotten");
+        assert_eq!(
+            l.inner.lock().unwrap().1.len(),
+            0,
+            "full buckets are forgotten"
+        );
     }
 
     #[test]

@@ -95,8 +95,14 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
                 (ca, cert, user) => format!(
                     " over {}{}{}",
                     if ca.is_some() { "TLS" } else { "plain http" },
-                    if cert.is_some() { " with a client certificate" } else { "" },
-                    user.as_ref().map(|(u, _)| format!(" as user {u}")).unwrap_or_default()
+                    if cert.is_some() {
+                        " with a client certificate"
+                    } else {
+                        ""
+                    },
+                    user.as_ref()
+                        .map(|(u, _)| format!(" as user {u}"))
+                        .unwrap_or_default()
                 ),
             };
             (

@@ -85,7 +85,10 @@ pub async fn serve(
             },
         };
         let Some(slot) = connections.claim(addr.ip(), limits.connections_per_source) else {
-            debug!("{addr}: {} connections already open from that address; closed", limits.connections_per_source);
+            debug!(
+                "{addr}: {} connections already open from that address; closed",
+                limits.connections_per_source
+            );
             metrics.connection_refused("connections-per-source");
             continue;
         };
@@ -106,11 +109,15 @@ pub async fn serve(
             };
             let Some(handshaking) = handshakes.claim(addr.ip(), limits.handshakes_per_source)
             else {
-                debug!("{addr}: {} TLS handshakes already in flight from that address; closed", limits.handshakes_per_source);
+                debug!(
+                    "{addr}: {} TLS handshakes already in flight from that address; closed",
+                    limits.handshakes_per_source
+                );
                 conn.metrics.connection_refused("handshakes-per-source");
                 return;
             };
-            let handshake = tokio::time::timeout(limits.client_deadline, acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(limits.client_deadline, acceptor.accept(stream)).await;
             drop(handshaking);
             match handshake {
                 Ok(Ok(tls)) => conn.serve(tls).await,
@@ -119,7 +126,10 @@ pub async fn serve(
                     conn.metrics.tls_handshake_failed();
                 }
                 Err(_) => {
-                    debug!("TLS handshake with {addr}: no handshake within {:?}", limits.client_deadline);
+                    debug!(
+                        "TLS handshake with {addr}: no handshake within {:?}",
+                        limits.client_deadline
+                    );
                     conn.metrics.client_deadline("tls-handshake");
                 }
             }
@@ -152,11 +162,12 @@ impl Connection {
     {
         let (app, addr) = (self.app.clone(), self.addr);
         // Handlers see the source address (`ConnectInfo`), as with axum's own server.
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(addr));
-            tower::ServiceExt::oneshot(app.clone(), req)
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(addr));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -172,7 +183,10 @@ impl Connection {
         };
         if let Err(e) = result {
             if e.is_timeout() {
-                debug!("{addr}: no complete request headers within {:?}; closed", self.limits.client_deadline);
+                debug!(
+                    "{addr}: no complete request headers within {:?}; closed",
+                    self.limits.client_deadline
+                );
                 self.metrics.client_deadline("headers");
             } else {
                 debug!("{addr}: {e}");
@@ -236,6 +250,9 @@ mod tests {
         assert!(p.claim(a, 2).is_none(), "a third for the same source");
         assert!(p.claim(b, 2).is_some(), "another source has its own share");
         drop(first);
-        assert!(p.claim(a, 2).is_some(), "a slot given back can be claimed again");
+        assert!(
+            p.claim(a, 2).is_some(),
+            "a slot given back can be claimed again"
+        );
     }
 }

@@ -89,7 +89,11 @@ fn main() -> std::process::ExitCode {
 fn run(a: Args) -> Result<()> {
     for (flag, v, unit) in [
         ("--rate-limit", a.rate_limit, "requests per second"),
-        ("--auth-failure-limit", a.auth_failure_limit, "failures per second"),
+        (
+            "--auth-failure-limit",
+            a.auth_failure_limit,
+            "failures per second",
+        ),
         ("--client-deadline", a.client_deadline, "seconds"),
     ] {
         if !v.is_finite() || v <= 0.0 {

@@ -21,12 +21,16 @@ impl Metrics {
         let registry = Registry::new();
         let vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let one = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("a valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let account_tokens = IntGauge::new(

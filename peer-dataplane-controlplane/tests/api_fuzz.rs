@@ -16,8 +16,8 @@ use axum::http::Request;
 use axum::Router;
 use peer_dataplane_controlplane::api::{self, Clock, Server, Shared};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::world::{World, ERROR_CODES};
 use peer_dataplane_controlplane::store::Store;
+use peer_dataplane_controlplane::world::{World, ERROR_CODES};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -375,14 +375,22 @@ fn plausible(rng: &mut Rng, w: &World) -> (&'static str, String, Value) {
             json!({"region": "eu-west-1", "cidrs": [format!("10.{}.0.0/16", 100 + octet % 100)]}),
         ),
         1 => {
-            let cidr = w.vpcs.get(&vpc).and_then(|v| v.cidrs.first().cloned()).unwrap_or_default();
+            let cidr = w
+                .vpcs
+                .get(&vpc)
+                .and_then(|v| v.cidrs.first().cloned())
+                .unwrap_or_default();
             let base: Vec<&str> = cidr.split('.').collect();
             let sub = if base.len() == 4 {
                 format!("{}.{}.{octet}.0/24", base[0], base[1])
             } else {
                 "10.0.9.0/24".into()
             };
-            ("POST", "/v1/subnets".into(), json!({"vpc_id": vpc, "cidr": sub}))
+            (
+                "POST",
+                "/v1/subnets".into(),
+                json!({"vpc_id": vpc, "cidr": sub}),
+            )
         }
         2 => {
             let (kind, id) = match rng.below(4) {
@@ -391,11 +399,17 @@ fn plausible(rng: &mut Rng, w: &World) -> (&'static str, String, Value) {
                 2 => ("vpc-peering", any(rng, &w.peerings)),
                 _ => ("ports", any(rng, &w.ports)),
             };
-            ("DELETE", format!("/v1/{kind}/{}", id.cloned().unwrap_or_default()), Value::Null)
+            (
+                "DELETE",
+                format!("/v1/{kind}/{}", id.cloned().unwrap_or_default()),
+                Value::Null,
+            )
         }
         3 => {
             let rtb = any(rng, &w.route_tables).cloned().unwrap_or_default();
-            let target = any(rng, &w.peerings).cloned().unwrap_or_else(|| "pcx-ab".into());
+            let target = any(rng, &w.peerings)
+                .cloned()
+                .unwrap_or_else(|| "pcx-ab".into());
             (
                 "POST",
                 format!("/v1/route-tables/{rtb}/routes"),
@@ -413,7 +427,11 @@ fn plausible(rng: &mut Rng, w: &World) -> (&'static str, String, Value) {
         5 => {
             let pcx = any(rng, &w.peerings).cloned().unwrap_or_default();
             let action = *rng.pick(&["accept", "reject"]);
-            ("POST", format!("/v1/vpc-peering/{pcx}/{action}"), Value::Null)
+            (
+                "POST",
+                format!("/v1/vpc-peering/{pcx}/{action}"),
+                Value::Null,
+            )
         }
         _ => {
             let pcx = any(rng, &w.peerings).cloned().unwrap_or_default();
@@ -457,11 +475,7 @@ fn owners(w: &World, id: &str) -> Vec<String> {
 
 /// Ids of the objects that differ between two worlds (added, removed or changed).
 fn changed(a: &World, b: &World) -> Vec<String> {
-    fn diff<T: PartialEq>(
-        out: &mut Vec<String>,
-        x: &BTreeMap<String, T>,
-        y: &BTreeMap<String, T>,
-    ) {
+    fn diff<T: PartialEq>(out: &mut Vec<String>, x: &BTreeMap<String, T>, y: &BTreeMap<String, T>) {
         for k in x.keys().chain(y.keys()) {
             if x.get(k) != y.get(k) && !out.contains(k) {
                 out.push(k.clone());
@@ -499,14 +513,18 @@ fn unauthorised(
     };
     if path.starts_with("/v1/hosts") {
         // Hosts are the fleet's, listed to any account, changed by their own agents only.
-        return (changed(before, after).iter().any(|id| before.hosts.contains_key(id) || after.hosts.contains_key(id)))
-            .then(|| "an account's token changed a host".into());
+        return (changed(before, after)
+            .iter()
+            .any(|id| before.hosts.contains_key(id) || after.hosts.contains_key(id)))
+        .then(|| "an account's token changed a host".into());
     }
     for id in changed(before, after) {
         let mut who = owners(before, &id);
         who.extend(owners(after, &id));
         if !who.iter().any(|a| a == account) {
-            return Some(format!("changed {id}, owned by {who:?}, as account {account}"));
+            return Some(format!(
+                "changed {id}, owned by {who:?}, as account {account}"
+            ));
         }
     }
     // What it read: the object, or every item of a list.
@@ -516,11 +534,15 @@ fn unauthorised(
         o => vec![o],
     };
     for item in items {
-        let Some(id) = item["id"].as_str() else { continue };
+        let Some(id) = item["id"].as_str() else {
+            continue;
+        };
         let mut who = owners(before, id);
         who.extend(owners(after, id));
         if !who.is_empty() && !who.iter().any(|a| a == account) {
-            return Some(format!("answered with {id}, owned by {who:?}, to account {account}"));
+            return Some(format!(
+                "answered with {id}, owned by {who:?}, to account {account}"
+            ));
         }
     }
     None
@@ -565,7 +587,11 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
             let (method, p, body) = plausible(&mut rng, &f.server.world());
             let token = rng.pick(&TOKENS).1;
             let before = (f.store_contents(), f.server.world(), f.server.revision());
-            let raw = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+            let raw = if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
             let (status, bytes) = f.send(method, &p, Some(token), raw, true).await;
             *by_status.entry(status).or_default() += 1;
             let what = format!(
@@ -578,7 +604,9 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
                 if let Some(why) = unauthorised(Some(token), &p, &before.1, &after, &bytes) {
                     panic!("an unauthorised success ({why}): {what}");
                 }
-                *authorised.entry(if before.1 == after { "read" } else { "changed" }).or_default() += 1;
+                *authorised
+                    .entry(if before.1 == after { "read" } else { "changed" })
+                    .or_default() += 1;
             } else {
                 assert!(
                     (f.store_contents(), after, f.server.revision()) == before,
@@ -625,13 +653,19 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
             if let Some(why) = unauthorised(token.as_deref(), &p, &before.1, &after, &bytes) {
                 panic!("an unauthorised success ({why}): {}", what());
             }
-            *authorised.entry(if before.1 == after { "read" } else { "changed" }).or_default() += 1;
+            *authorised
+                .entry(if before.1 == after { "read" } else { "changed" })
+                .or_default() += 1;
         }
         if status == 429 {
             let text = String::from_utf8_lossy(&bytes);
             let guessing = text.contains("failed authentications");
-            *throttled.entry(if guessing { "source" } else { "credential" }).or_default() += 1;
-            let known = token.as_deref().is_some_and(|t| t == HOST_TOKEN || TOKENS.iter().any(|(_, k)| *k == t));
+            *throttled
+                .entry(if guessing { "source" } else { "credential" })
+                .or_default() += 1;
+            let known = token
+                .as_deref()
+                .is_some_and(|t| t == HOST_TOKEN || TOKENS.iter().any(|(_, k)| *k == t));
             assert!(
                 !(guessing && known),
                 "a credential's own address was throttled for others' failed authentications: {}",
@@ -670,7 +704,10 @@ async fn random_and_malformed_requests_never_fail_the_server_or_write_half_way()
         "too few successful changes to check: {authorised:?}"
     );
     for limit in ["source", "credential"] {
-        assert!(throttled.contains_key(limit), "the {limit} rate limit never bit: {throttled:?}");
+        assert!(
+            throttled.contains_key(limit),
+            "the {limit} rate limit never bit: {throttled:?}"
+        );
     }
     // The mix reached deep: refusals of many kinds, and successes that changed things.
     assert!(

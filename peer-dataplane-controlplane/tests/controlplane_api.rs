@@ -7,8 +7,8 @@ use axum::http::Request;
 use axum::Router;
 use peer_dataplane_controlplane::api::{self, Clock, Server, Shared};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::world::ERROR_CODES;
 use peer_dataplane_controlplane::store::Store;
+use peer_dataplane_controlplane::world::ERROR_CODES;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -1645,7 +1645,10 @@ async fn no_port_on_a_hosts_uplink_or_loopback() {
             )
             .await;
         assert_eq!(status, 400, "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{v}"
+        );
     }
     // host-1 carries pdp-a: it cannot become host-1's uplink.
     let (status, v) = api
@@ -1658,7 +1661,10 @@ async fn no_port_on_a_hosts_uplink_or_loopback() {
         .await;
     assert_eq!(status, 409, "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("interface pdp-a carries port"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interface pdp-a carries port"),
         "{v}"
     );
     assert_eq!(api.server.revision(), rev, "a refused call wrote something");

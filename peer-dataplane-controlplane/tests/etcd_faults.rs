@@ -124,7 +124,10 @@ async fn with_one_of_three_members_killed_the_api_keeps_working() {
     assert_eq!(world.vpcs.len(), 21);
     // The fault was the intended one: the cluster lost its leader and elected another.
     let now = etcd.leader();
-    assert_ne!(now, leader, "member {leader} still leads: the kill did not land");
+    assert_ne!(
+        now, leader,
+        "member {leader} still leads: the kill did not land"
+    );
     wait_for("replica B follows", || b.world() == world).await;
     wait_for("both replicas reach the store", || {
         a.store_reachable() && b.store_reachable()
@@ -338,7 +341,11 @@ fn a_replica_killed_in_the_middle_of_a_request_leaves_the_change_whole_or_absent
         .unwrap();
         assert_eq!(s, 200, "{b}");
         let (sent_tx, sent) = std::sync::mpsc::channel();
-        let (port, path, body) = (cp.port, format!("/v1/route-tables/{rtb}/routes"), table(n + 1));
+        let (port, path, body) = (
+            cp.port,
+            format!("/v1/route-tables/{rtb}/routes"),
+            table(n + 1),
+        );
         let sender = std::thread::spawn(move || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             write!(
@@ -386,7 +393,11 @@ fn a_replica_killed_in_the_middle_of_a_request_leaves_the_change_whole_or_absent
     for _ in 0..14 {
         let (answered, is_in, _) = round(n, Some(delay));
         n += 2;
-        outcomes.push((delay.as_millis(), answered, if is_in { "in" } else { "out" }));
+        outcomes.push((
+            delay.as_millis(),
+            answered,
+            if is_in { "in" } else { "out" },
+        ));
         match (answered, is_in) {
             (true, _) => hi = delay,
             (false, false) => {

@@ -8,9 +8,9 @@ mod common;
 use common::etcd::Etcd;
 use peer_dataplane_controlplane::api::{Clock, Server};
 use peer_dataplane_controlplane::auth::RateLimit;
-use peer_dataplane_controlplane::world::World;
 use peer_dataplane_controlplane::store::etcd::EtcdStore;
 use peer_dataplane_controlplane::store::ObjectStore;
+use peer_dataplane_controlplane::world::World;
 use std::time::{Duration, Instant};
 
 fn with_counter(w: &World, name: &str, n: u64) -> World {
@@ -103,14 +103,22 @@ fn tokens_are_hashed_at_rest_and_a_revocation_reaches_every_replica() {
         .map(|(a, t)| (a.to_string(), t.to_string()))
         .collect();
     assert!(a.set_account_tokens(&both).unwrap());
-    assert!(!a.set_account_tokens(&both).unwrap(), "the same set again changes nothing");
+    assert!(
+        !a.set_account_tokens(&both).unwrap(),
+        "the same set again changes nothing"
+    );
     let accepts = |s: &Server, token: &str| s.account_of(token).is_some();
-    wait(Duration::from_secs(5), "replica B to accept both tokens", || {
-        accepts(&b, keep.1) && accepts(&b, revoke.1)
-    });
+    wait(
+        Duration::from_secs(5),
+        "replica B to accept both tokens",
+        || accepts(&b, keep.1) && accepts(&b, revoke.1),
+    );
     for (k, v) in everything_under(&etcd, "/tk/") {
         for (_, token) in [keep, revoke] {
-            assert!(!k.contains(token) && !v.contains(token), "a token in etcd: {k} = {v}");
+            assert!(
+                !k.contains(token) && !v.contains(token),
+                "a token in etcd: {k} = {v}"
+            );
         }
     }
     // A's file loses a line: A writes the new set, and B follows its watch within 1 s.
@@ -120,9 +128,11 @@ fn tokens_are_hashed_at_rest_and_a_revocation_reaches_every_replica() {
         .collect();
     assert!(a.set_account_tokens(&fewer).unwrap());
     assert!(!accepts(&a, revoke.1) && accepts(&a, keep.1));
-    wait(Duration::from_secs(1), "replica B to refuse the revoked token", || {
-        !accepts(&b, revoke.1)
-    });
+    wait(
+        Duration::from_secs(1),
+        "replica B to refuse the revoked token",
+        || !accepts(&b, revoke.1),
+    );
     assert!(accepts(&b, keep.1));
 }
 
@@ -137,15 +147,21 @@ fn plain_tokens_an_older_version_stored_are_hashed_and_deleted() {
             .await
             .unwrap();
     });
-    let s = Server::new(etcd.store("/old"), Clock::new(), Default::default(), RateLimit::default())
-        .unwrap();
+    let s = Server::new(
+        etcd.store("/old"),
+        Clock::new(),
+        Default::default(),
+        RateLimit::default(),
+    )
+    .unwrap();
     assert_eq!(
         s.account_of("plain-token-of-account-1").as_deref(),
         Some("111111111111")
     );
     let all = everything_under(&etcd, "/old/");
     assert!(
-        all.iter().all(|(k, v)| !k.contains("plain-token") && !v.contains("plain-token")),
+        all.iter()
+            .all(|(k, v)| !k.contains("plain-token") && !v.contains("plain-token")),
         "{all:?}"
     );
 }
@@ -361,23 +377,28 @@ fn a_replica_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
     let a = Server::new(etcd.store("/sec"), Clock::new(), Default::default(), limit).unwrap();
     let by_cert = EtcdStore::connect_with(&eps, "/sec", &files.access(false)).unwrap();
     let b = Server::new(by_cert, Clock::new(), Default::default(), limit).unwrap();
-    a.add_token("111111111111", "token-of-account-a-over-tls").unwrap();
-    wait(Duration::from_secs(5), "replica B (certificate user) to follow A", || {
-        b.account_of("token-of-account-a-over-tls").is_some()
-    });
+    a.add_token("111111111111", "token-of-account-a-over-tls")
+        .unwrap();
+    wait(
+        Duration::from_secs(5),
+        "replica B (certificate user) to follow A",
+        || b.account_of("token-of-account-a-over-tls").is_some(),
+    );
     let mut store = etcd.store("/sec");
     let (w0, r0) = store.load().unwrap();
     let w1 = with_counter(&w0, "vpc", 3);
     store.commit(&w0, &w1, r0 + 1).unwrap();
-    wait(Duration::from_secs(5), "both replicas to see the commit", || {
-        a.world() == w1 && b.world() == w1
-    });
+    wait(
+        Duration::from_secs(5),
+        "both replicas to see the commit",
+        || a.world() == w1 && b.world() == w1,
+    );
 
-    let refused = |access: &EtcdAccess| {
-        match EtcdStore::connect_with(&eps, "/sec", access).and_then(|mut s| s.load()) {
-            Ok(_) => panic!("etcd served a replica it should have refused"),
-            Err(e) => format!("{e:#}"),
-        }
+    let refused = |access: &EtcdAccess| match EtcdStore::connect_with(&eps, "/sec", access)
+        .and_then(|mut s| s.load())
+    {
+        Ok(_) => panic!("etcd served a replica it should have refused"),
+        Err(e) => format!("{e:#}"),
     };
     let mut wrong_password = files.access(true);
     wrong_password.user = Some(("pdp".into(), "not-the-password".into()));

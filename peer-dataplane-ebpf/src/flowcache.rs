@@ -10,12 +10,13 @@ use crate::{
     cap, clock,
     conntrack::{self, How},
     counters::{Outcome, Verdict},
+    groups,
     maps::{
         ACL_HITS, DEVMAP, ENTRY_SCRATCH, EPOCH, FLOW_CACHE, FLOW_SCRATCH, FLOW_STATS, FLOW_TAGS,
     },
     parse::{icmp_echo, Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     peering::Crossing,
-    groups, rewrite, trace, words,
+    rewrite, trace, words,
 };
 use aya_ebpf::programs::XdpContext;
 use peer_dataplane_common::{

@@ -187,5 +187,4 @@ pub struct NextHop {
 /// A cache, not state: not pinned, empty after a restart. An array, not a hash: the
 /// lookup is an index, on the path of every encapsulated packet.
 #[map]
-pub static NEXT_HOPS: PerCpuArray<NextHop> =
-    PerCpuArray::with_max_entries(CACHED_HOSTS, 0);
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(CACHED_HOSTS, 0);

@@ -184,10 +184,13 @@ fn fleet_mistakes_are_refused_by_name() {
         ("port up0: interface up0 is host host-1's uplink", |d| {
             d.ports[0].interface = "up0".into()
         }),
-        ("remote port host-2/eth9: interface eth9 is host host-2's uplink", |d| {
-            d.hosts[1].uplink = Some("eth9".into());
-            d.remote_ports[0].interface = "eth9".into();
-        }),
+        (
+            "remote port host-2/eth9: interface eth9 is host host-2's uplink",
+            |d| {
+                d.hosts[1].uplink = Some("eth9".into());
+                d.remote_ports[0].interface = "eth9".into();
+            },
+        ),
         ("port lo: interface lo is the host's loopback", |d| {
             d.ports[0].interface = "lo".into()
         }),

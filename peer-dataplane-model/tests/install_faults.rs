@@ -235,13 +235,17 @@ fn a_failed_undo_is_reported_and_the_next_attempt_converges() {
                     && text.contains("undoing it failed too"),
                 "{text}"
             );
-            assert_ne!(maps.state, s0, "a failed undo left the previous state whole?");
+            assert_ne!(
+                maps.state, s0,
+                "a failed undo left the previous state whole?"
+            );
             // The next attempt: from what is there (names read back give the ids).
             let mixed = maps.state.clone();
             let ids = Ids::from_names(&mixed.names);
-            for (topo, want, what) in
-                [(&t1, &s1, "the new state"), (&t0, &s0, "the previous state")]
-            {
+            for (topo, want, what) in [
+                (&t1, &s1, "the new state"),
+                (&t0, &s0, "the previous state"),
+            ] {
                 let (planned, ids_then, again) =
                     plan_install(topo, &ids, &mixed, &FakeIfindex).unwrap();
                 let mut m = mixed.clone();
@@ -265,4 +269,3 @@ fn a_failed_undo_is_reported_and_the_next_attempt_converges() {
     assert!(cases > 100, "only {cases} failed undos injected");
     println!("{cases} failed undos; {elsewhere} next attempts put a table, an ACL or a slot elsewhere than a clean install");
 }
-

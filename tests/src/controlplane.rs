@@ -102,7 +102,16 @@ impl ControlPlane {
     /// [`Self::start`] without the per-account rate limit's bite (benchmarks make
     /// thousands of calls a second from one account).
     pub fn start_for_bench(bin: &Path, host: &Netns, db: &Path, port: u16) -> Result<ControlPlane> {
-        Self::start_flagged(bin, host, db, [127, 0, 0, 1].into(), port, None, Some(1e6), &[])
+        Self::start_flagged(
+            bin,
+            host,
+            db,
+            [127, 0, 0, 1].into(),
+            port,
+            None,
+            Some(1e6),
+            &[],
+        )
     }
 
     /// [`Self::start`] keeping its objects in the store at `url` (`etcd://…`); `files` is
@@ -481,8 +490,14 @@ impl ControlPlane {
         let r = self.call("GET", "/metrics", None, None)?;
         let text = r.body.as_str().context("/metrics is text")?.to_string();
         for line in text.lines() {
-            if let Some(v) = line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')) {
-                return v.trim().parse().with_context(|| format!("metric line {line}"));
+            if let Some(v) = line
+                .strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+            {
+                return v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("metric line {line}"));
             }
         }
         Ok(0.0)
@@ -503,13 +518,20 @@ impl ControlPlane {
             crate::netns::enter(&ns)?;
             let mut out = Vec::with_capacity(requests.len());
             for req in requests {
-                let mut s = connect_from(source, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port))?;
+                let mut s = connect_from(
+                    source,
+                    std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port),
+                )?;
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
                 s.write_all(req.as_bytes())?;
                 let mut answer = Vec::new();
                 s.read_to_end(&mut answer)?;
                 let text = String::from_utf8_lossy(&answer).to_string();
-                let head = text.split("\r\n\r\n").next().unwrap_or_default().to_string();
+                let head = text
+                    .split("\r\n\r\n")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let status = head
                     .split_whitespace()
                     .nth(1)
@@ -590,7 +612,10 @@ pub fn connect_from(
             bail!("bind {from}: {}", std::io::Error::last_os_error());
         }
         if libc::connect(fd, &b as *const _ as *const libc::sockaddr, len) != 0 {
-            bail!("connect {to} from {from}: {}", std::io::Error::last_os_error());
+            bail!(
+                "connect {to} from {from}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(stream)
     }

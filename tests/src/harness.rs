@@ -86,7 +86,8 @@ impl TestDataplane {
     /// Validates and installs `doc`; interfaces resolve in the calling thread's netns.
     pub fn install(&mut self, doc: &Document) -> Result<usize> {
         let topo = validate(doc).map_err(|e| anyhow!("{e}"))?;
-        self.installed.install(&topo, None, &KernelIfindex::default())
+        self.installed
+            .install(&topo, None, &KernelIfindex::default())
     }
 
     fn program(&self, name: &str) -> Result<&Xdp> {

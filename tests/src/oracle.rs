@@ -14,10 +14,10 @@
 use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, SingleVlanHeaderSlice};
 use ipnet::IpNet;
 use peer_dataplane_common::counters::{GlobalCounters, PeeringCounters};
+use peer_dataplane_common::overlay::UNDERLAY_OVERHEAD;
 use peer_dataplane_common::{
     DropReason, PassReason, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
 };
-use peer_dataplane_common::overlay::UNDERLAY_OVERHEAD;
 use peer_dataplane_model::desired::document::Document;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -1250,7 +1250,11 @@ fn too_big_answer(frame: &[u8], p: &Parsed, underlay_mtu: u32) -> Vec<u8> {
 fn internet_checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in b.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum > 0xffff {

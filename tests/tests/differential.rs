@@ -341,7 +341,13 @@ impl Run<'_> {
             // elsewhere would still redirect it.
             if let Verdict::Redirect(target) = want.verdict {
                 if rng.chance(10) {
-                    last = self.probe_target(dp, &mut model, (ingress, &frame, now), target, &mut expected)?;
+                    last = self.probe_target(
+                        dp,
+                        &mut model,
+                        (ingress, &frame, now),
+                        target,
+                        &mut expected,
+                    )?;
                     totals.targets_probed += 1;
                 }
             }

@@ -23,16 +23,16 @@
 use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
 use peer_dataplane::desired::document::{Document, HostDoc, PortDoc};
+use peer_dataplane::desired::validate::validate;
 use peer_dataplane::reconcile::{DataplaneMaps, Op};
 use peer_dataplane_common::{DropReason, PassReason, RouteValue, NAME_PEERING, ROUTE_PCX};
-use peer_dataplane_tests::fleet::uplink_mac;
+use peer_dataplane_common::{DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER};
 use peer_dataplane_tests::changes;
+use peer_dataplane_tests::fleet::uplink_mac;
 use peer_dataplane_tests::harness::{
     action_name, TestDataplane, TEST_EPOCH_NS, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use peer_dataplane_tests::netns::{self, Netns};
-use peer_dataplane::desired::validate::validate;
-use peer_dataplane_common::{DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER};
 use peer_dataplane_tests::oracle::{
     describe, program_verdict, Counters, Fleet, Outcome, State, Verdict, World,
 };
@@ -405,7 +405,10 @@ fn two_hosts_agree_with_the_model() -> Result<()> {
         .filter(|k| !totals.changes.contains_key(k))
         .map(|k| k.as_str())
         .collect();
-    assert!(unchanged.is_empty(), "no change between frames of kinds {unchanged:?}");
+    assert!(
+        unchanged.is_empty(),
+        "no change between frames of kinds {unchanged:?}"
+    );
     let mut wanted: Vec<String> = [
         DropReason::UnderlayUnreachable,
         DropReason::GeneveMalformed,
@@ -485,7 +488,12 @@ fn run_state(
             .collect();
         doc.ports
             .iter()
-            .map(|p| (ifindex[&p.interface], vpc_host[subnet_vpc[p.subnet.as_str()]]))
+            .map(|p| {
+                (
+                    ifindex[&p.interface],
+                    vpc_host[subnet_vpc[p.subnet.as_str()]],
+                )
+            })
             .collect()
     };
     let now0 = (TEST_EPOCH_NS + state_no * 3600 * 1_000_000_000)
@@ -498,7 +506,8 @@ fn run_state(
         host.enter()?;
         set_reachable(&host.ns, h, reachable[h])?;
         // Read by the install (the overlay's MTU is the uplink's).
-        host.ns.ip(&["link", "set", UPLINK, "mtu", &mtu.to_string()])?;
+        host.ns
+            .ip(&["link", "set", UPLINK, "mtu", &mtu.to_string()])?;
         if *tampered_before {
             host.dp.installed.mirror = host.dp.installed.maps.read_state()?;
         }
@@ -547,11 +556,20 @@ fn run_state(
                 let slots = |hosts: &[Host; 2]| -> Vec<Option<u32>> {
                     hosts
                         .iter()
-                        .flat_map(|h| next.peerings.iter().map(|p| h.dp.installed.ids.get(NAME_PEERING, &p.id)))
+                        .flat_map(|h| {
+                            next.peerings
+                                .iter()
+                                .map(|p| h.dp.installed.ids.get(NAME_PEERING, &p.id))
+                        })
                         .collect()
                 };
                 let before = slots(hosts);
-                check_counters(hosts, &host_docs, &expected, &format!("in state {state_no} before a change"))?;
+                check_counters(
+                    hosts,
+                    &host_docs,
+                    &expected,
+                    &format!("in state {state_no} before a change"),
+                )?;
                 let next_docs = [
                     host_document(&next, &vpc_host, 0),
                     host_document(&next, &vpc_host, 1),
@@ -677,7 +695,10 @@ fn run_state(
             );
         }
         if want.answered.is_some() {
-            *totals.verdicts.entry("answered too big (ICMP)".into()).or_default() += 1;
+            *totals
+                .verdicts
+                .entry("answered too big (ICMP)".into())
+                .or_default() += 1;
         }
         let tunnel = decided_by
             .contains("on host")
@@ -696,7 +717,12 @@ fn run_state(
         };
         *totals.verdicts.entry(key).or_default() += 1;
     }
-    check_counters(hosts, &host_docs, &expected, &format!("at the end of state {state_no} (seed {seed:#x})"))?;
+    check_counters(
+        hosts,
+        &host_docs,
+        &expected,
+        &format!("at the end of state {state_no} (seed {seed:#x})"),
+    )?;
     totals.frames += packets;
     totals.last_now = now;
     Ok(())
@@ -727,7 +753,10 @@ fn host_counters(host: &Host, doc: &Document) -> Result<Counters> {
                     .installed
                     .acl_hit_slot(&checked, id, egress, r.number)
                     .ok_or_else(|| anyhow!("no hit slot for {id} rule {}", r.number))?;
-                acl_hits.insert((id.clone(), egress, r.number), dp.installed.maps.acl_hits(slot)?);
+                acl_hits.insert(
+                    (id.clone(), egress, r.number),
+                    dp.installed.maps.acl_hits(slot)?,
+                );
             }
         }
     }
@@ -771,17 +800,29 @@ fn counted(
     let received = Outcome {
         verdict,
         peering: if resolved { want.peering.clone() } else { None },
-        acl_hits: if altered.is_none() { ingress } else { Vec::new() },
+        acl_hits: if altered.is_none() {
+            ingress
+        } else {
+            Vec::new()
+        },
         fragment: parsed && want.fragment,
         ipv4_options: parsed && want.ipv4_options,
         answered: None,
         frame: Vec::new(),
     };
-    vec![(sender, sent, frame_len), (1 - sender, received, tunnel_len)]
+    vec![
+        (sender, sent, frame_len),
+        (1 - sender, received, tunnel_len),
+    ]
 }
 
 /// The counters of both hosts against the model's, naming every one that differs.
-fn check_counters(hosts: &[Host; 2], docs: &[Document; 2], expected: &[Counters; 2], when: &str) -> Result<()> {
+fn check_counters(
+    hosts: &[Host; 2],
+    docs: &[Document; 2],
+    expected: &[Counters; 2],
+    when: &str,
+) -> Result<()> {
     for h in 0..2 {
         let got = host_counters(&hosts[h], &docs[h])?;
         if got == expected[h] {
@@ -796,15 +837,25 @@ fn check_counters(hosts: &[Host; 2], docs: &[Document; 2], expected: &[Counters;
         }
         for (k, v) in &expected[h].peerings {
             if got.peerings.get(k) != Some(v) {
-                diffs.push(format!("{k:?}: program {:?}\n          model   {v:?}", got.peerings.get(k)));
+                diffs.push(format!(
+                    "{k:?}: program {:?}\n          model   {v:?}",
+                    got.peerings.get(k)
+                ));
             }
         }
         for (k, v) in &expected[h].acl_hits {
             if got.acl_hits.get(k) != Some(v) {
-                diffs.push(format!("acl hits {k:?}: program {:?}, model {v}", got.acl_hits.get(k)));
+                diffs.push(format!(
+                    "acl hits {k:?}: program {:?}, model {v}",
+                    got.acl_hits.get(k)
+                ));
             }
         }
-        bail!("host {}'s counters diverge {when}:\n  {}", h + 1, diffs.join("\n  "));
+        bail!(
+            "host {}'s counters diverge {when}:\n  {}",
+            h + 1,
+            diffs.join("\n  ")
+        );
     }
     Ok(())
 }

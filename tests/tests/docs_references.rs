@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The sections `docs/datapath.md` holds, as "N" and "N.M".
@@ -59,7 +62,9 @@ fn every_section_reference_exists() {
     let mut missing = Vec::new();
     let mut seen = 0;
     for f in files() {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         for (i, line) in text.lines().enumerate() {
             for (at, _) in line.match_indices('§') {
                 let rest = &line[at + '§'.len_utf8()..];
@@ -79,6 +84,13 @@ fn every_section_reference_exists() {
             }
         }
     }
-    assert!(seen > 100, "only {seen} references found: is the scan right?");
-    assert!(missing.is_empty(), "sections docs/datapath.md does not have:\n{}", missing.join("\n"));
+    assert!(
+        seen > 100,
+        "only {seen} references found: is the scan right?"
+    );
+    assert!(
+        missing.is_empty(),
+        "sections docs/datapath.md does not have:\n{}",
+        missing.join("\n")
+    );
 }

@@ -148,7 +148,9 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
     // a blackhole route for b's subnet that would cut a -> b if anything were applied.
     // Two name a port on an interface that is not an instance's (the host's bridge, the
     // loopback): the agent never attaches there.
-    env.net.host.ip(&["link", "add", "pdp-br", "type", "bridge"])?;
+    env.net
+        .host
+        .ip(&["link", "add", "pdp-br", "type", "bridge"])?;
     env.net.host.ip(&["link", "set", "pdp-br", "up"])?;
     for (bad, expect) in bad_documents() {
         let refusals = env
@@ -172,7 +174,10 @@ fn deleting_the_peering_blackholes_and_a_bad_document_changes_nothing() -> Resul
         );
     }
     let bridge = env.net.host.ip(&["-d", "link", "show", "pdp-br"])?;
-    ensure!(!bridge.contains("xdp"), "XDP attached to the bridge:\n{bridge}");
+    ensure!(
+        !bridge.contains("xdp"),
+        "XDP attached to the bridge:\n{bridge}"
+    );
 
     let mut deleted = seed::seed_doc();
     deleted

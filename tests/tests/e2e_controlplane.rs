@@ -261,7 +261,10 @@ fn the_binaries_under_test_are_what_cargo_xtask_build_produced() -> Result<()> {
     let bin = peer_dataplane_tests::agent_path()?;
     let dir = bin.parent().expect("a directory");
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).map_err(|e| {
-        anyhow::anyhow!("{}: no SHA256SUMS of `cargo xtask build` beside it: {e}", bin.display())
+        anyhow::anyhow!(
+            "{}: no SHA256SUMS of `cargo xtask build` beside it: {e}",
+            bin.display()
+        )
     })?;
     for name in ["peer-dataplane", "peer-dataplane-controlplane"] {
         ensure!(
@@ -433,8 +436,9 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
                         match s.read(&mut b) {
                             Ok(0) => break,
                             Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
                             Err(_) => break,
                         }
                     }
@@ -466,8 +470,9 @@ fn silent_and_slow_clients_do_not_hold_the_api_back() -> Result<()> {
                 .map_err(|_| anyhow::anyhow!("a hostile client panicked"))??;
         }
         let stage = if tls { "tls-handshake" } else { "headers" };
-        let deadlines =
-            cp.metric(&format!("pdp_controlplane_client_deadlines_total{{stage=\"{stage}\"}}"))?;
+        let deadlines = cp.metric(&format!(
+            "pdp_controlplane_client_deadlines_total{{stage=\"{stage}\"}}"
+        ))?;
         drop(cp);
         let _ = std::fs::remove_dir_all(&dir);
         let r = r.map_err(|e| {
@@ -527,14 +532,17 @@ fn a_source_address_holds_only_its_share_of_connections() -> Result<()> {
         [127, 0, 0, 8].into(),
         vec!["GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()],
     )?;
-    let counted = cp.metric(
-        "pdp_controlplane_connections_refused_total{reason=\"connections-per-source\"}",
-    )?;
+    let counted =
+        cp.metric("pdp_controlplane_connections_refused_total{reason=\"connections-per-source\"}")?;
     drop(held);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
     ensure!(refused, "a ninth connection from one address was served");
-    ensure!(other[0].0 == 200, "another address was not served: {}", other[0].1);
+    ensure!(
+        other[0].0 == 200,
+        "another address was not served: {}",
+        other[0].1
+    );
     ensure!(counted >= 1.0, "the refused connection was not counted");
     Ok(())
 }
@@ -569,7 +577,11 @@ fn a_token_removed_from_its_file_is_revoked_on_sighup() -> Result<()> {
             Duration::from_secs(5),
             || Ok(cp.metric("pdp_controlplane_token_reloads_total{outcome=\"error\"}")? >= 1.0),
         )?;
-        ensure!(cp.call("GET", "/v1/vpcs", Some(ACCOUNTS[2].1), None)?.status == 200);
+        ensure!(
+            cp.call("GET", "/v1/vpcs", Some(ACCOUNTS[2].1), None)?
+                .status
+                == 200
+        );
         ensure!(cp.call("GET", "/v1/vpcs", Some(a), None)?.status == 401);
         ensure!(
             cp.log_text().contains("the tokens in force are unchanged"),
@@ -580,11 +592,24 @@ fn a_token_removed_from_its_file_is_revoked_on_sighup() -> Result<()> {
             .arg(&db)
             .arg(".dump")
             .output()?;
-        ensure!(dump.status.success(), "sqlite3 .dump: {}", String::from_utf8_lossy(&dump.stderr));
+        ensure!(
+            dump.status.success(),
+            "sqlite3 .dump: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
         let dump = String::from_utf8_lossy(&dump.stdout);
-        ensure!(dump.contains("account_token_hashes"), "no token hashes in the dump:\n{dump}");
-        for (_, t) in ACCOUNTS.iter().chain(&peer_dataplane_tests::controlplane::HOST_TOKENS) {
-            ensure!(!dump.contains(t), "the database holds a token in clear:\n{dump}");
+        ensure!(
+            dump.contains("account_token_hashes"),
+            "no token hashes in the dump:\n{dump}"
+        );
+        for (_, t) in ACCOUNTS
+            .iter()
+            .chain(&peer_dataplane_tests::controlplane::HOST_TOKENS)
+        {
+            ensure!(
+                !dump.contains(t),
+                "the database holds a token in clear:\n{dump}"
+            );
         }
         Ok(())
     })();
@@ -603,7 +628,9 @@ fn an_address_that_guesses_tokens_meets_429s_and_others_are_served() -> Result<(
     let get = |token: &str| {
         format!("GET /v1/vpcs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
     };
-    let guesses: Vec<String> = (0..1000).map(|i| get(&format!("guess-{i:06}-of-a-token"))).collect();
+    let guesses: Vec<String> = (0..1000)
+        .map(|i| get(&format!("guess-{i:06}-of-a-token")))
+        .collect();
     let outcome = (|| -> Result<()> {
         let answers = cp.raw_http([127, 0, 0, 2].into(), guesses)?;
         let count = |code| answers.iter().filter(|(s, _)| *s == code).count();
@@ -618,18 +645,36 @@ fn an_address_that_guesses_tokens_meets_429s_and_others_are_served() -> Result<(
             (20..=60).contains(&unauthorized),
             "{unauthorized} guesses were checked, {throttled} refused"
         );
-        let refused = answers.iter().find(|(s, _)| *s == 429).map(|(_, h)| h.clone()).unwrap_or_default();
+        let refused = answers
+            .iter()
+            .find(|(s, _)| *s == 429)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default();
         ensure!(refused.to_lowercase().contains("retry-after:"), "{refused}");
         // The guessing address waits even with a valid token; another is served.
         let own = cp.raw_http([127, 0, 0, 2].into(), vec![get(ACCOUNTS[0].1)])?;
-        ensure!(own[0].0 == 429, "the guessing address was served: {}", own[0].1);
+        ensure!(
+            own[0].0 == 429,
+            "the guessing address was served: {}",
+            own[0].1
+        );
         let other = cp.raw_http([127, 0, 0, 3].into(), vec![get(ACCOUNTS[0].1)])?;
-        ensure!(other[0].0 == 200, "another address was refused: {}", other[0].1);
+        ensure!(
+            other[0].0 == 200,
+            "another address was refused: {}",
+            other[0].1
+        );
         ensure!(cp.metric("pdp_controlplane_auth_failures_total")? >= unauthorized as f64);
         ensure!(cp.metric("pdp_controlplane_auth_throttled_total")? >= throttled as f64);
         let log = cp.log_text();
-        ensure!(log.contains("127.0.0.2: too many failed authentications"), "{log}");
-        ensure!(!log.contains("-of-a-token"), "the log shows a token:\n{log}");
+        ensure!(
+            log.contains("127.0.0.2: too many failed authentications"),
+            "{log}"
+        );
+        ensure!(
+            !log.contains("-of-a-token"),
+            "the log shows a token:\n{log}"
+        );
         Ok(())
     })();
     drop(cp);

@@ -15,7 +15,10 @@ const CRATES: [&str; 5] = [
 ];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Every `.rs` file under `dir`, as its module path (`cli::trace::explain`; `mod.rs`,
@@ -36,8 +39,14 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     let mut out = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(src).unwrap().with_extension("");
-        let mut path: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
-        if matches!(path.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        let mut path: Vec<String> = rel
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        if matches!(
+            path.last().map(String::as_str),
+            Some("mod" | "lib" | "main")
+        ) {
             path.pop();
         }
         // Binaries' own folders (src/bin/…) are crates of their own.
@@ -197,7 +206,11 @@ fn cycles(edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Vec<S
         t.next += 1;
         t.stack.push(v.clone());
         t.on.insert(v.clone());
-        let targets: Vec<Vec<String>> = t.edges.get(v).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let targets: Vec<Vec<String>> = t
+            .edges
+            .get(v)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for w in targets {
             if !t.index.contains_key(&w) {
                 visit(t, &w);
@@ -253,7 +266,9 @@ fn graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
         let text = text.split("#[cfg(test)]").next().unwrap_or_default();
         let e = edges.entry(me.clone()).or_default();
         for r in references(me, text) {
-            let Some(target) = resolve(&r, &known) else { continue };
+            let Some(target) = resolve(&r, &known) else {
+                continue;
+            };
             // A module and its ancestors (a folder names its children) are one room.
             if target.is_empty() || me.starts_with(&target) || target.starts_with(me) {
                 continue;
@@ -276,7 +291,10 @@ fn no_crate_has_an_import_loop() {
             found.push(format!("{c}: {}", names.join(", ")));
         }
     }
-    assert!(edges_seen > 100, "only {edges_seen} imports read: is the scan right?");
+    assert!(
+        edges_seen > 100,
+        "only {edges_seen} imports read: is the scan right?"
+    );
     assert!(found.is_empty(), "import loops:\n{}", found.join("\n"));
 }
 
@@ -291,9 +309,18 @@ fn use_trees_expand_to_every_path() {
             vec!["a".into(), "e".into(), "F".into()],
         ]
     );
-    let refs = references(&["x".to_string(), "y".into()], "use super::z::{W, v::U};\nlet n = crate::m::f(1);");
-    assert!(refs.contains(&vec!["x".to_string(), "z".into(), "W".into()]), "{refs:?}");
-    assert!(refs.contains(&vec!["m".to_string(), "f".into()]), "{refs:?}");
+    let refs = references(
+        &["x".to_string(), "y".into()],
+        "use super::z::{W, v::U};\nlet n = crate::m::f(1);",
+    );
+    assert!(
+        refs.contains(&vec!["x".to_string(), "z".into(), "W".into()]),
+        "{refs:?}"
+    );
+    assert!(
+        refs.contains(&vec!["m".to_string(), "f".into()]),
+        "{refs:?}"
+    );
 }
 
 #[test]

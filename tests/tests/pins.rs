@@ -84,7 +84,9 @@ fn reopened_pins_read_back_exactly_what_was_installed() -> Result<()> {
     netns::enter(&ns.path())?;
     let mut dp = TestDataplane::load()?;
     let topo = validate(&seed::seed_doc()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let first = dp.installed.install(&topo, None, &KernelIfindex::default())?;
+    let first = dp
+        .installed
+        .install(&topo, None, &KernelIfindex::default())?;
     assert!(first > 40, "seed install wrote {first} entries");
 
     // A second agent (or the same one restarted) opens the pins afresh.

@@ -5,9 +5,9 @@
 mod handlers;
 
 use crate::auth;
-use crate::world::*;
 use crate::ops::{self, Caller};
 use crate::store::{ObjectStore, StaleRead, StoreEvent};
+use crate::world::*;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -397,7 +397,10 @@ impl Server {
     pub fn set_account_tokens(&self, tokens: &BTreeMap<String, String>) -> anyhow::Result<bool> {
         let mut inner = self.inner.lock().unwrap();
         // Under the key already stored (another replica may have written since).
-        let base = inner.store.token_hashes()?.unwrap_or_else(|| inner.tokens.clone());
+        let base = inner
+            .store
+            .token_hashes()?
+            .unwrap_or_else(|| inner.tokens.clone());
         let new = base.replaced_by(tokens)?;
         if new == base && new == inner.tokens {
             return Ok(false);
@@ -414,7 +417,10 @@ impl Server {
     /// way; a control plane's set comes whole from its file, see `set_account_tokens`).
     pub fn add_token(&self, account: &str, token: &str) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        let mut t = inner.store.token_hashes()?.unwrap_or_else(|| inner.tokens.clone());
+        let mut t = inner
+            .store
+            .token_hashes()?
+            .unwrap_or_else(|| inner.tokens.clone());
         t.insert(account, token)?;
         inner.store.put_token_hashes(&t)?;
         inner.tokens = t;
@@ -490,7 +496,10 @@ async fn guard_auth_failures(
     let source = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "an unknown address".to_string(), |c| c.0.ip().to_string());
+        .map_or_else(
+            || "an unknown address".to_string(),
+            |c| c.0.ip().to_string(),
+        );
     if let Err(retry) = s.auth_failures_left(&source) {
         s.metrics.auth_throttled();
         let e = ApiError::rate_limited(format!(

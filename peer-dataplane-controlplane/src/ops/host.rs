@@ -26,7 +26,11 @@ pub fn put_host(w: &World, id: &str, r: HostDoc) -> Result<(World, Host)> {
         )));
     };
     rules::interface(&format!("{what} uplink"), uplink)?;
-    if let Some(p) = w.ports.values().find(|p| p.host() == id && p.interface == *uplink) {
+    if let Some(p) = w
+        .ports
+        .values()
+        .find(|p| p.host() == id && p.interface == *uplink)
+    {
         return Err(ApiError::address_in_use(format!(
             "{what} uplink: interface {uplink} carries port {} of this host; the uplink must be another interface",
             p.id

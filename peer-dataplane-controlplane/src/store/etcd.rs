@@ -127,7 +127,9 @@ impl EtcdAccess {
                 Some((u.to_string(), pw))
             }
             (None, None) => None,
-            (Some(_), None) => bail!("--etcd-user needs --etcd-password-file (never a password on the command line)"),
+            (Some(_), None) => bail!(
+                "--etcd-user needs --etcd-password-file (never a password on the command line)"
+            ),
             (None, Some(_)) => bail!("--etcd-password-file needs --etcd-user"),
         };
         Ok(EtcdAccess { ca, identity, user })
@@ -168,7 +170,11 @@ impl EtcdStore {
     }
 
     /// [`Self::connect`] with TLS and/or etcd's authentication.
-    pub fn connect_with(endpoints: &[String], prefix: &str, access: &EtcdAccess) -> Result<EtcdStore> {
+    pub fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        access: &EtcdAccess,
+    ) -> Result<EtcdStore> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-client")

@@ -84,7 +84,12 @@ openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
     let p = |n: &str| dir.join(n);
     (
         p("ca.pem"),
-        [p("server.pem"), p("server.key"), p("client.pem"), p("client.key")],
+        [
+            p("server.pem"),
+            p("server.key"),
+            p("client.pem"),
+            p("client.key"),
+        ],
     )
 }
 
@@ -155,7 +160,9 @@ impl Etcd {
 
     /// The secure member's files.
     pub fn secure_files(&self) -> &Secure {
-        self.secure.as_ref().expect("a member started with Etcd::secure")
+        self.secure
+            .as_ref()
+            .expect("a member started with Etcd::secure")
     }
 
     fn enable_auth(&self) {
@@ -185,7 +192,11 @@ impl Etcd {
                 )
                 .await
                 .unwrap();
-                for (user, password) in [("root", "password-of-root"), ("pdp", pw.as_str()), ("pdp-cert", "unused-password-of-pdp-cert")] {
+                for (user, password) in [
+                    ("root", "password-of-root"),
+                    ("pdp", pw.as_str()),
+                    ("pdp-cert", "unused-password-of-pdp-cert"),
+                ] {
                     c.user_add(user, password, None).await.unwrap();
                 }
                 c.user_grant_role("root", "root").await.unwrap();
@@ -205,7 +216,11 @@ impl Etcd {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
-        let scheme = if self.secure.is_some() { "https" } else { "http" };
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let c = format!("{scheme}://127.0.0.1:{}", m.client);
         let p = format!("http://127.0.0.1:{}", m.peer);
         let log = std::fs::OpenOptions::new()
@@ -321,7 +336,11 @@ impl Etcd {
         for m in self.members.iter().filter(|m| m.child.is_some()) {
             let ep = format!("127.0.0.1:{}", m.client);
             // Before auth is enabled the password login is refused: the certificate alone.
-            let access = self.secure.as_ref().map(|s| s.access(false)).unwrap_or_default();
+            let access = self
+                .secure
+                .as_ref()
+                .map(|s| s.access(false))
+                .unwrap_or_default();
             while EtcdStore::connect_with(&[ep.clone()], "/probe", &access)
                 .and_then(|mut s| s.load())
                 .is_err()

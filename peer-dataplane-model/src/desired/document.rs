@@ -5,8 +5,8 @@
 //! per-host document is made of them.
 //! This module only reads the text; [`super::validate`] decides whether it makes sense.
 
-use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
 use anyhow::{Context, Result};
+use peer_dataplane_common::{PCX_ACTIVE, PCX_PENDING_ACCEPTANCE};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -262,7 +262,12 @@ pub fn port_interface(what: &str, name: &str) -> Check<()> {
 
 /// A port of host `host` may not be on that host's uplink (the overlay's interface): the
 /// data plane would take over the host's underlay traffic.
-pub fn port_not_on_uplink(what: &str, interface: &str, host: &str, uplink: Option<&str>) -> Check<()> {
+pub fn port_not_on_uplink(
+    what: &str,
+    interface: &str,
+    host: &str,
+    uplink: Option<&str>,
+) -> Check<()> {
     if uplink == Some(interface) {
         return invalid(
             Fault::Request,

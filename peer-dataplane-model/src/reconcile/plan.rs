@@ -7,16 +7,13 @@
 //! object is written before anything that refers to it, and removed only after everything
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
-pub use super::routes::RouteKey;
 use super::routes::RouteEntries;
+pub use super::routes::RouteKey;
 use anyhow::Result;
 use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
 use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey};
-use peer_dataplane_common::{
-    Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue,
-};
+use peer_dataplane_common::{Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue};
 use std::collections::BTreeMap;
-
 
 /// LPM key of the ACL port trie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -187,13 +187,11 @@ impl Dataplane {
     /// Installs `topo` and attaches to its ports (and, in a fleet, to the uplink, where
     /// the tunnels from other hosts arrive).
     pub fn apply(&mut self, topo: &Topology) -> Result<usize> {
-        let writes = self
-            .installed
-            .install(
-                topo,
-                self.topo.as_ref(),
-                &KernelIfindex::new(&self.port_kinds),
-            )?;
+        let writes = self.installed.install(
+            topo,
+            self.topo.as_ref(),
+            &KernelIfindex::new(&self.port_kinds),
+        )?;
         let mut ifaces: Vec<String> = topo.ports.keys().cloned().collect();
         ifaces.extend(topo.local().and_then(|h| h.uplink.clone()));
         self.links.sync(program(&mut self.ebpf)?, &ifaces)?;
