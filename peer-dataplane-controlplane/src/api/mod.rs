@@ -395,37 +395,41 @@ impl Server {
     /// store (hashed) and here; a shared store's other replicas follow within its watch.
     /// Returns whether anything changed.
     pub fn set_account_tokens(&self, tokens: &BTreeMap<String, String>) -> anyhow::Result<bool> {
-        let mut inner = self.inner.lock().unwrap();
-        // Under the key already stored (another replica may have written since).
-        let base = inner
-            .store
-            .token_hashes()?
-            .unwrap_or_else(|| inner.tokens.clone());
-        let new = base.replaced_by(tokens)?;
-        if new == base && new == inner.tokens {
-            return Ok(false);
-        }
-        if new != base {
-            inner.store.put_token_hashes(&new)?;
-        }
-        inner.tokens = new;
-        self.metrics.set_account_tokens(inner.tokens.accounts.len());
-        Ok(true)
+        self.change_tokens(|stored| stored.replaced_by(tokens))
     }
 
     /// Registers (or moves) one account token beside the others (the in-process tests'
     /// way; a control plane's set comes whole from its file, see `set_account_tokens`).
     pub fn add_token(&self, account: &str, token: &str) -> anyhow::Result<()> {
+        self.change_tokens(|stored| {
+            let mut t = stored.clone();
+            t.insert(account, token)?;
+            Ok(t)
+        })
+        .map(|_| ())
+    }
+
+    /// Applies `change` to the account tokens as stored (under the key already there:
+    /// another replica may have written since), writes the result if it differs, and makes
+    /// it this replica's. Returns whether anything changed (the store or this replica).
+    fn change_tokens(
+        &self,
+        change: impl FnOnce(&auth::TokenHashes) -> anyhow::Result<auth::TokenHashes>,
+    ) -> anyhow::Result<bool> {
         let mut inner = self.inner.lock().unwrap();
-        let mut t = inner
+        let stored = inner
             .store
             .token_hashes()?
             .unwrap_or_else(|| inner.tokens.clone());
-        t.insert(account, token)?;
-        inner.store.put_token_hashes(&t)?;
-        inner.tokens = t;
+        let new = change(&stored)?;
+        let written = new != stored;
+        if written {
+            inner.store.put_token_hashes(&new)?;
+        }
+        let changed = written || new != inner.tokens;
+        inner.tokens = new;
         self.metrics.set_account_tokens(inner.tokens.accounts.len());
-        Ok(())
+        Ok(changed)
     }
 
     /// Makes `tokens` (host -> token) exactly the accepted host tokens.
