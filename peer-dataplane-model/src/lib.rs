@@ -8,7 +8,8 @@
 //!   backend the unit tests plan against.
 //!
 //! Nothing here touches the kernel; the agent's `bpf` wing implements
-//! [`reconcile::DataplaneMaps`] on the real maps.
+//! [`maps::DataplaneMaps`] on the real maps.
 
 pub mod desired;
+pub mod maps;
 pub mod reconcile;

@@ -10,10 +10,9 @@ use peer_dataplane_model::desired::document::{
 use peer_dataplane_model::desired::ids::Ids;
 use peer_dataplane_model::desired::validate::validate;
 use peer_dataplane_model::desired::validate::PeeringStatus;
+use peer_dataplane_model::maps::MapState;
 use peer_dataplane_model::reconcile::plan_install;
-use peer_dataplane_model::reconcile::{
-    apply, apply_all_or_nothing, ApplyError, FailingMaps, MapState,
-};
+use peer_dataplane_model::reconcile::{apply, apply_all_or_nothing, ApplyError, FailingMaps};
 
 mod common;
 use common::FakeIfindex;
@@ -183,8 +182,8 @@ struct FailingWrites {
     writes: usize,
 }
 
-impl peer_dataplane_model::reconcile::DataplaneMaps for FailingWrites {
-    fn write(&mut self, op: &peer_dataplane_model::reconcile::Op) -> anyhow::Result<()> {
+impl peer_dataplane_model::maps::DataplaneMaps for FailingWrites {
+    fn write(&mut self, op: &peer_dataplane_model::maps::Op) -> anyhow::Result<()> {
         self.writes += 1;
         if self.fail.contains(&self.writes) {
             anyhow::bail!("injected failure of write {}", self.writes);
@@ -199,7 +198,8 @@ impl peer_dataplane_model::reconcile::DataplaneMaps for FailingWrites {
 /// new state exactly, or the previous one.
 #[test]
 fn a_failed_undo_is_reported_and_the_next_attempt_converges() {
-    use peer_dataplane_model::reconcile::{plan, DataplaneMaps};
+    use peer_dataplane_model::maps::DataplaneMaps;
+    use peer_dataplane_model::reconcile::plan;
     let t0 = validate(&before()).unwrap();
     let (s0, ids0, _) =
         plan_install(&t0, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();

@@ -7,7 +7,8 @@ use peer_dataplane_model::desired::document::Document;
 use peer_dataplane_model::desired::ids::Ids;
 use peer_dataplane_model::desired::validate::validate;
 use peer_dataplane_model::desired::validate::PeeringStatus;
-use peer_dataplane_model::reconcile::{apply, plan, MapState};
+use peer_dataplane_model::maps::MapState;
+use peer_dataplane_model::reconcile::{apply, plan};
 
 mod common;
 use common::{FakeIfindex, SEED};
@@ -270,8 +271,8 @@ mod generations {
     use super::*;
     use peer_dataplane_common::RouteValue;
     use peer_dataplane_model::desired::document::RouteDoc;
+    use peer_dataplane_model::maps::{DataplaneMaps, Entry, Op, RouteKey};
     use peer_dataplane_model::reconcile::plan_install;
-    use peer_dataplane_model::reconcile::{DataplaneMaps, Op, RouteKey};
     use std::collections::BTreeMap;
 
     /// The routes under trie key `table` (with the table bits stripped).
@@ -303,7 +304,7 @@ mod generations {
         let (_, _, ops) =
             plan_install(&validate(&doc).unwrap(), &ids, &installed, &FakeIfindex).unwrap();
         assert_eq!(ops.len(), 1, "{ops:?}");
-        assert!(matches!(ops[0], Op::PutRoute(..)));
+        assert!(matches!(ops[0], Op::Put(Entry::Routes(..))));
     }
 
     /// The agent's whole path reuses what did not change: validated route tables carried

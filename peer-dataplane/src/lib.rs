@@ -18,7 +18,7 @@ pub mod cli;
 pub mod loadgen;
 pub mod views;
 
-pub use peer_dataplane_model::{desired, reconcile};
+pub use peer_dataplane_model::{desired, maps, reconcile};
 
 /// The XDP object, when the build embedded one (see build.rs).
 pub mod embedded {

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::validate::{validate, Topology};
-use peer_dataplane::reconcile::{DataplaneMaps, Op};
+use peer_dataplane::maps::{stored, DataplaneMaps, Op};
 use peer_dataplane_common::counters::PeeringCounters;
 use peer_dataplane_common::flowcache::FlowCounters;
 use peer_dataplane_common::{
@@ -79,7 +79,7 @@ fn tamper(dp: &mut TestDataplane, topo: &Topo, ifindex: &BTreeMap<String, u32>) 
             .route_table_key(table)
             .ok_or_else(|| anyhow!("table {table} is not installed"))?;
         let slot = dp.installed.ids.get(NAME_PEERING, pcx).unwrap_or(GONE_SLOT);
-        dp.installed.maps.write(&Op::PutRoute(
+        dp.installed.maps.write(&Op::put::<stored::Routes>(
             key_for(key, dest),
             RouteValue {
                 kind: ROUTE_PCX,
@@ -88,7 +88,9 @@ fn tamper(dp: &mut TestDataplane, topo: &Topo, ifindex: &BTreeMap<String, u32>) 
         ))?;
     }
     for port in &t.no_redirect {
-        dp.installed.maps.write(&Op::DelDevmap(ifindex[port]))?;
+        dp.installed
+            .maps
+            .write(&Op::del::<stored::Devmap>(ifindex[port]))?;
     }
     // Written behind the agent's back: decisions kept before are stale, as after any
     // change the agent writes.
@@ -376,11 +378,15 @@ impl Run<'_> {
         expected: &mut Counters,
     ) -> Result<peer_dataplane_common::counters::GlobalCounters> {
         let before = dp.global()?;
-        dp.installed.maps.write(&Op::DelDevmap(target))?;
+        dp.installed
+            .maps
+            .write(&Op::del::<stored::Devmap>(target))?;
         self.world.set_no_redirect(target, true);
         let want = self.world.run(model, ingress, frame, now);
         let got = dp.run(ingress, frame)?;
-        dp.installed.maps.write(&Op::PutDevmap(target, target))?;
+        dp.installed
+            .maps
+            .write(&Op::put::<stored::Devmap>(target, target))?;
         self.world.set_no_redirect(target, false);
         let after = dp.global()?;
         let verdict = program_verdict(&before, &after);

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use peer_dataplane::desired::compile::key_for;
 use peer_dataplane::desired::document::{Document, HostDoc, PortDoc};
 use peer_dataplane::desired::validate::validate;
-use peer_dataplane::reconcile::{DataplaneMaps, Op};
+use peer_dataplane::maps::{stored, DataplaneMaps, Op};
 use peer_dataplane_common::{DropReason, PassReason, RouteValue, NAME_PEERING, ROUTE_PCX};
 use peer_dataplane_common::{DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER};
 use peer_dataplane_tests::changes;
@@ -317,7 +317,7 @@ fn tamper(
                 .ids
                 .get(NAME_PEERING, pcx)
                 .unwrap_or(peer_dataplane_common::MAX_PEERINGS - 1);
-            dp.installed.maps.write(&Op::PutRoute(
+            dp.installed.maps.write(&Op::put::<stored::Routes>(
                 key_for(key, dest),
                 RouteValue {
                     kind: ROUTE_PCX,
@@ -327,7 +327,9 @@ fn tamper(
         }
         for port in &topo.tampering.no_redirect {
             if port_host.get(port) == Some(&h) {
-                dp.installed.maps.write(&Op::DelDevmap(ifindex[port]))?;
+                dp.installed
+                    .maps
+                    .write(&Op::del::<stored::Devmap>(ifindex[port]))?;
             }
         }
         // Written behind the agent's back: decisions kept before are stale.

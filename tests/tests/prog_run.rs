@@ -10,7 +10,7 @@ use anyhow::{anyhow, ensure, Result};
 use peer_dataplane::desired::document::{Document, RouteDoc};
 use peer_dataplane::desired::validate::validate;
 use peer_dataplane::desired::validate::PeeringStatus;
-use peer_dataplane::reconcile::{Op, RouteKey};
+use peer_dataplane::maps::{stored, Entry, Key, Op, RouteKey};
 use peer_dataplane_common::acl::acl_set_id;
 use peer_dataplane_common::{
     addr, route_key, DropReason, PassReason, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
@@ -417,7 +417,7 @@ fn cases() -> Vec<Case> {
         udp4(A, B.ipv4),
         Expect::Drop(DropReason::PeeringInactive, None),
     );
-    c.setup = Setup::Raw(|dp| vec![Op::DelPeering(slot(dp, AB))]);
+    c.setup = Setup::Raw(|dp| vec![Op::del::<stored::Peerings>(slot(dp, AB))]);
     v.push(c);
     // --- network ACLs (stateless; lowest rule number first; implicit final deny)
     let deny_then_allow: fn(&mut Document) = |d| {
@@ -606,7 +606,7 @@ fn cases() -> Vec<Case> {
         udp4(A, B.ipv4),
         Expect::Drop(DropReason::RedirectFailed, Some((AB, RA))),
     );
-    c.setup = Setup::Raw(|_| vec![Op::DelDevmap(netns::ifindex(B.port))]);
+    c.setup = Setup::Raw(|_| vec![Op::del::<stored::Devmap>(netns::ifindex(B.port))]);
     v.push(c);
     v
 }
@@ -773,7 +773,7 @@ fn slot(dp: &TestDataplane, pcx: &str) -> u32 {
 fn raw_route(dp: &TestDataplane, rtb: &str, net: [u8; 4], plen: u32, pcx: &str) -> Op {
     let table = dp.installed.route_table_key(rtb).unwrap();
     let (prefix_len, data) = route_key(table, &addr::from_v4(net), plen, true);
-    Op::PutRoute(
+    Op::put::<stored::Routes>(
         RouteKey { prefix_len, data },
         RouteValue {
             kind: ROUTE_PCX,
@@ -811,7 +811,7 @@ fn apply_setup(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         }
         Setup::Raw(f) => {
             for op in f(dp) {
-                peer_dataplane::reconcile::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
+                peer_dataplane::maps::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
             }
             dp.installed.maps.bump_epoch()?;
         }
@@ -1072,7 +1072,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
         .ids
         .get(peer_dataplane_common::NAME_ACL, "acl-subnet-b2")
         .unwrap();
-    let b_sets = |m: &peer_dataplane::reconcile::MapState| -> Vec<_> {
+    let b_sets = |m: &peer_dataplane::maps::MapState| -> Vec<_> {
         m.acl_meta
             .iter()
             .filter(|(set, _)| acl_set_id(**set) == b)
@@ -1092,7 +1092,7 @@ fn an_acl_change_leaves_other_acls_and_their_hit_counters_alone() -> Result<()> 
     let touching_b: Vec<String> = ops
         .iter()
         .filter(|op| match op {
-            Op::PutAclMeta(set, _) | Op::DelAclMeta(set) => acl_set_id(*set) == b,
+            Op::Put(Entry::AclMeta(set, _)) | Op::Del(Key::AclMeta(set)) => acl_set_id(*set) == b,
             Op::ResetAclHits(base, n) => before
                 .iter()
                 .any(|(_, m)| *base < m.hit_base + m.rules && m.hit_base < base + n),

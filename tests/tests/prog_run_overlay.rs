@@ -10,7 +10,7 @@
 
 use anyhow::{anyhow, Result};
 use peer_dataplane::desired::document::Document;
-use peer_dataplane::reconcile::Op;
+use peer_dataplane::maps::{stored, Op};
 use peer_dataplane_common::{
     addr, DropReason, EndpointKey, PassReason, DIR_ACCEPTER_TO_REQUESTER,
     DIR_REQUESTER_TO_ACCEPTER, NAME_VPC,
@@ -524,7 +524,7 @@ fn cases() -> Vec<Case> {
         };
         let mut ep = dp.installed.mirror.endpoints[&k];
         ep.underlay = addr::from_v4([198, 51, 100, 2]);
-        vec![Op::PutEndpoint(k, ep)]
+        vec![Op::put::<stored::Endpoints>(k, ep)]
     });
     v.push(c);
 
@@ -608,7 +608,7 @@ fn run_case(dp: &mut TestDataplane, c: &Case) -> Result<()> {
         Setup::Doc(f) => install_host1(dp, Some(*f))?,
         Setup::Raw(f) => {
             for op in f(dp) {
-                peer_dataplane::reconcile::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
+                peer_dataplane::maps::DataplaneMaps::write(&mut dp.installed.maps, &op)?;
             }
             dp.installed.maps.bump_epoch()?;
         }

@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, Result};
 use peer_dataplane::desired::document::{Document, SecurityGroupDoc, SgRuleDoc};
-use peer_dataplane::reconcile::{DataplaneMaps, Op};
+use peer_dataplane::maps::{stored, DataplaneMaps, Op};
 use peer_dataplane_common::{
     cap::CapConfig,
     conntrack::{
@@ -920,7 +920,9 @@ fn run_scenario(dp: &mut TestDataplane, s: &Scenario) -> Result<()> {
                 let s = slot(dp, pcx);
                 let mut p = dp.installed.mirror.peerings[&s];
                 p.cap[*dir as usize] = *cap;
-                dp.installed.maps.write(&Op::PutPeering(s, p))?;
+                dp.installed
+                    .maps
+                    .write(&Op::put::<stored::Peerings>(s, p))?;
                 // A fresh (full) bucket, as for a newly installed peering.
                 dp.installed.maps.write(&Op::ResetPeeringCounters(s))?;
                 dp.installed.maps.bump_epoch()?;

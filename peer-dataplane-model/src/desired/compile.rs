@@ -2,7 +2,7 @@
 
 use crate::desired::ids::Ids;
 use crate::desired::validate::{Cap, SgRemote, Target, Topology};
-use crate::reconcile::plan::{AclPortKey, MapState, RouteKey};
+use crate::maps::{AclPortKey, MapState, RouteKey};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
 use peer_dataplane_common::acl::{
@@ -261,6 +261,11 @@ impl HitSlots {
         Some(start)
     }
 
+    /// Marks `rules` counters from `base` as taken.
+    pub fn take(&mut self, base: u32, rules: u32) {
+        self.taken.push((base, rules));
+    }
+
     /// Counters taken (installed or assigned).
     pub fn in_use(&self) -> u32 {
         self.taken.iter().map(|(_, n)| n).sum()
@@ -421,7 +426,7 @@ impl Compiler<'_> {
         &self,
         rt: &crate::desired::validate::RouteTable,
         table: u32,
-    ) -> Option<std::sync::Arc<crate::reconcile::routes::TableEntries>> {
+    ) -> Option<std::sync::Arc<crate::maps::TableEntries>> {
         let (before, before_ids, installed) = self.reuse?;
         let old = before.route_tables.get(&rt.id)?;
         let same_ids = before_ids.get(NAME_ROUTE_TABLE, &rt.id)

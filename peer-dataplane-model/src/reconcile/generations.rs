@@ -2,17 +2,22 @@
 //! to their other generation, so that a packet sees a change whole (docs/datapath.md §3.8).
 //! Pure: planned against an in-memory [`MapState`].
 
-use super::plan::{plan, AclPortKey, MapState, Op, RouteKey};
+use super::plan::plan;
+use crate::desired::compile::HitSlots;
 use crate::desired::compile::{compile_reusing, IfindexResolver};
 use crate::desired::ids::Ids;
 use crate::desired::validate::Topology;
+use crate::maps::{stored, AclPortKey, MapState, Op, RouteKey};
+use anyhow::anyhow;
 use anyhow::Result;
 use peer_dataplane_common::acl::{
-    acl_addr_table_set, acl_set, acl_set_generation, acl_set_id, AclBits, AclExactKey, AclProtoKey,
+    acl_addr_table, acl_addr_table_set, acl_set, acl_set_generation, acl_set_id, acl_set_is_egress,
+    AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, ACL_HIT_SLOTS, EXACT_HOST, NO_ACL,
+    NO_HITS,
 };
 use peer_dataplane_common::{
-    route_table_generation, route_table_id, route_table_key, NAME_ACL, NAME_PEERING,
-    NAME_ROUTE_TABLE, VPC_TABLE_BASE,
+    route_table_generation, route_table_id, route_table_key, NameKey, RouteData, NAME_ACL,
+    NAME_ACL_RULE, NAME_PEERING, NAME_ROUTE_TABLE, VPC_TABLE_BASE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,11 +79,11 @@ pub fn route_write(
     })?;
     let key = crate::desired::compile::key_for(route_table_key(id, generation), dest);
     Some(match target {
-        Some(target) => Op::PutRoute(
+        Some(target) => Op::put::<stored::Routes>(
             key,
             crate::desired::compile::route_value(target, |p| ids.get(NAME_PEERING, p))?,
         ),
-        None => Op::DelRoute(key),
+        None => Op::del::<stored::Routes>(key),
     })
 }
 
@@ -107,6 +112,8 @@ pub fn plan_install_reusing(
     let acls = current_acl_generations(installed);
     let table_same = |t: u32| tables.get(&t).copied().unwrap_or(0);
     let acl_same = |a: u32| acls.get(&a).copied().unwrap_or(0);
+    // Compiled once, every table and ACL in the generation it is installed in; the ones
+    // whose change must be seen whole then move to their other generation.
     let (in_place, in_place_ids) = compile_reusing(
         topo,
         ids,
@@ -123,28 +130,142 @@ pub fn plan_install_reusing(
         .filter(|(a, g)| acl_view(&in_place, **a, **g) != acl_view(installed, **a, **g))
         .map(|(a, _)| *a)
         .collect();
-    let (desired, new_ids) = if flip_tables.is_empty() && flip_acls.is_empty() {
-        (in_place, in_place_ids)
-    } else {
-        let table_gen = |t: u32| {
-            if flip_tables.contains(&t) {
-                1 - table_same(t)
-            } else {
-                table_same(t)
-            }
-        };
-        let acl_gen = |a: u32| {
-            if flip_acls.contains(&a) {
-                1 - acl_same(a)
-            } else {
-                acl_same(a)
-            }
-        };
-        compile_reusing(topo, ids, ifindex, &table_gen, &acl_gen, installed, before)?
-    };
+    let (mut desired, new_ids) = (in_place, in_place_ids);
+    if !flip_tables.is_empty() || !flip_acls.is_empty() {
+        flip(&mut desired, &flip_tables, &flip_acls, installed)?;
+    }
     let new_slots = new_ids.new_since(ids, NAME_PEERING);
     let ops = plan(&desired, installed, &new_slots);
     Ok((desired, new_ids, ops))
+}
+
+/// Moves route tables `tables` and ACLs `acls` (ids) of compiled state `s` to their other
+/// generation: their entries' keys and every port's and endpoint's reference to them.
+/// A network ACL set whose hit counters are the installed set's (same range) gets a range
+/// of its own: the installed set keeps counting until it is removed.
+fn flip(
+    s: &mut MapState,
+    tables: &BTreeSet<u32>,
+    acls: &BTreeSet<u32>,
+    installed: &MapState,
+) -> Result<()> {
+    let table = |key: u32| match key < VPC_TABLE_BASE && tables.contains(&route_table_id(key)) {
+        true => route_table_key(route_table_id(key), 1 - route_table_generation(key)),
+        false => key,
+    };
+    let set = |set: u32| match set != NO_ACL && acls.contains(&acl_set_id(set)) {
+        true => acl_set(
+            acl_set_id(set),
+            1 - acl_set_generation(set),
+            acl_set_is_egress(set),
+        ),
+        false => set,
+    };
+    let addr_table = |t: u32| acl_addr_table(set(acl_addr_table_set(t)), t & 1 == 1);
+
+    let moved: Vec<u32> = s.routes.table_ids().filter(|t| table(*t) != *t).collect();
+    for from in moved {
+        let to = table(from);
+        let entries = s.routes.table(from).expect("listed").iter();
+        let entries = entries
+            .map(|(k, v)| {
+                let data = RouteData {
+                    table_be: to.to_be_bytes(),
+                    ..k.data
+                };
+                (RouteKey { data, ..*k }, *v)
+            })
+            .collect();
+        s.routes.set_table(from, Default::default());
+        s.routes.set_table(to, std::sync::Arc::new(entries));
+    }
+    s.acl_addr = rekey(&s.acl_addr, |k| RouteKey {
+        data: RouteData {
+            table_be: addr_table(u32::from_be_bytes(k.data.table_be)).to_be_bytes(),
+            ..k.data
+        },
+        ..k
+    });
+    s.acl_port = rekey(&s.acl_port, |k| AclPortKey {
+        data: AclPortData {
+            set_be: set(u32::from_be_bytes(k.data.set_be)).to_be_bytes(),
+            ..k.data
+        },
+        ..k
+    });
+    s.acl_proto = rekey(&s.acl_proto, |k| AclProtoKey {
+        set: set(k.set),
+        ..k
+    });
+    s.acl_exact = rekey(&s.acl_exact, |k| AclExactKey {
+        table: match k.kind {
+            EXACT_HOST => addr_table(k.table),
+            _ => set(k.table),
+        },
+        ..k
+    });
+    s.acl_meta = rekey(&s.acl_meta, set);
+    for p in s.ports.values_mut() {
+        (p.route_table, p.acl, p.sg) = (table(p.route_table), set(p.acl), set(p.sg));
+    }
+    for e in s.endpoints.values_mut() {
+        (e.route_table, e.acl, e.sg) = (table(e.route_table), set(e.acl), set(e.sg));
+    }
+    own_hit_ranges(s, acls, installed)
+}
+
+/// Gives each flipped network ACL set whose hit counter range overlaps an installed set's
+/// a free range, and moves its rule names (named by counter slot) along.
+fn own_hit_ranges(s: &mut MapState, acls: &BTreeSet<u32>, installed: &MapState) -> Result<()> {
+    let counts = |m: &AclMeta| m.hit_base != NO_HITS && m.rules > 0;
+    let overlaps_installed = |m: &AclMeta| {
+        installed
+            .acl_meta
+            .values()
+            .filter(|i| counts(i))
+            .any(|i| m.hit_base < i.hit_base + i.rules && i.hit_base < m.hit_base + m.rules)
+    };
+    let moving: Vec<u32> = s
+        .acl_meta
+        .iter()
+        .filter(|(set, m)| acls.contains(&acl_set_id(**set)) && counts(m) && overlaps_installed(m))
+        .map(|(set, _)| *set)
+        .collect();
+    let mut slots = HitSlots::new(installed);
+    for m in s
+        .acl_meta
+        .values()
+        .filter(|m| counts(m) && !overlaps_installed(m))
+    {
+        slots.take(m.hit_base, m.rules);
+    }
+    for set in moving {
+        let meta = s.acl_meta.get_mut(&set).expect("listed");
+        let (old, rules) = (meta.hit_base, meta.rules);
+        let new = slots.assign(set, rules).ok_or_else(|| {
+            anyhow!(
+                "network acls: no room for {rules} more rule hit counters \
+                 ({ACL_HIT_SLOTS} in all, {} in use)",
+                slots.in_use()
+            )
+        })?;
+        meta.hit_base = new;
+        for i in 0..rules {
+            let name = |id| NameKey {
+                kind: NAME_ACL_RULE,
+                id,
+            };
+            if let Some(n) = s.names.remove(&name(old + i)) {
+                s.names.insert(name(new + i), n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `m` with every key `k` replaced by `f(k)`.
+fn rekey<K: Ord + Copy, V: Copy>(m: &BTreeMap<K, V>, f: impl Fn(K) -> K) -> BTreeMap<K, V> {
+    m.iter().map(|(k, v)| (f(*k), *v)).collect()
 }
 
 /// ACL id -> generation in use, read off the installed sets.
@@ -227,7 +348,7 @@ fn tables_with_several_changes(
     let mut changes: BTreeMap<u32, usize> = BTreeMap::new();
     let (puts, dels) = desired.routes.diff(&current.routes);
     for k in puts.iter().map(|(k, _)| k).chain(dels.iter()) {
-        *changes.entry(super::routes::table_of(k)).or_default() += 1;
+        *changes.entry(crate::maps::table_of(k)).or_default() += 1;
     }
     changes
         .into_iter()

@@ -3,11 +3,6 @@
 
 pub mod generations;
 pub mod plan;
-pub mod routes;
 
 pub use generations::{plan_install, plan_install_reusing};
-pub use plan::{
-    apply, apply_all_or_nothing, plan, AclPortKey, ApplyError, DataplaneMaps, FailingMaps,
-    MapState, Op, RouteKey,
-};
-pub use routes::RouteEntries;
+pub use plan::{apply, apply_all_or_nothing, plan, ApplyError, FailingMaps};

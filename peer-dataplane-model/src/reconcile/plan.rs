@@ -7,211 +7,63 @@
 //! object is written before anything that refers to it, and removed only after everything
 //! that referred to it is gone. Each single write is atomic in the kernel.
 
-use super::routes::RouteEntries;
-pub use super::routes::RouteKey;
+use crate::maps::{visit_all, DataplaneMaps, Entries, MapState, MapVisitor, Op, Stored};
 use anyhow::Result;
-use peer_dataplane_common::acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey};
-use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey};
-use peer_dataplane_common::{Endpoint, EndpointKey, Name, NameKey, Peering, Port, RouteValue};
-use std::collections::BTreeMap;
-
-/// LPM key of the ACL port trie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AclPortKey {
-    pub prefix_len: u32,
-    pub data: AclPortData,
-}
-
-/// The contents of every map the agent owns.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MapState {
-    pub ports: BTreeMap<u32, Port>,
-    pub routes: RouteEntries,
-    pub peerings: BTreeMap<u32, Peering>,
-    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
-    /// devmap key (ifindex) -> target ifindex.
-    pub devmap: BTreeMap<u32, u32>,
-    pub names: BTreeMap<NameKey, Name>,
-    /// Network ACL sets: address trie (keyed like routes, the table bits holding the
-    /// set), port trie, protocol table, per-set meta.
-    pub acl_addr: BTreeMap<RouteKey, AclBits>,
-    pub acl_port: BTreeMap<AclPortKey, AclBits>,
-    pub acl_proto: BTreeMap<AclProtoKey, AclBits>,
-    /// Host addresses and single ports, kept out of the tries.
-    pub acl_exact: BTreeMap<AclExactKey, AclBits>,
-    pub acl_meta: BTreeMap<u32, AclMeta>,
-    /// This host's overlay setting (key 0), in a fleet.
-    pub overlay: BTreeMap<u32, OverlayConfig>,
-    /// Hosts by underlay address -> slot.
-    pub hosts: BTreeMap<HostKey, u32>,
-    /// VNIs -> VPC ids, tunnel keys -> peering slots.
-    pub overlay_ids: BTreeMap<OverlayIdKey, u32>,
-}
-
-impl MapState {
-    /// Entries of the map pinned as `name` (a registry name), if this state holds it.
-    pub fn len_of(&self, name: &str) -> Option<usize> {
-        use peer_dataplane_common::registry::names as n;
-        Some(match name {
-            n::PORTS => self.ports.len(),
-            n::ROUTES => self.routes.len(),
-            n::PEERINGS => self.peerings.len(),
-            n::ENDPOINTS => self.endpoints.len(),
-            n::DEVMAP => self.devmap.len(),
-            n::NAMES => self.names.len(),
-            n::ACL_ADDR => self.acl_addr.len(),
-            n::ACL_PORT => self.acl_port.len(),
-            n::ACL_PROTO => self.acl_proto.len(),
-            n::ACL_EXACT => self.acl_exact.len(),
-            n::ACL_META => self.acl_meta.len(),
-            n::HOSTS => self.hosts.len(),
-            n::OVERLAY_IDS => self.overlay_ids.len(),
-            _ => return None,
-        })
-    }
-}
-
-/// One single-entry write.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    PutName(NameKey, Name),
-    PutDevmap(u32, u32),
-    /// Zero the per-peering counters of a newly assigned slot.
-    ResetPeeringCounters(u32),
-    PutPeering(u32, Peering),
-    PutEndpoint(EndpointKey, Endpoint),
-    PutRoute(RouteKey, RouteValue),
-    PutAclAddr(RouteKey, Box<AclBits>),
-    PutAclPort(AclPortKey, Box<AclBits>),
-    PutAclProto(AclProtoKey, Box<AclBits>),
-    PutAclExact(AclExactKey, Box<AclBits>),
-    /// Zero `n` per-rule hit counters from `base` (before a set's meta points at them).
-    ResetAclHits(u32, u32),
-    PutAclMeta(u32, Box<AclMeta>),
-    PutHost(HostKey, u32),
-    PutOverlayId(OverlayIdKey, u32),
-    PutOverlay(u32, OverlayConfig),
-    PutPort(u32, Port),
-    DelPort(u32),
-    /// Turns the overlay off (an array entry cannot be deleted: it is zeroed).
-    DelOverlay(u32),
-    DelOverlayId(OverlayIdKey),
-    DelHost(HostKey),
-    DelRoute(RouteKey),
-    DelAclMeta(u32),
-    DelAclAddr(RouteKey),
-    DelAclPort(AclPortKey),
-    DelAclProto(AclProtoKey),
-    DelAclExact(AclExactKey),
-    DelEndpoint(EndpointKey),
-    DelPeering(u32),
-    DelDevmap(u32),
-    DelName(NameKey),
-}
-
-pub trait DataplaneMaps {
-    fn write(&mut self, op: &Op) -> Result<()>;
-}
-
-/// Entries of `desired` that are new or changed, and keys of `current` not in `desired`.
-fn diff<K: Ord + Clone, V: PartialEq + Clone>(
-    desired: &BTreeMap<K, V>,
-    current: &BTreeMap<K, V>,
-) -> (Vec<(K, V)>, Vec<K>) {
-    let puts = desired
-        .iter()
-        .filter(|(k, v)| current.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let dels = current
-        .keys()
-        .filter(|k| !desired.contains_key(*k))
-        .cloned()
-        .collect();
-    (puts, dels)
-}
 
 /// The ordered writes that turn `current` into `desired`. `new_peering_slots` are slots
 /// assigned in this change, whose counters must start from zero.
+///
+/// Puts (adds and changes) go in the stored maps' table order, referents first; removals
+/// in the reverse order, referrers first (see `crate::maps`).
 pub fn plan(desired: &MapState, current: &MapState, new_peering_slots: &[u32]) -> Vec<Op> {
-    let (names_put, names_del) = diff(&desired.names, &current.names);
-    let (dev_put, dev_del) = diff(&desired.devmap, &current.devmap);
-    let (pcx_put, pcx_del) = diff(&desired.peerings, &current.peerings);
-    let (ep_put, ep_del) = diff(&desired.endpoints, &current.endpoints);
-    let (rt_put, rt_del) = desired.routes.diff(&current.routes);
-    let (port_put, port_del) = diff(&desired.ports, &current.ports);
-    let (aa_put, aa_del) = diff(&desired.acl_addr, &current.acl_addr);
-    let (ap_put, ap_del) = diff(&desired.acl_port, &current.acl_port);
-    let (apr_put, apr_del) = diff(&desired.acl_proto, &current.acl_proto);
-    let (ax_put, ax_del) = diff(&desired.acl_exact, &current.acl_exact);
-    let (am_put, am_del) = diff(&desired.acl_meta, &current.acl_meta);
-    let (host_put, host_del) = diff(&desired.hosts, &current.hosts);
-    let (oid_put, oid_del) = diff(&desired.overlay_ids, &current.overlay_ids);
-    let (ov_put, ov_del) = diff(&desired.overlay, &current.overlay);
-
-    let mut ops = Vec::new();
-    // Adds and changes, referents first: names, devmap targets, peerings, routes (which
-    // name peerings), endpoints (which name devmap targets and route tables, for the
-    // return route), ports (which name route tables).
-    ops.extend(names_put.into_iter().map(|(k, v)| Op::PutName(k, v)));
-    ops.extend(dev_put.into_iter().map(|(k, v)| Op::PutDevmap(k, v)));
-    ops.extend(
-        new_peering_slots
-            .iter()
-            .map(|s| Op::ResetPeeringCounters(*s)),
-    );
-    ops.extend(pcx_put.into_iter().map(|(k, v)| Op::PutPeering(k, v)));
-    // The overlay: hosts (named by remote endpoints), the numbers the decap path turns
-    // into VPC ids and peering slots, then the setting that turns it on (names the uplink's
-    // devmap entry).
-    ops.extend(host_put.into_iter().map(|(k, v)| Op::PutHost(k, v)));
-    ops.extend(oid_put.into_iter().map(|(k, v)| Op::PutOverlayId(k, v)));
-    ops.extend(ov_put.into_iter().map(|(k, v)| Op::PutOverlay(k, v)));
-    ops.extend(rt_put.into_iter().map(|(k, v)| Op::PutRoute(k, v)));
-    // ACL sets: entries, then the meta that makes the set usable; ports and endpoints
-    // (below) name sets.
-    ops.extend(
-        aa_put
-            .into_iter()
-            .map(|(k, v)| Op::PutAclAddr(k, Box::new(v))),
-    );
-    ops.extend(
-        ap_put
-            .into_iter()
-            .map(|(k, v)| Op::PutAclPort(k, Box::new(v))),
-    );
-    ops.extend(
-        apr_put
-            .into_iter()
-            .map(|(k, v)| Op::PutAclProto(k, Box::new(v))),
-    );
-    ops.extend(
-        ax_put
-            .into_iter()
-            .map(|(k, v)| Op::PutAclExact(k, Box::new(v))),
-    );
-    for (k, v) in am_put {
-        ops.push(Op::ResetAclHits(v.hit_base, v.rules));
-        ops.push(Op::PutAclMeta(k, Box::new(v)));
+    struct Diff<'a> {
+        desired: &'a MapState,
+        current: &'a MapState,
+        new_peering_slots: &'a [u32],
+        puts: Vec<Op>,
+        /// Each map's removals, in table order.
+        dels: Vec<Vec<Op>>,
     }
-    ops.extend(ep_put.into_iter().map(|(k, v)| Op::PutEndpoint(k, v)));
-    ops.extend(port_put.into_iter().map(|(k, v)| Op::PutPort(k, v)));
-    // Removals, referrers first.
-    ops.extend(port_del.into_iter().map(Op::DelPort));
-    ops.extend(ep_del.into_iter().map(Op::DelEndpoint));
-    ops.extend(ov_del.into_iter().map(Op::DelOverlay));
-    ops.extend(oid_del.into_iter().map(Op::DelOverlayId));
-    ops.extend(host_del.into_iter().map(Op::DelHost));
-    ops.extend(rt_del.into_iter().map(Op::DelRoute));
-    ops.extend(am_del.into_iter().map(Op::DelAclMeta));
-    ops.extend(aa_del.into_iter().map(Op::DelAclAddr));
-    ops.extend(ap_del.into_iter().map(Op::DelAclPort));
-    ops.extend(apr_del.into_iter().map(Op::DelAclProto));
-    ops.extend(ax_del.into_iter().map(Op::DelAclExact));
-    ops.extend(pcx_del.into_iter().map(Op::DelPeering));
-    ops.extend(dev_del.into_iter().map(Op::DelDevmap));
-    ops.extend(names_del.into_iter().map(Op::DelName));
+    impl MapVisitor for Diff<'_> {
+        fn visit<M: Stored>(&mut self) -> Result<()> {
+            let (puts, dels) = M::entries(self.desired).diff(M::entries(self.current));
+            for (k, v) in puts {
+                let put = M::put(k, v);
+                self.puts
+                    .extend(counters_reset_before(&put, self.new_peering_slots));
+                self.puts.push(put);
+            }
+            self.dels.push(dels.into_iter().map(M::del).collect());
+            Ok(())
+        }
+    }
+    let mut diff = Diff {
+        desired,
+        current,
+        new_peering_slots,
+        puts: Vec::new(),
+        dels: Vec::new(),
+    };
+    visit_all(&mut diff).expect("diffing cannot fail");
+    let mut ops = diff.puts;
+    ops.extend(diff.dels.into_iter().rev().flatten());
     ops
+}
+
+/// The counters to zero before `put`: a newly assigned peering slot's, and the hit
+/// counters a network ACL set's meta is about to point at.
+fn counters_reset_before(put: &Op, new_peering_slots: &[u32]) -> Option<Op> {
+    use crate::maps::Entry;
+    use peer_dataplane_common::acl::NO_HITS;
+    match put {
+        Op::Put(Entry::Peerings(slot, _)) if new_peering_slots.contains(slot) => {
+            Some(Op::ResetPeeringCounters(*slot))
+        }
+        Op::Put(Entry::AclMeta(_, meta)) if meta.hit_base != NO_HITS => {
+            Some(Op::ResetAclHits(meta.hit_base, meta.rules))
+        }
+        _ => None,
+    }
 }
 
 pub fn apply(ops: &[Op], maps: &mut impl DataplaneMaps) -> Result<()> {
@@ -300,49 +152,13 @@ impl DataplaneMaps for FailingMaps {
     }
 }
 
-/// The in-memory implementation, for unit tests and for the agent's mirror of the kernel.
-impl DataplaneMaps for MapState {
-    fn write(&mut self, op: &Op) -> Result<()> {
-        match op {
-            Op::PutName(k, v) => drop(self.names.insert(*k, *v)),
-            Op::PutDevmap(k, v) => drop(self.devmap.insert(*k, *v)),
-            Op::ResetPeeringCounters(_) => {}
-            Op::PutPeering(k, v) => drop(self.peerings.insert(*k, *v)),
-            Op::PutEndpoint(k, v) => drop(self.endpoints.insert(*k, *v)),
-            Op::PutRoute(k, v) => drop(self.routes.insert(*k, *v)),
-            Op::PutAclAddr(k, v) => drop(self.acl_addr.insert(*k, **v)),
-            Op::PutAclPort(k, v) => drop(self.acl_port.insert(*k, **v)),
-            Op::PutAclProto(k, v) => drop(self.acl_proto.insert(*k, **v)),
-            Op::PutAclExact(k, v) => drop(self.acl_exact.insert(*k, **v)),
-            Op::ResetAclHits(..) => {}
-            Op::PutAclMeta(k, v) => drop(self.acl_meta.insert(*k, **v)),
-            Op::DelAclMeta(k) => drop(self.acl_meta.remove(k)),
-            Op::DelAclAddr(k) => drop(self.acl_addr.remove(k)),
-            Op::DelAclPort(k) => drop(self.acl_port.remove(k)),
-            Op::DelAclProto(k) => drop(self.acl_proto.remove(k)),
-            Op::DelAclExact(k) => drop(self.acl_exact.remove(k)),
-            Op::PutHost(k, v) => drop(self.hosts.insert(*k, *v)),
-            Op::PutOverlayId(k, v) => drop(self.overlay_ids.insert(*k, *v)),
-            Op::PutOverlay(k, v) => drop(self.overlay.insert(*k, *v)),
-            Op::DelOverlay(k) => drop(self.overlay.remove(k)),
-            Op::DelOverlayId(k) => drop(self.overlay_ids.remove(k)),
-            Op::DelHost(k) => drop(self.hosts.remove(k)),
-            Op::PutPort(k, v) => drop(self.ports.insert(*k, *v)),
-            Op::DelPort(k) => drop(self.ports.remove(k)),
-            Op::DelRoute(k) => drop(self.routes.remove(k)),
-            Op::DelEndpoint(k) => drop(self.endpoints.remove(k)),
-            Op::DelPeering(k) => drop(self.peerings.remove(k)),
-            Op::DelDevmap(k) => drop(self.devmap.remove(k)),
-            Op::DelName(k) => drop(self.names.remove(k)),
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::stored::{Peerings, Ports, Routes};
+    use crate::maps::RouteKey;
     use peer_dataplane_common::RouteData;
+    use peer_dataplane_common::{Peering, Port, RouteValue};
     use peer_dataplane_common::{PCX_ACTIVE, PCX_DELETED, ROUTE_PCX};
 
     fn route(table: u8, plen: u32) -> RouteKey {
@@ -406,7 +222,7 @@ mod tests {
 
         let ops = plan(&desired, &current, &[1]);
         // Unchanged route 1/48 is not rewritten.
-        assert!(!ops.contains(&Op::PutRoute(
+        assert!(!ops.contains(&Op::put::<Routes>(
             route(1, 48),
             RouteValue {
                 kind: ROUTE_PCX,
@@ -415,10 +231,15 @@ mod tests {
         )));
         let pos = |want: &Op| ops.iter().position(|o| o == want).unwrap();
         // The new peering (and its counter reset) precede the route that names it.
-        assert!(pos(&Op::ResetPeeringCounters(1)) < pos(&Op::PutPeering(1, desired.peerings[&1])));
         assert!(
-            pos(&Op::PutPeering(1, desired.peerings[&1]))
-                < pos(&Op::PutRoute(route(2, 48), desired.routes[&route(2, 48)]))
+            pos(&Op::ResetPeeringCounters(1)) < pos(&Op::put::<Peerings>(1, desired.peerings[&1]))
+        );
+        assert!(
+            pos(&Op::put::<Peerings>(1, desired.peerings[&1]))
+                < pos(&Op::put::<Routes>(
+                    route(2, 48),
+                    desired.routes[&route(2, 48)]
+                ))
         );
         assert_eq!(ops.len(), 5);
 
@@ -447,9 +268,9 @@ mod tests {
         assert_eq!(
             ops,
             vec![
-                Op::DelPort(7),
-                Op::DelRoute(route(1, 40)),
-                Op::DelPeering(4)
+                Op::del::<Ports>(7),
+                Op::del::<Routes>(route(1, 40)),
+                Op::del::<Peerings>(4)
             ]
         );
     }

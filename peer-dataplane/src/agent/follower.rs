@@ -99,7 +99,7 @@ mod tests {
     use super::*;
     use crate::desired::delta::{Delta, RouteChange};
     use crate::desired::Document;
-    use crate::reconcile::MapState;
+    use crate::maps::MapState;
 
     fn seed() -> Document {
         Document::from_toml(include_str!("../../../examples/seed.toml")).unwrap()

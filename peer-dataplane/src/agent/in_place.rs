@@ -9,8 +9,8 @@ use crate::desired::delta::Delta;
 use crate::desired::document::Document;
 use crate::desired::validate::{route_change, Target};
 use crate::desired::Topology;
+use crate::maps::DataplaneMaps;
 use crate::reconcile::generations::route_write;
-use crate::reconcile::DataplaneMaps;
 use anyhow::Result;
 
 /// `Some(writes)` if the delta was the change of one route and is now installed; `None`

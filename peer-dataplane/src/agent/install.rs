@@ -8,9 +8,8 @@ use crate::bpf::links::Links;
 use crate::bpf::{pins, KernelIfindex, KernelMaps};
 use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
-use crate::reconcile::{
-    apply_all_or_nothing, generations, plan_install_reusing, ApplyError, DataplaneMaps, MapState,
-};
+use crate::maps::{DataplaneMaps, MapState};
+use crate::reconcile::{apply_all_or_nothing, generations, plan_install_reusing, ApplyError};
 use anyhow::{anyhow, Context, Result};
 use aya::programs::Xdp;
 use aya::Ebpf;

@@ -3,21 +3,18 @@
 //! single-entry reads and writes the CLI and tests need.
 
 use super::pins::check_bpffs;
-use crate::reconcile::{AclPortKey, DataplaneMaps, MapState, Op, RouteKey};
+use super::stored::StoredMaps;
+use crate::maps::{stored, DataplaneMaps, EntryStore, MapState, Op, RouteKey, Stored};
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{
-    lpm_trie::{Key, LpmTrie},
-    Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use peer_dataplane_common::{
-    acl::{AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey, NO_HITS},
+    acl::NO_HITS,
     clock::Clock,
     conntrack::{CtEntry, CtKey},
     counters::{GlobalCounters, PeeringCounters},
     flowcache::{FlowCounters, FlowEntry, FlowKey, FlowSlot},
-    overlay::{HostKey, OverlayConfig, OverlayIdKey},
-    peering_counter_index, registry, Endpoint, EndpointKey, Name, NameKey, Peering, Port,
-    RouteData, RouteValue, DIR_ACCEPTER_TO_REQUESTER, DIR_REQUESTER_TO_ACCEPTER,
+    peering_counter_index, registry, RouteValue, DIR_ACCEPTER_TO_REQUESTER,
+    DIR_REQUESTER_TO_ACCEPTER,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,26 +33,14 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
 /// Typed handles to every pinned map.
 pub struct KernelMaps {
     pub pin_dir: PathBuf,
-    ports: HashMap<MapData, u32, Port>,
-    routes: LpmTrie<MapData, RouteData, RouteValue>,
-    peerings: HashMap<MapData, u32, Peering>,
-    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
-    devmap: DevMapHash<MapData>,
+    /// The maps the agent fills from the desired state, by the model's table.
+    stored: StoredMaps,
     global: PerCpuArray<MapData, GlobalCounters>,
     peering_ctr: PerCpuArray<MapData, PeeringCounters>,
-    names: HashMap<MapData, NameKey, Name>,
-    acl_addr: LpmTrie<MapData, RouteData, AclBits>,
-    acl_port: LpmTrie<MapData, AclPortData, AclBits>,
-    acl_proto: HashMap<MapData, AclProtoKey, AclBits>,
-    acl_meta: HashMap<MapData, u32, AclMeta>,
     acl_hits: PerCpuArray<MapData, u64>,
-    acl_exact: HashMap<MapData, AclExactKey, AclBits>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     cap_state: Array<MapData, u64>,
     clock: Array<MapData, Clock>,
-    overlay: Array<MapData, OverlayConfig>,
-    hosts: HashMap<MapData, HostKey, u32>,
-    overlay_ids: HashMap<MapData, OverlayIdKey, u32>,
     flow_cache: PerCpuArray<MapData, FlowSlot>,
     flow_stats: PerCpuArray<MapData, FlowCounters>,
     epoch: Array<MapData, u64>,
@@ -72,21 +57,6 @@ macro_rules! typed {
                 )
             })?
     };
-}
-
-/// Every entry of a map, keys and values converted; `what` names the map in errors.
-fn entries<K, V, MK: Ord, MV>(
-    iter: impl Iterator<Item = Result<(K, V), MapError>>,
-    what: &str,
-    key: impl Fn(K) -> MK,
-    value: impl Fn(V) -> MV,
-) -> Result<BTreeMap<MK, MV>> {
-    let mut out = BTreeMap::new();
-    for kv in iter {
-        let (k, v) = kv.with_context(|| format!("reading {what}"))?;
-        out.insert(key(k), value(v));
-    }
-    Ok(out)
 }
 
 /// Per-CPU global counters summed.
@@ -184,26 +154,13 @@ impl KernelMaps {
         check_bpffs(pin_dir)?;
         Ok(KernelMaps {
             pin_dir: pin_dir.to_path_buf(),
-            ports: typed!(pin_dir, PORTS),
-            routes: typed!(pin_dir, ROUTES),
-            peerings: typed!(pin_dir, PEERINGS),
-            endpoints: typed!(pin_dir, ENDPOINTS),
-            devmap: typed!(pin_dir, DEVMAP),
+            stored: StoredMaps::open(pin_dir)?,
             global: typed!(pin_dir, GLOBAL_COUNTERS),
             peering_ctr: typed!(pin_dir, PEERING_COUNTERS),
-            names: typed!(pin_dir, NAMES),
-            acl_addr: typed!(pin_dir, ACL_ADDR),
-            acl_port: typed!(pin_dir, ACL_PORT),
-            acl_proto: typed!(pin_dir, ACL_PROTO),
-            acl_meta: typed!(pin_dir, ACL_META),
             acl_hits: typed!(pin_dir, ACL_HITS),
-            acl_exact: typed!(pin_dir, ACL_EXACT),
             conntrack: typed!(pin_dir, CONNTRACK),
             cap_state: typed!(pin_dir, CAP_STATE),
             clock: typed!(pin_dir, CLOCK),
-            overlay: typed!(pin_dir, OVERLAY),
-            hosts: typed!(pin_dir, HOSTS),
-            overlay_ids: typed!(pin_dir, OVERLAY_IDS),
             flow_cache: typed!(pin_dir, FLOW_CACHE),
             flow_stats: typed!(pin_dir, FLOW_STATS),
             epoch: typed!(pin_dir, EPOCH),
@@ -212,65 +169,7 @@ impl KernelMaps {
 
     /// Everything installed now (counters aside).
     pub fn read_state(&self) -> Result<MapState> {
-        let lpm = |k: Key<RouteData>| RouteKey {
-            prefix_len: k.prefix_len(),
-            data: k.data(),
-        };
-        Ok(MapState {
-            ports: entries(self.ports.iter(), registry::PORTS.name, |k| k, |v| v)?,
-            routes: entries(self.routes.iter(), registry::ROUTES.name, lpm, |v| v)?
-                .into_iter()
-                .collect(),
-            peerings: entries(self.peerings.iter(), registry::PEERINGS.name, |k| k, |v| v)?,
-            endpoints: entries(
-                self.endpoints.iter(),
-                registry::ENDPOINTS.name,
-                |k| k,
-                |v| v,
-            )?,
-            devmap: entries(
-                self.devmap.iter(),
-                registry::DEVMAP.name,
-                |k| k,
-                |v| v.if_index,
-            )?,
-            names: entries(self.names.iter(), registry::NAMES.name, |k| k, |v| v)?,
-            acl_addr: entries(self.acl_addr.iter(), registry::ACL_ADDR.name, lpm, |v| v)?,
-            acl_port: entries(
-                self.acl_port.iter(),
-                registry::ACL_PORT.name,
-                |k: Key<AclPortData>| AclPortKey {
-                    prefix_len: k.prefix_len(),
-                    data: k.data(),
-                },
-                |v| v,
-            )?,
-            acl_proto: entries(
-                self.acl_proto.iter(),
-                registry::ACL_PROTO.name,
-                |k| k,
-                |v| v,
-            )?,
-            acl_exact: entries(
-                self.acl_exact.iter(),
-                registry::ACL_EXACT.name,
-                |k| k,
-                |v| v,
-            )?,
-            acl_meta: entries(self.acl_meta.iter(), registry::ACL_META.name, |k| k, |v| v)?,
-            // One entry: there when the overlay is on.
-            overlay: match self.overlay.get(&0, 0).context("reading pdp_overlay")? {
-                c if c.flags != 0 => BTreeMap::from([(0, c)]),
-                _ => BTreeMap::new(),
-            },
-            hosts: entries(self.hosts.iter(), registry::HOSTS.name, |k| k, |v| v)?,
-            overlay_ids: entries(
-                self.overlay_ids.iter(),
-                registry::OVERLAY_IDS.name,
-                |k| k,
-                |v| v,
-            )?,
-        })
+        MapState::read_from(&self.stored)
     }
 
     /// One read of everything installed and everything counted, for the CLI and the
@@ -303,11 +202,7 @@ impl KernelMaps {
 
     /// Longest-prefix match of `key` in the routes trie (what the program would find).
     pub fn lookup_route(&self, key: &RouteKey) -> Result<Option<RouteValue>> {
-        match self.routes.get(&Key::new(key.prefix_len, key.data), 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("looking up pdp_routes"),
-        }
+        self.stored.get::<stored::Routes>(key)
     }
 
     /// The global counters of each CPU, in CPU order.
@@ -547,61 +442,26 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+impl EntryStore for KernelMaps {
+    fn put<M: Stored>(&mut self, k: &M::Key, v: &M::Value) -> Result<()> {
+        self.stored.put::<M>(k, v)
+    }
+
+    fn delete<M: Stored>(&mut self, k: &M::Key) -> Result<()> {
+        self.stored.delete::<M>(k)
+    }
+
+    fn reset_peering_counters(&mut self, slot: u32) -> Result<()> {
+        KernelMaps::reset_peering_counters(self, slot)
+    }
+
+    fn reset_acl_hits(&mut self, base: u32, n: u32) -> Result<()> {
+        KernelMaps::reset_acl_hits(self, base, n)
+    }
+}
+
 impl DataplaneMaps for KernelMaps {
     fn write(&mut self, op: &Op) -> Result<()> {
-        let r: Result<()> = match op {
-            Op::PutName(k, v) => self.names.insert(k, v, 0).map_err(Into::into),
-            Op::PutDevmap(k, v) => self.devmap.insert(*k, *v, None, 0).map_err(Into::into),
-            Op::ResetPeeringCounters(slot) => self.reset_peering_counters(*slot),
-            Op::PutPeering(k, v) => self.peerings.insert(k, v, 0).map_err(Into::into),
-            Op::PutEndpoint(k, v) => self.endpoints.insert(k, v, 0).map_err(Into::into),
-            Op::PutRoute(k, v) => self
-                .routes
-                .insert(&Key::new(k.prefix_len, k.data), v, 0)
-                .map_err(Into::into),
-            Op::PutPort(k, v) => self.ports.insert(k, v, 0).map_err(Into::into),
-            Op::DelPort(k) => self.ports.remove(k).map_err(Into::into),
-            Op::DelRoute(k) => self
-                .routes
-                .remove(&Key::new(k.prefix_len, k.data))
-                .map_err(Into::into),
-            Op::DelEndpoint(k) => self.endpoints.remove(k).map_err(Into::into),
-            Op::DelPeering(k) => self.peerings.remove(k).map_err(Into::into),
-            Op::DelDevmap(k) => self.devmap.remove(*k).map_err(Into::into),
-            Op::DelName(k) => self.names.remove(k).map_err(Into::into),
-            Op::PutAclAddr(k, v) => self
-                .acl_addr
-                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
-                .map_err(Into::into),
-            Op::PutAclPort(k, v) => self
-                .acl_port
-                .insert(&Key::new(k.prefix_len, k.data), **v, 0)
-                .map_err(Into::into),
-            Op::PutAclProto(k, v) => self.acl_proto.insert(k, **v, 0).map_err(Into::into),
-            Op::PutAclExact(k, v) => self.acl_exact.insert(k, **v, 0).map_err(Into::into),
-            Op::DelAclExact(k) => self.acl_exact.remove(k).map_err(Into::into),
-            Op::ResetAclHits(base, n) => self.reset_acl_hits(*base, *n),
-            Op::PutAclMeta(k, v) => self.acl_meta.insert(k, **v, 0).map_err(Into::into),
-            Op::DelAclMeta(k) => self.acl_meta.remove(k).map_err(Into::into),
-            Op::DelAclAddr(k) => self
-                .acl_addr
-                .remove(&Key::new(k.prefix_len, k.data))
-                .map_err(Into::into),
-            Op::DelAclPort(k) => self
-                .acl_port
-                .remove(&Key::new(k.prefix_len, k.data))
-                .map_err(Into::into),
-            Op::DelAclProto(k) => self.acl_proto.remove(k).map_err(Into::into),
-            Op::PutHost(k, v) => self.hosts.insert(k, v, 0).map_err(Into::into),
-            Op::DelHost(k) => self.hosts.remove(k).map_err(Into::into),
-            Op::PutOverlayId(k, v) => self.overlay_ids.insert(k, v, 0).map_err(Into::into),
-            Op::DelOverlayId(k) => self.overlay_ids.remove(k).map_err(Into::into),
-            Op::PutOverlay(k, v) => self.overlay.set(*k, v, 0).map_err(Into::into),
-            Op::DelOverlay(k) => self
-                .overlay
-                .set(*k, OverlayConfig::default(), 0)
-                .map_err(Into::into),
-        };
-        r.with_context(|| format!("writing {op:?}"))
+        op.write_to(self).with_context(|| format!("writing {op:?}"))
     }
 }

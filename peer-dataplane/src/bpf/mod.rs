@@ -8,6 +8,8 @@ pub mod maps;
 pub mod pins;
 pub mod probe;
 pub mod progrun;
+pub mod stored;
+pub mod syscall;
 
 pub use ifindex::KernelIfindex;
 pub use maps::{monotonic_ns, KernelMaps};

@@ -6,7 +6,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::MapData;
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
-use peer_dataplane_common::{program_names, registry};
+use peer_dataplane_common::program_names;
+use peer_dataplane_common::registry::{self, MapSpec};
 use std::path::{Path, PathBuf};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -36,33 +37,39 @@ pub fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let info = MapData::from_pin(&path)
-            .and_then(|m| m.info())
+        let map = MapData::from_pin(&path)
             .with_context(|| format!("inspecting pinned map {}", path.display()))?;
-        let expected = (spec.key_size, spec.value_size, spec.max_entries);
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        let problem = if !spec.preallocated() && info.map_flags() & registry::BPF_F_NO_PREALLOC == 0
-        {
-            "is preallocated, but this build reads it in place and needs it created with \
-             BPF_F_NO_PREALLOC"
-                .to_string()
-        } else if found != expected {
-            format!(
-                "has key {} B, value {} B, {} entries, but this build expects key {} B, value {} B, \
-                 {} entries",
-                found.0, found.1, found.2, expected.0, expected.1, expected.2
-            )
-        } else {
-            continue;
-        };
-        bail!(
-            "pinned map {} {problem}: it was created by another version. Stop the old agent and \
-             run `peer-dataplane cleanup` to start from empty maps (installed state and counters \
-             are lost)",
-            path.display()
-        );
+        check_layout(spec, &map, &path)?;
     }
     Ok(())
+}
+
+/// Fails, naming the map, if pinned map `map` (at `path`) is not shaped as `spec`.
+pub fn check_layout(spec: &MapSpec, map: &MapData, path: &Path) -> Result<()> {
+    let info = map
+        .info()
+        .with_context(|| format!("inspecting pinned map {}", path.display()))?;
+    let expected = (spec.key_size, spec.value_size, spec.max_entries);
+    let found = (info.key_size(), info.value_size(), info.max_entries());
+    let problem = if !spec.preallocated() && info.map_flags() & registry::BPF_F_NO_PREALLOC == 0 {
+        "is preallocated, but this build reads it in place and needs it created with \
+         BPF_F_NO_PREALLOC"
+            .to_string()
+    } else if found != expected {
+        format!(
+            "has key {} B, value {} B, {} entries, but this build expects key {} B, value {} B, \
+             {} entries",
+            found.0, found.1, found.2, expected.0, expected.1, expected.2
+        )
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "pinned map {} {problem}: it was created by another version. Stop the old agent and \
+         run `peer-dataplane cleanup` to start from empty maps (installed state and counters \
+         are lost)",
+        path.display()
+    )
 }
 
 /// Loads the object, creating (or reusing, if already pinned) every map under `pin_dir`.

@@ -3,6 +3,7 @@
 //! and one BPF_PROG_RUN of it in live-frames mode on the port's ifindex. The frame is
 //! dropped by the program: nothing is sent and no counter of the data plane moves.
 
+use super::syscall::{bpf, put32, put64, ATTR};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -10,8 +11,6 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-/// `union bpf_attr` is larger; the kernel takes a shorter one whose tail is zero.
-const ATTR: usize = 128;
 
 /// Which call of the probe failed, and how.
 #[derive(Debug)]
@@ -102,22 +101,4 @@ fn load_drop_program() -> io::Result<OwnedFd> {
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: the kernel returned a new program fd that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR]) -> io::Result<i32> {
-    // SAFETY: `attr` is a zero-tailed bpf_attr of the size passed; the pointers in it
-    // outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), ATTR as u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc as i32)
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }

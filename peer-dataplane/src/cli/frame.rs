@@ -1,7 +1,7 @@
 //! The frames the CLI sends: the packet an operator describes (`trace`, `loadgen`), built
 //! as the instance behind its ingress port would send it.
 
-use crate::reconcile::MapState;
+use crate::maps::MapState;
 use anyhow::{anyhow, bail, ensure, Result};
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, PacketBuilder};
 use peer_dataplane_common::{NameKey, Port, NAME_PORT, PORT_HAS_IPV4, PORT_HAS_IPV6};

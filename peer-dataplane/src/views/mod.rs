@@ -5,7 +5,7 @@
 pub mod installed;
 pub mod stats;
 
-use crate::reconcile::MapState;
+use crate::maps::MapState;
 use peer_dataplane_common::{
     acl::{acl_set_id, NO_ACL},
     addr::is_v4_mapped,

@@ -6,7 +6,7 @@ use super::{Stage, Trace};
 use crate::bpf::progrun;
 use crate::cli::frame::Request;
 use crate::cli::render::bits_per_second;
-use crate::reconcile::MapState;
+use crate::maps::MapState;
 use crate::views::installed::{EGRESS, INGRESS};
 use crate::views::{ip, Names};
 use etherparse::SlicedPacket;

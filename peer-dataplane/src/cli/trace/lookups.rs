@@ -1,7 +1,7 @@
 //! Facts a trace looks up in the installed state: the route that matched, a route's
 //! target, a network ACL's deciding rule, a security-group result.
 
-use crate::reconcile::MapState;
+use crate::maps::MapState;
 use crate::views::installed::EGRESS;
 use crate::views::Names;
 use peer_dataplane_common::{

@@ -3,7 +3,7 @@
 //! local instance, in the Geneve header HOST would put around it.
 
 use crate::cli::frame::{build_frame, Request};
-use crate::reconcile::MapState;
+use crate::maps::MapState;
 use anyhow::{anyhow, Result};
 use peer_dataplane_common::{
     overlay::{encap_header, flow_port, Encap, PeeringOption, OVERLAY_ENABLED},

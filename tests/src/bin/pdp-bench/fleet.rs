@@ -25,7 +25,7 @@ use peer_dataplane::agent::install::Installed;
 use peer_dataplane::desired::delta::Held;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::{IfindexResolver, Topology};
-use peer_dataplane::reconcile::MapState;
+use peer_dataplane::maps::MapState;
 use peer_dataplane_tests::etcd::Etcd;
 use peer_dataplane_tests::netns::{self, Netns};
 use serde_json::{json, Value};

@@ -3,18 +3,13 @@
 //! states compare and diff a shared table by pointer: a change that touches no route costs
 //! nothing per route, however many there are.
 
-use peer_dataplane_common::{RouteData, RouteValue};
+use super::layout::RouteKey;
+use super::Entries;
+use peer_dataplane_common::RouteValue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One trie table's entries.
-/// A key of the routes trie (an LPM key: prefix length, then table bits and address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteKey {
-    pub prefix_len: u32,
-    pub data: RouteData,
-}
-
 pub type TableEntries = BTreeMap<RouteKey, RouteValue>;
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -158,5 +153,23 @@ impl<'a> IntoIterator for &'a RouteEntries {
     type IntoIter = Box<dyn Iterator<Item = (&'a RouteKey, &'a RouteValue)> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
+    }
+}
+
+impl Entries<RouteKey, RouteValue> for RouteEntries {
+    fn insert(&mut self, k: RouteKey, v: RouteValue) -> Option<RouteValue> {
+        RouteEntries::insert(self, k, v)
+    }
+
+    fn remove(&mut self, k: &RouteKey) -> Option<RouteValue> {
+        RouteEntries::remove(self, k)
+    }
+
+    fn len(&self) -> usize {
+        RouteEntries::len(self)
+    }
+
+    fn diff(&self, current: &Self) -> (Vec<(RouteKey, RouteValue)>, Vec<RouteKey>) {
+        RouteEntries::diff(self, current)
     }
 }
