@@ -631,6 +631,84 @@ mod generations {
         }
         assert_eq!(s, desired);
     }
+
+    /// One compile, then the flip pass, gives what compiling straight into the flipped
+    /// generations gives; only the moved network ACL's hit counters differ, and those no
+    /// longer share a slot with the installed set, which keeps counting until removed.
+    #[test]
+    fn flipping_after_one_compile_equals_compiling_into_the_other_generation() {
+        use peer_dataplane_common::acl::{acl_set_generation, NO_HITS};
+        use peer_dataplane_common::{route_table_generation, route_table_id, NAME_ACL_RULE};
+        let mut doc = seed();
+        with_acl(&mut doc, 7000);
+        let topo = validate(&doc).unwrap();
+        let (installed, ids, _) =
+            plan_install(&topo, &Ids::default(), &MapState::default(), &FakeIfindex).unwrap();
+
+        // Both a table rewrite (rtb-a) and an ACL change of the same size.
+        with_acl(&mut doc, 9000);
+        let rtb = &mut doc.route_tables[0];
+        rtb.routes.retain(|r| r.destination != "172.16.0.0/16");
+        rtb.routes.push(RouteDoc::new("172.16.0.0/17", "pcx-ab"));
+        rtb.routes
+            .push(RouteDoc::new("172.16.128.0/17", "blackhole"));
+        let topo = validate(&doc).unwrap();
+        let (desired, new_ids, ops) = plan_install(&topo, &ids, &installed, &FakeIfindex).unwrap();
+
+        let port_a = 11;
+        let (old_table, old_set) = (
+            installed.ports[&port_a].route_table,
+            installed.ports[&port_a].acl,
+        );
+        let flipped_table = route_table_id(old_table);
+        let flipped_acl = acl_set_id(old_set);
+        let table_gen = |t: u32| match t == flipped_table {
+            true => 1 - route_table_generation(old_table),
+            false => 0,
+        };
+        let acl_gen = |a: u32| match a == flipped_acl {
+            true => 1 - acl_set_generation(old_set),
+            false => 0,
+        };
+        let (direct, direct_ids) =
+            compile::compile_over(&topo, &ids, &FakeIfindex, &table_gen, &acl_gen, &installed)
+                .unwrap();
+        assert_eq!(new_ids, direct_ids);
+
+        // Hit counters aside, the two are the same state.
+        let without_hits = |s: &MapState| {
+            let mut s = s.clone();
+            s.acl_meta.values_mut().for_each(|m| m.hit_base = 0);
+            s.names.retain(|k, _| k.kind != NAME_ACL_RULE);
+            s
+        };
+        assert_eq!(without_hits(&desired), without_hits(&direct));
+
+        let counting = |s: &MapState| -> Vec<(u32, u32)> {
+            s.acl_meta
+                .values()
+                .filter(|m| m.hit_base != NO_HITS && m.rules > 0)
+                .map(|m| (m.hit_base, m.rules))
+                .collect()
+        };
+        for (base, rules) in counting(&desired) {
+            for (b, r) in counting(&installed) {
+                assert!(base + rules <= b || b + r <= base, "ranges overlap");
+            }
+            assert!(ops.contains(&Op::ResetAclHits(base, rules)));
+            for i in 0..rules {
+                let key = peer_dataplane_common::NameKey {
+                    kind: NAME_ACL_RULE,
+                    id: base + i,
+                };
+                assert!(
+                    desired.names.contains_key(&key),
+                    "rule name at slot {}",
+                    base + i
+                );
+            }
+        }
+    }
 }
 
 mod security_groups_and_caps {

@@ -335,3 +335,54 @@ fn a_loop_is_found() {
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].len(), 3);
 }
+
+/// The agent binary touches BPF only through its `bpf` wing: no other module names aya.
+#[test]
+fn only_the_bpf_wing_names_aya() {
+    let src = root().join("peer-dataplane/src");
+    let mut offenders = Vec::new();
+    for (module, file) in modules(&src) {
+        if module.first().is_some_and(|m| m == "bpf") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+        for (n, line) in code.enumerate().filter(|(_, l)| l.contains("aya::")) {
+            offenders.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "aya outside bpf/:\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// The model's wings go one way: `reconcile` may import `desired` and `maps`, `desired`
+/// only `maps`, and `maps` neither.
+#[test]
+fn the_model_wings_go_one_way() {
+    let g = graph(&root().join("peer-dataplane-model/src"));
+    let wing = |m: &Vec<String>| m.first().cloned().unwrap_or_default();
+    let rank = |w: &str| match w {
+        "maps" => 0,
+        "desired" => 1,
+        "reconcile" => 2,
+        _ => 3,
+    };
+    let mut upward = Vec::new();
+    for (from, tos) in &g {
+        for to in tos {
+            let (a, b) = (wing(from), wing(to));
+            if a != b && rank(&b) > rank(&a) {
+                upward.push(format!("{} -> {}", from.join("::"), to.join("::")));
+            }
+        }
+    }
+    assert!(g.keys().any(|m| wing(m) == "maps"), "no maps wing read");
+    assert!(
+        upward.is_empty(),
+        "imports against the wings' order:\n{}",
+        upward.join("\n")
+    );
+}

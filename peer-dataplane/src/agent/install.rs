@@ -5,15 +5,13 @@ use super::follow::NeedWhole;
 use super::metrics::SharedInstallStats;
 use super::underlay::Underlay;
 use crate::bpf::links::Links;
-use crate::bpf::{pins, KernelIfindex, KernelMaps};
+use crate::bpf::object::LoadedObject;
+use crate::bpf::{KernelIfindex, KernelMaps};
 use crate::desired::delta::Held;
 use crate::desired::{validate, Document, Ids, IfindexResolver, Topology};
 use crate::maps::{DataplaneMaps, MapState};
 use crate::reconcile::{apply_all_or_nothing, generations, plan_install_reusing, ApplyError};
 use anyhow::{anyhow, Context, Result};
-use aya::programs::Xdp;
-use aya::Ebpf;
-use peer_dataplane_common::program_names;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
@@ -160,14 +158,9 @@ pub fn topology_of(doc: &Document, origin: &str) -> Result<Topology> {
         .with_context(|| format!("desired state from {origin}"))
 }
 
-/// The pipeline program of the loaded object.
-pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    pins::xdp_program(ebpf, program_names::PIPELINE)
-}
-
 /// The running data plane: program, maps, links, and the desired state it follows.
 pub struct Dataplane {
-    pub ebpf: Ebpf,
+    pub object: LoadedObject,
     pub installed: Installed,
     pub links: Links,
     /// Link kinds a port may be on (`--port-kinds`).
@@ -193,7 +186,7 @@ impl Dataplane {
         )?;
         let mut ifaces: Vec<String> = topo.ports.keys().cloned().collect();
         ifaces.extend(topo.local().and_then(|h| h.uplink.clone()));
-        self.links.sync(program(&mut self.ebpf)?, &ifaces)?;
+        self.links.sync(self.object.pipeline()?, &ifaces)?;
         Ok(writes)
     }
 

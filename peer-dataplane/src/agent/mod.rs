@@ -13,11 +13,10 @@ pub mod retry;
 pub mod underlay;
 
 use crate::bpf::links::{Links, XdpModeArg};
-use crate::bpf::pins;
+use crate::bpf::object::LoadedObject;
 use anyhow::{bail, Context, Result};
-use install::{load_topology, program, Dataplane, Installed};
+use install::{load_topology, Dataplane, Installed};
 use log::{error, info};
-use peer_dataplane_common::program_names;
 use retry::{apply_update, reload_file, Retry};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -93,14 +92,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 /// Loads the program over the pinned maps, serves metrics, takes over the pinned links
 /// and pins the programs the CLI runs.
 async fn start(opts: &RunOptions) -> Result<Dataplane> {
-    let mut ebpf = pins::load(&opts.object, &opts.pin_dir)?;
-    program(&mut ebpf)?
-        .load()
-        .context("verifying and loading the XDP program")?;
+    let object = LoadedObject::load(&opts.object, &opts.pin_dir)?;
     let installed = Installed::open(&opts.pin_dir)?;
     let links = Links::new(&opts.pin_dir, opts.xdp_mode)?;
     let mut dp = Dataplane {
-        ebpf,
+        object,
         installed,
         links,
         port_kinds: opts.port_kinds.clone(),
@@ -123,7 +119,7 @@ async fn start(opts: &RunOptions) -> Result<Dataplane> {
     // same maps, before any (possibly slow) sync with the control plane.
     let pinned = dp.links.pinned();
     if !pinned.is_empty() {
-        dp.links.sync(program(&mut dp.ebpf)?, &pinned)?;
+        dp.links.sync(dp.object.pipeline()?, &pinned)?;
         info!(
             "adopted {} pinned XDP links and the installed state ({} routes)",
             pinned.len(),
@@ -131,10 +127,7 @@ async fn start(opts: &RunOptions) -> Result<Dataplane> {
         );
     }
     // The trace program is only run by the CLI; verified after the takeover above.
-    pins::xdp_program(&mut dp.ebpf, program_names::TRACE)?
-        .load()
-        .context("verifying and loading the trace program")?;
-    pins::pin_programs(&mut dp.ebpf, &opts.pin_dir)?;
+    dp.object.load_trace_and_pin(&opts.pin_dir)?;
     Ok(dp)
 }
 

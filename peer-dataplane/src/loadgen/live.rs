@@ -6,8 +6,9 @@
 
 use super::Sender;
 use crate::bpf::probe::errno_text;
+use crate::bpf::progrun::run_live_frames;
+use crate::bpf::Xdp;
 use anyhow::{anyhow, Result};
-use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 
 /// Uses of each page of a call's pool: each BPF_PROG_RUN call gets a fresh pool of
 /// `batch` pages, written from the template once. The kernel resets only a recycled
@@ -57,14 +58,7 @@ impl Sender for LiveTx<'_> {
             let repeat = (n - done).min((self.batch * PAGE_REUSES) as u64) as u32;
             let (frame, ctx) = &self.frames[self.next];
             self.next = (self.next + 1) % self.frames.len();
-            self.prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    ctx_in: Some(ctx),
-                    repeat,
-                    attrs: TestRunAttrs::new().xdp_live_frames(self.batch),
-                    ..Default::default()
-                })
+            run_live_frames(self.prog, frame, ctx, repeat, self.batch)
                 .map_err(|e| refused(e, self.ingress_ifindex))?;
             done += repeat as u64;
         }
@@ -78,16 +72,10 @@ impl Sender for LiveTx<'_> {
 }
 
 /// A failed run, with its errno and the way out.
-fn refused(e: ProgramError, ifindex: u32) -> anyhow::Error {
-    let errno = match &e {
-        ProgramError::SyscallError(s) => Some(errno_text(&s.io_error)),
-        _ => None,
-    };
-    match errno {
-        Some(errno) => anyhow!(
-            "BPF_PROG_RUN with live frames on ifindex {ifindex} failed: {errno}. {}",
-            super::choose::LIVE_FRAMES_HINT
-        ),
-        None => anyhow!("BPF_PROG_RUN with live frames on ifindex {ifindex}: {e}"),
-    }
+fn refused(e: std::io::Error, ifindex: u32) -> anyhow::Error {
+    anyhow!(
+        "BPF_PROG_RUN with live frames on ifindex {ifindex} failed: {}. {}",
+        errno_text(&e),
+        super::choose::LIVE_FRAMES_HINT
+    )
 }

@@ -23,8 +23,8 @@ pub mod xsk;
 pub use choose::{choose, Choice, Generator, GeneratorArg};
 pub use far_end::FarEnd;
 
+use crate::bpf::Xdp;
 use anyhow::{anyhow, ensure, Result};
-use aya::programs::Xdp;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 

@@ -13,10 +13,8 @@ mod tunnel;
 pub use explain::explain;
 
 use super::frame::{build_frame, ingress_port, Request};
-use crate::bpf::{maps, pins, progrun, KernelMaps};
-use anyhow::{anyhow, ensure, Context, Result};
-use aya::maps::{MapData, PerCpuArray};
-use aya::programs::{TestRun, TestRunOptions};
+use crate::bpf::{progrun, KernelMaps};
+use anyhow::Result;
 use peer_dataplane_common::trace::{TraceRecord, NO_FLOW_SLOT};
 use serde::Serialize;
 use serde_json::Value;
@@ -151,48 +149,7 @@ pub fn trace(pin_dir: &Path, req: &Request) -> Result<Trace> {
             (ifindex, build_frame(req, port.as_ref())?)
         }
     };
-    let prog = pins::pinned_program(pin_dir, peer_dataplane_common::program_names::TRACE)?;
-    let path = pin_dir.join(peer_dataplane_common::map_names::TRACE);
-    let records: PerCpuArray<MapData, TraceRecord> = MapData::from_pin(&path)
-        .map_err(|e| {
-            anyhow!(
-                "cannot open {} ({e}); restart the agent with this version",
-                path.display()
-            )
-        })
-        .and_then(|m| Ok(aya::maps::Map::PerCpuArray(m).try_into()?))?;
-
-    // The record is per CPU: run on one known CPU and read that CPU's slot.
-    let cpu = progrun::stay_on_this_cpu().context("keeping the trace on one CPU")?;
-    let started = maps::monotonic_ns();
-    let ctx = progrun::xdp_md(frame.len(), ifindex);
-    let mut out = vec![0u8; frame.len() + 256];
-    let run = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })
-        .map_err(|e| anyhow!("BPF_PROG_RUN of the trace program on ifindex {ifindex}: {e} (the port's interface must exist in this network namespace)"))?;
-    out.truncate(run.data_size_out as usize);
-    let record = records
-        .get(&0, 0)
-        .context("reading the trace record")?
-        .get(cpu)
-        .copied()
-        .ok_or_else(|| anyhow!("no trace record for CPU {cpu}"))?;
-    ensure!(
-        record.stamp_ns >= started,
-        "the trace record of CPU {cpu} is stale (another trace ran at the same time?); try again"
-    );
-    ensure!(
-        record.action == run.return_value,
-        "the trace record says action {} but the program returned {}; try again",
-        record.action,
-        run.return_value
-    );
+    let progrun::TraceRun { out, record, .. } = progrun::trace_once(pin_dir, ifindex, &frame)?;
     let mut t = explain(&record, &state, req, &frame, &out);
     t.flow_cache = flow_cache(&maps, &record)?;
     Ok(t)
