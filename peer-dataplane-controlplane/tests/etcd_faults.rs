@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::etcd::{free_port, Etcd};
+use common::etcd::{free_port, Etcd, EtcdExt};
 use peer_dataplane_controlplane::api::{self, Clock, Server};
 use peer_dataplane_controlplane::auth::RateLimit;
 use peer_dataplane_controlplane::store::ObjectStore;
@@ -175,7 +175,7 @@ async fn with_the_store_unreachable_agents_are_told_and_catch_up_when_it_returns
     assert!(s >= 500, "{v}");
     assert!(!server.world().vpcs.contains_key("vpc-x"));
 
-    etcd.restart(0);
+    etcd.restart(0).unwrap();
     wait_for("the replica sees the store again", || {
         server.store_reachable()
     })

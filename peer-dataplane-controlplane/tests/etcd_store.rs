@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdExt};
 use peer_dataplane_controlplane::api::{Clock, Server};
 use peer_dataplane_controlplane::auth::RateLimit;
 use peer_dataplane_controlplane::store::etcd::EtcdStore;
@@ -370,12 +370,13 @@ async fn a_replica_applies_anothers_commits_row_by_row() {
 #[test]
 fn a_replica_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
     use peer_dataplane_controlplane::store::etcd::EtcdAccess;
-    let etcd = Etcd::secure("tls-auth");
+    let etcd = common::etcd::secure_with_users("tls-auth");
     let files = etcd.secure_files();
     let eps = etcd.endpoints();
     let limit = RateLimit::default();
     let a = Server::new(etcd.store("/sec"), Clock::new(), Default::default(), limit).unwrap();
-    let by_cert = EtcdStore::connect_with(&eps, "/sec", &files.access(false)).unwrap();
+    let by_cert =
+        EtcdStore::connect_with(&eps, "/sec", &common::etcd::access(files, false)).unwrap();
     let b = Server::new(by_cert, Clock::new(), Default::default(), limit).unwrap();
     a.add_token("111111111111", "token-of-account-a-over-tls")
         .unwrap();
@@ -400,11 +401,11 @@ fn a_replica_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
         Ok(_) => panic!("etcd served a replica it should have refused"),
         Err(e) => format!("{e:#}"),
     };
-    let mut wrong_password = files.access(true);
+    let mut wrong_password = common::etcd::access(files, true);
     wrong_password.user = Some(("pdp".into(), "not-the-password".into()));
     let e = refused(&wrong_password);
     assert!(e.contains("authentication failed"), "{e}");
-    let mut no_certificate = files.access(true);
+    let mut no_certificate = common::etcd::access(files, true);
     no_certificate.identity = None;
     let e = refused(&no_certificate);
     assert!(e.contains("connecting to etcd"), "{e}");

@@ -583,7 +583,6 @@ pub fn free_port() -> u16 {
         .unwrap_or(18470)
 }
 
-/// Writes a secret file with mode 0600.
 /// A TCP connection to `to` from the local address `from` (bound before connecting).
 pub fn connect_from(
     from: std::net::Ipv4Addr,
@@ -621,6 +620,7 @@ pub fn connect_from(
     }
 }
 
+/// Writes a secret file with mode 0600.
 pub fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -57,7 +57,7 @@ fn agents_follow_an_etcd_control_plane_through_a_store_outage_and_a_restart() ->
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let net = SeedNetwork::create(&tag)?;
-    let mut etcd = Etcd::cluster(&net.host, &dir.join("etcd"), 1)?;
+    let mut etcd = Etcd::cluster_in(&net.host, &dir.join("etcd"), 1)?;
     let port = net.host.run(free_port)?;
     let cp =
         ControlPlane::start_on_store(&bin, &net.host, &dir.join("cp"), port, &etcd.url("/e2e"))?;

@@ -317,7 +317,7 @@ fn build_agent(obj: &Path) -> Result<PathBuf> {
         "-p",
         "peer-dataplane-controlplane",
         "-p",
-        "peer-dataplane-tests",
+        "peer-dataplane-bench",
         "--bins",
     ]))?;
     // What this build produced, by checksum: the test suite runs exactly these.

@@ -444,7 +444,7 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _scratch = Scratch(dir.clone());
     eprintln!("  etcd: 3 members ...");
-    let etcd = Etcd::cluster(&ns, &dir.join("etcd"), 3)?;
+    let etcd = Etcd::cluster_in(&ns, &dir.join("etcd"), 3)?;
     let url = etcd.url("/fleet");
     let ports = [
         peer_dataplane_tests::controlplane::free_port(),
