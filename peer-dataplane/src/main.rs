@@ -62,9 +62,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let source = match (config, control_plane) {
                 (Some(path), _) => agent::Source::File(path),
-                (None, Some(url)) => agent::Source::ControlPlane(follow::ControlPlane {
+                (None, Some(url)) => agent::Source::ControlPlane(long_poll::ControlPlane {
                     url: {
-                        follow::check_transport(&url, ca.is_some(), insecure_http)?;
+                        long_poll::check_transport(&url, ca.is_some(), insecure_http)?;
                         url
                     },
                     host: host.context("--host is required with --control-plane")?,
@@ -76,7 +76,7 @@ fn run(cli: Cli) -> Result<()> {
                         })
                         .transpose()?,
                     register: underlay_ipv4.zip(uplink).map(|(underlay_ipv4, uplink)| {
-                        follow::Registration {
+                        long_poll::Registration {
                             underlay_ipv4,
                             uplink,
                         }

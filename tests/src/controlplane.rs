@@ -314,7 +314,7 @@ impl ControlPlane {
                 .timeout_global(Some(Duration::from_secs(10)));
             if let Some(pem) = ca {
                 // As the agent trusts the control plane (`--ca`).
-                config = config.tls_config(peer_dataplane::agent::follow::trusting(&pem)?);
+                config = config.tls_config(peer_dataplane::agent::long_poll::trusting(&pem)?);
             }
             let agent: ureq::Agent = config.build().into();
             let mut req = http_request(&method, &url)?;

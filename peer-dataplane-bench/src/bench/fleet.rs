@@ -1,6 +1,6 @@
 //! `cargo xtask bench fleet`: the control plane on a real 3-member etcd cluster, two
 //! control-plane replicas (real processes), and N simulated agents (N = 200 by default):
-//! each the agent's own sync code (`follower::take`, `Installed::install`) over in-memory
+//! each the agent's own sync code (`answer::take`, `Installed::install`) over in-memory
 //! maps, long-polling a replica by delta over HTTP, one thread each. Everything runs in a
 //! network namespace of its own, on loopback.
 //!
@@ -19,9 +19,9 @@
 //! At the end every agent's document must equal the whole document a replica serves.
 
 use anyhow::{bail, Context, Result};
-use peer_dataplane::agent::follow::{Change, StateResponse};
-use peer_dataplane::agent::follower::{self, Taken};
+use peer_dataplane::agent::answer::{self, Taken};
 use peer_dataplane::agent::install::Installed;
+use peer_dataplane::agent::long_poll::{Change, StateResponse};
 use peer_dataplane::desired::delta::Held;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::{IfindexResolver, Topology};
@@ -220,7 +220,7 @@ fn run_agent(index: usize, base: String, me: Arc<SimAgent>) -> Result<()> {
         let whole = matches!(change, Change::Whole(_));
         // Uncontended: the bench reads it only once every agent is done.
         let mut desired = me.desired.lock().unwrap();
-        match follower::take(&mut installed, &mut topo, &mut desired, revision, change) {
+        match answer::take(&mut installed, &mut topo, &mut desired, revision, change) {
             // A long poll that ended with nothing for this host: not a delivery.
             Ok(Taken::Nothing) => {
                 after = Some(revision);
@@ -466,8 +466,35 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
             .collect(),
     };
 
-    // The region: hosts registered, small VPCs peered in pairs with 10 routes a table,
-    // one port per host; a big VPC with 100,000 routes to its peer.
+    let tables = build_region(&api, agents)?;
+    let (sims, first_sync) = start_agents(&api, &ns, agents)?;
+    let outcomes = mixed_run(&api, &sims, &tables, agents, changes)?;
+    let tally = Tally::of(&sims, &outcomes);
+    check_documents(&api, &sims)?;
+    let scratch = sync_from_scratch(&api, &ns, &outcomes)?;
+    let throughput = throughput(&api, &ns, &tables)?;
+    let (unnecessary, missing) = (tally.unnecessary, tally.missing);
+    report(
+        &env,
+        agents,
+        &outcomes,
+        &first_sync,
+        tally,
+        scratch,
+        throughput,
+    )?;
+    FINISHING.store(true, Ordering::Relaxed);
+    drop(etcd);
+    if unnecessary > 0 || missing > 0 {
+        bail!("{unnecessary} unnecessary and {missing} missed deliveries");
+    }
+    Ok(())
+}
+
+/// The region: hosts registered, small VPCs peered in pairs with 10 routes a table, one
+/// port per host; a big VPC with 100,000 routes to its peer. Returns each VPC's main
+/// route table.
+fn build_region(api: &Api, agents: usize) -> Result<BTreeMap<String, String>> {
     eprintln!(
         "  building the region: {agents} hosts, {SMALL} small VPCs, one of {BIG_ROUTES} routes ..."
     );
@@ -565,7 +592,16 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
         Some(&json!({"routes": routes})),
     )?;
 
-    // The agents, alternating between the two replicas.
+    Ok(tables)
+}
+
+/// The simulated agents, alternating between the two replicas, each once synced; returns
+/// them and what each first sync delivered.
+fn start_agents(
+    api: &Api,
+    ns: &Netns,
+    agents: usize,
+) -> Result<(Vec<Arc<SimAgent>>, Vec<Delivery>)> {
     eprintln!("  starting {agents} simulated agents ...");
     let sims: Vec<Arc<SimAgent>> = (0..agents)
         .map(|_| {
@@ -606,7 +642,18 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
         s.deliveries.lock().unwrap().clear();
     }
 
-    // The mixed run: small VPCs, then the big one (bytes and CPU at 100,000 routes).
+    Ok((sims, first_sync))
+}
+
+/// The mixed run: small VPCs, then the big one (bytes and CPU at 100,000 routes); each
+/// change timed from the API call until every affected agent applied it.
+fn mixed_run(
+    api: &Api,
+    sims: &[Arc<SimAgent>],
+    tables: &BTreeMap<String, String>,
+    agents: usize,
+    changes: usize,
+) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     let mut pcx = None;
     let big_changes = 35;
@@ -654,42 +701,72 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     }
     eprintln!();
 
-    // Every delivery belongs to a change that concerned its host.
-    let by_revision: BTreeMap<u64, &Outcome> = outcomes.iter().map(|o| (o.revision, o)).collect();
-    let mut unnecessary = 0;
-    let mut missing = 0;
-    let mut wholes = 0;
-    let mut slowest = Vec::new();
-    let mut small_cost = (Vec::new(), Vec::new());
-    let mut big_cost = (Vec::new(), Vec::new());
-    for (i, s) in sims.iter().enumerate() {
-        let got = s.deliveries.lock().unwrap().clone();
-        for d in &got {
-            wholes += usize::from(d.whole);
-            match by_revision.get(&d.revision) {
-                Some(o) if o.affected.contains(&i) => {
-                    if o.big {
-                        slowest.push((d.cpu, i, o.what));
-                    }
-                    let c = if o.big {
-                        &mut big_cost
-                    } else {
-                        &mut small_cost
-                    };
-                    c.0.push(d.bytes as f64);
-                    c.1.push(d.cpu.as_secs_f64() * 1e3);
-                }
-                _ => unnecessary += 1,
-            }
-        }
-        let revs: BTreeSet<u64> = got.iter().map(|d| d.revision).collect();
-        missing += outcomes
-            .iter()
-            .filter(|o| o.affected.contains(&i) && !revs.contains(&o.revision))
-            .count();
-    }
+    Ok(outcomes)
+}
 
-    // Every agent's document is the one the replicas serve.
+/// What the agents received: every delivery should belong to a change that concerned
+/// its host, and every change should reach every host it concerned.
+struct Tally {
+    unnecessary: usize,
+    missing: usize,
+    wholes: usize,
+    /// The big VPC's deliveries: (agent CPU, agent, change).
+    slowest: Vec<(Duration, usize, &'static str)>,
+    /// (bytes, agent CPU ms) per delivery, small VPCs' changes and the big VPC's.
+    small_cost: (Vec<f64>, Vec<f64>),
+    big_cost: (Vec<f64>, Vec<f64>),
+}
+
+impl Tally {
+    fn of(sims: &[Arc<SimAgent>], outcomes: &[Outcome]) -> Tally {
+        let by_revision: BTreeMap<u64, &Outcome> =
+            outcomes.iter().map(|o| (o.revision, o)).collect();
+        let mut unnecessary = 0;
+        let mut missing = 0;
+        let mut wholes = 0;
+        let mut slowest = Vec::new();
+        let mut small_cost = (Vec::new(), Vec::new());
+        let mut big_cost = (Vec::new(), Vec::new());
+        for (i, s) in sims.iter().enumerate() {
+            let got = s.deliveries.lock().unwrap().clone();
+            for d in &got {
+                wholes += usize::from(d.whole);
+                match by_revision.get(&d.revision) {
+                    Some(o) if o.affected.contains(&i) => {
+                        if o.big {
+                            slowest.push((d.cpu, i, o.what));
+                        }
+                        let c = if o.big {
+                            &mut big_cost
+                        } else {
+                            &mut small_cost
+                        };
+                        c.0.push(d.bytes as f64);
+                        c.1.push(d.cpu.as_secs_f64() * 1e3);
+                    }
+                    _ => unnecessary += 1,
+                }
+            }
+            let revs: BTreeSet<u64> = got.iter().map(|d| d.revision).collect();
+            missing += outcomes
+                .iter()
+                .filter(|o| o.affected.contains(&i) && !revs.contains(&o.revision))
+                .count();
+        }
+
+        Tally {
+            unnecessary,
+            missing,
+            wholes,
+            slowest,
+            small_cost,
+            big_cost,
+        }
+    }
+}
+
+/// Fails unless every agent holds the document the replicas serve for its host.
+fn check_documents(api: &Api, sims: &[Arc<SimAgent>]) -> Result<()> {
     for (i, s) in sims.iter().enumerate() {
         let (_, v) = {
             let (st, _, v) = api.call_as(
@@ -714,7 +791,15 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
         }
     }
 
-    // A fresh agent of a big host, from scratch.
+    Ok(())
+}
+
+/// A fresh agent of a big host synced from scratch: (wall time, agent CPU, bytes).
+fn sync_from_scratch(
+    api: &Api,
+    ns: &Netns,
+    outcomes: &[Outcome],
+) -> Result<(Duration, Duration, usize)> {
     eprintln!("  full sync of one agent from scratch at {BIG_ROUTES} routes ...");
     let scratch = Arc::new(SimAgent {
         deliveries: Mutex::new(Vec::new()),
@@ -739,8 +824,12 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     let scratch_cpu = scratch.deliveries.lock().unwrap()[0].cpu;
     let scratch_bytes = scratch.deliveries.lock().unwrap()[0].bytes;
 
-    // Throughput: 8 clients, each adding and removing routes in its own table, calls
-    // spread over both replicas.
+    Ok((scratch_wall, scratch_cpu, scratch_bytes))
+}
+
+/// API changes per second: 8 clients, each adding and removing routes in its own table,
+/// calls spread over both replicas.
+fn throughput(api: &Api, ns: &Netns, tables: &BTreeMap<String, String>) -> Result<f64> {
     eprintln!("  API throughput: 8 clients over 2 replicas ...");
     let per_client = 100;
     let t0 = Instant::now();
@@ -789,6 +878,27 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
     }
     let throughput = (8 * per_client) as f64 / t0.elapsed().as_secs_f64();
 
+    Ok(throughput)
+}
+
+/// Prints the figures and writes them to `target/bench/fleet.json`.
+fn report(
+    env: &Value,
+    agents: usize,
+    outcomes: &[Outcome],
+    first_sync: &[Delivery],
+    tally: Tally,
+    (scratch_wall, scratch_cpu, scratch_bytes): (Duration, Duration, usize),
+    throughput: f64,
+) -> Result<()> {
+    let Tally {
+        unnecessary,
+        missing,
+        wholes,
+        mut slowest,
+        small_cost,
+        big_cost,
+    } = tally;
     let mut lat: Vec<f64> = outcomes
         .iter()
         .filter(|o| !o.big)
@@ -908,11 +1018,6 @@ fn run(agent_bin: &Path, agents: usize, changes: usize) -> Result<()> {
         }),
     )?;
     println!("wrote {}", path.display());
-    FINISHING.store(true, Ordering::Relaxed);
-    drop(etcd);
-    if unnecessary > 0 || missing > 0 {
-        bail!("{unnecessary} unnecessary and {missing} missed deliveries");
-    }
     Ok(())
 }
 

@@ -10,16 +10,19 @@
 //! on a runtime of its own, from a short-lived thread per call (a runtime cannot be entered
 //! from a thread that is already running one).
 
-use super::{assemble, rows, ObjectStore, StaleRead, StoreEvent, StoredRow};
+use super::rows::{assemble, rows};
+use super::{ObjectStore, StaleRead, StoreEvent};
 use crate::auth::TokenHashes;
 use crate::world::*;
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
-};
-use std::sync::mpsc::Sender;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::time::Duration;
+
+mod access;
+mod watch;
+
+pub use access::EtcdAccess;
+use watch::watch;
 
 pub struct EtcdStore {
     /// Always `Some` until dropped (see `Drop`).
@@ -80,77 +83,6 @@ const MAX_MESSAGE: usize = 512 << 20;
 
 /// How long a replica's claim to sweep outlives its last renewal (sweeps run every 10 s).
 pub const SWEEPER_TTL_SECS: i64 = 15;
-
-/// How a replica proves itself to etcd and checks etcd's identity: TLS (the CA that signed
-/// the members' certificates, and this replica's client certificate when etcd asks for
-/// one: `--client-cert-auth`), and etcd's user authentication. Without TLS the client
-/// speaks plain http (a lab, or etcd on loopback).
-#[derive(Clone, Default)]
-pub struct EtcdAccess {
-    /// PEM of the CA the members' certificates chain to.
-    pub ca: Option<Vec<u8>>,
-    /// PEM certificate and key this replica presents.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-    /// User name and password for etcd's authentication.
-    pub user: Option<(String, String)>,
-}
-
-impl EtcdAccess {
-    /// Reads the files the flags name; says which flag is missing or unreadable.
-    pub fn from_files(
-        ca: Option<&std::path::Path>,
-        cert: Option<&std::path::Path>,
-        key: Option<&std::path::Path>,
-        user: Option<&str>,
-        password_file: Option<&std::path::Path>,
-    ) -> Result<EtcdAccess> {
-        let read = |flag: &str, p: &std::path::Path| {
-            std::fs::read(p).with_context(|| format!("reading {flag} {}", p.display()))
-        };
-        let identity = match (cert, key) {
-            (Some(c), Some(k)) => Some((read("--etcd-cert", c)?, read("--etcd-key", k)?)),
-            (None, None) => None,
-            _ => bail!("--etcd-cert and --etcd-key go together"),
-        };
-        let ca = ca.map(|p| read("--etcd-ca", p)).transpose()?;
-        if identity.is_some() && ca.is_none() {
-            bail!("--etcd-cert needs --etcd-ca (the client certificate is for TLS)");
-        }
-        let user = match (user, password_file) {
-            (Some(u), Some(p)) => {
-                let pw = String::from_utf8(read("--etcd-password-file", p)?)
-                    .context("--etcd-password-file is not UTF-8")?;
-                let pw = pw.trim_end_matches(['\n', '\r']).to_string();
-                if pw.is_empty() {
-                    bail!("--etcd-password-file {} is empty", p.display());
-                }
-                Some((u.to_string(), pw))
-            }
-            (None, None) => None,
-            (Some(_), None) => bail!(
-                "--etcd-user needs --etcd-password-file (never a password on the command line)"
-            ),
-            (None, Some(_)) => bail!("--etcd-password-file needs --etcd-user"),
-        };
-        Ok(EtcdAccess { ca, identity, user })
-    }
-
-    fn options(&self) -> ConnectOptions {
-        let mut o = ConnectOptions::new();
-        if let Some(ca) = &self.ca {
-            let mut tls = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(ca));
-            if let Some((cert, key)) = &self.identity {
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-            o = o.with_tls(tls);
-        }
-        if let Some((user, password)) = &self.user {
-            o = o.with_user(user.clone(), password.clone());
-        }
-        o
-    }
-}
 
 /// etcd no longer knows this replica's auth token (a member restarted, or the token's
 /// time to live ran out): authenticate again.
@@ -609,109 +541,5 @@ impl ObjectStore for EtcdStore {
         })
         .context("storing the account token hashes")?;
         Ok(())
-    }
-}
-
-/// Sends every commit under `prefix` from revision `from` on, with the rows it wrote (see
-/// `changes`), and whether etcd can be reached.
-async fn watch(client: Client, prefix: String, from: i64, tx: Sender<StoreEvent>) {
-    // The first watch starts after what this replica read; later ones from the present.
-    let mut opts = Some(
-        WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from.max(0)),
-    );
-    let mut missed = false;
-    let mut unreachable = false;
-    let mut failures = 0;
-    let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
-    let objects = format!("{prefix}objects/");
-    let guard = format!("{prefix}revision");
-    let token_hashes = format!("{prefix}{TOKEN_HASHES}");
-    loop {
-        let o = opts
-            .take()
-            .unwrap_or_else(|| WatchOptions::new().with_prefix());
-        match watcher.watch(prefix.clone(), Some(o)).await {
-            Ok(mut stream) => {
-                unreachable = false;
-                failures = 0;
-                if missed && tx.send(StoreEvent::Resync).is_err() {
-                    return;
-                }
-                // One commit's events share its revision; a response may hold several.
-                // Only a write of the guard key is a commit (tokens, the sweeper's key are not).
-                let mut pending: Option<(i64, bool, Vec<StoredRow>)> = None;
-                let send = |p: Option<(i64, bool, Vec<StoredRow>)>| match p {
-                    Some((r, true, rows)) => {
-                        tx.send(StoreEvent::Commit(r as u64, Some(rows))).is_ok()
-                    }
-                    _ => true,
-                };
-                while let Ok(Some(resp)) = stream.message().await {
-                    for e in resp.events() {
-                        let Some(kv) = e.kv() else { continue };
-                        let rev = kv.mod_revision();
-                        if pending.as_ref().is_some_and(|(r, _, _)| *r != rev)
-                            && !send(pending.take())
-                        {
-                            return;
-                        }
-                        let (_, commit, rows) =
-                            pending.get_or_insert_with(|| (rev, false, Vec::new()));
-                        let key = kv.key_str().unwrap_or_default();
-                        if key == guard {
-                            *commit = true;
-                        }
-                        if key == token_hashes && e.event_type() == EventType::Put {
-                            match serde_json::from_str(kv.value_str().unwrap_or_default()) {
-                                Ok(h) => {
-                                    if tx.send(StoreEvent::Tokens(h)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => log::warn!("the stored account token hashes: {e}"),
-                            }
-                        }
-                        if let Some((kind, id)) =
-                            key.strip_prefix(&objects).and_then(|k| k.split_once('/'))
-                        {
-                            let body = match e.event_type() {
-                                EventType::Put => {
-                                    Some(kv.value_str().unwrap_or_default().to_string())
-                                }
-                                EventType::Delete => None,
-                            };
-                            rows.push((kind.to_string(), id.to_string(), body));
-                        }
-                    }
-                    // A response ends with whole commits (etcd does not split a revision).
-                    if !send(pending.take()) {
-                        return; // the server is gone
-                    }
-                    if resp.canceled() {
-                        break;
-                    }
-                }
-                // Watch again at once: with another member up, this is only a failover.
-            }
-            // No member answers (for a second: one member down is only a failover to
-            // another): the replica's view may be stale from now on.
-            Err(e) => {
-                if token_expired(&anyhow::Error::new(e)) {
-                    let _ = client.refresh_token().await;
-                }
-                failures += 1;
-                if failures >= 5 && !unreachable {
-                    if tx.send(StoreEvent::Unreachable).is_err() {
-                        return;
-                    }
-                    unreachable = true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        // What happened in between is read whole.
-        missed = true;
     }
 }

@@ -1,7 +1,7 @@
 //! What is installed and how the agent changes it: the mirror of the pinned maps, the
 //! running program and its links, and one install (plan, all-or-nothing apply, attach).
 
-use super::follow::NeedWhole;
+use super::long_poll::NeedWhole;
 use super::metrics::SharedInstallStats;
 use super::underlay::Underlay;
 use crate::bpf::links::Links;

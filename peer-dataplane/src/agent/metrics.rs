@@ -23,7 +23,7 @@ pub struct InstallStats {
     pub last_apply_seconds: f64,
     /// Unix time of the last successful install.
     pub last_success_unix: f64,
-    /// Whether the control plane's last answer was a current view (see `follow::spawn`).
+    /// Whether the control plane's last answer was a current view (see `long_poll::spawn`).
     pub synced: bool,
 }
 

@@ -4,20 +4,20 @@
 //! validation, or names an interface that does not exist, is refused as a whole and the
 //! data plane keeps its previous state; so does an unreachable control plane.
 
-pub mod follow;
-pub mod follower;
+pub mod answer;
+pub mod apply;
 pub mod in_place;
 pub mod install;
+pub mod long_poll;
 pub mod metrics;
-pub mod retry;
 pub mod underlay;
 
 use crate::bpf::links::{Links, XdpModeArg};
 use crate::bpf::object::LoadedObject;
 use anyhow::{bail, Context, Result};
+use apply::{apply_update, reload_file, Retry};
 use install::{load_topology, Dataplane, Installed};
 use log::{error, info};
-use retry::{apply_update, reload_file, Retry};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,7 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Where the desired state comes from.
 pub enum Source {
     File(PathBuf),
-    ControlPlane(follow::ControlPlane),
+    ControlPlane(long_poll::ControlPlane),
 }
 
 pub struct RunOptions {
@@ -67,7 +67,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         (Source::ControlPlane(cp), _) => {
             info!("syncing from control plane {} as host {}", cp.url, cp.host);
-            updates = Some(follow::spawn(
+            updates = Some(long_poll::spawn(
                 cp.clone(),
                 dp.need_whole.clone(),
                 dp.stats.clone(),
@@ -136,7 +136,7 @@ async fn start(opts: &RunOptions) -> Result<Dataplane> {
 async fn follow_changes(
     dp: &mut Dataplane,
     config: Option<&Path>,
-    mut updates: Option<tokio::sync::mpsc::Receiver<follow::Update>>,
+    mut updates: Option<tokio::sync::mpsc::Receiver<long_poll::Update>>,
 ) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

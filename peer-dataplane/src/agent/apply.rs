@@ -1,9 +1,11 @@
-//! Installs with retries: a valid desired state whose install failed (and was undone) is
-//! tried again with backoff until it goes in or a newer state replaces it.
+//! Applying each new desired state, in one line: a file reloaded, or a control-plane
+//! answer taken in (`answer::take`: one route in place, or a topology to install); its
+//! ports checked; installed whole (`install`). A valid state whose install failed (and was
+//! undone) is tried again with backoff until it goes in or a newer state replaces it.
 
-use super::follow::Update;
-use super::follower::{self, TakeError, Taken};
+use super::answer::{self, TakeError, Taken};
 use super::install::{load_topology, Dataplane};
+use super::long_poll::Update;
 use crate::desired::Topology;
 use log::warn;
 use log::{error, info};
@@ -130,7 +132,7 @@ pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry
 pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
     let what = format!("control plane revision {}", u.revision);
-    let taken = follower::take(
+    let taken = answer::take(
         &mut dp.installed,
         &mut dp.topo,
         &mut dp.desired,

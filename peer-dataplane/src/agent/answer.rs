@@ -4,9 +4,9 @@
 //! runs this over the kernel's maps; `bench fleet` runs the very same over memory for
 //! hundreds of simulated hosts.
 
-use super::follow::Change;
 use super::in_place;
 use super::install::{Installed, Maps};
+use super::long_poll::Change;
 use crate::desired::delta::Held;
 use crate::desired::validate::validate_reusing;
 use crate::desired::Topology;

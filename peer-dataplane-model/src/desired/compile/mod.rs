@@ -1,23 +1,28 @@
 //! Compiles a validated [`Topology`] into the exact contents every map should have.
 
 use crate::desired::ids::Ids;
-use crate::desired::validate::{Cap, SgRemote, Target, Topology};
-use crate::maps::{AclPortKey, MapState, RouteKey};
+use crate::desired::validate::{Cap, Target, Topology};
+use crate::maps::{MapState, RouteKey};
 use anyhow::{anyhow, Result};
 use ipnet::IpNet;
-use peer_dataplane_common::acl::{
-    acl_addr_table, acl_set, AclBits, AclExactKey, AclMeta, AclPortData, AclProtoKey,
-    ACL_HIT_SLOTS, NO_ACL, NO_HITS,
-};
+use peer_dataplane_common::acl::{acl_set, ACL_HIT_SLOTS, NO_ACL, NO_HITS};
 use peer_dataplane_common::cap::{CapConfig, UNCAPPED};
 use peer_dataplane_common::overlay::{HostKey, OverlayConfig, OverlayIdKey, OVERLAY_ENABLED};
 use peer_dataplane_common::{
     addr, route_key, route_table_key, vpc_table, Endpoint, EndpointKey, Name, NameKey, Peering,
     Port, RouteValue, ENDPOINT_LOCAL, ENDPOINT_REMOTE, NAME_ACL, NAME_ACL_RULE, NAME_HOST,
     NAME_PEERING, NAME_PORT, NAME_ROUTE_TABLE, NAME_SG_SET, NAME_SUBNET, NAME_VPC, PORT_HAS_IPV4,
-    PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_TABLE_BITS, ROUTE_VPC_CIDR,
+    PORT_HAS_IPV6, ROUTE_BLACKHOLE, ROUTE_LOCAL, ROUTE_PCX, ROUTE_VPC_CIDR,
 };
 use std::collections::{BTreeMap, BTreeSet};
+
+mod groups;
+mod sets;
+
+pub use groups::{sg_combinations, sg_set_name};
+use groups::{sg_members, sg_rules};
+use sets::insert_acl_set;
+pub use sets::HitSlots;
 
 /// Turns an interface name into its ifindex (the kernel's, or a fake one in unit tests).
 pub trait IfindexResolver {
@@ -77,81 +82,6 @@ fn wanted_names(t: &Topology) -> BTreeMap<u32, BTreeSet<std::borrow::Cow<'_, str
     ])
 }
 
-/// The distinct security-group lists on ports, by the name of their compiled set: ports
-/// with the same groups share one set.
-pub fn sg_combinations(t: &Topology) -> BTreeMap<String, Vec<String>> {
-    t.ports
-        .values()
-        .filter_map(|p| p.security_groups.clone())
-        .map(|groups| (sg_set_name(&groups), groups))
-        .collect()
-}
-
-/// `groups` (sorted) joined with `+`; a digest of them when that is too long for a name.
-pub fn sg_set_name(groups: &[String]) -> String {
-    let joined = format!("sgs:{}", groups.join("+"));
-    if joined.len() <= peer_dataplane_common::NAME_MAX_LEN {
-        return joined;
-    }
-    // FNV-1a: stable across builds and restarts, which the names map relies on.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in joined.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("sgs#{h:016x}")
-}
-
-/// Each security group's member addresses (host prefixes of its ports' addresses, on this
-/// host or another).
-fn sg_members(t: &Topology) -> BTreeMap<&str, Vec<IpNet>> {
-    let mut members: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
-    for p in t.ports.values().chain(t.remote_ports.values()) {
-        for g in p.security_groups.iter().flatten() {
-            let m = members.entry(g.as_str()).or_default();
-            m.extend(p.ipv4.map(|a| IpNet::from(std::net::IpAddr::V4(a))));
-            m.extend(p.ipv6.map(|a| IpNet::from(std::net::IpAddr::V6(a))));
-        }
-    }
-    members
-}
-
-/// The rules of security groups `groups` in one direction, as allow rules of an ACL (a
-/// peer-group reference becomes one rule per address of that group's `members`).
-fn sg_rules(
-    t: &Topology,
-    members: &BTreeMap<&str, Vec<IpNet>>,
-    groups: &[String],
-    egress: bool,
-) -> Vec<crate::desired::acl::Rule> {
-    let mut distinct = BTreeSet::new();
-    for g in groups {
-        for r in t.security_groups[g]
-            .rules
-            .iter()
-            .filter(|r| r.egress == egress)
-        {
-            let cidrs = match &r.remote {
-                SgRemote::Cidr(c) => vec![*c],
-                SgRemote::Group(peer) => members.get(peer.as_str()).cloned().unwrap_or_default(),
-            };
-            for cidr in cidrs {
-                distinct.insert((r.protocol, r.ports, cidr));
-            }
-        }
-    }
-    distinct
-        .into_iter()
-        .enumerate()
-        .map(|(i, (protocol, ports, cidr))| crate::desired::acl::Rule {
-            number: i as u32 + 1,
-            protocol,
-            ports,
-            cidr,
-            allow: true,
-        })
-        .collect()
-}
-
 fn cap_config(cap: Option<Cap>) -> CapConfig {
     match cap {
         Some(c) => CapConfig::new(c.bits_per_second, c.burst_bytes),
@@ -159,118 +89,9 @@ fn cap_config(cap: Option<Cap>) -> CapConfig {
     }
 }
 
-/// Writes compiled ACL `c` as set `set`; `hit_base` is [`NO_HITS`] for sets without
-/// per-rule counters.
-fn insert_acl_set(s: &mut MapState, set: u32, c: &crate::desired::acl::Compiled, hit_base: u32) {
-    let bits = |b: &crate::desired::acl::Bitmap| AclBits::new(*b);
-    for (net, b) in &c.addresses {
-        let table = acl_addr_table(set, matches!(net, IpNet::V6(_)));
-        if net.prefix_len() == net.max_prefix_len() {
-            let (a, _, _) = net_addr(net);
-            s.acl_exact.insert(AclExactKey::host(table, a), bits(b));
-        } else {
-            s.acl_addr.insert(key_for(table, net), bits(b));
-        }
-    }
-    for ((port, len), b) in &c.ports {
-        if *len == 16 {
-            s.acl_exact.insert(AclExactKey::port(set, *port), bits(b));
-            continue;
-        }
-        let data = AclPortData {
-            set_be: set.to_be_bytes(),
-            port_be: port.to_be_bytes(),
-        };
-        s.acl_port.insert(
-            AclPortKey {
-                prefix_len: ROUTE_TABLE_BITS + *len as u32,
-                data,
-            },
-            bits(b),
-        );
-    }
-    for (proto, b) in &c.protocols {
-        s.acl_proto.insert(
-            AclProtoKey {
-                set,
-                protocol: *proto as u32,
-            },
-            bits(b),
-        );
-    }
-    s.acl_meta.insert(
-        set,
-        AclMeta {
-            allow: bits(&c.allow),
-            any_protocol: bits(&c.any_protocol),
-            portless: bits(&c.portless),
-            hit_base,
-            rules: c.numbers.len() as u32,
-        },
-    );
-}
-
 /// Which generation of each route table (by id) to compile into; see
 /// [`peer_dataplane_common::route_table_key`].
 pub type Generations<'a> = &'a dyn Fn(u32) -> u32;
-
-/// Per-rule hit counter ranges of network ACL sets. A set installed now keeps its range
-/// (same set key, same number of rules); any other set takes the first range that no
-/// installed set and no set assigned before it uses. Installed ranges stay taken even for
-/// sets about to be removed: they are in use until the removal, which comes after the new
-/// sets are written.
-pub struct HitSlots {
-    installed: BTreeMap<u32, (u32, u32)>,
-    taken: Vec<(u32, u32)>,
-}
-
-impl HitSlots {
-    pub fn new(installed: &MapState) -> HitSlots {
-        let installed: BTreeMap<u32, (u32, u32)> = installed
-            .acl_meta
-            .iter()
-            .filter(|(_, m)| m.hit_base != NO_HITS && m.rules > 0)
-            .map(|(set, m)| (*set, (m.hit_base, m.rules)))
-            .collect();
-        let taken = installed.values().copied().collect();
-        HitSlots { installed, taken }
-    }
-
-    /// The first counter of set `set`'s `rules` rules; `None` if no free range is left.
-    pub fn assign(&mut self, set: u32, rules: u32) -> Option<u32> {
-        if rules == 0 {
-            return Some(0);
-        }
-        if let Some((base, n)) = self.installed.get(&set) {
-            if *n == rules {
-                return Some(*base);
-            }
-        }
-        self.taken.sort();
-        let mut start = 0u32;
-        for (base, n) in &self.taken {
-            if *base >= start + rules {
-                break;
-            }
-            start = start.max(base + n);
-        }
-        if start + rules > ACL_HIT_SLOTS {
-            return None;
-        }
-        self.taken.push((start, rules));
-        Some(start)
-    }
-
-    /// Marks `rules` counters from `base` as taken.
-    pub fn take(&mut self, base: u32, rules: u32) {
-        self.taken.push((base, rules));
-    }
-
-    /// Counters taken (installed or assigned).
-    pub fn in_use(&self) -> u32 {
-        self.taken.iter().map(|(_, n)| n).sum()
-    }
-}
 
 /// A route's trie value; `None` if it leads to a peering without an id.
 pub fn route_value(
