@@ -8,7 +8,7 @@ use args::{
     AclAction, CacheAction, Cli, Command, ConntrackAction, PeeringAction, PortAction, RouteAction,
 };
 use clap::Parser;
-use peer_dataplane::agent::{self, follow, install::load_topology};
+use peer_dataplane::agent::{self, install::load_topology, long_poll};
 use peer_dataplane::bpf::pins;
 use peer_dataplane::cli::commands;
 
