@@ -19,10 +19,9 @@
 //! a figure is the whole per-packet cost of a path on a core. Each figure is the median of
 //! rounds that alternate between the two data planes.
 
-use super::gen::{flow_frames, spread, BenchGen, Next, Run, Shape};
+use super::gen::{flow_frames, spread, BenchGen, Next, Shape, BENCH_DPORT};
+use super::rows::{a_to_b_frame, alternating, line, ns_cmd, Received, FLOWS, FRAME_BYTES};
 use anyhow::{bail, ensure, Context, Result};
-use peer_dataplane::cli::frame::Protocol;
-use peer_dataplane::cli::loadgen::{self, Traffic};
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::loadgen::GeneratorArg;
 use peer_dataplane_common::program_names;
@@ -34,13 +33,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub const FRAME_BYTES: usize = 64;
-/// Frame templates of the cross-host row and the trafgen cross-check.
-pub const FLOWS: u32 = 256;
 /// Flows per frame of a row unless it says otherwise.
 const ROW_FLOWS: u32 = 256;
-/// Source port of flow 0 (`pdp_loadgen`, `gen::flow_frames`).
-pub const FIRST_SPORT: u16 = 1024;
 
 /// One point of the comparison.
 struct Config {
@@ -138,11 +132,6 @@ fn configs() -> Vec<Config> {
     ]
 }
 
-fn ns_cmd(program: &str, args: &[&str]) -> Result<String> {
-    // This thread is in the benchmark's namespace; children inherit it.
-    sh(Command::new(program).args(args))
-}
-
 /// Runs `script` through `program -batch -` (ip) or `-f -` (nft) on stdin.
 fn batch(program: &str, flag: &[&str], script: &str) -> Result<()> {
     let mut child = Command::new(program)
@@ -159,12 +148,6 @@ fn batch(program: &str, flag: &[&str], script: &str) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// Runs one command line (words split on spaces) in the benchmark's namespace.
-pub fn line(cmd: &str) -> Result<String> {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    ns_cmd(words[0], &words[1..])
 }
 
 /// The Linux forwarding path between ports A and B (addresses, neighbour, sysctls).
@@ -388,28 +371,6 @@ fn pdp_doc(c: &Config) -> Document {
     doc
 }
 
-/// What one run of a row gave: frames and bits per second received behind port B (bytes
-/// as the sink counted them), frames per second the generator offered, and the sink's
-/// frames per CPU.
-#[derive(Clone, Default)]
-pub struct Received {
-    pub pps: f64,
-    pub bps: f64,
-    pub offered_pps: f64,
-    pub per_cpu: Vec<u64>,
-}
-
-impl Received {
-    pub fn of(r: &Run) -> Received {
-        Received {
-            pps: r.received as f64 / r.sent.seconds,
-            bps: r.bytes as f64 * 8.0 / r.sent.seconds,
-            offered_pps: r.sent.pps,
-            per_cpu: r.per_cpu.clone(),
-        }
-    }
-}
-
 /// One run of `seconds` into port A, `flows` flows from `threads` threads, on to this
 /// data plane or (`linux`) to the kernel.
 fn measure(
@@ -439,31 +400,6 @@ fn measure(
     )?;
     Ok(Received::of(&r))
 }
-
-/// A UDP frame A -> B to port `BENCH_DPORT`, with A's MACs (the template of every
-/// benchmark frame).
-pub fn a_to_b_frame(dp: &TestDataplane) -> Result<Vec<u8>> {
-    let port_a = dp
-        .installed
-        .mirror
-        .ports
-        .get(&netns::ifindex(A.port))
-        .copied();
-    let traffic = Traffic {
-        src: std::net::IpAddr::V4(A.ipv4.into()),
-        dst_first: std::net::IpAddr::V4(B.ipv4.into()),
-        dst_last: std::net::IpAddr::V4(B.ipv4.into()),
-        protocol: Protocol::Udp,
-        dport: Some(BENCH_DPORT),
-        flows: 1,
-        length: FRAME_BYTES,
-    };
-    Ok(loadgen::frames(&traffic, port_a.as_ref())?.remove(0))
-}
-
-/// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows the
-/// next one is used too.
-pub const BENCH_DPORT: u16 = 7000;
 
 pub struct Options<'a> {
     pub object: &'a Path,
@@ -661,23 +597,6 @@ fn measure_configs(
     Ok((rows, policers))
 }
 
-/// Each figure's median over the rounds (the per-CPU split of the median round).
-fn medians(runs: &[Received]) -> Received {
-    let m = |f: fn(&Received) -> f64| super::median(runs.iter().map(f).collect());
-    let pps = m(|r| r.pps);
-    let per_cpu = runs
-        .iter()
-        .find(|r| r.pps == pps)
-        .map(|r| r.per_cpu.clone())
-        .unwrap_or_default();
-    Received {
-        pps,
-        bps: m(|r| r.bps),
-        offered_pps: m(|r| r.offered_pps),
-        per_cpu,
-    }
-}
-
 /// The rows of the scaling table: a configuration at one thread count, both paths.
 pub struct ScalingRow {
     label: &'static str,
@@ -789,23 +708,6 @@ fn scaling_json(rows: &[ScalingRow]) -> serde_json::Value {
                 serde_json::json!({"configuration": r.label, "threads": r.threads, "not_run": e}),
         })
         .collect::<Vec<_>>())
-}
-
-/// `rounds` rounds alternating this data plane's run (`measure(false)`) and Linux's
-/// (`measure(true)`), so that drift on a shared machine hits both alike: the medians of
-/// (this data plane, Linux).
-pub fn alternating(
-    rounds: usize,
-    mut measure: impl FnMut(bool) -> Result<Received>,
-) -> Result<(Received, Received)> {
-    let (mut pdp, mut linux) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        eprint!("round {}/{rounds} ", r + 1);
-        std::io::stderr().flush().ok();
-        pdp.push(measure(false)?);
-        linux.push(measure(true)?);
-    }
-    Ok((medians(&pdp), medians(&linux)))
 }
 
 /// The table of both paths per configuration, and the headline ratios.

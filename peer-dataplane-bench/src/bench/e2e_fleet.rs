@@ -10,8 +10,8 @@
 //!   project's machines, have no Geneve): the same UDP encapsulation of an Ethernet frame
 //!   with an 8-byte header and a VNI, without our 12-byte option.
 
-use super::e2e::{alternating, line, Received, FLOWS};
 use super::gen::{BenchGen, Next, Shape};
+use super::rows::{alternating, line, Received, FLOWS};
 use anyhow::Result;
 use peer_dataplane::loadgen::GeneratorArg;
 use peer_dataplane_common::{overlay::GENEVE_PORT, program_names};
@@ -85,7 +85,7 @@ pub fn measure(
     // Keep the programs in the dispatcher (see `keep_in_dispatcher`); count on the uplink.
     dp.keep_in_dispatcher(program_names::PIPELINE, &format!("{}-peer", B2.port))?;
     dp.keep_in_dispatcher(program_names::SINK, "up0-peer")?;
-    let template = super::e2e::a_to_b_frame(&dp)?;
+    let template = super::rows::a_to_b_frame(&dp)?;
     let mut gen = BenchGen::choose(arg, A.port)?;
     eprint!("across hosts (sender): ");
     // Each side's tunnel packets are the sink's to count: ours to 6081, Linux's to its port.

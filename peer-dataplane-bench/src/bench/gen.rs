@@ -14,13 +14,19 @@
 //! Either way the frames that make it are counted by `pdp_sink` behind the destination
 //! port, per CPU.
 
-use super::e2e::{BENCH_DPORT, FIRST_SPORT};
 use anyhow::{Context, Result};
 use peer_dataplane::loadgen::{self, far_end, Generator, GeneratorArg, Load, Opened, Sent, Source};
 use peer_dataplane_common::program_names;
 use peer_dataplane_tests::harness::TestDataplane;
 use peer_dataplane_tests::netns;
 use std::time::Duration;
+
+/// Source port of flow 0 (`pdp_loadgen`, `flow_frames`).
+pub const FIRST_SPORT: u16 = 1024;
+
+/// The UDP port of every benchmark frame (what the sink counts); past 50,000 flows the
+/// next one is used too.
+pub const BENCH_DPORT: u16 = 7000;
 
 /// Source ports a destination port spans before the next one (as `pdp_loadgen`).
 const SPORTS: u32 = 50_000;

@@ -12,8 +12,9 @@
 //! decisions off. A figure is the time per frame on one CPU, 1 / (frames counted per
 //! second), the generator's own cost included (the same in every row).
 
-use super::e2e::{a_to_b_frame, BENCH_DPORT, FRAME_BYTES};
+use super::gen::BENCH_DPORT;
 use super::gen::{BenchGen, Next, Shape};
+use super::rows::{a_to_b_frame, FRAME_BYTES};
 use anyhow::Result;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane_common::program_names;

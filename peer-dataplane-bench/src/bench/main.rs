@@ -25,6 +25,7 @@ mod gen;
 mod live;
 mod overlay;
 mod report;
+mod rows;
 mod sync;
 
 const BATCH: u32 = 250;
