@@ -660,8 +660,12 @@ fn mixed_run(
     for n in 0..changes + big_changes {
         let big = n >= changes;
         // Each cycle of seven (see `plan`) works on one VPC and a partner it has never
-        // been peered with.
-        let cycle = n / 7;
+        // been peered with. The big VPC's changes start a cycle of their own, whatever
+        // `changes` is (else its first change could accept the small VPCs' request).
+        let (i, cycle) = match big {
+            true => (n - changes, changes.div_ceil(7) + (n - changes) / 7),
+            false => (n, n / 7),
+        };
         let (vpc, other) = if big {
             (
                 "vpc-big".to_string(),
@@ -675,7 +679,7 @@ fn mixed_run(
                 format!("vpc-s{}", (2 * p + 1 + step - 1) % SMALL),
             )
         };
-        let p = plan(n, &vpc, &tables[&vpc], &other, &mut pcx, cycle);
+        let p = plan(i, &vpc, &tables[&vpc], &other, &mut pcx, cycle);
         let affected = hosts_of(&p.vpcs, agents);
         let t0 = Instant::now();
         let (revision, _) = api.ok(n, p.method, &p.path, p.body.as_ref())?;
