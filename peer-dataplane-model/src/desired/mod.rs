@@ -10,7 +10,7 @@ pub mod objects;
 pub mod rules;
 pub mod validate;
 
-pub use compile::{compile, compile_over, IfindexResolver};
+pub use compile::{compile, compile_over, IfindexResolver, PortsRefused};
 pub use document::Document;
 pub use ids::Ids;
 pub use validate::{validate, Topology};

@@ -6,7 +6,7 @@
 use super::answer::{self, TakeError, Taken};
 use super::install::{load_topology, Dataplane};
 use super::long_poll::Update;
-use crate::desired::Topology;
+use crate::desired::{PortsRefused, Topology};
 use log::warn;
 use log::{error, info};
 use std::path::Path;
@@ -63,13 +63,26 @@ impl Retry {
                 }
                 None
             }
-            Err(retry) => Some(*retry),
+            Err(NotInstalled::Refused(e)) => {
+                error!("{what} refused, previous state kept: {e}");
+                None
+            }
+            Err(NotInstalled::Retry(retry)) => Some(*retry),
         }
     }
 }
 
+/// Why an install did not go in.
+enum NotInstalled {
+    /// Ports on interfaces that must not carry one: the state is refused, like an invalid
+    /// one (waiting would not change it); nothing was written.
+    Refused(PortsRefused),
+    /// Anything else (an interface not there yet, a failed write, undone): tried again.
+    Retry(Box<Retry>),
+}
+
 /// Installs a validated state (after `attempts` failed ones); a failure is reported and
-/// comes back as the retry to make.
+/// comes back as the refusal, or the retry to make.
 fn install(
     topo: Topology,
     what: String,
@@ -77,7 +90,7 @@ fn install(
     attempts: u32,
     started: Instant,
     dp: &mut Dataplane,
-) -> Result<usize, Box<Retry>> {
+) -> Result<usize, NotInstalled> {
     match dp.apply(&topo) {
         Ok(writes) => {
             dp.record(revision, started, true);
@@ -86,6 +99,10 @@ fn install(
         }
         Err(e) => {
             dp.record(revision, started, false);
+            if let Some(refused) = e.chain().find_map(|c| c.downcast_ref::<PortsRefused>()) {
+                // Refused before any write: what is installed is still `dp.topo`.
+                return Err(NotInstalled::Refused(PortsRefused(refused.0.clone())));
+            }
             // Until a whole install succeeds, nothing is changed in place.
             dp.topo = None;
             let retry = Retry {
@@ -95,14 +112,14 @@ fn install(
                 attempts,
                 at: started,
             };
-            Err(Box::new(retry.failed(&e)))
+            Err(NotInstalled::Retry(Box::new(retry.failed(&e))))
         }
     }
 }
 
 pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry> {
     let started = Instant::now();
-    let topo = match load_topology(config).and_then(|t| dp.check_ports(&t).map(|()| t)) {
+    let topo = match load_topology(config) {
         Ok(t) => t,
         Err(e) => {
             dp.record(None, started, false);
@@ -125,7 +142,11 @@ pub fn reload_file(config: &Path, why: &str, dp: &mut Dataplane) -> Option<Retry
             );
             None
         }
-        Err(retry) => Some(*retry),
+        Err(NotInstalled::Refused(e)) => {
+            error!("reload on {why} refused, previous state kept: {e}");
+            None
+        }
+        Err(NotInstalled::Retry(retry)) => Some(*retry),
     }
 }
 
@@ -151,17 +172,7 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             return None;
         }
         Ok(Taken::Nothing) => return None,
-        Ok(Taken::Install(topo)) => match dp.check_ports(&topo) {
-            Ok(()) => topo,
-            Err(e) => {
-                dp.record(Some(u.revision), started, false);
-                error!(
-                    "revision {} refused, previous state kept: desired state from {what}: {e:#}",
-                    u.revision
-                );
-                return None;
-            }
-        },
+        Ok(Taken::Install(topo)) => topo,
         Err(TakeError::DoesNotFit(e)) => {
             warn!(
                 "the delta to revision {} does not fit ({e}); asking for the whole document",
@@ -179,7 +190,7 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             return None;
         }
     };
-    match install(topo, what, Some(u.revision), 0, started, dp) {
+    match install(topo, what.clone(), Some(u.revision), 0, started, dp) {
         Ok(writes) => {
             info!(
                 "synced revision {} ({writes} map writes; applied in {:.2} ms, {:.2} ms after the control plane answered)",
@@ -189,6 +200,13 @@ pub fn apply_update(u: Update, dp: &mut Dataplane) -> Option<Retry> {
             );
             None
         }
-        Err(retry) => Some(*retry),
+        Err(NotInstalled::Refused(e)) => {
+            error!(
+                "revision {} refused, previous state kept: desired state from {what}: {e}",
+                u.revision
+            );
+            None
+        }
+        Err(NotInstalled::Retry(retry)) => Some(*retry),
     }
 }

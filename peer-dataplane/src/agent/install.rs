@@ -190,23 +190,6 @@ impl Dataplane {
         Ok(writes)
     }
 
-    /// Refuses a state whose ports name interfaces that are not an instance's here (the
-    /// loopback, a kind not in `--port-kinds`): waiting would not change them, so the
-    /// state is refused like an invalid one, not retried. (A port whose interface does
-    /// not exist yet is retried: the instance may be starting.)
-    pub fn check_ports(&self, topo: &Topology) -> Result<()> {
-        let kernel = KernelIfindex::new(&self.port_kinds);
-        let refused: Vec<String> = topo
-            .ports
-            .keys()
-            .filter_map(|i| kernel.refuse_port(i).map(|why| format!("port {i}: {why}")))
-            .collect();
-        if refused.is_empty() {
-            return Ok(());
-        }
-        Err(anyhow!("{}", refused.join("; ")))
-    }
-
     /// Records an install (or a refusal) for the metrics endpoint.
     pub fn record(&self, revision: Option<u64>, started: Instant, ok: bool) {
         let mut s = self.stats.lock().unwrap();

@@ -24,6 +24,13 @@ use groups::{sg_members, sg_rules};
 use sets::insert_acl_set;
 pub use sets::HitSlots;
 
+/// Ports on interfaces that must not carry one (see [`IfindexResolver::refuse_port`]), each
+/// named with why. Waiting would not change them: the agent refuses such a state, as it
+/// refuses an invalid one, where it retries other failed installs.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct PortsRefused(pub Vec<String>);
+
 /// Turns an interface name into its ifindex (the kernel's, or a fake one in unit tests).
 pub trait IfindexResolver {
     fn ifindex(&self, name: &str) -> Option<u32>;
@@ -339,6 +346,17 @@ impl Compiler<'_> {
 
     /// Ports, their endpoints (one per address) and redirect entries.
     fn ports(&mut self, resolver: &dyn IfindexResolver) -> Result<()> {
+        // Interfaces that must not carry a port, all named at once, before anything that
+        // may only be missing for now (an interface that does not exist yet).
+        let refused: Vec<String> = (self.t.ports.values())
+            .filter_map(|p| {
+                let why = resolver.refuse_port(&p.interface)?;
+                Some(format!("port {}: {why}", p.interface))
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(PortsRefused(refused).into());
+        }
         // The uplink by index: a second name of it (an altname) is the uplink too.
         let uplink = self
             .t
@@ -359,9 +377,6 @@ impl Compiler<'_> {
                     port.interface,
                     port.interface
                 ));
-            }
-            if let Some(why) = resolver.refuse_port(&port.interface) {
-                return Err(anyhow!("port {}: {why}", port.interface));
             }
             let subnet = &self.t.subnets[&port.subnet];
             let vpc = self.id(NAME_VPC, &subnet.vpc);
