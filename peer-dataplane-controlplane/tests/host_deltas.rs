@@ -9,6 +9,7 @@ use axum::Router;
 use common::call;
 use peer_dataplane_model::desired::delta::{Delta, Held};
 use peer_dataplane_model::desired::document::Document;
+use peer_dataplane_tests::controlplane::canonical_document;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -22,23 +23,6 @@ fn host(i: usize) -> String {
 
 fn host_token(i: usize) -> String {
     format!("token-of-delta-host-{i}")
-}
-
-/// A document with every list in a canonical order (deltas do not keep the order).
-fn canonical(d: &Document) -> Value {
-    fn sort(v: &mut Value) {
-        match v {
-            Value::Array(a) => {
-                a.iter_mut().for_each(sort);
-                a.sort_by_key(|x| x.to_string());
-            }
-            Value::Object(o) => o.values_mut().for_each(sort),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::to_value(d).unwrap();
-    sort(&mut v);
-    v
 }
 
 struct Agent {
@@ -94,8 +78,8 @@ impl Fleet {
             let a = &self.agents[h];
             assert_eq!(revision, a.revision, "{what}: host {h}");
             assert_eq!(
-                canonical(&a.held.doc),
-                canonical(&whole),
+                canonical_document(&a.held.doc),
+                canonical_document(&whole),
                 "{what}: host {h}'s document after the delta"
             );
             out.push(d);

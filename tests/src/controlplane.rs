@@ -575,6 +575,24 @@ impl Drop for ControlPlane {
     }
 }
 
+/// `d` with every list in a canonical order: deltas do not keep the order, so a document
+/// rebuilt from them is compared with a whole one in this form.
+pub fn canonical_document(d: &peer_dataplane_model::desired::document::Document) -> Value {
+    fn sort(v: &mut Value) {
+        match v {
+            Value::Array(a) => {
+                a.iter_mut().for_each(sort);
+                a.sort_by_key(|x| x.to_string());
+            }
+            Value::Object(o) => o.values_mut().for_each(sort),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(d).expect("a document is JSON");
+    sort(&mut v);
+    v
+}
+
 /// A free TCP port (in the namespace the caller's thread is in; namespaces start empty).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -26,6 +26,7 @@ use peer_dataplane::desired::delta::Held;
 use peer_dataplane::desired::document::Document;
 use peer_dataplane::desired::{IfindexResolver, Topology};
 use peer_dataplane::maps::MapState;
+use peer_dataplane_tests::controlplane::canonical_document;
 use peer_dataplane_tests::etcd::Etcd;
 use peer_dataplane_tests::netns::{self, Netns};
 use serde_json::{json, Value};
@@ -382,7 +383,7 @@ fn check_documents(api: &Api, sims: &[Arc<SimAgent>]) -> Result<()> {
         }
         let held = s.desired.lock().unwrap();
         let (_, held) = held.as_ref().context("no document")?;
-        if canonical(&held.doc) != canonical(&want) {
+        if canonical_document(&held.doc) != canonical_document(&want) {
             bail!("agent {i}'s document differs from what the replicas serve");
         }
     }
@@ -512,20 +513,4 @@ fn wait_all(
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-fn canonical(d: &Document) -> Value {
-    fn sort(v: &mut Value) {
-        match v {
-            Value::Array(a) => {
-                a.iter_mut().for_each(sort);
-                a.sort_by_key(|x| x.to_string());
-            }
-            Value::Object(o) => o.values_mut().for_each(sort),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::to_value(d).unwrap();
-    sort(&mut v);
-    v
 }
