@@ -15,6 +15,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod endpoint;
 pub mod flowcache;
+pub mod latency;
 pub mod name;
 pub mod overlay;
 pub mod peering;
