@@ -317,26 +317,7 @@ impl ControlPlane {
                 config = config.tls_config(peer_dataplane::agent::long_poll::trusting(&pem)?);
             }
             let agent: ureq::Agent = config.build().into();
-            let mut req = http_request(&method, &url)?;
-            if let Some(t) = token {
-                req = req.header("authorization", &format!("Bearer {t}"));
-            }
-            let mut resp = match body {
-                Some(b) => agent.run(
-                    req.header("content-type", "application/json")
-                        .body(b.to_string())?,
-                )?,
-                None => agent.run(req.body(())?)?,
-            };
-            let status = resp.status().as_u16();
-            let revision = revision_of(&resp);
-            let text = resp.body_mut().read_to_string()?;
-            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            Ok(Reply {
-                status,
-                body,
-                revision,
-            })
+            request(&agent, &method, &url, token.as_deref(), body.as_ref())
         })
         .join()
         .map_err(|_| anyhow::anyhow!("request thread panicked"))?;
@@ -564,9 +545,37 @@ impl ControlPlane {
     }
 }
 
-fn http_request(method: &str, url: &str) -> Result<ureq::http::request::Builder> {
-    let m: ureq::http::Method = method.parse().context("HTTP method")?;
-    Ok(ureq::http::Request::builder().method(m).uri(url))
+/// One request on `agent` (which must not turn HTTP errors into `Err`) to `url`, as
+/// `token` if any, with `body` as JSON if any. A body that is not JSON comes back as a
+/// string.
+pub fn request(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<Reply> {
+    let method: ureq::http::Method = method.parse().context("HTTP method")?;
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = match body {
+        Some(b) => agent.run(
+            req.header("content-type", "application/json")
+                .body(b.to_string())?,
+        )?,
+        None => agent.run(req.body(())?)?,
+    };
+    let status = resp.status().as_u16();
+    let revision = revision_of(&resp);
+    let text = resp.body_mut().read_to_string()?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply {
+        status,
+        body,
+        revision,
+    })
 }
 
 impl Drop for ControlPlane {

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use peer_dataplane::bpf::KernelMaps;
 use peer_dataplane::desired::compile::key_for;
 use peer_dataplane_common::{map_names, ROUTE_BLACKHOLE};
-use peer_dataplane_tests::controlplane::{free_port, revision_of, token_of, ControlPlane};
+use peer_dataplane_tests::controlplane::{free_port, request, token_of, ControlPlane};
 use peer_dataplane_tests::netns;
 use peer_dataplane_tests::seed::{self, Agent};
 use serde_json::{json, Value};
@@ -65,28 +65,9 @@ impl Client {
     /// (status, x-pdp-revision) of one request as account A.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, u64)> {
         let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {}", token_of(ACCOUNT_A));
-        let mut resp = match (method, body) {
-            ("POST", Some(b)) => self
-                .http
-                .post(&url)
-                .header("authorization", &auth)
-                .send_json(b)?,
-            ("PUT", Some(b)) => self
-                .http
-                .put(&url)
-                .header("authorization", &auth)
-                .send_json(b)?,
-            ("DELETE", None) => self
-                .http
-                .delete(&url)
-                .header("authorization", &auth)
-                .call()?,
-            _ => bail!("unsupported request {method} {path}"),
-        };
-        let revision = revision_of(&resp);
-        let _ = resp.body_mut().read_to_string();
-        Ok((resp.status().as_u16(), revision))
+        let token = token_of(ACCOUNT_A);
+        let r = request(&self.http, method, &url, Some(&token), body)?;
+        Ok((r.status, r.revision))
     }
 }
 

@@ -29,42 +29,14 @@ impl Api {
         body: Option<&Value>,
     ) -> Result<(u16, u64, Value)> {
         let url = format!("{}{path}", self.bases[replica % self.bases.len()]);
-        let auth = format!("Bearer {token}");
-        let mut resp = match (method, body) {
-            ("GET", _) => self.http.get(&url).header("authorization", &auth).call()?,
-            ("DELETE", _) => self
-                .http
-                .delete(&url)
-                .header("authorization", &auth)
-                .call()?,
-            ("POST", Some(b)) => self
-                .http
-                .post(&url)
-                .header("authorization", &auth)
-                .send_json(b)?,
-            ("POST", None) => self
-                .http
-                .post(&url)
-                .header("authorization", &auth)
-                .send_empty()?,
-            ("PUT", Some(b)) => self
-                .http
-                .put(&url)
-                .header("authorization", &auth)
-                .send_json(b)?,
-            _ => bail!("unsupported request {method} {path}"),
-        };
-        let revision = resp
-            .headers()
-            .get("x-pdp-revision")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        let text = resp.body_mut().read_to_string()?;
-        Ok((
-            resp.status().as_u16(),
-            revision,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-        ))
+        let r = peer_dataplane_tests::controlplane::request(
+            &self.http,
+            method,
+            &url,
+            Some(token),
+            body,
+        )?;
+        Ok((r.status, r.revision, r.body))
     }
 
     /// A call that must succeed with a 2xx.
