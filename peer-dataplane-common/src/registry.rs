@@ -50,6 +50,15 @@ impl MapSpec {
     pub const fn preallocated(&self) -> bool {
         self.flags & BPF_F_NO_PREALLOC == 0
     }
+
+    /// Bytes of a value the agent holds: all of it, but for a devmap, whose value is the
+    /// target ifindex followed by a chained program's fd that the agent leaves 0 (none).
+    pub const fn held_value_size(&self) -> u32 {
+        match self.kind {
+            MapKind::DevMapHash => size_of::<u32>() as u32,
+            _ => self.value_size,
+        }
+    }
 }
 
 /// The key of an LPM trie as the kernel lays it out: prefix length, then the data, with

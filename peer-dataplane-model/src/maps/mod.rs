@@ -178,11 +178,7 @@ mod tests {
                 let key = M::Key::decode(&vec![0; M::SPEC.key_size as usize]);
                 key.expect("key size").encode(&mut k);
                 assert_eq!(k.len() as u32, M::SPEC.key_size, "{}", M::SPEC.name);
-                // A devmap's kernel value is the target ifindex and a program fd (0: none).
-                let size = match M::SPEC.kind {
-                    registry::MapKind::DevMapHash => 4,
-                    _ => M::SPEC.value_size,
-                };
+                let size = M::SPEC.held_value_size();
                 M::Value::decode(&vec![0; size as usize])
                     .expect("value size")
                     .encode(&mut v);

@@ -4,7 +4,8 @@
 //!
 //! - an array entry cannot be removed: removing one writes zeros, and an all-zero entry
 //!   reads back as absent;
-//! - a devmap's value is the target ifindex followed by a chained program's fd, 0 (none).
+//! - a devmap's value is the target ifindex followed by a chained program's fd, 0 (none):
+//!   the agent holds only the ifindex (`MapSpec::held_value_size`).
 
 use super::pins::check_layout;
 use super::syscall;
@@ -60,19 +61,24 @@ fn key_bytes<M: Stored>(k: &M::Key) -> Vec<u8> {
 fn value_bytes<M: Stored>(v: &M::Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(M::SPEC.value_size as usize);
     v.encode(&mut out);
-    if M::SPEC.kind == MapKind::DevMapHash {
-        out.extend_from_slice(&0u32.to_ne_bytes());
-    }
+    debug_assert_eq!(
+        out.len(),
+        M::SPEC.held_value_size() as usize,
+        "{}",
+        M::SPEC.name
+    );
+    // What the agent does not hold (a devmap's program fd) is written as zeros; the
+    // kernel reads exactly `value_size` bytes.
+    out.resize(M::SPEC.value_size as usize, 0);
     out
 }
 
 /// The value whose kernel bytes are `b`; `None` for an array's all-zero (absent) entry.
 fn decode_value<M: Stored>(b: &[u8]) -> Option<M::Value> {
-    match M::SPEC.kind {
-        MapKind::DevMapHash => M::Value::decode(&b[..4]),
-        MapKind::Array if b.iter().all(|b| *b == 0) => None,
-        _ => M::Value::decode(b),
+    if M::SPEC.kind == MapKind::Array && b.iter().all(|b| *b == 0) {
+        return None;
     }
+    M::Value::decode(&b[..M::SPEC.held_value_size() as usize])
 }
 
 impl EntryStore for StoredMaps {
