@@ -225,19 +225,16 @@ fn own_hit_ranges(s: &mut MapState, acls: &BTreeSet<u32>, installed: &MapState) 
             .filter(|i| counts(i))
             .any(|i| m.hit_base < i.hit_base + i.rules && i.hit_base < m.hit_base + m.rules)
     };
-    let moving: Vec<u32> = s
-        .acl_meta
-        .iter()
-        .filter(|(set, m)| acls.contains(&acl_set_id(**set)) && counts(m) && overlaps_installed(m))
-        .map(|(set, _)| *set)
-        .collect();
+    // Installed ranges are taken from the start; a range no installed set uses is taken
+    // as it is; a flipped set on an installed range moves.
     let mut slots = HitSlots::new(installed);
-    for m in s
-        .acl_meta
-        .values()
-        .filter(|m| counts(m) && !overlaps_installed(m))
-    {
-        slots.take(m.hit_base, m.rules);
+    let mut moving = Vec::new();
+    for (set, m) in s.acl_meta.iter().filter(|(_, m)| counts(m)) {
+        if !overlaps_installed(m) {
+            slots.take(m.hit_base, m.rules);
+        } else if acls.contains(&acl_set_id(*set)) {
+            moving.push(*set);
+        }
     }
     for set in moving {
         let meta = s.acl_meta.get_mut(&set).expect("listed");

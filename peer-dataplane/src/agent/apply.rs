@@ -101,7 +101,7 @@ fn install(
             dp.record(revision, started, false);
             if let Some(refused) = e.chain().find_map(|c| c.downcast_ref::<PortsRefused>()) {
                 // Refused before any write: what is installed is still `dp.topo`.
-                return Err(NotInstalled::Refused(PortsRefused(refused.0.clone())));
+                return Err(NotInstalled::Refused(refused.clone()));
             }
             // Until a whole install succeeds, nothing is changed in place.
             dp.topo = None;

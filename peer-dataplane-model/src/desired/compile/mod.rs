@@ -27,7 +27,7 @@ pub use sets::HitSlots;
 /// Ports on interfaces that must not carry one (see [`IfindexResolver::refuse_port`]), each
 /// named with why. Waiting would not change them: the agent refuses such a state, as it
 /// refuses an invalid one, where it retries other failed installs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", .0.join("; "))]
 pub struct PortsRefused(pub Vec<String>);
 
